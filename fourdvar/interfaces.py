@@ -1,0 +1,98 @@
+"""The interfaces the engine is written against.
+
+Every array is a 1-D float64 numpy array: a state has shape ``(n_state,)``, a
+parameter vector ``(n_params,)``.  A model with no parameters has
+``n_params == 0`` and takes (and returns) empty parameter arrays.
+
+These are :class:`typing.Protocol` classes: a model or operator does not inherit
+from them, it only has the methods.  :func:`fourdvar.checks` verifies that the
+methods are each other's tangent-linear and adjoint.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class StepLinearization(Protocol):
+    """One model step ``M_{k+1:k}`` linearised at ``(x, p)``.
+
+    ``output`` is the nonlinear ``M(x, p)``, computed once when linearising.
+    """
+
+    output: np.ndarray
+
+    def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        """``dx_next = M_x dx + M_p dp``."""
+
+    def ad(self, ax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_prev, ap) = (M_x^T ax, M_p^T ax)``."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """One forecast step ``x_{k+1} = M_{k+1:k}(p, x_k)``."""
+
+    n_state: int
+    n_params: int
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray: ...
+
+    def step_tl(self, x: np.ndarray, p: np.ndarray, dx: np.ndarray, dp: np.ndarray) -> np.ndarray: ...
+
+    def step_ad(self, x: np.ndarray, p: np.ndarray, ax: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def linearize(self, x: np.ndarray, p: np.ndarray) -> StepLinearization: ...
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray: ...
+
+
+@runtime_checkable
+class OperatorLinearization(Protocol):
+    """An observation operator ``H`` linearised at ``x``; ``output`` is ``H(x)``."""
+
+    output: np.ndarray
+
+    def tl(self, dx: np.ndarray) -> np.ndarray: ...
+
+    def ad(self, ay: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ObservationOperator(Protocol):
+    """``y = H(x)`` at one observation time."""
+
+    n_obs: int
+
+    def apply(self, x: np.ndarray) -> np.ndarray: ...
+
+    def apply_tl(self, x: np.ndarray, dx: np.ndarray) -> np.ndarray: ...
+
+    def apply_ad(self, x: np.ndarray, ay: np.ndarray) -> np.ndarray: ...
+
+    def linearize(self, x: np.ndarray) -> OperatorLinearization: ...
+
+
+@runtime_checkable
+class Covariance(Protocol):
+    """A symmetric positive-definite covariance matrix ``C``, applied matrix-free."""
+
+    size: int
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        """``C v``."""
+
+    def solve(self, v: np.ndarray) -> np.ndarray:
+        """``C^-1 v``."""
+
+    def sqrt(self, v: np.ndarray) -> np.ndarray:
+        """``C^1/2 v``, with ``C = C^1/2 C^T/2``."""
+
+    def sqrt_t(self, v: np.ndarray) -> np.ndarray:
+        """``C^T/2 v``."""
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)``."""

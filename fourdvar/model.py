@@ -1,0 +1,50 @@
+"""A base class that gives a model the convenience methods of the interface.
+
+A concrete model writes ``step`` (the nonlinear step), ``linearize`` (the step
+run once, keeping what TL and AD need) and ``init_params``.  ``step_tl`` and
+``step_ad`` are defined here through ``linearize``, so each derivative has one
+implementation.  Subclassing is optional: any object with the methods of
+:class:`fourdvar.interfaces.Model` works with the engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ModelBase", "as_vector"]
+
+
+def as_vector(value, size: int, name: str) -> np.ndarray:
+    """``value`` as a float64 array of shape ``(size,)``, or a ``ValueError`` naming it."""
+    array = np.asarray(value, dtype=float)
+    if array.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {array.shape}")
+    return array
+
+
+class ModelBase:
+    n_state: int
+    n_params: int
+
+    def step_tl(self, x: np.ndarray, p: np.ndarray, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        """``dx_next = M_x dx + M_p dp`` at ``(x, p)``."""
+        return self.linearize(x, p).tl(dx, dp)
+
+    def step_ad(self, x: np.ndarray, p: np.ndarray, ax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_prev, ap) = (M_x^T ax, M_p^T ax)`` at ``(x, p)``."""
+        return self.linearize(x, p).ad(ax)
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """A sensible starting parameter vector (empty for a model without parameters)."""
+        return np.zeros(self.n_params)
+
+    def forecast(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> np.ndarray:
+        """The trajectory ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``."""
+        trajectory = np.empty((n_steps + 1, self.n_state))
+        trajectory[0] = x0
+        for k in range(n_steps):
+            trajectory[k + 1] = self.step(trajectory[k], p)
+        return trajectory
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_state={self.n_state}, n_params={self.n_params})"

@@ -1,0 +1,48 @@
+"""Activation functions ``a = f(z)`` and their derivatives ``f'(z)``, in one place.
+
+Each derivative is written in terms of ``z`` and the already computed ``a = f(z)``,
+so a linearisation stores ``f'(z)`` once and the TL and AD only multiply by it.
+``identity`` has ``f' = 1``; its derivative is ``None`` so that TL/AD skip the
+multiplication rather than multiply by ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    f: Callable[[np.ndarray], np.ndarray]
+    derivative: Callable[[np.ndarray, np.ndarray], np.ndarray] | None  # f'(z) from (z, a)
+
+
+def _sigmoid(z):
+    # 1 / (1 + e^-z) without overflow for large |z|
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _softplus(z):
+    # log(1 + e^z) = max(z, 0) + log1p(e^-|z|), stable for large |z|
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation("identity", lambda z: z, None),
+    "tanh": Activation("tanh", np.tanh, lambda z, a: 1.0 - a * a),
+    "sigmoid": Activation("sigmoid", _sigmoid, lambda z, a: a * (1.0 - a)),
+    "relu": Activation("relu", lambda z: np.maximum(z, 0.0), lambda z, a: (z > 0.0).astype(z.dtype)),
+    "softplus": Activation("softplus", _softplus, lambda z, a: _sigmoid(z)),
+}
+
+
+def get_activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None

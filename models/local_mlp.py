@@ -1,0 +1,112 @@
+"""A local network on a periodic 1-D grid: the same small MLP at every point.
+
+Tendency at point ``i``, from the stencil ``s_i = x[i-h .. i+h]``::
+
+    f_i(x, p) = NN(s_i; p)          (one network, weights shared by all points)
+
+All ``n`` stencils are the columns of one matrix ``S = gather(x)`` of shape
+``(2h+1, n)`` and go through the network of :mod:`models.network` as one matrix
+product per layer.  TL and AD::
+
+    TL   dS = gather(dx)                     df = NN'(S) (dS, dp)
+    AD   (aS, ap) = NN'(S)^T af              ax = scatter_add(aS)
+
+The step integrates the tendency over ``dt`` with the chosen explicit scheme
+(:mod:`models.integrators`): ``integrator="euler"`` is ``x + dt * NN(S)``; ``"rk2"``
+and ``"rk4"`` learn far better-behaved dynamics for the same network.
+
+Parameters: those of the network ``[2h+1, *hidden, 1]``, layout as in
+:mod:`models.network` (each ``W_i`` row-major, bias last column).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from fourdvar.model import ModelBase, as_vector
+
+from .integrators import RungeKutta
+from .network import Network
+from .stencil import PeriodicStencil
+
+
+class LocalNetworkTendency:
+    """``f(x, p) = NN(gather(x); p)`` on the periodic grid."""
+
+    def __init__(self, stencil: PeriodicStencil, network: Network):
+        self.stencil = stencil
+        self.network = network
+
+    def evaluate(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return self.network.forward(self.stencil.gather(x), p)[0]
+
+    def linearize(self, x: np.ndarray, p: np.ndarray) -> "LocalNetworkTendencyLinearization":
+        return LocalNetworkTendencyLinearization(self, x, p)
+
+
+class LocalNetworkTendencyLinearization:
+    def __init__(self, tendency: LocalNetworkTendency, x: np.ndarray, p: np.ndarray):
+        self.stencil = tendency.stencil
+        self.net = tendency.network.linearize(self.stencil.gather(x), p)
+        self.output = self.net.output[0]
+
+    def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        dS = self.stencil.gather(dx)
+        return self.net.tl(dS, dp)[0]
+
+    def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        aS, ap = self.net.ad(af[None, :])
+        return self.stencil.scatter_add(aS), ap
+
+
+class LocalMLP(ModelBase):
+    """``LocalMLP(n_state=40, half_width=2, hidden=[32], activation="tanh", dt=0.05, integrator="euler")``.
+
+    ``init_output_scale`` scales the last layer of :meth:`init_params`; the
+    default 0 starts the network at zero tendency (the step is then the identity).
+    """
+
+    def __init__(
+        self,
+        n_state: int = 40,
+        half_width: int = 2,
+        hidden: Sequence[int] = (32,),
+        activation: str = "tanh",
+        dt: float = 0.05,
+        integrator: str = "euler",
+        init_output_scale: float = 0.0,
+    ):
+        if int(n_state) != n_state or n_state < 1:
+            raise ValueError(f"n_state must be a positive integer, got {n_state}")
+        hidden = [int(h) for h in hidden]
+        self.n_state = int(n_state)
+        self.half_width = int(half_width)
+        self.hidden = hidden
+        self.activation = activation
+        self.dt = float(dt)
+        self.init_output_scale = float(init_output_scale)
+        self.stencil = PeriodicStencil(self.n_state, self.half_width)
+        self.network = Network([self.stencil.width, *hidden, 1], [activation] * len(hidden) + ["identity"])
+        self.n_params = self.network.n_params
+        self.tendency = LocalNetworkTendency(self.stencil, self.network)
+        self.integrator = RungeKutta(integrator, self.dt)
+
+    def _inputs(self, x, p):
+        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return self.integrator.step(self.tendency, *self._inputs(x, p))
+
+    def linearize(self, x: np.ndarray, p: np.ndarray):
+        return self.integrator.linearize(self.tendency, *self._inputs(x, p))
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        return self.network.init_params(rng, output_scale=self.init_output_scale)
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalMLP(n_state={self.n_state}, half_width={self.half_width}, hidden={self.hidden}, "
+            f"activation={self.activation!r}, dt={self.dt}, integrator={self.integrator.scheme!r})"
+        )

@@ -1,0 +1,126 @@
+"""The Lorenz-96 model, integrated by classical RK4, with exact TL and AD.
+
+Tendency on a periodic grid of ``n >= 4`` points::
+
+    f_i(x, F) = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F
+
+    TL   df_i = (dx_{i+1} - dx_{i-2}) x_{i-1} + (x_{i+1} - x_{i-2}) dx_{i-1} - dx_i + dF
+
+    AD   ax_{i+1} += x_{i-1} af_i
+         ax_{i-2} -= x_{i-1} af_i
+         ax_{i-1} += (x_{i+1} - x_{i-2}) af_i
+         ax_i     -= af_i
+         aF       += sum_i af_i
+
+The periodic neighbours come from a padded copy ``[x_{n-2}, x_{n-1}, x_0 .. x_{n-1}, x_0]``
+(two ghost cells on the left, one on the right), so every shift is a slice; the
+adjoint scatters into the padded array and folds the ghost cells back.
+
+One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
+With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [F]``;
+otherwise ``n_params == 0`` and ``F`` is the constructor's ``forcing``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fourdvar.model import ModelBase, as_vector
+
+from .integrators import RungeKutta
+
+
+def periodic_pad(x: np.ndarray) -> np.ndarray:
+    """``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``."""
+    padded = np.empty(x.size + 3)
+    padded[2:-1] = x
+    padded[:2] = x[-2:]
+    padded[-1] = x[0]
+    return padded
+
+
+def fold_padded(a_padded: np.ndarray) -> np.ndarray:
+    """Adjoint of :func:`periodic_pad`: add the ghost cells' adjoints back to their sources."""
+    ax = a_padded[2:-1].copy()
+    ax[-2:] += a_padded[:2]
+    ax[0] += a_padded[-1]
+    return ax
+
+
+class Lorenz96Tendency:
+    """``f(x, F)`` and its linearisation; ``F`` is read from ``p`` or fixed."""
+
+    def __init__(self, forcing: float, estimate_forcing: bool):
+        self.forcing = forcing
+        self.estimate_forcing = estimate_forcing
+
+    def forcing_of(self, p: np.ndarray) -> float:
+        return p[0] if self.estimate_forcing else self.forcing
+
+    def evaluate(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        xp = periodic_pad(x)
+        return (xp[3:] - xp[:-3]) * xp[1:-2] - x + self.forcing_of(p)
+
+    def linearize(self, x: np.ndarray, p: np.ndarray) -> "Lorenz96TendencyLinearization":
+        return Lorenz96TendencyLinearization(self, x, p)
+
+
+class Lorenz96TendencyLinearization:
+    def __init__(self, tendency: Lorenz96Tendency, x: np.ndarray, p: np.ndarray):
+        self.estimate_forcing = tendency.estimate_forcing
+        xp = periodic_pad(x)
+        self.x_im1 = xp[1:-2]  # x_{i-1}
+        self.gradient = xp[3:] - xp[:-3]  # x_{i+1} - x_{i-2}
+        self.output = self.gradient * self.x_im1 - x + tendency.forcing_of(p)
+
+    def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        dxp = periodic_pad(dx)
+        df = (dxp[3:] - dxp[:-3]) * self.x_im1 + self.gradient * dxp[1:-2] - dx
+        if self.estimate_forcing:
+            df += dp[0]
+        return df
+
+    def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        axp = np.zeros(af.size + 3)
+        g = self.x_im1 * af
+        axp[3:] += g  # ax_{i+1}
+        axp[:-3] -= g  # ax_{i-2}
+        axp[1:-2] += self.gradient * af  # ax_{i-1}
+        ax = fold_padded(axp)
+        ax -= af  # ax_i
+        ap = np.array([af.sum()]) if self.estimate_forcing else np.empty(0)
+        return ax, ap
+
+
+class Lorenz96(ModelBase):
+    """``Lorenz96(n_state=40, forcing=8.0, dt=0.05, estimate_forcing=False)``: one RK4 step of length ``dt``."""
+
+    def __init__(self, n_state: int = 40, forcing: float = 8.0, dt: float = 0.05, estimate_forcing: bool = False):
+        if int(n_state) != n_state or n_state < 4:
+            raise ValueError(f"Lorenz-96 needs n_state >= 4 (an integer), got {n_state}")
+        self.n_state = int(n_state)
+        self.forcing = float(forcing)
+        self.dt = float(dt)
+        self.estimate_forcing = bool(estimate_forcing)
+        self.n_params = 1 if self.estimate_forcing else 0
+        self.tendency = Lorenz96Tendency(self.forcing, self.estimate_forcing)
+        self.integrator = RungeKutta("rk4", self.dt)
+
+    def _inputs(self, x, p):
+        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return self.integrator.step(self.tendency, *self._inputs(x, p))
+
+    def linearize(self, x: np.ndarray, p: np.ndarray):
+        return self.integrator.linearize(self.tendency, *self._inputs(x, p))
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """``[forcing]`` when the forcing is estimated, else empty."""
+        return np.full(self.n_params, self.forcing)
+
+    def __repr__(self) -> str:
+        return (
+            f"Lorenz96(n_state={self.n_state}, forcing={self.forcing}, dt={self.dt}, "
+            f"estimate_forcing={self.estimate_forcing})"
+        )

@@ -1,0 +1,136 @@
+"""The layered network of the ECMWF derivation, with its TL and AD, on a batch of columns.
+
+For layer sizes ``n_0, n_1, ..., n_L`` and activations ``f_1 .. f_L``::
+
+    NL    a_0 = [x; 1]
+          z_i = W_i a_{i-1}                       i = 1 .. L
+          a_i = [f_i(z_i); 1]   (the 1 only for i < L)
+          output a_L
+
+    TL    da_0 = [dx; 0]
+          dz_i = W_i da_{i-1} + dW_i a_{i-1}
+          da_i = f_i'(z_i) * dz_i
+          output da_L
+
+    AD    aa_L = (input adjoint)
+          az_i  = f_i'(z_i) * aa_i                i = L .. 1
+          aW_i  = az_i a_{i-1}^T
+          aa_{i-1} = W_i^T az_i
+          ax = aa_0  (the bias row of a_0 is a constant and gets no adjoint)
+
+Each ``W_i`` has shape ``(n_i, n_{i-1} + 1)``, its last column the bias ``b_i``.
+The parameter vector ``p`` holds ``W_1, W_2, ..., W_L`` one after the other, each
+flattened row-major; :meth:`Network.weights` returns views into ``p``, no copies.
+
+``x`` is a matrix of shape ``(n_0, m)``: ``m`` columns (samples, grid points or
+a single state) go through every layer as one matrix product, and the weight
+adjoint ``aW_i = az_i a_{i-1}^T`` sums over the columns in the same product.
+This is backpropagation: ``aW_i`` is the gradient of ``<aa_L, a_L>`` w.r.t. ``W_i``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .activations import get_activation
+
+
+def with_bias_row(a: np.ndarray) -> np.ndarray:
+    """``[a; 1]``: ``a`` of shape ``(n, m)`` with a row of ones appended."""
+    a_bias = np.empty((a.shape[0] + 1, a.shape[1]))
+    a_bias[:-1] = a
+    a_bias[-1] = 1.0
+    return a_bias
+
+
+class Network:
+    """Shapes, parameter layout and the nonlinear pass of an L-layer network."""
+
+    def __init__(self, layer_sizes: Sequence[int], activations: Sequence[str]):
+        sizes = [int(n) for n in layer_sizes]
+        if len(sizes) < 2 or any(n < 1 for n in sizes):
+            raise ValueError(f"layer_sizes must list at least two positive sizes, got {list(layer_sizes)}")
+        if isinstance(activations, str) or len(activations) != len(sizes) - 1:
+            raise ValueError(
+                f"activations must list one name per layer ({len(sizes) - 1} for layer_sizes "
+                f"{sizes}), got {activations!r}"
+            )
+        self.layer_sizes = sizes
+        self.activations = [get_activation(name) for name in activations]
+        self.shapes = [(n_out, n_in + 1) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        self.offsets = np.cumsum([0] + [rows * cols for rows, cols in self.shapes])
+        self.n_params = int(self.offsets[-1])
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.shapes)
+
+    def weights(self, p: np.ndarray) -> list[np.ndarray]:
+        """Views ``W_1 .. W_L`` of the flat parameter vector ``p`` (row-major, bias last column)."""
+        if p.shape != (self.n_params,):
+            raise ValueError(f"network parameters must have shape ({self.n_params},), got {p.shape}")
+        return [p[start:stop].reshape(shape) for start, stop, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+
+    def init_params(self, rng: np.random.Generator, output_scale: float = 1.0) -> np.ndarray:
+        """Glorot-uniform weights, zero biases; the last layer scaled by ``output_scale``.
+
+        ``output_scale=0`` starts the network at zero output (useful for a
+        correction term that should begin by changing nothing).
+        """
+        p = np.zeros(self.n_params)
+        for i, W in enumerate(self.weights(p)):
+            n_out, n_in = W.shape[0], W.shape[1] - 1
+            limit = np.sqrt(6.0 / (n_in + n_out))
+            W[:, :-1] = rng.uniform(-limit, limit, size=(n_out, n_in))
+            if i == self.n_layers - 1:
+                W *= output_scale
+        return p
+
+    def forward(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """``a_L`` for a batch ``x`` of shape ``(n_0, m)``; stores nothing."""
+        a = x
+        for W, f in zip(self.weights(p), self.activations):
+            a = f.f(W @ with_bias_row(a))
+        return a
+
+    def linearize(self, x: np.ndarray, p: np.ndarray) -> "NetworkLinearization":
+        return NetworkLinearization(self, x, p)
+
+
+class NetworkLinearization:
+    """The nonlinear pass with ``a_{i-1}`` (bias row included) and ``f_i'(z_i)`` kept for TL/AD."""
+
+    def __init__(self, network: Network, x: np.ndarray, p: np.ndarray):
+        self.network = network
+        self.W = network.weights(p)
+        self.a_prev = []  # a_{i-1} = [a; 1], shape (n_{i-1} + 1, m)
+        self.fprime = []  # f_i'(z_i), or None for the identity
+        a = x
+        for W, f in zip(self.W, network.activations):
+            a_bias = with_bias_row(a)
+            z = W @ a_bias
+            a = f.f(z)
+            self.a_prev.append(a_bias)
+            self.fprime.append(None if f.derivative is None else f.derivative(z, a))
+        self.output = a
+
+    def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        """``da_L`` from ``dx`` (shape ``(n_0, m)``) and the weight increment ``dp``."""
+        dW = self.network.weights(dp)
+        da = dx
+        for W, dW_i, a_prev, fprime in zip(self.W, dW, self.a_prev, self.fprime):
+            dz = W[:, :-1] @ da + dW_i @ a_prev
+            da = dz if fprime is None else fprime * dz
+        return da
+
+    def ad(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(aa_0, ap)`` from the output adjoint ``aa_L`` (shape ``(n_L, m)``)."""
+        ap = np.empty(self.network.n_params)
+        aW = self.network.weights(ap)
+        for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
+            az = aa if fprime is None else fprime * aa
+            np.matmul(az, a_prev.T, out=aW_i)
+            aa = W[:, :-1].T @ az
+        return aa, ap

@@ -1,0 +1,32 @@
+"""Gather of local stencils on a periodic 1-D grid, and its adjoint (a scatter-add).
+
+    S[j, i] = x[(i + j - h) mod n]          j = 0 .. 2h,  i = 0 .. n-1     (gather)
+    ax[m]   = sum_{(j, i): (i + j - h) mod n = m} aS[j, i]                   (scatter-add)
+
+Both are one vectorised call: fancy indexing for the gather, ``np.bincount`` with
+weights for the scatter-add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PeriodicStencil:
+    def __init__(self, n: int, half_width: int):
+        if half_width < 0 or 2 * half_width + 1 > n:
+            raise ValueError(f"half_width must be in [0, {(n - 1) // 2}] for {n} grid points, got {half_width}")
+        self.n = n
+        self.half_width = half_width
+        self.width = 2 * half_width + 1
+        offsets = np.arange(-half_width, half_width + 1)
+        self.indices = (offsets[:, None] + np.arange(n)[None, :]) % n  # shape (width, n)
+        self._flat = self.indices.ravel()
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """``S``, shape ``(2h + 1, n)``: column ``i`` is the stencil around point ``i``."""
+        return x[self.indices]
+
+    def scatter_add(self, a_stencils: np.ndarray) -> np.ndarray:
+        """Adjoint of :meth:`gather`."""
+        return np.bincount(self._flat, weights=a_stencils.ravel(), minlength=self.n)
