@@ -11,6 +11,7 @@ methods are each other's tangent-linear and adjoint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -96,3 +97,17 @@ class Covariance(Protocol):
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)``."""
+
+
+@dataclass(frozen=True)
+class ObservationSlot:
+    """The observations at one time step of a window: ``y_k``, ``H_k``, ``R_k``.
+
+    ``step`` counts model steps from the start of the window (``0 .. L``).
+    The cost functions take any sequence of objects with these four attributes.
+    """
+
+    step: int
+    values: np.ndarray
+    operator: ObservationOperator
+    covariance: Covariance

@@ -1,0 +1,356 @@
+"""Covariance matrices ``B``, ``P`` and ``R``, applied matrix-free.
+
+Every class here satisfies :class:`fourdvar.interfaces.Covariance`:
+
+* ``apply(v)  = C v``
+* ``solve(v)  = C^-1 v``
+* ``sqrt(v)   = C^1/2 v`` and ``sqrt_t(v) = C^T/2 v``, with ``C = C^1/2 C^T/2``
+* ``sample(rng) = C^1/2 w``, ``w ~ N(0, I)`` drawn from the numpy ``Generator``
+
+and also has ``std`` (the nominal standard deviations ``sqrt(diag C)``, a 1-D
+array) and ``with_std(new_std)``, which keeps the correlation structure and
+replaces the standard-deviation profile (a scalar or one value per element); the
+cycling code uses it to inflate or adapt variances.
+
+Vectors are 1-D float64 arrays of shape ``(size,)``.  Anything else raises
+``ValueError`` naming the expected and the received shape; nothing broadcasts.
+
+Classes:
+
+``Diagonal``             ``C = diag(std^2)``
+``Dense``                a given SPD matrix, through its Cholesky factor ``C = L L^T``
+``PeriodicCorrelation``  ``C = S Cor S`` on a periodic 1-D grid, applied by FFT
+``BlockDiagonal``        ``C = diag(C_1, ..., C_m)``, e.g. the joint ``[state; params]``
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import numpy as np
+import scipy.linalg
+
+__all__ = ["Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES"]
+
+#: Correlation functions ``rho(d)`` of the distance ``d`` (grid points) and length scale ``L``.
+CORRELATION_SHAPES = {
+    "gaussian": lambda d, L: np.exp(-0.5 * (d / L) ** 2),
+    "soar": lambda d, L: (1.0 + d / L) * np.exp(-d / L),
+}
+
+
+# --- validation helpers ---------------------------------------------------------
+
+
+def _check_size(size, name: str = "size", minimum: int = 0) -> int:
+    if isinstance(size, bool):
+        raise ValueError(f"{name} must be an integer, got {size!r}")
+    try:
+        size = operator.index(size)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {size!r}") from None
+    if size < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {size}")
+    return size
+
+
+def _check_std(std, size: int, name: str = "std") -> np.ndarray:
+    """A positive, finite scalar (repeated ``size`` times) or an array of shape ``(size,)``."""
+    std = np.asarray(std, dtype=float)
+    if std.ndim == 0:
+        std = np.full(size, float(std))
+    elif std.shape != (size,):
+        raise ValueError(f"{name}: expected a scalar or shape ({size},), got shape {std.shape}")
+    if not np.all(np.isfinite(std)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    if np.any(std <= 0):
+        raise ValueError(f"{name} must be positive everywhere (smallest value {std.min():g})")
+    std = std.copy()
+    std.flags.writeable = False
+    return std
+
+
+class _CovarianceBase:
+    """Shape checking and sampling shared by the covariances below."""
+
+    size: int
+    std: np.ndarray
+
+    def _vector(self, v) -> np.ndarray:
+        v = np.asarray(v, dtype=float)
+        if v.shape != (self.size,):
+            raise ValueError(
+                f"{type(self).__name__}: expected a vector of shape ({self.size},), got shape {v.shape}"
+            )
+        return v
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)``."""
+        return self.sqrt(rng.standard_normal(self.size))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+# --- diagonal ---------------------------------------------------------------------
+
+
+class Diagonal(_CovarianceBase):
+    """``C = diag(std^2)``; ``C^1/2 = C^T/2 = diag(std)``.
+
+    ``std`` is one value per element, or a scalar together with ``size``.
+    ``size`` may be 0 (e.g. ``P`` for a model without parameters).
+    """
+
+    def __init__(self, std, size: int | None = None):
+        if np.ndim(std) == 0:
+            if size is None:
+                raise ValueError("Diagonal: size is required when std is a scalar")
+            size = _check_size(size)
+        else:
+            n = np.shape(std)[0]
+            size = n if size is None else _check_size(size)
+        self.size = size
+        self.std = _check_std(std, size)
+        self._var = self.std**2
+
+    @classmethod
+    def identity(cls, size: int) -> "Diagonal":
+        """``C = I`` of the given size."""
+        return cls(1.0, size=size)
+
+    def apply(self, v):
+        """``C v = std^2 * v``."""
+        return self._var * self._vector(v)
+
+    def solve(self, v):
+        """``C^-1 v = v / std^2``."""
+        return self._vector(v) / self._var
+
+    def sqrt(self, v):
+        """``C^1/2 v = std * v``."""
+        return self.std * self._vector(v)
+
+    def sqrt_t(self, v):
+        """``C^T/2 v = std * v`` (the square root is symmetric)."""
+        return self.std * self._vector(v)
+
+    def with_std(self, std) -> "Diagonal":
+        """``diag(new_std^2)``."""
+        return Diagonal(std, size=self.size)
+
+
+# --- dense (Cholesky) ---------------------------------------------------------------
+
+
+class Dense(_CovarianceBase):
+    """A given symmetric positive-definite ``C = L L^T`` (``L`` lower Cholesky factor).
+
+    ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.
+    The matrix must be square, finite, symmetric to a relative tolerance of
+    ``1e-10`` (it is then symmetrised) and positive-definite.
+    """
+
+    SYMMETRY_TOLERANCE = 1e-10
+
+    def __init__(self, matrix):
+        A = np.asarray(matrix, dtype=float)
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"Dense: matrix must be square, got shape {A.shape}")
+        if not np.all(np.isfinite(A)):
+            raise ValueError("Dense: matrix must be finite (found NaN or inf)")
+        scale = np.max(np.abs(A)) if A.size else 0.0
+        asymmetry = np.max(np.abs(A - A.T)) if A.size else 0.0
+        if asymmetry > self.SYMMETRY_TOLERANCE * scale:
+            raise ValueError(
+                f"Dense: matrix is not symmetric (max |A - A^T| = {asymmetry:.3e}, "
+                f"{asymmetry / scale:.1e} relative to max |A|)"
+            )
+        A = 0.5 * (A + A.T)
+        try:
+            L = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            raise ValueError("Dense: matrix is not positive-definite (Cholesky factorisation failed)") from None
+        self._set(A, L)
+
+    @classmethod
+    def _from_factor(cls, L: np.ndarray) -> "Dense":
+        self = cls.__new__(cls)
+        self._set(L @ L.T, L)
+        return self
+
+    def _set(self, A: np.ndarray, L: np.ndarray) -> None:
+        self.size = A.shape[0]
+        self.matrix, self.cholesky = A, L
+        for array in (self.matrix, self.cholesky):
+            array.flags.writeable = False
+        self.std = np.sqrt(np.diag(A))
+
+    def apply(self, v):
+        """``C v``."""
+        return self.matrix @ self._vector(v)
+
+    def solve(self, v):
+        """``C^-1 v = L^-T (L^-1 v)``."""
+        return scipy.linalg.cho_solve((self.cholesky, True), self._vector(v))
+
+    def sqrt(self, v):
+        """``C^1/2 v = L v``."""
+        return self.cholesky @ self._vector(v)
+
+    def sqrt_t(self, v):
+        """``C^T/2 v = L^T v``."""
+        return self.cholesky.T @ self._vector(v)
+
+    def with_std(self, std) -> "Dense":
+        """``S' D^-1 C D^-1 S'`` with ``D = diag(self.std)``, ``S' = diag(std)``.
+
+        Its Cholesky factor is ``S' D^-1 L`` (row scaling keeps it lower-triangular).
+        """
+        std = _check_std(std, self.size)
+        return Dense._from_factor((std / self.std)[:, None] * self.cholesky)
+
+
+# --- periodic correlation by FFT -------------------------------------------------------
+
+
+class PeriodicCorrelation(_CovarianceBase):
+    """``C = S Cor S`` on a periodic 1-D grid of ``size`` points, applied by FFT.
+
+    ``S = diag(std)``; ``Cor`` is the circulant matrix whose first row is
+    ``rho(d)``, ``d = min(i, size - i)`` the periodic distance in grid points:
+
+    * ``shape="gaussian"``: ``rho(d) = exp(-d^2 / (2 L^2))``
+    * ``shape="soar"``:     ``rho(d) = (1 + d/L) exp(-d/L)``
+
+    ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``.  A
+    Gaussian with a long length scale has eigenvalues that are tiny or slightly
+    negative from round-off, so ``lambda`` is clipped below at
+    ``min_eigenvalue * max(lambda)``: ``Cor`` is then the nearest well-conditioned
+    circulant (condition number at most ``1 / min_eigenvalue``), which differs
+    from the exact one by at most ``min_eigenvalue * max(lambda)`` in the 2-norm
+    and whose diagonal is 1 up to that amount.  ``n_clipped`` counts the clipped
+    eigenvalues (of the ``size // 2 + 1`` distinct ones).
+
+    With the symmetric square root ``G = F^-1 diag(sqrt(lambda)) F``:
+
+        C^1/2 = S G,   C^T/2 = G S,   C^-1 = S^-1 F^-1 diag(1/lambda) F S^-1.
+
+    Each costs ``O(n log n)``; the ``n x n`` matrix is never formed.
+    """
+
+    def __init__(self, size: int, length_scale: float, std=1.0, shape: str = "gaussian",
+                 *, min_eigenvalue: float = 1e-10):
+        self.size = _check_size(size, minimum=1)
+        if not (np.ndim(length_scale) == 0 and np.isfinite(length_scale) and length_scale > 0):
+            raise ValueError(f"PeriodicCorrelation: length_scale must be a positive finite number, got {length_scale!r}")
+        if not isinstance(shape, str) or shape.lower() not in CORRELATION_SHAPES:
+            raise ValueError(
+                f"PeriodicCorrelation: unknown correlation shape {shape!r}; expected one of {sorted(CORRELATION_SHAPES)}"
+            )
+        if not (np.ndim(min_eigenvalue) == 0 and 0 < min_eigenvalue < 1):
+            raise ValueError(f"PeriodicCorrelation: min_eigenvalue must be in (0, 1), got {min_eigenvalue!r}")
+        self.length_scale = float(length_scale)
+        self.shape = shape.lower()
+        self.min_eigenvalue = float(min_eigenvalue)
+        self.std = _check_std(std, self.size)
+
+        i = np.arange(self.size)
+        self.first_row = CORRELATION_SHAPES[self.shape](np.minimum(i, self.size - i), self.length_scale)
+        lam = np.fft.rfft(self.first_row).real
+        floor = self.min_eigenvalue * lam.max()
+        self.n_clipped = int(np.count_nonzero(lam < floor))
+        self.eigenvalues = np.maximum(lam, floor)  # of Cor, the rfft half-spectrum
+        self._sqrt_lam = np.sqrt(self.eigenvalues)
+        self._inv_lam = 1.0 / self.eigenvalues
+
+    @property
+    def condition_number(self) -> float:
+        """``max(lambda) / min(lambda)`` of the (clipped) correlation matrix."""
+        return float(self.eigenvalues.max() / self.eigenvalues.min())
+
+    def _circulant(self, spectrum: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``F^-1 diag(spectrum) F v`` for a real symmetric circulant."""
+        return np.fft.irfft(spectrum * np.fft.rfft(v), n=self.size)
+
+    def apply(self, v):
+        """``C v = S F^-1 diag(lambda) F S v``."""
+        return self.std * self._circulant(self.eigenvalues, self.std * self._vector(v))
+
+    def solve(self, v):
+        """``C^-1 v = S^-1 F^-1 diag(1/lambda) F S^-1 v``."""
+        return self._circulant(self._inv_lam, self._vector(v) / self.std) / self.std
+
+    def sqrt(self, v):
+        """``C^1/2 v = S F^-1 diag(sqrt(lambda)) F v``."""
+        return self.std * self._circulant(self._sqrt_lam, self._vector(v))
+
+    def sqrt_t(self, v):
+        """``C^T/2 v = F^-1 diag(sqrt(lambda)) F S v``."""
+        return self._circulant(self._sqrt_lam, self.std * self._vector(v))
+
+    def with_std(self, std) -> "PeriodicCorrelation":
+        """The same correlation ``Cor`` with ``S = diag(std)``."""
+        return PeriodicCorrelation(self.size, self.length_scale, std, self.shape,
+                                   min_eigenvalue=self.min_eigenvalue)
+
+    def __repr__(self) -> str:
+        return (f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, "
+                f"shape={self.shape!r})")
+
+
+# --- block diagonal ------------------------------------------------------------------------
+
+
+class BlockDiagonal(_CovarianceBase):
+    """``C = diag(C_1, ..., C_m)``: each operation acts on the slice of ``v`` of its block.
+
+    Used for the joint control vector ``[x0; p]`` with ``diag(B, P)``.  A block
+    may have size 0 (a model without parameters).  ``blocks`` and ``slices``
+    (``v[slices[j]]`` is the part of ``v`` that block ``j`` acts on) are public.
+    ``std`` and ``with_std`` need them on every block.
+    """
+
+    def __init__(self, blocks: Sequence):
+        self.blocks = tuple(blocks)
+        if not self.blocks:
+            raise ValueError("BlockDiagonal: blocks must contain at least one covariance")
+        sizes = [_check_size(getattr(b, "size", None), name=f"blocks[{j}].size") for j, b in enumerate(self.blocks)]
+        ends = np.cumsum(sizes)
+        self.slices = tuple(slice(int(e - n), int(e)) for e, n in zip(ends, sizes))
+        self.size = int(ends[-1])
+
+    @property
+    def std(self) -> np.ndarray:
+        """The blocks' ``std`` concatenated."""
+        return np.concatenate([np.asarray(b.std, dtype=float).reshape(-1) for b in self.blocks])
+
+    def _blockwise(self, method: str, v) -> np.ndarray:
+        v = self._vector(v)
+        parts = [getattr(b, method)(v[s]) for b, s in zip(self.blocks, self.slices) if b.size]
+        return np.concatenate([np.empty(0)] + parts)
+
+    def apply(self, v):
+        """``C v = [C_1 v_1; ...; C_m v_m]``."""
+        return self._blockwise("apply", v)
+
+    def solve(self, v):
+        """``C^-1 v = [C_1^-1 v_1; ...]``."""
+        return self._blockwise("solve", v)
+
+    def sqrt(self, v):
+        """``C^1/2 v = [C_1^1/2 v_1; ...]``."""
+        return self._blockwise("sqrt", v)
+
+    def sqrt_t(self, v):
+        """``C^T/2 v = [C_1^T/2 v_1; ...]``."""
+        return self._blockwise("sqrt_t", v)
+
+    def with_std(self, std) -> "BlockDiagonal":
+        """Each block's ``with_std`` with its slice of ``std`` (or the scalar)."""
+        std = _check_std(std, self.size)
+        return BlockDiagonal([b.with_std(std[s]) for b, s in zip(self.blocks, self.slices)])
+
+    def __repr__(self) -> str:
+        return f"BlockDiagonal([{', '.join(map(repr, self.blocks))}])"
