@@ -186,6 +186,7 @@ class Dense(_CovarianceBase):
         for array in (self.matrix, self.cholesky):
             array.flags.writeable = False
         self.std = np.sqrt(np.diag(A))
+        self.std.flags.writeable = False
 
     def apply(self, v):
         """``C v``."""
@@ -226,12 +227,19 @@ class PeriodicCorrelation(_CovarianceBase):
 
     ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``.  A
     Gaussian with a long length scale has eigenvalues that are tiny or slightly
-    negative from round-off, so ``lambda`` is clipped below at
-    ``min_eigenvalue * max(lambda)``: ``Cor`` is then the nearest well-conditioned
-    circulant (condition number at most ``1 / min_eigenvalue``), which differs
-    from the exact one by at most ``min_eigenvalue * max(lambda)`` in the 2-norm
-    and whose diagonal is 1 up to that amount.  ``n_clipped`` counts the clipped
-    eigenvalues (of the ``size // 2 + 1`` distinct ones).
+    negative from round-off; and when ``L`` is a sizeable fraction of ``size``
+    the wrapped function ``rho(min(i, size - i))`` is not positive-definite at
+    all (a few eigenvalues are genuinely negative, ~1 % of ``max(lambda)`` for a
+    Gaussian with ``L = size / 4``).  So ``lambda`` is clipped below at
+    ``min_eigenvalue * max(lambda)``: ``Cor`` is then the nearest (Frobenius and
+    2-norm) symmetric matrix with condition number at most ``1 / min_eigenvalue``,
+    still circulant.  ``clipping`` is its 2-norm distance from the exact
+    circulant, ``max(lambda_clipped - lambda)``, which bounds how far ``diag(Cor)``
+    is from 1 (``std`` is the nominal profile); ``n_clipped`` counts the clipped
+    eigenvalues among the ``size // 2 + 1`` distinct ones.  Since
+    ``cond(C) <= cond(S)^2 / min_eigenvalue``, ``solve(apply(v))`` returns ``v``
+    only to about ``eps * cond(C)`` relative: raise ``min_eigenvalue`` (or
+    minimise in the ``C^1/2`` control variable) when that matters.
 
     With the symmetric square root ``G = F^-1 diag(sqrt(lambda)) F``:
 
@@ -262,6 +270,7 @@ class PeriodicCorrelation(_CovarianceBase):
         floor = self.min_eigenvalue * lam.max()
         self.n_clipped = int(np.count_nonzero(lam < floor))
         self.eigenvalues = np.maximum(lam, floor)  # of Cor, the rfft half-spectrum
+        self.clipping = float(np.max(self.eigenvalues - lam))
         self._sqrt_lam = np.sqrt(self.eigenvalues)
         self._inv_lam = 1.0 / self.eigenvalues
 
