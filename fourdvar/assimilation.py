@@ -1,0 +1,75 @@
+"""The public entry point for one assimilation window: :class:`FourDVar`.
+
+::
+
+    from fourdvar import FourDVar
+    from fourdvar.covariances import Diagonal, PeriodicCorrelation
+
+    problem = FourDVar(model, observations, xb=xb, B=PeriodicCorrelation(40, 2.0, std=1.0),
+                       pb=pb, P=Diagonal(0.5, size=model.n_params), control="both")
+    result = problem.solve(outer_loops=3, max_iterations=50, gradient_reduction=1e-6)
+    result.x0, result.p, result.final.J
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .cost import Control, FourDVarCost, IncrementalCost
+from .minimize import AssimilationResult, minimize_4dvar
+
+__all__ = ["FourDVar"]
+
+
+class FourDVar:
+    """Incremental 4D-Var over one window of ``n_steps`` model steps.
+
+    Parameters
+    ----------
+    model : any object with the model interface (``fourdvar.interfaces.Model``)
+    observations : a sequence of slots (``step``, ``values``, ``operator``, ``covariance``),
+        e.g. an :class:`observations.ObservationSet`; steps count from the window start
+    xb, B : background state and its error covariance
+    pb, P : background parameters and their error covariance (``P`` is needed only
+        when the parameters are in the control; ``pb`` whenever the model has parameters)
+    control : ``"state"``, ``"params"``, ``"both"`` or a list of those names
+    n_steps : window length (default: the last observed step)
+    """
+
+    def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None):
+        self.control = Control.parse(control)
+        if model.n_params and pb is None:
+            raise ValueError(f"the model has {model.n_params} parameters: give their background/fixed values pb")
+        self.cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps)
+        self.model = model
+
+    def incremental_cost(self, x0=None, p=None, transform: bool = True) -> IncrementalCost:
+        """``Jq`` linearised at ``(x0, p)`` (default: the background)."""
+        x0, p = self._first_guess(x0, p)
+        return IncrementalCost(self.cost, x0, p, control=self.control, transform=transform)
+
+    def _first_guess(self, x0, p):
+        x0 = self.cost.xb if x0 is None else np.asarray(x0, dtype=float)
+        p = self.cost.pb if p is None else np.asarray(p, dtype=float)
+        return x0, p
+
+    def solve(
+        self,
+        x0=None,
+        p=None,
+        outer_loops: int = 3,
+        method: str = "lbfgs",
+        max_iterations: int = 50,
+        gradient_reduction: float = 1e-6,
+        transform: bool = True,
+        callback=None,
+    ) -> AssimilationResult:
+        """Run the outer loops from the first guess ``(x0, p)`` (default: the background)."""
+        x0, p = self._first_guess(x0, p)
+        return minimize_4dvar(
+            self.cost, x0, p, control=self.control, outer_loops=outer_loops, method=method,
+            max_iterations=max_iterations, gradient_reduction=gradient_reduction, transform=transform,
+            callback=callback,
+        )

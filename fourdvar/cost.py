@@ -1,0 +1,293 @@
+"""The 4D-Var cost function, nonlinear and incremental, with their adjoint gradients.
+
+Nonlinear cost over a window of ``L`` steps::
+
+    J(p, x0) = 1/2 |x0 - xb|^2_{B^-1} + 1/2 |p - pb|^2_{P^-1}
+             + 1/2 sum_k |H_k(x_k) - y_k|^2_{R_k^-1},        x_k = M_{k:0}(p, x0)
+             = Jb + Jp + Jo
+
+Incremental (quadratic) cost around an outer-loop guess ``(p^i, x0^i)``, with
+innovations ``d_k = y_k - H_k(x_k^i)``::
+
+    Jq(dp, dx0) = 1/2 |x0^i - xb + dx0|^2_{B^-1} + 1/2 |p^i - pb + dp|^2_{P^-1}
+                + 1/2 sum_k |H_k dx_k - d_k|^2_{R_k^-1}
+
+and its gradient, the ECMWF algorithm::
+
+    z_k = R_k^-1 (H_k dx_k - d_k)                     dx_k from the TL, forward
+    (ax, ap) = sum_k M_{k:0}^T H_k^T z_k              the AD, backward, ap accumulated
+    grad_dx0 = B^-1 (x0^i - xb + dx0) + ax
+    grad_dp  = P^-1 (p^i - pb + dp) + ap
+
+The nonlinear gradient is the same sweep with ``H_k(x_k) - y_k`` in place of
+``H_k dx_k - d_k``, so ``grad Jq(0) == grad J(p^i, x0^i)`` by construction.
+
+Control-variable transform (on by default): the inner loop minimises over
+``v, w`` with ``dx0 = B^1/2 v``, ``dp = P^1/2 w``; then
+``Jb = 1/2 |v_b + v|^2`` with ``v_b = B^T/2 B^-1 (x0^i - xb)`` (which equals
+``B^-1/2 (x0^i - xb)``), and ``grad_v = v_b + v + B^T/2 ax``.  The Hessian becomes
+``I + (B^T/2 ... B^1/2)``, well conditioned when observations are few.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .window import DivergenceError, WindowLinearization, forecast
+
+__all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
+
+
+@dataclass(frozen=True)
+class CostTerms:
+    """``J = Jb + Jp + Jo``."""
+
+    Jb: float
+    Jp: float
+    Jo: float
+
+    @property
+    def J(self) -> float:
+        return self.Jb + self.Jp + self.Jo
+
+
+@dataclass(frozen=True)
+class Control:
+    """Which parts of ``(x0, p)`` the minimisation changes."""
+
+    state: bool = True
+    params: bool = False
+
+    @classmethod
+    def parse(cls, control) -> "Control":
+        """``"state"``, ``"params"``, ``"both"`` or a list such as ``["state", "params"]``."""
+        if isinstance(control, Control):
+            return control
+        names = {"state", "params"} if control == "both" else ({control} if isinstance(control, str) else set(control))
+        unknown = names - {"state", "params"}
+        if unknown or not names:
+            raise ValueError(f"control must name 'state' and/or 'params' (or 'both'), got {control!r}")
+        return cls(state="state" in names, params="params" in names)
+
+    def names(self) -> list[str]:
+        return [name for name, on in (("state", self.state), ("params", self.params)) if on]
+
+
+def _quadratic_term(covariance, departure: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(1/2 e^T C^-1 e, C^-1 e)``."""
+    weighted = covariance.solve(departure)
+    return 0.5 * float(departure @ weighted), weighted
+
+
+class FourDVarCost:
+    """``J(p, x0)`` for a model, the observations of one window and a background.
+
+    ``observations`` is a sequence of slots with ``step``, ``values``, ``operator``
+    and ``covariance`` (see :class:`fourdvar.interfaces.ObservationSlot`); steps
+    count from 0 at the window start.  ``B``/``xb`` give ``Jb`` and ``P``/``pb``
+    give ``Jp``; a term whose covariance is ``None`` is left out (its part of the
+    control is then fixed).
+    """
+
+    def __init__(self, model, observations: Sequence, xb: np.ndarray, B=None, pb: np.ndarray | None = None, P=None, n_steps: int | None = None):
+        self.model = model
+        self.slots = sorted(observations, key=lambda slot: slot.step)
+        last = max((slot.step for slot in self.slots), default=0)
+        self.n_steps = last if n_steps is None else int(n_steps)
+        if self.n_steps < 0:
+            raise ValueError(f"the window must have at least 0 steps, got {self.n_steps}")
+        for slot in self.slots:
+            if not 0 <= slot.step <= self.n_steps:
+                raise ValueError(f"an observation at step {slot.step} lies outside the window of {self.n_steps} steps")
+            if np.shape(slot.values) != (slot.operator.n_obs,):
+                raise ValueError(f"observations at step {slot.step}: {np.shape(slot.values)} values for an operator with n_obs={slot.operator.n_obs}")
+        self.xb = self._checked(xb, model.n_state, "background state xb")
+        self.B = self._checked_covariance(B, model.n_state, "B")
+        self.pb = self._checked(np.zeros(0) if pb is None else pb, model.n_params, "background parameters pb")
+        self.P = self._checked_covariance(P, model.n_params, "P")
+
+    @staticmethod
+    def _checked(vector, size: int, name: str) -> np.ndarray:
+        array = np.asarray(vector, dtype=float)
+        if array.shape != (size,):
+            raise ValueError(f"{name} must have shape ({size},), got {array.shape}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return array
+
+    @staticmethod
+    def _checked_covariance(covariance, size: int, name: str):
+        if covariance is not None and covariance.size != size:
+            raise ValueError(f"{name} has size {covariance.size}, expected {size}")
+        return covariance
+
+    @property
+    def last_observed_step(self) -> int:
+        return max((slot.step for slot in self.slots), default=0)
+
+    def window(self, x0: np.ndarray, p: np.ndarray, context: str = "") -> WindowLinearization:
+        """The nonlinear run over the window (to the last observation), linearised."""
+        return WindowLinearization(self.model, x0, p, self.last_observed_step, context=context)
+
+    def background_terms(self, x0: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """``(Jb, Jp, B^-1 (x0 - xb), P^-1 (p - pb))``; zero for a term left out."""
+        Jb, gb = _quadratic_term(self.B, x0 - self.xb) if self.B is not None else (0.0, np.zeros_like(x0))
+        Jp, gp = _quadratic_term(self.P, p - self.pb) if self.P is not None else (0.0, np.zeros_like(p))
+        return Jb, Jp, gb, gp
+
+    def evaluate(self, x0: np.ndarray, p: np.ndarray) -> CostTerms:
+        """``J(p, x0)`` and its terms, by one nonlinear forecast."""
+        trajectory = forecast(self.model, x0, p, self.last_observed_step, context="cost evaluation")
+        Jo = sum(_quadratic_term(slot.covariance, slot.operator.apply(trajectory[slot.step]) - slot.values)[0] for slot in self.slots)
+        Jb, Jp, _, _ = self.background_terms(x0, p)
+        return CostTerms(Jb, Jp, float(Jo))
+
+    def gradient(self, x0: np.ndarray, p: np.ndarray) -> tuple[CostTerms, np.ndarray, np.ndarray]:
+        """``(terms, grad_x0 J, grad_p J)`` by one forward and one adjoint sweep.
+
+        Both gradients are returned whatever the control; ``grad_p`` has no
+        ``Jp`` part when ``P`` is ``None``.
+        """
+        window = self.window(x0, p, context="cost gradient")
+        Jo, forcings = 0.0, {}
+        for slot in self.slots:
+            H = slot.operator.linearize(window.states[slot.step])
+            J_k, z = _quadratic_term(slot.covariance, H.output - slot.values)
+            Jo += J_k
+            _add_forcing(forcings, slot.step, H.ad(z))
+        ax, ap = window.ad(forcings)
+        Jb, Jp, gb, gp = self.background_terms(x0, p)
+        return CostTerms(Jb, Jp, Jo), gb + ax, gp + ap
+
+
+def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
+    forcings[step] = forcings[step] + forcing if step in forcings else forcing
+
+
+class IncrementalCost:
+    """``Jq`` around ``(p^i, x0^i)`` as a function of the control vector ``u``.
+
+    ``u = [v; w]`` holds the state part (``n_state`` values, when the state is in
+    the control) then the parameter part (``n_params``).  With ``transform=True``
+    these are ``v = B^-1/2 dx0`` and ``w = P^-1/2 dp``; otherwise ``dx0`` and ``dp``.
+    The trajectory, the innovations and every linearisation are computed here,
+    once, and reused by each call.
+    """
+
+    def __init__(self, cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", transform: bool = True, outer_loop: int = 0):
+        self.cost = cost
+        self.control = Control.parse(control)
+        self.transform = bool(transform)
+        self.x0 = np.asarray(x0, dtype=float)
+        self.p = np.asarray(p, dtype=float)
+        self.context = f"outer loop {outer_loop}"
+        if self.control.state and cost.B is None:
+            raise ValueError("the state is in the control but no background covariance B was given")
+        if self.control.params and cost.P is None and cost.model.n_params:
+            raise ValueError("the parameters are in the control but no parameter covariance P was given")
+        self.n_x = cost.model.n_state if self.control.state else 0
+        self.n_p = cost.model.n_params if self.control.params else 0
+        self.size = self.n_x + self.n_p
+
+        self.window = cost.window(self.x0, self.p, context=self.context)
+        self.observations = []  # (slot, H linearised at x_k^i, innovation d_k)
+        for slot in cost.slots:
+            H = slot.operator.linearize(self.window.states[slot.step])
+            d = slot.values - H.output
+            if not np.all(np.isfinite(d)):
+                raise DivergenceError(f"{self.context}: innovations at step {slot.step} are not finite")
+            self.observations.append((slot, H, d))
+
+        Jb, Jp, self.Binv_dep, self.Pinv_dep = cost.background_terms(self.x0, self.p)
+        self.departure_x = self.x0 - cost.xb
+        self.departure_p = self.p - cost.pb
+        if self.transform:
+            self.v_b = cost.B.sqrt_t(self.Binv_dep) if self.control.state else np.zeros(0)
+            self.w_b = cost.P.sqrt_t(self.Pinv_dep) if self.n_p else np.zeros(0)
+
+    # --- control vector <-> increments ---------------------------------------------------
+
+    def split(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if u.shape != (self.size,):
+            raise ValueError(f"control vector must have shape ({self.size},), got {u.shape}")
+        return u[: self.n_x], u[self.n_x :]
+
+    def increments(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(dx0, dp)`` for the control vector ``u`` (zero for a part not in the control)."""
+        v, w = self.split(u)
+        dx0 = (self.cost.B.sqrt(v) if self.transform else v.copy()) if self.n_x else np.zeros(self.cost.model.n_state)
+        dp = (self.cost.P.sqrt(w) if self.transform else w.copy()) if self.n_p else np.zeros(self.cost.model.n_params)
+        return dx0, dp
+
+    def control_gradient(self, ax: np.ndarray, ap: np.ndarray) -> np.ndarray:
+        """Adjoint of :meth:`increments`: ``(ax, ap) -> [B^T/2 ax; P^T/2 ap]``.
+
+        Applied to ``(grad_x0 J, grad_p J)`` it gives the gradient w.r.t. the control vector.
+        """
+        parts = []
+        if self.n_x:
+            parts.append(self.cost.B.sqrt_t(ax) if self.transform else ax)
+        if self.n_p:
+            parts.append(self.cost.P.sqrt_t(ap) if self.transform else ap)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    # --- the background terms ------------------------------------------------------------
+
+    def background(self, u: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """``(Jb, Jp, gradient of Jb + Jp w.r.t. u)``."""
+        v, w = self.split(u)
+        if self.transform:
+            ev, ew = self.v_b + v, self.w_b + w
+            return 0.5 * float(ev @ ev), 0.5 * float(ew @ ew), np.concatenate([ev, ew])
+        dx0, dp = self.increments(u)
+        Jb, gb = _quadratic_term(self.cost.B, self.departure_x + dx0) if self.n_x else (0.0, np.zeros(0))
+        Jp, gp = _quadratic_term(self.cost.P, self.departure_p + dp) if self.n_p else (0.0, np.zeros(0))
+        return Jb, Jp, np.concatenate([gb, gp])
+
+    # --- Jq and its gradient -----------------------------------------------------------
+
+    def _observation_sweep(self, u: np.ndarray, innovations: bool) -> tuple[float, np.ndarray]:
+        """``(Jo, grad_u Jo)``: TL forward, ``z_k = R_k^-1 (H_k dx_k - d_k)``, AD backward.
+
+        With ``innovations=False`` the ``d_k`` are left out (the Hessian's sweep).
+        """
+        dx0, dp = self.increments(u)
+        dx = self.window.tl(dx0, dp)
+        Jo, forcings = 0.0, {}
+        for slot, H, d in self.observations:
+            r = H.tl(dx[slot.step])
+            if innovations:
+                r = r - d
+            J_k, z = _quadratic_term(slot.covariance, r)
+            Jo += J_k
+            _add_forcing(forcings, slot.step, H.ad(z))
+        ax, ap = self.window.ad(forcings)
+        return Jo, self.control_gradient(ax, ap)
+
+    def value_and_gradient(self, u: np.ndarray) -> tuple[CostTerms, np.ndarray]:
+        """``(Jq(u) and its terms, grad_u Jq)``."""
+        u = np.asarray(u, dtype=float)
+        Jo, grad_o = self._observation_sweep(u, innovations=True)
+        Jb, Jp, grad_b = self.background(u)
+        terms = CostTerms(Jb, Jp, Jo)
+        if not np.isfinite(terms.J):
+            raise DivergenceError(f"{self.context}: the incremental cost is not finite")
+        return terms, grad_b + grad_o
+
+    def hessian_vector(self, u: np.ndarray) -> np.ndarray:
+        """``A u``, the Hessian of ``Jq`` (constant: ``Jq`` is quadratic) applied to ``u``."""
+        u = np.asarray(u, dtype=float)
+        _, grad_o = self._observation_sweep(u, innovations=False)
+        if self.transform:
+            return u + grad_o
+        dx0, dp = self.increments(u)
+        parts = ([self.cost.B.solve(dx0)] if self.n_x else []) + ([self.cost.P.solve(dp)] if self.n_p else [])
+        return (np.concatenate(parts) if parts else np.zeros(0)) + grad_o
+
+    def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x0^i + dx0, p^i + dp)``: the next outer loop's guess."""
+        dx0, dp = self.increments(u)
+        return self.x0 + dx0, self.p + dp

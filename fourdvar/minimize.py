@@ -1,0 +1,208 @@
+"""Inner-loop minimisers of the quadratic cost ``Jq`` and the outer loop around them.
+
+Inner loop: ``scipy.optimize.minimize(method="L-BFGS-B")`` (the default), or
+conjugate gradients, the natural solver for a quadratic (``A u = -grad Jq(0)``,
+one Hessian-vector product, i.e. one TL and one AD sweep, per iteration).
+Both stop after ``max_iterations`` or when ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|``.
+
+Outer loop: linearise at the current guess, minimise ``Jq``, add the increment,
+repeat.  :func:`minimize_4dvar` returns an :class:`AssimilationResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.optimize
+
+from .cost import CostTerms, FourDVarCost, IncrementalCost
+from .window import DivergenceError
+
+__all__ = ["InnerLoopResult", "AssimilationResult", "minimize_inner", "minimize_4dvar", "INNER_METHODS"]
+
+
+@dataclass
+class InnerLoopResult:
+    """One inner minimisation: the minimiser ``u`` and the cost at every iteration (0 = start)."""
+
+    u: np.ndarray
+    J: list[float] = field(default_factory=list)
+    Jb: list[float] = field(default_factory=list)
+    Jp: list[float] = field(default_factory=list)
+    Jo: list[float] = field(default_factory=list)
+    gradient_norm: list[float] = field(default_factory=list)
+    nit: int = 0
+    nfev: int = 0
+    message: str = ""
+    converged: bool = False
+
+    def record(self, terms: CostTerms, gradient_norm: float) -> None:
+        self.J.append(terms.J)
+        self.Jb.append(terms.Jb)
+        self.Jp.append(terms.Jp)
+        self.Jo.append(terms.Jo)
+        self.gradient_norm.append(gradient_norm)
+
+    @property
+    def gradient_reduction(self) -> float:
+        return self.gradient_norm[-1] / self.gradient_norm[0] if self.gradient_norm and self.gradient_norm[0] else 0.0
+
+
+class _Converged(Exception):
+    pass
+
+
+def _lbfgs(jq: IncrementalCost, max_iterations: int, gradient_reduction: float, memory: int = 20) -> InnerLoopResult:
+    result = InnerLoopResult(u=np.zeros(jq.size))
+    last = {}
+
+    def fun(u):
+        terms, gradient = jq.value_and_gradient(u)
+        result.nfev += 1
+        last.update(u=u.copy(), terms=terms, gradient=gradient)
+        return terms.J, gradient
+
+    terms0, gradient0 = jq.value_and_gradient(result.u)
+    result.nfev += 1
+    g0 = float(np.linalg.norm(gradient0))
+    result.record(terms0, g0)
+    if g0 == 0.0:
+        result.message, result.converged = "gradient is zero at the start", True
+        return result
+
+    def callback(intermediate_result):
+        u = intermediate_result.x
+        if "u" in last and np.array_equal(last["u"], u):
+            terms, gradient = last["terms"], last["gradient"]
+        else:  # not the last point evaluated (rare): evaluate it
+            terms, gradient = jq.value_and_gradient(u)
+        result.u = u.copy()
+        result.nit += 1
+        norm = float(np.linalg.norm(gradient))
+        result.record(terms, norm)
+        if norm <= gradient_reduction * g0:
+            raise StopIteration
+
+    outcome = scipy.optimize.minimize(
+        fun, result.u, jac=True, method="L-BFGS-B", callback=callback,
+        options={"maxiter": max_iterations, "maxcor": memory, "ftol": 0.0, "gtol": 0.0, "maxls": 40},
+    )
+    if result.nit == 0 or not np.array_equal(result.u, outcome.x):
+        # scipy may end on a point after the last callback; keep the best of the two
+        terms, gradient = jq.value_and_gradient(outcome.x)
+        if terms.J <= result.J[-1]:
+            result.u = outcome.x.copy()
+            if result.nit == 0 or terms.J < result.J[-1]:
+                result.record(terms, float(np.linalg.norm(gradient)))
+    result.converged = result.gradient_norm[-1] <= gradient_reduction * g0
+    result.message = (
+        f"gradient norm reduced by {result.gradient_reduction:.1e}" if result.converged
+        else f"stopped after {result.nit} iterations: {outcome.message}"
+    )
+    return result
+
+
+def _conjugate_gradient(jq: IncrementalCost, max_iterations: int, gradient_reduction: float) -> InnerLoopResult:
+    """CG on ``A u = -g0``, ``A`` the Hessian of ``Jq``; ``Jq(u) = Jq(0) + 1/2 (g0 + g(u)) . u``."""
+    result = InnerLoopResult(u=np.zeros(jq.size))
+    terms0, g0 = jq.value_and_gradient(result.u)
+    result.nfev += 1
+    g0_norm = float(np.linalg.norm(g0))
+    result.record(terms0, g0_norm)
+    u = result.u
+    r = -g0  # residual -g(u)
+    d = r.copy()
+    rr = float(r @ r)
+    while result.nit < max_iterations and np.sqrt(rr) > gradient_reduction * g0_norm:
+        Ad = jq.hessian_vector(d)
+        result.nfev += 1
+        curvature = float(d @ Ad)
+        if not curvature > 0:
+            raise DivergenceError(f"{jq.context}: the Hessian of Jq is not positive along a CG direction ({curvature:.3e})")
+        alpha = rr / curvature
+        u = u + alpha * d
+        r = r - alpha * Ad
+        rr_new = float(r @ r)
+        d = r + (rr_new / rr) * d
+        rr = rr_new
+        result.nit += 1
+        J = terms0.J + 0.5 * float((g0 - r) @ u)
+        Jb, Jp, _ = jq.background(u)
+        result.record(CostTerms(Jb, Jp, J - Jb - Jp), np.sqrt(rr))
+    result.u = u
+    result.converged = np.sqrt(rr) <= gradient_reduction * g0_norm
+    result.message = (
+        f"gradient norm reduced by {result.gradient_reduction:.1e}" if result.converged
+        else f"stopped after {result.nit} iterations (maximum)"
+    )
+    return result
+
+
+INNER_METHODS = {"lbfgs": _lbfgs, "cg": _conjugate_gradient}
+
+
+def minimize_inner(jq: IncrementalCost, method: str = "lbfgs", max_iterations: int = 50, gradient_reduction: float = 1e-6) -> InnerLoopResult:
+    """Minimise ``Jq`` from ``u = 0``."""
+    if method not in INNER_METHODS:
+        raise ValueError(f"unknown inner method {method!r}; choose one of {', '.join(INNER_METHODS)}")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+    if not 0 < gradient_reduction < 1:
+        raise ValueError(f"gradient_reduction must be in (0, 1), got {gradient_reduction}")
+    return INNER_METHODS[method](jq, int(max_iterations), float(gradient_reduction))
+
+
+class AssimilationResult(scipy.optimize.OptimizeResult):
+    """The outcome of :func:`minimize_4dvar`, in the manner of ``scipy.optimize.OptimizeResult``.
+
+    Attributes: ``x0``, ``p`` (the analysis), ``success``, ``message``, ``nit``
+    and ``nfev`` (inner iterations and cost evaluations, all outer loops),
+    ``outer`` (one dict per outer loop: the nonlinear ``J``, ``Jb``, ``Jp``,
+    ``Jo`` and gradient norm at its linearisation point, and its ``inner``
+    :class:`InnerLoopResult`), and ``final`` (the nonlinear cost terms at the
+    analysis) with ``final_gradient_norm``.
+    """
+
+
+def minimize_4dvar(
+    cost: FourDVarCost,
+    x0: np.ndarray,
+    p: np.ndarray,
+    control="state",
+    outer_loops: int = 3,
+    method: str = "lbfgs",
+    max_iterations: int = 50,
+    gradient_reduction: float = 1e-6,
+    transform: bool = True,
+    callback=None,
+) -> AssimilationResult:
+    """Incremental 4D-Var: ``outer_loops`` relinearisations, each with an inner minimisation.
+
+    ``callback(outer_loop, record)`` is called after each outer loop (for progress).
+    """
+    if outer_loops < 1:
+        raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
+    x0 = np.asarray(x0, dtype=float).copy()
+    p = np.asarray(p, dtype=float).copy()
+    outer = []
+    for i in range(outer_loops):
+        jq = IncrementalCost(cost, x0, p, control=control, transform=transform, outer_loop=i)
+        inner = minimize_inner(jq, method, max_iterations, gradient_reduction)
+        record = {
+            "J": inner.J[0], "Jb": inner.Jb[0], "Jp": inner.Jp[0], "Jo": inner.Jo[0],
+            "gradient_norm": inner.gradient_norm[0], "inner": inner,
+        }
+        outer.append(record)
+        x0, p = jq.analysis(inner.u)
+        if callback is not None:
+            callback(i, record)
+    final, gx, gp = cost.gradient(x0, p)
+    final_gradient_norm = float(np.linalg.norm(jq.control_gradient(gx, gp)))  # same space as the inner loops
+    converged = outer[-1]["inner"].converged
+    return AssimilationResult(
+        x0=x0, p=p, success=bool(converged),
+        message=f"{outer_loops} outer loop(s); last inner loop: {outer[-1]['inner'].message}",
+        nit=sum(r["inner"].nit for r in outer), nfev=sum(r["inner"].nfev for r in outer),
+        outer=outer, final=final, final_gradient_norm=final_gradient_norm, control=jq.control.names(),
+    )

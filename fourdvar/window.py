@@ -1,0 +1,86 @@
+"""The nonlinear run over an assimilation window and its tangent-linear and adjoint.
+
+``WindowLinearization(model, x0, p, n_steps)`` runs ``x_{k+1} = M(x_k, p)`` once,
+keeping each step's linearisation (so the inner loop never reruns the nonlinear
+model), and gives the window's TL and AD::
+
+    TL   dx_0 given;  dx_k = M_{k:k-1}(dp, dx_{k-1})             k = 1 .. K
+    AD   ax = f_K, ap = 0
+         for k = K .. 1:  (ax, ap_k) = M_{k:k-1}^T ax ;  ap += ap_k ;  ax += f_{k-1}
+
+where ``f_k`` is an adjoint forcing injected at step ``k`` (for the 4D-Var
+gradient, ``H_k^T R_k^-1 (H_k dx_k - d_k)``).  The parameter adjoint of every
+step is accumulated over the window here, not in the model.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["DivergenceError", "WindowLinearization", "forecast"]
+
+
+class DivergenceError(FloatingPointError):
+    """The nonlinear trajectory or the cost stopped being finite."""
+
+
+def _require_finite(x: np.ndarray, step: int, context: str) -> None:
+    if not np.all(np.isfinite(x)):
+        where = f"{context}: " if context else ""
+        raise DivergenceError(f"{where}the model state is not finite at step {step} (the forecast diverged)")
+
+
+def forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = "") -> np.ndarray:
+    """The nonlinear trajectory ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``."""
+    trajectory = np.empty((n_steps + 1, model.n_state))
+    trajectory[0] = x0
+    _require_finite(trajectory[0], 0, context)
+    for k in range(n_steps):
+        trajectory[k + 1] = model.step(trajectory[k], p)
+        _require_finite(trajectory[k + 1], k + 1, context)
+    return trajectory
+
+
+class WindowLinearization:
+    """``x_0 .. x_K`` and the linearisations of ``M_{k:k-1}``, ``k = 1 .. K``."""
+
+    def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):
+        self.n_state = model.n_state
+        self.n_params = model.n_params
+        self.states = np.empty((n_steps + 1, model.n_state))
+        self.states[0] = x0
+        _require_finite(self.states[0], 0, context)
+        self.steps = []
+        for k in range(n_steps):
+            lin = model.linearize(self.states[k], p)
+            self.steps.append(lin)
+            self.states[k + 1] = lin.output
+            _require_finite(self.states[k + 1], k + 1, context)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
+        """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window)."""
+        last_step = self.n_steps if last_step is None else last_step
+        dx = [dx0]
+        for lin in self.steps[:last_step]:
+            dx.append(lin.tl(dx[-1], dp))
+        return dx
+
+    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``."""
+        ap = np.zeros(self.n_params)
+        last_step = max(forcings, default=0)
+        ax = np.zeros(self.n_state)
+        for k in range(last_step, 0, -1):
+            if k in forcings:
+                ax = ax + forcings[k]
+            ax, ap_k = self.steps[k - 1].ad(ax)
+            ap += ap_k
+        if 0 in forcings:
+            ax = ax + forcings[0]
+        return ax, ap
