@@ -47,6 +47,7 @@ SLOPE_TOLERANCE = 0.1
 MIN_DECADES = 5
 DEFAULT_AMPLITUDES = 10.0 ** -np.arange(1, 9)
 _TINY = np.finfo(float).tiny
+_ROUNDOFF = 64 * np.finfo(float).eps  # cancellation error allowed for an exactly linear map
 
 
 @dataclass
@@ -118,11 +119,13 @@ def _fit_slope(amplitudes: np.ndarray, errors: np.ndarray) -> tuple[float, int]:
     return best
 
 
-def _slope_verdict(name, amplitudes, ratios, errors, label) -> CheckResult:
+def _slope_verdict(name, amplitudes, ratios, errors, roundoff, label) -> CheckResult:
+    """``errors`` must fall like ``a``; ``roundoff`` is the size of ``errors`` that
+    floating-point cancellation alone would produce at each amplitude."""
     amplitudes = np.asarray(amplitudes, dtype=float)
-    if np.all(errors < 1e-13):
+    if np.all(errors <= roundoff):
         # The map is linear (or the cost quadratic) along this direction: the
-        # first-order expansion is exact to round-off, which is a pass.
+        # first-order expansion is exact to round-off at every amplitude, a pass.
         return CheckResult(
             name, True, 1.0, SLOPE_TOLERANCE, amplitudes, ratios,
             details=f"{label} exact to round-off at every amplitude (linear along this direction)",
@@ -154,8 +157,10 @@ def taylor_test(
     norm_df = np.linalg.norm(df)
     if norm_df == 0:
         return CheckResult(name, False, np.nan, SLOPE_TOLERANCE, details="the TL output is zero along this direction")
-    ratios = np.array([np.linalg.norm(f(u + a * h) - f0 - a * df) / (a * norm_df) for a in amplitudes])
-    return _slope_verdict(name, amplitudes, ratios, ratios, "TL")
+    perturbed = [f(u + a * h) for a in amplitudes]
+    ratios = np.array([np.linalg.norm(fa - f0 - a * df) / (a * norm_df) for a, fa in zip(amplitudes, perturbed)])
+    roundoff = np.array([_ROUNDOFF * (np.linalg.norm(f0) + np.linalg.norm(fa)) / (a * norm_df) for a, fa in zip(amplitudes, perturbed)])
+    return _slope_verdict(name, amplitudes, ratios, ratios, roundoff, "TL")
 
 
 def gradient_test(
@@ -167,13 +172,15 @@ def gradient_test(
     amplitudes: Sequence[float] = DEFAULT_AMPLITUDES,
 ) -> CheckResult:
     """``ratio(a) = (J(u + a h) - J(u)) / (a <grad J(u), h>)`` must tend to 1 with ``|ratio - 1| = O(a)``."""
+    amplitudes = np.asarray(amplitudes, dtype=float)
     J0 = J(u)
     slope_along_h = float(np.vdot(gradient, h))
     if slope_along_h == 0:
         return CheckResult(name, False, np.nan, SLOPE_TOLERANCE, details="<grad J, h> is zero")
-    ratios = np.array([(J(u + a * h) - J0) / (a * slope_along_h) for a in amplitudes])
-    result = _slope_verdict(name, amplitudes, ratios, np.abs(ratios - 1.0), "first-order expansion")
-    return result
+    perturbed = np.array([J(u + a * h) for a in amplitudes])
+    ratios = (perturbed - J0) / (amplitudes * slope_along_h)
+    roundoff = _ROUNDOFF * (abs(J0) + np.abs(perturbed)) / np.abs(amplitudes * slope_along_h)
+    return _slope_verdict(name, amplitudes, ratios, np.abs(ratios - 1.0), roundoff, "first-order expansion")
 
 
 # --- models -----------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""Observation operators with hand-coded TL and AD, and observation data sets.
+
+Registered with the engine through the ``fourdvar.operators`` entry points in
+``pyproject.toml``: ``identity``, ``subset``, ``linear``, ``square``, ``tanh``.
+This package imports the engine (``fourdvar``) and never ``models``.
+"""
+
+from .obsset import FILE_OPERATORS, ObservationSet, synthetic_observations
+from .operators import (
+    Identity,
+    Linear,
+    LinearLinearization,
+    OperatorBase,
+    PointwiseLinearization,
+    PointwiseOperator,
+    Square,
+    Subset,
+    Tanh,
+    operator_from_spec,
+    resolve_indices,
+)
+
+__all__ = [
+    "Identity",
+    "Subset",
+    "Linear",
+    "Square",
+    "Tanh",
+    "OperatorBase",
+    "PointwiseOperator",
+    "PointwiseLinearization",
+    "LinearLinearization",
+    "operator_from_spec",
+    "resolve_indices",
+    "ObservationSet",
+    "synthetic_observations",
+    "FILE_OPERATORS",
+]
