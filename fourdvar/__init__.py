@@ -1,4 +1,15 @@
-"""fourdvar: incremental 4D-Var with hand-coded tangent-linear and adjoint models."""
+"""fourdvar: incremental 4D-Var with hand-coded tangent-linear and adjoint models.
+
+The public API for one window::
+
+    from fourdvar import FourDVar
+    result = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control="both").solve()
+
+Building blocks: :mod:`fourdvar.covariances` (B, P, R), :mod:`fourdvar.cost`
+(``J`` and ``Jq``), :mod:`fourdvar.minimize` (inner and outer loops),
+:mod:`fourdvar.checks` (adjoint, Taylor and gradient tests) and
+:mod:`fourdvar.registry` (models and operators by name).
+"""
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
@@ -7,18 +18,35 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from . import checks, registry
-from .interfaces import Covariance, Model, ObservationOperator
+from . import checks, covariances, registry
+from .assimilation import FourDVar
+from .cost import Control, CostTerms, FourDVarCost, IncrementalCost
+from .interfaces import Covariance, Model, ObservationOperator, ObservationSlot
+from .minimize import AssimilationResult, minimize_4dvar, minimize_inner
 from .model import ModelBase
 from .registry import build_model, build_operator, register_model, register_operator
+from .window import DivergenceError, WindowLinearization, forecast
 
 __all__ = [
     "__version__",
+    "FourDVar",
+    "AssimilationResult",
+    "FourDVarCost",
+    "IncrementalCost",
+    "CostTerms",
+    "Control",
+    "minimize_4dvar",
+    "minimize_inner",
+    "WindowLinearization",
+    "forecast",
+    "DivergenceError",
     "checks",
+    "covariances",
     "registry",
     "Model",
     "ModelBase",
     "ObservationOperator",
+    "ObservationSlot",
     "Covariance",
     "build_model",
     "build_operator",

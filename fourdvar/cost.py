@@ -202,6 +202,9 @@ class IncrementalCost:
             self.observations.append((slot, H, d))
 
         Jb, Jp, self.Binv_dep, self.Pinv_dep = cost.background_terms(self.x0, self.p)
+        # a part not in the control keeps its (constant) background term, so Jq(0) == J(p^i, x0^i)
+        self.Jb_fixed = 0.0 if self.n_x else Jb
+        self.Jp_fixed = 0.0 if self.n_p else Jp
         self.departure_x = self.x0 - cost.xb
         self.departure_p = self.p - cost.pb
         if self.transform:
@@ -241,11 +244,13 @@ class IncrementalCost:
         v, w = self.split(u)
         if self.transform:
             ev, ew = self.v_b + v, self.w_b + w
-            return 0.5 * float(ev @ ev), 0.5 * float(ew @ ew), np.concatenate([ev, ew])
-        dx0, dp = self.increments(u)
-        Jb, gb = _quadratic_term(self.cost.B, self.departure_x + dx0) if self.n_x else (0.0, np.zeros(0))
-        Jp, gp = _quadratic_term(self.cost.P, self.departure_p + dp) if self.n_p else (0.0, np.zeros(0))
-        return Jb, Jp, np.concatenate([gb, gp])
+            Jb, Jp, gradient = 0.5 * float(ev @ ev), 0.5 * float(ew @ ew), np.concatenate([ev, ew])
+        else:
+            dx0, dp = self.increments(u)
+            Jb, gb = _quadratic_term(self.cost.B, self.departure_x + dx0) if self.n_x else (0.0, np.zeros(0))
+            Jp, gp = _quadratic_term(self.cost.P, self.departure_p + dp) if self.n_p else (0.0, np.zeros(0))
+            gradient = np.concatenate([gb, gp])
+        return Jb + self.Jb_fixed, Jp + self.Jp_fixed, gradient
 
     # --- Jq and its gradient -----------------------------------------------------------
 

@@ -49,20 +49,18 @@ class InnerLoopResult:
         return self.gradient_norm[-1] / self.gradient_norm[0] if self.gradient_norm and self.gradient_norm[0] else 0.0
 
 
-class _Converged(Exception):
-    pass
-
-
 def _lbfgs(jq: IncrementalCost, max_iterations: int, gradient_reduction: float, memory: int = 20) -> InnerLoopResult:
+    """scipy's L-BFGS-B on ``Jq``, restarted from where it stalls.
+
+    ``Jq`` is exactly quadratic, so the change of cost from a reference point is
+    ``Jq(u) - Jq(u_ref) = 1/2 (g(u) + g(u_ref)) . (u - u_ref)``; this is what scipy
+    sees.  Its round-off shrinks with ``|g|`` and ``|u - u_ref|``, whereas ``Jq(u)``
+    itself carries the round-off of the large observation term, on which the line
+    search would stall long before a small gradient reduction is reached.  When
+    scipy stops short of the gradient criterion, it is restarted from its last
+    point (fresh memory, new reference) while iterations remain.
+    """
     result = InnerLoopResult(u=np.zeros(jq.size))
-    last = {}
-
-    def fun(u):
-        terms, gradient = jq.value_and_gradient(u)
-        result.nfev += 1
-        last.update(u=u.copy(), terms=terms, gradient=gradient)
-        return terms.J, gradient
-
     terms0, gradient0 = jq.value_and_gradient(result.u)
     result.nfev += 1
     g0 = float(np.linalg.norm(gradient0))
@@ -70,35 +68,44 @@ def _lbfgs(jq: IncrementalCost, max_iterations: int, gradient_reduction: float, 
     if g0 == 0.0:
         result.message, result.converged = "gradient is zero at the start", True
         return result
+    target = gradient_reduction * g0
+    evaluated = {}
+    message = ""
 
-    def callback(intermediate_result):
-        u = intermediate_result.x
-        if "u" in last and np.array_equal(last["u"], u):
-            terms, gradient = last["terms"], last["gradient"]
-        else:  # not the last point evaluated (rare): evaluate it
+    while result.nit < max_iterations and result.gradient_norm[-1] > target:
+        u_ref, g_ref = result.u.copy(), evaluated.get("gradient", gradient0)
+
+        def fun(u):
             terms, gradient = jq.value_and_gradient(u)
-        result.u = u.copy()
-        result.nit += 1
-        norm = float(np.linalg.norm(gradient))
-        result.record(terms, norm)
-        if norm <= gradient_reduction * g0:
-            raise StopIteration
+            result.nfev += 1
+            evaluated.update(u=u.copy(), terms=terms, gradient=gradient)
+            return 0.5 * float((gradient + g_ref) @ (u - u_ref)), gradient
 
-    outcome = scipy.optimize.minimize(
-        fun, result.u, jac=True, method="L-BFGS-B", callback=callback,
-        options={"maxiter": max_iterations, "maxcor": memory, "ftol": 0.0, "gtol": 0.0, "maxls": 40},
-    )
-    if result.nit == 0 or not np.array_equal(result.u, outcome.x):
-        # scipy may end on a point after the last callback; keep the best of the two
-        terms, gradient = jq.value_and_gradient(outcome.x)
-        if terms.J <= result.J[-1]:
-            result.u = outcome.x.copy()
-            if result.nit == 0 or terms.J < result.J[-1]:
-                result.record(terms, float(np.linalg.norm(gradient)))
-    result.converged = result.gradient_norm[-1] <= gradient_reduction * g0
+        def callback(intermediate_result):
+            u = intermediate_result.x
+            if not np.array_equal(evaluated.get("u"), u):  # not the last point evaluated (rare)
+                fun(u)
+            result.u = u.copy()
+            result.nit += 1
+            norm = float(np.linalg.norm(evaluated["gradient"]))
+            result.record(evaluated["terms"], norm)
+            if norm <= target or result.nit >= max_iterations:
+                raise StopIteration
+
+        nit_before = result.nit
+        outcome = scipy.optimize.minimize(
+            fun, u_ref, jac=True, method="L-BFGS-B", callback=callback,
+            options={"maxiter": max_iterations - result.nit, "maxcor": memory, "ftol": 0.0, "gtol": 0.0, "maxls": 40},
+        )
+        message = str(outcome.message)
+        if result.nit == nit_before:  # no progress from this point: round-off has won
+            break
+        fun(result.u)  # the reference gradient of the next restart
+
+    result.converged = result.gradient_norm[-1] <= target
     result.message = (
         f"gradient norm reduced by {result.gradient_reduction:.1e}" if result.converged
-        else f"stopped after {result.nit} iterations: {outcome.message}"
+        else f"stopped after {result.nit} iterations (gradient reduced by {result.gradient_reduction:.1e}; {message})"
     )
     return result
 

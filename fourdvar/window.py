@@ -37,9 +37,10 @@ def forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = 
     trajectory = np.empty((n_steps + 1, model.n_state))
     trajectory[0] = x0
     _require_finite(trajectory[0], 0, context)
-    for k in range(n_steps):
-        trajectory[k + 1] = model.step(trajectory[k], p)
-        _require_finite(trajectory[k + 1], k + 1, context)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
+        for k in range(n_steps):
+            trajectory[k + 1] = model.step(trajectory[k], p)
+            _require_finite(trajectory[k + 1], k + 1, context)
     return trajectory
 
 
@@ -53,11 +54,12 @@ class WindowLinearization:
         self.states[0] = x0
         _require_finite(self.states[0], 0, context)
         self.steps = []
-        for k in range(n_steps):
-            lin = model.linearize(self.states[k], p)
-            self.steps.append(lin)
-            self.states[k + 1] = lin.output
-            _require_finite(self.states[k + 1], k + 1, context)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
+            for k in range(n_steps):
+                lin = model.linearize(self.states[k], p)
+                self.steps.append(lin)
+                self.states[k + 1] = lin.output
+                _require_finite(self.states[k + 1], k + 1, context)
 
     @property
     def n_steps(self) -> int:

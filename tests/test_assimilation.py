@@ -1,0 +1,198 @@
+"""Incremental 4D-Var minimisation: exactness on a linear problem, agreement with a direct
+minimisation of the nonlinear cost, joint state-parameter estimation, and failure modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+from fourdvar import FourDVar
+from fourdvar.cost import FourDVarCost, IncrementalCost
+from fourdvar.covariances import Dense, Diagonal, PeriodicCorrelation
+from fourdvar.minimize import minimize_inner
+from fourdvar.window import DivergenceError
+from models import MLP, Lorenz96
+from observations import Identity, Linear, synthetic_observations
+
+
+def spun_up_state(n=40, seed=0, steps=1000):
+    model = Lorenz96(n_state=n)
+    x = 8.0 + np.random.default_rng(seed).standard_normal(n)
+    return model.forecast(x, np.empty(0), steps)[-1]
+
+
+def lorenz96_twin(seed, n_steps, estimate_forcing=False, forcing_guess=7.0):
+    """Truth F = 8; observations of every variable at every step with std 1; B = I."""
+    rng = np.random.default_rng(seed)
+    truth = Lorenz96(40)
+    x_true = spun_up_state(seed=seed)
+    trajectory = truth.forecast(x_true, np.empty(0), n_steps)
+    obs = synthetic_observations(trajectory, list(range(n_steps + 1)), Identity(n_state=40), 1.0, rng)
+    xb = x_true + rng.standard_normal(40)
+    model = Lorenz96(40, forcing=8.0, estimate_forcing=estimate_forcing)
+    if estimate_forcing:
+        problem = FourDVar(model, obs, xb=xb, B=Diagonal(1.0, size=40), pb=np.array([forcing_guess]), P=Diagonal(1.0, size=1), control="both")
+    else:
+        problem = FourDVar(model, obs, xb=xb, B=Diagonal(1.0, size=40), control="state")
+    return problem, x_true
+
+
+def direct_minimisation(cost: FourDVarCost, x0, p, control):
+    """Minimise the nonlinear J itself with its exact adjoint gradient (the reference)."""
+    n = x0.size
+    estimate_p = "params" in control
+
+    def fun(u):
+        x, q = (u[:n], u[n:]) if estimate_p else (u, p)
+        terms, gx, gp = cost.gradient(x, q)
+        return terms.J, (np.concatenate([gx, gp]) if estimate_p else gx)
+
+    u0 = np.concatenate([x0, p]) if estimate_p else x0
+    result = scipy.optimize.minimize(fun, u0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-16, "gtol": 1e-10, "maxcor": 30})
+    return result.fun, result.x[n:] if estimate_p else p, np.linalg.norm(result.jac)
+
+
+# --- a linear problem: one outer loop is exact ---------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "cg"])
+@pytest.mark.parametrize("transform", [True, False])
+def test_linear_model_and_operator_one_outer_loop_gives_closed_form_minimiser(method, transform):
+    rng = np.random.default_rng(1)
+    n, m, L = 20, 12, 6
+    model = MLP([n, n], ["identity"])  # x_{k+1} = W x_k + b: an affine model
+    p = np.zeros(model.n_params)
+    (W,) = model.network.weights(p)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    W[:, :-1] = 0.97 * Q + 0.05 * rng.standard_normal((n, n))
+    W[:, -1] = 0.1 * rng.standard_normal(n)
+    H = rng.standard_normal((m, n))
+    operator = Linear(matrix=H)
+    x_true = rng.standard_normal(n)
+    steps = [0, 2, 3, 6]
+    obs = synthetic_observations(model.forecast(x_true, p, L), steps, operator, 0.5, rng)
+    B = PeriodicCorrelation(n, 2.0, std=1.0 + 0.5 * rng.uniform(size=n), shape="soar")
+    xb = x_true + B.sample(rng)
+
+    # closed form: x_k = A_k x0 + c_k;  xa = (B^-1 + sum A_k^T H^T R^-1 H A_k)^-1 (B^-1 xb + sum A_k^T H^T R^-1 (y_k - H c_k))
+    A_power, c = np.eye(n), np.zeros(n)
+    B_dense = np.column_stack([B.apply(e) for e in np.eye(n)])
+    hessian = np.linalg.inv(B_dense)
+    rhs = hessian @ xb
+    for k in range(L + 1):
+        if k in steps:
+            y = obs.values_at(k)
+            hessian = hessian + A_power.T @ H.T @ H @ A_power / 0.25
+            rhs = rhs + A_power.T @ H.T @ (y - H @ c) / 0.25
+        A_power, c = W[:, :-1] @ A_power, W[:, :-1] @ c + W[:, -1]
+    x_closed = np.linalg.solve(hessian, rhs)
+
+    problem = FourDVar(model, obs, xb=xb, B=B, pb=p, control="state", n_steps=L)
+    result = problem.solve(outer_loops=1, method=method, max_iterations=500, gradient_reduction=1e-13, transform=transform)
+    assert np.linalg.norm(result.x0 - x_closed) / np.linalg.norm(x_closed) < 1e-8
+    assert np.all(result.p == p)
+
+
+# --- Lorenz-96: the incremental analysis is the minimum of the nonlinear cost ----------------------
+
+
+def test_lorenz96_state_analysis_reaches_minimum_of_nonlinear_cost():
+    problem, x_true = lorenz96_twin(seed=0, n_steps=10)
+    result = problem.solve(outer_loops=10, method="lbfgs", max_iterations=200, gradient_reduction=1e-6)
+    _, g_first_guess, _ = problem.cost.gradient(problem.cost.xb, np.empty(0))
+    assert result.final_gradient_norm <= 1e-6 * np.linalg.norm(g_first_guess)
+    J_direct, _, _ = direct_minimisation(problem.cost, problem.cost.xb, np.empty(0), ["state"])
+    assert abs(result.final.J - J_direct) <= 1e-6 * J_direct
+    analysis_error = np.sqrt(np.mean((result.x0 - x_true) ** 2))
+    background_error = np.sqrt(np.mean((problem.cost.xb - x_true) ** 2))
+    assert analysis_error < background_error
+    assert [record["J"] for record in result.outer] == sorted((record["J"] for record in result.outer), reverse=True)
+
+
+def test_lorenz96_joint_state_and_forcing_reaches_minimum_of_nonlinear_cost():
+    problem, _ = lorenz96_twin(seed=0, n_steps=20, estimate_forcing=True)
+    result = problem.solve(outer_loops=10, method="lbfgs", max_iterations=300, gradient_reduction=1e-6)
+    _, gx, gp = problem.cost.gradient(problem.cost.xb, problem.cost.pb)
+    assert result.final_gradient_norm <= 1e-6 * np.linalg.norm(np.concatenate([gx, gp]))
+    J_direct, p_direct, _ = direct_minimisation(problem.cost, problem.cost.xb, problem.cost.pb, ["state", "params"])
+    assert abs(result.final.J - J_direct) <= 1e-6 * J_direct
+    assert abs(result.p[0] - p_direct[0]) < 1e-4
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lorenz96_joint_analysis_recovers_forcing_within_a_few_tenths(seed):
+    problem, _ = lorenz96_twin(seed=seed, n_steps=20, estimate_forcing=True)
+    result = problem.solve(outer_loops=12, method="cg", max_iterations=100, gradient_reduction=1e-6)
+    assert abs(result.p[0] - 8.0) < 0.3, result.p
+
+
+# --- inner solvers ------------------------------------------------------------------------------------
+
+
+def test_conjugate_gradient_and_lbfgs_find_the_same_inner_minimum():
+    problem, _ = lorenz96_twin(seed=2, n_steps=10, estimate_forcing=True)
+    jq = problem.incremental_cost()
+    cg = minimize_inner(jq, "cg", max_iterations=300, gradient_reduction=1e-10)
+    lbfgs = minimize_inner(jq, "lbfgs", max_iterations=1000, gradient_reduction=1e-10)
+    assert cg.converged and lbfgs.converged
+    assert np.linalg.norm(cg.u - lbfgs.u) <= 1e-8 * np.linalg.norm(cg.u)
+    assert abs(cg.J[-1] - lbfgs.J[-1]) <= 1e-12 * abs(cg.J[0])
+    # on a quadratic, CG needs no more iterations than L-BFGS
+    assert cg.nit <= lbfgs.nit
+    # the recorded CG cost (from the quadratic identity) equals a direct evaluation
+    terms, _ = jq.value_and_gradient(cg.u)
+    assert abs(terms.J - cg.J[-1]) <= 1e-10 * abs(cg.J[0])
+    assert abs(terms.Jb - cg.Jb[-1]) <= 1e-10 * abs(cg.J[0])
+
+
+def test_result_records_every_outer_and_inner_iteration():
+    problem, _ = lorenz96_twin(seed=3, n_steps=5)
+    result = problem.solve(outer_loops=2, max_iterations=7, gradient_reduction=1e-12)
+    assert len(result.outer) == 2
+    for record in result.outer:
+        inner = record["inner"]
+        assert inner.nit == 7 and not inner.converged and "7 iterations" in inner.message
+        assert len(inner.J) == inner.nit + 1 == len(inner.gradient_norm) == len(inner.Jo)
+        assert np.allclose(np.array(inner.J), np.array(inner.Jb) + np.array(inner.Jp) + np.array(inner.Jo), rtol=1e-14)
+        assert inner.J[-1] < inner.J[0]
+        assert inner.nfev >= inner.nit
+    assert result.nit == 14 and not result.success
+    assert result.final.J < result.outer[0]["J"]
+
+
+def test_parameter_only_control_leaves_the_state_unchanged_and_minimises_over_the_parameters():
+    problem, _ = lorenz96_twin(seed=4, n_steps=10, estimate_forcing=True)
+    problem = FourDVar(problem.model, problem.cost.slots, xb=problem.cost.xb, B=problem.cost.B, pb=np.array([7.0]), P=Diagonal(1.0, size=1), control="params")
+    result = problem.solve(outer_loops=8, method="cg", gradient_reduction=1e-8)
+    assert np.all(result.x0 == problem.cost.xb)
+    _, _, gp_start = problem.cost.gradient(problem.cost.xb, np.array([7.0]))
+    _, _, gp = problem.cost.gradient(result.x0, result.p)
+    assert abs(gp[0]) < 1e-6 * abs(gp_start[0])  # stationary in F with x0 held at xb
+    assert result.final.J < result.outer[0]["J"]
+
+
+# --- failure modes ---------------------------------------------------------------------------------------
+
+
+def test_divergent_forecast_raises_error_naming_outer_loop_and_step():
+    problem, _ = lorenz96_twin(seed=0, n_steps=10)
+    unstable = Lorenz96(40, dt=2.0)  # RK4 with a far too long step blows up
+    bad = FourDVar(unstable, problem.cost.slots, xb=problem.cost.xb, B=Diagonal(1.0, size=40))
+    with pytest.raises(DivergenceError, match=r"outer loop 0: the model state is not finite at step \d+"):
+        bad.solve(outer_loops=2)
+
+
+def test_inner_loop_options_are_validated():
+    problem, _ = lorenz96_twin(seed=0, n_steps=3)
+    jq = problem.incremental_cost()
+    with pytest.raises(ValueError, match="unknown inner method 'newton'"):
+        minimize_inner(jq, "newton")
+    with pytest.raises(ValueError, match="max_iterations must be at least 1"):
+        minimize_inner(jq, "cg", max_iterations=0)
+    with pytest.raises(ValueError, match="gradient_reduction must be in"):
+        minimize_inner(jq, "cg", gradient_reduction=2.0)
+    with pytest.raises(ValueError, match="no parameter covariance P"):
+        FourDVar(Lorenz96(40, estimate_forcing=True), problem.cost.slots, xb=problem.cost.xb, B=Diagonal(1.0, size=40), pb=[8.0], control="both").solve()
+    with pytest.raises(ValueError, match="give their background/fixed values pb"):
+        FourDVar(Lorenz96(40, estimate_forcing=True), problem.cost.slots, xb=problem.cost.xb, B=Diagonal(1.0, size=40))
