@@ -31,6 +31,7 @@ __all__ = [
     "build_operator",
     "available_models",
     "available_operators",
+    "observation_set_class",
 ]
 
 _GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators"}
@@ -132,3 +133,15 @@ def build_model(spec: Mapping[str, Any]) -> Any:
 def build_operator(spec: Mapping[str, Any]) -> Any:
     """``{"type": "subset", "indices": [0, 2]}`` -> the operator instance."""
     return _build("operator", spec)
+
+
+def observation_set_class(name: str = "default") -> type:
+    """The observation-set class (reading, writing, windowing and generating observations).
+
+    Found through the ``fourdvar.observation_sets`` entry points, so the command
+    line does not import ``observations`` by name.
+    """
+    points = {ep.name: ep for ep in entry_points(group="fourdvar.observation_sets")}
+    if name not in points:
+        raise RegistryError(f"no observation-set class {name!r} is installed (entry-point group fourdvar.observation_sets)")
+    return points[name].load()

@@ -139,6 +139,11 @@ class ObservationSet:
         """``y_k`` at ``step``; ``KeyError`` if there is none."""
         return self.slot_at(step).values
 
+    @classmethod
+    def synthetic(cls, trajectory, steps, operator, error_std, rng) -> "ObservationSet":
+        """Observations of a known truth; see :func:`synthetic_observations`."""
+        return synthetic_observations(trajectory, steps, operator, error_std, rng)
+
     # --- cutting a record into windows ------------------------------------------------
 
     def window(self, start: int, length: int, include_end: bool = True) -> "ObservationSet":

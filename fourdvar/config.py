@@ -1,0 +1,268 @@
+"""Experiment configuration: the YAML schema, its defaults and its validation.
+
+:func:`load_config` reads a YAML file and returns the *resolved* configuration: a
+plain dict with every default filled in, which is what a result file records.
+Every problem is a :class:`ConfigError` naming the file, the key path, what was
+expected and what was found; an unknown key suggests the nearest valid one.
+
+The schema below is the single source of the keys, their defaults and their
+documentation (``configs/README.md`` is checked against it by the tests).
+Model and operator mappings are free-form here (``type`` plus the class's
+constructor keywords); they are checked when the objects are built.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+__all__ = ["ConfigError", "Field", "SCHEMA", "load_config", "resolve_config", "schema_keys"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` is the one line the command line prints."""
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # int, float, bool, str, number_or_list, component, components, str_list, any
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple | None = None
+    nullable: bool = False
+
+
+def _positive(value) -> str | None:
+    values = value if isinstance(value, list) else [value]
+    return None if all(v > 0 for v in values) else "must be positive"
+
+
+def _non_negative(value) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least_one(value) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
+def _fraction(value) -> str | None:
+    return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
+
+
+SCHEMA: dict[str, Any] = {
+    "title": Field("str", "", "a one-line description, copied into the result file"),
+    "seed": Field("int", 0, "seed of every random draw (truth, observations, background, initial weights)"),
+    "model": Field("component", REQUIRED, "the forecast model: `type` (registry name or `module:Class`) and its constructor keywords; optional `params` (initial parameter values) or `params_from` (a result file whose analysed parameters to start from)"),
+    "truth": {
+        "model": Field("component", None, "the model that makes the truth run (default: the forecast model)", nullable=True),
+        "params": Field("number_or_list", None, "parameters of the truth model (default: its `init_params`)", nullable=True),
+        "spinup_steps": Field("int", 1000, "steps run from the initial state before cycle 0", _non_negative),
+        "initial_mean": Field("float", 0.0, "mean of the random initial state of the spin-up"),
+        "initial_std": Field("float", 1.0, "standard deviation of the random initial state of the spin-up", _positive),
+        "state_slice": Field("int_list", None, "`[start, stop]`: the part of the truth state the forecast model represents (default: all of it)", nullable=True),
+    },
+    "observations": {
+        "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
+        "every": Field("int", 1, "observe every `every` model steps (generated observations)", _at_least_one),
+        "operator": Field("components", {"type": "identity"}, "the observation operator, or a list of operators used in turn at successive observation times"),
+        "error_std": Field("float", 1.0, "observation error standard deviation (R = error_std^2 I)", _positive),
+    },
+    "background": {
+        "state": {
+            "error_std": Field("float", 1.0, "background error standard deviation of the state", _positive),
+            "correlation": {
+                "type": Field("str", None, "`gaussian` or `soar` correlation on the periodic grid; none for a diagonal B", choices=("gaussian", "soar"), nullable=True),
+                "length_scale": Field("float", 2.0, "correlation length scale in grid points", _positive),
+            },
+            "initial": Field("str", "perturbed_truth", "cycle 0 background: `perturbed_truth` (truth + a draw from B), `truth_mean` (the truth's mean value everywhere) or `free_run` (a spun-up state of the forecast model itself; the choice when observations come from a file)", choices=("perturbed_truth", "truth_mean", "free_run")),
+            "adaptive": Field("bool", False, "re-estimate the state error std at each window start from the innovations there (useful while a learned model is still poor)"),
+            "adaptive_min_std": Field("float", 0.1, "lower bound of the adaptive std", _positive),
+            "adaptive_max_std": Field("float", 10.0, "upper bound of the adaptive std", _positive),
+        },
+        "params": {
+            "error_std": Field("number_or_list", 1.0, "parameter error standard deviation (scalar, or one per parameter)", _positive),
+            "decay": Field("float", 1.0, "factor applied to the parameter std after each cycle (< 1 shrinks P over the cycles, > 1 inflates it)", _positive),
+            "floor": Field("float", 0.0, "the parameter std never goes below this", _non_negative),
+        },
+    },
+    "window": {
+        "steps": Field("int", 10, "model steps per assimilation window", _at_least_one),
+        "cycles": Field("int", 1, "number of consecutive windows", _at_least_one),
+    },
+    "assimilation": {
+        "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`", choices=("state", "params")),
+        "outer_loops": Field("int", 3, "outer loops (relinearisations) per window", _at_least_one),
+        "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
+        "inner": {
+            "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B) or `cg` (conjugate gradients)", choices=("lbfgs", "cg")),
+            "max_iterations": Field("int", 50, "maximum inner iterations per outer loop", _at_least_one),
+            "gradient_reduction": Field("float", 1.0e-6, "stop the inner loop when |grad Jq| <= this * its initial value", _fraction),
+        },
+    },
+    "output": {
+        "file": Field("str", None, "result NetCDF file (default: `results/<config name>.nc`)", nullable=True),
+    },
+}
+
+
+def schema_keys(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, Field]]:
+    """Every ``(dotted.key, Field)`` of the schema, in order."""
+    keys = []
+    for key, entry in schema.items():
+        path = f"{prefix}{key}"
+        if isinstance(entry, dict):
+            keys.extend(schema_keys(entry, path + "."))
+        else:
+            keys.append((path, entry))
+    return keys
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce(field: Field, value, path: str):
+    """``value`` as the field's type, or an error message."""
+    if value is None:
+        if field.nullable:
+            return None
+        raise ConfigError(f"{path}: expected {field.kind.replace('_', ' ')}, got null")
+    kind = field.kind
+    if kind == "int":
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{path}: expected an integer, got {value!r} ({_type_name(value)})")
+        value = int(value)
+    elif kind == "float":
+        if not _is_number(value):
+            raise ConfigError(f"{path}: expected a number, got {value!r} ({_type_name(value)})")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r} ({_type_name(value)})")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r} ({_type_name(value)})")
+    elif kind == "number_or_list":
+        if _is_number(value):
+            value = float(value)
+        elif isinstance(value, list) and value and all(_is_number(v) for v in value):
+            value = [float(v) for v in value]
+        else:
+            raise ConfigError(f"{path}: expected a number or a list of numbers, got {value!r}")
+    elif kind == "int_list":
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{path}: expected [start, stop] (two integers), got {value!r}")
+    elif kind == "str_list":
+        if isinstance(value, str):
+            value = [value]
+        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f"{path}: expected a list of names, got {value!r}")
+    elif kind == "component":
+        _check_component(value, path)
+        value = copy.deepcopy(value)
+    elif kind == "components":
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ConfigError(f"{path}: expected a mapping with a 'type' key or a non-empty list of them, got []")
+        for i, item in enumerate(items):
+            _check_component(item, f"{path}[{i}]" if isinstance(value, list) else path)
+        value = copy.deepcopy(value)
+    if field.choices is not None:
+        bad = [v for v in (value if isinstance(value, list) else [value]) if v not in field.choices]
+        if bad:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(str, field.choices))}, got {bad[0]!r}")
+    if field.check is not None and (problem := field.check(value)):
+        raise ConfigError(f"{path}: {problem}, got {value!r}")
+    return value
+
+
+def _check_component(value, path: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'type' key, got {value!r} ({_type_name(value)})")
+    if "type" not in value:
+        raise ConfigError(f"{path}: missing key 'type' (the registry name or 'module:Class')")
+    if not isinstance(value["type"], str):
+        raise ConfigError(f"{path}.type: expected a string, got {value['type']!r}")
+
+
+def _unknown_key(key, known, path: str) -> ConfigError:
+    where = f"{path}." if path else ""
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f" (valid keys: {', '.join(known)})"
+    return ConfigError(f"{where}{key}: unknown key{hint}")
+
+
+def _resolve(schema: dict, values: Any, path: str) -> dict:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {values!r} ({_type_name(values)})")
+    for key in values:
+        if key not in schema:
+            raise _unknown_key(key, schema, path)
+    resolved = {}
+    for key, entry in schema.items():
+        key_path = f"{path}.{key}" if path else key
+        if isinstance(entry, dict):
+            resolved[key] = _resolve(entry, values.get(key), key_path)
+        elif key in values:
+            resolved[key] = _coerce(entry, values[key], key_path)
+        elif entry.default is REQUIRED:
+            raise ConfigError(f"{key_path}: missing required key")
+        else:
+            resolved[key] = copy.deepcopy(entry.default)
+    return resolved
+
+
+def resolve_config(raw: Any, name: str = "experiment") -> dict:
+    """Validate a parsed YAML mapping and fill in every default."""
+    config = _resolve(SCHEMA, raw, "")
+    if config["truth"]["model"] is None:
+        config["truth"]["model"] = {k: v for k, v in config["model"].items() if k not in ("params", "params_from")}
+    if config["output"]["file"] is None:
+        config["output"]["file"] = f"results/{name}.nc"
+    state = config["background"]["state"]
+    if state["adaptive_min_std"] > state["adaptive_max_std"]:
+        raise ConfigError("background.state.adaptive_min_std: must not exceed adaptive_max_std")
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read, validate and resolve a YAML experiment file; raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    try:
+        return resolve_config(raw, name=path.stem)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None

@@ -1,0 +1,96 @@
+"""Cycled 4D-Var: window after window, the state and the parameters carried forward.
+
+For cycle ``c`` with background ``(xb_c, pb_c)``::
+
+    (x0_c, p_c)   = 4D-Var analysis of window c          (FourDVar.solve)
+    xb_{c+1}      = M_{L:0}(p_c, x0_c)                    the analysis forecast to the window end
+    pb_{c+1}      = p_c                                   the analysed parameters
+    B_{c+1}, P_{c+1} from the caller's policies (fixed by default)
+
+With parameters in the control this is online learning: a network's weights are
+re-estimated in every window, their previous analysis acting as the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .assimilation import FourDVar
+from .cost import Control
+from .minimize import AssimilationResult
+from .window import forecast
+
+__all__ = ["WindowOutcome", "assimilate_window", "cycle"]
+
+
+@dataclass
+class WindowOutcome:
+    """One assimilation window: its background, analysis and both forecasts over the window."""
+
+    cycle: int
+    xb: np.ndarray
+    pb: np.ndarray
+    B: object
+    P: object
+    result: AssimilationResult
+    background_trajectory: np.ndarray  # (L + 1, n_state), from (xb, pb)
+    analysis_trajectory: np.ndarray  # (L + 1, n_state), from (x0, p)
+
+    @property
+    def x0(self) -> np.ndarray:
+        return self.result.x0
+
+    @property
+    def p(self) -> np.ndarray:
+        return self.result.p
+
+
+def assimilate_window(model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0, **solve_options) -> WindowOutcome:
+    """4D-Var over one window from the background, and the two forecasts over it."""
+    problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps)
+    result = problem.solve(**solve_options)
+    context = f"cycle {cycle}"
+    return WindowOutcome(
+        cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
+        background_trajectory=forecast(model, xb, pb, n_steps, context=f"{context}, background forecast"),
+        analysis_trajectory=forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast"),
+    )
+
+
+def cycle(
+    model,
+    windows: Iterable[Sequence],
+    xb: np.ndarray,
+    B,
+    pb: np.ndarray,
+    P,
+    control="state",
+    n_steps: int = 1,
+    start_cycle: int = 0,
+    background_policy: Callable[[int, np.ndarray, np.ndarray, Sequence, object], object] | None = None,
+    params_policy: Callable[[int, object], object] | None = None,
+    **solve_options,
+) -> Iterator[WindowOutcome]:
+    """Yield one :class:`WindowOutcome` per window of ``windows``.
+
+    ``windows`` gives each cycle's observation slots, steps relative to the window
+    start.  ``background_policy(cycle, xb, pb, slots, B) -> B`` may adapt the state
+    background covariance before each window (e.g. its variance from the
+    innovations); ``params_policy(cycle, P) -> P`` the parameter covariance (e.g.
+    shrinking it over the cycles).  Both default to keeping the covariance fixed.
+    """
+    control = Control.parse(control)
+    xb = np.asarray(xb, dtype=float)
+    pb = np.asarray(pb, dtype=float)
+    for c, slots in enumerate(windows, start=start_cycle):
+        if background_policy is not None:
+            B = background_policy(c, xb, pb, slots, B)
+        if params_policy is not None and P is not None:
+            P = params_policy(c, P)
+        outcome = assimilate_window(model, slots, xb, B, pb, P, control, n_steps, cycle=c, **solve_options)
+        yield outcome
+        xb = outcome.analysis_trajectory[-1].copy()
+        pb = outcome.p.copy() if control.params else pb

@@ -1,0 +1,219 @@
+"""The result file of a cycled experiment: an :class:`xarray.Dataset` that explains itself.
+
+Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
+``param``, ``outer`` (outer loops), ``iteration`` (inner iterations, 0 = start),
+``obs``.  Variables (``long_name`` and ``units`` on each):
+
+    truth, background, analysis            (cycle, step, x)   trajectories over each window
+    params_background, params_analysis     (cycle, param)     (models with parameters)
+    params_truth                           (param)            (when the truth model is the same model)
+    J, Jb, Jp, Jo, gradient_norm           (cycle, outer, iteration)   inner-loop Jq, NaN-padded
+    J_outer                                (cycle, outer)     nonlinear J at each linearisation point
+    inner_iterations                       (cycle, outer)
+    J_final, Jb_final, Jp_final, Jo_final  (cycle)            nonlinear J at the analysis
+    rmse_background, rmse_analysis         (cycle)            against the truth at the window start
+    rmse_background_window, rmse_analysis_window (cycle)      ... averaged over the window's states
+    background_std, params_std             (cycle)            mean std of B and P used in the window
+    obs_value, obs_step, obs_index, obs_error_std (obs)       the observations (steps from cycle 0)
+
+Attributes: the resolved configuration as YAML (``config``), ``fourdvar_version``,
+``window_steps``, ``dt`` (when the model has one), ``model``, ``completed_cycles``,
+``complete`` (1 when every cycle ran).  The file alone is enough to rebuild the
+experiment and recompute the cost of any analysis (:func:`recompute_cost`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from . import __version__
+from .cost import CostTerms, FourDVarCost
+
+__all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of"]
+
+
+def _rms(a: np.ndarray, axis=None) -> np.ndarray:
+    return np.sqrt(np.mean(a**2, axis=axis))
+
+
+def _mean_std(covariance) -> float:
+    return float(np.mean(covariance.std)) if covariance is not None and covariance.size else np.nan
+
+
+class ResultRecorder:
+    """Collects :class:`fourdvar.cycling.WindowOutcome` objects and builds the dataset."""
+
+    def __init__(self, experiment):
+        self.experiment = experiment
+        self.rows: list[dict] = []
+
+    def add(self, outcome) -> None:
+        result = outcome.result
+        self.rows.append({
+            "background": outcome.background_trajectory,
+            "analysis": outcome.analysis_trajectory,
+            "params_background": outcome.pb,
+            "params_analysis": outcome.p,
+            "outer": [
+                {"J": r["inner"].J, "Jb": r["inner"].Jb, "Jp": r["inner"].Jp, "Jo": r["inner"].Jo,
+                 "gradient_norm": r["inner"].gradient_norm, "J_outer": r["J"], "nit": r["inner"].nit}
+                for r in result.outer
+            ],
+            "final": result.final,
+            "background_std": _mean_std(outcome.B),
+            "params_std": _mean_std(outcome.P),
+        })
+
+    # --- resuming ---------------------------------------------------------------------------
+
+    def restore(self, dataset: xr.Dataset) -> tuple[int, np.ndarray, np.ndarray]:
+        """Reload the completed cycles of a checkpoint; return ``(next cycle, xb, pb)``."""
+        n = int(dataset.attrs["completed_cycles"])
+        has_params = "params_analysis" in dataset
+        for c in range(n):
+            outer = []
+            for o in range(dataset.sizes["outer"]):
+                nit = int(dataset["inner_iterations"].values[c, o])
+                row = {key: list(dataset[key].values[c, o, : nit + 1]) for key in ("J", "Jb", "Jp", "Jo", "gradient_norm")}
+                row.update(J_outer=float(dataset["J_outer"].values[c, o]), nit=nit)
+                outer.append(row)
+            self.rows.append({
+                "background": dataset["background"].values[c],
+                "analysis": dataset["analysis"].values[c],
+                "params_background": dataset["params_background"].values[c] if has_params else np.zeros(0),
+                "params_analysis": dataset["params_analysis"].values[c] if has_params else np.zeros(0),
+                "outer": outer,
+                "final": CostTerms(*(float(dataset[f"{k}_final"].values[c]) for k in ("Jb", "Jp", "Jo"))),
+                "background_std": float(dataset["background_std"].values[c]),
+                "params_std": float(dataset["params_std"].values[c]),
+            })
+        last = self.rows[-1]
+        carried_params = "params" in self.experiment.control
+        pb = last["params_analysis"] if carried_params else self.experiment.pb0
+        return n, last["analysis"][-1].copy(), np.array(pb, dtype=float)
+
+    # --- the dataset ----------------------------------------------------------------------------
+
+    def dataset(self, complete: bool) -> xr.Dataset:
+        exp = self.experiment
+        n_cycles, L = len(self.rows), exp.n_steps
+        n_outer = exp.config["assimilation"]["outer_loops"]
+        n_iter = 1 + max((len(o["J"]) - 1 for row in self.rows for o in row["outer"]), default=0)
+        data = {}
+
+        def var(name, dims, values, long_name, units="1"):
+            data[name] = (dims, np.asarray(values), {"long_name": long_name, "units": units})
+
+        state_units = exp.config.get("units", "1")
+        var("background", ("cycle", "step", "x"), [r["background"] for r in self.rows], "background forecast over the window", state_units)
+        var("analysis", ("cycle", "step", "x"), [r["analysis"] for r in self.rows], "analysis forecast over the window", state_units)
+        if exp.truth is not None:
+            truth = np.stack([exp.truth["trajectory"][c * L : c * L + L + 1] for c in range(n_cycles)])
+            var("truth", ("cycle", "step", "x"), truth, "truth over the window", state_units)
+            analysis, background = data["analysis"][1], data["background"][1]
+            var("rmse_background", ("cycle",), _rms(background[:, 0] - truth[:, 0], axis=1), "background RMSE at the window start", state_units)
+            var("rmse_analysis", ("cycle",), _rms(analysis[:, 0] - truth[:, 0], axis=1), "analysis RMSE at the window start", state_units)
+            var("rmse_background_window", ("cycle",), _rms(background - truth, axis=(1, 2)), "background RMSE over the window", state_units)
+            var("rmse_analysis_window", ("cycle",), _rms(analysis - truth, axis=(1, 2)), "analysis RMSE over the window", state_units)
+        if exp.model.n_params:
+            var("params_background", ("cycle", "param"), [r["params_background"] for r in self.rows], "background (first guess) parameters")
+            var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
+            if exp.truth is not None and exp.truth["params"] is not None:
+                var("params_truth", ("param",), exp.truth["params"], "parameters of the truth model")
+
+        def padded(key):
+            array = np.full((n_cycles, n_outer, n_iter), np.nan)
+            for c, row in enumerate(self.rows):
+                for o, record in enumerate(row["outer"]):
+                    array[c, o, : len(record[key])] = record[key]
+            return array
+
+        for key, long_name in [("J", "incremental cost Jq"), ("Jb", "Jq background term"), ("Jp", "Jq parameter term"),
+                               ("Jo", "Jq observation term"), ("gradient_norm", "norm of the gradient of Jq (control space)")]:
+            var(key, ("cycle", "outer", "iteration"), padded(key), f"{long_name} per inner iteration")
+        var("J_outer", ("cycle", "outer"), [[o["J_outer"] for o in r["outer"]] for r in self.rows], "nonlinear cost J at each outer loop's linearisation point")
+        var("inner_iterations", ("cycle", "outer"), np.array([[o["nit"] for o in r["outer"]] for r in self.rows], dtype=np.int64), "inner iterations per outer loop")
+        for key in ("Jb", "Jp", "Jo"):
+            var(f"{key}_final", ("cycle",), [getattr(r["final"], key) for r in self.rows], f"nonlinear {key} at the analysis")
+        var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
+        var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
+        var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
+
+        obs = exp.observations.window(0, n_cycles * L, include_end=False)
+        obs_ds = obs.to_dataset() if len(obs) else None
+        if obs_ds is not None:
+            for name in ("value", "step", "index", "error_std"):
+                data[f"obs_{name}"] = (("obs",), obs_ds[name].values, dict(obs_ds[name].attrs))
+            data["obs_operator"] = (("obs",), obs_ds["operator"].values.astype(str), dict(obs_ds["operator"].attrs))
+
+        coords = {"cycle": np.arange(n_cycles), "step": np.arange(L + 1), "x": np.arange(exp.model.n_state),
+                  "outer": np.arange(n_outer), "iteration": np.arange(n_iter)}
+        if exp.model.n_params:
+            coords["param"] = np.arange(exp.model.n_params)
+        attrs = {
+            "title": exp.config["title"] or "fourdvar experiment",
+            "fourdvar_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": yaml.safe_dump(exp.config, sort_keys=False),
+            "model": repr(exp.model),
+            "window_steps": L,
+            "completed_cycles": n_cycles,
+            "total_cycles": exp.n_cycles,
+            "complete": int(complete),
+            "control": ",".join(exp.control),
+        }
+        if hasattr(exp.model, "dt"):
+            attrs["dt"] = float(exp.model.dt)
+        return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def write_atomic(dataset: xr.Dataset, path: str | Path) -> Path:
+    """Write NetCDF to a temporary file beside ``path``, then rename it into place.
+
+    A crash leaves either the old file or the new one, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        dataset.to_netcdf(temporary, engine="netcdf4")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def config_of(dataset: xr.Dataset) -> dict:
+    """The resolved configuration stored in a result file."""
+    return yaml.safe_load(dataset.attrs["config"])
+
+
+def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = "."):
+    """Rebuild the experiment from the file's configuration and evaluate the nonlinear
+    cost of the stored analysis of ``cycle``; returns :class:`fourdvar.cost.CostTerms`.
+
+    Uses only the file: the configuration (with its seed) regenerates the truth and
+    the observations; the background, the covariances and the analysis are read back.
+    """
+    from .experiment import Experiment  # the experiment layer builds on this module
+
+    experiment = Experiment(config_of(dataset), base_dir=base_dir)
+    row = dataset.isel(cycle=cycle)
+    xb = row["background"].values[0]
+    pb = row["params_background"].values if "params_background" in dataset else experiment.pb0
+    B = experiment.B0.with_std(float(row["background_std"]))
+    P = experiment.params_policy(cycle, experiment.P0) if "params" in experiment.control else None
+    slots = experiment.observations.window(cycle * experiment.n_steps, experiment.n_steps, include_end=False)
+    cost = FourDVarCost(experiment.model, slots, xb, B=B, pb=pb, P=P, n_steps=experiment.n_steps)
+    x0 = row["analysis"].values[0]
+    p = row["params_analysis"].values if "params_analysis" in dataset else experiment.pb0
+    return cost.evaluate(x0, p)
