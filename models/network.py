@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.linalg import blas
 
 from .activations import get_activation
 
@@ -43,6 +44,25 @@ def with_bias_row(a: np.ndarray) -> np.ndarray:
     a_bias[:-1] = a
     a_bias[-1] = 1.0
     return a_bias
+
+
+def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``A @ B`` for matrices, into ``out`` if given.
+
+    When the inner dimension is 1 the product is an outer product (the weight
+    adjoint ``az a^T`` of a single column, or ``W^T az`` of a one-unit layer).
+    numpy's ``matmul`` does not call BLAS for it and is then 3-6x slower than
+    BLAS ``dgemm`` (measured, 400 x 401 and 32 x 4000), so we call ``dgemm``.
+    ``dgemm`` is column-major: it forms ``(A B)^T = B^T A^T``, which is ``A B``
+    in row-major order.
+    """
+    if A.shape[1] != 1:
+        return np.matmul(A, B, out=out)
+    if out is None:
+        return blas.dgemm(1.0, B.T, A.T).T
+    if not (out.flags.c_contiguous and out.dtype == np.float64):
+        raise ValueError("matmul writes an outer product into a C-contiguous float64 array only")
+    return blas.dgemm(1.0, B.T, A.T, beta=0.0, c=out.T, overwrite_c=True).T
 
 
 class Network:
@@ -131,6 +151,6 @@ class NetworkLinearization:
         aW = self.network.weights(ap)
         for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
             az = aa if fprime is None else fprime * aa
-            np.matmul(az, a_prev.T, out=aW_i)
-            aa = W[:, :-1].T @ az
+            matmul(az, a_prev.T, out=aW_i)
+            aa = matmul(W[:, :-1].T, az)
         return aa, ap
