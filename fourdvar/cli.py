@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,20 +56,27 @@ def _load(args) -> dict:
     return config
 
 
-def _experiment(config):
+def _experiment(config, args):
     from .experiment import Experiment
 
-    return Experiment(config)
+    try:
+        return Experiment(config)
+    except ConfigError as error:
+        raise ConfigError(f"{args.config}: {error}") from None
 
 
 def _require_writable_directory(path: Path, what: str) -> None:
-    directory = path.parent if path.parent != Path("") else Path(".")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".fourdvar-write-test-"):
-            pass
-    except OSError as error:
-        raise CommandError(f"{what}: cannot write to directory {directory} ({error.strerror or error})") from None
+    """Fail now, before any computation, if ``path`` could not be written later.
+
+    Nothing is created: the nearest existing ancestor must be a writable directory.
+    """
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise CommandError(f"{what}: cannot write {path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CommandError(f"{what}: cannot write {path}: directory {directory} is not writable")
 
 
 def _open_dataset(path: Path, what: str) -> xr.Dataset:
@@ -136,8 +142,8 @@ def command_run(args) -> int:
     config = _load(args)
     output = Path(args.output or config["output"]["file"])
     config["output"]["file"] = str(output)
-    _require_writable_directory(output, "output.file" if not args.output else "--output")
-    experiment = _experiment(config)
+    _require_writable_directory(output, "--output" if args.output else f"{args.config}: output.file")
+    experiment = _experiment(config, args)
     checkpoint = _checkpoint_path(output)
     resume_from = None
     if args.resume and checkpoint.exists():
@@ -153,12 +159,12 @@ def command_run(args) -> int:
     progress = Progress(experiment.n_cycles, quiet=args.quiet, start_cycle=start)
     try:
         dataset = experiment.run(checkpoint=lambda ds: write_atomic(ds, checkpoint), resume_from=resume_from, progress=progress)
+        write_atomic(dataset, output)
     except KeyboardInterrupt:
         print(f"\ninterrupted; completed cycles are saved in {checkpoint}; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DivergenceError as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
-    write_atomic(dataset, output)
     checkpoint.unlink(missing_ok=True)
     if not args.quiet:
         print(f"wrote {output} ({experiment.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)", file=sys.stderr)
@@ -178,7 +184,7 @@ def command_check(args) -> int:
     from .cost import FourDVarCost
 
     config = _load(args)
-    experiment = _experiment(config)
+    experiment = _experiment(config, args)
     rng = np.random.default_rng(config["seed"])
     model, x, p = experiment.model, experiment.xb0, experiment.pb0
     n_steps = experiment.n_steps
@@ -224,8 +230,8 @@ def command_generate(args) -> int:
     if config["observations"]["file"] is not None:
         raise CommandError("observations.file: the observations come from a file; there is nothing to generate")
     output = Path(args.output or Path(config["output"]["file"]).with_name(Path(args.config).stem + "_data.nc"))
-    _require_writable_directory(output, "--output")
-    experiment = _experiment(config)
+    _require_writable_directory(output, "--output" if args.output else "output file")
+    experiment = _experiment(config, args)
     dataset = experiment.observations.to_dataset()
     truth = experiment.truth["trajectory"]
     dataset["truth"] = (("time_step", "x"), truth, {"long_name": "truth trajectory (model state) from the start of cycle 0", "units": "1"})
@@ -245,7 +251,7 @@ def command_plot(args) -> int:
     if "analysis" not in dataset:
         raise CommandError(f"RESULT: {path} is not a fourdvar result file (no 'analysis' variable)")
     output = Path(args.output) if args.output else path.with_name(path.stem + "_figures")
-    _require_writable_directory(output / "x", "--output")
+    _require_writable_directory(output / "figure.png", "--output")
     written = plot_results(dataset, output)
     for figure in written:
         print(figure)

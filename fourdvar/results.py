@@ -151,7 +151,7 @@ class ResultRecorder:
         if obs_ds is not None:
             for name in ("value", "step", "index", "error_std"):
                 data[f"obs_{name}"] = (("obs",), obs_ds[name].values, dict(obs_ds[name].attrs))
-            data["obs_operator"] = (("obs",), obs_ds["operator"].values.astype(str), dict(obs_ds["operator"].attrs))
+            data["obs_operator"] = (("obs",), obs_ds["operator"].values.astype(str), {**obs_ds["operator"].attrs, "units": "1"})
 
         coords = {"cycle": np.arange(n_cycles), "step": np.arange(L + 1), "x": np.arange(exp.model.n_state),
                   "outer": np.arange(n_outer), "iteration": np.arange(n_iter)}

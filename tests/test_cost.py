@@ -98,11 +98,11 @@ def with_controls(names):
     return [(name, control) for name in names for control in CONTROLS if CASES[name][0].n_params or control == "state" or control == "both"]
 
 
-def control_direction(jq_or_cost_model, control, rng):
+def control_direction(model, p, control, rng):
+    """A random direction in the control, each part scaled like the variable it perturbs."""
     c = Control.parse(control)
-    model = jq_or_cost_model
     return (rng.standard_normal(model.n_state) if c.state else np.zeros(model.n_state),
-            rng.standard_normal(model.n_params) if c.params else np.zeros(model.n_params))
+            0.1 * (np.abs(p) + 1e-3) * rng.standard_normal(model.n_params) if c.params else np.zeros(model.n_params))
 
 
 @pytest.mark.parametrize("name", ["lorenz96_forcing", "mlp", "local_mlp", "hybrid"])
@@ -111,7 +111,7 @@ def test_nonlinear_cost_gradient_passes_taylor_test(name, control):
     model, x, p = CASES[name]
     cost = twin_cost(model, x, p, operator=Square(n_state=model.n_state, indices=list(range(0, model.n_state, 2))))
     rng = np.random.default_rng(4)
-    dx, dp = control_direction(model, control, rng)
+    dx, dp = control_direction(model, p, control, rng)
     x0, p0 = cost.xb, cost.pb
     _, gx, gp = cost.gradient(x0, p0)
     n = model.n_state

@@ -1,0 +1,574 @@
+"""Figures for a cycled-experiment result file (``fourdvar plot RESULT.nc``).
+
+::
+
+    from fourdvar.plotting import plot_results
+    paths = plot_results("result.nc", "figs")   # -> [figs/cost.png, figs/rmse.png, ...]
+
+Each ``plot_*`` function takes the result :class:`xarray.Dataset` and returns a
+:class:`matplotlib.figure.Figure`, or ``None`` when the dataset lacks what that
+figure needs (no truth, no parameters, ...). :func:`plot_results` saves the
+figures that exist as PNG files and returns their paths.
+
+The figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so
+importing this module never touches pyplot or the global backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+__all__ = [
+    "FIGURES",
+    "load_results",
+    "plot_cost",
+    "plot_hovmoller",
+    "plot_params",
+    "plot_results",
+    "plot_rmse",
+]
+
+DPI = 110
+MAX_TIME_POINTS = 4000  # Hovmöller: subsample in time beyond this many columns
+MAX_INDIVIDUAL_PARAMS = 4  # up to this many parameters are plotted one by one, beyond it as norms
+
+_CYCLE_COLOURS = ["tab:blue", "tab:orange", "tab:green"]
+_BACKGROUND_COLOUR = "tab:orange"
+_ANALYSIS_COLOUR = "tab:blue"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_results(dataset_or_path) -> xr.Dataset:
+    """The result dataset, loaded into memory (a path is opened and closed again)."""
+    if isinstance(dataset_or_path, xr.Dataset):
+        return dataset_or_path
+    with xr.open_dataset(os.fspath(dataset_or_path)) as ds:
+        return ds.load()
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _has(ds: xr.Dataset, *names: str) -> bool:
+    return all(name in ds.variables for name in names)
+
+
+def _values(ds: xr.Dataset, name: str) -> np.ndarray:
+    return np.asarray(ds[name].values, dtype=float)
+
+
+def _heading(ds: xr.Dataset, what: str) -> str:
+    """``"<title or model>: <what>"``."""
+    label = ds.attrs.get("title") or ds.attrs.get("model")
+    return f"{label}: {what}" if label else what[:1].upper() + what[1:]
+
+
+def _n_cycles(ds: xr.Dataset) -> int:
+    return int(ds.sizes.get("cycle", 0))
+
+
+def _cycle_axis(ds: xr.Dataset) -> np.ndarray:
+    return np.arange(_n_cycles(ds))
+
+
+def _window_steps(ds: xr.Dataset) -> int:
+    """L: the attribute if present, else the ``step`` dimension minus one."""
+    n_step = int(ds.sizes.get("step", 0))
+    L = ds.attrs.get("window_steps")
+    if L is None or int(L) <= 0:
+        L = n_step - 1
+    return max(1, min(int(L), max(n_step, 1)))
+
+
+def _time_unit(ds: xr.Dataset) -> tuple[float, str]:
+    """(time per step, axis label): model time units when ``dt`` is known, else steps."""
+    dt = ds.attrs.get("dt")
+    try:
+        dt = float(dt)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or not math.isfinite(dt) or dt <= 0:
+        return 1.0, "time (model steps)"
+    return dt, "time (model time units)"
+
+
+def _positive(a: np.ndarray) -> np.ndarray:
+    """``a`` with non-positive values masked (for log axes)."""
+    a = np.array(a, dtype=float)
+    a[~(a > 0)] = np.nan
+    return a
+
+
+def _finite(a: np.ndarray) -> bool:
+    return bool(np.isfinite(a).any())
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def _second_half_mean(values: np.ndarray) -> tuple[float, str]:
+    """Mean over the second half of the cycles (NaNs ignored) and a label like ``"cycles 3-5"``."""
+    n = len(values)
+    start = n // 2
+    tail = values[start:]
+    tail = tail[np.isfinite(tail)]
+    mean = float(tail.mean()) if tail.size else float("nan")
+    return mean, f"cycles {start}\u2013{n - 1}" if n - 1 > start else f"cycle {start}"
+
+
+def _plain_log_labels(ax) -> None:
+    """On a log y axis spanning little more than a decade, label ticks as plain numbers."""
+    if ax.get_yscale() != "log":
+        return
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 20:
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+
+
+def _per_cycle_marker(n: int) -> dict:
+    return {"marker": "o", "markersize": 3.5} if n <= 40 else {}
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def _active_cycles(ds: xr.Dataset) -> list[int]:
+    """Cycles with at least one finite inner-loop cost."""
+    J = _values(ds, "J")
+    J = J.reshape(J.shape[0], -1) if J.ndim > 1 else J[:, None]
+    return [c for c in range(J.shape[0]) if np.isfinite(J[c]).any()]
+
+
+def _shown_cycles(active: list[int]) -> list[int]:
+    """First, middle and last of the active cycles (without repeats)."""
+    if not active:
+        return []
+    picks = [active[0], active[len(active) // 2], active[-1]]
+    return sorted(set(picks))
+
+
+def _outer_segments(ds: xr.Dataset, name: str, cycle: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per outer loop: (cumulative inner iteration, values) of ``name`` for one cycle.
+
+    Outer loop ``o`` starts where ``o-1`` ended, so the x axis counts inner iterations
+    over the whole cycle. The number of iterations comes from ``inner_iterations`` when
+    present, else from the non-NaN entries.
+    """
+    values = _values(ds, name)[cycle]
+    if values.ndim == 1:
+        values = values[None, :]
+    counts = None
+    if _has(ds, "inner_iterations"):
+        counts = np.asarray(ds["inner_iterations"].values)[cycle]
+        counts = np.atleast_1d(counts)
+    segments = []
+    offset = 0
+    for o in range(values.shape[0]):
+        row = values[o]
+        valid = np.flatnonzero(np.isfinite(row))
+        if valid.size == 0:
+            continue
+        n_it = int(valid[-1])
+        if counts is not None and o < len(counts) and np.isfinite(counts[o]):
+            n_it = max(0, min(int(counts[o]), row.size - 1))
+        its = np.arange(n_it + 1)
+        segments.append((offset + its, row[: n_it + 1]))
+        offset += n_it
+    return segments
+
+
+def plot_cost(ds: xr.Dataset) -> Figure | None:
+    """Inner-loop cost and gradient-norm reduction for the first, middle and last cycle.
+
+    Left: quadratic cost J (log) against cumulative inner iteration; outer-loop starts
+    are marked by dotted lines and the nonlinear cost ``J_outer`` by circles (and
+    ``J_final`` by a star). Middle: gradient norm relative to the start of each outer
+    loop. Right (with three or more cycles): nonlinear cost at the background and at
+    the analysis per cycle.
+    """
+    if not _has(ds, "J") or "cycle" not in ds["J"].dims:
+        return None
+    active = _active_cycles(ds)
+    if not active:
+        return None
+    shown = _shown_cycles(active)
+    has_grad = _has(ds, "gradient_norm")
+    per_cycle = _has(ds, "J_final") or _has(ds, "J_outer")
+    per_cycle = per_cycle and len(active) >= 3
+    n_panels = 1 + has_grad + per_cycle
+    fig = _new_figure(5.0 * n_panels, 4.4)
+    axes = list(np.atleast_1d(fig.subplots(1, n_panels)))
+    ax_j = axes.pop(0)
+    ax_g = axes.pop(0) if has_grad else None
+    ax_c = axes.pop(0) if per_cycle else None
+
+    J_outer = _values(ds, "J_outer") if _has(ds, "J_outer") else None
+    J_final = _values(ds, "J_final") if _has(ds, "J_final") else None
+    for k, c in enumerate(shown):
+        colour = _CYCLE_COLOURS[k % len(_CYCLE_COLOURS)]
+        segments = _outer_segments(ds, "J", c)
+        for o, (its, vals) in enumerate(segments):
+            ax_j.plot(its, _positive(vals), color=colour, lw=1.6, label=f"cycle {c}" if o == 0 else None)
+            if o > 0:
+                ax_j.axvline(its[0], color=colour, ls=":", lw=1.0, alpha=0.8)
+            if J_outer is not None and o < J_outer.shape[1] and np.isfinite(J_outer[c, o]) and J_outer[c, o] > 0:
+                ax_j.plot(its[0], J_outer[c, o], "o", mfc="white", mec=colour, mew=1.5, ms=7, zorder=3)
+        if J_final is not None and segments and np.isfinite(J_final[c]) and J_final[c] > 0:
+            ax_j.plot(segments[-1][0][-1], J_final[c], "*", color=colour, ms=11, mec="black", mew=0.5, zorder=3)
+        if ax_g is not None:
+            for o, (its, vals) in enumerate(_outer_segments(ds, "gradient_norm", c)):
+                rel = vals / vals[0] if vals[0] > 0 else np.full_like(vals, np.nan)
+                ax_g.plot(its, _positive(rel), color=colour, lw=1.6, label=f"cycle {c}" if o == 0 else None)
+                if o > 0:
+                    ax_g.axvline(its[0], color=colour, ls=":", lw=1.0, alpha=0.8)
+
+    ax_j.set_yscale("log")
+    ax_j.set_xlabel("inner iteration (cumulative over outer loops)")
+    ax_j.set_ylabel("cost J")
+    ax_j.set_title("Quadratic cost per inner iteration")
+    handles, labels = ax_j.get_legend_handles_labels()
+    if J_outer is not None:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="grey", mew=1.5, ms=7))
+        labels.append("nonlinear J at outer-loop start")
+    if J_final is not None:
+        handles.append(Line2D([], [], ls="none", marker="*", color="grey", mec="black", mew=0.5, ms=11))
+        labels.append("nonlinear J at analysis")
+    handles.append(Line2D([], [], color="grey", ls=":", lw=1.0))
+    labels.append("new outer loop")
+    ax_j.legend(handles, labels, fontsize=8, loc="best")
+    ax_j.grid(True, which="major", alpha=0.3)
+
+    if ax_g is not None:
+        ax_g.set_yscale("log")
+        target = ds.attrs.get("gradient_reduction")
+        if isinstance(target, (int, float, np.floating)) and 0 < float(target) < 1:
+            ax_g.axhline(float(target), color="black", ls="--", lw=1.0, label=f"stopping threshold {float(target):.0e}")
+        ax_g.set_xlabel("inner iteration (cumulative over outer loops)")
+        ax_g.set_ylabel("|grad J| / |grad J| at outer-loop start")
+        ax_g.set_title("Relative gradient norm")
+        ax_g.legend(fontsize=8, loc="best")
+        ax_g.grid(True, which="major", alpha=0.3)
+
+    if ax_c is not None:
+        cycles = _cycle_axis(ds)
+        mk = _per_cycle_marker(len(cycles))
+        if J_outer is not None:
+            ax_c.plot(cycles, _positive(J_outer[:, 0]), color=_BACKGROUND_COLOUR, label="at background (1st outer loop)", **mk)
+        if J_final is not None:
+            ax_c.plot(cycles, _positive(J_final), color=_ANALYSIS_COLOUR, label="at analysis", **mk)
+        ax_c.set_yscale("log")
+        ax_c.set_xlabel("cycle")
+        ax_c.set_ylabel("nonlinear cost J")
+        ax_c.set_title("Cost per cycle")
+        ax_c.legend(fontsize=8, loc="best")
+        ax_c.grid(True, which="major", alpha=0.3)
+
+    for ax in fig.axes:
+        _plain_log_labels(ax)
+    fig.suptitle(_heading(ds, "cost reduction"))
+    return fig
+
+
+# --------------------------------------------------------------------------- rmse
+
+
+def _rmse_from_fields(ds: xr.Dataset, name: str, window: bool) -> np.ndarray | None:
+    """RMSE of ``name`` against ``truth`` per cycle (window start, or mean over steps 0..L-1)."""
+    if not _has(ds, name, "truth"):
+        return None
+    err = _values(ds, name) - _values(ds, "truth")  # (cycle, step, x)
+    per_step = np.sqrt(np.nanmean(err**2, axis=-1))  # (cycle, step)
+    if not window:
+        return per_step[:, 0]
+    L = _window_steps(ds)
+    return np.nanmean(per_step[:, :L], axis=1)
+
+
+def _rmse(ds: xr.Dataset, kind: str, window: bool) -> np.ndarray | None:
+    name = f"rmse_{kind}" + ("_window" if window else "")
+    if _has(ds, name):
+        values = _values(ds, name)
+        return values if _finite(values) else None
+    values = _rmse_from_fields(ds, kind, window)
+    return values if values is not None and _finite(values) else None
+
+
+def plot_rmse(ds: xr.Dataset) -> Figure | None:
+    """Background and analysis RMSE against the truth per cycle (``None`` without truth).
+
+    Solid lines: at the window start; dashed: averaged over the window. Legend entries
+    give the mean over the second half of the cycles; the mean observation-error
+    standard deviation is drawn as a grey reference line.
+    """
+    curves = []
+    for window in (False, True):
+        for kind in ("background", "analysis"):
+            values = _rmse(ds, kind, window)
+            if values is not None:
+                curves.append((kind, window, values))
+    if not curves:
+        return None
+
+    fig = _new_figure(8.5, 4.6)
+    ax = fig.subplots()
+    cycles = _cycle_axis(ds)
+    mk = _per_cycle_marker(len(cycles))
+    for kind, window, values in curves:
+        mean, span = _second_half_mean(values)
+        where = "window mean" if window else "window start"
+        ax.plot(
+            cycles[: len(values)], values,
+            color=_BACKGROUND_COLOUR if kind == "background" else _ANALYSIS_COLOUR,
+            ls="--" if window else "-", lw=1.6 if not window else 1.3,
+            label=f"{kind}, {where} (mean {span}: {_fmt(mean)})", **mk,
+        )
+    if _has(ds, "obs_error_std"):
+        sigma = _values(ds, "obs_error_std")
+        if _finite(sigma):
+            sigma_mean = float(np.nanmean(sigma))
+            ax.axhline(sigma_mean, color="grey", ls=":", lw=1.5, label=f"observation error std (mean {_fmt(sigma_mean)})")
+
+    positive = np.concatenate([v[np.isfinite(v) & (v > 0)] for _, _, v in curves])
+    if positive.size and positive.max() / positive.min() > 30:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+    _plain_log_labels(ax)
+    ax.set_xlabel("cycle (assimilation window)")
+    ax.set_ylabel("RMSE against truth (state units)")
+    ax.set_title(_heading(ds, "RMSE against the truth"))
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- hovmoller
+
+
+def _continuous(ds: xr.Dataset, name: str, cycles: np.ndarray) -> np.ndarray:
+    """``name(cycle, step, x)`` as (time, x): steps 0..L-1 of each cycle, concatenated."""
+    L = _window_steps(ds)
+    values = _values(ds, name)[cycles][:, :L, :]
+    return values.reshape(-1, values.shape[-1])
+
+
+def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
+    """Space-time images: truth / analysis / analysis - truth.
+
+    Without truth: background / analysis / analysis - background. Windows are joined
+    using steps 0..L-1 of each, so time is continuous; beyond ``MAX_TIME_POINTS`` time
+    points the images are subsampled in time.
+    """
+    if not _has(ds, "analysis"):
+        return None
+    has_truth = _has(ds, "truth") and _finite(_values(ds, "truth"))
+    reference = "truth" if has_truth else "background" if _has(ds, "background") else None
+    if reference is None or ds["analysis"].ndim != 3:
+        return None
+    analysis = _values(ds, "analysis")
+    cycles = np.flatnonzero(np.isfinite(analysis.reshape(analysis.shape[0], -1)).any(axis=1))
+    if cycles.size == 0:
+        return None
+
+    L = _window_steps(ds)
+    dt, time_label = _time_unit(ds)
+    ref = _continuous(ds, reference, cycles)
+    ana = _continuous(ds, "analysis", cycles)
+    steps = (cycles[:, None] * L + np.arange(L)[None, :]).reshape(-1)
+    stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
+    ref, ana, steps = ref[::stride], ana[::stride], steps[::stride]
+    err = ana - ref
+    time = steps * dt
+    n_x = ana.shape[1]
+
+    # imshow needs a regular grid: with missing cycles fall back to pcolormesh.
+    regular = np.all(np.diff(steps) == stride) if len(steps) > 1 else True
+    half = 0.5 * stride * dt
+    extent = (time[0] - half, time[-1] + half, -0.5, n_x - 0.5)
+
+    both = np.concatenate([ref[np.isfinite(ref)], ana[np.isfinite(ana)]])
+    vmin, vmax = (np.percentile(both, [0.5, 99.5]) if both.size else (0.0, 1.0))
+    finite_err = np.abs(err[np.isfinite(err)])
+    emax = float(np.percentile(finite_err, 99.5)) if finite_err.size else 1.0
+    emax = emax if emax > 0 else 1.0
+
+    fig = _new_figure(10.5, 8.2)
+    axes = fig.subplots(3, 1, sharex=True, sharey=True)
+    panels = [
+        (ref, reference, "viridis", vmin, vmax, "state"),
+        (ana, "analysis", "viridis", vmin, vmax, "state"),
+        (err, f"analysis \u2212 {reference}", "RdBu_r", -emax, emax, "difference"),
+    ]
+    for ax, (field, name, cmap, lo, hi, unit) in zip(axes, panels):
+        if regular:
+            image = ax.imshow(field.T, origin="lower", aspect="auto", extent=extent, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        else:
+            image = ax.pcolormesh(time, np.arange(n_x), field.T, cmap=cmap, vmin=lo, vmax=hi, shading="nearest")
+        extend = "both" if name.startswith("analysis \u2212") else "neither"
+        fig.colorbar(image, ax=ax, label=f"{unit} (state units)", extend=extend, pad=0.01, fraction=0.04)
+        ax.set_title(name[:1].upper() + name[1:], loc="left", fontsize=10)
+        ax.set_ylabel("grid index x")
+    if len(cycles) <= 30:  # window boundaries, where they do not clutter
+        for c in cycles[1:]:
+            axes[2].axvline((c * L - 0.5) * dt, color="black", lw=0.5, alpha=0.35)
+    axes[-1].set_xlabel(time_label)
+    what = "space\u2013time evolution"
+    if stride > 1:
+        what += f" (1 step in {stride} shown)"
+    fig.suptitle(_heading(ds, what))
+    return fig
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _param_labels(ds: xr.Dataset, n: int) -> list[str]:
+    if "param" in ds.coords:
+        values = ds["param"].values
+        if values.dtype.kind in "OUS":
+            return [str(v) for v in values]
+    return [f"p[{i}]" for i in range(n)]
+
+
+def plot_params(ds: xr.Dataset) -> Figure | None:
+    """Parameter estimates per cycle (``None`` when the model has no parameters).
+
+    Up to ``MAX_INDIVIDUAL_PARAMS`` parameters: one panel each, analysis and background
+    value per cycle and the truth dashed. More (a network): the norm of the parameter
+    vector, the norm of its change (cycle to cycle and analysis increment) and, with a
+    truth, the distance to it.
+    """
+    if not _has(ds, "params_analysis") or int(ds.sizes.get("param", 0)) == 0:
+        return None
+    pa = _values(ds, "params_analysis")
+    if pa.ndim != 2 or not _finite(pa):
+        return None
+    pb = _values(ds, "params_background") if _has(ds, "params_background") else None
+    pt = _values(ds, "params_truth") if _has(ds, "params_truth") else None
+    if pt is not None and pt.shape != pa.shape[1:]:
+        pt = None
+    cycles = _cycle_axis(ds)[: pa.shape[0]]
+    mk = _per_cycle_marker(len(cycles))
+    n_params = pa.shape[1]
+    # In a cycled run each background is the previous analysis: its curve would only
+    # repeat (and hide under) the analysis one, so just the first background is marked.
+    cycled = pb is not None and len(cycles) > 1 and np.allclose(pb[1:], pa[:-1], equal_nan=True)
+
+    def background(ax, values):
+        if pb is None:
+            return
+        if cycled:
+            ax.plot(cycles[:1], values[:1], "s", color=_BACKGROUND_COLOUR, ms=7, label="initial background (later: previous analysis)")
+        else:
+            ax.plot(cycles, values, color=_BACKGROUND_COLOUR, label="background", **mk)
+
+    if n_params <= MAX_INDIVIDUAL_PARAMS:
+        labels = _param_labels(ds, n_params)
+        fig = _new_figure(min(5.2 * n_params, 16.0) if n_params > 1 else 7.5, 4.4)
+        axes = np.atleast_1d(fig.subplots(1, n_params, squeeze=False)[0])
+        for i, ax in enumerate(axes):
+            if pb is not None:
+                background(ax, pb[:, i])
+            ax.plot(cycles, pa[:, i], color=_ANALYSIS_COLOUR, label="analysis", **mk)
+            if pt is not None and np.isfinite(pt[i]):
+                ax.axhline(pt[i], color="black", ls="--", lw=1.2, label=f"truth ({_fmt(pt[i])})")
+            ax.set_xlabel("cycle (assimilation window)")
+            ax.set_ylabel(f"parameter {labels[i]}")
+            ax.set_title(f"Estimate of {labels[i]}", fontsize=10)
+            ax.legend(fontsize=8, loc="best")
+            ax.grid(True, alpha=0.3)
+        fig.suptitle(_heading(ds, "parameter estimates"))
+        return fig
+
+    n_panels = 3 if pt is not None else 2
+    fig = _new_figure(4.8 * n_panels, 4.4)
+    axes = fig.subplots(1, n_panels, sharex=True)
+    ax = axes[0]
+    if pb is not None:
+        background(ax, np.linalg.norm(pb, axis=1))
+    ax.plot(cycles, np.linalg.norm(pa, axis=1), color=_ANALYSIS_COLOUR, label="analysis", **mk)
+    if pt is not None:
+        ax.axhline(np.linalg.norm(pt), color="black", ls="--", lw=1.2, label="truth")
+    ax.set_ylabel("|p| (Euclidean norm)")
+    ax.set_title(f"Norm of the parameter vector ({n_params} parameters)", fontsize=10)
+
+    ax = axes[1]
+    if len(cycles) > 1 and not cycled:
+        ax.plot(cycles[1:], _positive(np.linalg.norm(np.diff(pa, axis=0), axis=1)), color=_ANALYSIS_COLOUR, label="|p_a(c) \u2212 p_a(c\u22121)|", **mk)
+    if pb is not None:
+        label = "|p_a \u2212 p_b| (analysis increment" + (" = change from previous cycle)" if cycled else ")")
+        ax.plot(cycles, _positive(np.linalg.norm(pa - pb, axis=1)), color="tab:purple", label=label, **mk)
+    ax.set_yscale("log")
+    ax.set_ylabel("norm of the change")
+    ax.set_title("Change of the parameters", fontsize=10)
+
+    if pt is not None:
+        ax = axes[2]
+        if pb is not None:
+            background(ax, _positive(np.linalg.norm(pb - pt, axis=1)))
+        ax.plot(cycles, _positive(np.linalg.norm(pa - pt, axis=1)), color=_ANALYSIS_COLOUR, label="analysis", **mk)
+        ax.set_yscale("log")
+        ax.set_ylabel("|p \u2212 p_true|")
+        ax.set_title("Distance to the true parameters", fontsize=10)
+
+    for ax in axes:
+        _plain_log_labels(ax)
+        ax.set_xlabel("cycle (assimilation window)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(_heading(ds, "parameter estimates"))
+    return fig
+
+
+# --------------------------------------------------------------------------- all
+
+#: file stem -> figure function, in the order :func:`plot_results` writes them
+FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
+    "cost": plot_cost,
+    "rmse": plot_rmse,
+    "hovmoller": plot_hovmoller,
+    "params": plot_params,
+}
+
+
+def plot_results(dataset_or_path, output_dir) -> list[Path]:
+    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png`` and ``params.png`` to ``output_dir``.
+
+    ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
+    file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
+    ``params.png``) are skipped silently. Returns the paths written, in that order.
+    """
+    ds = load_results(dataset_or_path)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, make in FIGURES.items():
+        fig = make(ds)
+        if fig is None:
+            continue
+        path = output_dir / f"{stem}.png"
+        fig.savefig(path, dpi=DPI)
+        fig.clear()
+        written.append(path)
+    return written
