@@ -65,11 +65,15 @@ class FourDVar:
         gradient_reduction: float = 1e-6,
         transform: bool = True,
         callback=None,
+        backtracking: bool = True,
     ) -> AssimilationResult:
-        """Run the outer loops from the first guess ``(x0, p)`` (default: the background)."""
+        """Run the outer loops from the first guess ``(x0, p)`` (default: the background).
+
+        See :func:`fourdvar.minimize.minimize_4dvar` for the options.
+        """
         x0, p = self._first_guess(x0, p)
         return minimize_4dvar(
             self.cost, x0, p, control=self.control, outer_loops=outer_loops, method=method,
             max_iterations=max_iterations, gradient_reduction=gradient_reduction, transform=transform,
-            callback=callback,
+            callback=callback, backtracking=backtracking,
         )

@@ -103,6 +103,7 @@ SCHEMA: dict[str, Any] = {
         "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`", choices=("state", "params")),
         "outer_loops": Field("int", 3, "outer loops (relinearisations) per window", _at_least_one),
         "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
+        "backtracking": Field("bool", True, "halve an outer-loop increment while it would raise the nonlinear cost (safeguarded Gauss-Newton); false: always add the full increment"),
         "inner": {
             "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B) or `cg` (conjugate gradients)", choices=("lbfgs", "cg")),
             "max_iterations": Field("int", 50, "maximum inner iterations per outer loop", _at_least_one),
@@ -266,3 +267,24 @@ def load_config(path: str | Path) -> dict:
         return resolve_config(raw, name=path.stem)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _format_default(field: Field) -> str:
+    if field.default is REQUIRED:
+        return "required"
+    if field.default is None:
+        return "none"
+    return "`" + yaml.safe_dump(field.default, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+
+
+def schema_markdown() -> str:
+    """The table of every key, its default and its meaning (``configs/README.md`` holds it)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, field in schema_keys():
+        meaning = field.doc + (f" (one of: {', '.join(map(str, field.choices))})" if field.choices and "`" not in field.doc else "")
+        lines.append(f"| `{key}` | {_format_default(field)} | {meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(schema_markdown())

@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .window import DivergenceError, WindowLinearization, forecast
+from .window import DivergenceError, WindowLinearization, forecast, linearize_window
 
 __all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
 
@@ -129,8 +129,12 @@ class FourDVarCost:
         return max((slot.step for slot in self.slots), default=0)
 
     def window(self, x0: np.ndarray, p: np.ndarray, context: str = "") -> WindowLinearization:
-        """The nonlinear run over the window (to the last observation), linearised."""
-        return WindowLinearization(self.model, x0, p, self.last_observed_step, context=context)
+        """The nonlinear run over the window (to the last observation), linearised.
+
+        A :class:`WindowLinearization`, or what the model's optional
+        ``linearize_window`` hook returns (see :func:`fourdvar.window.linearize_window`).
+        """
+        return linearize_window(self.model, x0, p, self.last_observed_step, context=context)
 
     def background_terms(self, x0: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
         """``(Jb, Jp, B^-1 (x0 - xb), P^-1 (p - pb))``; zero for a term left out."""

@@ -233,7 +233,7 @@ class Experiment:
             start_cycle=start, background_policy=self.background_policy, params_policy=self.params_policy,
             outer_loops=self.config["assimilation"]["outer_loops"], method=inner["method"],
             max_iterations=inner["max_iterations"], gradient_reduction=inner["gradient_reduction"],
-            transform=self.config["assimilation"]["transform"],
+            transform=self.config["assimilation"]["transform"], backtracking=self.config["assimilation"]["backtracking"],
         )
         started = time.perf_counter()
         for outcome in cycles:

@@ -6,7 +6,12 @@ one Hessian-vector product, i.e. one TL and one AD sweep, per iteration).
 Both stop after ``max_iterations`` or when ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|``.
 
 Outer loop: linearise at the current guess, minimise ``Jq``, add the increment,
-repeat.  :func:`minimize_4dvar` returns an :class:`AssimilationResult`.
+repeat.  With ``backtracking`` (the default) the increment is halved, up to
+``MAX_HALVINGS`` times, while it would raise the nonlinear cost, and dropped if
+no fraction lowers it: Gauss-Newton safeguarded so that the nonlinear ``J`` never
+increases from one outer loop to the next (it can when the increment is large,
+e.g. network weights early in online learning).  :func:`minimize_4dvar` returns
+an :class:`AssimilationResult`.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ def _conjugate_gradient(jq: IncrementalCost, max_iterations: int, gradient_reduc
 
 
 INNER_METHODS = {"lbfgs": _lbfgs, "cg": _conjugate_gradient}
+MAX_HALVINGS = 5
 
 
 def minimize_inner(jq: IncrementalCost, method: str = "lbfgs", max_iterations: int = 50, gradient_reduction: float = 1e-6) -> InnerLoopResult:
@@ -158,6 +164,20 @@ def minimize_inner(jq: IncrementalCost, method: str = "lbfgs", max_iterations: i
     if not 0 < gradient_reduction < 1:
         raise ValueError(f"gradient_reduction must be in (0, 1), got {gradient_reduction}")
     return INNER_METHODS[method](jq, int(max_iterations), float(gradient_reduction))
+
+
+def _step_length(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_current: float) -> float:
+    """The largest ``2^-j`` (``j <= MAX_HALVINGS``) with ``J(analysis(2^-j u)) < J_current``, else 0."""
+    step = 1.0
+    for _ in range(MAX_HALVINGS + 1):
+        try:
+            J_trial = cost.evaluate(*jq.analysis(step * u)).J
+        except DivergenceError:
+            J_trial = np.inf
+        if J_trial < J_current:
+            return step
+        step *= 0.5
+    return 0.0
 
 
 class AssimilationResult(scipy.optimize.OptimizeResult):
@@ -183,10 +203,12 @@ def minimize_4dvar(
     gradient_reduction: float = 1e-6,
     transform: bool = True,
     callback=None,
+    backtracking: bool = True,
 ) -> AssimilationResult:
     """Incremental 4D-Var: ``outer_loops`` relinearisations, each with an inner minimisation.
 
     ``callback(outer_loop, record)`` is called after each outer loop (for progress).
+    Each outer record holds ``step_length``: the fraction of the increment kept.
     """
     if outer_loops < 1:
         raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
@@ -201,7 +223,9 @@ def minimize_4dvar(
             "gradient_norm": inner.gradient_norm[0], "inner": inner,
         }
         outer.append(record)
-        x0, p = jq.analysis(inner.u)
+        step_length = _step_length(cost, jq, inner.u, inner.J[0]) if backtracking else 1.0
+        record["step_length"] = step_length
+        x0, p = jq.analysis(step_length * inner.u)
         if callback is not None:
             callback(i, record)
     final, gx, gp = cost.gradient(x0, p)

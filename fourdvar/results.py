@@ -9,7 +9,7 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     params_truth                           (param)            (when the truth model is the same model)
     J, Jb, Jp, Jo, gradient_norm           (cycle, outer, iteration)   inner-loop Jq, NaN-padded
     J_outer                                (cycle, outer)     nonlinear J at each linearisation point
-    inner_iterations                       (cycle, outer)
+    inner_iterations, step_length          (cycle, outer)     (step_length: fraction of the increment kept)
     J_final, Jb_final, Jp_final, Jo_final  (cycle)            nonlinear J at the analysis
     rmse_background, rmse_analysis         (cycle)            against the truth at the window start
     rmse_background_window, rmse_analysis_window (cycle)      ... averaged over the window's states
@@ -63,7 +63,8 @@ class ResultRecorder:
             "params_analysis": outcome.p,
             "outer": [
                 {"J": r["inner"].J, "Jb": r["inner"].Jb, "Jp": r["inner"].Jp, "Jo": r["inner"].Jo,
-                 "gradient_norm": r["inner"].gradient_norm, "J_outer": r["J"], "nit": r["inner"].nit}
+                 "gradient_norm": r["inner"].gradient_norm, "J_outer": r["J"], "nit": r["inner"].nit,
+                 "step_length": r.get("step_length", 1.0)}
                 for r in result.outer
             ],
             "final": result.final,
@@ -82,7 +83,7 @@ class ResultRecorder:
             for o in range(dataset.sizes["outer"]):
                 nit = int(dataset["inner_iterations"].values[c, o])
                 row = {key: list(dataset[key].values[c, o, : nit + 1]) for key in ("J", "Jb", "Jp", "Jo", "gradient_norm")}
-                row.update(J_outer=float(dataset["J_outer"].values[c, o]), nit=nit)
+                row.update(J_outer=float(dataset["J_outer"].values[c, o]), nit=nit, step_length=float(dataset["step_length"].values[c, o]))
                 outer.append(row)
             self.rows.append({
                 "background": dataset["background"].values[c],
@@ -139,6 +140,7 @@ class ResultRecorder:
                                ("Jo", "Jq observation term"), ("gradient_norm", "norm of the gradient of Jq (control space)")]:
             var(key, ("cycle", "outer", "iteration"), padded(key), f"{long_name} per inner iteration")
         var("J_outer", ("cycle", "outer"), [[o["J_outer"] for o in r["outer"]] for r in self.rows], "nonlinear cost J at each outer loop's linearisation point")
+        var("step_length", ("cycle", "outer"), [[o["step_length"] for o in r["outer"]] for r in self.rows], "fraction of the outer-loop increment kept (backtracking)")
         var("inner_iterations", ("cycle", "outer"), np.array([[o["nit"] for o in r["outer"]] for r in self.rows], dtype=np.int64), "inner iterations per outer loop")
         for key in ("Jb", "Jp", "Jo"):
             var(f"{key}_final", ("cycle",), [getattr(r["final"], key) for r in self.rows], f"nonlinear {key} at the analysis")

@@ -11,6 +11,47 @@ model), and gives the window's TL and AD::
 where ``f_k`` is an adjoint forcing injected at step ``k`` (for the 4D-Var
 gradient, ``H_k^T R_k^-1 (H_k dx_k - d_k)``).  The parameter adjoint of every
 step is accumulated over the window here, not in the model.
+
+A model may do the whole window at once
+---------------------------------------
+
+The per-step chain above is the default.  Some models can do better over a whole
+window than step by step: a dense network's parameter adjoint is a sum over
+the steps of rank-1 weight updates ``az_k a_k^T``, which is one matrix product
+over all steps once the sweep has stored the ``az_k`` (and likewise the TL's
+``dW a_k`` terms).  A model offers this through an optional method::
+
+    model.linearize_window(x0, p, n_steps) -> window
+
+:func:`linearize_window` (what :meth:`fourdvar.cost.FourDVarCost.window` calls)
+uses it when the model has it and :class:`WindowLinearization` otherwise.  The
+returned ``window`` must provide, with exactly the meaning they have in
+:class:`WindowLinearization`:
+
+``states``
+    array ``(n_steps + 1, n_state)``: ``x_0 = x0, x_1 .. x_K``, the nonlinear
+    trajectory, equal to :func:`forecast` (to rounding).
+``n_steps``
+    ``K``, the number of steps linearised.
+``tl(dx0, dp, last_step=None) -> [dx_0, dx_1, ..., dx_k]``
+    a list of ``k + 1`` arrays ``(n_state,)`` with ``k = last_step`` (default
+    ``K``), ``dx_0`` being ``dx0`` itself.
+``ad(forcings) -> (ax_0, ap)``
+    ``forcings`` maps steps ``0 .. K`` to arrays ``(n_state,)`` (steps absent
+    from it have no forcing; it may be empty); ``ax_0`` has shape ``(n_state,)``
+    and ``ap``, shape ``(n_params,)``, is the parameter adjoint summed over the
+    steps ``1 .. K``, exactly the ``ap`` of the AD sweep above: ``ad`` is the
+    adjoint of ``tl``, ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``.  Both
+    arrays are fresh (the caller may modify them).
+
+``steps`` (the per-step linearisations) may be absent.  The hook need not check
+that the trajectory stays finite: :func:`linearize_window` runs it with
+overflow/invalid warnings silenced, then checks ``states`` and raises
+:class:`DivergenceError` naming the first step that is not finite, as
+:class:`WindowLinearization` does (which stops at that step), with the same
+message.  It also checks the shape of ``states``, so a plug-in's mistake is
+reported there.  ``tests/test_window_batching.py`` holds the checks a hook
+should pass against the per-step chain.
 """
 
 from __future__ import annotations
@@ -19,7 +60,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["DivergenceError", "WindowLinearization", "forecast"]
+__all__ = ["DivergenceError", "WindowLinearization", "forecast", "linearize_window"]
 
 
 class DivergenceError(FloatingPointError):
@@ -86,3 +127,29 @@ class WindowLinearization:
         if 0 in forcings:
             ax = ax + forcings[0]
         return ax, ap
+
+
+def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):
+    """The window ``x_0 .. x_K`` linearised: the model's own ``linearize_window`` if it has one.
+
+    Without the hook this is ``WindowLinearization(model, x0, p, n_steps, context)``.
+    With it, the returned object's ``states`` are checked here: their shape, and
+    that every state is finite (a :class:`DivergenceError` naming the first step
+    that is not, with ``context``).  See the module docstring for the contract.
+    """
+    hook = getattr(model, "linearize_window", None)
+    if hook is None:
+        return WindowLinearization(model, x0, p, n_steps, context=context)
+    _require_finite(np.asarray(x0), 0, context)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
+        window = hook(x0, p, n_steps)
+    states = window.states
+    if states.shape != (n_steps + 1, model.n_state):
+        raise ValueError(
+            f"{type(model).__name__}.linearize_window returned states of shape {states.shape}, "
+            f"expected ({n_steps + 1}, {model.n_state})"
+        )
+    if not np.all(np.isfinite(states)):
+        first = int(np.argmin(np.all(np.isfinite(states), axis=1)))
+        _require_finite(states[first], first, context)
+    return window

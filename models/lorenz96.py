@@ -16,6 +16,11 @@ The periodic neighbours come from a padded copy ``[x_{n-2}, x_{n-1}, x_0 .. x_{n
 (two ghost cells on the left, one on the right), so every shift is a slice; the
 adjoint scatters into the padded array and folds the ghost cells back.
 
+An optional extra tendency, absent by default, stands for a process the plain
+model lacks (a model-error experiment uses it in the truth only)::
+
+    e_i = A sin(2 pi x_i / lam)        de_i = A (2 pi / lam) cos(2 pi x_i / lam) dx_i      (AD: the same diagonal)
+
 One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
 With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [F]``;
 otherwise ``n_params == 0`` and ``F`` is the constructor's ``forcing``.
@@ -50,16 +55,21 @@ def fold_padded(a_padded: np.ndarray) -> np.ndarray:
 class Lorenz96Tendency:
     """``f(x, F)`` and its linearisation; ``F`` is read from ``p`` or fixed."""
 
-    def __init__(self, forcing: float, estimate_forcing: bool):
+    def __init__(self, forcing: float, estimate_forcing: bool, extra_amplitude: float = 0.0, extra_wavelength: float = 10.0):
         self.forcing = forcing
         self.estimate_forcing = estimate_forcing
+        self.extra_amplitude = extra_amplitude
+        self.extra_wavenumber = 2 * np.pi / extra_wavelength
 
     def forcing_of(self, p: np.ndarray) -> float:
         return p[0] if self.estimate_forcing else self.forcing
 
     def evaluate(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         xp = periodic_pad(x)
-        return (xp[3:] - xp[:-3]) * xp[1:-2] - x + self.forcing_of(p)
+        f = (xp[3:] - xp[:-3]) * xp[1:-2] - x + self.forcing_of(p)
+        if self.extra_amplitude:
+            f += self.extra_amplitude * np.sin(self.extra_wavenumber * x)
+        return f
 
     def linearize(self, x: np.ndarray, p: np.ndarray) -> "Lorenz96TendencyLinearization":
         return Lorenz96TendencyLinearization(self, x, p)
@@ -72,10 +82,17 @@ class Lorenz96TendencyLinearization:
         self.x_im1 = xp[1:-2]  # x_{i-1}
         self.gradient = xp[3:] - xp[:-3]  # x_{i+1} - x_{i-2}
         self.output = self.gradient * self.x_im1 - x + tendency.forcing_of(p)
+        self.extra_slope = None  # de_i/dx_i of the optional extra tendency
+        if tendency.extra_amplitude:
+            k = tendency.extra_wavenumber
+            self.output += tendency.extra_amplitude * np.sin(k * x)
+            self.extra_slope = tendency.extra_amplitude * k * np.cos(k * x)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         dxp = periodic_pad(dx)
         df = (dxp[3:] - dxp[:-3]) * self.x_im1 + self.gradient * dxp[1:-2] - dx
+        if self.extra_slope is not None:
+            df += self.extra_slope * dx
         if self.estimate_forcing:
             df += dp[0]
         return df
@@ -88,14 +105,28 @@ class Lorenz96TendencyLinearization:
         axp[1:-2] += self.gradient * af  # ax_{i-1}
         ax = fold_padded(axp)
         ax -= af  # ax_i
+        if self.extra_slope is not None:
+            ax += self.extra_slope * af
         ap = np.array([af.sum()]) if self.estimate_forcing else np.empty(0)
         return ax, ap
 
 
 class Lorenz96(ModelBase):
-    """``Lorenz96(n_state=40, forcing=8.0, dt=0.05, estimate_forcing=False)``: one RK4 step of length ``dt``."""
+    """``Lorenz96(n_state=40, forcing=8.0, dt=0.05, estimate_forcing=False)``: one RK4 step of length ``dt``.
 
-    def __init__(self, n_state: int = 40, forcing: float = 8.0, dt: float = 0.05, estimate_forcing: bool = False):
+    ``extra_amplitude`` (default 0) and ``extra_wavelength`` add the extra tendency
+    ``A sin(2 pi x_i / lam)`` of the module docstring.
+    """
+
+    def __init__(
+        self,
+        n_state: int = 40,
+        forcing: float = 8.0,
+        dt: float = 0.05,
+        estimate_forcing: bool = False,
+        extra_amplitude: float = 0.0,
+        extra_wavelength: float = 10.0,
+    ):
         if int(n_state) != n_state or n_state < 4:
             raise ValueError(f"Lorenz-96 needs n_state >= 4 (an integer), got {n_state}")
         self.n_state = int(n_state)
@@ -103,7 +134,11 @@ class Lorenz96(ModelBase):
         self.dt = float(dt)
         self.estimate_forcing = bool(estimate_forcing)
         self.n_params = 1 if self.estimate_forcing else 0
-        self.tendency = Lorenz96Tendency(self.forcing, self.estimate_forcing)
+        if not extra_wavelength > 0:
+            raise ValueError(f"extra_wavelength must be positive, got {extra_wavelength}")
+        self.extra_amplitude = float(extra_amplitude)
+        self.extra_wavelength = float(extra_wavelength)
+        self.tendency = Lorenz96Tendency(self.forcing, self.estimate_forcing, self.extra_amplitude, self.extra_wavelength)
         self.integrator = RungeKutta("rk4", self.dt)
 
     def _inputs(self, x, p):
@@ -120,7 +155,8 @@ class Lorenz96(ModelBase):
         return np.full(self.n_params, self.forcing)
 
     def __repr__(self) -> str:
+        extra = f", extra_amplitude={self.extra_amplitude}, extra_wavelength={self.extra_wavelength}" if self.extra_amplitude else ""
         return (
             f"Lorenz96(n_state={self.n_state}, forcing={self.forcing}, dt={self.dt}, "
-            f"estimate_forcing={self.estimate_forcing})"
+            f"estimate_forcing={self.estimate_forcing}{extra})"
         )

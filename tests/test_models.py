@@ -79,6 +79,29 @@ def test_lorenz96_step_matches_independent_rk4(n):
         assert np.max(np.abs(model.step(x, p) - reference)) / np.max(np.abs(reference)) < 1e-13
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lorenz96_with_extra_tendency_passes_checks_and_matches_independent_rk4(seed):
+    rng = np.random.default_rng(seed)
+    model = Lorenz96(n_state=40, estimate_forcing=True, extra_amplitude=1.5, extra_wavelength=7.0)
+    x = lorenz96_state(40, rng, spinup=30)
+    run_suite(model, x, np.array([8.0]), seed)
+    reference_model = Lorenz96(n_state=40)
+
+    def rk4_with_extra(x, dt=0.05):
+        def f(x):
+            return (np.roll(x, -1) - np.roll(x, 2)) * np.roll(x, 1) - x + 8.0 + 1.5 * np.sin(2 * np.pi * x / 7.0)
+
+        k1 = f(x)
+        k2 = f(x + 0.5 * dt * k1)
+        k3 = f(x + 0.5 * dt * k2)
+        k4 = f(x + dt * k3)
+        return x + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    reference = rk4_with_extra(x)
+    assert np.max(np.abs(model.step(x, np.array([8.0])) - reference)) / np.max(np.abs(reference)) < 1e-13
+    assert np.max(np.abs(reference_model.step(x, np.empty(0)) - reference)) > 1e-3  # the term matters
+
+
 def test_lorenz96_forcing_adjoint_is_sum_over_window():
     """With p = [F], <M_p dF, ay> = dF * ap: check against a finite difference in F."""
     model = Lorenz96(n_state=40, estimate_forcing=True)
