@@ -158,7 +158,8 @@ def command_run(args) -> int:
     start = int(resume_from.attrs["completed_cycles"]) if resume_from is not None else 0
     progress = Progress(experiment.n_cycles, quiet=args.quiet, start_cycle=start)
     try:
-        dataset = experiment.run(checkpoint=lambda ds: write_atomic(ds, checkpoint), resume_from=resume_from, progress=progress)
+        message = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+        dataset = experiment.run(checkpoint=lambda ds: write_atomic(ds, checkpoint), resume_from=resume_from, progress=progress, progress_message=message)
         write_atomic(dataset, output)
     except KeyboardInterrupt:
         print(f"\ninterrupted; completed cycles are saved in {checkpoint}; continue with --resume", file=sys.stderr)
@@ -168,9 +169,9 @@ def command_run(args) -> int:
     checkpoint.unlink(missing_ok=True)
     if not args.quiet:
         print(f"wrote {output} ({experiment.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)", file=sys.stderr)
-        if "rmse_analysis" in dataset:
-            half = dataset["rmse_analysis"].values[experiment.n_cycles // 2 :]
-            print(f"analysis RMSE over the last half of the cycles: {half.mean():.4f}", file=sys.stderr)
+        for key, value in dataset.attrs.items():
+            if key.startswith("headline_"):
+                print(f"{key.removeprefix('headline_')}: {value:.4g}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -113,7 +113,22 @@ SCHEMA: dict[str, Any] = {
     "output": {
         "file": Field("str", None, "result NetCDF file (default: `results/<config name>.nc`)", nullable=True),
     },
+    "diagnostics": {
+        "forecast_skill": Field("bool", False, "measure forecast skill (needs a truth run): from truth states on an independent stretch of the truth, and from the analyses of the last half of the cycles"),
+        "lyapunov_time": Field("float", 0.61, "one Lyapunov time in model time units (0.61 for Lorenz-96 with F = 8)", _positive),
+        "skill_threshold": Field("float", 0.5, "a forecast is valid while its RMSE / the truth's climatological std stays below this", _positive),
+        "forecast_lyapunov_times": Field("float", 6.0, "length of each skill forecast, in Lyapunov times", _positive),
+        "forecast_starts": Field("int", 50, "number of truth start times for the skill from truth states", _at_least_one),
+        "forecast_spacing": Field("int", 25, "model steps between those start times", _at_least_one),
+    },
+    "compare": Field("comparisons", [], "other 4D-Var runs on the same truth and observations, each `{name, model, background, assimilation}` (all but `name` optional; `model` replaces the model, the others override keys); their RMSE, cost and skill go into the result file"),
+    "gap": {
+        "baseline": Field("str", None, "name of the comparison run that lacks what is learned (e.g. the physics model alone)", nullable=True),
+        "reference": Field("str", None, "name of the comparison run with the perfect model; the result records the fraction of the baseline-to-reference analysis-RMSE gap the experiment closes", nullable=True),
+    },
 }
+
+COMPARISON_KEYS = ("name", "model", "background", "assimilation")
 
 
 def schema_keys(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, Field]]:
@@ -180,6 +195,26 @@ def _coerce(field: Field, value, path: str):
     elif kind == "component":
         _check_component(value, path)
         value = copy.deepcopy(value)
+    elif kind == "comparisons":
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list of comparison runs, got {value!r} ({_type_name(value)})")
+        names = set()
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: expected a mapping with a 'name', got {item!r}")
+            for key in item:
+                if key not in COMPARISON_KEYS:
+                    raise _unknown_key(key, COMPARISON_KEYS, where)
+            name = item.get("name")
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f"{where}.name: expected a name made of letters, digits and '_', got {name!r}")
+            if name in names:
+                raise ConfigError(f"{where}.name: {name!r} is used twice")
+            names.add(name)
+            if "model" in item:
+                _check_component(item["model"], f"{where}.model")
+        value = copy.deepcopy(value)
     elif kind == "components":
         items = value if isinstance(value, list) else [value]
         if not items:
@@ -244,7 +279,40 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     state = config["background"]["state"]
     if state["adaptive_min_std"] > state["adaptive_max_std"]:
         raise ConfigError("background.state.adaptive_min_std: must not exceed adaptive_max_std")
+    names = [entry["name"] for entry in config["compare"]]
+    for key in ("baseline", "reference"):
+        name = config["gap"][key]
+        if name is not None and name not in names:
+            raise ConfigError(f"gap.{key}: no comparison run named {name!r} (compare names: {', '.join(names) or 'none'})")
+    if (config["gap"]["baseline"] is None) != (config["gap"]["reference"] is None):
+        raise ConfigError("gap: give both 'baseline' and 'reference', or neither")
     return config
+
+
+def comparison_config(config: dict, entry: dict) -> dict:
+    """The resolved configuration of one comparison run: ``config`` with the entry's
+    ``model`` replacing the model and its ``background``/``assimilation`` keys overriding."""
+    merged = copy.deepcopy(config)
+    merged["compare"], merged["gap"] = [], {"baseline": None, "reference": None}
+    merged["diagnostics"] = {**merged["diagnostics"], "forecast_skill": False}  # measured by the main experiment
+    if "model" in entry:
+        merged["model"] = copy.deepcopy(entry["model"])
+    for section in ("background", "assimilation"):
+        if section in entry:
+            merged[section] = _deep_merge(merged[section], entry[section])
+    try:
+        return resolve_config(merged)
+    except ConfigError as error:
+        raise ConfigError(f"compare[{entry['name']}]: {error}") from None
+
+
+def _deep_merge(base: dict, override) -> dict:
+    if not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(base[key], value) if isinstance(base.get(key), dict) and isinstance(value, dict) else copy.deepcopy(value)
+    return merged
 
 
 def load_config(path: str | Path) -> dict:

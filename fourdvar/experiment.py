@@ -20,9 +20,10 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
-from .config import ConfigError
+from .config import ConfigError, comparison_config
 from .covariances import Diagonal, PeriodicCorrelation
 from .cycling import cycle
+from .diagnostics import forecast_skill
 from .registry import RegistryError, build_model, build_operator, observation_set_class
 from .results import ResultRecorder
 from .window import DivergenceError, forecast
@@ -49,7 +50,9 @@ def build_component(spec: dict, path: str, builder=build_model, **extra):
 class Experiment:
     """Everything one configuration describes, built and checked before any long computation."""
 
-    def __init__(self, config: dict, base_dir: str | Path = "."):
+    def __init__(self, config: dict, base_dir: str | Path = ".", shared: "Experiment | None" = None):
+        """``shared``: an experiment whose truth run and observations this one reuses
+        (a comparison run on the same data)."""
         self.config = config
         self.base_dir = Path(base_dir)
         self.seed = config["seed"]
@@ -61,8 +64,12 @@ class Experiment:
             raise ConfigError(f"assimilation.control: 'params' is in the control but the model {self.model!r} has no parameters")
         self.pb0 = self._initial_params()
         self.from_file = config["observations"]["file"] is not None
-        self.truth = None if self.from_file else self._truth_run()
-        self.observations = self._read_observations() if self.from_file else self._generate_observations()
+        self.forecast_steps = self._forecast_steps()
+        if shared is not None:
+            self.truth, self.observations = shared.truth, shared.observations
+        else:
+            self.truth = None if self.from_file else self._truth_run()
+            self.observations = self._read_observations() if self.from_file else self._generate_observations()
         self.B0 = self._state_covariance(config["background"]["state"]["error_std"])
         self.P0 = self._params_covariance() if self.model.n_params else None
         self.xb0 = self._initial_background()
@@ -111,11 +118,26 @@ class Experiment:
         x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
         try:
             x = forecast(model, x, params, spec["spinup_steps"], context="truth spin-up")[-1]
-            full = forecast(model, x, params, self.n_cycles * self.n_steps, context="truth run")
+            # the forecasts of the skill diagnostics run past the last window
+            full = forecast(model, x, params, self.n_cycles * self.n_steps + self.forecast_steps, context="truth run")
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
         same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
-        return {"model": model, "params": params if same_model else None, "trajectory": full[:, state_slice]}
+        return {
+            "model": model, "params": params if same_model else None, "trajectory": full[:, state_slice],
+            "state_slice": state_slice, "last_full_state": full[-1], "model_params": params,
+        }
+
+    def _forecast_steps(self) -> int:
+        diagnostics = self.config["diagnostics"]
+        if not diagnostics["forecast_skill"]:
+            return 0
+        if self.from_file:
+            raise ConfigError("diagnostics.forecast_skill: needs a truth run, but the observations come from a file")
+        dt = getattr(self.model, "dt", None)
+        if dt is None:
+            raise ConfigError(f"diagnostics.forecast_skill: the model {self.model!r} has no time step 'dt' to convert steps to Lyapunov times")
+        return int(np.ceil(diagnostics["forecast_lyapunov_times"] * diagnostics["lyapunov_time"] / dt))
 
     def _operator_specs(self) -> list[dict]:
         specs = self.config["observations"]["operator"]
@@ -176,7 +198,7 @@ class Experiment:
             )
         truth = self.truth["trajectory"]
         if choice == "truth_mean":
-            return np.full(self.model.n_state, truth.mean())
+            return np.full(self.model.n_state, truth[: self.n_cycles * self.n_steps + 1].mean())
         return truth[0] + self.B0.sample(self.rng(_BACKGROUND))
 
     def _free_run(self) -> np.ndarray:
@@ -220,6 +242,7 @@ class Experiment:
         checkpoint: Callable[[xr.Dataset], None] | None = None,
         resume_from: xr.Dataset | None = None,
         progress: Callable[[int, int, object, ResultRecorder], None] | None = None,
+        progress_message: Callable[[str], None] | None = None,
     ) -> xr.Dataset:
         """Cycle all windows; ``checkpoint(dataset)`` after each; continue ``resume_from`` if given."""
         recorder = ResultRecorder(self)
@@ -243,8 +266,72 @@ class Experiment:
             if progress is not None:
                 progress(outcome.cycle, self.n_cycles, outcome, recorder)
         dataset = recorder.dataset(complete=True)
+        self._add_diagnostics(dataset, progress_message)
         dataset.attrs["run_seconds"] = round(time.perf_counter() - started, 3)
         return dataset
+
+    # --- diagnostics: comparison runs, forecast skill, headline numbers -------------------------------
+
+    def _add_diagnostics(self, dataset: xr.Dataset, message: Callable[[str], None] | None) -> None:
+        half = slice(self.n_cycles // 2, None)
+        headline = {}
+        if "rmse_analysis" in dataset:
+            headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
+        if self.forecast_steps:
+            headline.update(self._skill_headlines(self, dataset, ""))
+        for entry in self.config["compare"]:
+            if message:
+                message(f"comparison run '{entry['name']}'")
+            other = Experiment(comparison_config(self.config, entry), base_dir=self.base_dir, shared=self)
+            result = other.run()
+            name = entry["name"]
+            for key in ("rmse_analysis", "rmse_background", "J_final"):
+                if key in result:
+                    dataset[f"{key}_{name}"] = (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
+            if "rmse_analysis" in result:
+                headline[f"rmse_analysis_last_half_{name}"] = float(result["rmse_analysis"].values[half].mean())
+            if self.forecast_steps:
+                headline.update(self._skill_headlines(other, result, f"_{name}"))
+            dataset.attrs[f"model_{name}"] = repr(other.model)
+        gap = self.config["gap"]
+        if gap["baseline"] is not None and "rmse_analysis_last_half" in headline:
+            baseline = headline[f"rmse_analysis_last_half_{gap['baseline']}"]
+            reference = headline[f"rmse_analysis_last_half_{gap['reference']}"]
+            headline["gap_closed"] = (baseline - headline["rmse_analysis_last_half"]) / (baseline - reference)
+        for key, value in headline.items():
+            dataset.attrs[f"headline_{key}"] = round(value, 6)
+
+    def _skill_headlines(self, experiment: "Experiment", dataset: xr.Dataset, suffix: str) -> dict:
+        """Skill in Lyapunov times from truth states (final parameters) and from the analyses."""
+        diagnostics = self.config["diagnostics"]
+        truth, n = self.truth, self.forecast_steps
+        sigma = float(truth["trajectory"][: self.n_cycles * self.n_steps + 1].std())
+        options = dict(dt=experiment.model.dt, sigma_clim=sigma, lyapunov_time=diagnostics["lyapunov_time"], threshold=diagnostics["skill_threshold"])
+        final_params = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else experiment.pb0
+        independent = self._independent_truth()
+        starts = range(0, diagnostics["forecast_starts"] * diagnostics["forecast_spacing"], diagnostics["forecast_spacing"])
+        from_truth = forecast_skill(
+            experiment.model, [independent[s] for s in starts], [final_params] * len(starts),
+            [independent[s : s + n + 1] for s in starts], **options,
+        )
+        cycles = range(self.n_cycles // 2, self.n_cycles)
+        L = self.n_steps
+        params = [dataset["params_analysis"].values[c] if "params_analysis" in dataset else experiment.pb0 for c in cycles]
+        from_analyses = forecast_skill(
+            experiment.model, [dataset["analysis"].values[c, 0] for c in cycles], params,
+            [truth["trajectory"][c * L : c * L + n + 1] for c in cycles], **options,
+        )
+        return {f"skill_from_truth{suffix}": from_truth.lyapunov_times, f"skill_from_analyses{suffix}": from_analyses.lyapunov_times}
+
+    def _independent_truth(self) -> np.ndarray:
+        """A stretch of truth after everything the experiment saw, for skill from truth states."""
+        if not hasattr(self, "_independent"):
+            diagnostics = self.config["diagnostics"]
+            length = diagnostics["forecast_starts"] * diagnostics["forecast_spacing"] + self.forecast_steps
+            truth = self.truth
+            full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length)
+            self._independent = full[:, truth["state_slice"]]
+        return self._independent
 
 
 def _params_from_result(path: Path, key: str) -> np.ndarray:
