@@ -35,20 +35,23 @@ from fourdvar.model import ModelBase, as_vector
 from .integrators import RungeKutta
 
 
-def periodic_pad(x: np.ndarray) -> np.ndarray:
-    """``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``."""
-    padded = np.empty(x.size + 3)
-    padded[2:-1] = x
-    padded[:2] = x[-2:]
-    padded[-1] = x[0]
+def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
+    """``[x_{n-left} .. x_{n-1}, x_0 .. x_{n-1}, x_0 .. x_{right-1}]``; by default
+    ``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``, so ``padded[i + left] = x_i``."""
+    n = x.size
+    padded = np.empty(n + left + right)
+    padded[left : left + n] = x
+    padded[:left] = x[n - left :]
+    padded[left + n :] = x[:right]
     return padded
 
 
-def fold_padded(a_padded: np.ndarray) -> np.ndarray:
+def fold_padded(a_padded: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
     """Adjoint of :func:`periodic_pad`: add the ghost cells' adjoints back to their sources."""
-    ax = a_padded[2:-1].copy()
-    ax[-2:] += a_padded[:2]
-    ax[0] += a_padded[-1]
+    n = a_padded.size - left - right
+    ax = a_padded[left : left + n].copy()
+    ax[n - left :] += a_padded[:left]
+    ax[:right] += a_padded[left + n :]
     return ax
 
 
