@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .covariances import Diagonal
 from .window import DivergenceError, WindowLinearization, forecast, linearize_window
 
 __all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
@@ -171,6 +172,19 @@ def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
     forcings[step] = forcings[step] + forcing if step in forcings else forcing
 
 
+def _into(method, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[:] = method(v)`` for a covariance's ``sqrt``, ``sqrt_t``, ``solve`` ...; returns ``out``.
+
+    A :class:`~fourdvar.covariances.Diagonal` writes the result straight into
+    ``out`` (its methods take ``out=``, which may be ``v`` itself); any other
+    covariance returns a fresh array, which is copied in.
+    """
+    if isinstance(getattr(method, "__self__", None), Diagonal):
+        return method(v, out=out)
+    out[...] = method(v)
+    return out
+
+
 class IncrementalCost:
     """``Jq`` around ``(p^i, x0^i)`` as a function of the control vector ``u``.
 
@@ -179,6 +193,16 @@ class IncrementalCost:
     these are ``v = B^-1/2 dx0`` and ``w = P^-1/2 dp``; otherwise ``dx0`` and ``dp``.
     The trajectory, the innovations and every linearisation are computed here,
     once, and reused by each call.
+
+    The parameter part can be large (8 million values for a 2000-wide dense
+    network), and then a fresh temporary per operation on it costs as much as
+    the arithmetic or more.  So :meth:`value_and_gradient` and
+    :meth:`hessian_vector` write ``dx0`` and ``dp`` for the TL into work arrays
+    kept here (:meth:`_tl_increments`), then assemble their result part by part,
+    in place, in the one array they allocate and return
+    (:meth:`_background_into`, :meth:`_add_control_gradient`); the window's AD
+    gives the only other parameter-sized array, ``ap``.  Because of the work
+    arrays, one ``IncrementalCost`` is not for concurrent calls from several threads.
     """
 
     def __init__(self, cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", transform: bool = True, outer_loop: int = 0):
@@ -214,19 +238,41 @@ class IncrementalCost:
         if self.transform:
             self.v_b = cost.B.sqrt_t(self.Binv_dep) if self.control.state else np.zeros(0)
             self.w_b = cost.P.sqrt_t(self.Pinv_dep) if self.n_p else np.zeros(0)
+        # the TL's (dx0, dp), rewritten by each call (see _tl_increments); a part not in the control stays 0
+        self._dx0 = np.zeros(cost.model.n_state)
+        self._dp = np.zeros(cost.model.n_params)
+        self._dx0.flags.writeable = bool(self.n_x and self.transform)
+        self._dp.flags.writeable = bool(self.n_p and self.transform)
 
     # --- control vector <-> increments ---------------------------------------------------
 
     def split(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(v, w)``: views of the state and the parameter part of ``u``."""
         if u.shape != (self.size,):
             raise ValueError(f"control vector must have shape ({self.size},), got {u.shape}")
         return u[: self.n_x], u[self.n_x :]
 
     def increments(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(dx0, dp)`` for the control vector ``u`` (zero for a part not in the control)."""
+        """``(dx0, dp)`` for the control vector ``u`` (zero for a part not in the control), fresh arrays."""
         v, w = self.split(u)
         dx0 = (self.cost.B.sqrt(v) if self.transform else v.copy()) if self.n_x else np.zeros(self.cost.model.n_state)
         dp = (self.cost.P.sqrt(w) if self.transform else w.copy()) if self.n_p else np.zeros(self.cost.model.n_params)
+        return dx0, dp
+
+    def _tl_increments(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`increments` for the TL, which only reads them: no fresh arrays.
+
+        ``dx0 = B^1/2 v`` and ``dp = P^1/2 w`` are written into the work arrays
+        ``_dx0``, ``_dp`` (overwritten by the next call); without the transform
+        ``dx0 = v`` and ``dp = w`` are the views of ``u``.  A part not in the
+        control is the work array's zeros.
+        """
+        v, w = self.split(u)
+        dx0, dp = self._dx0, self._dp
+        if self.n_x:
+            dx0 = _into(self.cost.B.sqrt, v, out=dx0) if self.transform else v
+        if self.n_p:
+            dp = _into(self.cost.P.sqrt, w, out=dp) if self.transform else w
         return dx0, dp
 
     def control_gradient(self, ax: np.ndarray, ap: np.ndarray) -> np.ndarray:
@@ -234,36 +280,66 @@ class IncrementalCost:
 
         Applied to ``(grad_x0 J, grad_p J)`` it gives the gradient w.r.t. the control vector.
         """
-        parts = []
+        # copies: _add_control_gradient overwrites the vectors it is given
+        return self._add_control_gradient(np.array(ax, dtype=float), np.array(ap, dtype=float), out=np.zeros(self.size))
+
+    def _add_control_gradient(self, ax: np.ndarray, ap: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out += [B^T/2 ax; P^T/2 ap]`` (``out += [ax; ap]`` without the transform); returns ``out``.
+
+        With the transform, ``ax`` and ``ap`` are overwritten by ``B^T/2 ax`` and ``P^T/2 ap``.
+        """
+        out_x, out_p = self.split(out)
         if self.n_x:
-            parts.append(self.cost.B.sqrt_t(ax) if self.transform else ax)
+            out_x += _into(self.cost.B.sqrt_t, ax, out=ax) if self.transform else ax
         if self.n_p:
-            parts.append(self.cost.P.sqrt_t(ap) if self.transform else ap)
-        return np.concatenate(parts) if parts else np.zeros(0)
+            out_p += _into(self.cost.P.sqrt_t, ap, out=ap) if self.transform else ap
+        return out
 
     # --- the background terms ------------------------------------------------------------
 
     def background(self, u: np.ndarray) -> tuple[float, float, np.ndarray]:
         """``(Jb, Jp, gradient of Jb + Jp w.r.t. u)``."""
+        gradient = np.empty(self.size)
+        Jb, Jp = self._background_into(u, out=gradient)
+        return Jb, Jp, gradient
+
+    def _background_into(self, u: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+        """``(Jb, Jp)``, their gradient w.r.t. ``u`` written into ``out``.
+
+        With the transform, ``out = [v_b + v; w_b + w]``, whose two parts have the
+        squared norms ``2 Jb`` and ``2 Jp``.  Without it::
+
+            out = [B^-1 (x0^i - xb + dx0); P^-1 (p^i - pb + dp)],   Jb = 1/2 (x0^i - xb + dx0) . out_x, ...
+        """
         v, w = self.split(u)
+        out_x, out_p = self.split(out)
+        Jb = Jp = 0.0
         if self.transform:
-            ev, ew = self.v_b + v, self.w_b + w
-            Jb, Jp, gradient = 0.5 * float(ev @ ev), 0.5 * float(ew @ ew), np.concatenate([ev, ew])
-        else:
-            dx0, dp = self.increments(u)
-            Jb, gb = _quadratic_term(self.cost.B, self.departure_x + dx0) if self.n_x else (0.0, np.zeros(0))
-            Jp, gp = _quadratic_term(self.cost.P, self.departure_p + dp) if self.n_p else (0.0, np.zeros(0))
-            gradient = np.concatenate([gb, gp])
-        return Jb + self.Jb_fixed, Jp + self.Jp_fixed, gradient
+            if self.n_x:
+                ev = np.add(self.v_b, v, out=out_x)
+                Jb = 0.5 * float(ev @ ev)
+            if self.n_p:
+                ew = np.add(self.w_b, w, out=out_p)
+                Jp = 0.5 * float(ew @ ew)
+        else:  # dx0 = v, dp = w
+            if self.n_x:
+                ex = self.departure_x + v
+                Jb = 0.5 * float(ex @ _into(self.cost.B.solve, ex, out=out_x))
+            if self.n_p:
+                ep = self.departure_p + w
+                Jp = 0.5 * float(ep @ _into(self.cost.P.solve, ep, out=out_p))
+        return Jb + self.Jb_fixed, Jp + self.Jp_fixed
 
     # --- Jq and its gradient -----------------------------------------------------------
 
-    def _observation_sweep(self, u: np.ndarray, innovations: bool) -> tuple[float, np.ndarray]:
-        """``(Jo, grad_u Jo)``: TL forward, ``z_k = R_k^-1 (H_k dx_k - d_k)``, AD backward.
+    def _observation_sweep(self, u: np.ndarray, innovations: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(Jo, ax, ap)``: TL forward, ``z_k = R_k^-1 (H_k dx_k - d_k)``, AD backward.
 
+        ``(ax, ap) = sum_k M_{k:0}^T H_k^T z_k`` is the gradient of ``Jo`` w.r.t.
+        ``(dx0, dp)``, fresh arrays; :meth:`_add_control_gradient` takes it to ``u``.
         With ``innovations=False`` the ``d_k`` are left out (the Hessian's sweep).
         """
-        dx0, dp = self.increments(u)
+        dx0, dp = self._tl_increments(u)
         dx = self.window.tl(dx0, dp)
         Jo, forcings = 0.0, {}
         for slot, H, d in self.observations:
@@ -274,27 +350,47 @@ class IncrementalCost:
             Jo += J_k
             _add_forcing(forcings, slot.step, H.ad(z))
         ax, ap = self.window.ad(forcings)
-        return Jo, self.control_gradient(ax, ap)
+        return Jo, ax, ap
 
     def value_and_gradient(self, u: np.ndarray) -> tuple[CostTerms, np.ndarray]:
-        """``(Jq(u) and its terms, grad_u Jq)``."""
+        """``(Jq(u) and its terms, grad_u Jq)``, the gradient a fresh array.
+
+        Assembled in that array: the background part first, then the observations' added to it.
+        With the transform::
+
+            grad_v = (v_b + v) + B^T/2 ax
+            grad_w = (w_b + w) + P^T/2 ap
+
+        and without it ``[B^-1 (x0^i - xb + dx0) + ax; P^-1 (p^i - pb + dp) + ap]``.
+        """
         u = np.asarray(u, dtype=float)
-        Jo, grad_o = self._observation_sweep(u, innovations=True)
-        Jb, Jp, grad_b = self.background(u)
+        Jo, ax, ap = self._observation_sweep(u, innovations=True)
+        gradient = np.empty(self.size)
+        Jb, Jp = self._background_into(u, out=gradient)
+        self._add_control_gradient(ax, ap, out=gradient)
         terms = CostTerms(Jb, Jp, Jo)
         if not np.isfinite(terms.J):
             raise DivergenceError(f"{self.context}: the incremental cost is not finite")
-        return terms, grad_b + grad_o
+        return terms, gradient
 
     def hessian_vector(self, u: np.ndarray) -> np.ndarray:
-        """``A u``, the Hessian of ``Jq`` (constant: ``Jq`` is quadratic) applied to ``u``."""
+        """``A u``, the Hessian of ``Jq`` (constant: ``Jq`` is quadratic) applied to ``u``; a fresh array.
+
+        ``A u = u + [B^T/2 ax; P^T/2 ap]`` with the transform, ``[B^-1 dx0 + ax; P^-1 dp + ap]``
+        without, ``(ax, ap)`` from the sweep without innovations.
+        """
         u = np.asarray(u, dtype=float)
-        _, grad_o = self._observation_sweep(u, innovations=False)
+        _, ax, ap = self._observation_sweep(u, innovations=False)
         if self.transform:
-            return u + grad_o
-        dx0, dp = self.increments(u)
-        parts = ([self.cost.B.solve(dx0)] if self.n_x else []) + ([self.cost.P.solve(dp)] if self.n_p else [])
-        return (np.concatenate(parts) if parts else np.zeros(0)) + grad_o
+            Au = u.copy()
+        else:  # dx0 = v, dp = w
+            Au = np.empty(self.size)
+            (v, w), (Au_x, Au_p) = self.split(u), self.split(Au)
+            if self.n_x:
+                _into(self.cost.B.solve, v, out=Au_x)
+            if self.n_p:
+                _into(self.cost.P.solve, w, out=Au_p)
+        return self._add_control_gradient(ax, ap, out=Au)
 
     def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x0^i + dx0, p^i + dp)``: the next outer loop's guess."""

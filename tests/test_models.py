@@ -261,6 +261,19 @@ def test_local_mlp_passes_adjoint_taylor_and_linearize_checks(n, integrator, see
     run_suite(model, x, model.init_params(rng), seed, n_steps=5)
 
 
+@pytest.mark.parametrize("integrator", ["euler", "rk4"])
+def test_local_mlp_with_state_scaling_passes_checks_and_equals_scaled_network(integrator):
+    rng = np.random.default_rng(17)
+    scaled = LocalMLP(n_state=30, hidden=[12], integrator=integrator, state_offset=2.0, state_scale=4.0, init_output_scale=1.0)
+    p = scaled.init_params(rng)
+    x = lorenz96_state(30, rng, spinup=20)
+    run_suite(scaled, x, p, 17, n_steps=5)
+    # f(x) = c NN((S - m)/c): the step equals the plain network's step on (x - m)/c, mapped back
+    plain = LocalMLP(n_state=30, hidden=[12], integrator=integrator, dt=0.05)
+    expected = 2.0 + 4.0 * plain.step((x - 2.0) / 4.0, p)
+    np.testing.assert_allclose(scaled.step(x, p), expected, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("hidden", [[8], [12, 8]])
 def test_local_mlp_every_activation_and_depth(activation, hidden):
