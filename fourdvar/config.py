@@ -70,6 +70,7 @@ SCHEMA: dict[str, Any] = {
         "initial_mean": Field("float", 0.0, "mean of the random initial state of the spin-up"),
         "initial_std": Field("float", 1.0, "standard deviation of the random initial state of the spin-up", _positive),
         "state_slice": Field("int_list", None, "`[start, stop]`: the part of the truth state the forecast model represents (default: all of it)", nullable=True),
+        "substeps": Field("int", 1, "truth steps per model step: the truth model integrates with its own dt and is recorded every `substeps` of its steps", _at_least_one),
     },
     "observations": {
         "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
@@ -88,6 +89,7 @@ SCHEMA: dict[str, Any] = {
             "adaptive": Field("bool", False, "re-estimate the state error std at each window start from the innovations there (useful while a learned model is still poor)"),
             "adaptive_min_std": Field("float", 0.1, "lower bound of the adaptive std", _positive),
             "adaptive_max_std": Field("float", 10.0, "upper bound of the adaptive std", _positive),
+            "adaptive_weight": Field("float", 1.0, "weight w of the new estimate: variance = w * estimate + (1 - w) * previous variance (1: no memory; smaller values smooth the noisy estimate over cycles)", lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
         },
         "params": {
             "error_std": Field("number_or_list", 1.0, "parameter error standard deviation (scalar, or one per parameter)", _positive),
@@ -121,14 +123,15 @@ SCHEMA: dict[str, Any] = {
         "forecast_starts": Field("int", 50, "number of truth start times for the skill from truth states", _at_least_one),
         "forecast_spacing": Field("int", 25, "model steps between those start times", _at_least_one),
     },
-    "compare": Field("comparisons", [], "other 4D-Var runs on the same truth and observations, each `{name, model, background, assimilation}` (all but `name` optional; `model` replaces the model, the others override keys); their RMSE, cost and skill go into the result file"),
+    "compare": Field("comparisons", [], "other 4D-Var runs on the same truth and observations, each `{name, model, background, assimilation, fit_correction}` (all but `name` optional; `model` replaces the model, the others override keys; `fit_correction: {samples: 500, spacing: 4, max_iterations: 500}` fits the model's correction offline to the truth model's `unresolved_tendency` and keeps it fixed); their RMSE, cost and skill go into the result file"),
     "gap": {
         "baseline": Field("str", None, "name of the comparison run that lacks what is learned (e.g. the physics model alone)", nullable=True),
         "reference": Field("str", None, "name of the comparison run with the perfect model; the result records the fraction of the baseline-to-reference analysis-RMSE gap the experiment closes", nullable=True),
     },
 }
 
-COMPARISON_KEYS = ("name", "model", "background", "assimilation")
+COMPARISON_KEYS = ("name", "model", "background", "assimilation", "fit_correction")
+FIT_KEYS = {"samples": 500, "spacing": 4, "max_iterations": 500}
 
 
 def schema_keys(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, Field]]:
@@ -214,6 +217,15 @@ def _coerce(field: Field, value, path: str):
             names.add(name)
             if "model" in item:
                 _check_component(item["model"], f"{where}.model")
+            if "fit_correction" in item:
+                fit = item["fit_correction"]
+                if not isinstance(fit, dict):
+                    raise ConfigError(f"{where}.fit_correction: expected a mapping, got {fit!r}")
+                for key, setting in fit.items():
+                    if key not in FIT_KEYS:
+                        raise _unknown_key(key, FIT_KEYS, f"{where}.fit_correction")
+                    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+                        raise ConfigError(f"{where}.fit_correction.{key}: expected a positive integer, got {setting!r}")
         value = copy.deepcopy(value)
     elif kind == "components":
         items = value if isinstance(value, list) else [value]

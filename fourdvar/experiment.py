@@ -24,6 +24,7 @@ from .config import ConfigError, comparison_config
 from .covariances import Diagonal, PeriodicCorrelation
 from .cycling import cycle
 from .diagnostics import forecast_skill
+from .fitting import fit_tendency
 from .registry import RegistryError, build_model, build_operator, observation_set_class
 from .results import ResultRecorder
 from .window import DivergenceError, forecast
@@ -116,10 +117,11 @@ class Experiment:
             )
         rng = self.rng(_TRUTH_STATE)
         x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
+        substeps = spec["substeps"]
         try:
-            x = forecast(model, x, params, spec["spinup_steps"], context="truth spin-up")[-1]
+            x = forecast(model, x, params, spec["spinup_steps"] * substeps, context="truth spin-up")[-1]
             # the forecasts of the skill diagnostics run past the last window
-            full = forecast(model, x, params, self.n_cycles * self.n_steps + self.forecast_steps, context="truth run")
+            full = forecast(model, x, params, (self.n_cycles * self.n_steps + self.forecast_steps) * substeps, context="truth run")[::substeps]
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
         same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
@@ -219,16 +221,19 @@ class Experiment:
         return P.with_std(np.maximum(std0 * config["decay"] ** c, config["floor"]) if config["floor"] > 0 else std0 * config["decay"] ** c)
 
     def background_policy(self, c: int, xb: np.ndarray, pb: np.ndarray, slots, B):
-        """Adaptive B: the std from the innovations at the first observed step of the window,
-        ``sigma_b^2 = mean(d^2) - mean(sigma_o^2)`` (valid for the first slot; clipped)."""
+        """Adaptive B: the error variance from the innovations at the window's first
+        observed step, ``sigma_b^2 = mean(d^2) - mean(sigma_o^2)``, blended with the
+        previous variance with weight ``adaptive_weight`` and clipped to the bounds."""
         state = self.config["background"]["state"]
         if not state["adaptive"] or not len(slots):
             return B
         first = min(slots, key=lambda slot: slot.step)
         x_first = forecast(self.model, xb, pb, first.step, context=f"cycle {c}, adaptive B")[-1]
         d = first.values - first.operator.apply(x_first)
-        variance = np.mean(d**2) - np.mean(first.covariance.std**2)
-        std = float(np.clip(np.sqrt(max(variance, 0.0)), state["adaptive_min_std"], state["adaptive_max_std"]))
+        estimate = max(float(np.mean(d**2) - np.mean(first.covariance.std**2)), 0.0)
+        weight = state["adaptive_weight"] if c > 0 else 1.0
+        variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
+        std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
         return B.with_std(std)
 
     # --- running ------------------------------------------------------------------------------------
@@ -283,8 +288,12 @@ class Experiment:
             if message:
                 message(f"comparison run '{entry['name']}'")
             other = Experiment(comparison_config(self.config, entry), base_dir=self.base_dir, shared=self)
+            if "fit_correction" in entry:
+                other.pb0 = self._fit_correction(other.model, other.pb0, entry["fit_correction"], entry["name"])
             result = other.run()
             name = entry["name"]
+            if "fit_correction" in entry:
+                dataset.attrs[f"fit_loss_{name}"] = self.fit_losses[name]
             for key in ("rmse_analysis", "rmse_background", "J_final"):
                 if key in result:
                     dataset[f"{key}_{name}"] = (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
@@ -300,6 +309,28 @@ class Experiment:
             headline["gap_closed"] = (baseline - headline["rmse_analysis_last_half"]) / (baseline - reference)
         for key, value in headline.items():
             dataset.attrs[f"headline_{key}"] = round(value, 6)
+
+    def _fit_correction(self, model, p0: np.ndarray, options: dict, name: str) -> np.ndarray:
+        """Fit ``model.correction``'s tendency offline to the truth's unresolved tendency
+        on a stretch of truth after the experiment; returns the full parameter vector."""
+        from .config import FIT_KEYS
+
+        options = {**FIT_KEYS, **options}
+        truth = self.truth
+        if self.truth is None or not hasattr(truth["model"], "unresolved_tendency"):
+            raise ConfigError(f"compare[{name}].fit_correction: the truth model has no 'unresolved_tendency' to fit to")
+        correction = getattr(model, "correction", None)
+        if correction is None or not hasattr(correction, "tendency"):
+            raise ConfigError(f"compare[{name}].fit_correction: the model has no 'correction' with a 'tendency' (use a hybrid with a local_mlp)")
+        substeps = self.config["truth"]["substeps"]
+        full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], options["samples"] * options["spacing"] * substeps)
+        samples = full[:: options["spacing"] * substeps][1:]
+        states = samples[:, truth["state_slice"]]
+        targets = np.array([truth["model"].unresolved_tendency(x) for x in samples])
+        n_phys = model.n_params - correction.n_params
+        p_corr, loss = fit_tendency(correction.tendency, states, targets, p0[n_phys:], options["max_iterations"])
+        self.fit_losses = {**getattr(self, "fit_losses", {}), name: loss}
+        return np.concatenate([p0[:n_phys], p_corr])
 
     def _skill_headlines(self, experiment: "Experiment", dataset: xr.Dataset, suffix: str) -> dict:
         """Skill in Lyapunov times from truth states (final parameters) and from the analyses."""
@@ -329,7 +360,8 @@ class Experiment:
             diagnostics = self.config["diagnostics"]
             length = diagnostics["forecast_starts"] * diagnostics["forecast_spacing"] + self.forecast_steps
             truth = self.truth
-            full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length)
+            substeps = self.config["truth"]["substeps"]
+            full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
             self._independent = full[:, truth["state_slice"]]
         return self._independent
 

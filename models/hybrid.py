@@ -43,6 +43,11 @@ class Hybrid(ModelBase):
         self.n_params_physics = self.physics.n_params
         self.n_params = self.physics.n_params + self.correction.n_params
 
+    @property
+    def dt(self) -> float:
+        """The physics model's time step (the correction steps in step with it)."""
+        return self.physics.dt
+
     def split(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(p_phys, p_corr)`` as views of ``p``."""
         return p[: self.n_params_physics], p[self.n_params_physics :]

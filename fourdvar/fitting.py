@@ -1,0 +1,36 @@
+"""Offline fit of a learned tendency to known target tendencies.
+
+Given states ``x_s`` and target tendencies ``u_s`` (``s = 1 .. N``), find the
+parameters ``p`` of a tendency ``f(x, p)`` minimising::
+
+    L(p) = 1/(2N) sum_s |f(x_s, p) - u_s|^2        grad L = 1/N sum_s f_p(x_s)^T (f(x_s, p) - u_s)
+
+with scipy's L-BFGS-B, the gradient from the tendency's own adjoint.  The
+tendency is any object with ``linearize(x, p)`` returning ``output`` and
+``ad(af) -> (ax, ap)`` (the tendencies of :mod:`models` qualify).  Used to build
+the "best offline correction" reference of a model-error experiment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.optimize
+
+__all__ = ["fit_tendency"]
+
+
+def fit_tendency(tendency, states: np.ndarray, targets: np.ndarray, p0: np.ndarray, max_iterations: int = 500) -> tuple[np.ndarray, float]:
+    """``(p, L(p))`` after at most ``max_iterations`` L-BFGS iterations from ``p0``."""
+    n_samples = len(states)
+
+    def loss_and_gradient(p):
+        loss, gradient = 0.0, np.zeros_like(p)
+        for x, u in zip(states, targets):
+            lin = tendency.linearize(x, p)
+            residual = (lin.output - u) / n_samples
+            loss += 0.5 * n_samples * float(residual @ residual)
+            gradient += lin.ad(residual)[1]
+        return loss, gradient
+
+    result = scipy.optimize.minimize(loss_and_gradient, p0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations})
+    return result.x, float(result.fun)
