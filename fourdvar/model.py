@@ -26,6 +26,10 @@ class ModelBase:
     n_state: int
     n_params: int
 
+    def _inputs(self, x, p) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, p)`` as float64 vectors of the model's sizes, or a ``ValueError`` naming the wrong one."""
+        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
+
     def step_tl(self, x: np.ndarray, p: np.ndarray, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """``dx_next = M_x dx + M_p dp`` at ``(x, p)``."""
         return self.linearize(x, p).tl(dx, dp)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fourdvar.model import ModelBase, as_vector
+from fourdvar.model import ModelBase
 from fourdvar.registry import build_model
 
 
@@ -51,9 +51,6 @@ class Hybrid(ModelBase):
     def split(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(p_phys, p_corr)`` as views of ``p``."""
         return p[: self.n_params_physics], p[self.n_params_physics :]
-
-    def _inputs(self, x, p):
-        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
 
     def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         x, p = self._inputs(x, p)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fourdvar.model import ModelBase
+
 TABLEAUX: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
     "euler": (((),), (1.0,)),
     "rk2": (((), (1.0,)), (0.5, 0.5)),  # Heun's method
@@ -95,3 +97,20 @@ class RungeKuttaLinearization:
                 if A_ij:
                     ak[j] += (dt * A_ij) * aX_i
         return ax, ap
+
+
+class IntegratedModel(ModelBase):
+    """A model whose step integrates ``self.tendency`` over one ``self.integrator`` step.
+
+    Subclasses set ``tendency`` (with ``evaluate`` and ``linearize``) and
+    ``integrator`` (a :class:`RungeKutta`); TL and AD come from composing the two.
+    """
+
+    tendency: object
+    integrator: RungeKutta
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return self.integrator.step(self.tendency, *self._inputs(x, p))
+
+    def linearize(self, x: np.ndarray, p: np.ndarray) -> RungeKuttaLinearization:
+        return self.integrator.linearize(self.tendency, *self._inputs(x, p))

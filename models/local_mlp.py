@@ -28,9 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fourdvar.model import ModelBase, as_vector
-
-from .integrators import RungeKutta
+from .integrators import IntegratedModel, RungeKutta
 from .network import Network
 from .stencil import PeriodicStencil
 
@@ -71,7 +69,7 @@ class LocalNetworkTendencyLinearization:
         return self.stencil.scatter_add(aS) / self.scale, ap
 
 
-class LocalMLP(ModelBase):
+class LocalMLP(IntegratedModel):
     """``LocalMLP(n_state=40, half_width=2, hidden=[32], activation="tanh", dt=0.05, integrator="euler")``.
 
     ``init_output_scale`` scales the last layer of :meth:`init_params`; the
@@ -110,15 +108,6 @@ class LocalMLP(ModelBase):
         self.state_scale = float(state_scale)
         self.tendency = LocalNetworkTendency(self.stencil, self.network, self.state_offset, self.state_scale)
         self.integrator = RungeKutta(integrator, self.dt)
-
-    def _inputs(self, x, p):
-        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
-
-    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return self.integrator.step(self.tendency, *self._inputs(x, p))
-
-    def linearize(self, x: np.ndarray, p: np.ndarray):
-        return self.integrator.linearize(self.tendency, *self._inputs(x, p))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         return self.network.init_params(rng, output_scale=self.init_output_scale)

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fourdvar.model import ModelBase, as_vector
-
-from .integrators import RungeKutta
+from .integrators import IntegratedModel, RungeKutta
 
 
 def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
@@ -114,7 +112,7 @@ class Lorenz96TendencyLinearization:
         return ax, ap
 
 
-class Lorenz96(ModelBase):
+class Lorenz96(IntegratedModel):
     """``Lorenz96(n_state=40, forcing=8.0, dt=0.05, estimate_forcing=False)``: one RK4 step of length ``dt``.
 
     ``extra_amplitude`` (default 0) and ``extra_wavelength`` add the extra tendency
@@ -143,15 +141,6 @@ class Lorenz96(ModelBase):
         self.extra_wavelength = float(extra_wavelength)
         self.tendency = Lorenz96Tendency(self.forcing, self.estimate_forcing, self.extra_amplitude, self.extra_wavelength)
         self.integrator = RungeKutta("rk4", self.dt)
-
-    def _inputs(self, x, p):
-        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
-
-    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return self.integrator.step(self.tendency, *self._inputs(x, p))
-
-    def linearize(self, x: np.ndarray, p: np.ndarray):
-        return self.integrator.linearize(self.tendency, *self._inputs(x, p))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""

@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fourdvar.model import ModelBase, as_vector
+from fourdvar.model import as_vector
 
-from .integrators import RungeKutta
+from .integrators import IntegratedModel, RungeKutta
 from .lorenz96 import fold_padded, periodic_pad
 
 # Ghost cells (left, right) of the two rings: X needs k-2, k-1, k+1; Y needs j-1, j+1, j+2.
@@ -165,7 +165,7 @@ def _positive(value, name: str) -> float:
     return value
 
 
-class Lorenz96TwoScale(ModelBase):
+class Lorenz96TwoScale(IntegratedModel):
     """``Lorenz96TwoScale(n_slow=40, n_fast_per_slow=10, forcing=10.0, coupling=1.0, time_scale=10.0,
     space_scale=10.0, dt=0.005, estimate_forcing=False)``: one RK4 step of length ``dt``.
 
@@ -200,15 +200,6 @@ class Lorenz96TwoScale(ModelBase):
             self.coupling, self.time_scale, self.space_scale,
         )
         self.integrator = RungeKutta("rk4", self.dt)
-
-    def _inputs(self, x, p):
-        return as_vector(x, self.n_state, "state x"), as_vector(p, self.n_params, "parameters p")
-
-    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        return self.integrator.step(self.tendency, *self._inputs(x, p))
-
-    def linearize(self, x: np.ndarray, p: np.ndarray):
-        return self.integrator.linearize(self.tendency, *self._inputs(x, p))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
