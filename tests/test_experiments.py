@@ -1,0 +1,116 @@
+"""The experiment machinery behind issue 5: weights as artefacts, truth sub-stepping,
+forecast skill, offline correction fits, comparison runs and the gap headline."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from fourdvar.config import ConfigError, resolve_config
+from fourdvar.diagnostics import forecast_skill
+from fourdvar.experiment import Experiment
+from fourdvar.fitting import fit_tendency
+from fourdvar.results import write_atomic
+from models import LocalMLP, Lorenz96, Lorenz96TwoScale
+
+TINY = {
+    "seed": 3,
+    "model": {"type": "hybrid", "physics": {"type": "lorenz96", "n_state": 12, "dt": 0.05},
+              "correction": {"type": "local_mlp", "n_state": 12, "hidden": [4], "integrator": "rk4", "state_scale": 4.0}},
+    "truth": {"model": {"type": "lorenz96", "n_state": 12, "dt": 0.05, "extra_amplitude": 2.0}, "spinup_steps": 100},
+    "observations": {"every": 1, "error_std": 1.0},
+    "background": {"state": {"error_std": 0.5}, "params": {"error_std": 0.5}},
+    "window": {"steps": 5, "cycles": 3},
+    "assimilation": {"control": ["state", "params"], "outer_loops": 2, "inner": {"method": "cg", "max_iterations": 10}},
+}
+
+
+def tiny(**changes):
+    config = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    return resolve_config(config, name="tiny")
+
+
+def test_analysed_weights_load_back_as_a_models_parameters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = Experiment(tiny())
+    result = first.run()
+    write_atomic(result, "first.nc")
+    model = {**TINY["model"], "params_from": "first.nc"}
+    second = Experiment(tiny(model=model))
+    np.testing.assert_array_equal(second.pb0, result["params_analysis"].values[-1])
+    assert not np.array_equal(second.pb0, first.pb0)  # learning moved them
+    with pytest.raises(ConfigError, match="model.params_from: .*missing.nc: no such file"):
+        Experiment(tiny(model={**TINY["model"], "params_from": "missing.nc"}))
+
+
+def test_truth_substeps_record_every_kth_step_of_a_finer_truth():
+    config = tiny(model={"type": "lorenz96", "n_state": 8, "dt": 0.05}, assimilation={"control": ["state"]},
+                  truth={"model": {"type": "lorenz96_two_scale", "n_slow": 8, "n_fast_per_slow": 4, "dt": 0.005},
+                         "substeps": 10, "state_slice": [0, 8], "spinup_steps": 20})
+    experiment = Experiment(config)
+    # the same truth, integrated here step by step at dt = 0.005
+    two_scale = Lorenz96TwoScale(n_slow=8, n_fast_per_slow=4, dt=0.005)
+    x = 0.0 + 1.0 * np.random.default_rng([3, 0]).standard_normal(40)
+    x = two_scale.forecast(x, np.empty(0), 20 * 10)[-1]
+    fine = two_scale.forecast(x, np.empty(0), 3 * 5 * 10)
+    np.testing.assert_allclose(experiment.truth["trajectory"], fine[::10, :8], rtol=0, atol=1e-12)
+    assert experiment.truth["trajectory"].shape == (3 * 5 + 1, 8)
+
+
+def test_forecast_skill_of_the_perfect_model_is_the_full_length_and_persistence_is_short():
+    model = Lorenz96(40)
+    truth = model.forecast(8 + np.random.default_rng(0).standard_normal(40), np.empty(0), 1500)[500:]
+    sigma = truth.std()
+    starts = list(range(0, 500, 50))
+    segments = [truth[s : s + 61] for s in starts]
+    perfect = forecast_skill(model, [truth[s] for s in starts], [np.empty(0)] * len(starts), segments, dt=0.05, sigma_clim=sigma, lyapunov_time=0.61)
+    assert perfect.lyapunov_times == pytest.approx(60 * 0.05 / 0.61)  # never exceeds the threshold
+    persistence = LocalMLP(40)  # zero output: x_{k+1} = x_k
+    skill = forecast_skill(persistence, [truth[s] for s in starts], [np.zeros(persistence.n_params)] * len(starts), segments, dt=0.05, sigma_clim=sigma, lyapunov_time=0.61)
+    assert skill.lyapunov_times < 0.5
+    assert skill.error_curve[0] == 0.0 and skill.error_curve[-1] > 0.5
+
+
+def test_offline_fit_recovers_a_known_network_tendency():
+    rng = np.random.default_rng(5)
+    teacher = LocalMLP(20, hidden=[6], init_output_scale=1.0, state_scale=4.0)
+    student = LocalMLP(20, hidden=[6], state_scale=4.0)
+    p_true = teacher.init_params(rng)
+    states = 8 + 4 * rng.standard_normal((60, 20))
+    targets = np.array([teacher.tendency.evaluate(x, p_true) for x in states])
+    p0 = student.init_params(rng)
+    initial = 0.5 * np.mean(np.sum(targets**2, axis=1))
+    p, loss = fit_tendency(student.tendency, states, targets, p0, max_iterations=300)
+    assert loss < 1e-3 * initial
+
+
+def test_comparison_runs_share_truth_and_observations_and_give_the_gap_closed():
+    config = tiny(compare=[
+        {"name": "physics", "model": {"type": "lorenz96", "n_state": 12, "dt": 0.05}, "assimilation": {"control": ["state"]}},
+        {"name": "perfect", "model": {"type": "lorenz96", "n_state": 12, "dt": 0.05, "extra_amplitude": 2.0}, "assimilation": {"control": ["state"]}},
+    ], gap={"baseline": "physics", "reference": "perfect"})
+    result = Experiment(config).run()
+    for name in ("physics", "perfect"):
+        assert result[f"rmse_analysis_{name}"].shape == (3,)
+    h = {key.removeprefix("headline_"): value for key, value in result.attrs.items() if key.startswith("headline_")}
+    expected = (h["rmse_analysis_last_half_physics"] - h["rmse_analysis_last_half"]) / (h["rmse_analysis_last_half_physics"] - h["rmse_analysis_last_half_perfect"])
+    assert h["gap_closed"] == pytest.approx(expected, abs=1e-5)
+    assert h["rmse_analysis_last_half"] == pytest.approx(float(result["rmse_analysis"].values[1:].mean()), abs=1e-6)
+
+
+def test_comparison_configuration_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"compare\[0\]\.modle: unknown key; did you mean 'model'"):
+        tiny(compare=[{"name": "a", "modle": {"type": "lorenz96"}}])
+    with pytest.raises(ConfigError, match="gap.baseline: no comparison run named 'physics'"):
+        tiny(gap={"baseline": "physics", "reference": "perfect"})
+    with pytest.raises(ConfigError, match=r"fit_correction.samples: expected a positive integer"):
+        tiny(compare=[{"name": "a", "fit_correction": {"samples": 0}}])
