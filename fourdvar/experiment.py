@@ -251,13 +251,15 @@ class Experiment:
     ) -> xr.Dataset:
         """Cycle all windows; ``checkpoint(dataset)`` after each; continue ``resume_from`` if given."""
         recorder = ResultRecorder(self)
-        xb, pb = self.xb0, self.pb0
+        xb, pb, B = self.xb0, self.pb0, self.B0
         start = 0
         if resume_from is not None:
             start, xb, pb = recorder.restore(resume_from)
+            if self.config["background"]["state"]["adaptive"]:  # the adaptive policy builds on the last window's B
+                B = self.B0.with_std(recorder.rows[-1]["background_std"])
         inner = self.config["assimilation"]["inner"]
         cycles = cycle(
-            self.model, self.windows(start), xb, self.B0, pb, self.P0, control=self.control, n_steps=self.n_steps,
+            self.model, self.windows(start), xb, B, pb, self.P0, control=self.control, n_steps=self.n_steps,
             start_cycle=start, background_policy=self.background_policy, params_policy=self.params_policy,
             outer_loops=self.config["assimilation"]["outer_loops"], method=inner["method"],
             max_iterations=inner["max_iterations"], gradient_reduction=inner["gradient_reduction"],
