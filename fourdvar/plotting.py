@@ -313,12 +313,19 @@ def _rmse(ds: xr.Dataset, kind: str, window: bool) -> np.ndarray | None:
     return values if values is not None and _finite(values) else None
 
 
+def _comparison_names(ds: xr.Dataset) -> list[str]:
+    """Names of the comparison runs stored as ``rmse_analysis_<name>``."""
+    prefix = "rmse_analysis_"
+    return [name[len(prefix):] for name in ds.data_vars if name.startswith(prefix) and name != "rmse_analysis_window"]
+
+
 def plot_rmse(ds: xr.Dataset) -> Figure | None:
     """Background and analysis RMSE against the truth per cycle (``None`` without truth).
 
     Solid lines: at the window start; dashed: averaged over the window. Legend entries
     give the mean over the second half of the cycles; the mean observation-error
-    standard deviation is drawn as a grey reference line.
+    standard deviation is drawn as a grey reference line.  Comparison runs
+    (``rmse_analysis_<name>``) are drawn as thin lines of their own.
     """
     curves = []
     for window in (False, True):
@@ -342,6 +349,11 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
             ls="--" if window else "-", lw=1.6 if not window else 1.3,
             label=f"{kind}, {where} (mean {span}: {_fmt(mean)})", **mk,
         )
+    for colour, name in zip(("tab:red", "tab:green", "tab:purple", "tab:brown"), _comparison_names(ds)):
+        values = _values(ds, f"rmse_analysis_{name}")
+        mean, span = _second_half_mean(values)
+        ax.plot(cycles[: len(values)], values, color=colour, lw=1.1, label=f"analysis, {name} run (mean {span}: {_fmt(mean)})")
+        curves.append(("analysis", False, values))
     if _has(ds, "obs_error_std"):
         sigma = _values(ds, "obs_error_std")
         if _finite(sigma):

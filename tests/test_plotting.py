@@ -142,3 +142,15 @@ def test_long_run_is_subsampled_in_time():
 def test_figure_functions_skip_missing_data(make):
     empty = xr.Dataset(attrs={"window_steps": 4})
     assert make(empty) is None
+
+
+def test_rmse_figure_draws_each_comparison_run():
+    ds = synthetic_result()
+    base = plot_rmse(ds)
+    n_lines = len(base.axes[0].get_lines())
+    ds["rmse_analysis_physics"] = ds["rmse_analysis"] * 2
+    ds["rmse_analysis_perfect"] = ds["rmse_analysis"] / 2
+    fig = plot_rmse(ds)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert len(labels) == n_lines + 2
+    assert any("physics run" in label for label in labels) and any("perfect run" in label for label in labels)
