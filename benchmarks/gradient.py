@@ -68,10 +68,12 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(_HERE, "timing.py"))
+timing = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(timing)
 import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -174,48 +176,6 @@ def build_problem(model, n_steps: int, hook: bool = True, seed: int = 0) -> Prob
 # --- timing ----------------------------------------------------------------------------
 
 
-def fix_malloc_thresholds() -> str:
-    """Stop glibc from moving its mmap and trim thresholds while we measure (see benchmarks/models.py)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return "malloc: default (not glibc)"
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    return "malloc: glibc mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "malloc: default (mallopt failed)"
-
-
-def _calls_per_batch(fn: Callable[[], Any], batch_seconds: float) -> int:
-    """How many calls of ``fn`` take about ``batch_seconds`` (at least one)."""
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= batch_seconds / 4:
-            return max(1, int(calls * batch_seconds / elapsed))
-        calls *= 4
-
-
-def _batch_time(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def time_pair(first: Callable[[], Any], second: Callable[[], Any], n_batches: int, batch_seconds: float) -> tuple[float, float]:
-    """Median seconds per call of ``first`` and of ``second``, batches interleaved."""
-    first_calls = _calls_per_batch(first, batch_seconds)
-    second_calls = _calls_per_batch(second, batch_seconds)
-    first_times, second_times = [], []
-    for _ in range(n_batches):
-        first_times.append(_batch_time(first, first_calls))
-        second_times.append(_batch_time(second, second_calls))
-    return statistics.median(first_times), statistics.median(second_times)
-
-
 def measure(problem: Problem, n_batches: int, batch_seconds: float) -> tuple[float, float]:
     """``(forecast seconds, gradient seconds)``."""
     model, x0, p, L, jq, u = problem.model, problem.x0, problem.p, problem.n_steps, problem.jq, problem.u
@@ -226,7 +186,7 @@ def measure(problem: Problem, n_batches: int, batch_seconds: float) -> tuple[flo
     def run_gradient():
         return jq.value_and_gradient(u)
 
-    return time_pair(run_forecast, run_gradient, n_batches, batch_seconds)
+    return timing.time_pair(run_forecast, run_gradient, n_batches, batch_seconds)
 
 
 # --- the optional JAX comparison ------------------------------------------------------------
@@ -337,7 +297,7 @@ def measure_jax(problem: Problem, jax, jnp, n_batches: int, batch_seconds: float
         return gradient_jit(u, trajectory_tl).block_until_ready()
 
     run_forecast(), run_gradient()  # compile
-    t_forecast, t_gradient = time_pair(run_forecast, run_gradient, n_batches, batch_seconds)
+    t_forecast, t_gradient = timing.time_pair(run_forecast, run_gradient, n_batches, batch_seconds)
     return t_forecast, t_gradient, error
 
 
@@ -374,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = list(smallest.values())
 
     print(header(jax_modules[0].__version__ if jax_modules else None))
-    print("malloc: default" if args.default_malloc else fix_malloc_thresholds())
+    print("malloc: default" if args.default_malloc else timing.fix_malloc_thresholds())
     print(f"median of {n_batches} interleaved batches of ~{batch_seconds} s each; IncrementalCost built (and linearised) beforehand, not counted")
     print("identity observations at every step, control state + parameters; ratio = gradient / forecast")
     print()

@@ -58,12 +58,14 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(_HERE, "timing.py"))
+timing = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(timing)
 import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -110,59 +112,6 @@ def cases() -> list[Case]:
     return out
 
 
-def fix_malloc_thresholds() -> str:
-    """Stop glibc from moving its mmap and trim thresholds while we measure.
-
-    By default glibc serves a block of 128 KiB or more with a fresh ``mmap`` (and
-    gives it back on ``free``) until a freed block raises the threshold, and it
-    returns the top of the heap to the system once more than twice that is free.
-    Temporaries of ~1 MB (a 32 x 4000 hidden layer) then cost hundreds of page
-    faults per call or none, depending on what ran before: the local network at
-    n = 4000 measured anywhere from 0.4x to 1.0x.  In a 4D-Var window the stored
-    linearisations sit on the heap and TL/AD sweeps do not fault (measured), so we
-    fix the thresholds to get that state reproducibly.  Blocks above 32 MiB (the
-    2000-wide MLP's weight adjoint) are still mapped afresh each call.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return "malloc: default (not glibc)"
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-    return "malloc: glibc mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "malloc: default (mallopt failed)"
-
-
-def _calls_per_batch(fn: Callable[[], Any], batch_seconds: float) -> int:
-    """How many calls of ``fn`` take about ``batch_seconds``."""
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= batch_seconds / 4:
-            return max(1, int(calls * batch_seconds / elapsed))
-        calls *= 4
-
-
-def _batch_time(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def time_pair(step: Callable[[], Any], tl_ad: Callable[[], Any], n_batches: int, batch_seconds: float) -> tuple[float, float]:
-    """Median seconds per call of ``step`` and of ``tl_ad``, batches interleaved."""
-    step_calls = _calls_per_batch(step, batch_seconds)
-    tl_ad_calls = _calls_per_batch(tl_ad, batch_seconds)
-    step_times, tl_ad_times = [], []
-    for _ in range(n_batches):
-        step_times.append(_batch_time(step, step_calls))
-        tl_ad_times.append(_batch_time(tl_ad, tl_ad_calls))
-    return statistics.median(step_times), statistics.median(tl_ad_times)
-
-
 def measure(case: Case, n_batches: int, batch_seconds: float, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     model = build_model(case.spec)
@@ -182,7 +131,7 @@ def measure(case: Case, n_batches: int, batch_seconds: float, seed: int = 0) -> 
         lin.tl(dx, dp)
         return lin.ad(ax)
 
-    return time_pair(step, tl_ad, n_batches, batch_seconds)
+    return timing.time_pair(step, tl_ad, n_batches, batch_seconds)
 
 
 def header() -> str:
@@ -202,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     n_batches, batch_seconds = (3, 0.01) if args.quick else (7, 0.1)
 
     print(header())
-    print("malloc: default" if args.default_malloc else fix_malloc_thresholds())
+    print("malloc: default" if args.default_malloc else timing.fix_malloc_thresholds())
     print(f"median of {n_batches} interleaved batches of ~{batch_seconds} s each; linearize() not counted")
     print()
     columns = f"{'model':<34} {'n':>5} {'step us':>10} {'TL+AD us':>10} {'ratio':>6} {'target':>6}  met"
