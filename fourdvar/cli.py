@@ -137,7 +137,7 @@ def _checkpoint_path(output: Path) -> Path:
 
 
 def command_run(args) -> int:
-    from .results import write_atomic
+    from .results import config_text, write_atomic
 
     config = _load(args)
     output = Path(args.output or config["output"]["file"])
@@ -148,7 +148,7 @@ def command_run(args) -> int:
     resume_from = None
     if args.resume and checkpoint.exists():
         resume_from = _open_dataset(checkpoint, "--resume")
-        if resume_from.attrs.get("config") != _config_text(config):
+        if resume_from.attrs.get("config") != config_text(config):
             raise CommandError(f"--resume: {checkpoint} was written by a different configuration; remove it or drop --resume")
         if not args.quiet:
             print(f"resuming from {checkpoint}: {resume_from.attrs['completed_cycles']} of {experiment.n_cycles} cycles done", file=sys.stderr)
@@ -173,12 +173,6 @@ def command_run(args) -> int:
             if key.startswith("headline_"):
                 print(f"{key.removeprefix('headline_')}: {value:.4g}", file=sys.stderr)
     return EXIT_OK
-
-
-def _config_text(config: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(config, sort_keys=False)
 
 
 def command_check(args) -> int:
@@ -225,7 +219,7 @@ def command_check(args) -> int:
 
 
 def command_generate(args) -> int:
-    from .results import write_atomic
+    from .results import config_text, write_atomic
 
     config = _load(args)
     if config["observations"]["file"] is not None:
@@ -237,7 +231,7 @@ def command_generate(args) -> int:
     truth = experiment.truth["trajectory"]
     dataset["truth"] = (("time_step", "x"), truth, {"long_name": "truth trajectory (model state) from the start of cycle 0", "units": "1"})
     dataset = dataset.assign_coords(time_step=np.arange(truth.shape[0]), x=np.arange(truth.shape[1]))
-    dataset.attrs.update(config=_config_text(config), fourdvar_version=__version__, window_steps=experiment.n_steps,
+    dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=experiment.n_steps,
                          title=config["title"] or "fourdvar truth and observations")
     write_atomic(dataset, output)
     print(f"wrote {output} ({experiment.observations.n_obs} observations at {len(experiment.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)

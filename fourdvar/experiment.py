@@ -13,6 +13,7 @@ same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Callable
@@ -148,9 +149,10 @@ class Experiment:
     def _generate_observations(self):
         obs_config = self.config["observations"]
         n = self.model.n_state
+        specs = self._operator_specs()
         operators = [
-            build_component(spec, f"observations.operator" + (f"[{i}]" if len(self._operator_specs()) > 1 else ""), build_operator, n_state=n)
-            for i, spec in enumerate(self._operator_specs())
+            build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n)
+            for i, spec in enumerate(specs)
         ]
         steps = list(range(0, self.n_cycles * self.n_steps, obs_config["every"]))
         position = {step: i for i, step in enumerate(steps)}
@@ -290,12 +292,10 @@ class Experiment:
             if message:
                 message(f"comparison run '{entry['name']}'")
             other = Experiment(comparison_config(self.config, entry), base_dir=self.base_dir, shared=self)
-            if "fit_correction" in entry:
-                other.pb0 = self._fit_correction(other.model, other.pb0, entry["fit_correction"], entry["name"])
-            result = other.run()
             name = entry["name"]
             if "fit_correction" in entry:
-                dataset.attrs[f"fit_loss_{name}"] = self.fit_losses[name]
+                other.pb0, dataset.attrs[f"fit_loss_{name}"] = self._fit_correction(other.model, other.pb0, entry["fit_correction"], name)
+            result = other.run()
             for key in ("rmse_analysis", "rmse_background", "J_final"):
                 if key in result:
                     dataset[f"{key}_{name}"] = (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
@@ -312,9 +312,10 @@ class Experiment:
         for key, value in headline.items():
             dataset.attrs[f"headline_{key}"] = round(value, 6)
 
-    def _fit_correction(self, model, p0: np.ndarray, options: dict, name: str) -> np.ndarray:
+    def _fit_correction(self, model, p0: np.ndarray, options: dict, name: str) -> tuple[np.ndarray, float]:
         """Fit ``model.correction``'s tendency offline to the truth's unresolved tendency
-        on a stretch of truth after the experiment; returns the full parameter vector."""
+        on a stretch of truth after the experiment; returns the full parameter vector
+        and the final loss."""
         from .config import FIT_KEYS
 
         options = {**FIT_KEYS, **options}
@@ -331,8 +332,7 @@ class Experiment:
         targets = np.array([truth["model"].unresolved_tendency(x) for x in samples])
         n_phys = model.n_params - correction.n_params
         p_corr, loss = fit_tendency(correction.tendency, states, targets, p0[n_phys:], options["max_iterations"])
-        self.fit_losses = {**getattr(self, "fit_losses", {}), name: loss}
-        return np.concatenate([p0[:n_phys], p_corr])
+        return np.concatenate([p0[:n_phys], p_corr]), loss
 
     def _skill_headlines(self, experiment: "Experiment", dataset: xr.Dataset, suffix: str) -> dict:
         """Skill in Lyapunov times from truth states (final parameters) and from the analyses."""
@@ -341,7 +341,7 @@ class Experiment:
         sigma = float(truth["trajectory"][: self.n_cycles * self.n_steps + 1].std())
         options = dict(dt=experiment.model.dt, sigma_clim=sigma, lyapunov_time=diagnostics["lyapunov_time"], threshold=diagnostics["skill_threshold"])
         final_params = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else experiment.pb0
-        independent = self._independent_truth()
+        independent = self.independent_truth
         starts = range(0, diagnostics["forecast_starts"] * diagnostics["forecast_spacing"], diagnostics["forecast_spacing"])
         from_truth = forecast_skill(
             experiment.model, [independent[s] for s in starts], [final_params] * len(starts),
@@ -356,16 +356,14 @@ class Experiment:
         )
         return {f"skill_from_truth{suffix}": from_truth.lyapunov_times, f"skill_from_analyses{suffix}": from_analyses.lyapunov_times}
 
-    def _independent_truth(self) -> np.ndarray:
+    @functools.cached_property
+    def independent_truth(self) -> np.ndarray:
         """A stretch of truth after everything the experiment saw, for skill from truth states."""
-        if not hasattr(self, "_independent"):
-            diagnostics = self.config["diagnostics"]
-            length = diagnostics["forecast_starts"] * diagnostics["forecast_spacing"] + self.forecast_steps
-            truth = self.truth
-            substeps = self.config["truth"]["substeps"]
-            full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
-            self._independent = full[:, truth["state_slice"]]
-        return self._independent
+        diagnostics = self.config["diagnostics"]
+        length = diagnostics["forecast_starts"] * diagnostics["forecast_spacing"] + self.forecast_steps
+        truth, substeps = self.truth, self.config["truth"]["substeps"]
+        full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
+        return full[:, truth["state_slice"]]
 
 
 def _params_from_result(path: Path, key: str) -> np.ndarray:

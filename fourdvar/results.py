@@ -36,7 +36,7 @@ import yaml
 from . import __version__
 from .cost import CostTerms, FourDVarCost
 
-__all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of"]
+__all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of", "config_text"]
 
 
 def _rms(a: np.ndarray, axis=None) -> np.ndarray:
@@ -163,7 +163,7 @@ class ResultRecorder:
             "title": exp.config["title"] or "fourdvar experiment",
             "fourdvar_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": yaml.safe_dump(exp.config, sort_keys=False),
+            "config": config_text(exp.config),
             "model": repr(exp.model),
             "window_steps": L,
             "completed_cycles": n_cycles,
@@ -192,6 +192,11 @@ def write_atomic(dataset: xr.Dataset, path: str | Path) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def config_text(config: dict) -> str:
+    """The resolved configuration as the YAML a result file stores (read back by :func:`config_of`)."""
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def config_of(dataset: xr.Dataset) -> dict:

@@ -8,8 +8,8 @@ import pytest
 import scipy.optimize
 
 from fourdvar import FourDVar
-from fourdvar.cost import FourDVarCost, IncrementalCost
-from fourdvar.covariances import Dense, Diagonal, PeriodicCorrelation
+from fourdvar.cost import FourDVarCost
+from fourdvar.covariances import Diagonal, PeriodicCorrelation
 from fourdvar.minimize import minimize_inner
 from fourdvar.window import DivergenceError
 from models import MLP, Lorenz96

@@ -7,7 +7,6 @@ import copy
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from fourdvar.config import ConfigError, resolve_config
 from fourdvar.diagnostics import forecast_skill
