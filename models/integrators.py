@@ -49,19 +49,23 @@ class RungeKutta:
         if not self.dt > 0:
             raise ValueError(f"time step dt must be positive, got {dt}")
         self.A, self.b = TABLEAUX[scheme]
+        # the nonzero dt * A_ij of each stage, and the dt * b_i, as (j, coefficient) pairs
+        self.stage_terms = [tuple((j, self.dt * A_ij) for j, A_ij in enumerate(A_i) if A_ij) for A_i in self.A]
+        self.output_terms = tuple((i, self.dt * b_i) for i, b_i in enumerate(self.b) if b_i)
 
-    def _stage_input(self, x: np.ndarray, A_i, k: list[np.ndarray]) -> np.ndarray:
+    @staticmethod
+    def _combine(x: np.ndarray, terms, k: list[np.ndarray]) -> np.ndarray:
+        """``x + sum_j c_j k_j`` over the ``(j, c_j)`` of ``terms``, a new array."""
         X = x.copy()
-        for A_ij, k_j in zip(A_i, k):
-            if A_ij:
-                X += (self.dt * A_ij) * k_j
+        for j, c in terms:
+            X += c * k[j]
         return X
 
     def step(self, tendency, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         k: list[np.ndarray] = []
-        for A_i in self.A:
-            k.append(tendency.evaluate(self._stage_input(x, A_i, k), p))
-        return self._stage_input(x, self.b, k)
+        for terms in self.stage_terms:
+            k.append(tendency.evaluate(self._combine(x, terms, k), p))
+        return self._combine(x, self.output_terms, k)
 
     def linearize(self, tendency, x: np.ndarray, p: np.ndarray) -> "RungeKuttaLinearization":
         return RungeKuttaLinearization(self, tendency, x, p)
@@ -72,30 +76,29 @@ class RungeKuttaLinearization:
         self.rk = rk
         self.stages = []
         k: list[np.ndarray] = []
-        for A_i in rk.A:
-            stage = tendency.linearize(rk._stage_input(x, A_i, k), p)
+        for terms in rk.stage_terms:
+            stage = tendency.linearize(rk._combine(x, terms, k), p)
             self.stages.append(stage)
             k.append(stage.output)
-        self.output = rk._stage_input(x, rk.b, k)
+        self.output = rk._combine(x, rk.output_terms, k)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         dk: list[np.ndarray] = []
-        for A_i, stage in zip(self.rk.A, self.stages):
-            dk.append(stage.tl(self.rk._stage_input(dx, A_i, dk), dp))
-        return self.rk._stage_input(dx, self.rk.b, dk)
+        for terms, stage in zip(self.rk.stage_terms, self.stages):
+            dk.append(stage.tl(self.rk._combine(dx, terms, dk), dp))
+        return self.rk._combine(dx, self.rk.output_terms, dk)
 
     def ad(self, ax_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dt = self.rk.dt
-        ak = [(dt * b_i) * ax_next for b_i in self.rk.b]
+        rk = self.rk
+        ak = [(rk.dt * b_i) * ax_next for b_i in rk.b]
         ax = ax_next.copy()
         ap = None
         for i in reversed(range(len(self.stages))):
             aX_i, ap_i = self.stages[i].ad(ak[i])
             ax += aX_i
             ap = ap_i if ap is None else ap + ap_i
-            for j, A_ij in enumerate(self.rk.A[i]):
-                if A_ij:
-                    ak[j] += (dt * A_ij) * aX_i
+            for j, c in rk.stage_terms[i]:
+                ak[j] += c * aX_i
         return ax, ap
 
 

@@ -145,6 +145,35 @@ class NetworkLinearization:
             da = dz if fprime is None else fprime * dz
         return da
 
+    def column_jacobians(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(Jx, Jp)`` of a one-output network: the derivatives of each column's output.
+
+        ``Jx[:, j] = d a_L[0, j] / d x[:, j]`` (shape ``(n_0, m)``) and
+        ``Jp[j] = d a_L[0, j] / d p`` (shape ``(m, n_params)``, layout of ``p``).  This
+        is the AD above with the seed ``aa_L = 1`` and the weight adjoint kept per
+        column instead of summed over the columns::
+
+            u_L = f_L'(z_L)
+            Jp[j] block i = u_i[:, j] a_{i-1}[:, j]^T      (row-major, as W_i)     i = L .. 1
+            u_{i-1} = f_{i-1}'(z_{i-1}) * (W_i^T u_i)     (bias column dropped)
+            Jx = W_1^T u_1
+
+        so that ``tl(dx, dp)[0] = sum_rows(Jx * dx) + Jp dp`` and
+        ``ad(aa) = (Jx * aa, Jp^T aa)``.  Worth storing when ``m * n_params`` is small.
+        """
+        if self.network.layer_sizes[-1] != 1:
+            raise ValueError(f"column_jacobians needs a network with one output, got {self.network.layer_sizes[-1]}")
+        m = self.output.shape[1]
+        Jp = np.empty((m, self.network.n_params))
+        offsets = self.network.offsets
+        u = np.ones((1, m))
+        for i in reversed(range(self.network.n_layers)):
+            fprime = self.fprime[i]
+            u = u if fprime is None else fprime * u
+            Jp[:, offsets[i] : offsets[i + 1]] = np.einsum("rj,cj->jrc", u, self.a_prev[i]).reshape(m, -1)
+            u = self.W[i][:, :-1].T @ u
+        return u, Jp
+
     def ad(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(aa_0, ap)`` from the output adjoint ``aa_L`` (shape ``(n_L, m)``)."""
         ap = np.empty(self.network.n_params)

@@ -14,6 +14,7 @@ from fourdvar import checks
 from fourdvar.registry import build_model
 from models import MLP, Hybrid, LocalMLP, Lorenz96
 from models.activations import ACTIVATIONS
+from models.network import Network
 
 SEEDS = [0, 1, 2]
 
@@ -281,6 +282,32 @@ def test_local_mlp_every_activation_and_depth(activation, hidden):
     model = LocalMLP(n_state=17, half_width=3, hidden=hidden, activation=activation, init_output_scale=1.0)
     p = model.init_params(rng) + 0.1 * rng.standard_normal(model.n_params)
     run_suite(model, rng.standard_normal(17), p, 10, n_steps=3)
+
+
+@pytest.mark.parametrize("activation, hidden", [("tanh", [16]), ("relu", [8, 6]), ("sigmoid", [5])])
+def test_local_mlp_explicit_jacobians_equal_the_layer_by_layer_derivatives(activation, hidden, monkeypatch):
+    """On small grids the tendency's TL/AD use stored Jacobians (Jx, Jp); on large ones the
+    layer-by-layer products. Both must be the same derivative, to round-off."""
+    from models.local_mlp import LocalNetworkTendencyLinearization as Linearization
+
+    rng = np.random.default_rng(23)
+    model = LocalMLP(n_state=40, hidden=hidden, activation=activation, integrator="rk4", state_offset=2.0, state_scale=4.0, init_output_scale=1.0)
+    x, p = lorenz96_state(40, rng, spinup=20), model.init_params(rng) + 0.1 * rng.standard_normal(model.n_params)
+    dx, dp, ay = rng.standard_normal(40), rng.standard_normal(model.n_params), rng.standard_normal(40)
+    explicit = model.linearize(x, p)
+    monkeypatch.setattr(Linearization, "EXPLICIT_JACOBIAN_SIZE", 0)
+    layered = model.linearize(x, p)
+    assert explicit.stages[0].explicit and not layered.stages[0].explicit
+    np.testing.assert_allclose(explicit.tl(dx, dp), layered.tl(dx, dp), rtol=0, atol=1e-13)
+    for a_explicit, a_layered in zip(explicit.ad(ay), layered.ad(ay)):
+        np.testing.assert_allclose(a_explicit, a_layered, rtol=0, atol=1e-13)
+
+
+def test_column_jacobians_need_a_one_output_network():
+    network = Network([3, 4, 2], ["tanh", "identity"])
+    lin = network.linearize(np.ones((3, 5)), network.init_params(np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="one output"):
+        lin.column_jacobians()
 
 
 def test_local_mlp_applies_one_network_at_every_grid_point():
