@@ -106,6 +106,7 @@ SCHEMA: dict[str, Any] = {
         "outer_loops": Field("int", 3, "outer loops (relinearisations) per window", _at_least_one),
         "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
         "backtracking": Field("bool", True, "halve an outer-loop increment while it would raise the nonlinear cost (safeguarded Gauss-Newton); false: always add the full increment"),
+        "max_cost_per_obs": Field("float", None, "with `[state, params]` in the control: a window whose analysis cost J exceeds this times its number of observations (J is about half that number at a good minimum) is redone with the parameters fixed, which then carry over unchanged; none: no check", _positive, nullable=True),
         "inner": {
             "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B) or `cg` (conjugate gradients)", choices=("lbfgs", "cg")),
             "max_iterations": Field("int", 50, "maximum inner iterations per outer loop", _at_least_one),
@@ -291,6 +292,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     state = config["background"]["state"]
     if state["adaptive_min_std"] > state["adaptive_max_std"]:
         raise ConfigError("background.state.adaptive_min_std: must not exceed adaptive_max_std")
+    if config["assimilation"]["max_cost_per_obs"] is not None and set(config["assimilation"]["control"]) != {"state", "params"}:
+        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params]")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]
@@ -312,6 +315,8 @@ def comparison_config(config: dict, entry: dict) -> dict:
     for section in ("background", "assimilation"):
         if section in entry:
             merged[section] = _deep_merge(merged[section], entry[section])
+    if set(merged["assimilation"]["control"]) != {"state", "params"}:
+        merged["assimilation"]["max_cost_per_obs"] = None  # a check of joint analyses only
     try:
         return resolve_config(merged)
     except ConfigError as error:

@@ -7,6 +7,13 @@ For cycle ``c`` with background ``(xb_c, pb_c)``::
     pb_{c+1}      = p_c                                   the analysed parameters
     B_{c+1}, P_{c+1} from the caller's policies (fixed by default)
 
+A window whose analysis does not fit its observations can be kept from teaching
+the parameters: with ``max_cost_per_obs`` set, a joint analysis whose nonlinear
+cost exceeds ``max_cost_per_obs * n_obs`` (at the minimum ``J`` is about
+``n_obs / 2``) is redone with the parameters fixed at ``pb``, and ``pb`` carries
+over unchanged.  Such a window has usually stopped in a secondary minimum where
+the parameters absorbed an error of the initial state.
+
 With parameters in the control this is online learning: a network's weights are
 re-estimated in every window, their previous analysis acting as the background.
 """
@@ -38,6 +45,7 @@ class WindowOutcome:
     result: AssimilationResult
     background_trajectory: np.ndarray  # (L + 1, n_state), from (xb, pb)
     analysis_trajectory: np.ndarray  # (L + 1, n_state), from (x0, p)
+    rejected_cost: float | None = None  # J of a rejected joint analysis (then p = pb)
 
     @property
     def x0(self) -> np.ndarray:
@@ -48,15 +56,24 @@ class WindowOutcome:
         return self.result.p
 
 
-def assimilate_window(model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0, **solve_options) -> WindowOutcome:
+def assimilate_window(
+    model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0, max_cost_per_obs: float | None = None, **solve_options
+) -> WindowOutcome:
     """4D-Var over one window from the background, and the two forecasts over it."""
-    problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps)
-    result = problem.solve(**solve_options)
+    control = Control.parse(control)
+    result = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps).solve(**solve_options)
+    rejected_cost = None
+    if max_cost_per_obs is not None and control.params and control.state:
+        n_obs = sum(np.size(slot.values) for slot in observations)
+        if result.final.J > max_cost_per_obs * n_obs:
+            rejected_cost = float(result.final.J)
+            result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control="state", n_steps=n_steps).solve(**solve_options)
     context = f"cycle {cycle}"
     return WindowOutcome(
         cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
         background_trajectory=forecast(model, xb, pb, n_steps, context=f"{context}, background forecast"),
         analysis_trajectory=forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast"),
+        rejected_cost=rejected_cost,
     )
 
 
@@ -72,6 +89,7 @@ def cycle(
     start_cycle: int = 0,
     background_policy: Callable[[int, np.ndarray, np.ndarray, Sequence, object], object] | None = None,
     params_policy: Callable[[int, object], object] | None = None,
+    max_cost_per_obs: float | None = None,
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -81,6 +99,7 @@ def cycle(
     background covariance before each window (e.g. its variance from the
     innovations); ``params_policy(cycle, P) -> P`` the parameter covariance (e.g.
     shrinking it over the cycles).  Both default to keeping the covariance fixed.
+    ``max_cost_per_obs``: see the module docstring (default: no check).
     """
     control = Control.parse(control)
     xb = np.asarray(xb, dtype=float)
@@ -90,7 +109,7 @@ def cycle(
             B = background_policy(c, xb, pb, slots, B)
         if params_policy is not None and P is not None:
             P = params_policy(c, P)
-        outcome = assimilate_window(model, slots, xb, B, pb, P, control, n_steps, cycle=c, **solve_options)
+        outcome = assimilate_window(model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs, **solve_options)
         yield outcome
         xb = outcome.analysis_trajectory[-1].copy()
         pb = outcome.p.copy() if control.params else pb

@@ -70,6 +70,7 @@ class ResultRecorder:
             "final": result.final,
             "background_std": _mean_std(outcome.B),
             "params_std": _mean_std(outcome.P),
+            "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
         })
 
     # --- resuming ---------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class ResultRecorder:
                 "final": CostTerms(*(float(dataset[f"{k}_final"].values[c]) for k in ("Jb", "Jp", "Jo"))),
                 "background_std": float(dataset["background_std"].values[c]),
                 "params_std": float(dataset["params_std"].values[c]),
+                "rejected_cost": float(dataset["J_rejected"].values[c]) if "J_rejected" in dataset else np.nan,
             })
         last = self.rows[-1]
         carried_params = "params" in self.experiment.control
@@ -147,6 +149,8 @@ class ResultRecorder:
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
         var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
+        if exp.config["assimilation"]["max_cost_per_obs"] is not None:
+            var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 
         obs = exp.observations.window(0, n_cycles * L, include_end=False)
         obs_ds = obs.to_dataset() if len(obs) else None
