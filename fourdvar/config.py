@@ -95,6 +95,8 @@ SCHEMA: dict[str, Any] = {
             "error_std": Field("number_or_list", 1.0, "parameter error standard deviation (scalar, or one per parameter)", _positive),
             "decay": Field("float", 1.0, "factor applied to the parameter std after each cycle (< 1 shrinks P over the cycles, > 1 inflates it)", _positive),
             "floor": Field("float", 0.0, "the parameter std never goes below this", _non_negative),
+            "update": Field("str", "schedule", "how P changes from window to window: `schedule` (diagonal, std = max(error_std * decay^c, floor)) or `posterior` (P of the next window = the parameters' Gauss-Newton posterior covariance after this one, marginal over the state, + noise_std^2 I: what each window taught accumulates, as in a Kalman filter; costs one TL+AD sweep per control element per window)", choices=("schedule", "posterior")),
+            "noise_std": Field("float", 0.01, "with `update: posterior`: std of the random walk added to the parameters' covariance after each window (keeps them learning)", _non_negative),
         },
     },
     "window": {
@@ -292,6 +294,9 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     state = config["background"]["state"]
     if state["adaptive_min_std"] > state["adaptive_max_std"]:
         raise ConfigError("background.state.adaptive_min_std: must not exceed adaptive_max_std")
+    params = config["background"]["params"]
+    if params["update"] == "posterior" and (params["decay"] != 1.0 or params["floor"] != 0.0):
+        raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
     if config["assimilation"]["max_cost_per_obs"] is not None and set(config["assimilation"]["control"]) != {"state", "params"}:
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params]")
     names = [entry["name"] for entry in config["compare"]]

@@ -392,6 +392,21 @@ class IncrementalCost:
                 _into(self.cost.P.solve, w, out=Au_p)
         return self._add_control_gradient(ax, ap, out=Au)
 
+    def hessian_matrix(self) -> np.ndarray:
+        """The Hessian ``A`` of ``Jq`` as a dense ``(size, size)`` matrix, column ``i`` = ``A e_i``.
+
+        One Hessian-vector product (a TL and an AD sweep) per control element: meant
+        for control vectors of a few hundred values (a state and a small network).
+        Symmetrised, which it is up to round-off.
+        """
+        A = np.empty((self.size, self.size))
+        unit = np.zeros(self.size)
+        for i in range(self.size):
+            unit[i] = 1.0
+            A[:, i] = self.hessian_vector(unit)
+            unit[i] = 0.0
+        return 0.5 * (A + A.T)
+
     def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x0^i + dx0, p^i + dp)``: the next outer loop's guess."""
         dx0, dp = self.increments(u)

@@ -14,6 +14,15 @@ cost exceeds ``max_cost_per_obs * n_obs`` (at the minimum ``J`` is about
 over unchanged.  Such a window has usually stopped in a secondary minimum where
 the parameters absorbed an error of the initial state.
 
+With ``params_noise_std = q`` set, ``P`` is propagated instead of prescribed, as
+a Kalman filter would for parameters that follow a random walk::
+
+    P_{c+1} = P^a_c + q^2 I        P^a_c: the Gauss-Newton posterior covariance of the
+                                   parameters after window c, marginal over the state
+
+so what each window taught the parameters, and how well, accumulates over the
+cycles (:meth:`FourDVar.params_posterior_covariance`; ``q`` keeps them learning).
+
 With parameters in the control this is online learning: a network's weights are
 re-estimated in every window, their previous analysis acting as the background.
 """
@@ -27,6 +36,7 @@ import numpy as np
 
 from .assimilation import FourDVar
 from .cost import Control
+from .covariances import Dense
 from .minimize import AssimilationResult
 from .window import forecast
 
@@ -46,6 +56,8 @@ class WindowOutcome:
     background_trajectory: np.ndarray  # (L + 1, n_state), from (xb, pb)
     analysis_trajectory: np.ndarray  # (L + 1, n_state), from (x0, p)
     rejected_cost: float | None = None  # J of a rejected joint analysis (then p = pb)
+    params_posterior: np.ndarray | None = None  # P^a, when asked for and not rejected
+    P_next: object = None  # the parameter covariance the next window starts from (set by cycle)
 
     @property
     def x0(self) -> np.ndarray:
@@ -57,23 +69,28 @@ class WindowOutcome:
 
 
 def assimilate_window(
-    model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0, max_cost_per_obs: float | None = None, **solve_options
+    model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0,
+    max_cost_per_obs: float | None = None, params_posterior: bool = False, **solve_options,
 ) -> WindowOutcome:
-    """4D-Var over one window from the background, and the two forecasts over it."""
+    """4D-Var over one window from the background, and the two forecasts over it
+    (and, with ``params_posterior``, the parameters' posterior covariance)."""
     control = Control.parse(control)
-    result = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps).solve(**solve_options)
-    rejected_cost = None
+    problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps)
+    result = problem.solve(**solve_options)
+    rejected_cost, posterior = None, None
     if max_cost_per_obs is not None and control.params and control.state:
         n_obs = sum(np.size(slot.values) for slot in observations)
         if result.final.J > max_cost_per_obs * n_obs:
             rejected_cost = float(result.final.J)
             result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control="state", n_steps=n_steps).solve(**solve_options)
+    if params_posterior and control.params and rejected_cost is None:
+        posterior = problem.params_posterior_covariance(result.x0, result.p)
     context = f"cycle {cycle}"
     return WindowOutcome(
         cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
         background_trajectory=forecast(model, xb, pb, n_steps, context=f"{context}, background forecast"),
         analysis_trajectory=forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast"),
-        rejected_cost=rejected_cost,
+        rejected_cost=rejected_cost, params_posterior=posterior,
     )
 
 
@@ -90,6 +107,7 @@ def cycle(
     background_policy: Callable[[int, np.ndarray, np.ndarray, Sequence, object], object] | None = None,
     params_policy: Callable[[int, object], object] | None = None,
     max_cost_per_obs: float | None = None,
+    params_noise_std: float | None = None,
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -99,7 +117,9 @@ def cycle(
     background covariance before each window (e.g. its variance from the
     innovations); ``params_policy(cycle, P) -> P`` the parameter covariance (e.g.
     shrinking it over the cycles).  Both default to keeping the covariance fixed.
-    ``max_cost_per_obs``: see the module docstring (default: no check).
+    ``max_cost_per_obs`` and ``params_noise_std``: see the module docstring (defaults:
+    no check; ``P`` from ``params_policy``).  Each outcome's ``P_next`` is the parameter
+    covariance the next window starts from (before ``params_policy``).
     """
     control = Control.parse(control)
     xb = np.asarray(xb, dtype=float)
@@ -109,7 +129,13 @@ def cycle(
             B = background_policy(c, xb, pb, slots, B)
         if params_policy is not None and P is not None:
             P = params_policy(c, P)
-        outcome = assimilate_window(model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs, **solve_options)
+        outcome = assimilate_window(
+            model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs,
+            params_posterior=params_noise_std is not None, **solve_options,
+        )
+        if outcome.params_posterior is not None:
+            P = Dense(outcome.params_posterior + params_noise_std**2 * np.eye(len(pb)))
+        outcome.P_next = P
         yield outcome
         xb = outcome.analysis_trajectory[-1].copy()
         pb = outcome.p.copy() if control.params else pb

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from .config import ConfigError, comparison_config
-from .covariances import Diagonal, PeriodicCorrelation
+from .covariances import Dense, Diagonal, PeriodicCorrelation
 from .cycling import cycle
 from .diagnostics import forecast_skill
 from .fitting import fit_tendency
@@ -255,14 +255,20 @@ class Experiment:
         recorder = ResultRecorder(self)
         xb, pb, B = self.xb0, self.pb0, self.B0
         start = 0
+        posterior = self.config["background"]["params"]["update"] == "posterior" and "params" in self.control
+        P = self.P0
         if resume_from is not None:
             start, xb, pb = recorder.restore(resume_from)
             if self.config["background"]["state"]["adaptive"]:  # the adaptive policy builds on the last window's B
                 B = self.B0.with_std(recorder.rows[-1]["background_std"])
+            if posterior:  # the propagated P of the next window
+                P = Dense(resume_from["params_covariance_next"].values)
         inner = self.config["assimilation"]["inner"]
         cycles = cycle(
-            self.model, self.windows(start), xb, B, pb, self.P0, control=self.control, n_steps=self.n_steps,
-            start_cycle=start, background_policy=self.background_policy, params_policy=self.params_policy,
+            self.model, self.windows(start), xb, B, pb, P, control=self.control, n_steps=self.n_steps,
+            start_cycle=start, background_policy=self.background_policy,
+            params_policy=None if posterior else self.params_policy,
+            params_noise_std=self.config["background"]["params"]["noise_std"] if posterior else None,
             outer_loops=self.config["assimilation"]["outer_loops"], method=inner["method"],
             max_iterations=inner["max_iterations"], gradient_reduction=inner["gradient_reduction"],
             transform=self.config["assimilation"]["transform"], backtracking=self.config["assimilation"]["backtracking"],

@@ -35,6 +35,7 @@ import yaml
 
 from . import __version__
 from .cost import CostTerms, FourDVarCost
+from .covariances import Dense
 
 __all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of", "config_text"]
 
@@ -53,6 +54,7 @@ class ResultRecorder:
     def __init__(self, experiment):
         self.experiment = experiment
         self.rows: list[dict] = []
+        self.P_next = None  # the parameter covariance of the next window (written with update: posterior)
 
     def add(self, outcome) -> None:
         result = outcome.result
@@ -72,6 +74,7 @@ class ResultRecorder:
             "params_std": _mean_std(outcome.P),
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
         })
+        self.P_next = outcome.P_next
 
     # --- resuming ---------------------------------------------------------------------------
 
@@ -149,6 +152,9 @@ class ResultRecorder:
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
         var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
+        if exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
+            matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
+            data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 

@@ -196,3 +196,27 @@ def test_inner_loop_options_are_validated():
         FourDVar(Lorenz96(40, estimate_forcing=True), problem.cost.slots, xb=problem.cost.xb, B=Diagonal(1.0, size=40), pb=[8.0], control="both").solve()
     with pytest.raises(ValueError, match="give their background/fixed values pb"):
         FourDVar(Lorenz96(40, estimate_forcing=True), problem.cost.slots, xb=problem.cost.xb, B=Diagonal(1.0, size=40))
+
+
+def test_params_posterior_covariance_is_the_inverse_hessian_block_in_physical_variables():
+    """P^a from the preconditioned Hessian, P^1/2 (A^-1)_ww P^T/2, equals the pp block of the
+    inverse of the unpreconditioned Hessian [B^-1 + ..., ...; ..., P^-1 + ...] (an independent path)."""
+    from fourdvar.covariances import Dense
+    from models import LocalMLP
+
+    rng = np.random.default_rng(5)
+    model = LocalMLP(n_state=8, hidden=[3], integrator="rk4", state_scale=4.0, init_output_scale=1.0)
+    p_true = model.init_params(rng)
+    x_true = spun_up_state(seed=5, n=8)
+    trajectory = model.forecast(x_true, p_true, 5)
+    obs = synthetic_observations(trajectory, list(range(6)), Identity(n_state=8), 1.0, rng)
+    M = rng.standard_normal((model.n_params, model.n_params))
+    P = Dense(0.01 * M @ M.T + 0.05 * np.eye(model.n_params))  # correlated, so P^1/2 is not diagonal
+    problem = FourDVar(model, obs, xb=x_true + 0.3, B=Diagonal(0.5, size=8), pb=p_true + 0.1, P=P, control="both", n_steps=5)
+    x0, p = x_true + 0.1, p_true + 0.05
+    Pa = problem.params_posterior_covariance(x0, p)
+    A_physical = problem.incremental_cost(x0, p, transform=False).hessian_matrix()
+    np.testing.assert_allclose(Pa, np.linalg.inv(A_physical)[8:, 8:], rtol=1e-8, atol=1e-12)
+    assert np.trace(Pa) < np.trace(P.matrix)  # the observations told us something about the weights
+    with pytest.raises(ValueError, match="needs the parameters in the control"):
+        FourDVar(model, obs, xb=x_true, B=Diagonal(0.5, size=8), pb=p_true, control="state").params_posterior_covariance()

@@ -148,3 +148,22 @@ def test_a_joint_analysis_above_max_cost_per_obs_is_redone_with_the_weights_fixe
 
     with pytest.raises(ConfigError, match="max_cost_per_obs: applies only with control"):
         tiny(assimilation={**joint, "control": ["state"], "max_cost_per_obs": 1.0})
+
+
+def test_propagated_params_covariance_is_the_posterior_and_a_resumed_run_continues_it(tmp_path):
+    config = tiny(background={"state": {"error_std": 0.5}, "params": {"error_std": 0.5, "update": "posterior", "noise_std": 0.02}})
+    full = Experiment(config).run()
+    # P of each window after the first: the previous window's posterior + q^2 I, so its std drops below the prior's
+    assert full["params_std"].values[0] == 0.5
+    assert np.all(full["params_std"].values[1:] < 0.5)
+    P_next = full["params_covariance_next"].values
+    np.testing.assert_allclose(P_next, P_next.T, rtol=0, atol=1e-14)
+    assert np.all(np.linalg.eigvalsh(P_next) >= 0.02**2 * (1 - 1e-9))
+    # interrupted after 2 windows, resumed: the same numbers as the uninterrupted run
+    partial = Experiment(tiny(background=config["background"], window={"steps": 5, "cycles": 2})).run()
+    resumed = Experiment(config).run(resume_from=partial)
+    np.testing.assert_allclose(resumed["params_analysis"].values, full["params_analysis"].values, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(resumed["params_covariance_next"].values, P_next, rtol=0, atol=1e-12)
+
+    with pytest.raises(ConfigError, match="decay and floor belong to update: schedule"):
+        tiny(background={"params": {"update": "posterior", "decay": 0.9}})
