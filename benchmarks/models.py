@@ -39,6 +39,10 @@ Why the dense MLP cannot reach 3x (measured on the 2-core box, one thread):
   all steps are one GEMM after the sweep (PERFORMANCE.md, item 1), which is the
   cost function's business.
 
+At n = 40 a LocalMLP stores each stage's Jacobians (``n x (2h+1)`` and
+``n x n_params``) and its TL/AD are a few calls instead of the layer-by-layer
+products; the ``layered`` rows time the layer-by-layer path on the same case.
+
 The local network's ratio is well below 1 because its step is dominated by
 ``np.tanh`` (~14 ns per element without AVX-512: ~1.8 ms of the 2 ms step at
 n = 4000), which the stored linearisation does not repeat.
@@ -70,6 +74,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fourdvar import build_model  # noqa: E402
+from models.local_mlp import LocalNetworkTendencyLinearization  # noqa: E402
 
 NETWORK_TARGET = 3.0
 LORENZ96_TARGET = 4.0
@@ -82,6 +87,7 @@ class Case:
     size: int
     spec: dict[str, Any]
     target: float | None  # None: reported, not judged
+    explicit_jacobians: bool = True  # False: a LocalMLP's TL/AD layer by layer even on a small grid
 
 
 def _target(size: int, target: float) -> float | None:
@@ -102,6 +108,8 @@ def cases() -> list[Case]:
             spec = {"type": "local_mlp", "n_state": n, "hidden": [32], "half_width": 2,
                     "integrator": integrator, "init_output_scale": 1.0}
             out.append(Case(f"local_mlp [5,32,1] {integrator}", n, spec, _target(n, NETWORK_TARGET)))
+            if n == 40:  # the same, without the stored Jacobians (the path for large grids)
+                out.append(Case(f"local_mlp [5,32,1] {integrator} layered", n, spec, None, explicit_jacobians=False))
     n = 400
     spec = {
         "type": "hybrid",
@@ -122,7 +130,15 @@ def measure(case: Case, n_batches: int, batch_seconds: float, seed: int = 0) -> 
     dx = rng.standard_normal(model.n_state)
     dp = rng.standard_normal(model.n_params)
     ax = rng.standard_normal(model.n_state)
-    lin = model.linearize(x, p)
+    if case.explicit_jacobians:
+        lin = model.linearize(x, p)
+    else:
+        saved = LocalNetworkTendencyLinearization.EXPLICIT_JACOBIAN_SIZE
+        LocalNetworkTendencyLinearization.EXPLICIT_JACOBIAN_SIZE = 0
+        try:
+            lin = model.linearize(x, p)
+        finally:
+            LocalNetworkTendencyLinearization.EXPLICIT_JACOBIAN_SIZE = saved
 
     def step():
         return model.step(x, p)
