@@ -22,6 +22,7 @@ a Kalman filter would for parameters that follow a random walk::
 
 so what each window taught the parameters, and how well, accumulates over the
 cycles (:meth:`FourDVar.params_posterior_covariance`; ``q`` keeps them learning).
+A window rejected by the ``max_cost_per_obs`` check leaves ``P`` as it was.
 
 With parameters in the control this is online learning: a network's weights are
 re-estimated in every window, their previous analysis acting as the background.

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from .config import ConfigError, comparison_config
-from .covariances import Dense, Diagonal, PeriodicCorrelation
+from .covariances import Diagonal, PeriodicCorrelation
 from .cycling import cycle
 from .diagnostics import forecast_skill
 from .fitting import fit_tendency
@@ -262,7 +262,7 @@ class Experiment:
             if self.config["background"]["state"]["adaptive"]:  # the adaptive policy builds on the last window's B
                 B = self.B0.with_std(recorder.rows[-1]["background_std"])
             if posterior:  # the propagated P of the next window
-                P = Dense(resume_from["params_covariance_next"].values)
+                P = recorder.P_next
         inner = self.config["assimilation"]["inner"]
         cycles = cycle(
             self.model, self.windows(start), xb, B, pb, P, control=self.control, n_steps=self.n_steps,

@@ -100,6 +100,8 @@ class ResultRecorder:
                 "params_std": float(dataset["params_std"].values[c]),
                 "rejected_cost": float(dataset["J_rejected"].values[c]) if "J_rejected" in dataset else np.nan,
             })
+        if "params_covariance_next" in dataset:
+            self.P_next = Dense(dataset["params_covariance_next"].values)
         last = self.rows[-1]
         carried_params = "params" in self.experiment.control
         pb = last["params_analysis"] if carried_params else self.experiment.pb0
