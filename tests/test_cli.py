@@ -522,7 +522,8 @@ def _interrupt_between_checkpoints(directory: Path, sig: int):
     """Start the run, send ``sig`` once 1 <= completed_cycles < total.
 
     Returns ``(run directory, returncode, stdout, stderr, config overrides)``, or None if
-    every run finished before it could be stopped (each retry makes the run longer).
+    every run finished before it could be stopped (each retry makes the run longer; a
+    run that finished normally although signalled counts as not stopped).
     """
     for outer_loops in (3, 8, 20):
         attempt = directory / f"outer{outer_loops}"
@@ -545,7 +546,7 @@ def _interrupt_between_checkpoints(directory: Path, sig: int):
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        if signalled:
+        if signalled and process.returncode != 0:  # 0: the signal came too late, the run had finished
             return attempt, process.returncode, stdout, stderr, overrides
     return None
 
