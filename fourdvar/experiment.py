@@ -295,6 +295,8 @@ class Experiment:
             headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
         if self.forecast_steps:
             headline.update(self._skill_headlines(self, dataset, ""))
+        if "J_rejected" in dataset:
+            headline["windows_rejected"] = int(np.isfinite(dataset["J_rejected"].values).sum())
         for entry in self.config["compare"]:
             if message:
                 message(f"comparison run '{entry['name']}'")

@@ -132,13 +132,13 @@ def test_resumed_run_with_smoothed_adaptive_background_equals_uninterrupted_run(
 def test_a_joint_analysis_above_max_cost_per_obs_is_redone_with_the_weights_fixed():
     joint = {"control": ["state", "params"], "outer_loops": 2, "inner": {"method": "cg", "max_iterations": 10}}
     accepted = Experiment(tiny(assimilation={**joint, "max_cost_per_obs": 1e6})).run()
-    assert np.all(np.isnan(accepted["J_rejected"].values))
+    assert np.all(np.isnan(accepted["J_rejected"].values)) and accepted.attrs["headline_windows_rejected"] == 0
     assert not np.allclose(accepted["params_analysis"].values[-1], accepted["params_background"].values[0])
 
     # a threshold no analysis can meet: every window is redone state-only, the weights never move
     rejected = Experiment(tiny(assimilation={**joint, "max_cost_per_obs": 1e-9})).run()
     np.testing.assert_allclose(rejected["J_rejected"].values[0], accepted["J_final"].values[0], rtol=1e-12)
-    assert np.all(rejected["J_rejected"].values > 0)
+    assert np.all(rejected["J_rejected"].values > 0) and rejected.attrs["headline_windows_rejected"] == 3
     np.testing.assert_array_equal(rejected["params_analysis"].values, rejected["params_background"].values)
     np.testing.assert_array_equal(rejected["params_analysis"].values[-1], rejected["params_background"].values[0])
     assert np.all(rejected["Jp_final"].values == 0.0)
