@@ -95,10 +95,17 @@ def cli(*args, cwd: Path, pythonpath: Path | None = None) -> subprocess.Complete
     )
 
 
+def _as_from_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: Python then never raises KeyboardInterrupt. Give the child the
+    # default disposition a command typed at a terminal has, wherever the tests run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(*args, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fourdvar.cli", *map(str, args)], cwd=cwd, env=cli_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal,
     )
 
 
