@@ -56,24 +56,15 @@ also written in ``jax.numpy`` and its ``jax.jit(jax.grad(Jq))`` timed against
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 
-# Run as a script, this file's folder is first on sys.path and benchmarks/models.py
-# would shadow the ``models`` package: take the folder off the path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
-
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(_HERE, "timing.py"))
+# The shared timing module, loaded by path; loading it takes this folder off sys.path
+# and pins BLAS to one thread (see benchmarks/timing.py), so it comes first.
+_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(os.path.dirname(os.path.abspath(__file__)), "timing.py"))
 timing = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(timing)
-import platform  # noqa: E402
+import argparse  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -305,12 +296,7 @@ def measure_jax(problem: Problem, jax, jnp, n_batches: int, batch_seconds: float
 
 
 def header(jax_version: str | None) -> str:
-    threads = ", ".join(f"{name}={os.environ.get(name)}" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-    return (
-        f"numpy {np.__version__}, python {platform.python_version()}, {os.cpu_count()} cpus\n"
-        f"threads: {threads}\n"
-        f"jax: {jax_version or 'not installed (comparison skipped)'}"
-    )
+    return f"{timing.machine_header()}\njax: {jax_version or 'not installed (comparison skipped)'}"
 
 
 def main(argv: list[str] | None = None) -> int:

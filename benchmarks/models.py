@@ -50,24 +50,15 @@ n = 4000), which the stored linearisation does not repeat.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 
-# Run as a script, this file's folder is first on sys.path and the file's own name
-# would shadow the ``models`` package: take the folder off the path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
-
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, "1")
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(_HERE, "timing.py"))
+# The shared timing module, loaded by path; loading it takes this folder off sys.path
+# and pins BLAS to one thread (see benchmarks/timing.py), so it comes first.
+_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(os.path.dirname(os.path.abspath(__file__)), "timing.py"))
 timing = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(timing)
-import platform  # noqa: E402
+import argparse  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -150,14 +141,6 @@ def measure(case: Case, n_batches: int, batch_seconds: float, seed: int = 0) -> 
     return timing.time_pair(step, tl_ad, n_batches, batch_seconds)
 
 
-def header() -> str:
-    threads = ", ".join(f"{name}={os.environ.get(name)}" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-    return (
-        f"numpy {np.__version__}, python {platform.python_version()}, {os.cpu_count()} cpus\n"
-        f"threads: {threads}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few short batches: a smoke test, not a measurement")
@@ -166,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n_batches, batch_seconds = (3, 0.01) if args.quick else (7, 0.1)
 
-    print(header())
+    print(timing.machine_header())
     print("malloc: default" if args.default_malloc else timing.fix_malloc_thresholds())
     print(f"median of {n_batches} interleaved batches of ~{batch_seconds} s each; linearize() not counted")
     print()

@@ -1,15 +1,34 @@
 """Timing helpers shared by the benchmark scripts: medians of interleaved batches.
 
-Loaded by path (``benchmarks/models.py`` shadows the ``models`` package, so the
-scripts take this folder off ``sys.path``).
+The scripts load this module by path before anything else, and loading it sets
+them up: it takes this folder off ``sys.path`` (run as a script, the folder comes
+first, and ``benchmarks/models.py`` would shadow the ``models`` package) and pins
+BLAS to one thread unless the environment says otherwise.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import platform
 import statistics
+import sys
 import time
 from typing import Any, Callable
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+for _name in THREAD_VARIABLES:
+    os.environ.setdefault(_name, "1")
+
+
+def machine_header() -> str:
+    """numpy and Python versions, CPU count and the BLAS thread settings, for a benchmark's output."""
+    import numpy as np  # after the thread variables are set
+
+    threads = ", ".join(f"{name}={os.environ.get(name)}" for name in THREAD_VARIABLES)
+    return f"numpy {np.__version__}, python {platform.python_version()}, {os.cpu_count()} cpus\nthreads: {threads}"
 
 
 def fix_malloc_thresholds() -> str:
