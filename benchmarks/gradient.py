@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 from fourdvar.cost import FourDVarCost, IncrementalCost  # noqa: E402
 from fourdvar.covariances import Diagonal  # noqa: E402
 from fourdvar.interfaces import ObservationSlot  # noqa: E402
-from fourdvar.window import forecast  # noqa: E402
+from fourdvar.window import PerStepModel, forecast  # noqa: E402
 from models import MLP, LocalMLP, Lorenz96  # noqa: E402
 from observations import Identity  # noqa: E402
 
@@ -89,18 +89,6 @@ class Case:
     make: Callable[[], Any]  # -> model
     target: float
     hook: bool = True  # False: hide the model's linearize_window (per-step window)
-
-
-class PerStepOnly:
-    """The model without its ``linearize_window`` hook: the engine then linearises step by step."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        if name == "linearize_window":
-            raise AttributeError(name)
-        return getattr(self._model, name)
 
 
 def cases() -> list[Case]:
@@ -158,7 +146,7 @@ def build_problem(model, n_steps: int, hook: bool = True, seed: int = 0) -> Prob
     B = Diagonal(1.0, size=model.n_state)
     P = Diagonal(0.1 * (np.abs(p_true) + 0.01))
     xb, pb = x_true + 0.1 * B.sample(rng), p_true + 0.1 * P.sample(rng)
-    cost = FourDVarCost(model if hook else PerStepOnly(model), slots, xb, B=B, pb=pb, P=P, n_steps=n_steps)
+    cost = FourDVarCost(model if hook else PerStepModel(model), slots, xb, B=B, pb=pb, P=P, n_steps=n_steps)
     jq = IncrementalCost(cost, xb, pb, control="both")  # the linearisation: built here, not timed
     u = 0.1 * rng.standard_normal(jq.size)
     return Problem(model, xb, pb, n_steps, cost, jq, u)

@@ -51,7 +51,8 @@ overflow/invalid warnings silenced, then checks ``states`` and raises
 :class:`WindowLinearization` does (which stops at that step), with the same
 message.  It also checks the shape of ``states``, so a plug-in's mistake is
 reported there.  ``tests/test_window_batching.py`` holds the checks a hook
-should pass against the per-step chain.
+should pass against the per-step chain; :class:`PerStepModel` gives that chain
+for the same model.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["DivergenceError", "WindowLinearization", "forecast", "linearize_window"]
+__all__ = ["DivergenceError", "PerStepModel", "WindowLinearization", "forecast", "linearize_window"]
 
 
 class DivergenceError(FloatingPointError):
@@ -153,3 +154,20 @@ def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context
         first = int(np.argmin(np.all(np.isfinite(states), axis=1)))
         _require_finite(states[first], first, context)
     return window
+
+
+class PerStepModel:
+    """``model`` with its ``linearize_window`` hook hidden, everything else passed through.
+
+    :func:`linearize_window` (and so the cost functions) then linearise it step by
+    step with :class:`WindowLinearization`: the reference a batched window is checked
+    against, and the baseline it is timed against.
+    """
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        if name == "linearize_window":
+            raise AttributeError(name)
+        return getattr(self._model, name)

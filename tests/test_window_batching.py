@@ -20,7 +20,7 @@ import pytest
 from fourdvar.cost import FourDVarCost, IncrementalCost
 from fourdvar.covariances import Diagonal
 from fourdvar.interfaces import ObservationSlot
-from fourdvar.window import DivergenceError, WindowLinearization, forecast, linearize_window
+from fourdvar.window import DivergenceError, PerStepModel, WindowLinearization, forecast, linearize_window
 from models import MLP, Lorenz96
 from models.mlp import MLPWindowLinearization
 from observations import Identity, Square
@@ -48,18 +48,6 @@ def make_mlp(hidden, activations, residual, seed=0):
     p = 0.7 * rng.standard_normal(model.n_params) / np.sqrt(N)
     x0 = rng.standard_normal(N)
     return model, x0, p
-
-
-class PerStepOnly:
-    """The model without its ``linearize_window``: the engine then uses the per-step chain."""
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        if name == "linearize_window":
-            raise AttributeError(name)
-        return getattr(self._model, name)
 
 
 def relative(a, b):
@@ -153,7 +141,7 @@ def test_ad_returns_fresh_arrays():
 def test_linearize_window_uses_the_hook_when_the_model_has_one():
     model, x0, p = make_mlp(*MLP_CASES[0])
     assert isinstance(linearize_window(model, x0, p, 4), MLPWindowLinearization)
-    assert type(linearize_window(PerStepOnly(model), x0, p, 4)) is WindowLinearization
+    assert type(linearize_window(PerStepModel(model), x0, p, 4)) is WindowLinearization
     assert type(linearize_window(Lorenz96(8), np.ones(8), np.empty(0), 4)) is WindowLinearization
 
 
@@ -162,7 +150,7 @@ def test_a_divergent_window_raises_the_same_error_with_and_without_the_hook():
     p = np.abs(np.random.default_rng(4).standard_normal(model.n_params)) * 1e3  # grows ~1e4 per step
     x0 = np.ones(N)
     with pytest.raises(DivergenceError) as per_step:
-        linearize_window(PerStepOnly(model), x0, p, 200, context="outer loop 3")
+        linearize_window(PerStepModel(model), x0, p, 200, context="outer loop 3")
     with pytest.raises(DivergenceError) as batched:
         linearize_window(model, x0, p, 200, context="outer loop 3")
     assert str(batched.value) == str(per_step.value)
@@ -197,7 +185,7 @@ def twin_costs(case, seed=5, n_steps=K):
     B = Diagonal(0.5 + rng.random(N))
     P = Diagonal(0.1 * (np.abs(p) + 0.05))
     xb, pb = x0 + 0.2 * B.sample(rng), p + 0.2 * P.sample(rng)
-    costs = [FourDVarCost(m, slots, xb, B=B, pb=pb, P=P, n_steps=n_steps) for m in (model, PerStepOnly(model))]
+    costs = [FourDVarCost(m, slots, xb, B=B, pb=pb, P=P, n_steps=n_steps) for m in (model, PerStepModel(model))]
     return costs, xb, pb, rng
 
 
