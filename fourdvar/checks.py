@@ -260,6 +260,22 @@ def model_taylor_test(model, x, p, rng: np.random.Generator, amplitudes=DEFAULT_
     )
 
 
+def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict, tolerance: float = ADJOINT_TOLERANCE) -> CheckResult:
+    """Dot-product test of a linearised window (see :mod:`fourdvar.window`) with adjoint
+    forcings ``{k: f_k}`` at several steps: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``."""
+    steps = sorted(forcings)
+
+    def tl(dx0, dp):
+        dx = window.tl(dx0, dp)
+        return np.stack([dx[k] for k in steps])
+
+    def ad(f):
+        return window.ad(dict(zip(steps, f)))
+
+    return dot_product_test(tl, ad, [dx0, dp], np.stack([forcings[k] for k in steps]),
+                            name=f"window adjoint, forcings at steps {steps}", tolerance=tolerance)
+
+
 def model_linearization_test(model, x, p, rng: np.random.Generator, tolerance: float = 1e-14) -> CheckResult:
     """``linearize(x, p)`` agrees with ``step``, ``step_tl`` and ``step_ad``."""
     lin = model.linearize(x, p)
