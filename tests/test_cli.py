@@ -602,7 +602,7 @@ def _verdicts(stdout: str) -> dict[str, str]:
     """test name -> PASS/FAIL from the tables."""
     verdicts = {}
     for line in stdout.splitlines():
-        match = re.match(r"^(\S.*?)\s+\S+\s+\S+\s+(PASS|FAIL)\s*$", line)
+        match = re.match(r"^(\S.*?)(?:\s+\S+){4}\s+(PASS|FAIL|INCONCLUSIVE)\s*$", line)
         if match:
             verdicts.setdefault(match.group(1), match.group(2))
     return verdicts
