@@ -468,3 +468,23 @@ def test_the_sweep_table_marks_the_asymptotic_range_and_round_off():
     assert marks[-1] == "~"  # the smallest amplitude is at round-off
     orders = [float(row.split()[2]) for row in sweep_rows[start:stop]]
     assert all(abs(q - 2) < 0.2 for q in orders)
+
+
+def test_the_readme_shows_the_table_this_example_prints():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    cost, xb, pb, rng = l63_cost(0, Lorenz63(wrong={"parameter adjoint sign"}))
+    table = checks.format_table(checks.check_model(cost.model, xb, pb, rng, n_steps=8), show_ratios=False)
+    assert f"```text\n{table}\n```" in readme
+
+
+def test_a_kink_at_the_point_itself_is_inconclusive_not_a_failure():
+    """``|v|`` at ``v = 0`` with the one-sided derivative ``+1`` as its TL: along ``h < 0``
+    the remainder is ``2a |h|`` (order 1), along ``-h`` it is 0.  A wrong derivative
+    would show both ways; this is the kink itself."""
+    result = checks.taylor_test(np.abs, lambda dv: dv, np.zeros(1), np.array([-1.0]), retries=0)
+    assert result.status == checks.INCONCLUSIVE, checks.format_table([result])
+    assert any("a kink" in s.reason for s in result.sweeps)
+    wrong = checks.taylor_test(lambda v: 3 * v + v**2, lambda dv: 3.003 * dv, np.zeros(2), np.array([1.0, -0.5]))  # f'(0) = 3
+    assert wrong.failed and wrong.error == pytest.approx(1e-3, rel=0.05)
