@@ -98,7 +98,6 @@ RETRIES = 4  # more random directions tried for an inconclusive one
 DEFAULT_AMPLITUDES = 10.0 ** -np.arange(0.0, 12.5, 0.5)
 _TINY = np.finfo(float).tiny
 _EPS = np.finfo(float).eps
-_ROUNDOFF = 64 * _EPS  # cancellation error allowed for an exactly linear map
 
 
 # --- results ------------------------------------------------------------------------------
@@ -189,12 +188,14 @@ class CheckResult:
 
     @property
     def sweep(self) -> TaylorSweep | None:
-        """The sweep behind the verdict (the failing or inconclusive one, else the last)."""
-        for status in (FAIL, INCONCLUSIVE):
-            for s in self.sweeps:
-                if s.status == status:
-                    return s
-        return self.sweeps[-1] if self.sweeps else None
+        """The sweep behind the verdict: the failing or the first inconclusive one; for a
+        pass, the passing one with the largest relative error."""
+        deciding = [s for s in self.sweeps if s.status == self.status]
+        if not deciding:
+            return None
+        if self.status == PASS:
+            return max(deciding, key=lambda s: np.nan_to_num(s.relative_error, nan=-1.0))
+        return deciding[0]
 
     @property
     def amplitudes(self) -> np.ndarray | None:
@@ -407,8 +408,7 @@ def _directional_check(name, sweep_along, directions: Callable[[], np.ndarray], 
         unresolved += sweeps[-1].status == INCONCLUSIVE
     status = FAIL if sweeps[-1].status == FAIL else INCONCLUSIVE if unresolved else PASS
     result = CheckResult(name, status, min_order=MIN_ORDER, inspect=inspect, sweeps=sweeps)
-    headline = result.sweep if status != PASS else max(
-        sweeps, key=lambda s: np.nan_to_num(s.relative_error, nan=-1.0) if s.status == PASS else -np.inf)
+    headline = result.sweep
     result.error, result.order = headline.relative_error, headline.order
     tried = f" ({len(sweeps)} directions tried)" if len(sweeps) > 1 else ""
     result.details = headline.reason + tried
