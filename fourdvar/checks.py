@@ -83,6 +83,7 @@ __all__ = [
     "check_cost",
     "format_table",
     "summarize",
+    "LEGEND",
 ]
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
@@ -773,11 +774,11 @@ def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool =
 
 LEGEND = """\
 rel. error: adjoint tests |<Lu,w> - <u,L*w>| / |<Lu,w>|; comparisons |a - b| / |b|; Taylor and gradient
-  tests r(a) / |a F'h| at the smallest amplitude above round-off (for a FAIL, the relative size of the
-  wrong first-order term; for a PASS, a bound on it; not judged).
+  tests r(a) / |a F'h| at the smallest amplitude above round-off (for a failure, the relative size of
+  the wrong first-order term; otherwise a bound on it; not judged).
 order: how fast the Taylor remainder r(a) = |F(u + a h) - F(u) - a F'h| falls with the amplitude a over
-  its asymptotic range (2: the derivative is right; 1: it is wrong). INCONCLUSIVE: no direction tried
-  showed either (too curved above round-off); never counted as a failure."""
+  its asymptotic range (2: the derivative is right; 1: it is wrong). Inconclusive: no direction tried
+  showed either (too curved above round-off, or a kink); never counted as a failure."""
 
 
 def _number(value: float, spec: str) -> str:
@@ -804,7 +805,9 @@ def format_table(results: Sequence[CheckResult], show_ratios: bool = True, legen
             if r.sweep is None:
                 continue
             s = r.sweep
-            lines += ["", f"{r.name}: {s.reason}", f"  {'amplitude':>9}  {'remainder':>10}  {'order':>6}  {'ratio':>12}"]
+            shown = "the one with the largest relative error" if r.passed else "the one that decided"
+            tried = f" ({len(r.sweeps)} directions tried; shown: {shown})" if len(r.sweeps) > 1 else ""
+            lines += ["", f"{r.name}: {s.reason}{tried}", f"  {'amplitude':>9}  {'remainder':>10}  {'order':>6}  {'ratio':>12}"]
             inside = np.zeros(s.amplitudes.size, bool)
             if s.window is not None:
                 inside[s.window[0] : s.window[1] + 1] = True

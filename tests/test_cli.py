@@ -384,7 +384,7 @@ def test_bad_input_message_names_the_problem(case, bad_runs):
 HELP_OPTIONS = {
     (): ["run", "check", "generate", "plot", "--version"],
     ("run",): ["config", "--output", "--cycles", "--seed", "--resume", "--quiet"],
-    ("check",): ["config", "--seed"],
+    ("check",): ["config", "--seed", "--window-steps", "--directions"],
     ("generate",): ["config", "--output", "--cycles", "--seed"],
     ("plot",): ["result", "--output"],
 }
@@ -609,8 +609,9 @@ def _verdicts(stdout: str) -> dict[str, str]:
 
 
 def _summary(stdout: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+) passed, (\d+) failed", stdout.strip().splitlines()[-1])
-    assert match, f"the output does not end with 'N passed, M failed':\n{stdout}"
+    match = re.fullmatch(r"(\d+) passed, (\d+) failed, (\d+) inconclusive", stdout.strip().splitlines()[-1])
+    assert match, f"the output does not end with 'N passed, M failed, K inconclusive':\n{stdout}"
+    assert int(match.group(3)) == 0, stdout
     return int(match.group(1)), int(match.group(2))
 
 
