@@ -25,7 +25,7 @@ import xarray as xr
 
 from .. import __version__, checks
 from .config import ConfigError, load_config, resolve_config
-from ..window import DivergenceError, forecast
+from ..window import DivergenceError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -177,50 +177,14 @@ def command_run(args) -> int:
 
 
 def command_check(args) -> int:
-    """Every check of :mod:`fourdvar.checks` on what the configuration uses; exit status
-    1 if one fails, 3 if none fails but one stays inconclusive, 0 if all pass."""
-    from ..cost import FourDVarCost
+    """Every check of :mod:`fourdvar.checks` on what the configuration uses (see
+    :func:`fourdvar.app.checking.check_experiment`); exit status 1 if one fails, 3 if
+    none fails but one stays inconclusive, 0 if all pass."""
+    from .checking import check_experiment
 
     config = _load(args)
     experiment = _experiment(config, args)
-    rng = np.random.default_rng(config["seed"])
-    model, x, p = experiment.model, experiment.xb0, experiment.pb0
-    n_steps = args.window_steps or experiment.n_steps
-    directions = args.directions
-    per_test = f"{directions} random direction{'s' if directions > 1 else ''} per test"
-    sections = [(f"model {model!r}, window of {n_steps} steps, {per_test}", checks.check_model(model, x, p, rng, n_steps=n_steps, directions=directions))]
-
-    slots = list(experiment.observations.window(0, n_steps, include_end=False))
-    truth = experiment.truth["trajectory"] if experiment.truth is not None else None
-    states = truth if truth is not None and len(truth) > n_steps else forecast(model, x, p, n_steps)
-    seen = set()
-    for slot in slots:
-        if id(slot.operator) in seen:
-            continue
-        seen.add(id(slot.operator))
-        x_obs = states[slot.step]
-        sections.append((f"observation operator {slot.operator!r}", [
-            checks.operator_adjoint_test(slot.operator, x_obs, rng, directions=directions),
-            checks.operator_taylor_test(slot.operator, x_obs, rng, directions=directions),
-        ]))
-    covariances = [("B", experiment.B0)] + ([("P", experiment.P0)] if experiment.P0 is not None else [])
-    if slots:
-        covariances.append(("R (first observation time)", slots[0].covariance))
-    for name, covariance in covariances:
-        sections.append((f"covariance {name}", [checks.covariance_sqrt_adjoint_test(covariance, rng), checks.covariance_inverse_test(covariance, rng)]))
-    P = experiment.P0 if "params" in experiment.control else None
-    cost = FourDVarCost(model, slots, x, B=experiment.B0, pb=p, P=P, n_steps=n_steps)
-    sections.append((f"cost of the first {n_steps} steps (control: {', '.join(experiment.control)})",
-                     checks.check_cost(cost, x, p, experiment.control, rng, transform=config["assimilation"]["transform"], directions=directions)))
-
-    for title, results in sections:
-        print(f"== {title}")
-        print(checks.format_table(results))
-        print()
-    counts = checks.summarize(result for _, results in sections for result in results)
-    print(checks.LEGEND)
-    print()
-    print(f"{counts[checks.PASS]} passed, {counts[checks.FAIL]} failed, {counts[checks.INCONCLUSIVE]} inconclusive")
+    counts = check_experiment(experiment, config, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
     return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK
