@@ -521,7 +521,7 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
                 ax.plot(step[mine] * dt, value[mine], "o", ls="none", ms=3.5, mfc="white", mec="tab:red", label="observations")
         ax.set_ylabel(f"x[{i}]")
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8, loc="upper right", ncol=4)
+    axes[0].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, frameon=False, borderaxespad=0.2)
     axes[-1].set_xlabel(time_label)
     what = "state variables against time" if len(shown) == analysis.shape[-1] else f"{len(shown)} of {analysis.shape[-1]} state variables against time"
     fig.suptitle(_heading(ds, what))
