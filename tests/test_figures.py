@@ -105,3 +105,21 @@ def test_log_axes_spanning_less_than_two_decades_label_their_ticks():
 def test_plot_results_writes_the_time_series(tmp_path):
     paths = plot_results(synthetic_result(n=3), tmp_path)
     assert [p.name for p in paths] == ["cost.png", "rmse.png", "timeseries.png", "params.png"]
+
+
+def test_the_gallery_shows_figures_plot_writes_and_only_existing_files():
+    import re
+    from pathlib import Path
+
+    from fourdvar.app.plotting import FIGURES
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    images = re.findall(r"!\[[^\]]*\]\((gallery/[^)]+)\)", (docs / "gallery.md").read_text())
+    assert images and sorted(images) == sorted(f"gallery/{p.name}" for p in (docs / "gallery").glob("*.png"))
+    cases = ("forcing", "surrogate", "small_state")
+    for image in images:
+        stem = Path(image).stem
+        (case,) = [case for case in cases if stem.startswith(case + "_")]
+        assert stem[len(case) + 1 :] in FIGURES, image
+    assert "gallery/small_state_timeseries.png" in images and "gallery/small_state_hovmoller.png" not in images
+    assert "gallery/surrogate_params.png" in images and "gallery/forcing_params.png" in images
