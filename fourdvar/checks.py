@@ -35,9 +35,10 @@ derivative (2) from a wrong one (1).  The range is found automatically:
    amplitudes (a decade or more);
 3. the local orders ``log(r_i / r_{i+1}) / log(a_i / a_{i+1})`` over the lowest
    decade of that run decide: all ``>= 1.8``: PASS; all within ``1 +- 0.2``, the
-   order-1 remainder continuing down into round-off: FAIL (a wrong first-order
-   term, whose relative size ``r(a) / |a F'h|`` is reported); anything else:
-   INCONCLUSIVE.  A remainder at round-off at every amplitude means ``F`` is
+   order-1 remainder continuing down into round-off, and so along ``-h`` too (a
+   wrong first-order term is odd in ``a``; order 1 on one side only is a kink):
+   FAIL, a wrong first-order term whose relative size ``r(a) / |a F'h|`` is
+   reported; anything else: INCONCLUSIVE.  A remainder at round-off at every amplitude means ``F`` is
    linear along ``h`` and ``F'h`` exact: PASS.
 
 An inconclusive direction (too curved for a clean range above round-off, or a
