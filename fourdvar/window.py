@@ -44,7 +44,31 @@ returned ``window`` must provide, with exactly the meaning they have in
     adjoint of ``tl``, ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``.  Both
     arrays are fresh (the caller may modify them).
 
-``steps`` (the per-step linearisations) may be absent.  The hook need not check
+``steps`` (the per-step linearisations) may be absent.
+
+Many directions at once (blocked TL/AD)
+---------------------------------------
+
+A Hessian matrix, a block Lanczos or an ensemble of increments applies the
+window's TL and AD to many directions.  Done one by one that is one sweep per
+direction; blocked it is one sweep for all ``k`` of them, each statement acting
+on ``k`` columns.  The blocked contract, for a step linearisation (``tl``, ``ad``
+of :class:`fourdvar.interfaces.StepLinearization`) and for a window alike:
+
+* ``dx`` of shape ``(n_state, k)`` and ``dp`` of shape ``(n_params, k)`` (column
+  ``d`` is direction ``d``) give ``dx_next`` (each ``dx_k``) of shape ``(n_state, k)``;
+* ``ax`` (each forcing ``f_k``) of shape ``(n_state, k)`` gives ``ax_prev`` (``ax_0``)
+  of shape ``(n_state, k)`` and ``ap`` of shape ``(n_params, k)``;
+* column ``d`` of every result is exactly what the one-vector call gives for
+  column ``d`` of the inputs.
+
+A model says its step linearisations follow it with a true attribute
+``blocked_linearization`` (every shipped model does); :class:`WindowLinearization`
+is then blocked too (its ``blocked`` attribute).  A window returned by a
+``linearize_window`` hook says so with its own ``blocked`` attribute.
+:func:`tl_block` and :func:`ad_block` apply a window to a block, in one sweep
+when the window is blocked and column by column otherwise, so a user's model
+without blocks still works wherever blocks are used.  The hook need not check
 that the trajectory stays finite: :func:`linearize_window` runs it with
 overflow/invalid warnings silenced, then checks ``states`` and raises
 :class:`DivergenceError` naming the first step that is not finite, as
@@ -61,7 +85,9 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["DivergenceError", "PerStepModel", "WindowLinearization", "forecast", "linearize_window"]
+__all__ = [
+    "DivergenceError", "PerStepModel", "WindowLinearization", "ad_block", "forecast", "linearize_window", "tl_block",
+]
 
 
 class DivergenceError(FloatingPointError):
@@ -92,6 +118,7 @@ class WindowLinearization:
     def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):
         self.n_state = model.n_state
         self.n_params = model.n_params
+        self.blocked = bool(getattr(model, "blocked_linearization", False))
         self.states = np.empty((n_steps + 1, model.n_state))
         self.states[0] = x0
         _require_finite(self.states[0], 0, context)
@@ -117,9 +144,10 @@ class WindowLinearization:
 
     def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``."""
-        ap = np.zeros(self.n_params)
+        block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
+        ap = np.zeros((self.n_params,) + block)
         last_step = max(forcings, default=0)
-        ax = np.zeros(self.n_state)
+        ax = np.zeros((self.n_state,) + block)
         for k in range(last_step, 0, -1):
             if k in forcings:
                 ax = ax + forcings[k]
@@ -128,6 +156,29 @@ class WindowLinearization:
         if 0 in forcings:
             ax = ax + forcings[0]
         return ax, ap
+
+
+def tl_block(window, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
+    """``window.tl`` for ``k`` directions, ``dx0`` ``(n_state, k)`` and ``dp`` ``(n_params, k)``.
+
+    One blocked sweep when ``window.blocked``, else one sweep per column, stacked.
+    """
+    if getattr(window, "blocked", False):
+        return window.tl(dx0, dp, last_step)
+    columns = [window.tl(dx0[:, d], dp[:, d], last_step) for d in range(dx0.shape[1])]
+    return [np.stack(dx_k, axis=1) for dx_k in zip(*columns)] if columns else [dx0]
+
+
+def ad_block(window, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``window.ad`` for forcings of ``k`` columns each, ``(n_state, k)``: ``(ax_0, ap)``, ``(., k)`` each.
+
+    One blocked sweep when ``window.blocked``, else one sweep per column, stacked.
+    """
+    if getattr(window, "blocked", False) or not forcings:
+        return window.ad(forcings)
+    k = next(iter(forcings.values())).shape[1]
+    columns = [window.ad({step: f[:, d] for step, f in forcings.items()}) for d in range(k)]
+    return np.stack([ax for ax, _ in columns], axis=1), np.stack([ap for _, ap in columns], axis=1)
 
 
 def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):

@@ -14,6 +14,9 @@ layer.  TL and AD::
     TL   dS = gather(dx) / c                 df = c NN'(S) (dS, dp)
     AD   (aS, ap) = NN'(S)^T (c af)          ax = scatter_add(aS) / c
 
+Blocked TL/AD: ``dx`` (or ``af``) ``(n, k)`` and ``dp`` ``(n_params, k)`` carry ``k``
+directions through the same statements (:mod:`models.network`, :mod:`models.stencil`).
+
 The step integrates the tendency over ``dt`` with the chosen explicit scheme
 (:mod:`models.integrators`): ``integrator="euler"`` is ``x + dt * NN(S)``; ``"rk2"``
 and ``"rk4"`` learn far better-behaved dynamics for the same network.
@@ -83,13 +86,14 @@ class LocalNetworkTendencyLinearization:
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         if self.explicit:
-            return np.einsum("ij,ij->j", self.Jx, self.stencil.gather(dx)) + self.cJp @ dp
+            return np.einsum("ij,ij...->j...", self.Jx, self.stencil.gather(dx)) + self.cJp @ dp
         dS = self.stencil.gather(dx) / self.scale
         return self.scale * self.net.tl(dS, dp)[0]
 
     def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.explicit:
-            return self.stencil.scatter_add(self.Jx * af), self.cJp.T @ af
+            Jx = self.Jx if af.ndim == 1 else self.Jx[:, :, None]
+            return self.stencil.scatter_add(Jx * af), self.cJp.T @ af
         aS, ap = self.net.ad(self.scale * af[None, :])
         return self.stencil.scatter_add(aS) / self.scale, ap
 
@@ -102,6 +106,8 @@ class LocalMLP(IntegratedModel):
     ``state_offset`` and ``state_scale`` (defaults 0 and 1) are the fixed ``m`` and
     ``c`` of the module docstring.
     """
+
+    blocked_linearization = True  # TL/AD take (n, k) blocks of directions
 
     def __init__(
         self,

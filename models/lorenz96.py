@@ -16,6 +16,10 @@ The periodic neighbours come from a padded copy ``[x_{n-2}, x_{n-1}, x_0 .. x_{n
 (two ghost cells on the left, one on the right), so every shift is a slice; the
 adjoint scatters into the padded array and folds the ghost cells back.
 
+TL and AD are blocked: ``dx`` (and ``af``) may be a matrix ``(n, k)`` of ``k``
+directions, ``dp`` then ``(n_params, k)``; the same statements run on all
+columns at once (the stored ``x_{i-1}`` and ``x_{i+1} - x_{i-2}`` broadcast as columns).
+
 An optional extra tendency, absent by default, stands for a process the plain
 model lacks (a model-error experiment uses it in the truth only)::
 
@@ -35,9 +39,11 @@ from .integrators import IntegratedModel, RungeKutta
 
 def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
     """``[x_{n-left} .. x_{n-1}, x_0 .. x_{n-1}, x_0 .. x_{right-1}]``; by default
-    ``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``, so ``padded[i + left] = x_i``."""
-    n = x.size
-    padded = np.empty(n + left + right)
+    ``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``, so ``padded[i + left] = x_i``.
+
+    Along the first axis: ``x`` may be a matrix ``(n, k)`` of ``k`` columns."""
+    n = x.shape[0]
+    padded = np.empty((n + left + right,) + x.shape[1:])
     padded[left : left + n] = x
     padded[:left] = x[n - left :]
     padded[left + n :] = x[:right]
@@ -46,7 +52,7 @@ def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
 
 def fold_padded(a_padded: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
     """Adjoint of :func:`periodic_pad`: add the ghost cells' adjoints back to their sources."""
-    n = a_padded.size - left - right
+    n = a_padded.shape[0] - left - right
     ax = a_padded[left : left + n].copy()
     ax[n - left :] += a_padded[:left]
     ax[:right] += a_padded[left + n :]
@@ -76,6 +82,19 @@ class Lorenz96Tendency:
         return Lorenz96TendencyLinearization(self, x, p)
 
 
+def as_columns(stored: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``stored`` (one value per grid point) shaped to broadcast against ``like``:
+    itself for a vector ``like``, a column ``(n, 1)`` for a block ``(n, k)``."""
+    return stored if like.ndim == 1 else stored[:, None]
+
+
+def forcing_adjoint(af: np.ndarray, estimate_forcing: bool) -> np.ndarray:
+    """``aF = sum_i af_i``: shape ``(1,)`` (``(1, k)`` for a block), or empty without an estimated forcing."""
+    if not estimate_forcing:
+        return np.empty((0,) + af.shape[1:])
+    return af.sum(axis=0, keepdims=True)
+
+
 class Lorenz96TendencyLinearization:
     def __init__(self, tendency: Lorenz96Tendency, x: np.ndarray, p: np.ndarray):
         self.estimate_forcing = tendency.estimate_forcing
@@ -90,26 +109,27 @@ class Lorenz96TendencyLinearization:
             self.extra_slope = tendency.extra_amplitude * k * np.cos(k * x)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        x_im1, gradient = as_columns(self.x_im1, dx), as_columns(self.gradient, dx)
         dxp = periodic_pad(dx)
-        df = (dxp[3:] - dxp[:-3]) * self.x_im1 + self.gradient * dxp[1:-2] - dx
+        df = (dxp[3:] - dxp[:-3]) * x_im1 + gradient * dxp[1:-2] - dx
         if self.extra_slope is not None:
-            df += self.extra_slope * dx
+            df += as_columns(self.extra_slope, dx) * dx
         if self.estimate_forcing:
             df += dp[0]
         return df
 
     def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        axp = np.zeros(af.size + 3)
-        g = self.x_im1 * af
+        x_im1, gradient = as_columns(self.x_im1, af), as_columns(self.gradient, af)
+        axp = np.zeros((af.shape[0] + 3,) + af.shape[1:])
+        g = x_im1 * af
         axp[3:] += g  # ax_{i+1}
         axp[:-3] -= g  # ax_{i-2}
-        axp[1:-2] += self.gradient * af  # ax_{i-1}
+        axp[1:-2] += gradient * af  # ax_{i-1}
         ax = fold_padded(axp)
         ax -= af  # ax_i
         if self.extra_slope is not None:
-            ax += self.extra_slope * af
-        ap = np.array([af.sum()]) if self.estimate_forcing else np.empty(0)
-        return ax, ap
+            ax += as_columns(self.extra_slope, af) * af
+        return ax, forcing_adjoint(af, self.estimate_forcing)
 
 
 class Lorenz96(IntegratedModel):
@@ -118,6 +138,8 @@ class Lorenz96(IntegratedModel):
     ``extra_amplitude`` (default 0) and ``extra_wavelength`` add the extra tendency
     ``A sin(2 pi x_i / lam)`` of the module docstring.
     """
+
+    blocked_linearization = True  # TL/AD take (n, k) blocks of directions
 
     def __init__(
         self,

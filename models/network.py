@@ -26,6 +26,16 @@ flattened row-major; :meth:`Network.weights` returns views into ``p``, no copies
 a single state) go through every layer as one matrix product, and the weight
 adjoint ``aW_i = az_i a_{i-1}^T`` sums over the columns in the same product.
 This is backpropagation: ``aW_i`` is the gradient of ``<aa_L, a_L>`` w.r.t. ``W_i``.
+
+Blocked TL and AD: ``k`` directions at once.  ``dp`` of shape ``(n_params, k)`` is
+``k`` weight increments, ``dW_i`` then ``(n_i, n_{i-1} + 1, k)``, and ``dx`` (or
+``aa_L``) carries the directions as a last axis, ``(n_0, m, k)``.  The statements
+are those above, for every direction::
+
+    TL    dz_i[:, :, d] = W_i da_{i-1}[:, :, d] + dW_i[:, :, d] a_{i-1}
+    AD    aW_i[:, :, d] = az_i[:, :, d] a_{i-1}^T
+
+with ``W_i`` applied to all ``m k`` columns as one matrix product.
 """
 
 from __future__ import annotations
@@ -88,10 +98,12 @@ class Network:
         return len(self.shapes)
 
     def weights(self, p: np.ndarray) -> list[np.ndarray]:
-        """Views ``W_1 .. W_L`` of the flat parameter vector ``p`` (row-major, bias last column)."""
-        if p.shape != (self.n_params,):
+        """Views ``W_1 .. W_L`` of the flat parameter vector ``p`` (row-major, bias last column).
+
+        For a block ``p`` of shape ``(n_params, k)`` the views have a last axis of ``k``."""
+        if p.shape[:1] != (self.n_params,) or p.ndim > 2:
             raise ValueError(f"network parameters must have shape ({self.n_params},), got {p.shape}")
-        return [p[start:stop].reshape(shape) for start, stop, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+        return [p[start:stop].reshape(shape + p.shape[1:]) for start, stop, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
 
     def init_params(self, rng: np.random.Generator, output_scale: float = 1.0) -> np.ndarray:
         """Glorot-uniform weights, zero biases; the last layer scaled by ``output_scale``.
@@ -137,12 +149,26 @@ class NetworkLinearization:
         self.output = a
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
-        """``da_L`` from ``dx`` (shape ``(n_0, m)``) and the weight increment ``dp``."""
+        """``da_L`` from ``dx`` (shape ``(n_0, m)``) and the weight increment ``dp``.
+
+        Blocked: ``dx`` of shape ``(n_0, m, k)`` and ``dp`` ``(n_params, k)`` give ``(n_L, m, k)``."""
+        if dp.ndim == 2:
+            return self._tl_block(dx, dp)
         dW = self.network.weights(dp)
         da = dx
         for W, dW_i, a_prev, fprime in zip(self.W, dW, self.a_prev, self.fprime):
             dz = W[:, :-1] @ da + dW_i @ a_prev
             da = dz if fprime is None else fprime * dz
+        return da
+
+    def _tl_block(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        m, k = dx.shape[1], dp.shape[1]
+        dW = self.network.weights(dp)
+        da = dx
+        for W, dW_i, a_prev, fprime in zip(self.W, dW, self.a_prev, self.fprime):
+            dz = (W[:, :-1] @ da.reshape(da.shape[0], m * k)).reshape(W.shape[0], m, k)
+            dz += np.einsum("rck,cm->rmk", dW_i, a_prev, optimize=True)
+            da = dz if fprime is None else np.multiply(fprime[:, :, None], dz, out=dz)
         return da
 
     def column_jacobians(self) -> tuple[np.ndarray, np.ndarray]:
@@ -175,11 +201,25 @@ class NetworkLinearization:
         return u, Jp
 
     def ad(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(aa_0, ap)`` from the output adjoint ``aa_L`` (shape ``(n_L, m)``)."""
+        """``(aa_0, ap)`` from the output adjoint ``aa_L`` (shape ``(n_L, m)``).
+
+        Blocked: ``aa_L`` of shape ``(n_L, m, k)`` gives ``aa_0`` ``(n_0, m, k)`` and ``ap`` ``(n_params, k)``."""
+        if aa.ndim == 3:
+            return self._ad_block(aa)
         ap = np.empty(self.network.n_params)
         aW = self.network.weights(ap)
         for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
             az = aa if fprime is None else fprime * aa
             matmul(az, a_prev.T, out=aW_i)
             aa = matmul(W[:, :-1].T, az)
+        return aa, ap
+
+    def _ad_block(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, k = aa.shape[1], aa.shape[2]
+        ap = np.empty((self.network.n_params, k))
+        aW = self.network.weights(ap)
+        for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
+            az = aa if fprime is None else fprime[:, :, None] * aa
+            np.einsum("rmk,cm->rck", az, a_prev, out=aW_i, optimize=True)
+            aa = (W[:, :-1].T @ az.reshape(W.shape[0], m * k)).reshape(W.shape[1] - 1, m, k)
         return aa, ap
