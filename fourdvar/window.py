@@ -12,6 +12,22 @@ where ``f_k`` is an adjoint forcing injected at step ``k`` (for the 4D-Var
 gradient, ``H_k^T R_k^-1 (H_k dx_k - d_k)``).  The parameter adjoint of every
 step is accumulated over the window here, not in the model.
 
+Small models: the step Jacobians, stored
+----------------------------------------
+
+On a small grid (Lorenz-96 or a local network at ``n = 40``) a step's TL or AD
+is some tens of numpy calls on short vectors: their overhead, not arithmetic,
+is the cost.  There the step's Jacobian ``[M_x | M_p]`` (``n x (n + n_params)``)
+is cheaper to apply, two matrix-vector products.  A :class:`WindowLinearization`
+of a model with blocked TL/AD (see below) whose step Jacobian has at most
+``DENSE_STEP_SIZE`` elements builds it on its third sweep (an inner loop makes
+tens; a single gradient makes one, and pays nothing), from one blocked AD per step::
+
+    [M_x^T; M_p^T] = AD(I_n)        then   TL  dx_next = M_x dx + M_p dp
+                                           AD  (ax_prev, ap) = (M_x^T ax, M_p^T ax)
+
+(:class:`DenseStepLinearization`), the same derivative to round-off.
+
 A model may do the whole window at once
 ---------------------------------------
 
@@ -112,13 +128,41 @@ def forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = 
     return trajectory
 
 
+class DenseStepLinearization:
+    """One step's linearisation replaced by its stored Jacobian ``[M_x | M_p]``.
+
+    Built from one blocked AD on the ``n`` unit vectors: ``(M_x^T, M_p^T) = lin.ad(I_n)``::
+
+        TL   dx_next = M_x dx + M_p dp            AD   (ax_prev, ap) = (M_x^T ax, M_p^T ax)
+    """
+
+    def __init__(self, lin, n_state: int):
+        self.output = lin.output
+        self.MxT, self.MpT = lin.ad(np.eye(n_state))  # M_x^T (n, n), M_p^T (n_params, n)
+
+    def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        dx_next = self.MxT.T @ dx
+        if self.MpT.size:
+            dx_next += self.MpT.T @ dp
+        return dx_next
+
+    def ad(self, ax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.MxT @ ax, self.MpT @ ax
+
+
 class WindowLinearization:
     """``x_0 .. x_K`` and the linearisations of ``M_{k:k-1}``, ``k = 1 .. K``."""
+
+    #: the largest step Jacobian ``n_state * (n_state + n_params)`` stored (module docstring)
+    DENSE_STEP_SIZE = 1 << 15
+    #: the sweep (TL or AD call) on which the step Jacobians are built
+    DENSE_AFTER_SWEEPS = 3
 
     def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):
         self.n_state = model.n_state
         self.n_params = model.n_params
         self.blocked = bool(getattr(model, "blocked_linearization", False))
+        self.sweeps = 0
         self.states = np.empty((n_steps + 1, model.n_state))
         self.states[0] = x0
         _require_finite(self.states[0], 0, context)
@@ -134,8 +178,21 @@ class WindowLinearization:
     def n_steps(self) -> int:
         return len(self.steps)
 
+    @property
+    def dense(self) -> bool:
+        """Whether the steps are stored as Jacobians (:class:`DenseStepLinearization`)."""
+        return any(isinstance(step, DenseStepLinearization) for step in self.steps)
+
+    def _count_sweep(self) -> None:
+        """Count a TL or AD sweep; on the ``DENSE_AFTER_SWEEPS``-th, store the step Jacobians if that pays."""
+        self.sweeps += 1
+        small = self.n_state * (self.n_state + self.n_params) <= self.DENSE_STEP_SIZE
+        if self.sweeps == self.DENSE_AFTER_SWEEPS and self.blocked and small:
+            self.steps = [DenseStepLinearization(lin, self.n_state) for lin in self.steps]
+
     def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
         """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window)."""
+        self._count_sweep()
         last_step = self.n_steps if last_step is None else last_step
         dx = [dx0]
         for lin in self.steps[:last_step]:
@@ -144,6 +201,7 @@ class WindowLinearization:
 
     def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``."""
+        self._count_sweep()
         block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
         ap = np.zeros((self.n_params,) + block)
         last_step = max(forcings, default=0)

@@ -225,3 +225,60 @@ def test_negative_control_a_wrong_blocked_adjoint_fails_the_blocked_checks(monke
     AX_prev, AP = wrong.ad(AX)
     assert relative(AX_prev[:, 2], ax_right) > 1e-6
     assert dot_product_error(np.sum(wrong.tl(DX, DP) * AX), np.sum(DX * AX_prev) + np.sum(DP * AP)) > 1e-8
+
+
+# --- small models: the window stores the step Jacobians -----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lorenz96 ", "lorenz96 F extra", "two-scale F", "local_mlp rk4", "local_mlp rk4 layered", "hybrid"])
+def test_a_small_window_stores_its_step_jacobians_from_the_third_sweep_on(name, layered):
+    model, x, p = make_model(name)
+    window = WindowLinearization(model, x, p, N_STEPS)
+    per_step = WindowLinearization(model, x, p, N_STEPS)
+    per_step.DENSE_STEP_SIZE = 0
+    rng = np.random.default_rng(8)
+    dx0, dp = rng.standard_normal(model.n_state), rng.standard_normal(model.n_params)
+    forcings = {k: rng.standard_normal(model.n_state) for k in (1, 4, N_STEPS)}
+    for sweep in range(3):  # TL and AD on each: the third sweep (the second TL) stores the Jacobians
+        dx, dx_ref = window.tl(dx0, dp), per_step.tl(dx0, dp)
+        assert window.dense == (sweep >= 1) and not per_step.dense
+        assert max(relative(a, b) for a, b in zip(dx[1:], dx_ref[1:])) < 1e-12
+        (ax0, ap), (ax0_ref, ap_ref) = window.ad(forcings), per_step.ad(forcings)
+        assert relative(ax0, ax0_ref) < 1e-12 and (not model.n_params or relative(ap, ap_ref) < 1e-12)
+    left = sum(np.dot(dx[k], f) for k, f in forcings.items())
+    assert dot_product_error(left, np.dot(dx0, ax0) + np.dot(dp, ap)) < 1e-12
+    DX0, DP, _ = directions(model, rng)
+    for a, b in zip(window.tl(DX0, DP)[1:], per_step.tl(DX0, DP)[1:]):
+        assert relative(a, b) < 1e-12
+
+
+def test_a_large_window_or_one_without_blocks_keeps_its_steps():
+    model, x, p = make_model("lorenz96 F")
+    large = WindowLinearization(Lorenz96(n_state=200, estimate_forcing=True), 8.0 + np.sin(np.arange(200)), np.array([8.0]), 3)
+    plain = WindowLinearization(WithoutBlocks(model), x, p, 3)
+    for window in (large, plain):
+        for _ in range(4):
+            window.tl(np.ones(window.n_state), np.ones(window.n_params))
+        assert window.sweeps == 4 and not window.dense
+
+
+class WrongJacobianColumn(Lorenz96TendencyLinearization):
+    """A blocked adjoint that drops the last column: the stored Jacobian then misses ``M_x^T e_{n-1}``."""
+
+    def ad(self, af):
+        ax, ap = super().ad(af)
+        if af.ndim == 2:
+            ax[:, -1] = 0.0
+        return ax, ap
+
+
+def test_negative_control_a_wrong_stored_jacobian_is_caught(monkeypatch):
+    model, x, p = make_model("lorenz96 F")
+    monkeypatch.setattr(model.tendency, "linearize", lambda x, p: WrongJacobianColumn(model.tendency, x, p))
+    window = WindowLinearization(model, x, p, N_STEPS)
+    rng = np.random.default_rng(9)
+    dx0, dp = rng.standard_normal(model.n_state), rng.standard_normal(model.n_params)
+    before = window.tl(dx0, dp)[-1]
+    window.ad({N_STEPS: dx0})
+    after = window.tl(dx0, dp)[-1]
+    assert window.dense and relative(after, before) > 1e-3
