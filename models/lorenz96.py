@@ -26,6 +26,10 @@ model lacks (a model-error experiment uses it in the truth only)::
     e_i = A sin(2 pi x_i / lam)        de_i = A (2 pi / lam) cos(2 pi x_i / lam) dx_i      (AD: the same diagonal)
 
 One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
+That numpy path is the reference.  When numba is installed, :meth:`Lorenz96.step`
+and the window (the engine's ``linearize_window`` hook, :class:`Lorenz96Window`)
+run the same arithmetic in the compiled kernels of :mod:`models.lorenz96_kernels`;
+``Lorenz96(..., compiled=False)`` keeps the numpy path everywhere.
 With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [F]``;
 otherwise ``n_params == 0`` and ``F`` is the constructor's ``forcing``.
 """
@@ -34,7 +38,20 @@ from __future__ import annotations
 
 import numpy as np
 
+import importlib
+import importlib.util
+
+from fourdvar.model import as_vector
+
 from .integrators import IntegratedModel, RungeKutta
+
+#: whether the compiled kernels can be used (numba installed); they are imported on first use
+KERNELS_AVAILABLE = importlib.util.find_spec("numba") is not None
+
+
+def kernels():
+    """The compiled kernels, :mod:`models.lorenz96_kernels` (imported, and numba with it, on the first call)."""
+    return importlib.import_module(".lorenz96_kernels", __package__)
 
 
 def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
@@ -149,6 +166,7 @@ class Lorenz96(IntegratedModel):
         estimate_forcing: bool = False,
         extra_amplitude: float = 0.0,
         extra_wavelength: float = 10.0,
+        compiled: bool = True,
     ):
         if int(n_state) != n_state or n_state < 4:
             raise ValueError(f"Lorenz-96 needs n_state >= 4 (an integer), got {n_state}")
@@ -163,6 +181,26 @@ class Lorenz96(IntegratedModel):
         self.extra_wavelength = float(extra_wavelength)
         self.tendency = Lorenz96Tendency(self.forcing, self.estimate_forcing, self.extra_amplitude, self.extra_wavelength)
         self.integrator = RungeKutta("rk4", self.dt)
+        self.compiled = bool(compiled) and KERNELS_AVAILABLE
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        if not self.compiled:
+            return super().step(x, p)
+        x, p = self._inputs(x, p)
+        tendency = self.tendency
+        return kernels().step(x, tendency.forcing_of(p), self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
+
+    @property
+    def linearize_window(self):
+        """The engine's window hook, present only with the compiled kernels: ``linearize_window(x0, p, n_steps)``
+        gives the window run and linearised by them (:class:`Lorenz96Window`).  Without them
+        the engine chains the numpy step linearisations (:class:`fourdvar.window.WindowLinearization`)."""
+        if not self.compiled:
+            raise AttributeError("linearize_window")
+        return self._compiled_window
+
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "Lorenz96Window":
+        return Lorenz96Window(self, as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p"), int(n_steps))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
@@ -174,3 +212,52 @@ class Lorenz96(IntegratedModel):
             f"Lorenz96(n_state={self.n_state}, forcing={self.forcing}, dt={self.dt}, "
             f"estimate_forcing={self.estimate_forcing}{extra})"
         )
+
+
+class Lorenz96Window:
+    """A Lorenz-96 window run by the compiled kernels: the engine's window contract (:mod:`fourdvar.window`).
+
+    The NL sweep stores the trajectory and every step's RK4 stage states; ``tl`` and
+    ``ad`` are the sweeps of :mod:`models.lorenz96_kernels`, blocked (``k`` directions
+    as columns) as well as on one vector.  The same derivative as the per-step
+    numpy chain, to round-off.
+    """
+
+    blocked = True
+
+    def __init__(self, model: Lorenz96, x0: np.ndarray, p: np.ndarray, n_steps: int):
+        if n_steps < 0:
+            raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
+        tendency = model.tendency
+        self.n_state, self.n_params, self.n_steps = model.n_state, model.n_params, n_steps
+        self.constants = (model.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
+        self.states = np.empty((n_steps + 1, model.n_state))
+        self.stages = np.empty((n_steps, 4, model.n_state))
+        kernels().forecast_window(x0, tendency.forcing_of(p), *self.constants, self.states, self.stages)
+
+    def _forcing_increments(self, dp: np.ndarray, m: int) -> np.ndarray:
+        """``dF`` of each direction, zero when the forcing is not estimated."""
+        return np.ascontiguousarray(dp[0], dtype=float).reshape(m) if self.n_params else np.zeros(m)
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
+        """``[dx_0, .., dx_k]``, ``k = last_step`` (default ``K``); ``dx0`` ``(n,)`` or a block ``(n, m)``."""
+        K = self.n_steps if last_step is None else min(last_step, self.n_steps)
+        rows = np.ascontiguousarray(np.atleast_2d(dx0.T))  # (m, n): one direction per row
+        dx = np.empty((K + 1,) + rows.shape)
+        kernels().tl_window(self.stages, *self.constants, rows, self._forcing_increments(dp, rows.shape[0]), K, dx)
+        return [dx[k].T if dx0.ndim == 2 else dx[k, 0] for k in range(K + 1)]
+
+    def ad(self, forcings) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for forcings ``{k: f_k}``, each ``(n,)`` or a block ``(n, m)``."""
+        K = max(forcings, default=0)
+        block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
+        m = block[0] if block else 1
+        forcing_rows = np.zeros((K + 1, m, self.n_state))
+        forced = np.zeros(K + 1, dtype=np.bool_)
+        for k, f in forcings.items():
+            forcing_rows[k] = np.reshape(f, (self.n_state, m)).T
+            forced[k] = True
+        ax, aF = np.empty((m, self.n_state)), np.empty(m)
+        kernels().ad_window(self.stages, *self.constants, forcing_rows, forced, ax, aF)
+        ap = aF.reshape((1,) + block) if self.n_params else np.zeros((0,) + block)
+        return (ax.T.copy() if block else ax[0]), ap
