@@ -165,7 +165,11 @@ class FourDVarCost:
             _add_forcing(forcings, slot.step, H.ad(z))
         ax, ap = window.ad(forcings)
         Jb, Jp, gb, gp = self.background_terms(x0, p)
-        return CostTerms(Jb, Jp, Jo), gb + ax, gp + ap
+        # the adjoints added in place to the fresh background gradients: for a large network the
+        # parameter-sized arrays are then p - pb, P^-1 (p - pb) (returned) and ap, no more
+        gb += ax
+        gp += ap
+        return CostTerms(Jb, Jp, Jo), gb, gp
 
 
 def _each_column(function, M: np.ndarray) -> np.ndarray:

@@ -282,3 +282,24 @@ def test_negative_control_a_wrong_stored_jacobian_is_caught(monkeypatch):
     window.ad({N_STEPS: dx0})
     after = window.tl(dx0, dp)[-1]
     assert window.dense and relative(after, before) > 1e-3
+
+
+def test_the_machine_benchmark_imports_without_running_and_builds_the_surrogate_window():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "machine.py"
+    spec = importlib.util.spec_from_file_location("benchmark_machine", path)
+    module = importlib.util.module_from_spec(spec)
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    try:
+        spec.loader.exec_module(module)  # the main guard: nothing is timed
+        jq = module.surrogate_window_cost()
+        assert jq.size == 40 + 225 and jq.window.blocked
+        assert {label.split()[0] for label, *_ in module.gradient_cases()} == {"lorenz96", "local_mlp", "mlp"}
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            if name.startswith("benchmark_"):
+                del sys.modules[name]
