@@ -157,7 +157,7 @@ class MLPWindowLinearization:
                 z = W @ self.A_prev[i][:, k]
                 a = f.f(z)
                 if self.F[i] is not None:
-                    self.F[i][:, k] = f.derivative(z, a)
+                    self.F[i][:, k] = f.derivative(a)
                 if i + 1 < network.n_layers:
                     self.A_prev[i + 1][:-1, k] = a
             self.states[k + 1] = x + a if self.residual else a

@@ -132,21 +132,32 @@ class Network:
 
 
 class NetworkLinearization:
-    """The nonlinear pass with ``a_{i-1}`` (bias row included) and ``f_i'(z_i)`` kept for TL/AD."""
+    """The nonlinear pass with the layer inputs ``a_{i-1}`` (bias row included) kept for TL/AD.
+
+    Nothing else is stored: ``f_i'(z_i)`` is formed from the activation ``a_i`` (the
+    next layer's input, or the output) when the TL or AD needs it
+    (:mod:`models.activations`), so the linearisation costs the forward pass and
+    holds the activations, no more.
+    """
 
     def __init__(self, network: Network, x: np.ndarray, p: np.ndarray):
         self.network = network
         self.W = network.weights(p)
         self.a_prev = []  # a_{i-1} = [a; 1], shape (n_{i-1} + 1, m)
-        self.fprime = []  # f_i'(z_i), or None for the identity
         a = x
         for W, f in zip(self.W, network.activations):
             a_bias = with_bias_row(a)
-            z = W @ a_bias
-            a = f.f(z)
+            a = f.f(W @ a_bias)
             self.a_prev.append(a_bias)
-            self.fprime.append(None if f.derivative is None else f.derivative(z, a))
         self.output = a
+
+    def fprime(self, i: int) -> np.ndarray | None:
+        """``f_i'(z_i)`` (layer ``i`` counted from 0), from its activation; ``None`` for the identity."""
+        f = self.network.activations[i]
+        if f.derivative is None:
+            return None
+        a = self.a_prev[i + 1][:-1] if i + 1 < self.network.n_layers else self.output
+        return f.derivative(a)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """``da_L`` from ``dx`` (shape ``(n_0, m)``) and the weight increment ``dp``.
@@ -156,18 +167,21 @@ class NetworkLinearization:
             return self._tl_block(dx, dp)
         dW = self.network.weights(dp)
         da = dx
-        for W, dW_i, a_prev, fprime in zip(self.W, dW, self.a_prev, self.fprime):
-            dz = W[:, :-1] @ da + dW_i @ a_prev
-            da = dz if fprime is None else fprime * dz
+        for i, (W, dW_i, a_prev) in enumerate(zip(self.W, dW, self.a_prev)):
+            dz = W[:, :-1] @ da
+            dz += dW_i @ a_prev
+            fprime = self.fprime(i)
+            da = dz if fprime is None else np.multiply(fprime, dz, out=dz)
         return da
 
     def _tl_block(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         m, k = dx.shape[1], dp.shape[1]
         dW = self.network.weights(dp)
         da = dx
-        for W, dW_i, a_prev, fprime in zip(self.W, dW, self.a_prev, self.fprime):
+        for i, (W, dW_i, a_prev) in enumerate(zip(self.W, dW, self.a_prev)):
             dz = (W[:, :-1] @ da.reshape(da.shape[0], m * k)).reshape(W.shape[0], m, k)
             dz += np.einsum("rck,cm->rmk", dW_i, a_prev, optimize=True)
+            fprime = self.fprime(i)
             da = dz if fprime is None else np.multiply(fprime[:, :, None], dz, out=dz)
         return da
 
@@ -194,7 +208,7 @@ class NetworkLinearization:
         offsets = self.network.offsets
         u = np.ones((1, m))
         for i in reversed(range(self.network.n_layers)):
-            fprime = self.fprime[i]
+            fprime = self.fprime(i)
             u = u if fprime is None else fprime * u
             Jp[:, offsets[i] : offsets[i + 1]] = np.einsum("rj,cj->jrc", u, self.a_prev[i]).reshape(m, -1)
             u = self.W[i][:, :-1].T @ u
@@ -208,18 +222,20 @@ class NetworkLinearization:
             return self._ad_block(aa)
         ap = np.empty(self.network.n_params)
         aW = self.network.weights(ap)
-        for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
+        for i in reversed(range(self.network.n_layers)):
+            fprime = self.fprime(i)
             az = aa if fprime is None else fprime * aa
-            matmul(az, a_prev.T, out=aW_i)
-            aa = matmul(W[:, :-1].T, az)
+            matmul(az, self.a_prev[i].T, out=aW[i])
+            aa = matmul(self.W[i][:, :-1].T, az)
         return aa, ap
 
     def _ad_block(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, k = aa.shape[1], aa.shape[2]
         ap = np.empty((self.network.n_params, k))
         aW = self.network.weights(ap)
-        for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
+        for i in reversed(range(self.network.n_layers)):
+            W, fprime = self.W[i], self.fprime(i)
             az = aa if fprime is None else fprime[:, :, None] * aa
-            np.einsum("rmk,cm->rck", az, a_prev, out=aW_i, optimize=True)
+            np.einsum("rmk,cm->rck", az, self.a_prev[i], out=aW[i], optimize=True)
             aa = (W[:, :-1].T @ az.reshape(W.shape[0], m * k)).reshape(W.shape[1] - 1, m, k)
         return aa, ap

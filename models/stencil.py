@@ -34,6 +34,9 @@ class PeriodicStencil:
         if a_stencils.ndim == 2:
             return np.bincount(self._flat, weights=a_stencils.ravel(), minlength=self.n)
         ax = np.zeros(a_stencils.shape[1:])
+        n = self.n
         for j, offset in enumerate(range(-self.half_width, self.half_width + 1)):
-            ax += np.roll(a_stencils[j], offset, axis=0)
+            shift = offset % n  # ax[m] += aS[j, m - shift], the index taken mod n: two slices
+            ax[shift:] += a_stencils[j, : n - shift]
+            ax[:shift] += a_stencils[j, n - shift :]
         return ax
