@@ -23,6 +23,10 @@ a slow patch of a shared machine hits both sides of a ratio):
    before).  Target: >= 5x.
 4. **Compile time** of the Lorenz-96 kernels, first call in a fresh process with
    an empty numba cache, and again with the cache filled.
+5. **LocalMLP linearisation vs its forward step** (``[5,32,1]``, RK4, n = 40 and
+   4000): time ratio (target <= 1.5x) and the memory a linearisation keeps
+   (``tracemalloc``) against the activations its TL/AD need, the layer inputs
+   ``a_{i-1}`` (bias rows included) and the output of each RK4 stage.
 
 JAX must be pinned to one core by ``taskset``; its thread flags do not keep it there.
 """
@@ -268,6 +272,30 @@ def compile_table():
     print()
 
 
+# --- 5. LocalMLP linearisation against its forward run ----------------------------------------------
+
+
+def linearisation_table(n_batches, batch_seconds):
+    import tracemalloc
+
+    print("5. LocalMLP [5,32,1] rk4: linearize() against step(), and the memory a linearisation keeps")
+    for n in (40, 4000):
+        model = LocalMLP(n_state=n, hidden=[32], integrator="rk4", init_output_scale=1.0)
+        rng = np.random.default_rng(0)
+        x, p = 3.0 * rng.standard_normal(n) + 2.0, model.init_params(rng)
+        t_step, t_linearize = timing.time_pair(lambda: model.step(x, p), lambda: model.linearize(x, p), n_batches, batch_seconds)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        lin = model.linearize(x, p)
+        kept = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        activations = sum(sum(a.nbytes for a in stage.net.a_prev) + stage.net.output.nbytes for stage in lin.stages)
+        ratio = t_linearize / t_step
+        print(f"   n = {n:>4}: step {t_step * 1e3:8.3f} ms  linearize {t_linearize * 1e3:8.3f} ms  ratio {ratio:5.2f}"
+              f"  target <=1.5x  {'yes' if ratio <= 1.5 else 'NO'}   kept {kept / 1e6:7.3f} MB, activations {activations / 1e6:7.3f} MB")
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few short batches, short window: a smoke test, not a measurement")
@@ -286,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     gradient_table(jax_modules, n_batches, batch_seconds, 5 if args.quick else WINDOW, args.only)
     step_table(n_batches, batch_seconds)
     hessian_table(3 if args.quick else 5)
+    linearisation_table(n_batches, batch_seconds)
     compile_table()
     return 0
 
