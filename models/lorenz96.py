@@ -27,7 +27,7 @@ model lacks (a model-error experiment uses it in the truth only)::
 
 One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
 That numpy path is the reference.  When numba is installed, :meth:`Lorenz96.step`
-and the window (the engine's ``linearize_window`` hook, :class:`Lorenz96Window`)
+and the window (the engine's ``linearize_window`` hook, a :class:`CompiledWindow`)
 run the same arithmetic in the compiled kernels of :mod:`models.lorenz96_kernels`;
 ``Lorenz96(..., compiled=False)`` keeps the numpy path everywhere.
 With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [F]``;
@@ -193,14 +193,18 @@ class Lorenz96(IntegratedModel):
     @property
     def linearize_window(self):
         """The engine's window hook, present only with the compiled kernels: ``linearize_window(x0, p, n_steps)``
-        gives the window run and linearised by them (:class:`Lorenz96Window`).  Without them
+        gives the window run and linearised by them (a :class:`CompiledWindow`).  Without them
         the engine chains the numpy step linearisations (:class:`fourdvar.window.WindowLinearization`)."""
         if not self.compiled:
             raise AttributeError("linearize_window")
         return self._compiled_window
 
-    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "Lorenz96Window":
-        return Lorenz96Window(self, as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p"), int(n_steps))
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "CompiledWindow":
+        x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
+        k, tendency = kernels(), self.tendency
+        lin_args = (self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
+        return CompiledWindow((k.forecast_window, k.tl_window, k.ad_window), (tendency.forcing_of(p),) + lin_args, lin_args,
+                              x0, self.n_params, int(n_steps))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
@@ -214,26 +218,28 @@ class Lorenz96(IntegratedModel):
         )
 
 
-class Lorenz96Window:
-    """A Lorenz-96 window run by the compiled kernels: the engine's window contract (:mod:`fourdvar.window`).
+class CompiledWindow:
+    """A window run by compiled RK4 kernels: the engine's window contract (:mod:`fourdvar.window`).
 
     The NL sweep stores the trajectory and every step's RK4 stage states; ``tl`` and
-    ``ad`` are the sweeps of :mod:`models.lorenz96_kernels`, blocked (``k`` directions
-    as columns) as well as on one vector.  The same derivative as the per-step
-    numpy chain, to round-off.
+    ``ad`` are the compiled sweeps, blocked (``k`` directions as columns) as well as
+    on one vector.  ``kernels`` is ``(forecast, tl, ad)`` of :mod:`models.lorenz96_kernels`
+    (called as ``forecast(x0, *nl_args, states, stages)``, ``tl(stages, *lin_args, dx0, dF, K, dx)``
+    and ``ad(stages, *lin_args, forcings, forced, ax, aF)``).  The only parameter a
+    compiled model may have is its forcing ``F``, so ``dp`` and ``ap`` have one row or none.
     """
 
     blocked = True
 
-    def __init__(self, model: Lorenz96, x0: np.ndarray, p: np.ndarray, n_steps: int):
+    def __init__(self, kernels, nl_args: tuple, lin_args: tuple, x0: np.ndarray, n_params: int, n_steps: int):
         if n_steps < 0:
             raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
-        tendency = model.tendency
-        self.n_state, self.n_params, self.n_steps = model.n_state, model.n_params, n_steps
-        self.constants = (model.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
-        self.states = np.empty((n_steps + 1, model.n_state))
-        self.stages = np.empty((n_steps, 4, model.n_state))
-        kernels().forecast_window(x0, tendency.forcing_of(p), *self.constants, self.states, self.stages)
+        self.forecast_kernel, self.tl_kernel, self.ad_kernel = kernels
+        self.lin_args = lin_args
+        self.n_state, self.n_params, self.n_steps = x0.size, n_params, n_steps
+        self.states = np.empty((n_steps + 1, x0.size))
+        self.stages = np.empty((n_steps, 4, x0.size))
+        self.forecast_kernel(x0, *nl_args, self.states, self.stages)
 
     def _forcing_increments(self, dp: np.ndarray, m: int) -> np.ndarray:
         """``dF`` of each direction, zero when the forcing is not estimated."""
@@ -244,7 +250,7 @@ class Lorenz96Window:
         K = self.n_steps if last_step is None else min(last_step, self.n_steps)
         rows = np.ascontiguousarray(np.atleast_2d(dx0.T))  # (m, n): one direction per row
         dx = np.empty((K + 1,) + rows.shape)
-        kernels().tl_window(self.stages, *self.constants, rows, self._forcing_increments(dp, rows.shape[0]), K, dx)
+        self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, dx)
         return [dx[k].T if dx0.ndim == 2 else dx[k, 0] for k in range(K + 1)]
 
     def ad(self, forcings) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +264,7 @@ class Lorenz96Window:
             forcing_rows[k] = np.reshape(f, (self.n_state, m)).T
             forced[k] = True
         ax, aF = np.empty((m, self.n_state)), np.empty(m)
-        kernels().ad_window(self.stages, *self.constants, forcing_rows, forced, ax, aF)
+        self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, ax, aF)
         ap = aF.reshape((1,) + block) if self.n_params else np.zeros((0,) + block)
         return (ax.T.copy() if block else ax[0]), ap
+

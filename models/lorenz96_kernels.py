@@ -209,3 +209,215 @@ def ad_window(stages, dt, amplitude, wavenumber, forcings, forced, ax, aF):
         if forced[0]:
             for i in range(n):
                 a[i] += forcings[0, d, i]
+
+
+# --- the two-scale system --------------------------------------------------------------------------
+#
+# State x = [X_0 .. X_{K-1}, Y_0 .. Y_{JK-1}]; slow ring padded Xp[k + 2] = X_k (ghost cells
+# k-2, k-1 | k+1), fast ring padded Yp[j + 1] = Y_j (ghost cells j-1 | j+1, j+2); k(j) = j // J.
+#
+#   NL   fX_k = (X_{k+1} - X_{k-2}) X_{k-1} - X_k + F - s Ysum_k
+#        fY_j = -c b Y_{j+1} (Y_{j+2} - Y_{j-1}) - c Y_j + s X_{k(j)}
+#   TL   dfX_k = (dX_{k+1} - dX_{k-2}) X_{k-1} + (X_{k+1} - X_{k-2}) dX_{k-1} - dX_k + dF - s dYsum_k
+#        dfY_j = -c b [dY_{j+1} (Y_{j+2} - Y_{j-1}) + Y_{j+1} (dY_{j+2} - dY_{j-1})] - c dY_j + s dX_{k(j)}
+#   AD   the TL statements in reverse (fY first, then fX), as in models.lorenz96_two_scale.
+#
+# ``coefficients = (F, s, c, c b)``.
+
+
+@_compile
+def _pad_ring(v, vp, left, right):
+    """Ghost cells in place: ``vp[left + i] = v_i``, ``left`` cells before and ``right`` after, periodic."""
+    n = v.size
+    for i in range(n):
+        vp[left + i] = v[i]
+    for i in range(left):
+        vp[i] = v[n - left + i]
+    for i in range(right):
+        vp[left + n + i] = v[i]
+
+
+@_compile
+def _fold_ring(vp, av, left, right):
+    """Adjoint of :func:`_pad_ring`: ``av += vp`` with the ghost cells added back to their sources."""
+    n = av.size
+    for i in range(n):
+        av[i] += vp[left + i]
+    for i in range(left):
+        av[n - left + i] += vp[i]
+    for i in range(right):
+        av[i] += vp[left + n + i]
+
+
+@_compile
+def _pairwise_sum(a, start, n):
+    """``sum(a[start:start + n])`` added in numpy's pairwise order, so block sums match numpy bit for bit."""
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            total += a[start + i]
+        return total
+    if n <= 128:
+        r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+        r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+        i = 8
+        while i < n - n % 8:
+            r0 += a[start + i]
+            r1 += a[start + i + 1]
+            r2 += a[start + i + 2]
+            r3 += a[start + i + 3]
+            r4 += a[start + i + 4]
+            r5 += a[start + i + 5]
+            r6 += a[start + i + 6]
+            r7 += a[start + i + 7]
+            i += 8
+        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            total += a[start + i]
+            i += 1
+        return total
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(a, start, half) + _pairwise_sum(a, start + half, n - half)
+
+
+@_compile
+def _two_scale_tendency(x, K, J, coefficients, Xp, Yp, f):
+    """``f = [fX; fY]`` at ``x``, in the numpy path's order of operations."""
+    F, s, c, cb = coefficients[0], coefficients[1], coefficients[2], coefficients[3]
+    _pad_ring(x[:K], Xp, 2, 1)
+    _pad_ring(x[K:], Yp, 1, 2)
+    for k in range(K):
+        f[k] = (Xp[k + 3] - Xp[k]) * Xp[k + 1] - x[k] + F - s * _pairwise_sum(x, K + k * J, J)
+    for j in range(J * K):
+        f[K + j] = -cb * Yp[j + 2] * (Yp[j + 3] - Yp[j]) - c * x[K + j] + s * x[j // J]
+
+
+@_compile
+def _two_scale_tendency_tl(x, K, J, coefficients, Xp, Yp, dx, dF, dXp, dYp, df):
+    """``df``, the TL of :func:`_two_scale_tendency` at ``x`` (``Xp``, ``Yp`` padded from it), from ``dx``."""
+    s, c, cb = coefficients[1], coefficients[2], coefficients[3]
+    _pad_ring(dx[:K], dXp, 2, 1)
+    _pad_ring(dx[K:], dYp, 1, 2)
+    for k in range(K):
+        dYsum = 0.0
+        for j in range(k * J, (k + 1) * J):
+            dYsum += dx[K + j]
+        df[k] = (dXp[k + 3] - dXp[k]) * Xp[k + 1] + (Xp[k + 3] - Xp[k]) * dXp[k + 1] - dx[k] - s * dYsum + dF
+    for j in range(J * K):
+        df[K + j] = (-cb * (dYp[j + 2] * (Yp[j + 3] - Yp[j]) + Yp[j + 2] * (dYp[j + 3] - dYp[j]))
+                     - c * dx[K + j] + s * dx[j // J])
+
+
+@_compile
+def _two_scale_tendency_ad(x, K, J, coefficients, Xp, Yp, af, aXp, aYp, ax):
+    """Adjoint of :func:`_two_scale_tendency_tl`: ``ax`` (overwritten) from ``af``; returns ``aF``."""
+    s, c, cb = coefficients[1], coefficients[2], coefficients[3]
+    ax[:] = 0.0
+    aYp[:] = 0.0
+    aXp[:] = 0.0
+    # fY_j = -c b Y_{j+1} (Y_{j+2} - Y_{j-1}) - c Y_j + s X_{k(j)}
+    for j in range(J * K):
+        afY = af[K + j]
+        ax[j // J] += s * afY  # aX_{k(j)}
+        g = -cb * Yp[j + 2] * afY
+        aYp[j + 3] += g  # aY_{j+2}
+        aYp[j] -= g  # aY_{j-1}
+        aYp[j + 2] -= cb * (Yp[j + 3] - Yp[j]) * afY  # aY_{j+1}
+    _fold_ring(aYp, ax[K:], 1, 2)
+    for j in range(J * K):
+        ax[K + j] -= c * af[K + j]  # aY_j
+    # fX_k = (X_{k+1} - X_{k-2}) X_{k-1} - X_k + F - s Ysum_k
+    aF = 0.0
+    for k in range(K):
+        afX = af[k]
+        for j in range(k * J, (k + 1) * J):
+            ax[K + j] -= s * afX  # aY_{j,k} += aYsum_k = -s afX_k
+        aF += afX
+        aXp[k + 3] += Xp[k + 1] * afX  # aX_{k+1}
+        aXp[k] -= Xp[k + 1] * afX  # aX_{k-2}
+        aXp[k + 1] += (Xp[k + 3] - Xp[k]) * afX  # aX_{k-1}
+        ax[k] -= afX  # aX_k
+    _fold_ring(aXp, ax[:K], 2, 1)
+    return aF
+
+
+@_compile
+def two_scale_forecast_window(x0, K, J, coefficients, dt, states, stages):
+    """The NL sweep of RK4 (as :func:`forecast_window`): ``states`` (S + 1, n), stage states ``stages`` (S, 4, n)."""
+    n = x0.size
+    c = (0.0, 0.5, 0.5, 1.0)
+    b = (1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0)
+    Xp, Yp = np.empty(K + 3), np.empty(n - K + 3)
+    k = np.empty((4, n))
+    states[0] = x0
+    for step in range(stages.shape[0]):
+        x, X = states[step], stages[step]
+        for s in range(4):
+            for i in range(n):
+                X[s, i] = x[i] if s == 0 else x[i] + (dt * c[s]) * k[s - 1, i]  # X_s
+            _two_scale_tendency(X[s], K, J, coefficients, Xp, Yp, k[s])  # k_s = f(X_s)
+        for i in range(n):  # in the numpy path's order
+            states[step + 1, i] = x[i] + (dt * b[0]) * k[0, i]
+            for s in range(1, 4):
+                states[step + 1, i] += (dt * b[s]) * k[s, i]
+
+
+@_compile
+def two_scale_tl_window(stages, K, J, coefficients, dt, dx0, dF, n_steps, dx):
+    """The TL sweep (as :func:`tl_window`): ``dx`` (n_steps + 1, m, n) from ``dx0`` (m, n), ``dF`` (m,)."""
+    n = dx0.shape[1]
+    c = (0.0, 0.5, 0.5, 1.0)
+    b = (1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0)
+    Xp, Yp, dXp, dYp = np.empty(K + 3), np.empty(n - K + 3), np.empty(K + 3), np.empty(n - K + 3)
+    dX = np.empty(n)
+    dk = np.empty((4, n))
+    dx[0] = dx0
+    for step in range(n_steps):
+        for d in range(dx0.shape[0]):
+            dx_prev = dx[step, d]
+            for s in range(4):
+                for i in range(n):
+                    dX[i] = dx_prev[i] if s == 0 else dx_prev[i] + dt * c[s] * dk[s - 1, i]  # dX_s
+                X = stages[step, s]
+                _pad_ring(X[:K], Xp, 2, 1)
+                _pad_ring(X[K:], Yp, 1, 2)
+                _two_scale_tendency_tl(X, K, J, coefficients, Xp, Yp, dX, dF[d], dXp, dYp, dk[s])  # dk_s
+            for i in range(n):
+                dx[step + 1, d, i] = dx_prev[i] + dt * (b[0] * dk[0, i] + b[1] * dk[1, i] + b[2] * dk[2, i] + b[3] * dk[3, i])
+
+
+@_compile
+def two_scale_ad_window(stages, K, J, coefficients, dt, forcings, forced, ax, aF):
+    """The AD sweep (as :func:`ad_window`), the TL's statements in reverse order."""
+    n = ax.shape[1]
+    S = forcings.shape[0] - 1
+    c = (0.0, 0.5, 0.5, 1.0)
+    b = (1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0)
+    Xp, Yp, aXp, aYp = np.empty(K + 3), np.empty(n - K + 3), np.empty(K + 3), np.empty(n - K + 3)
+    aX = np.empty(n)
+    ak = np.empty((4, n))
+    for d in range(ax.shape[0]):
+        a = ax[d]
+        a[:] = 0.0
+        aF[d] = 0.0
+        for step in range(S, 0, -1):
+            if forced[step]:
+                for i in range(n):
+                    a[i] += forcings[step, d, i]
+            for s in range(4):
+                for i in range(n):
+                    ak[s, i] = dt * b[s] * a[i]  # ak_s
+            for s in range(3, -1, -1):
+                X = stages[step - 1, s]
+                _pad_ring(X[:K], Xp, 2, 1)
+                _pad_ring(X[K:], Yp, 1, 2)
+                aF[d] += _two_scale_tendency_ad(X, K, J, coefficients, Xp, Yp, ak[s], aXp, aYp, aX)  # (aX_s, aF_s)
+                for i in range(n):
+                    a[i] += aX[i]  # ax += aX_s
+                if s > 0:
+                    for i in range(n):
+                        ak[s - 1, i] += dt * c[s] * aX[i]  # ak_{s-1} += dt c_s aX_s
+        if forced[0]:
+            for i in range(n):
+                a[i] += forcings[0, d, i]

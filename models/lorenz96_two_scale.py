@@ -43,6 +43,10 @@ With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [
 otherwise ``n_params == 0`` and ``F`` is the constructor's ``forcing``.
 
 One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
+That numpy path is the reference.  When numba is installed, :meth:`Lorenz96TwoScale.step`
+and the window (the engine's ``linearize_window`` hook) run the same arithmetic in the
+compiled kernels of :mod:`models.lorenz96_kernels` (the trajectory bit for bit);
+``compiled=False`` keeps the numpy path everywhere.
 The fast scale is ``c`` times faster than the slow one, so the step must be short:
 ``dt = 0.005`` is the usual choice for ``c = 10``.
 """
@@ -54,7 +58,7 @@ import numpy as np
 from fourdvar.model import as_vector
 
 from .integrators import IntegratedModel, RungeKutta
-from .lorenz96 import as_columns, fold_padded, forcing_adjoint, periodic_pad
+from .lorenz96 import KERNELS_AVAILABLE, CompiledWindow, as_columns, fold_padded, forcing_adjoint, kernels, periodic_pad
 
 # Ghost cells (left, right) of the two rings: X needs k-2, k-1, k+1; Y needs j-1, j+1, j+2.
 SLOW_PAD = (2, 1)
@@ -198,6 +202,7 @@ class Lorenz96TwoScale(IntegratedModel):
         space_scale: float = 10.0,
         dt: float = 0.005,
         estimate_forcing: bool = False,
+        compiled: bool = True,
     ):
         self.n_slow = _positive_integer(n_slow, 4, "n_slow")
         self.n_fast_per_slow = _positive_integer(n_fast_per_slow, 1, "n_fast_per_slow")
@@ -215,6 +220,35 @@ class Lorenz96TwoScale(IntegratedModel):
             self.coupling, self.time_scale, self.space_scale,
         )
         self.integrator = RungeKutta("rk4", self.dt)
+        self.compiled = bool(compiled) and KERNELS_AVAILABLE
+
+    def _kernel_arguments(self, p: np.ndarray) -> tuple:
+        """``(K, J, (F, s, c, c b), dt)`` for the compiled kernels."""
+        t = self.tendency
+        coefficients = np.array([t.forcing_of(p), t.coupling_coefficient, t.time_scale, t.advection_scale])
+        return self.n_slow, self.n_fast_per_slow, coefficients, self.dt
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        if not self.compiled:
+            return super().step(x, p)
+        x, p = self._inputs(x, p)
+        states = np.empty((2, self.n_state))
+        kernels().two_scale_forecast_window(x, *self._kernel_arguments(p), states, np.empty((1, 4, self.n_state)))
+        return states[1]
+
+    @property
+    def linearize_window(self):
+        """The engine's window hook, present only with the compiled kernels (a
+        :class:`models.lorenz96.CompiledWindow`); without them the engine chains the numpy steps."""
+        if not self.compiled:
+            raise AttributeError("linearize_window")
+        return self._compiled_window
+
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> CompiledWindow:
+        x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
+        k, arguments = kernels(), self._kernel_arguments(p)
+        return CompiledWindow((k.two_scale_forecast_window, k.two_scale_tl_window, k.two_scale_ad_window), arguments, arguments,
+                              x0, self.n_params, int(n_steps))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
