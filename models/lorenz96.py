@@ -251,7 +251,7 @@ class CompiledWindow:
         rows = np.ascontiguousarray(np.atleast_2d(dx0.T))  # (m, n): one direction per row
         dx = np.empty((K + 1,) + rows.shape)
         self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, dx)
-        return [dx[k].T if dx0.ndim == 2 else dx[k, 0] for k in range(K + 1)]
+        return list(dx.transpose(0, 2, 1)) if dx0.ndim == 2 else list(dx[:, 0])
 
     def ad(self, forcings) -> tuple[np.ndarray, np.ndarray]:
         """``(ax_0, ap)`` for forcings ``{k: f_k}``, each ``(n,)`` or a block ``(n, m)``."""
@@ -261,7 +261,7 @@ class CompiledWindow:
         forcing_rows = np.zeros((K + 1, m, self.n_state))
         forced = np.zeros(K + 1, dtype=np.bool_)
         for k, f in forcings.items():
-            forcing_rows[k] = np.reshape(f, (self.n_state, m)).T
+            forcing_rows[k] = f.T if block else f
             forced[k] = True
         ax, aF = np.empty((m, self.n_state)), np.empty(m)
         self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, ax, aF)
