@@ -60,7 +60,15 @@ returned ``window`` must provide, with exactly the meaning they have in
     adjoint of ``tl``, ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``.  Both
     arrays are fresh (the caller may modify them).
 
-``steps`` (the per-step linearisations) may be absent.
+``steps`` (the per-step linearisations) may be absent.  The hook need not check
+that the trajectory stays finite: :func:`linearize_window` runs it with
+overflow/invalid warnings silenced, then checks ``states`` and raises
+:class:`DivergenceError` naming the first step that is not finite, as
+:class:`WindowLinearization` does (which stops at that step), with the same
+message.  It also checks the shape of ``states``, so a plug-in's mistake is
+reported there.  ``tests/test_window_batching.py`` holds the checks a hook
+should pass against the per-step chain; :class:`PerStepModel` gives that chain
+for the same model.
 
 Many directions at once (blocked TL/AD)
 ---------------------------------------
@@ -84,15 +92,7 @@ is then blocked too (its ``blocked`` attribute).  A window returned by a
 ``linearize_window`` hook says so with its own ``blocked`` attribute.
 :func:`tl_block` and :func:`ad_block` apply a window to a block, in one sweep
 when the window is blocked and column by column otherwise, so a user's model
-without blocks still works wherever blocks are used.  The hook need not check
-that the trajectory stays finite: :func:`linearize_window` runs it with
-overflow/invalid warnings silenced, then checks ``states`` and raises
-:class:`DivergenceError` naming the first step that is not finite, as
-:class:`WindowLinearization` does (which stops at that step), with the same
-message.  It also checks the shape of ``states``, so a plug-in's mistake is
-reported there.  ``tests/test_window_batching.py`` holds the checks a hook
-should pass against the per-step chain; :class:`PerStepModel` gives that chain
-for the same model.
+without blocks still works wherever blocks are used.
 """
 
 from __future__ import annotations
