@@ -20,8 +20,9 @@ is some tens of numpy calls on short vectors: their overhead, not arithmetic,
 is the cost.  There the step's Jacobian ``[M_x | M_p]`` (``n x (n + n_params)``)
 is cheaper to apply, two matrix-vector products.  A :class:`WindowLinearization`
 of a model with blocked TL/AD (see below) whose step Jacobian has at most
-``DENSE_STEP_SIZE`` elements builds it on its third sweep (an inner loop makes
-tens; a single gradient makes one, and pays nothing), from one blocked AD per step::
+``DENSE_STEP_SIZE`` elements (``DENSE_WINDOW_SIZE`` over the window) builds them
+on its third sweep (an inner loop makes tens; a single gradient makes one, and
+pays nothing), from one blocked AD per step::
 
     [M_x^T; M_p^T] = AD(I_n)        then   TL  dx_next = M_x dx + M_p dp
                                            AD  (ax_prev, ap) = (M_x^T ax, M_p^T ax)
@@ -155,6 +156,8 @@ class WindowLinearization:
 
     #: the largest step Jacobian ``n_state * (n_state + n_params)`` stored (module docstring)
     DENSE_STEP_SIZE = 1 << 15
+    #: the most Jacobian values stored over a whole window (64 MB)
+    DENSE_WINDOW_SIZE = 1 << 23
     #: the sweep (TL or AD call) on which the step Jacobians are built
     DENSE_AFTER_SWEEPS = 3
 
@@ -186,7 +189,8 @@ class WindowLinearization:
     def _count_sweep(self) -> None:
         """Count a TL or AD sweep; on the ``DENSE_AFTER_SWEEPS``-th, store the step Jacobians if that pays."""
         self.sweeps += 1
-        small = self.n_state * (self.n_state + self.n_params) <= self.DENSE_STEP_SIZE
+        step_size = self.n_state * (self.n_state + self.n_params)
+        small = step_size <= self.DENSE_STEP_SIZE and step_size * self.n_steps <= self.DENSE_WINDOW_SIZE
         if self.sweeps == self.DENSE_AFTER_SWEEPS and self.blocked and small:
             self.steps = [DenseStepLinearization(lin, self.n_state) for lin in self.steps]
 

@@ -259,8 +259,10 @@ def test_a_small_window_stores_its_step_jacobians_from_the_third_sweep_on(name, 
 def test_a_large_window_or_one_without_blocks_keeps_its_steps():
     model, x, p = make_model("lorenz96 F")
     large = WindowLinearization(Lorenz96(n_state=200, estimate_forcing=True), 8.0 + np.sin(np.arange(200)), np.array([8.0]), 3)
+    long = WindowLinearization(model, x, p, 30)
+    long.DENSE_WINDOW_SIZE = 29 * model.n_state * (model.n_state + 1)  # one step too many
     plain = WindowLinearization(WithoutBlocks(model), x, p, 3)
-    for window in (large, plain):
+    for window in (large, long, plain):
         for _ in range(4):
             window.tl(np.ones(window.n_state), np.ones(window.n_params))
         assert window.sweeps == 4 and not window.dense
