@@ -244,7 +244,7 @@ def hessian_table(n_batches):
 
 COMPILE_PROBE = """
 import time
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import numpy as np
 from models import Lorenz96
 model = Lorenz96(40, estimate_forcing=True)
@@ -255,12 +255,12 @@ window.tl(x, p)
 window.ad({5: x})
 window.tl(np.ones((40, 2)), np.ones((1, 2)))
 window.ad({5: np.ones((40, 2))})
-print(f"{time.perf_counter() - t0:.2f}")
+print(f"{time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s cpu")
 """
 
 
 def compile_table():
-    print("4. Lorenz-96 kernels: first use in a fresh process (import numba, compile or load: step, window NL/TL/AD)")
+    print("4. Lorenz-96 kernels: first use in a fresh process (import fourdvar and numba, compile or load the one-scale step and window NL/TL/AD)")
     if not KERNELS_AVAILABLE:
         print("   numba not installed: the numpy path runs, nothing to compile")
         return
@@ -268,7 +268,7 @@ def compile_table():
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         times = [subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=env, capture_output=True, text=True, check=True).stdout.strip()
                  for _ in range(2)]
-    print(f"   empty cache (compiles) {times[0]} s    cache filled (loads) {times[1]} s")
+    print(f"   empty cache (compiles): {times[0]}    cache filled (loads): {times[1]}")
     print()
 
 
