@@ -70,10 +70,10 @@ class LocalNetworkTendencyLinearization:
     The TL and AD are then a handful of numpy calls instead of the layer-by-layer
     products, which matters where the calls' overhead, not their arithmetic,
     dominates (Lorenz-96 size, ``n = 40``).  The two forms are the same derivative.
-    The Jacobians are built on the ``EXPLICIT_AFTER_CALLS``-th one-vector TL or AD
-    call, not when linearising: a linearisation costs the forward pass, and one
-    used once or twice (a window whose steps are then stored as Jacobians,
-    :mod:`fourdvar.window`) never pays for them.
+    The Jacobians are built on the first blocked call or the ``EXPLICIT_AFTER_CALLS``-th
+    one-vector TL or AD call, not when linearising: a linearisation costs the
+    forward pass, and one used once or twice (a window whose steps are then stored
+    as Jacobians, :mod:`fourdvar.window`) never pays for them.
     """
 
     EXPLICIT_JACOBIAN_SIZE = 1 << 16
@@ -89,10 +89,11 @@ class LocalNetworkTendencyLinearization:
         self.Jx = self.cJp = None
 
     def _explicit_ready(self, v: np.ndarray) -> bool:
-        """Whether the stored Jacobians apply (building them on the ``EXPLICIT_AFTER_CALLS``-th one-vector call)."""
-        if self.explicit and self.Jx is None and v.ndim == 1:
-            self.one_vector_calls += 1
-            if self.one_vector_calls >= self.EXPLICIT_AFTER_CALLS:
+        """Whether the stored Jacobians apply (building them on the first blocked or the
+        ``EXPLICIT_AFTER_CALLS``-th one-vector call)."""
+        if self.explicit and self.Jx is None:
+            self.one_vector_calls += v.ndim == 1
+            if v.ndim > 1 or self.one_vector_calls >= self.EXPLICIT_AFTER_CALLS:
                 self.Jx, Jp = self.net.column_jacobians()  # d/dS of NN((S - m)/c) is Jx / c, times the outer c
                 self.cJp = self.scale * Jp
         return self.Jx is not None

@@ -180,7 +180,7 @@ class NetworkLinearization:
         da = dx
         for i, (W, dW_i, a_prev) in enumerate(zip(self.W, dW, self.a_prev)):
             dz = (W[:, :-1] @ da.reshape(da.shape[0], m * k)).reshape(W.shape[0], m, k)
-            dz += np.einsum("rck,cm->rmk", dW_i, a_prev, optimize=True)
+            dz += np.matmul(a_prev.T, dW_i)  # dW_i[r] a_{i-1} for each unit r: (m, c) @ (c, k)
             fprime = self.fprime(i)
             da = dz if fprime is None else np.multiply(fprime[:, :, None], dz, out=dz)
         return da
@@ -236,6 +236,6 @@ class NetworkLinearization:
         for i in reversed(range(self.network.n_layers)):
             W, fprime = self.W[i], self.fprime(i)
             az = aa if fprime is None else fprime[:, :, None] * aa
-            np.einsum("rmk,cm->rck", az, self.a_prev[i], out=aW[i], optimize=True)
+            np.matmul(self.a_prev[i], az, out=aW[i])  # aW_i[r] = a_{i-1} az_i[r]: (c, m) @ (m, k) per unit r
             aa = (W[:, :-1].T @ az.reshape(W.shape[0], m * k)).reshape(W.shape[1] - 1, m, k)
         return aa, ap
