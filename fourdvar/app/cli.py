@@ -324,8 +324,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes are one line too (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fourdvar", description="Incremental 4D-Var with hand-coded tangent-linear and adjoint models.")
+    parser = _OneLineParser(prog="fourdvar", description="Incremental 4D-Var with hand-coded tangent-linear and adjoint models.")
     parser.add_argument("--version", action="version", version=f"fourdvar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -111,6 +111,11 @@ class Plan:
         self.n_steps = config["window"]["steps"]
         self.n_cycles = config["window"]["cycles"]
         self.model = build_component(config["model"], "model")
+        if shared is not None and self.model.n_state != shared.model.n_state:
+            raise ConfigError(
+                f"model: n_state = {self.model.n_state}, but the main run's model has n_state = {shared.model.n_state} "
+                "(a comparison run shares its truth and observations)"
+            )
         self.control = config["assimilation"]["control"]
         if "params" in self.control and self.model.n_params == 0:
             raise ConfigError(f"assimilation.control: 'params' is in the control but the model {self.model!r} has no parameters")
