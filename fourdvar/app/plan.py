@@ -143,6 +143,18 @@ class Plan:
         path = Path(name)
         return path if path.is_absolute() else self.base_dir / path
 
+    @property
+    def solver_options(self) -> dict:
+        """The keywords of :meth:`fourdvar.FourDVar.solve` this configuration sets: the
+        one place that maps ``assimilation:`` keys to solver options."""
+        assimilation = self.config["assimilation"]
+        inner = assimilation["inner"]
+        return {
+            "outer_loops": assimilation["outer_loops"], "method": inner["method"], "max_iterations": inner["max_iterations"],
+            "gradient_reduction": inner["gradient_reduction"], "transform": assimilation["transform"],
+            "backtracking": assimilation["backtracking"],
+        }
+
     def with_initial_params(self, pb0: np.ndarray, **attributes) -> "Plan":
         """A copy of the plan starting from the parameters ``pb0`` (and with ``attributes`` set)."""
         plan = copy.copy(self)

@@ -119,17 +119,13 @@ def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
         recorder.rows.extend(rows)
         recorder.P_next = state.P
     posterior = plan.config["background"]["params"]["update"] == "posterior" and "params" in plan.control
-    assimilation = plan.config["assimilation"]
-    inner = assimilation["inner"]
     windows = (plan.observations.window(c * plan.n_steps, plan.n_steps, include_end=False) for c in range(state.cycle, plan.n_cycles))
     outcomes = cycle(
         plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
         start_cycle=state.cycle, background_policy=plan.background_policy,
         params_policy=None if posterior else plan.params_policy,
         params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
-        outer_loops=assimilation["outer_loops"], method=inner["method"], max_iterations=inner["max_iterations"],
-        gradient_reduction=inner["gradient_reduction"], transform=assimilation["transform"],
-        backtracking=assimilation["backtracking"], max_cost_per_obs=assimilation["max_cost_per_obs"],
+        max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], **plan.solver_options,
     )
     current = state.cycle
     try:
