@@ -205,14 +205,14 @@ def command_check(args) -> int:
 
     config = _load(args)
     output, what = _output(args, config)
-    experiment = _plan(args, config, output, what)
+    plan = _plan(args, config, output, what)
     rng = np.random.default_rng(config["seed"])
-    model, x, p = experiment.model, experiment.xb0, experiment.pb0
-    n_steps = experiment.n_steps
+    model, x, p = plan.model, plan.xb0, plan.pb0
+    n_steps = plan.n_steps
     sections = [(f"model {model!r}", checks.check_model(model, x, p, rng, n_steps=n_steps))]
 
-    slots = list(experiment.observations.window(0, n_steps, include_end=False))
-    states = experiment.truth["trajectory"] if experiment.truth is not None else forecast(model, x, p, n_steps)
+    slots = list(plan.observations.window(0, n_steps, include_end=False))
+    states = plan.truth["trajectory"] if plan.truth is not None else forecast(model, x, p, n_steps)
     seen = set()
     for slot in slots:
         if id(slot.operator) in seen:
@@ -223,15 +223,15 @@ def command_check(args) -> int:
             checks.operator_adjoint_test(slot.operator, x_obs, rng),
             checks.operator_taylor_test(slot.operator, x_obs, rng),
         ]))
-    covariances = [("B", experiment.B0)] + ([("P", experiment.P0)] if experiment.P0 is not None else [])
+    covariances = [("B", plan.B0)] + ([("P", plan.P0)] if plan.P0 is not None else [])
     if slots:
         covariances.append(("R (first observation time)", slots[0].covariance))
     for name, covariance in covariances:
         sections.append((f"covariance {name}", [checks.covariance_sqrt_adjoint_test(covariance, rng), checks.covariance_inverse_test(covariance, rng)]))
-    P = experiment.P0 if "params" in experiment.control else None
-    cost = FourDVarCost(model, slots, x, B=experiment.B0, pb=p, P=P, n_steps=n_steps)
-    sections.append((f"cost of the first window (control: {', '.join(experiment.control)})",
-                     checks.check_cost(cost, x, p, experiment.control, rng, transform=config["assimilation"]["transform"])))
+    P = plan.P0 if "params" in plan.control else None
+    cost = FourDVarCost(model, slots, x, B=plan.B0, pb=p, P=P, n_steps=n_steps)
+    sections.append((f"cost of the first window (control: {', '.join(plan.control)})",
+                     checks.check_cost(cost, x, p, plan.control, rng, transform=config["assimilation"]["transform"])))
 
     failed = 0
     for title, results in sections:
@@ -256,21 +256,21 @@ def command_generate(args) -> int:
     output, what = _output(args, config, default)
     if what != "--output":
         what = f"{args.config}: the observation file derived from output.file"
-    experiment = _plan(args, config, output, what)
+    plan = _plan(args, config, output, what)
     try:
-        dataset = experiment.observations.to_dataset()
+        dataset = plan.observations.to_dataset()
     except ValueError as error:
         raise CommandError(f"{args.config}: observations.operator: cannot be written to an observation file ({error})") from None
-    truth = experiment.truth["trajectory"]
+    truth = plan.truth["trajectory"]
     dataset["truth"] = (("time_step", "x"), truth, {"long_name": "truth trajectory (model state) from the start of cycle 0", "units": "1"})
     dataset = dataset.assign_coords(time_step=np.arange(truth.shape[0]), x=np.arange(truth.shape[1]))
-    dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=experiment.n_steps,
+    dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=plan.n_steps,
                          title=config["title"] or "fourdvar truth and observations")
     try:
         write_atomic(dataset, output)
     except WriteError as error:
         raise CommandError(str(error.strerror)) from None
-    print(f"wrote {output} ({experiment.observations.n_obs} observations at {len(experiment.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)
+    print(f"wrote {output} ({plan.observations.n_obs} observations at {len(plan.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)
     return EXIT_OK
 
 
