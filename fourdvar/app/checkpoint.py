@@ -54,8 +54,11 @@ class Checkpoint:
         while not missing.exists() and missing != missing.parent:
             self._created.append(missing)
             missing = missing.parent
-        self.directory.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise CheckpointError(f"cannot create the checkpoint {self.directory}: {error.strerror}") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

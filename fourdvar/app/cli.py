@@ -98,8 +98,8 @@ def _open_dataset(path: Path, what: str):
 class Progress:
     """A progress bar on a terminal, plain lines otherwise, nothing with ``--quiet``."""
 
-    def __init__(self, total: int, stream=None, quiet: bool = False, start_cycle: int = 0):
-        self.total, self.quiet, self.start_cycle = total, quiet, start_cycle
+    def __init__(self, total: int, stream=None, quiet: bool = False):
+        self.total, self.quiet, self.start_cycle = total, quiet, None
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.started = time.perf_counter()
@@ -110,6 +110,8 @@ class Progress:
         import numpy as np
 
         cycle, total = outcome.cycle, self.total
+        if self.start_cycle is None:  # a resumed run starts later
+            self.start_cycle = cycle
         done = cycle + 1
         elapsed = time.perf_counter() - self.started
         rate = elapsed / max(done - self.start_cycle, 1)
@@ -140,50 +142,26 @@ class Progress:
 
 
 def command_run(args) -> int:
-    from .checkpoint import Checkpoint, CheckpointError
-    from .results import WriteError, config_text, write_atomic
-    from .run import CyclingState, RunDiverged, execute
+    from .checkpoint import CheckpointError
+    from .results import WriteError
+    from .run import RunDiverged, run_to_file
 
     config = _load(args)
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
     plan = _plan(args, config, output, what)
-    text = config_text(config)
-    checkpoint = Checkpoint(output)
+    say = None if args.quiet else (lambda line: _say(args, line))
     try:
-        checkpoint.acquire()
-    except (CheckpointError, OSError) as error:
-        raise CommandError(str(error) if isinstance(error, CheckpointError) else f"cannot create {checkpoint.directory}: {error.strerror}") from None
-    try:
-        resume = None
-        if args.resume:
-            windows = checkpoint.load(text)
-            if windows:
-                resume = ([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan))
-                _say(args, f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
-            else:
-                _say(args, f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
-        else:
-            checkpoint.clear()
-        start = resume[1].cycle if resume is not None else 0
-        progress = Progress(plan.n_cycles, quiet=args.quiet, start_cycle=start)
-        dataset = execute(
-            plan, resume=resume, on_window=lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text),
-            progress=progress, message=None if args.quiet else (lambda line: _say(args, line)),
-        )
-        write_atomic(dataset, output)
-        checkpoint.remove()
+        dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say)
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted; completed cycles are saved in {checkpoint.directory}; continue with --resume", file=sys.stderr)
+        print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RunDiverged as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
     except WriteError as error:
         raise CommandError(str(error.strerror)) from None
-    finally:
-        checkpoint.release()
     _say(args, f"wrote {output} ({plan.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)")
     for key, value in dataset.attrs.items():
         if key.startswith("headline_"):

@@ -21,12 +21,13 @@ import xarray as xr
 from ..covariances import Dense, Diagonal
 from ..cycling import WindowOutcome, cycle
 from ..window import DivergenceError, forecast
+from .checkpoint import Checkpoint
 from .diagnostics import comparison_variables, headlines
 from .fitting import fit_tendency
 from .plan import Plan
-from .results import ResultRecorder
+from .results import ResultRecorder, config_text, write_atomic
 
-__all__ = ["CyclingState", "execute", "RunDiverged"]
+__all__ = ["CyclingState", "execute", "run_to_file", "RunDiverged"]
 
 
 class RunDiverged(DivergenceError):
@@ -108,6 +109,42 @@ def execute(
                 dataset.attrs[f"fit_loss_{comparison.name}"] = other.fit_loss
         dataset.attrs.update({f"headline_{key}": round(value, 6) for key, value in headlines(plan, dataset, results).items()})
     dataset.attrs["run_seconds"] = round(time.perf_counter() - started, 3)
+    return dataset
+
+
+def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None) -> xr.Dataset:
+    """Run ``plan`` to its file ``plan.output`` through a checkpoint (what ``fourdvar run`` does).
+
+    Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
+    runs, saves every window, continues the windows already saved when ``resume``,
+    writes the result atomically and removes the checkpoint.  Raises
+    :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
+    configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
+    an interruption leaves the saved windows for ``resume``.
+    """
+    say = message or (lambda line: None)
+    text = config_text(plan.config)
+    checkpoint = Checkpoint(plan.output)
+    checkpoint.acquire()
+    try:
+        saved = None
+        if resume:
+            windows = checkpoint.load(text)
+            if windows:
+                saved = ([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan))
+                say(f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
+            else:
+                say(f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
+        else:
+            checkpoint.clear()
+        dataset = execute(
+            plan, resume=saved, on_window=lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text),
+            progress=progress, message=message,
+        )
+        write_atomic(dataset, plan.output)
+        checkpoint.remove()
+    finally:
+        checkpoint.release()
     return dataset
 
 
