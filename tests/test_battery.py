@@ -475,3 +475,13 @@ def test_write_error_on_a_full_disk_names_the_path_and_the_space(tmp_path, monke
     assert message.startswith(f"cannot write {tmp_path / 'out' / 'r.nc'}: no space left on the device (needs about 7.8 KiB, ")
     assert message.endswith(" free)") and "\n" not in message
     assert not list((tmp_path / "out").iterdir())  # the partial temporary is gone
+
+
+def test_the_checkpoint_benchmark_runs_and_prints_its_ratio():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoint.py"
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=TIMEOUT,
+                            env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert result.returncode == 0, describe(result)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("ratio of write time at 50 windows / at 10 windows: ")
+    assert float(last.rpartition(" ")[2]) > 0
