@@ -5,10 +5,14 @@
     fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
     fourdvar plot RESULT.nc [--output DIR]
 
-Relative paths in a configuration are relative to the directory the command runs in.
-Bad input (a wrong configuration or file) prints one line on stderr and exits
-with status 2 before any long computation; a failing consistency check exits 1;
-a forecast that diverges exits 1 with the cycle, outer loop and step.
+``python -m fourdvar`` is the same command.  Relative paths in a configuration are
+relative to the directory the command runs in.  Every command that reads a
+configuration builds the same :class:`~fourdvar.app.plan.Plan`, so bad input (a
+wrong configuration, file or output path) prints one line on stderr and exits with
+status 2 before any computation and before anything is written; a failing
+consistency check exits 1; a forecast that diverges exits 1 with the cycle, outer
+loop and step.  Imports are late, so a mistake is reported without loading the
+numerical stack it does not need.
 """
 
 from __future__ import annotations
