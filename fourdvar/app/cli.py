@@ -11,8 +11,8 @@ configuration builds the same :class:`~fourdvar.app.plan.Plan`, so bad input (a
 wrong configuration, file or output path) prints one line on stderr and exits with
 status 2 before any computation and before anything is written; a failing
 consistency check exits 1; a forecast that diverges exits 1 with the cycle, outer
-loop and step.  Imports are late, so a mistake is reported without loading the
-numerical stack it does not need.
+loop and step.  The application's modules are imported late, by the commands
+that need them (``plot`` alone loads matplotlib).
 """
 
 from __future__ import annotations
