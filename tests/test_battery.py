@@ -149,6 +149,7 @@ CASES: dict[str, Case] = {
     "output_under_proc": Case((*RUN, "--output", "/proc/self/result.nc"), ("/proc", "system tree")),
     "output_under_dev": Case((*RUN, "--output", "/dev/null"), ("/dev", "system tree")),
     "output_name_300_characters": Case((*RUN, "--output", "r" * 300 + ".nc"), ("file name is too long",)),
+    "output_path_5000_characters": Case((*RUN, "--output", "a/" * 2500 + "r.nc"), ("--output", "the path is too long")),
     "output_dangling_symlink": Case((*RUN, "--output", "dangling.nc"), ("dangling.nc", "dangling symbolic link"),
                                     setup=lambda d: (d / "dangling.nc").symlink_to("nowhere/else.nc")),
     "output_parent_is_a_file": Case((*RUN, "--output", "blocker/result.nc"), ("blocker", "not a directory"), setup=with_files(blocker="a file\n")),
@@ -176,6 +177,8 @@ CASES: dict[str, Case] = {
     "config_duplicate_key": Case(RUN, ("duplicate key 'seed'", "line 2"), "seed: 1\nseed: 2\n" + text(seed=None)),
     "config_alias_bomb": Case(RUN, ("expands to", "nodes"), alias_bomb()),
     "config_huge_value_cut": Case(RUN, ("title: expected a string",), text(title=list(range(20000)))),
+    "config_deeply_nested": Case(RUN, ("experiment.yaml", "nested too deeply"), "model: " + "[" * 5000 + "]" * 5000 + "\n"),
+    "model_type_20000_characters": Case(RUN, ("model.type", "unknown model type", "..."), text(model={"type": "x" * 20000})),
     "config_unknown_key": Case(RUN, ("windw", "did you mean 'window'"), text(windw={"steps": 2})),
     # values that make no sense
     "seed_minus_one_option": Case((*RUN, "--seed", "-1"), ("--seed", "expected an integer >= 0")),
@@ -226,6 +229,7 @@ CASES: dict[str, Case] = {
     "plot_analysis_of_wrong_shape": Case(("plot", "odd.nc"), ("odd.nc", "not a fourdvar result"),
                                          setup=lambda d: xr.Dataset({"analysis": (("a",), np.zeros(3))}).to_netcdf(d / "odd.nc")),
     "plot_result_without_figures": Case(("plot", "first.nc", "--output", "figs"), ("first.nc", "nothing to plot"), setup=lambda d: a_result(d)),
+    "plot_output_path_too_long": Case(("plot", "first.nc", "--output", "d" * 300), ("--output", "too long"), setup=lambda d: a_result(d)),
     "plot_output_is_a_file": Case(("plot", "first.nc", "--output", "experiment.yaml"), ("--output", "not a directory"), setup=lambda d: a_result(d)),
     # divergence: exit 1, the place named
     "divergence_names_the_cycle": Case(RUN, ("the run diverged", "cycle 0", "outer loop 0", "step"),

@@ -55,7 +55,7 @@ def build_component(spec: dict, path: str, builder=build_model, **extra):
         raise ConfigError(f"{path}: {_cut(error)}") from None
 
 
-def _cut(error: Exception, limit: int = 300) -> str:
+def _cut(error: Exception, limit: int = 200) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -416,6 +416,7 @@ def _params_from_result(path: Path, key: str) -> np.ndarray:
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 #: Characters the output name must leave for the names derived from it (checkpoints, temporaries).
 _DERIVED_SUFFIX = len(".checkpoint") + len("..XXXXXXXX.tmp") + 2
+_PATH_MAX = 4096  # Linux; checked before the file system is asked anything
 
 
 def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
@@ -446,6 +447,14 @@ def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:
 
 def check_directory(path: Path | str, what: str = "output") -> Path:
     """``path`` if figures can be written into it (it may not exist yet)."""
+    try:
+        return _check_directory(path, what)
+    except OSError as error:
+        shown = os.fspath(path)
+        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else shown[:77] + '...'}: {error.strerror}") from None
+
+
+def _check_directory(path: Path | str, what: str) -> Path:
     path, absolute, shown = _check_path(os.fspath(path), what)
     if path.is_symlink() and not path.exists():
         raise ConfigError(f"{what}: {shown} is a dangling symbolic link")
@@ -460,7 +469,17 @@ def check_directory(path: Path | str, what: str = "output") -> Path:
 def check_output(path: Path | str, inputs=(), what: str = "output") -> Path:
     """``path`` if a result can be written there without harming anything; a
     :class:`ConfigError` saying why not otherwise.  Nothing is created."""
+    try:
+        return _check_output(path, inputs, what)
+    except OSError as error:  # what the file system says about a path it cannot even look up
+        shown = os.fspath(path)
+        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else shown[:77] + '...'}: {error.strerror}") from None
+
+
+def _check_output(path: Path | str, inputs, what: str) -> Path:
     path, absolute, shown = _check_path(os.fspath(path), what)
+    if len(os.fsencode(absolute)) > _PATH_MAX - _DERIVED_SUFFIX:
+        raise ConfigError(f"{what}: {shown}: the path is too long ({len(os.fsencode(absolute))} bytes)")
     directory = absolute.parent
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent
