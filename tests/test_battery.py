@@ -211,6 +211,7 @@ CASES: dict[str, Case] = {
     "type_in_hybrid_physics": Case(RUN, ("model.type", "subprocess:run"), text(model={**HYBRID, "physics": {"type": "subprocess:run", "args": ["touch", "PWNED"]}})),
     "operator_type_is_a_model": Case(RUN, ("observations.operator", "not an operator class"), text(observations={"operator": {"type": "models.lorenz96:Lorenz96"}})),
     "operator_unknown": Case(RUN, ("observations.operator", "idnetity"), text(observations={"operator": {"type": "idnetity"}})),
+    "users_observations_py_shadows": Case(RUN, ("observations.py", "shadows", "rename"), setup=with_files(**{"observations.py": "x = 1\n"})),
     "users_models_py_shadows": Case(RUN, ("models.py", "shadows", "rename"), setup=with_files(**{"models.py": "x = 1\n"})),
     # generate
     "generate_linear_operator": Case(GENERATE, ("observations.operator", "observation file"),
