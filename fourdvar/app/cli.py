@@ -165,7 +165,9 @@ def command_run(args) -> int:
     except RunDiverged as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
     except WriteError as error:
-        raise CommandError(str(error.strerror)) from None
+        saved = output.with_name(output.stem + ".checkpoint")
+        hint = f"; the completed windows are kept in {saved}: continue with --resume" if saved.is_dir() else ""
+        raise CommandError(f"{error.strerror}{hint}") from None
     _say(args, f"wrote {output} ({plan.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)")
     for key, value in dataset.attrs.items():
         if key.startswith("headline_"):
