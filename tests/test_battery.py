@@ -229,8 +229,8 @@ CASES: dict[str, Case] = {
     "plot_observation_file": Case(("plot", "obs.nc"), ("obs.nc", "not a fourdvar result"), setup=observation_file),
     "plot_analysis_of_wrong_shape": Case(("plot", "odd.nc"), ("odd.nc", "not a fourdvar result"),
                                          setup=lambda d: xr.Dataset({"analysis": (("a",), np.zeros(3))}).to_netcdf(d / "odd.nc")),
-    "plot_result_without_figures": Case(("plot", "first.nc", "--output", "figs"), ("first.nc", "nothing to plot"),
-                                        setup=lambda d: a_result(d, analysis=(("cycle", "step", "x"), np.full((2, 5, 8), np.nan)))),
+    "plot_result_without_figures": Case(("plot", "empty_grid.nc", "--output", "figs"), ("empty_grid.nc", "nothing to plot"),
+                                        setup=lambda d: xr.Dataset({"analysis": (("cycle", "step", "x"), np.zeros((2, 5, 0)))}).to_netcdf(d / "empty_grid.nc")),
     "plot_output_path_too_long": Case(("plot", "first.nc", "--output", "d" * 300), ("--output", "too long"), setup=lambda d: a_result(d)),
     "plot_output_is_a_file": Case(("plot", "first.nc", "--output", "experiment.yaml"), ("--output", "not a directory"), setup=lambda d: a_result(d)),
     # divergence: exit 1, the place named

@@ -10,9 +10,10 @@ relative to the directory the command runs in.  Every command that reads a
 configuration builds the same :class:`~fourdvar.app.plan.Plan`, so bad input (a
 wrong configuration, file or output path) prints one line on stderr and exits with
 status 2 before any computation and before anything is written; a failing
-consistency check exits 1 (3 when none fails but one stays
-inconclusive); a forecast that diverges exits 1 with the cycle, outer loop and step.  The application's modules are imported late, by the commands
-that need them (``plot`` alone loads matplotlib).
+consistency check exits 1 (3 when none fails but one stays inconclusive); a
+forecast that diverges exits 1 with the cycle, outer loop and step.  The
+application's modules are imported late, by the commands that need them (``plot``
+alone loads matplotlib).
 """
 
 from __future__ import annotations

@@ -665,8 +665,8 @@ def plot_results(dataset_or_path, output_dir) -> list[Path]:
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently; the directory is
-    created only if a figure is written. Returns the paths written, in that order.
+    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently; the
+    directory is created only if a figure is written. Returns the paths written, in that order.
     """
     ds = load_results(dataset_or_path)
     output_dir = Path(output_dir)
