@@ -8,7 +8,9 @@
 Each ``plot_*`` function takes the result :class:`xarray.Dataset` and returns a
 :class:`matplotlib.figure.Figure`, or ``None`` when the dataset lacks what that
 figure needs (no truth, no parameters, ...). :func:`plot_results` saves the
-figures that exist as PNG files and returns their paths.
+figures that exist as PNG files and returns their paths.  A state of
+``MAX_LINE_STATE`` variables or fewer is drawn as lines (``timeseries.png``), not as
+a Hovmöller image.
 
 The figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so
 importing this module never touches pyplot or the global backend.
@@ -665,7 +667,7 @@ def plot_results(dataset_or_path, output_dir) -> list[Path]:
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently. Returns the paths written, in that order.
+    ``params.png``) are skipped silently. Returns the paths written, in that order.
     """
     ds = load_results(dataset_or_path)
     output_dir = Path(output_dir)
