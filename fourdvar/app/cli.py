@@ -7,8 +7,7 @@
 
 Relative paths in a configuration are relative to the directory the command runs in.
 Bad input (a wrong configuration or file) prints one line on stderr and exits
-with status 2 before any long computation; a failing consistency check exits 1
-(3 when none fails but one stays inconclusive);
+with status 2 before any long computation; a failing consistency check exits 1;
 a forecast that diverges exits 1 with the cycle, outer loop and step.
 """
 
