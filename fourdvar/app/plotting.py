@@ -489,8 +489,9 @@ def _direct_observations(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def plot_timeseries(ds: xr.Dataset) -> Figure | None:
-    """Truth, background and analysis of a few state variables against time, with the
-    observations of those variables as dots (every variable of a state of
+    """Truth, background and analysis of a few state variables against time (``None``
+    without truth or background to compare the analysis with), with the observations
+    of those variables as dots (every variable of a state of
     ``MAX_LINE_STATE`` or fewer, instead of a Hovmöller image).  Windows are joined
     using steps 0..L-1 of each, as in :func:`plot_hovmoller`."""
     if not _has(ds, "analysis") or ds["analysis"].ndim != 3:
@@ -505,6 +506,8 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
     stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
     fields = {name: _continuous(ds, name, cycles)[::stride] for name in ("truth", "background", "analysis")
               if _has(ds, name) and _finite(_values(ds, name))}
+    if len(fields) < 2:  # the analysis alone: nothing to compare it with
+        return None
     time = steps[::stride] * dt
     shown = _shown_variables(analysis.shape[-1])
     observations = _direct_observations(ds)
