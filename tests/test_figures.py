@@ -123,3 +123,8 @@ def test_the_gallery_shows_figures_plot_writes_and_only_existing_files():
         assert stem[len(case) + 1 :] in FIGURES, image
     assert "gallery/small_state_timeseries.png" in images and "gallery/small_state_hovmoller.png" not in images
     assert "gallery/surrogate_params.png" in images and "gallery/forcing_params.png" in images
+
+
+def test_an_analysis_alone_gets_no_time_series():
+    ds = synthetic_result(n=3, params=False, truth=False).drop_vars("background")
+    assert plot_timeseries(ds) is None

@@ -183,15 +183,15 @@ def _say(args, line: str) -> None:
 
 def command_check(args) -> int:
     """Every check of :mod:`fourdvar.checks` on what the configuration uses (see
-    :func:`fourdvar.app.checking.check_experiment`); exit status 1 if one fails, 3 if
+    :func:`fourdvar.app.checking.check_plan`); exit status 1 if one fails, 3 if
     none fails but one stays inconclusive, 0 if all pass."""
     from .. import checks
-    from .checking import check_experiment
+    from .checking import check_plan
 
     config = _load(args)
     output, what = _output(args, config)
     plan = _plan(args, config, output, what)
-    counts = check_experiment(plan, config, n_steps=args.window_steps, directions=args.directions)
+    counts = check_plan(plan, config, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
     return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK

@@ -8,7 +8,9 @@
 Each ``plot_*`` function takes the result :class:`xarray.Dataset` and returns a
 :class:`matplotlib.figure.Figure`, or ``None`` when the dataset lacks what that
 figure needs (no truth, no parameters, ...). :func:`plot_results` saves the
-figures that exist as PNG files and returns their paths.
+figures that exist as PNG files and returns their paths.  A state of
+``MAX_LINE_STATE`` variables or fewer is drawn as lines (``timeseries.png``), not as
+a Hovmöller image.
 
 The figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so
 importing this module never touches pyplot or the global backend.
@@ -487,8 +489,9 @@ def _direct_observations(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def plot_timeseries(ds: xr.Dataset) -> Figure | None:
-    """Truth, background and analysis of a few state variables against time, with the
-    observations of those variables as dots (every variable of a state of
+    """Truth, background and analysis of a few state variables against time (``None``
+    without truth or background to compare the analysis with), with the observations
+    of those variables as dots (every variable of a state of
     ``MAX_LINE_STATE`` or fewer, instead of a Hovmöller image).  Windows are joined
     using steps 0..L-1 of each, as in :func:`plot_hovmoller`."""
     if not _has(ds, "analysis") or ds["analysis"].ndim != 3:
@@ -503,6 +506,8 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
     stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
     fields = {name: _continuous(ds, name, cycles)[::stride] for name in ("truth", "background", "analysis")
               if _has(ds, name) and _finite(_values(ds, name))}
+    if len(fields) < 2:  # the analysis alone: nothing to compare it with
+        return None
     time = steps[::stride] * dt
     shown = _shown_variables(analysis.shape[-1])
     observations = _direct_observations(ds)
