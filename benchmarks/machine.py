@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     gradient_table(jax_modules, n_batches, batch_seconds, 5 if args.quick else WINDOW, args.only)
     step_table(n_batches, batch_seconds)
     hessian_table(3 if args.quick else 5)
-    linearisation_table(n_batches, batch_seconds)
     compile_table()
+    linearisation_table(n_batches, batch_seconds)
     return 0
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import functools
 import importlib
 import importlib.util
 
@@ -49,6 +50,7 @@ from .integrators import IntegratedModel, RungeKutta
 KERNELS_AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
+@functools.cache
 def kernels():
     """The compiled kernels, :mod:`models.lorenz96_kernels` (imported, and numba with it, on the first call)."""
     return importlib.import_module(".lorenz96_kernels", __package__)
