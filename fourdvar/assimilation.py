@@ -35,15 +35,25 @@ class FourDVar:
     xb, B : background state and its error covariance
     pb, P : background parameters and their error covariance (``P`` is needed only
         when the parameters are in the control; ``pb`` whenever the model has parameters)
-    control : ``"state"``, ``"params"``, ``"both"`` or a list of those names
+    control : ``"state"``, ``"params"``, ``"model_error"``, ``"both"`` or a list of those names
     n_steps : window length (default: the last observed step)
+    Q, model_error_every : weak constraint: the model-error covariance and the
+        sub-window length (default: the whole window), one forcing ``eta_j`` per
+        sub-window added after each of its steps (see :mod:`fourdvar.cost`); used
+        when ``"model_error"`` is in the control.  ``result.model_error`` is then
+        the analysed forcing, shape ``(n_sub, n_state)``.
     """
 
-    def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None):
+    def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None,
+                 Q=None, model_error_every: int | None = None):
         self.control = Control.parse(control)
         if model.n_params and pb is None:
             raise ValueError(f"the model has {model.n_params} parameters: give their background/fixed values pb")
-        self.cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps)
+        if self.control.model_error and Q is None:
+            raise ValueError("the model error is in the control: give its covariance Q")
+        weak = self.control.model_error
+        self.cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps,
+                                 Q=Q if weak else None, model_error_every=model_error_every if weak else None)
         self.model = model
 
     def incremental_cost(self, x0=None, p=None, transform: bool = True) -> IncrementalCost:
@@ -71,7 +81,7 @@ class FourDVar:
         incremental = self.incremental_cost(x0, p, transform=True)
         A = incremental.hessian_matrix()
         n_x, n_p = incremental.n_x, incremental.n_p
-        C_w = scipy.linalg.cho_solve(scipy.linalg.cho_factor(A), np.eye(incremental.size)[:, n_x:])[n_x:]
+        C_w = scipy.linalg.cho_solve(scipy.linalg.cho_factor(A), np.eye(incremental.size)[:, n_x : n_x + n_p])[n_x : n_x + n_p]
         P_sqrt = np.column_stack([self.cost.P.sqrt(unit) for unit in np.eye(n_p)])
         Pa = P_sqrt @ C_w @ P_sqrt.T
         return 0.5 * (Pa + Pa.T)
