@@ -56,12 +56,18 @@ class FourDVar:
                                  Q=Q if weak else None, model_error_every=model_error_every if weak else None)
         self.model = model
 
-    def incremental_cost(self, x0=None, p=None, transform: bool = True) -> IncrementalCost:
-        """``Jq`` linearised at ``(x0, p)`` (default: the background)."""
+    def incremental_cost(self, x0=None, p=None, transform: bool = True, eta=None) -> IncrementalCost:
+        """``Jq`` linearised at ``(x0, p)`` (default: the background) and, in weak constraint, ``eta`` (default 0)."""
         x0, p = self._first_guess(x0, p)
-        return IncrementalCost(self.cost, x0, p, control=self.control, transform=transform)
+        return IncrementalCost(self.cost, x0, p, control=self.control, transform=transform, eta=eta)
 
-    def params_posterior_covariance(self, x0=None, p=None) -> np.ndarray:
+    def trajectory(self, x0, p, eta=None) -> np.ndarray:
+        """The nonlinear trajectory over the window from ``(x0, p)``, forced by ``eta`` in weak constraint
+        (e.g. ``problem.trajectory(result.x0, result.p, result.model_error)``)."""
+        eta = None if self.cost.Q is None else eta
+        return self.cost.trajectory(np.asarray(x0, dtype=float), np.asarray(p, dtype=float), eta)
+
+    def params_posterior_covariance(self, x0=None, p=None, eta=None) -> np.ndarray:
         """The parameters' posterior error covariance, Gauss-Newton at ``(x0, p)``, marginal over the state.
 
         In the control variables ``u = [v; w]`` (``dx0 = B^1/2 v``, ``dp = P^1/2 w``) the
@@ -74,11 +80,12 @@ class FourDVar:
         the ``ww`` block of ``A^-1`` being the inverse of the Schur complement of the state
         block, so the state's uncertainty is accounted for.  ``A`` is formed column by column
         (:meth:`IncrementalCost.hessian_matrix`), so this costs one TL and one AD sweep per
-        control element.  Needs the parameters in the control.
+        control element.  Needs the parameters in the control.  In weak constraint ``A`` is
+        linearised at ``eta`` as well (default 0) and the marginal is over the forcing too.
         """
         if not self.control.params:
             raise ValueError("params_posterior_covariance needs the parameters in the control")
-        incremental = self.incremental_cost(x0, p, transform=True)
+        incremental = self.incremental_cost(x0, p, transform=True, eta=eta)
         A = incremental.hessian_matrix()
         n_x, n_p = incremental.n_x, incremental.n_p
         C_w = scipy.linalg.cho_solve(scipy.linalg.cho_factor(A), np.eye(incremental.size)[:, n_x : n_x + n_p])[n_x : n_x + n_p]

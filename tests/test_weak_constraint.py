@@ -287,3 +287,26 @@ def test_weak_constraint_inputs_are_checked():
     with pytest.raises(ValueError, match="given to a strong-constraint cost"):
         strong.evaluate(cost.xb, NO_PARAMS, np.zeros((3, N)))
     assert FourDVarCost(Lorenz96(N), cost.slots, cost.xb, B=cost.B, n_steps=10, Q=cost.Q).n_sub == 1  # default: one forcing
+
+
+# --- cycling ---------------------------------------------------------------------------------------
+
+
+def test_cycled_weak_constraint_starts_each_window_from_the_end_of_the_forced_analysis():
+    from fourdvar.cycling import cycle
+
+    n_steps, every = 6, 3
+    rng = np.random.default_rng(12)
+    model = Lorenz96(N)
+    truth, _ = truth_with_model_error(model, spun_up_state(12), NO_PARAMS, 3 * n_steps, every, 0.3, rng)
+    windows = [synthetic_observations(truth[c * n_steps : (c + 1) * n_steps + 1], [0, 2, 4, 6], Identity(n_state=N), 0.5, rng)
+               for c in range(3)]
+    outcomes = list(cycle(model, windows, truth[0] + 0.5 * rng.standard_normal(N), Diagonal(0.5, size=N), NO_PARAMS, None,
+                          control=["state", "model_error"], n_steps=n_steps, Q=Diagonal(0.3, size=N), model_error_every=every,
+                          outer_loops=2, max_iterations=100))
+    for previous, outcome in zip(outcomes, outcomes[1:]):
+        assert outcome.model_error.shape == (2, N) and np.any(outcome.model_error != 0)
+        forced = forced_forecast(model, previous.x0, NO_PARAMS, n_steps, previous.model_error, every)
+        assert np.array_equal(outcome.xb, forced[-1])
+        assert np.array_equal(previous.analysis_trajectory, forced)
+        assert not np.allclose(forced[-1], model.forecast(previous.x0, NO_PARAMS, n_steps)[-1], atol=1e-3)
