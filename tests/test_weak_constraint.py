@@ -200,9 +200,9 @@ def own_weak_cost(model, cost: FourDVarCost, b_std, q_std, r_std, indices):
     return J_and_gradient
 
 
-@pytest.mark.parametrize("method", ["lbfgs", "cg"])
+@pytest.mark.parametrize("method, transform", [("lbfgs", True), ("cg", True), ("cg", False)])
 @pytest.mark.parametrize("n_steps, every", [(10, 5), (8, 1)])
-def test_weak_constraint_minimum_equals_a_direct_minimisation_of_the_nonlinear_weak_cost(n_steps, every, method):
+def test_weak_constraint_minimum_equals_a_direct_minimisation_of_the_nonlinear_weak_cost(n_steps, every, method, transform):
     b_std, q_std, r_std = 0.5, 0.3, 0.5
     indices = np.arange(0, N, 2)
     cost = weak_twin(n_steps=n_steps, every=every, seed=7, operator=Subset(n_state=N, indices=indices),
@@ -219,7 +219,7 @@ def test_weak_constraint_minimum_equals_a_direct_minimisation_of_the_nonlinear_w
 
     problem = FourDVar(Lorenz96(N), cost.slots, xb=cost.xb, B=cost.B, control=["state", "model_error"],
                        n_steps=n_steps, Q=cost.Q, model_error_every=every)
-    result = problem.solve(outer_loops=8, method=method, max_iterations=400, gradient_reduction=1e-9)
+    result = problem.solve(outer_loops=8, method=method, max_iterations=400, gradient_reduction=1e-9, transform=transform)
     assert result.model_error.shape == (n_sub_windows(n_steps, every), N)
     J_incremental = own(np.concatenate([result.x0, result.model_error.ravel() / q_std]))[0]
     assert abs(J_incremental - direct.fun) <= 1e-6 * direct.fun
