@@ -198,14 +198,21 @@ def command_check(args) -> int:
             checks.operator_taylor_test(slot.operator, x_obs, rng),
         ]))
     covariances = [("B", experiment.B0)] + ([("P", experiment.P0)] if experiment.P0 is not None else [])
+    covariances += [("Q", experiment.Q0)] if experiment.Q0 is not None else []
     if slots:
         covariances.append(("R (first observation time)", slots[0].covariance))
     for name, covariance in covariances:
         sections.append((f"covariance {name}", [checks.covariance_sqrt_adjoint_test(covariance, rng), checks.covariance_inverse_test(covariance, rng)]))
     P = experiment.P0 if "params" in experiment.control else None
-    cost = FourDVarCost(model, slots, x, B=experiment.B0, pb=p, P=P, n_steps=n_steps)
-    sections.append((f"cost of the first window (control: {', '.join(experiment.control)})",
-                     checks.check_cost(cost, x, p, experiment.control, rng, transform=config["assimilation"]["transform"])))
+    if experiment.Q0 is None:
+        cost = FourDVarCost(model, slots, x, B=experiment.B0, pb=p, P=P, n_steps=n_steps)
+        cost_checks = checks.check_cost(cost, x, p, experiment.control, rng, transform=config["assimilation"]["transform"])
+    else:  # weak constraint: the forced window and the gradients with eta, at a forcing drawn from Q
+        cost = FourDVarCost(model, slots, x, B=experiment.B0, pb=p, P=P, n_steps=n_steps, Q=experiment.Q0,
+                            model_error_every=experiment.model_error_every)
+        eta = np.array([experiment.Q0.sample(rng) for _ in range(cost.n_sub)])
+        cost_checks = checks.check_weak_cost(cost, x, p, eta, experiment.control, rng, transform=config["assimilation"]["transform"])
+    sections.append((f"cost of the first window (control: {', '.join(experiment.control)})", cost_checks))
 
     failed = 0
     for title, results in sections:

@@ -28,12 +28,12 @@ from .diagnostics import forecast_skill
 from .fitting import fit_tendency
 from ..registry import RegistryError, build_model, build_operator, observation_set_class
 from .results import ResultRecorder
-from ..window import DivergenceError, forecast
+from ..window import DivergenceError, forced_forecast, forecast, n_sub_windows
 
 __all__ = ["Experiment", "build_component"]
 
 # independent random streams, one per purpose
-_TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS = range(5)
+_TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS, _TRUTH_MODEL_ERROR = range(6)
 
 
 def build_component(spec: dict, path: str, builder=build_model, **extra):
@@ -74,6 +74,8 @@ class Experiment:
             self.observations = self._read_observations() if self.from_file else self._generate_observations()
         self.B0 = self._state_covariance(config["background"]["state"]["error_std"])
         self.P0 = self._params_covariance() if self.model.n_params else None
+        self.Q0 = self._model_error_covariance() if "model_error" in self.control else None
+        self.model_error_every = (config["model_error"]["every"] or self.n_steps) if self.Q0 is not None else None
         self.xb0 = self._initial_background()
 
     # --- building -------------------------------------------------------------------------
@@ -119,17 +121,38 @@ class Experiment:
         rng = self.rng(_TRUTH_STATE)
         x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
         substeps = spec["substeps"]
+        n_run = (self.n_cycles * self.n_steps + self.forecast_steps) * substeps  # the skill forecasts run past the last window
+        eta, every = self._truth_model_error(model.n_state, n_run)
         try:
             x = forecast(model, x, params, spec["spinup_steps"] * substeps, context="truth spin-up")[-1]
-            # the forecasts of the skill diagnostics run past the last window
-            full = forecast(model, x, params, (self.n_cycles * self.n_steps + self.forecast_steps) * substeps, context="truth run")[::substeps]
+            if eta is None:
+                full = forecast(model, x, params, n_run, context="truth run")[::substeps]
+            else:
+                full = forced_forecast(model, x, params, n_run, eta, every, context="truth run")
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
         same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
         return {
             "model": model, "params": params if same_model else None, "trajectory": full[:, state_slice],
             "state_slice": state_slice, "last_full_state": full[-1], "model_params": params,
+            "model_error": None if eta is None else self._per_step(eta, every, n_run)[:, state_slice],
         }
+
+    def _truth_model_error(self, n_state: int, n_run: int):
+        """``(eta, every)``: the truth's stochastic forcing, one draw per sub-window, or ``(None, None)``."""
+        spec = self.config["truth"]
+        if spec["model_error_std"] == 0:
+            return None, None
+        every = spec["model_error_every"] or self.config["model_error"]["every"] or self.n_steps
+        eta = spec["model_error_std"] * self.rng(_TRUTH_MODEL_ERROR).standard_normal((n_sub_windows(n_run, every), n_state))
+        return eta, every
+
+    @staticmethod
+    def _per_step(eta: np.ndarray, every: int, n_run: int) -> np.ndarray:
+        """The forcing added after each step ``k = 1 .. n_run``, as rows ``k``; row 0 (no forcing) is NaN."""
+        per_step = np.full((n_run + 1, eta.shape[1]), np.nan)
+        per_step[1:] = eta[(np.arange(1, n_run + 1) - 1) // every]
+        return per_step
 
     def _forecast_steps(self) -> int:
         diagnostics = self.config["diagnostics"]
@@ -183,6 +206,16 @@ class Experiment:
             return PeriodicCorrelation(n, correlation["length_scale"], std=std, shape=correlation["type"])
         except ValueError as error:
             raise ConfigError(f"background.state.correlation: {error}") from None
+
+    def _model_error_covariance(self):
+        spec = self.config["model_error"]
+        n = self.model.n_state
+        if spec["correlation"]["type"] is None:
+            return Diagonal(spec["error_std"], size=n)
+        try:
+            return PeriodicCorrelation(n, spec["correlation"]["length_scale"], std=spec["error_std"], shape=spec["correlation"]["type"])
+        except ValueError as error:
+            raise ConfigError(f"model_error.correlation: {error}") from None
 
     def _params_covariance(self):
         std = np.asarray(self.config["background"]["params"]["error_std"], dtype=float)
@@ -273,6 +306,7 @@ class Experiment:
             max_iterations=inner["max_iterations"], gradient_reduction=inner["gradient_reduction"],
             transform=self.config["assimilation"]["transform"], backtracking=self.config["assimilation"]["backtracking"],
             max_cost_per_obs=self.config["assimilation"]["max_cost_per_obs"],
+            Q=self.Q0, model_error_every=self.model_error_every,
         )
         started = time.perf_counter()
         for outcome in cycles:
@@ -293,6 +327,8 @@ class Experiment:
         headline = {}
         if "rmse_analysis" in dataset:
             headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
+        if self.Q0 is not None or self.config["truth"]["model_error_std"] > 0:  # weak constraint: where the forcing matters
+            headline.update(_end_and_window_rmse(dataset, half, ""))
         if self.forecast_steps:
             headline.update(self._skill_headlines(self, dataset, ""))
         if "J_rejected" in dataset:
@@ -305,11 +341,13 @@ class Experiment:
             if "fit_correction" in entry:
                 other.pb0, dataset.attrs[f"fit_loss_{name}"] = self._fit_correction(other.model, other.pb0, entry["fit_correction"], name)
             result = other.run()
-            for key in ("rmse_analysis", "rmse_background", "J_final"):
+            for key in ("rmse_analysis", "rmse_background", "J_final", "rmse_analysis_end", "rmse_analysis_window"):
                 if key in result:
                     dataset[f"{key}_{name}"] = (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
             if "rmse_analysis" in result:
                 headline[f"rmse_analysis_last_half_{name}"] = float(result["rmse_analysis"].values[half].mean())
+            if self.Q0 is not None or self.config["truth"]["model_error_std"] > 0:
+                headline.update(_end_and_window_rmse(result, half, f"_{name}"))
             if self.forecast_steps:
                 headline.update(self._skill_headlines(other, result, f"_{name}"))
             dataset.attrs[f"model_{name}"] = repr(other.model)
@@ -373,6 +411,12 @@ class Experiment:
         truth, substeps = self.truth, self.config["truth"]["substeps"]
         full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
         return full[:, truth["state_slice"]]
+
+
+def _end_and_window_rmse(dataset: xr.Dataset, half: slice, suffix: str) -> dict:
+    """The analysis RMSE at the window end and over the window, averaged over the last half of the cycles."""
+    return {f"{key}_last_half{suffix}": float(dataset[key].values[half].mean())
+            for key in ("rmse_analysis_end", "rmse_analysis_window") if key in dataset}
 
 
 def _params_from_result(path: Path, key: str) -> np.ndarray:

@@ -13,8 +13,12 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     J_final, Jb_final, Jp_final, Jo_final  (cycle)            nonlinear J at the analysis
     rmse_background, rmse_analysis         (cycle)            against the truth at the window start
     rmse_background_window, rmse_analysis_window (cycle)      ... averaged over the window's states
+    rmse_analysis_end                      (cycle)            analysis RMSE at the window end
     background_std, params_std             (cycle)            mean std of B and P used in the window
     obs_value, obs_step, obs_index, obs_error_std (obs)       the observations (steps from cycle 0)
+    model_error                            (cycle, sub_window, x)  analysed forcing eta_j (weak constraint)
+    Jm_final                               (cycle)            nonlinear model-error term at the analysis (weak constraint)
+    model_error_truth                      (cycle, step, x)   the truth's forcing added after each step (truth.model_error_std > 0)
 
 Attributes: the resolved configuration as YAML (``config``), ``fourdvar_version``,
 ``window_steps``, ``dt`` (when the model has one), ``model``, ``completed_cycles``,
@@ -73,6 +77,7 @@ class ResultRecorder:
             "background_std": _mean_std(outcome.B),
             "params_std": _mean_std(outcome.P),
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
+            "model_error": outcome.model_error,
         })
         self.P_next = outcome.P_next
 
@@ -95,10 +100,12 @@ class ResultRecorder:
                 "params_background": dataset["params_background"].values[c] if has_params else np.zeros(0),
                 "params_analysis": dataset["params_analysis"].values[c] if has_params else np.zeros(0),
                 "outer": outer,
-                "final": CostTerms(*(float(dataset[f"{k}_final"].values[c]) for k in ("Jb", "Jp", "Jo"))),
+                "final": CostTerms(*(float(dataset[f"{k}_final"].values[c]) for k in ("Jb", "Jp", "Jo")),
+                                   Jm=float(dataset["Jm_final"].values[c]) if "Jm_final" in dataset else 0.0),
                 "background_std": float(dataset["background_std"].values[c]),
                 "params_std": float(dataset["params_std"].values[c]),
                 "rejected_cost": float(dataset["J_rejected"].values[c]) if "J_rejected" in dataset else np.nan,
+                "model_error": dataset["model_error"].values[c] if "model_error" in dataset else np.zeros((0, self.experiment.model.n_state)),
             })
         if "params_covariance_next" in dataset:
             self.P_next = Dense(dataset["params_covariance_next"].values)
@@ -130,6 +137,7 @@ class ResultRecorder:
             var("rmse_analysis", ("cycle",), _rms(analysis[:, 0] - truth[:, 0], axis=1), "analysis RMSE at the window start", state_units)
             var("rmse_background_window", ("cycle",), _rms(background - truth, axis=(1, 2)), "background RMSE over the window", state_units)
             var("rmse_analysis_window", ("cycle",), _rms(analysis - truth, axis=(1, 2)), "analysis RMSE over the window", state_units)
+            var("rmse_analysis_end", ("cycle",), _rms(analysis[:, -1] - truth[:, -1], axis=1), "analysis RMSE at the window end (the next background)", state_units)
         if exp.model.n_params:
             var("params_background", ("cycle", "param"), [r["params_background"] for r in self.rows], "background (first guess) parameters")
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
@@ -157,6 +165,14 @@ class ResultRecorder:
         if exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
             matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
+        if exp.Q0 is not None:
+            var("model_error", ("cycle", "sub_window", "x"), [r["model_error"] for r in self.rows],
+                f"analysed model-error forcing eta_j, added after every step of sub-window j ({exp.model_error_every} steps)", state_units)
+            var("Jm_final", ("cycle",), [r["final"].Jm for r in self.rows], "nonlinear Jm (model-error term) at the analysis")
+        if exp.truth is not None and exp.truth.get("model_error") is not None:
+            forcing = np.stack([exp.truth["model_error"][c * L : c * L + L + 1] for c in range(n_cycles)])
+            forcing[:, 0] = np.nan  # no forcing of this window before its first step
+            var("model_error_truth", ("cycle", "step", "x"), forcing, "the truth's model-error forcing added after each step", state_units)
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 
@@ -171,6 +187,8 @@ class ResultRecorder:
                   "outer": np.arange(n_outer), "iteration": np.arange(n_iter)}
         if exp.model.n_params:
             coords["param"] = np.arange(exp.model.n_params)
+        if exp.Q0 is not None:
+            coords["sub_window"] = np.arange(data["model_error"][1].shape[1])
         attrs = {
             "title": exp.config["title"] or "fourdvar experiment",
             "fourdvar_version": __version__,
@@ -185,6 +203,8 @@ class ResultRecorder:
         }
         if hasattr(exp.model, "dt"):
             attrs["dt"] = float(exp.model.dt)
+        if exp.Q0 is not None:
+            attrs["model_error_every"] = exp.model_error_every
         return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -232,7 +252,8 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = "."):
     B = experiment.B0.with_std(float(row["background_std"]))
     P = experiment.params_policy(cycle, experiment.P0) if "params" in experiment.control else None
     slots = experiment.observations.window(cycle * experiment.n_steps, experiment.n_steps, include_end=False)
-    cost = FourDVarCost(experiment.model, slots, xb, B=B, pb=pb, P=P, n_steps=experiment.n_steps)
+    cost = FourDVarCost(experiment.model, slots, xb, B=B, pb=pb, P=P, n_steps=experiment.n_steps,
+                        Q=experiment.Q0, model_error_every=experiment.model_error_every)
     x0 = row["analysis"].values[0]
     p = row["params_analysis"].values if "params_analysis" in dataset else experiment.pb0
-    return cost.evaluate(x0, p)
+    return cost.evaluate(x0, p, row["model_error"].values if "model_error" in dataset else None)
