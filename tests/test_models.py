@@ -436,7 +436,7 @@ def test_registry_refuses_an_operator_that_is_not_one():
 def test_registered_names_only_refuses_module_references_nested_ones_included():
     from fourdvar.registry import RegistryError, registered_names_only
 
-    spec = {"type": "hybrid", "physics": {"type": "models.lorenz96:Lorenz96", "n_state": 8}, "correction": {"type": "local_mlp"}}
+    spec = {"type": "hybrid", "physics": {"type": "models.lorenz96:Lorenz96", "n_state": 8}, "correction": {"type": "local_mlp", "n_state": 8}}
     assert build_model(spec).n_state == 8  # allowed by default
     with registered_names_only(), pytest.raises(RegistryError, match="importing modules named in this input is not allowed"):
         build_model(spec)

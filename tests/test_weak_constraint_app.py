@@ -8,10 +8,12 @@ import copy
 import numpy as np
 import pytest
 
+from fourdvar.app.checkpoint import Checkpoint
 from fourdvar.app.config import ConfigError, resolve_config
-from fourdvar.app.experiment import Experiment
+from fourdvar.app.plan import Plan
 from fourdvar.app.plotting import plot_results
-from fourdvar.app.results import recompute_cost, write_atomic
+from fourdvar.app.results import recompute_cost
+from fourdvar.app.run import CyclingState, execute
 from fourdvar.window import forced_forecast
 from models import Lorenz96
 
@@ -37,13 +39,13 @@ def weak(**changes):
 
 @pytest.fixture(scope="module")
 def run():
-    experiment = Experiment(weak(compare=[{"name": "strong", "assimilation": {"control": ["state"]}}]))
-    return experiment, experiment.run()
+    plan = Plan.from_config(weak(compare=[{"name": "strong", "assimilation": {"control": ["state"]}}]))
+    return plan, execute(plan)
 
 
 def test_the_truth_carries_one_forcing_per_sub_window(run):
-    experiment, _ = run
-    truth = experiment.truth
+    plan, _ = run
+    truth = plan.truth
     forcing = truth["model_error"]  # the forcing added after each step, row k
     assert np.all(np.isnan(forcing[0]))
     assert np.array_equal(forcing[1], forcing[3]) and not np.array_equal(forcing[3], forcing[4])
@@ -54,12 +56,12 @@ def test_the_truth_carries_one_forcing_per_sub_window(run):
 
 
 def test_each_window_starts_from_the_end_of_the_previous_forced_analysis(run):
-    experiment, ds = run
+    plan, ds = run
     eta = ds["model_error"].values
     assert ds["model_error"].dims == ("cycle", "sub_window", "x") and eta.shape == (3, 2, N) and np.any(eta != 0)
     assert ds.attrs["model_error_every"] == 3
     for c in range(2):
-        forced = forced_forecast(experiment.model, ds["analysis"].values[c, 0], np.empty(0), 6, eta[c], 3)
+        forced = forced_forecast(plan.model, ds["analysis"].values[c, 0], np.empty(0), 6, eta[c], 3)
         np.testing.assert_allclose(ds["analysis"].values[c], forced, rtol=0, atol=1e-12)
         assert np.array_equal(ds["background"].values[c + 1, 0], ds["analysis"].values[c, -1])
     assert np.all(ds["Jm_final"].values > 0)
@@ -84,16 +86,31 @@ def test_headlines_compare_weak_and_strong_at_the_window_end_and_over_the_window
     assert "model_error_strong" not in ds
 
 
-def test_a_resumed_weak_run_equals_an_uninterrupted_one(run, tmp_path):
-    experiment, full = run
+class Stop(Exception):
+    pass
+
+
+def test_a_resumed_weak_run_equals_an_uninterrupted_one(tmp_path):
+    """Killed after 2 windows with a real checkpoint, resumed: the same forcings and costs."""
     config = weak()
-    partial = Experiment(copy.deepcopy(config))
-    partial.n_cycles = 2
-    checkpoint = partial.run()
-    write_atomic(checkpoint, tmp_path / "partial.nc")
-    resumed = Experiment(config).run(resume_from=checkpoint)
-    np.testing.assert_array_equal(resumed["model_error"].values, Experiment(config).run()["model_error"].values)
+    checkpoint = Checkpoint(tmp_path / "result.nc")
+    checkpoint.acquire()
+
+    def save(row, state):
+        checkpoint.save(row, state.variables(), state.cycle - 1, "config")
+        if state.cycle == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        execute(Plan.from_config(config), on_window=save)
+    windows = checkpoint.load("config")
+    checkpoint.release()
+    plan = Plan.from_config(config)
+    resumed = execute(plan, resume=([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan)))
+    full = execute(Plan.from_config(config))
     assert resumed["model_error"].shape == (3, 2, N)
+    for name in ("model_error", "Jm_final", "J_final", "analysis"):
+        np.testing.assert_array_equal(resumed[name].values, full[name].values)
 
 
 def test_the_forcing_is_plotted(run, tmp_path):
@@ -116,4 +133,4 @@ def test_weak_constraint_configuration_errors_name_the_key():
     with pytest.raises(ConfigError, match="model_erorr: unknown key; did you mean 'model_error'"):
         resolve_config({**copy.deepcopy(WEAK), "model_erorr": {}})
     config = weak(model_error={"correlation": {"type": "gaussian", "length_scale": 1.5}})
-    assert type(Experiment(config).Q0).__name__ == "PeriodicCorrelation"
+    assert type(Plan.from_config(config).Q0).__name__ == "PeriodicCorrelation"
