@@ -200,8 +200,7 @@ def own_weak_cost(model, cost: FourDVarCost, b_std, q_std, r_std, indices):
     return J_and_gradient
 
 
-@pytest.mark.parametrize("method, transform", [("lbfgs", True), ("cg", True), ("cg", False)])
-@pytest.mark.parametrize("n_steps, every", [(10, 5), (8, 1)])
+@pytest.mark.parametrize("n_steps, every, method, transform", [(10, 5, "lbfgs", True), (8, 1, "cg", True), (10, 5, "cg", False)])
 def test_weak_constraint_minimum_equals_a_direct_minimisation_of_the_nonlinear_weak_cost(n_steps, every, method, transform):
     b_std, q_std, r_std = 0.5, 0.3, 0.5
     indices = np.arange(0, N, 2)
