@@ -309,3 +309,19 @@ def test_cycled_weak_constraint_starts_each_window_from_the_end_of_the_forced_an
         assert np.array_equal(outcome.xb, forced[-1])
         assert np.array_equal(previous.analysis_trajectory, forced)
         assert not np.allclose(forced[-1], model.forecast(previous.x0, NO_PARAMS, n_steps)[-1], atol=1e-3)
+
+
+def test_dense_hessian_with_the_forcing_in_the_control_matches_its_products_and_gives_the_params_posterior():
+    cost, p = weak_case("hybrid", 5)
+    eta = np.array([cost.Q.sample(np.random.default_rng(13)) for _ in range(cost.n_sub)])
+    jq = IncrementalCost(cost, cost.xb, p, control=["state", "params", "model_error"], eta=eta)
+    A = jq.hessian_matrix()
+    v = np.random.default_rng(14).standard_normal(jq.size)
+    assert np.linalg.norm(A @ v - jq.hessian_vector(v)) <= 1e-12 * np.linalg.norm(A @ v)
+    problem = FourDVar(cost.model, cost.slots, xb=cost.xb, B=cost.B, pb=p, P=cost.P, control=["state", "params", "model_error"],
+                       n_steps=10, Q=cost.Q, model_error_every=5)
+    Pa = problem.params_posterior_covariance(cost.xb, p, eta)
+    n_x, n_p = jq.n_x, jq.n_p
+    C = np.linalg.inv(A)[n_x : n_x + n_p, n_x : n_x + n_p]  # the weights' block of A^-1, marginal over state and forcing
+    P_sqrt = np.diag(cost.P.std)
+    np.testing.assert_allclose(Pa, P_sqrt @ C @ P_sqrt, rtol=1e-8, atol=1e-14)
