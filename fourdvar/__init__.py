@@ -25,7 +25,7 @@ from .interfaces import Covariance, Model, ObservationOperator, ObservationSlot
 from .minimize import AssimilationResult, minimize_4dvar, minimize_inner
 from .model import ModelBase
 from .registry import build_model, build_operator, register_model, register_operator
-from .window import DivergenceError, WindowLinearization, forecast
+from .window import DivergenceError, ForcedWindowLinearization, WindowLinearization, forced_forecast, forecast
 
 __all__ = [
     "__version__",
@@ -38,7 +38,9 @@ __all__ = [
     "minimize_4dvar",
     "minimize_inner",
     "WindowLinearization",
+    "ForcedWindowLinearization",
     "forecast",
+    "forced_forecast",
     "DivergenceError",
     "checks",
     "covariances",

@@ -35,23 +35,39 @@ class FourDVar:
     xb, B : background state and its error covariance
     pb, P : background parameters and their error covariance (``P`` is needed only
         when the parameters are in the control; ``pb`` whenever the model has parameters)
-    control : ``"state"``, ``"params"``, ``"both"`` or a list of those names
+    control : ``"state"``, ``"params"``, ``"model_error"``, ``"both"`` or a list of those names
     n_steps : window length (default: the last observed step)
+    Q, model_error_every : weak constraint: the model-error covariance and the
+        sub-window length (default: the whole window), one forcing ``eta_j`` per
+        sub-window added after each of its steps (see :mod:`fourdvar.cost`); used
+        when ``"model_error"`` is in the control.  ``result.model_error`` is then
+        the analysed forcing, shape ``(n_sub, n_state)``.
     """
 
-    def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None):
+    def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None,
+                 Q=None, model_error_every: int | None = None):
         self.control = Control.parse(control)
         if model.n_params and pb is None:
             raise ValueError(f"the model has {model.n_params} parameters: give their background/fixed values pb")
-        self.cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps)
+        if self.control.model_error and Q is None:
+            raise ValueError("the model error is in the control: give its covariance Q")
+        weak = self.control.model_error
+        self.cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps,
+                                 Q=Q if weak else None, model_error_every=model_error_every if weak else None)
         self.model = model
 
-    def incremental_cost(self, x0=None, p=None, transform: bool = True) -> IncrementalCost:
-        """``Jq`` linearised at ``(x0, p)`` (default: the background)."""
+    def incremental_cost(self, x0=None, p=None, transform: bool = True, eta=None) -> IncrementalCost:
+        """``Jq`` linearised at ``(x0, p)`` (default: the background) and, in weak constraint, ``eta`` (default 0)."""
         x0, p = self._first_guess(x0, p)
-        return IncrementalCost(self.cost, x0, p, control=self.control, transform=transform)
+        return IncrementalCost(self.cost, x0, p, control=self.control, transform=transform, eta=eta)
 
-    def params_posterior_covariance(self, x0=None, p=None) -> np.ndarray:
+    def trajectory(self, x0, p, eta=None) -> np.ndarray:
+        """The nonlinear trajectory over the window from ``(x0, p)``, forced by ``eta`` in weak constraint
+        (e.g. ``problem.trajectory(result.x0, result.p, result.model_error)``)."""
+        eta = None if self.cost.Q is None else eta
+        return self.cost.trajectory(np.asarray(x0, dtype=float), np.asarray(p, dtype=float), eta)
+
+    def params_posterior_covariance(self, x0=None, p=None, eta=None) -> np.ndarray:
         """The parameters' posterior error covariance, Gauss-Newton at ``(x0, p)``, marginal over the state.
 
         In the control variables ``u = [v; w]`` (``dx0 = B^1/2 v``, ``dp = P^1/2 w``) the
@@ -64,14 +80,15 @@ class FourDVar:
         the ``ww`` block of ``A^-1`` being the inverse of the Schur complement of the state
         block, so the state's uncertainty is accounted for.  ``A`` is formed column by column
         (:meth:`IncrementalCost.hessian_matrix`), so this costs one TL and one AD sweep per
-        control element.  Needs the parameters in the control.
+        control element.  Needs the parameters in the control.  In weak constraint ``A`` is
+        linearised at ``eta`` as well (default 0) and the marginal is over the forcing too.
         """
         if not self.control.params:
             raise ValueError("params_posterior_covariance needs the parameters in the control")
-        incremental = self.incremental_cost(x0, p, transform=True)
+        incremental = self.incremental_cost(x0, p, transform=True, eta=eta)
         A = incremental.hessian_matrix()
         n_x, n_p = incremental.n_x, incremental.n_p
-        C_w = scipy.linalg.cho_solve(scipy.linalg.cho_factor(A), np.eye(incremental.size)[:, n_x:])[n_x:]
+        C_w = scipy.linalg.cho_solve(scipy.linalg.cho_factor(A), np.eye(incremental.size)[:, n_x : n_x + n_p])[n_x : n_x + n_p]
         P_sqrt = np.column_stack([self.cost.P.sqrt(unit) for unit in np.eye(n_p)])
         Pa = P_sqrt @ C_w @ P_sqrt.T
         return 0.5 * (Pa + Pa.T)

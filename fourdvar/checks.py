@@ -85,6 +85,8 @@ __all__ = [
     "format_table",
     "summarize",
     "LEGEND",
+    "forced_window_adjoint_test",
+    "check_weak_cost",
 ]
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
@@ -766,6 +768,78 @@ def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool =
     expected = jq.control_gradient(gx, gp)
     error = float(np.linalg.norm(g0 - expected) / max(np.linalg.norm(expected), _TINY))
     results.append(_judged("grad Jq(0) == grad J", error, 1e-10, "IncrementalCost (its linearisation point) against FourDVarCost.gradient",
+                           details="relative difference at the linearisation point"))
+    return results
+
+
+# --- weak constraint: the model-error forcing ---------------------------------------------
+
+
+def forced_window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, deta: np.ndarray, forcings: dict,
+                               tolerance: float = ADJOINT_TOLERANCE) -> CheckResult:
+    """Dot-product test of a forced window (:class:`fourdvar.window.ForcedWindowLinearization`)
+    with adjoint forcings ``{k: f_k}``: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_j <deta_j, aeta_j>``."""
+    steps = sorted(forcings)
+
+    def tl(dx0, dp, deta):
+        dx = window.tl(dx0, dp, deta=deta)
+        return np.stack([dx[k] for k in steps])
+
+    def ad(f):
+        return window.ad_eta(dict(zip(steps, f)))
+
+    return dot_product_test(tl, ad, [dx0, dp, deta], np.stack([forcings[k] for k in steps]),
+                            name=f"forced window adjoint, forcings at steps {steps}", tolerance=tolerance,
+                            inspect="ForcedWindowLinearization.ad_eta: the forcing adjoint of each sub-window against tl(deta=)")
+
+
+def check_weak_cost(cost, x0, p, eta, control, rng: np.random.Generator, transform: bool = True) -> list[CheckResult]:
+    """The weak-constraint checks of a cost with a model-error covariance ``Q``, at ``(x0, p, eta)``:
+    the forced window's dot-product test, gradient tests of ``J`` (w.r.t. ``x0``, ``p`` and every
+    ``eta_j``) and of ``Jq`` (``d eta`` in the control), symmetry of the Hessian of ``Jq`` and
+    ``grad Jq(0) == grad J``."""
+    from .cost import IncrementalCost  # late import: checks stays usable without the cost machinery
+
+    n, n_p = cost.model.n_state, cost.model.n_params
+    eta = cost.checked_model_error(eta)
+    jq = IncrementalCost(cost, x0, p, control=control, transform=transform, eta=eta)
+    window = cost.window(x0, p, eta=eta)
+    steps = sorted({0, window.n_steps // 2, window.n_steps})
+    results = [forced_window_adjoint_test(
+        window, rng.standard_normal(n), rng.standard_normal(n_p), rng.standard_normal(eta.shape),
+        {k: rng.standard_normal(n) for k in steps},
+    )]
+
+    def J(u):
+        return cost.evaluate(u[:n], u[n : n + n_p], u[n + n_p :].reshape(eta.shape)).J
+
+    _, gx, gp, geta = cost.full_gradient(x0, p, eta)
+    # a direction inside the control, each part a draw from its prior (B, P, Q), whatever the transform
+    dx0 = cost.B.sample(rng) if jq.n_x else np.zeros(n)
+    dp = cost.P.sample(rng) if jq.n_p else np.zeros(n_p)
+    deta = np.array([cost.Q.sample(rng) for _ in eta]).reshape(eta.shape) if jq.n_e else np.zeros(eta.shape)
+    h = np.concatenate([dx0, dp, deta.ravel()])
+    results.append(gradient_test(J, np.concatenate([gx, gp, geta.ravel()]), np.concatenate([x0, p, eta.ravel()]), h,
+                                 name="gradient of weak-constraint J (Taylor)", rng=rng,
+                                 inspect="FourDVarCost.full_gradient: the forced window's ad_eta, the model's .ad, the operators' .ad"))
+
+    u = 0.1 * rng.standard_normal(jq.size)
+    g = jq.value_and_gradient(u)[1]
+    results.append(gradient_test(lambda v: jq.value_and_gradient(v)[0].J, g, u, rng.standard_normal(jq.size),
+                                 name="gradient of weak-constraint Jq (Taylor)", rng=rng,
+                                 inspect="IncrementalCost.value_and_gradient: the forced window's tl(deta=) against its ad_eta"))
+
+    a, b = rng.standard_normal(jq.size), rng.standard_normal(jq.size)
+    results.append(dot_product_test(jq.hessian_vector, lambda w: [jq.hessian_vector(w)], [a], b,
+                                    name="Hessian of weak-constraint Jq symmetric",
+                                    inspect="IncrementalCost.hessian_vector: the forced window's ad_eta is not the transpose of its tl"))
+
+    g0 = jq.value_and_gradient(np.zeros(jq.size))[1]
+    expected = jq.control_gradient(gx, gp, geta) if transform else np.concatenate(
+        [part for part, on in ((gx, jq.n_x), (gp, jq.n_p), (geta.ravel(), jq.n_e)) if on])
+    error = float(np.linalg.norm(g0 - expected) / max(np.linalg.norm(expected), _TINY))
+    results.append(_judged("weak-constraint grad Jq(0) == grad J", error, 1e-10,
+                           "IncrementalCost (its linearisation point) against FourDVarCost.full_gradient",
                            details="relative difference at the linearisation point"))
     return results
 

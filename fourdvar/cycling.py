@@ -4,8 +4,13 @@ For cycle ``c`` with background ``(xb_c, pb_c)``::
 
     (x0_c, p_c)   = 4D-Var analysis of window c          (FourDVar.solve)
     xb_{c+1}      = M_{L:0}(p_c, x0_c)                    the analysis forecast to the window end
+                                                          (weak constraint: the forced one, with eta_c)
     pb_{c+1}      = p_c                                   the analysed parameters
     B_{c+1}, P_{c+1} from the caller's policies (fixed by default)
+
+In weak constraint (``Q`` given, ``"model_error"`` in the control) each window
+estimates its own forcing ``eta_c`` (background 0 in every window), recorded in
+its outcome's ``model_error``.
 
 A window whose analysis does not fit its observations can be kept from teaching
 the parameters: with ``max_cost_per_obs`` set, a joint analysis whose nonlinear
@@ -68,31 +73,46 @@ class WindowOutcome:
     def p(self) -> np.ndarray:
         return self.result.p
 
+    @property
+    def model_error(self) -> np.ndarray:
+        """The analysed forcing ``eta``, ``(n_sub, n_state)`` (``n_sub = 0`` in strong constraint)."""
+        return self.result.model_error
+
 
 def assimilate_window(
     model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0,
-    max_cost_per_obs: float | None = None, params_posterior: bool = False, **solve_options,
+    max_cost_per_obs: float | None = None, params_posterior: bool = False, Q=None, model_error_every: int | None = None,
+    **solve_options,
 ) -> WindowOutcome:
     """4D-Var over one window from the background, and the two forecasts over it
-    (and, with ``params_posterior``, the parameters' posterior covariance)."""
+    (and, with ``params_posterior``, the parameters' posterior covariance).  ``Q`` and
+    ``model_error_every``: weak constraint, see :class:`FourDVar`; the analysis forecast
+    is then the forced trajectory."""
     control = Control.parse(control)
-    problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps)
+    weak = dict(Q=Q, model_error_every=model_error_every)
+    problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps, **weak)
     result = problem.solve(**solve_options)
     rejected_cost, posterior = None, None
     if max_cost_per_obs is not None and control.params and control.state:
         n_obs = sum(np.size(slot.values) for slot in observations)
         if result.final.J > max_cost_per_obs * n_obs:
             rejected_cost = float(result.final.J)
-            result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control="state", n_steps=n_steps).solve(**solve_options)
+            fixed_params = Control(state=True, model_error=control.model_error)
+            result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control=fixed_params, n_steps=n_steps, **weak).solve(**solve_options)
     if params_posterior and control.params and rejected_cost is None:
-        posterior = problem.params_posterior_covariance(result.x0, result.p)
+        posterior = problem.params_posterior_covariance(result.x0, result.p, _model_error_or_none(result))
     context = f"cycle {cycle}"
     return WindowOutcome(
         cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
         background_trajectory=forecast(model, xb, pb, n_steps, context=f"{context}, background forecast"),
-        analysis_trajectory=forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast"),
+        analysis_trajectory=problem.cost.trajectory(result.x0, result.p, _model_error_or_none(result), context=f"{context}, analysis forecast"),
         rejected_cost=rejected_cost, params_posterior=posterior,
     )
+
+
+def _model_error_or_none(result: AssimilationResult) -> np.ndarray | None:
+    """The analysed forcing of a weak-constraint result, ``None`` in strong constraint."""
+    return result.model_error if result.model_error.shape[0] else None
 
 
 def cycle(
@@ -109,6 +129,8 @@ def cycle(
     params_policy: Callable[[int, object], object] | None = None,
     max_cost_per_obs: float | None = None,
     params_noise_std: float | None = None,
+    Q=None,
+    model_error_every: int | None = None,
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -120,7 +142,9 @@ def cycle(
     shrinking it over the cycles).  Both default to keeping the covariance fixed.
     ``max_cost_per_obs`` and ``params_noise_std``: see the module docstring (defaults:
     no check; ``P`` from ``params_policy``).  Each outcome's ``P_next`` is the parameter
-    covariance the next window starts from (before ``params_policy``).
+    covariance the next window starts from (before ``params_policy``).  ``Q``,
+    ``model_error_every``: weak constraint (see :class:`FourDVar`); the next background
+    is then the end of the analysed forced trajectory.
     """
     control = Control.parse(control)
     xb = np.asarray(xb, dtype=float)
@@ -132,7 +156,7 @@ def cycle(
             P = params_policy(c, P)
         outcome = assimilate_window(
             model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs,
-            params_posterior=params_noise_std is not None, **solve_options,
+            params_posterior=params_noise_std is not None, Q=Q, model_error_every=model_error_every, **solve_options,
         )
         if outcome.params_posterior is not None:
             P = Dense(outcome.params_posterior + params_noise_std**2 * np.eye(len(pb)))

@@ -141,7 +141,8 @@ def _conjugate_gradient(jq: IncrementalCost, max_iterations: int, gradient_reduc
         result.nit += 1
         J = terms0.J + 0.5 * float((g0 - r) @ u)
         Jb, Jp, _ = jq.background(u)
-        result.record(CostTerms(Jb, Jp, J - Jb - Jp), np.sqrt(rr))
+        Jm = jq.model_error_term(u)
+        result.record(CostTerms(Jb, Jp, J - Jb - Jp - Jm, Jm), np.sqrt(rr))
     result.u = u
     result.converged = np.sqrt(rr) <= gradient_reduction * g0_norm
     result.message = (
@@ -183,7 +184,8 @@ def _step_length(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_curre
 class AssimilationResult(scipy.optimize.OptimizeResult):
     """The outcome of :func:`minimize_4dvar`, in the manner of ``scipy.optimize.OptimizeResult``.
 
-    Attributes: ``x0``, ``p`` (the analysis), ``success``, ``message``, ``nit``
+    Attributes: ``x0``, ``p`` (the analysis), ``model_error`` (the analysed forcing
+    ``eta``, ``(n_sub, n_state)``; ``n_sub = 0`` in strong constraint), ``success``, ``message``, ``nit``
     and ``nfev`` (inner iterations and cost evaluations, all outer loops),
     ``outer`` (one dict per outer loop: the nonlinear ``J``, ``Jb``, ``Jp``,
     ``Jo`` and gradient norm at its linearisation point, and its ``inner``
@@ -204,8 +206,12 @@ def minimize_4dvar(
     transform: bool = True,
     callback=None,
     backtracking: bool = True,
+    eta: np.ndarray | None = None,
 ) -> AssimilationResult:
     """Incremental 4D-Var: ``outer_loops`` relinearisations, each with an inner minimisation.
+
+    ``eta`` is the first guess of the model-error forcing of a weak-constraint
+    cost (default 0).
 
     ``callback(outer_loop, record)`` is called after each outer loop (for progress).
     Each outer record holds ``step_length``: the fraction of the increment kept.
@@ -214,9 +220,10 @@ def minimize_4dvar(
         raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
     x0 = np.asarray(x0, dtype=float).copy()
     p = np.asarray(p, dtype=float).copy()
+    eta = cost.checked_model_error(eta)
     outer = []
     for i in range(outer_loops):
-        jq = IncrementalCost(cost, x0, p, control=control, transform=transform, outer_loop=i)
+        jq = IncrementalCost(cost, x0, p, control=control, transform=transform, outer_loop=i, eta=eta)
         inner = minimize_inner(jq, method, max_iterations, gradient_reduction)
         record = {
             "J": inner.J[0], "Jb": inner.Jb[0], "Jp": inner.Jp[0], "Jo": inner.Jo[0],
@@ -225,15 +232,16 @@ def minimize_4dvar(
         outer.append(record)
         step_length = _step_length(cost, jq, inner.u, inner.J[0]) if backtracking else 1.0
         record["step_length"] = step_length
-        x0, p = jq.analysis(step_length * inner.u)
+        x0, p, eta = jq.analysis(step_length * inner.u)
         if callback is not None:
             callback(i, record)
-    final, gx, gp = cost.gradient(x0, p)
-    final_gradient_norm = float(np.linalg.norm(jq.control_gradient(gx, gp)))  # same space as the inner loops
+    final, gx, gp, geta = cost.full_gradient(x0, p, eta)
+    final_gradient_norm = float(np.linalg.norm(jq.control_gradient(gx, gp, geta)))  # same space as the inner loops
     converged = outer[-1]["inner"].converged
     return AssimilationResult(
         x0=x0, p=p, success=bool(converged),
         message=f"{outer_loops} outer loop(s); last inner loop: {outer[-1]['inner'].message}",
         nit=sum(r["inner"].nit for r in outer), nfev=sum(r["inner"].nfev for r in outer),
         outer=outer, final=final, final_gradient_norm=final_gradient_norm, control=jq.control.names(),
+        model_error=np.zeros((0, cost.model.n_state)) if eta is None else eta,
     )

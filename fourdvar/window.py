@@ -103,7 +103,8 @@ from typing import Mapping
 import numpy as np
 
 __all__ = [
-    "DivergenceError", "PerStepModel", "WindowLinearization", "ad_block", "forecast", "linearize_window", "tl_block",
+    "DivergenceError", "ForcedWindowLinearization", "PerStepModel", "WindowLinearization", "ad_block", "forced_forecast",
+    "forecast", "linearize_window", "n_sub_windows", "tl_block",
 ]
 
 
@@ -284,3 +285,100 @@ class PerStepModel:
         if name == "linearize_window":
             raise AttributeError(name)
         return getattr(self._model, name)
+
+
+# --- weak constraint: a model-error forcing added after every step ------------------------
+
+
+def n_sub_windows(n_steps: int, every: int) -> int:
+    """The number of sub-windows of ``every`` steps (the last one possibly shorter) in ``n_steps``."""
+    return -(-int(n_steps) // int(every))
+
+
+def forced_forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, eta: np.ndarray, every: int, context: str = "") -> np.ndarray:
+    """The forced trajectory ``x_k = M(x_{k-1}, p) + eta_{j(k)}``, ``j(k) = (k - 1) // every``.
+
+    ``eta`` has shape ``(n_sub, n_state)``; returns ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``.
+    """
+    trajectory = np.empty((n_steps + 1, model.n_state))
+    trajectory[0] = x0
+    _require_finite(trajectory[0], 0, context)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
+        for k in range(1, n_steps + 1):
+            trajectory[k] = model.step(trajectory[k - 1], p) + eta[(k - 1) // every]
+            _require_finite(trajectory[k], k, context)
+    return trajectory
+
+
+class ForcedWindowLinearization:
+    """The weak-constraint window: ``x_k = M(x_{k-1}, p) + eta_{j(k)}``, linearised step by step.
+
+    ``eta`` is ``(n_sub, n_state)``, one forcing per sub-window of ``every`` steps,
+    ``j(k) = (k - 1) // every``.  The forcing is additive, so each step's
+    linearisation is the model's, taken on the forced trajectory, and::
+
+        TL   dx_k = M_{k:k-1}(dp, dx_{k-1}) + deta_{j(k)}                      k = 1 .. K
+        AD   ax = f_K, ap = 0, aeta = 0
+             for k = K .. 1:  aeta_{j(k)} += ax ;  (ax, ap_k) = M_{k:k-1}^T ax ;  ap += ap_k ;  ax += f_{k-1}
+
+    the forcing's adjoint accumulated over its sub-window as ``ap`` is over the
+    window.  With ``deta`` absent, :meth:`tl` and :meth:`ad` are exactly the
+    contract of :class:`WindowLinearization` (see the module docstring).  A
+    model's ``linearize_window`` hook runs a free trajectory, so it is not used here.
+    """
+
+    def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, eta: np.ndarray, every: int, context: str = ""):
+        self.n_state = model.n_state
+        self.n_params = model.n_params
+        self.every = int(every)
+        self.eta = np.asarray(eta, dtype=float)
+        self.states = np.empty((n_steps + 1, model.n_state))
+        self.states[0] = x0
+        _require_finite(self.states[0], 0, context)
+        self.steps = []
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
+            for k in range(1, n_steps + 1):
+                lin = model.linearize(self.states[k - 1], p)
+                self.steps.append(lin)
+                self.states[k] = lin.output + self.eta[self.sub_window(k)]
+                _require_finite(self.states[k], k, context)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    def sub_window(self, k: int) -> int:
+        """``j(k) = (k - 1) // every``: the sub-window whose forcing is added after step ``k``."""
+        return (k - 1) // self.every
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, deta: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[dx_0, dx_1, ..., dx_K]``; ``deta`` (``(n_sub, n_state)``, default 0) the forcing's increment."""
+        last_step = self.n_steps if last_step is None else last_step
+        dx = [dx0]
+        for k, lin in enumerate(self.steps[:last_step], start=1):
+            dx_k = lin.tl(dx[-1], dp)
+            if deta is not None:
+                dx_k = dx_k + deta[self.sub_window(k)]
+            dx.append(dx_k)
+        return dx
+
+    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}``, as :meth:`WindowLinearization.ad`."""
+        ax, ap, _ = self.ad_eta(forcings)
+        return ax, ap
+
+    def ad_eta(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ax_0, ap, aeta)``, ``aeta`` of shape ``(n_sub, n_state)``: the adjoint of ``tl(dx0, dp, deta=deta)``."""
+        ap = np.zeros(self.n_params)
+        aeta = np.zeros_like(self.eta)
+        last_step = max(forcings, default=0)
+        ax = np.zeros(self.n_state)
+        for k in range(last_step, 0, -1):
+            if k in forcings:
+                ax = ax + forcings[k]
+            aeta[self.sub_window(k)] += ax
+            ax, ap_k = self.steps[k - 1].ad(ax)
+            ap += ap_k
+        if 0 in forcings:
+            ax = ax + forcings[0]
+        return ax, ap, aeta

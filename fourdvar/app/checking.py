@@ -2,8 +2,10 @@
 
 The model at the first background (one step, the chain and the window, the batched
 window against the per-step chain when the model has ``linearize_window``), each
-observation operator of the first window, ``B``, ``P``, the first ``R``, and the cost
-of the first window; one table per object, the legend of the columns and the counts.
+observation operator of the first window, ``B``, ``P``, ``Q``, the first ``R``, and the cost
+of the first window (in weak constraint the forced window and the gradients with the
+forcing, :func:`fourdvar.checks.check_weak_cost`); one table per object, the legend of
+the columns and the counts.
 """
 
 from __future__ import annotations
@@ -43,14 +45,22 @@ def check_plan(plan, config: dict, n_steps: int | None = None, directions: int =
             checks.operator_taylor_test(slot.operator, x_obs, rng, directions=directions),
         ]))
     covariances = [("B", plan.B0)] + ([("P", plan.P0)] if plan.P0 is not None else [])
+    covariances += [("Q", plan.Q0)] if plan.Q0 is not None else []
     if slots:
         covariances.append(("R (first observation time)", slots[0].covariance))
     for name, covariance in covariances:
         sections.append((f"covariance {name}", [checks.covariance_sqrt_adjoint_test(covariance, rng), checks.covariance_inverse_test(covariance, rng)]))
     P = plan.P0 if "params" in plan.control else None
-    cost = FourDVarCost(model, slots, x, B=plan.B0, pb=p, P=P, n_steps=n_steps)
-    sections.append((f"cost of the first {n_steps} steps (control: {', '.join(plan.control)})",
-                     checks.check_cost(cost, x, p, plan.control, rng, transform=config["assimilation"]["transform"], directions=directions)))
+    transform = config["assimilation"]["transform"]
+    if plan.Q0 is None:
+        cost = FourDVarCost(model, slots, x, B=plan.B0, pb=p, P=P, n_steps=n_steps)
+        cost_checks = checks.check_cost(cost, x, p, plan.control, rng, transform=transform, directions=directions)
+    else:  # weak constraint: the forced window and the gradients with eta, at a forcing drawn from Q
+        cost = FourDVarCost(model, slots, x, B=plan.B0, pb=p, P=P, n_steps=n_steps, Q=plan.Q0,
+                            model_error_every=plan.model_error_every)
+        eta = np.array([plan.Q0.sample(rng) for _ in range(cost.n_sub)])
+        cost_checks = checks.check_weak_cost(cost, x, p, eta, plan.control, rng, transform=transform)
+    sections.append((f"cost of the first {n_steps} steps (control: {', '.join(plan.control)})", cost_checks))
 
     for title, results in sections:
         write(f"== {title}")

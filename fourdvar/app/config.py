@@ -175,6 +175,8 @@ SCHEMA: dict[str, Any] = {
         "initial_std": Field("float", 1.0, "standard deviation of the random initial state of the spin-up", _std),
         "state_slice": Field("int_list", None, "`[start, stop]`: the part of the truth state the forecast model represents (default: all of it)", nullable=True),
         "substeps": Field("int", 1, "truth steps per model step: the truth model integrates with its own dt and is recorded every `substeps` of its steps", _at_least_one),
+        "model_error_std": Field("float", 0.0, "stochastic model error of the truth: one forcing drawn from N(0, model_error_std^2 I) per sub-window of `truth.model_error_every` steps, added after every truth step in it (after the spin-up); 0: none", _non_negative),
+        "model_error_every": Field("int", None, "sub-window length of the truth's model error (default: `model_error.every`, else the window length)", _at_least_one, nullable=True),
     },
     "observations": {
         "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
@@ -203,16 +205,24 @@ SCHEMA: dict[str, Any] = {
             "noise_std": Field("float", 0.01, "with `update: posterior`: std of the random walk added to the parameters' covariance after each window (keeps them learning)", _non_negative),
         },
     },
+    "model_error": {
+        "every": Field("int", None, "weak constraint (`model_error` in the control): steps per sub-window, each with its own forcing eta_j added after every model step in it (default: the window length, one forcing per window)", _at_least_one, nullable=True),
+        "error_std": Field("float", 0.1, "model-error standard deviation of each eta_j (Q = error_std^2 times the correlation)", _std),
+        "correlation": {
+            "type": Field("str", None, "`gaussian` or `soar` correlation of Q on the periodic grid; none for a diagonal Q", choices=("gaussian", "soar"), nullable=True),
+            "length_scale": Field("float", 2.0, "correlation length scale of Q in grid points", _positive),
+        },
+    },
     "window": {
         "steps": Field("int", 10, "model steps per assimilation window", _at_least_one),
         "cycles": Field("int", 1, "number of consecutive windows", _at_least_one),
     },
     "assimilation": {
-        "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`", choices=("state", "params")),
+        "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`, with `model_error` added for weak constraint (e.g. `[state, model_error]`, `[state, params, model_error]`; see `model_error`)", choices=("state", "params", "model_error")),
         "outer_loops": Field("int", 3, "outer loops (relinearisations) per window", _at_least_one),
         "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
         "backtracking": Field("bool", True, "halve an outer-loop increment while it would raise the nonlinear cost (safeguarded Gauss-Newton); false: always add the full increment"),
-        "max_cost_per_obs": Field("float", None, "with `[state, params]` in the control: a window whose analysis cost J exceeds this times its number of observations (J is about half that number at a good minimum) is redone with the parameters fixed, which then carry over unchanged; none: no check", _positive, nullable=True),
+        "max_cost_per_obs": Field("float", None, "with `state` and `params` in the control: a window whose analysis cost J exceeds this times its number of observations (J is about half that number at a good minimum) is redone with the parameters fixed, which then carry over unchanged; none: no check", _positive, nullable=True),
         "inner": {
             "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B) or `cg` (conjugate gradients)", choices=("lbfgs", "cg")),
             "max_iterations": Field("int", 50, "maximum inner iterations per outer loop", _at_least_one),
@@ -403,8 +413,10 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     params = config["background"]["params"]
     if params["update"] == "posterior" and (params["decay"] != 1.0 or params["floor"] != 0.0):
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
-    if config["assimilation"]["max_cost_per_obs"] is not None and set(config["assimilation"]["control"]) != {"state", "params"}:
-        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params]")
+    if config["assimilation"]["max_cost_per_obs"] is not None and not {"state", "params"} <= set(config["assimilation"]["control"]):
+        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added)")
+    if config["truth"]["model_error_std"] > 0 and config["truth"]["substeps"] != 1:
+        raise ConfigError("truth.model_error_std: the truth's model error is added after every model step; it needs truth.substeps: 1")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]
@@ -426,7 +438,7 @@ def comparison_config(config: dict, entry: dict) -> dict:
     for section in ("background", "assimilation"):
         if section in entry:
             merged[section] = _deep_merge(merged[section], entry[section])
-    if set(merged["assimilation"]["control"]) != {"state", "params"}:
+    if not {"state", "params"} <= set(merged["assimilation"]["control"]):
         merged["assimilation"]["max_cost_per_obs"] = None  # a check of joint analyses only
     return resolve_config(merged)
 

@@ -61,7 +61,7 @@ def comparison_variables(name: str, result) -> dict:
     """The comparison run ``name``'s RMSE and cost per cycle, as variables of the main result."""
     return {
         f"{key}_{name}": (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
-        for key in ("rmse_analysis", "rmse_background", "J_final") if key in result
+        for key in ("rmse_analysis", "rmse_background", "J_final", "rmse_analysis_end", "rmse_analysis_window") if key in result
     }
 
 
@@ -73,6 +73,9 @@ def headlines(plan, dataset, comparisons: dict) -> dict:
     headline = {}
     if "rmse_analysis" in dataset:
         headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
+    weak = plan.Q0 is not None or plan.config["truth"]["model_error_std"] > 0  # where the window end matters most
+    if weak:
+        headline.update(_end_and_window_rmse(dataset, half, ""))
     if plan.forecast_steps:
         headline.update(skill_headlines(plan, plan, dataset, ""))
     if "J_rejected" in dataset:
@@ -80,6 +83,8 @@ def headlines(plan, dataset, comparisons: dict) -> dict:
     for name, (other, result) in comparisons.items():
         if "rmse_analysis" in result:
             headline[f"rmse_analysis_last_half_{name}"] = float(result["rmse_analysis"].values[half].mean())
+        if weak:
+            headline.update(_end_and_window_rmse(result, half, f"_{name}"))
         if plan.forecast_steps:
             headline.update(skill_headlines(plan, other, result, f"_{name}"))
     gap = plan.config["gap"]
@@ -88,6 +93,12 @@ def headlines(plan, dataset, comparisons: dict) -> dict:
         reference = headline[f"rmse_analysis_last_half_{gap['reference']}"]
         headline["gap_closed"] = (baseline - headline["rmse_analysis_last_half"]) / (baseline - reference)
     return headline
+
+
+def _end_and_window_rmse(dataset, half: slice, suffix: str) -> dict:
+    """The analysis RMSE at the window end and over the window, averaged over the last half of the cycles."""
+    return {f"{key}_last_half{suffix}": float(dataset[key].values[half].mean())
+            for key in ("rmse_analysis_end", "rmse_analysis_window") if key in dataset}
 
 
 def skill_headlines(plan, run_plan, dataset, suffix: str) -> dict:

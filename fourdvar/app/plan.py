@@ -27,13 +27,13 @@ import numpy as np
 from ..cost import FourDVarCost
 from ..covariances import Diagonal, PeriodicCorrelation
 from ..registry import RegistryError, build_model, build_operator, observation_set_class
-from ..window import DivergenceError, forecast
+from ..window import DivergenceError, forced_forecast, forecast, n_sub_windows
 from .config import FIT_KEYS, STD_RANGE, ConfigError, comparison_config, short
 
 __all__ = ["Plan", "Comparison", "build_component", "check_output", "MAX_COST", "MEMORY_FRACTION"]
 
 # independent random streams, one per purpose
-_TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS = range(5)
+_TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS, _TRUTH_MODEL_ERROR = range(6)
 
 #: The cost at the first background beyond which the problem has no meaning in float64:
 #: an O(1) change of J would be below its rounding error (J * 1e-16) long before this.
@@ -74,7 +74,8 @@ class Plan:
 
     Build it with :meth:`from_config`.  Attributes: ``config`` (resolved), ``model``,
     ``control``, ``n_steps``, ``n_cycles``, ``truth`` (``None`` with an observation
-    file), ``observations``, ``xb0``, ``pb0``, ``B0``, ``P0``, ``forecast_steps``
+    file), ``observations``, ``xb0``, ``pb0``, ``B0``, ``P0``, ``Q0`` and
+    ``model_error_every`` (weak constraint; ``None`` otherwise), ``forecast_steps``
     (length of the skill forecasts, 0 without), ``comparisons`` and ``output``.
     """
 
@@ -130,6 +131,8 @@ class Plan:
             self.observations = self._read_observations() if self.from_file else self._generate_observations()
         self.B0 = self._state_covariance(config["background"]["state"]["error_std"])
         self.P0 = self._params_covariance() if self.model.n_params else None
+        self.Q0 = self._model_error_covariance() if "model_error" in self.control else None
+        self.model_error_every = (config["model_error"]["every"] or self.n_steps) if self.Q0 is not None else None
         self.xb0 = self._initial_background()
         self._check_cost()
         self.comparisons = tuple(self._comparison(entry) for entry in config["compare"])
@@ -258,17 +261,31 @@ class Plan:
         rng = self.rng(_TRUTH_STATE)
         x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
         substeps = spec["substeps"]
+        n_run = (self.n_cycles * self.n_steps + self.forecast_steps) * substeps  # the skill forecasts run past the last window
+        eta, every = self._truth_model_error(model.n_state, n_run)
         try:
             x = forecast(model, x, params, spec["spinup_steps"] * substeps, context="truth spin-up")[-1]
-            # the forecasts of the skill diagnostics run past the last window
-            full = forecast(model, x, params, (self.n_cycles * self.n_steps + self.forecast_steps) * substeps, context="truth run")[::substeps]
+            if eta is None:
+                full = forecast(model, x, params, n_run, context="truth run")[::substeps]
+            else:  # substeps == 1 (checked with the configuration)
+                full = forced_forecast(model, x, params, n_run, eta, every, context="truth run")
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
         same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
         return {
             "model": model, "params": params if same_model else None, "trajectory": full[:, state_slice],
             "state_slice": state_slice, "last_full_state": full[-1], "model_params": params,
+            "model_error": None if eta is None else _per_step(eta, every, n_run)[:, state_slice],
         }
+
+    def _truth_model_error(self, n_state: int, n_run: int):
+        """``(eta, every)``: the truth's stochastic forcing, one draw per sub-window, or ``(None, None)``."""
+        spec = self.config["truth"]
+        if spec["model_error_std"] == 0:
+            return None, None
+        every = spec["model_error_every"] or self.config["model_error"]["every"] or self.n_steps
+        eta = spec["model_error_std"] * self.rng(_TRUTH_MODEL_ERROR).standard_normal((n_sub_windows(n_run, every), n_state))
+        return eta, every
 
     def _forecast_steps(self) -> int:
         diagnostics = self.config["diagnostics"]
@@ -328,6 +345,16 @@ class Plan:
         except ValueError as error:
             raise ConfigError(f"background.state.correlation: {error}") from None
 
+    def _model_error_covariance(self):
+        spec = self.config["model_error"]
+        n = self.model.n_state
+        if spec["correlation"]["type"] is None:
+            return Diagonal(spec["error_std"], size=n)
+        try:
+            return PeriodicCorrelation(n, spec["correlation"]["length_scale"], std=spec["error_std"], shape=spec["correlation"]["type"])
+        except ValueError as error:
+            raise ConfigError(f"model_error.correlation: {error}") from None
+
     def _params_covariance(self):
         std = np.asarray(self.config["background"]["params"]["error_std"], dtype=float)
         n = self.model.n_params
@@ -381,6 +408,13 @@ class Plan:
         variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
         std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
         return B.with_std(std)
+
+def _per_step(eta: np.ndarray, every: int, n_run: int) -> np.ndarray:
+    """The forcing added after each step ``k = 1 .. n_run``, as rows ``k``; row 0 (no forcing) is NaN."""
+    per_step = np.full((n_run + 1, eta.shape[1]), np.nan)
+    per_step[1:] = eta[(np.arange(1, n_run + 1) - 1) // every]
+    return per_step
+
 
 def _finite_vector(value, key: str) -> np.ndarray:
     try:

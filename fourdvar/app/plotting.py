@@ -35,6 +35,7 @@ __all__ = [
     "load_results",
     "plot_cost",
     "plot_hovmoller",
+    "plot_model_error",
     "plot_params",
     "plot_results",
     "plot_rmse",
@@ -653,6 +654,70 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
     return fig
 
 
+# --------------------------------------------------------------------------- model error
+
+
+def _forcing_per_step(ds: xr.Dataset) -> np.ndarray | None:
+    """The analysed forcing added after each step ``1 .. L`` of each window, ``(cycle, L, x)``."""
+    eta = _values(ds, "model_error")
+    every = ds.attrs.get("model_error_every")
+    if eta.ndim != 3 or eta.shape[1] == 0 or every is None or not _finite(eta):
+        return None
+    L = _window_steps(ds)
+    sub_window = np.minimum((np.arange(1, L + 1) - 1) // int(every), eta.shape[1] - 1)
+    return eta[:, sub_window]
+
+
+def plot_model_error(ds: xr.Dataset) -> Figure | None:
+    """Weak constraint: the analysed model-error forcing (``None`` without one).
+
+    Left: the forcing added after each step at one grid point over the whole run,
+    analysed and (when the truth had model error) true. Right: analysed against true
+    forcing at every step and grid point, with their correlation; without a true
+    forcing, the RMS of the analysed forcing per window.
+    """
+    if not _has(ds, "model_error"):
+        return None
+    analysed = _forcing_per_step(ds)
+    if analysed is None:
+        return None
+    n_cycles, L, n_x = analysed.shape
+    true = _values(ds, "model_error_truth")[:, 1:] if _has(ds, "model_error_truth") else None
+    if true is not None and true.shape != analysed.shape:
+        true = None
+    dt, time_label = _time_unit(ds)
+    time = (np.arange(n_cycles)[:, None] * L + np.arange(1, L + 1)[None, :]).ravel() * dt
+    point = 0
+    fig = _new_figure(12.0, 4.4)
+    left, right = fig.subplots(1, 2)
+    if true is not None:
+        left.step(time, true[:, :, point].ravel(), where="pre", color="black", lw=1.0, label="truth")
+    left.step(time, analysed[:, :, point].ravel(), where="pre", color=_ANALYSIS_COLOUR, lw=1.4, label="analysis")
+    left.set_xlabel(time_label)
+    left.set_ylabel(f"forcing added after each step, x[{point}]")
+    left.set_title(f"Model-error forcing at grid point {point}", fontsize=10)
+    if true is not None:
+        r = float(np.corrcoef(true.ravel(), analysed.ravel())[0, 1])
+        right.plot(true.ravel(), analysed.ravel(), ".", ms=2, alpha=0.3, color=_ANALYSIS_COLOUR)
+        limit = float(np.nanmax(np.abs(true)))
+        right.plot([-limit, limit], [-limit, limit], color="black", lw=0.8, label="analysis = truth")
+        right.set_xlabel("true forcing")
+        right.set_ylabel("analysed forcing")
+        right.set_title(f"Every step and grid point (correlation {_fmt(r)})", fontsize=10)
+    else:
+        right.plot(np.arange(n_cycles), np.sqrt(np.mean(analysed**2, axis=(1, 2))), color=_ANALYSIS_COLOUR,
+                   label="RMS of the analysed forcing", **_per_cycle_marker(n_cycles))
+        right.set_xlabel("cycle (assimilation window)")
+        right.set_ylabel("RMS forcing")
+        right.set_title("Size of the analysed forcing", fontsize=10)
+    for ax in (left, right):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(_heading(ds, "model-error forcing (weak constraint)"))
+    return fig
+
+
 # --------------------------------------------------------------------------- all
 
 #: file stem -> figure function, in the order :func:`plot_results` writes them
@@ -662,16 +727,18 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "hovmoller": plot_hovmoller,
     "timeseries": plot_timeseries,
     "params": plot_params,
+    "model_error": plot_model_error,
 }
 
 
 def plot_results(dataset_or_path, output_dir) -> list[Path]:
-    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png`` and ``params.png`` to ``output_dir``.
+    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png``, ``params.png`` and ``model_error.png`` to ``output_dir``.
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently; the
-    directory is created only if a figure is written. Returns the paths written, in that order.
+    ``params.png``; a small state: no ``hovmoller.png``; strong constraint: no ``model_error.png``)
+    are skipped silently; the directory is created only if a figure is written. Returns the
+    paths written, in that order.
     """
     ds = load_results(dataset_or_path)
     output_dir = Path(output_dir)

@@ -15,6 +15,10 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     rmse_background_window, rmse_analysis_window (cycle)      ... averaged over the window's states
     background_std, params_std             (cycle)            mean std of B and P used in the window
     obs_value, obs_step, obs_index, obs_error_std (obs)       the observations (steps from cycle 0)
+    rmse_analysis_end                      (cycle)            analysis RMSE at the window end
+    model_error                            (cycle, sub_window, x)  analysed forcing eta_j (weak constraint)
+    Jm_final                               (cycle)            nonlinear model-error term at the analysis (weak constraint)
+    model_error_truth                      (cycle, step, x)   the truth's forcing added after each step (truth.model_error_std > 0)
 
 Attributes: the resolved configuration as YAML (``config``), ``fourdvar_version``,
 ``window_steps``, ``dt`` (when the model has one), ``model``, ``completed_cycles``,
@@ -79,6 +83,7 @@ class ResultRecorder:
             "background_std": _mean_std(outcome.B),
             "params_std": _mean_std(outcome.P),
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
+            "model_error": outcome.model_error,
         })
         self.P_next = outcome.P_next
         return self.rows[-1]
@@ -106,6 +111,7 @@ class ResultRecorder:
             var("rmse_analysis", ("cycle",), _rms(analysis[:, 0] - truth[:, 0], axis=1), "analysis RMSE at the window start", state_units)
             var("rmse_background_window", ("cycle",), _rms(background - truth, axis=(1, 2)), "background RMSE over the window", state_units)
             var("rmse_analysis_window", ("cycle",), _rms(analysis - truth, axis=(1, 2)), "analysis RMSE over the window", state_units)
+            var("rmse_analysis_end", ("cycle",), _rms(analysis[:, -1] - truth[:, -1], axis=1), "analysis RMSE at the window end (the next background)", state_units)
         if exp.model.n_params:
             var("params_background", ("cycle", "param"), [r["params_background"] for r in self.rows], "background (first guess) parameters")
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
@@ -133,6 +139,14 @@ class ResultRecorder:
         if exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
             matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
+        if exp.Q0 is not None:
+            var("model_error", ("cycle", "sub_window", "x"), [r["model_error"] for r in self.rows],
+                f"analysed model-error forcing eta_j, added after every step of sub-window j ({exp.model_error_every} steps)", state_units)
+            var("Jm_final", ("cycle",), [r["final"].Jm for r in self.rows], "nonlinear Jm (model-error term) at the analysis")
+        if exp.truth is not None and exp.truth.get("model_error") is not None:
+            forcing = np.stack([exp.truth["model_error"][c * L : c * L + L + 1] for c in range(n_cycles)])
+            forcing[:, 0] = np.nan  # no forcing of this window before its first step
+            var("model_error_truth", ("cycle", "step", "x"), forcing, "the truth's model-error forcing added after each step", state_units)
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 
@@ -147,6 +161,8 @@ class ResultRecorder:
                   "outer": np.arange(n_outer), "iteration": np.arange(n_iter)}
         if exp.model.n_params:
             coords["param"] = np.arange(exp.model.n_params)
+        if exp.Q0 is not None:
+            coords["sub_window"] = np.arange(data["model_error"][1].shape[1])
         attrs = {
             "title": exp.config["title"] or "fourdvar experiment",
             "fourdvar_version": __version__,
@@ -161,6 +177,8 @@ class ResultRecorder:
         }
         if hasattr(exp.model, "dt"):
             attrs["dt"] = float(exp.model.dt)
+        if exp.Q0 is not None:
+            attrs["model_error_every"] = exp.model_error_every
         return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -186,7 +204,8 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         "J_outer": (("outer",), [o["J_outer"] for o in row["outer"]]),
         "inner_iterations": (("outer",), np.array([o["nit"] for o in row["outer"]], dtype=np.int64)),
         "step_length": (("outer",), [o["step_length"] for o in row["outer"]]),
-        "final": (("term",), [row["final"].Jb, row["final"].Jp, row["final"].Jo]),
+        "final": (("term",), [row["final"].Jb, row["final"].Jp, row["final"].Jo, row["final"].Jm]),
+        "model_error": (("sub_window", "x"), row["model_error"]),
         "background_std": ((), row["background_std"]),
         "params_std": ((), row["params_std"]),
         "rejected_cost": ((), row["rejected_cost"]),
@@ -210,6 +229,7 @@ def window_row(dataset: xr.Dataset) -> dict:
         "params_analysis": dataset["params_analysis"].values,
         "outer": outer,
         "final": CostTerms(*(float(v) for v in dataset["final"].values)),
+        "model_error": dataset["model_error"].values,
         "background_std": float(dataset["background_std"].values),
         "params_std": float(dataset["params_std"].values),
         "rejected_cost": float(dataset["rejected_cost"].values),
@@ -321,7 +341,7 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     B = plan.B0.with_std(float(row["background_std"]))
     P = plan.params_policy(cycle, plan.P0) if "params" in plan.control else None
     slots = plan.observations.window(cycle * plan.n_steps, plan.n_steps, include_end=False)
-    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps)
+    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=plan.Q0, model_error_every=plan.model_error_every)
     x0 = row["analysis"].values[0]
     p = row["params_analysis"].values if "params_analysis" in dataset else plan.pb0
-    return cost.evaluate(x0, p)
+    return cost.evaluate(x0, p, row["model_error"].values if "model_error" in dataset else None)

@@ -163,6 +163,7 @@ def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
         params_policy=None if posterior else plan.params_policy,
         params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
         max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], **plan.solver_options,
+        Q=plan.Q0, model_error_every=plan.model_error_every,
     )
     current = state.cycle
     try:
