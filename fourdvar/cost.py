@@ -181,7 +181,10 @@ def _into(method, v: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     if isinstance(getattr(method, "__self__", None), Diagonal):
         return method(v, out=out)
-    out[...] = method(v)
+    result = method(v)
+    if result.shape != out.shape:  # B^T/2 into an extended control space: larger than the state
+        return result
+    out[...] = result
     return out
 
 
@@ -216,7 +219,10 @@ class IncrementalCost:
             raise ValueError("the state is in the control but no background covariance B was given")
         if self.control.params and cost.P is None and cost.model.n_params:
             raise ValueError("the parameters are in the control but no parameter covariance P was given")
-        self.n_x = cost.model.n_state if self.control.state else 0
+        # a B whose square root maps from a larger control space (an ensemble's alpha control) says so
+        self.n_x = getattr(cost.B, "control_size", cost.model.n_state) if self.control.state else 0
+        if self.n_x not in (0, cost.model.n_state) and not self.transform:
+            raise ValueError(f"{cost.B!r} is applied through its square root only: it needs the control-variable transform")
         self.n_p = cost.model.n_params if self.control.params else 0
         self.size = self.n_x + self.n_p
 
