@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Sequence
 import xarray as xr
 
 __all__ = [
-    "Member", "MemberOutcome", "connect", "run_config", "embedded_cluster", "execute_member", "run_members",
+    "Member", "MemberOutcome", "connect", "distributed_map", "run_config", "embedded_cluster", "execute_member", "run_members",
     "remove_temporaries", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT",
 ]
 
@@ -173,6 +173,20 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = N
         return
     with embedded_cluster(n_workers) as embedded:
         yield embedded
+
+
+def distributed_map(client) -> Callable[[Callable, Sequence], list]:
+    """``map_members(function, tasks)`` on the cluster of ``client``: the results in the tasks' order.
+
+    Each task is submitted as its own future (a lost worker's task is rerun
+    elsewhere); for the members of an ensemble window (:func:`fourdvar.eda.eda_cycle`).
+    """
+    def map_members(function, tasks):
+        token = uuid.uuid4().hex[:8]
+        futures = [client.submit(function, task, key=f"task-{i}-{token}", pure=False) for i, task in enumerate(tasks)]
+        return client.gather(futures)
+
+    return map_members
 
 
 def run_members(
