@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from fourdvar.app.cluster import PROVENANCE_ATTRIBUTES, Member, embedded_cluster, execute_member, run_config, run_members  # noqa: E402
-from fourdvar.config import resolve_config  # noqa: E402
+from fourdvar.app.config import resolve_config  # noqa: E402
 
 
 def member_config(seed: int, cycles: int) -> dict:

@@ -21,7 +21,7 @@ import xarray as xr
 from fourdvar.app.cluster import (
     PROVENANCE_ATTRIBUTES, Member, embedded_cluster, execute_member, run_config, run_members,
 )
-from fourdvar.config import resolve_config
+from fourdvar.app.config import resolve_config
 
 
 

@@ -124,7 +124,7 @@ def execute_member(member: Member) -> MemberOutcome:
 
 def run_config(config: dict, base_dir: str = ".") -> xr.Dataset:
     """The result dataset of one resolved configuration: the ordinary run, no checkpoints."""
-    from ..experiment import Experiment
+    from .experiment import Experiment
 
     return Experiment(config, base_dir=base_dir).run()
 
