@@ -1,6 +1,7 @@
 """The ``fourdvar`` command line: run, check, generate, plot.
 
     fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet]
+    fourdvar sweep CONFIG [--output DIR] [--scheduler ADDRESS] [--workers N] [--resume] [--quiet]
     fourdvar check CONFIG [--seed S]
     fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
     fourdvar plot RESULT.nc [--output DIR]
@@ -140,6 +141,8 @@ def command_run(args) -> int:
     from .results import config_text, write_atomic
 
     config = _load(args)
+    if config["sweep"]:
+        raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output = Path(args.output or config["output"]["file"])
     config["output"]["file"] = str(output)
     _require_writable_directory(output, "--output" if args.output else f"{args.config}: output.file")
@@ -173,6 +176,55 @@ def command_run(args) -> int:
             if key.startswith("headline_"):
                 print(f"{key.removeprefix('headline_')}: {value:.4g}", file=sys.stderr)
     return EXIT_OK
+
+
+class MemberProgress:
+    """Progress over the members of a sweep: a bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream, self.quiet = stream or sys.stderr, quiet
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int, outcome) -> None:
+        if self.quiet:
+            return
+        state = "skipped (done before)" if outcome.skipped else (f"FAILED: {outcome.error}" if outcome.error else f"{outcome.seconds:.1f} s")
+        elapsed = time.perf_counter() - self.started
+        if self.stream.isatty():
+            filled = int(24 * done / total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)  ")
+            if done == total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)\n")
+        self.stream.flush()
+
+
+def command_sweep(args) -> int:
+    from .sweep import SUMMARY_FILE, Sweep, run_sweep, summary_table
+
+    sweep = Sweep.from_file(args.config, args.output)
+    _require_writable_directory(sweep.directory / SUMMARY_FILE, "--output" if args.output else f"{args.config}: sweep directory")
+    if sweep.directory.exists() and not sweep.directory.is_dir():
+        raise CommandError(f"--output: {sweep.directory} exists and is not a directory")
+    finished = [member.output for member in sweep.members if member.output.exists()]
+    if finished and not args.resume:
+        raise CommandError(f"{sweep.directory} already holds {len(finished)} member results of a sweep; add --resume to run only the missing members, or choose another --output")
+    sweep.validate()
+    if not args.quiet:
+        where = args.scheduler or f"an embedded cluster of {args.workers or os.cpu_count()} workers"
+        print(f"sweep of {len(sweep.members)} members ({len(finished)} done before) over {', '.join(sweep.keys)} on {where}", file=sys.stderr)
+    try:
+        outcomes, summary = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, progress=MemberProgress(quiet=args.quiet))
+    except OSError as error:
+        raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {error}", EXIT_FAILED) from None
+    failed = [outcome for outcome in outcomes if outcome.error]
+    if not args.quiet:
+        print(f"wrote {sweep.directory / SUMMARY_FILE}", file=sys.stderr)
+        print(summary_table(summary))
+    for outcome in failed:
+        print(f"fourdvar: member {outcome.name} failed: {outcome.error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def command_check(args) -> int:
@@ -291,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
     generate.add_argument("--seed", type=int, help="random seed (overrides seed)")
     generate.set_defaults(handler=command_generate)
+
+    sweep = commands.add_parser("sweep", help="run every combination of a config's sweep: block on a Dask cluster", description="Run one ordinary run per combination of the sweep: block (dotted keys mapped to lists) and write summary.nc with their headline numbers along the sweep's dimensions.")
+    sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
+    sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: results/<config name>_sweep)")
+    sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
+    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: one per core)")
+    sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
+    sweep.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    sweep.set_defaults(handler=command_sweep)
 
     plot = commands.add_parser("plot", help="write PNG figures of a result file", description="Cost reduction, RMSE per cycle, Hovmoeller diagram and parameter trajectory of a result file, as PNG.")
     plot.add_argument("result", help="a result file written by 'fourdvar run'")
