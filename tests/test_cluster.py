@@ -97,13 +97,32 @@ def test_a_member_that_fails_is_reported_and_the_others_are_written(tmp_path):
     assert outcomes[1].ok and good.output.exists()
 
 
-# --- a cluster started by hand: dask scheduler + 2 dask worker, one killed midway ----------------------
+# --- a cluster started by hand (the test through it is in test_sweep.py) --------------------------------
+
+
+def start_scheduler_and_workers(directory: Path, n_workers: int = 2) -> tuple[str, list[subprocess.Popen]]:
+    """`dask scheduler` and `dask worker` processes on 127.0.0.1 (each its own session): ``(address, processes)``."""
+    bin_dir = Path(sys.executable).parent
+    scheduler_file = directory / "scheduler.json"
+    processes = [_start([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                         "--scheduler-file", str(scheduler_file)], directory / "scheduler.log")]
+    try:
+        _wait_for(scheduler_file.exists, 60, "the scheduler did not start")
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(n_workers):
+            processes.append(_start([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                     "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"], directory / f"worker{i}.log"))
+    except BaseException:
+        for process in reversed(processes):
+            _stop(process)
+        raise
+    return address, processes
 
 
 def _start(arguments, log: Path) -> subprocess.Popen:
     environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as stream:
-        return subprocess.Popen(arguments, stdout=stream, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        return subprocess.Popen(arguments, stdout=stream, stderr=subprocess.STDOUT, env=environment, cwd=log.parent, start_new_session=True)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -118,45 +137,6 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         time.sleep(0.1)
-
-
-def test_scheduler_and_two_workers_lose_one_worker_midway_and_deliver_every_member_identical(tmp_path, serial):
-    from distributed import Client
-
-    bin_dir = Path(sys.executable).parent
-    scheduler_file = tmp_path / "scheduler.json"
-    processes = [_start([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                         "--scheduler-file", str(scheduler_file)], tmp_path / "scheduler.log")]
-    try:
-        _wait_for(scheduler_file.exists, 30, "the scheduler did not start")
-        address = json.loads(scheduler_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        for i in range(2):
-            processes.append(_start([str(bin_dir / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                     "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"], tmp_path / f"worker{i}.log"))
-        with Client(address, timeout="20s") as client:
-            client.wait_for_workers(2, timeout=30)
-            workers = client.scheduler_info()["workers"]
-            victim_address = next(a for a, info in workers.items() if info["name"] == "w0")
-            output = tmp_path / "members"
-            killed = []
-
-            def kill_first_worker_midway(done, total, outcome):
-                if not killed:  # after the first member, while the victim is running one
-                    running = client.processing([victim_address]).get(victim_address, ())
-                    _stop(processes[1])
-                    killed.append((done, len(running)))
-
-            outcomes = run_members(members(output, range(1, 7)), client=client, progress=kill_first_worker_midway)
-            assert processes[1].poll() is not None and killed[0][0] == 1 and killed[0][1] >= 1  # a member was lost with it
-            assert all(o.ok for o in outcomes)
-            assert victim_address not in client.scheduler_info()["workers"]
-        for s in range(1, 7):
-            assert_same_result(output / f"seed{s}.nc", serial / f"seed{s}.nc")
-        assert sorted(p.name for p in output.iterdir()) == [f"seed{s}.nc" for s in range(1, 7)]  # no temporaries
-    finally:
-        for process in reversed(processes):
-            _stop(process)
 
 
 def test_an_eda_on_the_embedded_cluster_equals_the_same_eda_run_serially():

@@ -120,3 +120,40 @@ def test_run_refuses_a_sweep_configuration_and_sweep_a_plain_one(tmp_path):
     sweep = fourdvar_command("sweep", str(plain), cwd=tmp_path)
     assert sweep.returncode == 2 and "no sweep block" in sweep.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.yaml", "sweep.yaml"]
+
+
+def test_a_sweep_through_scheduler_and_two_workers_survives_a_worker_killed_midway(tmp_path):
+    """`dask scheduler` + 2 `dask worker` on 127.0.0.1; `fourdvar sweep --scheduler`; worker w0 is
+    killed while it runs a member; every member is delivered, identical to the serial sweep."""
+    import time
+
+    from distributed import Client
+
+    from test_cluster import _stop, _wait_for, start_scheduler_and_workers
+
+    config = write_config(tmp_path, sweep={"seed": [1, 2, 3, 4, 5, 6]}, window={"steps": 8, "cycles": 16})
+    address, processes = start_scheduler_and_workers(tmp_path)
+    try:
+        assert address.startswith("tcp://127.0.0.1:")
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            victim = next(a for a, info in client.scheduler_info()["workers"].items() if info["name"] == "w0")
+            sweep_process = subprocess.Popen([sys.executable, "-m", "fourdvar", "sweep", str(config), "--output", "out", "--scheduler", address],
+                                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                             env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+            _wait_for(lambda: client.processing([victim]).get(victim) or sweep_process.poll() is not None, 120, "w0 never ran a member")
+            lost = client.processing([victim]).get(victim, ())
+            _stop(processes[1])  # w0, midway through a member
+            stdout, stderr = sweep_process.communicate(timeout=300)
+        assert len(lost) == 1 and processes[1].poll() is not None
+        assert sweep_process.returncode == 0, stderr
+        assert stderr.count("member ") == 6 and "FAILED" not in stderr
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+    shutil.move(tmp_path / "out", tmp_path / "cluster")
+    sweep = Sweep.from_file(config, output=tmp_path / "out")
+    run_sweep(sweep, serial=True)
+    assert sorted(p.name for p in (tmp_path / "cluster").iterdir()) == sorted(p.name for p in (tmp_path / "out").iterdir())  # no temporaries
+    for member in sweep.members:
+        assert_same_result(member.output, tmp_path / "cluster" / member.output.name)

@@ -13,6 +13,8 @@ run: the same code path and result file as ``fourdvar run``, the member's
 settings in its attributes (``sweep_<key>``), in the sweep's directory.  The
 members run on dask.distributed (:mod:`fourdvar.app.cluster`): an embedded
 cluster by default, an existing one by ``scheduler`` address or ``client``.
+Paths are made absolute before the members leave this process: the workers of an
+existing cluster must see the same file system (a shared directory on a cluster).
 A finished member's file is never rewritten: ``resume`` runs only what is missing.
 
 ``summary.nc`` in the directory holds every member's headline numbers along the
@@ -88,8 +90,10 @@ class Sweep:
         if not self.keys:
             raise ConfigError("sweep: the configuration has no sweep block (or it is empty); run it with 'fourdvar run'")
         self.name = name
-        self.base_dir = str(base_dir)
-        self.directory = Path(output) if output is not None else Path(base["output"]["file"]).with_suffix("").with_name(name + "_sweep")
+        # absolute: a worker of an existing cluster runs in a directory of its own
+        self.base_dir = str(Path(base_dir).absolute())
+        directory = Path(output) if output is not None else Path(base["output"]["file"]).with_suffix("").with_name(name + "_sweep")
+        self.directory = directory.absolute()
         self.values = [base["sweep"][key] for key in self.keys]
         self.members = []
         for index, combination in enumerate(itertools.product(*self.values)):
