@@ -1,6 +1,6 @@
 """The ``fourdvar`` command line: run, check, generate, plot.
 
-    fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet]
+    fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet] [--scheduler ADDRESS] [--workers N]
     fourdvar sweep CONFIG [--output DIR] [--scheduler ADDRESS] [--workers N] [--resume] [--quiet]
     fourdvar check CONFIG [--seed S]
     fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
@@ -15,6 +15,7 @@ a forecast that diverges exits 1 with the cycle, outer loop and step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -137,6 +138,18 @@ def _checkpoint_path(output: Path) -> Path:
     return output.with_name(output.stem + ".checkpoint.nc")
 
 
+@contextlib.contextmanager
+def _members_map(config: dict, args):
+    """How an ensemble's members run: on the Dask cluster (``--scheduler`` or an embedded one); ``map`` without an ensemble."""
+    if not config["ensemble"]["members"]:
+        yield map
+        return
+    from .cluster import connect, distributed_map
+
+    with connect(scheduler=args.scheduler, n_workers=args.workers) as client:
+        yield distributed_map(client)
+
+
 def command_run(args) -> int:
     from .results import config_text, write_atomic
 
@@ -162,7 +175,9 @@ def command_run(args) -> int:
     progress = Progress(experiment.n_cycles, quiet=args.quiet, start_cycle=start)
     try:
         message = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-        dataset = experiment.run(checkpoint=lambda ds: write_atomic(ds, checkpoint), resume_from=resume_from, progress=progress, progress_message=message)
+        with _members_map(config, args) as map_members:
+            dataset = experiment.run(checkpoint=lambda ds: write_atomic(ds, checkpoint), resume_from=resume_from, progress=progress,
+                                     progress_message=message, map_members=map_members)
         write_atomic(dataset, output)
     except KeyboardInterrupt:
         print(f"\ninterrupted; completed cycles are saved in {checkpoint}; continue with --resume", file=sys.stderr)
@@ -330,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="random seed (overrides seed)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
+    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster (default: one per core)")
     run.set_defaults(handler=command_run)
 
     check = commands.add_parser("check", help="run the adjoint, tangent-linear and gradient tests on a config's model, operators and cost", description="Adjoint (dot-product), tangent-linear (Taylor) and gradient tests of everything a configuration uses; exit status 1 if any fails.")

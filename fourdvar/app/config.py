@@ -425,6 +425,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params]")
     if config["ensemble"]["members"] and set(config["assimilation"]["control"]) != {"state"}:
         raise ConfigError("ensemble.members: an ensemble of data assimilations estimates the state only (assimilation.control: [state])")
+    if config["ensemble"]["members"] and state["adaptive"]:
+        raise ConfigError("ensemble.members: the ensemble gives B its flow-dependent part; background.state.adaptive cannot be combined with it")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]

@@ -25,6 +25,7 @@ from .config import ConfigError, comparison_config
 from ..covariances import Diagonal, PeriodicCorrelation
 from ..cycling import cycle
 from .diagnostics import forecast_skill
+from .ensemble_run import EnsembleRecorder, ensemble_cycles
 from .fitting import fit_tendency
 from ..registry import RegistryError, build_model, build_operator, observation_set_class
 from .results import ResultRecorder
@@ -250,9 +251,15 @@ class Experiment:
         resume_from: xr.Dataset | None = None,
         progress: Callable[[int, int, object, ResultRecorder], None] | None = None,
         progress_message: Callable[[str], None] | None = None,
+        map_members: Callable = map,
     ) -> xr.Dataset:
-        """Cycle all windows; ``checkpoint(dataset)`` after each; continue ``resume_from`` if given."""
+        """Cycle all windows; ``checkpoint(dataset)`` after each; continue ``resume_from`` if given.
+
+        With an ``ensemble:``, ``map_members(function, tasks)`` runs each window's members
+        (default: one after another here; :func:`fourdvar.app.cluster.distributed_map` on a cluster).
+        """
         recorder = ResultRecorder(self)
+        members = EnsembleRecorder(self) if self.config["ensemble"]["members"] else None
         xb, pb, B = self.xb0, self.pb0, self.B0
         start = 0
         posterior = self.config["background"]["params"]["update"] == "posterior" and "params" in self.control
@@ -264,27 +271,39 @@ class Experiment:
             if posterior:  # the propagated P of the next window
                 P = recorder.P_next
         inner = self.config["assimilation"]["inner"]
-        cycles = cycle(
-            self.model, self.windows(start), xb, B, pb, P, control=self.control, n_steps=self.n_steps,
-            start_cycle=start, background_policy=self.background_policy,
-            params_policy=None if posterior else self.params_policy,
-            params_noise_std=self.config["background"]["params"]["noise_std"] if posterior else None,
+        solve_options = dict(
             outer_loops=self.config["assimilation"]["outer_loops"], method=inner["method"],
             max_iterations=inner["max_iterations"], gradient_reduction=inner["gradient_reduction"],
             transform=self.config["assimilation"]["transform"], backtracking=self.config["assimilation"]["backtracking"],
-            max_cost_per_obs=self.config["assimilation"]["max_cost_per_obs"],
         )
+        if members is not None:
+            member_backgrounds = members.restore(resume_from) if resume_from is not None else None
+            cycles = ensemble_cycles(self, members, start, xb, self.B0, pb, member_backgrounds, map_members, **solve_options)
+        else:
+            cycles = cycle(
+                self.model, self.windows(start), xb, B, pb, P, control=self.control, n_steps=self.n_steps,
+                start_cycle=start, background_policy=self.background_policy,
+                params_policy=None if posterior else self.params_policy,
+                params_noise_std=self.config["background"]["params"]["noise_std"] if posterior else None,
+                max_cost_per_obs=self.config["assimilation"]["max_cost_per_obs"], **solve_options,
+            )
         started = time.perf_counter()
         for outcome in cycles:
             recorder.add(outcome)
             if checkpoint is not None:
-                checkpoint(recorder.dataset(complete=False))
+                checkpoint(self._with_members(recorder.dataset(complete=False), members))
             if progress is not None:
                 progress(outcome.cycle, self.n_cycles, outcome, recorder)
-        dataset = recorder.dataset(complete=True)
+        dataset = self._with_members(recorder.dataset(complete=True), members)
+        if members is not None:
+            members.add_headlines(dataset)
         self._add_diagnostics(dataset, progress_message)
         dataset.attrs["run_seconds"] = round(time.perf_counter() - started, 3)
         return dataset
+
+    @staticmethod
+    def _with_members(dataset: xr.Dataset, members) -> xr.Dataset:
+        return dataset if members is None else members.add_to(dataset)
 
     # --- diagnostics: comparison runs, forecast skill, headline numbers -------------------------------
 
