@@ -138,17 +138,3 @@ def _wait_for(condition, timeout: float, what: str) -> None:
             raise TimeoutError(what)
         time.sleep(0.1)
 
-
-def test_an_eda_on_the_embedded_cluster_equals_the_same_eda_run_serially():
-    from fourdvar.app.cluster import distributed_map
-    from test_eda import run_eda
-
-    serial_windows = run_eda()
-    with embedded_cluster(2) as client:
-        distributed_windows = run_eda(map_members=distributed_map(client))
-    assert len(distributed_windows) == len(serial_windows)
-    for a, b in zip(serial_windows, distributed_windows):
-        for x, y in zip([a.control, *a.members], [b.control, *b.members]):
-            assert np.array_equal(x.x0, y.x0) and np.array_equal(x.analysis_trajectory, y.analysis_trajectory)
-            assert x.result.final.J == y.result.final.J
-        assert np.array_equal(a.background_spread, b.background_spread)
