@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run every combination of a config's sweep: block on a Dask cluster", description="Run one ordinary run per combination of the sweep: block (dotted keys mapped to lists) and write summary.nc with their headline numbers along the sweep's dimensions.")
     sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
-    sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: results/<config name>_sweep)")
+    sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
     sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: one per core)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")

@@ -231,7 +231,7 @@ SCHEMA: dict[str, Any] = {
         "forecast_spacing": Field("int", 25, "model steps between those start times", _at_least_one),
     },
     "ensemble": {
-        "members": Field("int", 0, "members of an ensemble of data assimilations (EDA) cycled beside the control 4D-Var: each window, each member runs 4D-Var from its own background with perturbed observations, and their background forecasts give the next window a flow-dependent B; 0: no ensemble, else at least 2", lambda v: None if v == 0 or v >= 2 else "must be 0 or >= 2"),
+        "members": Field("int", 0, "members of an ensemble of data assimilations (EDA) cycled beside the control 4D-Var: each window, each member runs 4D-Var from its own background with perturbed observations, and their background forecasts give the next window a flow-dependent B; 0: no ensemble, else at least 2; comparison runs (`compare:`) are plain 4D-Vars with the static B", lambda v: None if v == 0 or v >= 2 else "must be 0 or >= 2"),
         "perturb": Field("str_list", ["observations", "background"], "what the members perturb: `observations` (y + a draw from R, every window) and/or `background` (the members start from xb + a draw from the static B)", choices=("observations", "background")),
         "hybrid_weight": Field("float", 0.5, "beta in B = (1 - beta) B_static + beta B_ensemble", lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
         "localization": Field("float", 4.0, "length scale (grid points) of the Gaussian correlation whose Schur product localises the ensemble covariance", _positive),

@@ -92,7 +92,7 @@ class Sweep:
         self.name = name
         # absolute: a worker of an existing cluster runs in a directory of its own
         self.base_dir = str(Path(base_dir).absolute())
-        directory = Path(output) if output is not None else Path(base["output"]["file"]).with_suffix("").with_name(name + "_sweep")
+        directory = Path(output) if output is not None else Path(base["output"]["file"]).with_suffix("")
         self.directory = directory.absolute()
         self.values = [base["sweep"][key] for key in self.keys]
         self.members = []
