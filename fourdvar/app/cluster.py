@@ -123,10 +123,11 @@ def execute_member(member: Member) -> MemberOutcome:
 
 
 def run_config(config: dict, base_dir: str = ".") -> xr.Dataset:
-    """The result dataset of one resolved configuration: the ordinary run, no checkpoints."""
-    from .experiment import Experiment
+    """The result dataset of one resolved configuration: its plan executed as ``fourdvar run`` does, no checkpoints."""
+    from .plan import Plan
+    from .run import execute
 
-    return Experiment(config, base_dir=base_dir).run()
+    return execute(Plan.from_config(config, base_dir=base_dir))
 
 
 def _worker_address() -> str:

@@ -124,13 +124,14 @@ class Sweep:
             raise ConfigError(f"{where}: {error}") from None
         return SweepMember(index, settings, config, output)
 
-    def validate(self) -> None:
-        """Build every member's experiment (models, truth, observations, covariances), as its run would first."""
-        from .experiment import Experiment
+    def validate(self, inputs=()) -> None:
+        """Every member's :class:`~fourdvar.app.plan.Plan`, as its run builds it first (its output
+        checked against ``inputs`` and the files it reads)."""
+        from .plan import Plan
 
         for member in self.members:
             try:
-                Experiment(member.config, base_dir=self.base_dir)
+                Plan.from_config(member.config, base_dir=self.base_dir, output=member.output, inputs=tuple(inputs))
             except ConfigError as error:
                 where = ", ".join(f"{key}={short(value, 30)}" for key, value in member.settings.items())
                 raise ConfigError(f"sweep member {where}: {error}") from None
