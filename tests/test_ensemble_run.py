@@ -13,7 +13,9 @@ import xarray as xr
 
 from fourdvar.app.cluster import PROVENANCE_ATTRIBUTES, distributed_map, embedded_cluster
 from fourdvar.app.config import ConfigError, resolve_config
-from fourdvar.app.experiment import Experiment
+from fourdvar.app.plan import Plan
+from fourdvar.app.results import window_dataset, window_row, write_atomic
+from fourdvar.app.run import CyclingState, execute
 from fourdvar.app.plotting import plot_results
 
 EDA = {
@@ -34,9 +36,13 @@ def assert_identical_results(a: xr.Dataset, b: xr.Dataset) -> None:
     assert strip(a.attrs) == strip(b.attrs)
 
 
+def plan() -> Plan:
+    return Plan.from_config(resolve_config(copy.deepcopy(EDA), name="eda"))
+
+
 @pytest.fixture(scope="module")
 def serial_result():
-    return Experiment(resolve_config(copy.deepcopy(EDA), name="eda")).run()
+    return execute(plan())
 
 
 def test_the_result_file_has_the_members_and_spread_diagnostics(serial_result):
@@ -52,17 +58,23 @@ def test_the_result_file_has_the_members_and_spread_diagnostics(serial_result):
 
 def test_an_eda_on_the_embedded_cluster_equals_the_serial_run_bit_for_bit(serial_result):
     with embedded_cluster(2) as client:
-        distributed = Experiment(resolve_config(copy.deepcopy(EDA), name="eda")).run(map_members=distributed_map(client))
+        distributed = execute(plan(), map_members=distributed_map(client))
     assert_identical_results(serial_result, distributed)
 
 
-def test_a_resumed_eda_equals_the_uninterrupted_run(serial_result):
-    checkpoints = []
-    experiment = Experiment(resolve_config(copy.deepcopy(EDA), name="eda"))
-    experiment.run(checkpoint=lambda ds: checkpoints.append(ds.copy(deep=True)))
-    halfway = checkpoints[1]
-    assert halfway.attrs["completed_cycles"] == 2
-    resumed = Experiment(resolve_config(copy.deepcopy(EDA), name="eda")).run(resume_from=halfway)
+def test_a_resumed_eda_equals_the_uninterrupted_run(serial_result, tmp_path):
+    """The checkpoint files of the first two windows (rows and cycling state, written and
+    read back as `fourdvar run` does) restart the members where they were."""
+    saved = []
+    first = plan()
+    execute(first, on_window=lambda row, state: saved.append(window_dataset(row, state.cycle - 1, state.variables(), "")))
+    for c, ds in enumerate(saved[:2]):
+        write_atomic(ds, tmp_path / f"cycle_{c}.nc")
+    halfway = [xr.load_dataset(tmp_path / f"cycle_{c}.nc") for c in range(2)]
+    assert "state_members" in halfway[-1] and "member_forecast_end" in halfway[-1]
+    rows = [window_row(ds) for ds in halfway]
+    again = plan()
+    resumed = execute(again, resume=(rows, CyclingState.from_dataset(halfway[-1], again)))
     assert_identical_results(serial_result, resumed)
 
 

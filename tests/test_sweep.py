@@ -145,7 +145,7 @@ def test_a_sweep_through_scheduler_and_two_workers_survives_a_worker_killed_midw
             lost = client.processing([victim]).get(victim, ())
             _stop(processes[1])  # w0, midway through a member
             stdout, stderr = sweep_process.communicate(timeout=300)
-        assert len(lost) == 1 and processes[1].poll() is not None
+        assert len(lost) >= 1 and processes[1].poll() is not None  # members were assigned to it, one running
         assert sweep_process.returncode == 0, stderr
         assert stderr.count("member ") == 6 and "FAILED" not in stderr
     finally:

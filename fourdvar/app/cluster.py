@@ -155,7 +155,8 @@ def embedded_cluster(n_workers: int | None = None) -> Iterator:
     n_workers = n_workers or os.cpu_count() or 1
     with dask.config.set({"distributed.nanny.pre-spawn-environ": SINGLE_THREAD_ENVIRONMENT}):
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP endpoints: any free port
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
 
 
