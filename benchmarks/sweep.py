@@ -1,6 +1,6 @@
 """A sweep of 8 shortened runs: the embedded 2-worker Dask cluster against one run after another.
 
-    python benchmarks/sweep.py            # 3 rounds, about 2 minutes
+    python benchmarks/sweep.py            # 3 rounds, about 2-3 minutes on an idle machine
     python benchmarks/sweep.py --quick    # 1 round of shorter runs (smoke test)
 
 The members are Lorenz-96 state-estimation runs (n = 40, all observed every 4
@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    rounds, cycles = (1, 10) if args.quick else (3, 60)
+    rounds, cycles = (1, 10) if args.quick else (3, 120)
     print(timing.machine_header())
     print(f"8 members of {cycles} windows; {rounds} rounds, serial and cluster alternating")
     serial_times, cluster_times = [], []
