@@ -378,7 +378,7 @@ def test_bad_input_message_names_the_problem(case, bad_runs):
 HELP_OPTIONS = {
     (): ["run", "check", "generate", "plot", "--version"],
     ("run",): ["config", "--output", "--cycles", "--seed", "--resume", "--quiet"],
-    ("check",): ["config", "--seed"],
+    ("check",): ["config", "--seed", "--window-steps", "--directions"],
     ("generate",): ["config", "--output", "--cycles", "--seed"],
     ("plot",): ["result", "--output"],
 }
@@ -596,15 +596,16 @@ def _verdicts(stdout: str) -> dict[str, str]:
     """test name -> PASS/FAIL from the tables."""
     verdicts = {}
     for line in stdout.splitlines():
-        match = re.match(r"^(\S.*?)\s+\S+\s+\S+\s+(PASS|FAIL)\s*$", line)
+        match = re.match(r"^(\S.*?)(?:\s+\S+){4}\s+(PASS|FAIL|INCONCLUSIVE)\s*$", line)
         if match:
             verdicts.setdefault(match.group(1), match.group(2))
     return verdicts
 
 
 def _summary(stdout: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+) passed, (\d+) failed", stdout.strip().splitlines()[-1])
-    assert match, f"the output does not end with 'N passed, M failed':\n{stdout}"
+    match = re.fullmatch(r"(\d+) passed, (\d+) failed, (\d+) inconclusive", stdout.strip().splitlines()[-1])
+    assert match, f"the output does not end with 'N passed, M failed, K inconclusive':\n{stdout}"
+    assert int(match.group(3)) == 0, stdout
     return int(match.group(1)), int(match.group(2))
 
 
@@ -669,8 +670,8 @@ def test_generate_writes_observations_a_run_can_read(generated, runs):
 
 
 @pytest.mark.parametrize("name, figures", [
-    ("base", {"cost.png", "rmse.png", "hovmoller.png"}),
-    ("params", {"cost.png", "rmse.png", "hovmoller.png", "params.png"}),
+    ("base", {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png"}),
+    ("params", {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png", "params.png"}),
 ])
 def test_plot_writes_pngs(name, figures, plots):
     job = plots[name]
