@@ -281,7 +281,10 @@ def _into(method, v: np.ndarray, out: np.ndarray) -> np.ndarray:
     """
     if isinstance(getattr(method, "__self__", None), Diagonal):
         return method(v, out=out)
-    out[...] = method(v)
+    result = method(v)
+    if result.shape != out.shape:  # B^T/2 into an extended control space: larger than the state
+        return result
+    out[...] = result
     return out
 
 
@@ -323,7 +326,10 @@ class IncrementalCost:
         if self.control.model_error and cost.Q is None:
             raise ValueError("the model error is in the control but no model-error covariance Q was given")
         self.eta = cost.checked_model_error(eta)
-        self.n_x = cost.model.n_state if self.control.state else 0
+        # a B whose square root maps from a larger control space (an ensemble's alpha control) says so
+        self.n_x = getattr(cost.B, "control_size", cost.model.n_state) if self.control.state else 0
+        if self.n_x not in (0, cost.model.n_state) and not self.transform:
+            raise ValueError(f"{cost.B!r} is applied through its square root only: it needs the control-variable transform")
         self.n_p = cost.model.n_params if self.control.params else 0
         self.n_e = cost.n_sub * cost.model.n_state if self.control.model_error else 0
         self.size = self.n_x + self.n_p + self.n_e

@@ -1,6 +1,7 @@
 """The ``fourdvar`` command line: run, check, generate, plot.
 
-    fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet]
+    fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet] [--scheduler ADDRESS] [--workers N]
+    fourdvar sweep CONFIG [--output DIR] [--scheduler ADDRESS] [--workers N] [--resume] [--quiet]
     fourdvar check CONFIG [--seed S] [--window-steps N] [--directions K]
     fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
     fourdvar plot RESULT.nc [--output DIR]
@@ -19,6 +20,7 @@ alone loads matplotlib).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -146,18 +148,34 @@ class Progress:
 # --- commands ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _members_map(config: dict, args):
+    """How an ensemble's members run: on the Dask cluster (``--scheduler`` or an embedded one); ``map`` without an ensemble."""
+    if not config["ensemble"]["members"]:
+        yield map
+        return
+    from .cluster import connect, distributed_map
+
+    with connect(scheduler=args.scheduler, n_workers=args.workers) as client:
+        yield distributed_map(client)
+
+
 def command_run(args) -> int:
     from .checkpoint import CheckpointError
     from .results import WriteError
     from .run import RunDiverged, run_to_file
 
     config = _load(args)
+    if config["sweep"]:
+        raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
     plan = _plan(args, config, output, what)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
-        dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say)
+        with _members_map(config, args) as map_members:
+            dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say,
+                                  map_members=map_members)
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
@@ -179,6 +197,59 @@ def command_run(args) -> int:
 def _say(args, line: str) -> None:
     if not args.quiet:
         print(line, file=sys.stderr, flush=True)
+
+
+class MemberProgress:
+    """Progress over the members of a sweep: a bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream, self.quiet = stream or sys.stderr, quiet
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int, outcome) -> None:
+        if self.quiet:
+            return
+        state = "skipped (done before)" if outcome.skipped else (f"FAILED: {outcome.error}" if outcome.error else f"{outcome.seconds:.1f} s")
+        elapsed = time.perf_counter() - self.started
+        if self.stream.isatty():
+            filled = int(24 * done / total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)  ")
+            if done == total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)\n")
+        self.stream.flush()
+
+
+def command_sweep(args) -> int:
+    from .sweep import SUMMARY_FILE, Sweep, run_sweep, summary_table
+
+    from .config import ConfigError
+    from .plan import check_directory
+
+    sweep = Sweep.from_file(args.config, args.output)
+    try:
+        check_directory(sweep.directory, "--output" if args.output else f"{args.config}: sweep directory")
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    finished = [member.output for member in sweep.members if member.output.exists()]
+    if finished and not args.resume:
+        raise CommandError(f"{sweep.directory} already holds {len(finished)} member results of a sweep; add --resume to run only the missing members, or choose another --output")
+    sweep.validate(inputs=[args.config])
+    if not args.quiet:
+        where = args.scheduler or f"an embedded cluster of {args.workers or os.cpu_count()} workers"
+        print(f"sweep of {len(sweep.members)} members ({len(finished)} done before) over {', '.join(sweep.keys)} on {where}", file=sys.stderr)
+    try:
+        outcomes, summary = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, progress=MemberProgress(quiet=args.quiet))
+    except OSError as error:
+        raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {error}", EXIT_FAILED) from None
+    failed = [outcome for outcome in outcomes if outcome.error]
+    if not args.quiet:
+        print(f"wrote {sweep.directory / SUMMARY_FILE}", file=sys.stderr)
+        print(summary_table(summary))
+    for outcome in failed:
+        print(f"fourdvar: member {outcome.name} failed: {outcome.error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def command_check(args) -> int:
@@ -296,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
+    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster (default: one per core)")
     run.set_defaults(handler=command_run)
 
     check = commands.add_parser("check", help="run the adjoint, tangent-linear and gradient tests on a config's model, operators and cost",
@@ -315,6 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
     generate.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
     generate.set_defaults(handler=command_generate)
+
+    sweep = commands.add_parser("sweep", help="run every combination of a config's sweep: block on a Dask cluster", description="Run one ordinary run per combination of the sweep: block (dotted keys mapped to lists) and write summary.nc with their headline numbers along the sweep's dimensions.")
+    sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
+    sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
+    sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
+    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: one per core)")
+    sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
+    sweep.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    sweep.set_defaults(handler=command_sweep)
 
     plot = commands.add_parser("plot", help="write PNG figures of a result file", description="Cost reduction, RMSE per cycle, Hovmoeller diagram and parameter trajectory of a result file, as PNG.")
     plot.add_argument("result", help="a result file written by 'fourdvar run'")

@@ -240,6 +240,13 @@ SCHEMA: dict[str, Any] = {
         "forecast_starts": Field("int", 50, "number of truth start times for the skill from truth states", _at_least_one),
         "forecast_spacing": Field("int", 25, "model steps between those start times", _at_least_one),
     },
+    "ensemble": {
+        "members": Field("int", 0, "members of an ensemble of data assimilations (EDA) cycled beside the control 4D-Var: each window, each member runs 4D-Var from its own background with perturbed observations, and their background forecasts give the next window a flow-dependent B; 0: no ensemble, else at least 2; comparison runs (`compare:`) are plain 4D-Vars with the static B", lambda v: None if v == 0 or v >= 2 else "must be 0 or >= 2"),
+        "perturb": Field("str_list", ["observations", "background"], "what the members perturb: `observations` (y + a draw from R, every window) and/or `background` (the members start from xb + a draw from the static B)", choices=("observations", "background")),
+        "hybrid_weight": Field("float", 0.5, "beta in B = (1 - beta) B_static + beta B_ensemble", lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
+        "localization": Field("float", 4.0, "length scale (grid points) of the Gaussian correlation whose Schur product localises the ensemble covariance", _positive),
+    },
+    "sweep": Field("sweep", {}, "`fourdvar sweep` runs one member per combination: dotted keys (`seed`, `background.state.error_std`, ...) mapped to lists of values, their cartesian product"),
     "compare": Field("comparisons", [], "other 4D-Var runs on the same truth and observations, each `{name, model, background, assimilation, fit_correction}` (all but `name` optional; `model` replaces the model, the others override keys; `fit_correction: {samples: 500, spacing: 4, max_iterations: 500}` fits the model's correction offline to the truth model's `unresolved_tendency` and keeps it fixed); their RMSE, cost and skill go into the result file"),
     "gap": {
         "baseline": Field("str", None, "name of the comparison run that lacks what is learned (e.g. the physics model alone)", nullable=True),
@@ -346,6 +353,17 @@ def _coerce(field: Field, value, path: str):
                     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
                         raise ConfigError(f"{where}.fit_correction.{key}: expected a positive integer, got {short(setting)}")
         value = copy.deepcopy(value)
+    elif kind == "sweep":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of dotted keys to lists of values, got {short(value)} ({_type_name(value)})")
+        for key, values in value.items():
+            if not isinstance(key, str) or not key or key.split(".")[0] in ("sweep", "output", "compare"):
+                raise ConfigError(f"{path}: {short(key)}: expected a dotted key of the configuration other than sweep, output and compare")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{path}.{key}: expected a non-empty list of values, got {short(values)}")
+            if len({repr(v) for v in values}) != len(values):
+                raise ConfigError(f"{path}.{key}: a value is listed twice")
+        value = copy.deepcopy(value)
     elif kind == "components":
         items = value if isinstance(value, list) else [value]
         if not items:
@@ -417,6 +435,10 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added)")
     if config["truth"]["model_error_std"] > 0 and config["truth"]["substeps"] != 1:
         raise ConfigError("truth.model_error_std: the truth's model error is added after every model step; it needs truth.substeps: 1")
+    if config["ensemble"]["members"] and set(config["assimilation"]["control"]) != {"state"}:
+        raise ConfigError("ensemble.members: an ensemble of data assimilations estimates the state only (assimilation.control: [state])")
+    if config["ensemble"]["members"] and state["adaptive"]:
+        raise ConfigError("ensemble.members: the ensemble gives B its flow-dependent part; background.state.adaptive cannot be combined with it")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]
@@ -432,6 +454,7 @@ def comparison_config(config: dict, entry: dict) -> dict:
     ``model`` replacing the model and its ``background``/``assimilation`` keys overriding."""
     merged = copy.deepcopy(config)
     merged["compare"], merged["gap"] = [], {"baseline": None, "reference": None}
+    merged["ensemble"] = {**merged["ensemble"], "members": 0}  # a comparison is a plain 4D-Var (with the static B)
     merged["diagnostics"] = {**merged["diagnostics"], "forecast_skill": False}  # measured by the main experiment
     if "model" in entry:
         merged["model"] = copy.deepcopy(entry["model"])
@@ -482,6 +505,16 @@ def read_text(path: Path, what: str = "") -> str:
 def load_config(path: str | Path) -> dict:
     """Read, validate and resolve a YAML experiment file; raises :class:`ConfigError`."""
     path = Path(path)
+    raw = load_raw(path)
+    try:
+        return resolve_config(raw, name=path.stem)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def load_raw(path: str | Path):
+    """The parsed YAML of an experiment file, before validation (a sweep sets keys in it per member)."""
+    path = Path(path)
     text = read_text(path)
     try:
         raw = parse_yaml(text)
@@ -493,10 +526,7 @@ def load_config(path: str | Path) -> dict:
     except (ConfigError, RecursionError) as error:
         problem = error if isinstance(error, ConfigError) else "nested too deeply"
         raise ConfigError(f"{path}: {problem}") from None
-    try:
-        return resolve_config(raw, name=path.stem)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
+    return raw
 
 
 def _format_default(field: Field) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "plot_params",
     "plot_results",
     "plot_rmse",
+    "plot_spread",
     "plot_timeseries",
 ]
 
@@ -718,6 +719,53 @@ def plot_model_error(ds: xr.Dataset) -> Figure | None:
     return fig
 
 
+# --------------------------------------------------------------------------- ensemble
+
+
+def plot_spread(ds: xr.Dataset) -> Figure | None:
+    """An ensemble of data assimilations: spread against error (``None`` without an ensemble).
+
+    Left: per cycle, the members' background spread and the RMSE of their mean
+    background at the window start (a well-dispersed ensemble has the two equal), and
+    the control's background and analysis RMSE.  Right: spread against that error,
+    one point per cycle, with the diagonal where they would be equal.
+    """
+    if not _has(ds, "spread_background"):
+        return None
+    spread = _values(ds, "spread_background")
+    error = _values(ds, "rmse_ensemble_mean_background") if _has(ds, "rmse_ensemble_mean_background") else None
+    cycles = _cycle_axis(ds)
+    mk = _per_cycle_marker(len(cycles))
+    fig = _new_figure(11.0, 4.4)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    mean, span = _second_half_mean(spread)
+    left.plot(cycles, spread, color="tab:purple", lw=1.6, label=f"ensemble spread, backgrounds (mean {span}: {_fmt(mean)})", **mk)
+    if error is not None:
+        mean, span = _second_half_mean(error)
+        left.plot(cycles, error, color="tab:red", lw=1.3, label=f"RMSE of the ensemble-mean background (mean {span}: {_fmt(mean)})", **mk)
+    for kind, colour in (("background", _BACKGROUND_COLOUR), ("analysis", _ANALYSIS_COLOUR)):
+        if _has(ds, f"rmse_{kind}"):
+            left.plot(cycles, _values(ds, f"rmse_{kind}"), color=colour, lw=1.0, ls="--", label=f"control {kind} RMSE")
+    left.set_ylim(bottom=0)
+    left.set_xlabel("cycle (assimilation window)")
+    left.set_ylabel("state units, window start")
+    left.set_title(_heading(ds, "ensemble spread and error"))
+    left.legend(fontsize=8, loc="best")
+    left.grid(True, alpha=0.3)
+    if error is not None:
+        right.scatter(error, spread, s=12, color="tab:purple")
+        top = float(np.nanmax(np.concatenate([error, spread]))) * 1.05
+        right.plot([0, top], [0, top], color="grey", ls=":", lw=1.2, label="spread = error")
+        right.set_xlim(0, top)
+        right.set_ylim(0, top)
+        right.legend(fontsize=8, loc="upper left")
+    right.set_xlabel("RMSE of the ensemble-mean background")
+    right.set_ylabel("ensemble spread")
+    right.set_title("spread against error, per cycle", fontsize=10)
+    right.grid(True, alpha=0.3)
+    return fig
+
+
 # --------------------------------------------------------------------------- all
 
 #: file stem -> figure function, in the order :func:`plot_results` writes them
@@ -728,17 +776,19 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "timeseries": plot_timeseries,
     "params": plot_params,
     "model_error": plot_model_error,
+    "spread": plot_spread,
 }
 
 
 def plot_results(dataset_or_path, output_dir) -> list[Path]:
-    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png``, ``params.png`` and ``model_error.png`` to ``output_dir``.
+    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png``, ``params.png``,
+    ``model_error.png`` and ``spread.png`` to ``output_dir``.
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``; a small state: no ``hovmoller.png``; strong constraint: no ``model_error.png``)
-    are skipped silently; the directory is created only if a figure is written. Returns the
-    paths written, in that order.
+    ``params.png``; a small state: no ``hovmoller.png``; strong constraint: no
+    ``model_error.png``; no ensemble: no ``spread.png``) are skipped silently; the directory
+    is created only if a figure is written. Returns the paths written, in that order.
     """
     ds = load_results(dataset_or_path)
     output_dir = Path(output_dir)

@@ -185,6 +185,8 @@ class ResultRecorder:
 # --- one window, as a checkpoint stores it ---------------------------------------------------------
 
 _COST_KEYS = ("J", "Jb", "Jp", "Jo", "gradient_norm")
+#: An ensemble's per-window arrays (member, x), kept in a row beside the control's (see :mod:`fourdvar.app.ensemble_run`).
+MEMBER_KEYS = ("member_background", "member_analysis", "member_forecast_end")
 
 
 def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) -> xr.Dataset:
@@ -209,6 +211,7 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         "background_std": ((), row["background_std"]),
         "params_std": ((), row["params_std"]),
         "rejected_cost": ((), row["rejected_cost"]),
+        **{key: (("member", "x"), row[key]) for key in MEMBER_KEYS if key in row},  # an ensemble's members
         **state_variables,
     }
     return xr.Dataset(data, attrs={"cycle": cycle, "config": config, "fourdvar_version": __version__})
@@ -233,6 +236,7 @@ def window_row(dataset: xr.Dataset) -> dict:
         "background_std": float(dataset["background_std"].values),
         "params_std": float(dataset["params_std"].values),
         "rejected_cost": float(dataset["rejected_cost"].values),
+        **{key: dataset[key].values for key in MEMBER_KEYS if key in dataset},
     }
 
 

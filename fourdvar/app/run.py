@@ -11,6 +11,7 @@ their own plans; the diagnostics are functions of the result datasets
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +24,7 @@ from ..cycling import WindowOutcome, cycle
 from ..window import DivergenceError, forecast
 from .checkpoint import Checkpoint
 from .diagnostics import comparison_variables, headlines
+from .ensemble_run import add_member_variables, ensemble_windows, member_row
 from .fitting import fit_tendency
 from .plan import Plan
 from .results import ResultRecorder, config_text, write_atomic
@@ -44,6 +46,7 @@ class CyclingState:
     pb: np.ndarray
     B: object
     P: object
+    members: np.ndarray | None = None  # an ensemble's members' backgrounds (member, x)
 
     @classmethod
     def initial(cls, plan: Plan) -> "CyclingState":
@@ -62,6 +65,8 @@ class CyclingState:
             data["state_P"] = (("param", "param_"), self.P.matrix)
         elif self.P is not None:
             data["state_P_std"] = (("param",), np.broadcast_to(self.P.std, self.pb.shape))
+        if self.members is not None:
+            data["state_members"] = (("member", "x"), self.members)
         return data
 
     @classmethod
@@ -74,7 +79,8 @@ class CyclingState:
         else:
             P = None
         pb = dataset["state_pb"].values if "state_pb" in dataset else np.zeros(0)
-        return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P)
+        members = dataset["state_members"].values if "state_members" in dataset else None
+        return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P, members)
 
 
 def execute(
@@ -83,18 +89,22 @@ def execute(
     on_window: Callable[[dict, CyclingState], None] | None = None,
     progress: Callable[[WindowOutcome, ResultRecorder], None] | None = None,
     message: Callable[[str], None] | None = None,
+    map_members: Callable = map,
 ) -> xr.Dataset:
     """Run ``plan`` and return its result dataset.
 
     ``resume``: the recorded windows and the state after them (from a checkpoint).
     ``on_window(row, state)`` after each window (the checkpoint); ``progress(outcome,
     recorder)`` then.  ``message``: where to say which comparison run starts.
+    ``map_members(function, tasks)`` runs an ensemble's members of each window (the
+    builtin ``map``: one after another here; :func:`fourdvar.app.cluster.distributed_map`
+    on a Dask cluster).
     Floating-point warnings are silenced; a divergence raises :class:`RunDiverged`
     naming the cycle.
     """
     started = time.perf_counter()
     with np.errstate(all="ignore"):
-        dataset = _cycles(plan, resume, on_window, progress)
+        dataset = _cycles(plan, resume, on_window, progress, map_members)
         results = {}
         for comparison in plan.comparisons:
             if message:
@@ -112,7 +122,8 @@ def execute(
     return dataset
 
 
-def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None) -> xr.Dataset:
+def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None,
+                map_members: Callable = map) -> xr.Dataset:
     """Run ``plan`` to its file ``plan.output`` through a checkpoint (what ``fourdvar run`` does).
 
     Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
@@ -120,7 +131,8 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     writes the result atomically and removes the checkpoint.  Raises
     :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
     configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
-    an interruption leaves the saved windows for ``resume``.
+    an interruption leaves the saved windows for ``resume``.  ``map_members``: as for
+    :func:`execute`.
     """
     say = message or (lambda line: None)
     text = config_text(plan.config)
@@ -139,7 +151,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
             checkpoint.clear()
         dataset = execute(
             plan, resume=saved, on_window=lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text),
-            progress=progress, message=message,
+            progress=progress, message=message, map_members=map_members,
         )
         write_atomic(dataset, plan.output)
         checkpoint.remove()
@@ -148,7 +160,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     return dataset
 
 
-def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
+def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Dataset:
     recorder = ResultRecorder(plan)
     state = CyclingState.initial(plan)
     if resume is not None:
@@ -157,19 +169,26 @@ def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
         recorder.P_next = state.P
     posterior = plan.config["background"]["params"]["update"] == "posterior" and "params" in plan.control
     windows = (plan.observations.window(c * plan.n_steps, plan.n_steps, include_end=False) for c in range(state.cycle, plan.n_cycles))
-    outcomes = cycle(
-        plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
-        start_cycle=state.cycle, background_policy=plan.background_policy,
-        params_policy=None if posterior else plan.params_policy,
-        params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
-        max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], **plan.solver_options,
-        Q=plan.Q0, model_error_every=plan.model_error_every,
-    )
+    solve_options = plan.solver_options
+    if plan.config["ensemble"]["members"]:
+        outcomes = ((window.control, window) for window in ensemble_windows(plan, state, windows, map_members, **solve_options))
+    else:
+        outcomes = ((outcome, None) for outcome in cycle(
+            plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
+            start_cycle=state.cycle, background_policy=plan.background_policy,
+            params_policy=None if posterior else plan.params_policy,
+            params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
+            max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], **solve_options,
+            Q=plan.Q0, model_error_every=plan.model_error_every,
+        ))
     current = state.cycle
     try:
-        for outcome in outcomes:
+        for outcome, ensemble in outcomes:
             row = recorder.add(outcome)
             state = CyclingState.after(outcome, plan)
+            if ensemble is not None:
+                row.update(member_row(ensemble))
+                state = dataclasses.replace(state, members=row["member_forecast_end"])
             if on_window is not None:
                 on_window(row, state)
             if progress is not None:
@@ -178,7 +197,7 @@ def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
     except DivergenceError as error:
         text = str(error)
         raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None
-    return recorder.dataset(complete=True)
+    return add_member_variables(recorder.dataset(complete=True), recorder.rows, plan.config.get("units", "1"))
 
 
 def _with_fitted_correction(plan: Plan, other: Plan, comparison) -> Plan:

@@ -1,0 +1,235 @@
+"""Many independent runs on dask.distributed: where they run, and how one member runs.
+
+A *member* is one ordinary run with its own result file (a sweep's point, an
+ensemble member).  :func:`execute_member` runs it on whichever worker the
+scheduler picks and writes its result file atomically (a temporary file beside
+it, renamed into place), so a worker killed mid-run leaves no half-written file:
+the scheduler reruns that member elsewhere and nothing else is lost.  A member
+depends on nothing but its own description: the same member gives the same
+numbers on any worker, bit for bit, since every worker runs with one thread and
+BLAS limited to one thread.
+
+Where members run (:func:`connect`):
+
+* by default an *embedded* cluster on this machine, started and stopped here:
+  one worker process per core (or ``n_workers``), one thread each, BLAS threads 1,
+  scheduler and workers listening on 127.0.0.1 only, no dashboard;
+* with ``scheduler="tcp://HOST:PORT"`` an existing cluster started with
+  ``dask scheduler`` and ``dask worker`` (give the workers ``--nthreads 1``;
+  their nannies set the BLAS variables to 1 before starting each worker);
+* or a :class:`distributed.Client` the caller already has (``client=``).
+
+:func:`run_members` submits every member, reports progress as members finish,
+and skips members whose result file already exists (``resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import xarray as xr
+
+__all__ = [
+    "Member", "MemberOutcome", "connect", "distributed_map", "run_config", "embedded_cluster", "execute_member", "run_members",
+    "remove_temporaries", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT",
+]
+
+#: Environment of every embedded worker process, set before it starts (numpy reads it on import).
+SINGLE_THREAD_ENVIRONMENT = {
+    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
+}
+
+#: Result-file attributes that say when and how fast a run went, not what it computed.
+PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run: ``run()`` returns its result dataset, written to ``output`` with ``attributes`` added.
+
+    ``run`` must be picklable (a module-level function or a :func:`functools.partial`
+    of one) and depend only on what it carries, never on the worker it lands on.
+    """
+
+    name: str
+    output: Path
+    run: Callable[[], xr.Dataset]
+    attributes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    """What became of a member: written (``seconds`` of work, on ``worker``), skipped, or failed (``error``)."""
+
+    name: str
+    output: Path
+    skipped: bool = False
+    seconds: float = 0.0
+    worker: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _write_atomic(dataset: xr.Dataset, path: Path) -> None:
+    """NetCDF into a temporary file beside ``path`` (a name no other attempt uses), then renamed into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        dataset.to_netcdf(temporary, engine="netcdf4")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def remove_temporaries(output: Path) -> int:
+    """Remove what killed attempts left beside ``output`` (their ``.NAME.*.tmp`` files); returns how many."""
+    removed = 0
+    for leftover in Path(output).parent.glob(f".{Path(output).name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def execute_member(member: Member) -> MemberOutcome:
+    """Run ``member`` and write its result file atomically; skip it when the file exists.
+
+    Exceptions of the run are returned in the outcome's ``error`` (one line), so
+    one failing member does not stop the others; nothing is written for it.
+    """
+    output = Path(member.output)
+    worker = _worker_address()
+    if output.exists():
+        return MemberOutcome(member.name, output, skipped=True, worker=worker)
+    started = time.perf_counter()
+    try:
+        dataset = member.run()
+    except Exception as error:  # reported per member, in one line
+        return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
+    dataset.attrs.update(member.attributes)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(dataset, output)
+    return MemberOutcome(member.name, output, seconds=time.perf_counter() - started, worker=worker)
+
+
+def run_config(config: dict, base_dir: str = ".") -> xr.Dataset:
+    """The result dataset of one resolved configuration: its plan executed as ``fourdvar run`` does, no checkpoints."""
+    from .plan import Plan
+    from .run import execute
+
+    return execute(Plan.from_config(config, base_dir=base_dir))
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return ""
+
+
+# --- where the members run -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def embedded_cluster(n_workers: int | None = None) -> Iterator:
+    """A :class:`distributed.Client` of a local cluster started here and stopped on exit.
+
+    One worker process per core by default, one thread each, BLAS threads 1, on
+    127.0.0.1 only, no dashboard, workers' logs silenced below errors.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    n_workers = n_workers or os.cpu_count() or 1
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": SINGLE_THREAD_ENVIRONMENT}):
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP endpoints: any free port
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def connect(client=None, scheduler: str | None = None, n_workers: int | None = None) -> Iterator:
+    """The client to run members with: ``client`` itself, a client of the cluster at ``scheduler``,
+    or (neither given) of an :func:`embedded_cluster` of ``n_workers`` workers."""
+    if client is not None:
+        yield client
+        return
+    if scheduler is not None:
+        from distributed import Client
+
+        with Client(scheduler, timeout="10s") as connected:
+            yield connected
+        return
+    with embedded_cluster(n_workers) as embedded:
+        yield embedded
+
+
+def distributed_map(client) -> Callable[[Callable, Sequence], list]:
+    """``map_members(function, tasks)`` on the cluster of ``client``: the results in the tasks' order.
+
+    Each task is submitted as its own future (a lost worker's task is rerun
+    elsewhere); for the members of an ensemble window (:func:`fourdvar.eda.eda_cycle`).
+    """
+    def map_members(function, tasks):
+        token = uuid.uuid4().hex[:8]
+        futures = [client.submit(function, task, key=f"task-{i}-{token}", pure=False) for i, task in enumerate(tasks)]
+        return client.gather(futures)
+
+    return map_members
+
+
+def run_members(
+    members: Sequence[Member], client=None, scheduler: str | None = None, n_workers: int | None = None,
+    progress: Callable[[int, int, MemberOutcome], None] | None = None,
+) -> list[MemberOutcome]:
+    """Run every member on the cluster (see :func:`connect`); outcomes in the members' order.
+
+    A member whose result file exists is skipped without being submitted (so a
+    rerun resumes); ``progress(done, total, outcome)`` after each member.  A worker
+    lost mid-run costs the rerun of its member only: the scheduler resubmits it,
+    and the temporary file the lost attempt left is removed at the end.
+    """
+    names = [member.name for member in members]
+    if len(set(names)) != len(names):
+        raise ValueError("run_members: member names must be unique")
+    outcomes: dict[str, MemberOutcome] = {}
+    pending = []
+    for member in members:
+        remove_temporaries(member.output)
+        if Path(member.output).exists():
+            outcomes[member.name] = MemberOutcome(member.name, Path(member.output), skipped=True)
+        else:
+            pending.append(member)
+    done = 0
+    for outcome in outcomes.values():
+        done += 1
+        if progress is not None:
+            progress(done, len(members), outcome)
+    if pending:
+        from distributed import as_completed
+
+        with connect(client, scheduler, n_workers) as active:
+            token = uuid.uuid4().hex[:8]  # keys unique on a shared scheduler
+            futures = [active.submit(execute_member, member, key=f"member-{member.name}-{token}", pure=False) for member in pending]
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes[outcome.name] = outcome
+                done += 1
+                if progress is not None:
+                    progress(done, len(members), outcome)
+        for member in pending:  # what attempts on lost workers left
+            remove_temporaries(member.output)
+    return [outcomes[name] for name in names]

@@ -1,0 +1,170 @@
+"""The hybrid ensemble background covariance of an ensemble of data assimilations.
+
+With ``N`` background forecasts ``x^f_m`` of the members, their perturbations
+``x_m = x^f_m - mean_m(x^f_m)`` (the rows of ``X``, shape ``(N, n)``) give the
+ensemble covariance, localised by a Schur (element-wise) product with a
+correlation ``C`` on the periodic grid, and blended with a static ``B_s``::
+
+    B     = (1 - beta) B_s + beta B_ens
+    B_ens = (X^T X / (N - 1)) o C
+
+``B`` is applied through a square root from an extended control space, the
+alpha control variable of the hybrid/ensemble-variational methods: the control
+``u = [v; a_1; ...; a_N]`` holds a static part ``v`` (``B_s.size`` values) and one
+field ``a_m`` (``n`` values) per member, and::
+
+    B^1/2 u   = sqrt(1 - beta) B_s^1/2 v + sqrt(beta / (N - 1)) sum_m x_m o (C^1/2 a_m)
+    B^T/2 w   = [sqrt(1 - beta) B_s^T/2 w;  sqrt(beta / (N - 1)) C^T/2 (x_m o w), m = 1..N]
+
+so ``B^1/2 B^T/2 = B`` (``C^1/2 C^T/2 = C`` and ``sum_m (x_m o C^1/2 a)(...)`` gives the
+Schur product).  ``C^1/2`` is the symmetric FFT square root of
+:class:`~fourdvar.covariances.PeriodicCorrelation`, applied to all ``N`` fields at
+once; no ``n x n`` matrix is formed.  ``B^-1`` (the nonlinear cost's ``Jb``) is
+computed by conjugate gradients preconditioned with ``B_s^-1 / (1 - beta)``, so
+``beta`` must be below 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .covariances import PeriodicCorrelation, _check_std, _CovarianceBase
+
+__all__ = ["HybridEnsembleCovariance", "ensemble_perturbations"]
+
+
+def ensemble_perturbations(states) -> np.ndarray:
+    """``X``: the rows ``x_m = x^f_m - mean_m(x^f_m)`` of the member states ``(N, n)``."""
+    states = np.asarray(states, dtype=float)
+    if states.ndim != 2 or states.shape[0] < 2:
+        raise ValueError(f"ensemble: expected the member states as an (N >= 2, n) array, got shape {states.shape}")
+    if not np.all(np.isfinite(states)):
+        raise ValueError("ensemble: the member states contain NaN or infinite values")
+    return states - states.mean(axis=0)
+
+
+class HybridEnsembleCovariance(_CovarianceBase):
+    """``B = (1 - beta) B_s + beta (X^T X / (N - 1)) o C``, applied through its extended square root.
+
+    Parameters
+    ----------
+    static : the static covariance ``B_s`` (any covariance of size ``n``)
+    perturbations : ``X``, the member perturbations, shape ``(N, n)``, ``N >= 2``
+        (see :func:`ensemble_perturbations`)
+    weight : ``beta`` in ``[0, 1)``
+    localization : the length scale (grid points) of the Gaussian localising
+        correlation ``C`` (a :class:`PeriodicCorrelation` with unit std)
+
+    ``size`` is ``n``; ``control_size = B_s.size + N n`` is the size of the space
+    ``sqrt`` maps from and ``sqrt_t`` maps to.
+    """
+
+    #: relative residual at which the conjugate-gradient solve stops
+    SOLVE_TOLERANCE = 1e-13
+
+    def __init__(self, static, perturbations, weight: float, localization: float):
+        X = np.asarray(perturbations, dtype=float)
+        if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] != static.size:
+            raise ValueError(f"HybridEnsembleCovariance: perturbations must have shape (N >= 2, {static.size}), got {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("HybridEnsembleCovariance: perturbations contain NaN or infinite values")
+        if not (np.ndim(weight) == 0 and 0.0 <= weight < 1.0):
+            raise ValueError(f"HybridEnsembleCovariance: weight must be in [0, 1), got {weight!r}")
+        self.static = static
+        self.perturbations = X
+        self.perturbations.flags.writeable = False
+        self.weight = float(weight)
+        self.localization = PeriodicCorrelation(static.size, localization, std=1.0)
+        self.n_members, self.size = X.shape
+        self.control_size = static.size + self.n_members * self.size
+        self._static_scale = np.sqrt(1.0 - self.weight)
+        self._ensemble_scale = np.sqrt(self.weight / (self.n_members - 1))
+        self._sqrt_spectrum = np.sqrt(self.localization.eigenvalues)  # C^1/2 = C^T/2 = F^-1 diag(.) F
+
+    # --- the localising correlation, on all members at once ------------------------------
+
+    def _localization_sqrt(self, fields: np.ndarray) -> np.ndarray:
+        """``C^1/2 a_m`` for each row ``a_m`` of ``fields`` (``C^1/2`` is symmetric: also ``C^T/2``)."""
+        return np.fft.irfft(self._sqrt_spectrum * np.fft.rfft(fields, axis=-1), n=self.size, axis=-1)
+
+    def _control(self, u) -> tuple[np.ndarray, np.ndarray]:
+        """``(v, a)``: the static part and the ``(N, n)`` member fields of a control vector."""
+        u = np.asarray(u, dtype=float)
+        if u.shape != (self.control_size,):
+            raise ValueError(f"HybridEnsembleCovariance: expected a control vector of shape ({self.control_size},), got shape {u.shape}")
+        return u[: self.static.size], u[self.static.size :].reshape(self.n_members, self.size)
+
+    # --- the covariance interface --------------------------------------------------------
+
+    def sqrt(self, u):
+        """``B^1/2 u = sqrt(1 - beta) B_s^1/2 v + sqrt(beta / (N - 1)) sum_m x_m o (C^1/2 a_m)``."""
+        v, a = self._control(u)
+        static_part = self._static_scale * self.static.sqrt(v)
+        ensemble_part = self._ensemble_scale * np.einsum("mi,mi->i", self.perturbations, self._localization_sqrt(a))
+        return static_part + ensemble_part
+
+    def sqrt_t(self, w):
+        """``B^T/2 w = [sqrt(1 - beta) B_s^T/2 w;  sqrt(beta / (N - 1)) C^T/2 (x_m o w)]``."""
+        w = self._vector(w)
+        v = self._static_scale * self.static.sqrt_t(w)
+        a = self._ensemble_scale * self._localization_sqrt(self.perturbations * w)
+        return np.concatenate([v, a.reshape(-1)])
+
+    def apply(self, w):
+        """``B w = (1 - beta) B_s w + beta / (N - 1) sum_m x_m o C (x_m o w)``."""
+        w = self._vector(w)
+        localised = np.fft.irfft(self.localization.eigenvalues * np.fft.rfft(self.perturbations * w, axis=-1), n=self.size, axis=-1)
+        return (1.0 - self.weight) * self.static.apply(w) + self.weight / (self.n_members - 1) * np.einsum("mi,mi->i", self.perturbations, localised)
+
+    def solve(self, w):
+        """``B^-1 w`` by conjugate gradients on ``B z = w``, preconditioned by ``B_s^-1 / (1 - beta)``.
+
+        Stops at ``|w - B z| <= SOLVE_TOLERANCE |w|``; raises ``ArithmeticError`` if
+        ``10 n`` iterations do not get there.
+        """
+        w = self._vector(w)
+        z = np.zeros(self.size)
+        residual = w.copy()
+        preconditioned = self.static.solve(residual) / (1.0 - self.weight)
+        direction = preconditioned.copy()
+        rho = float(residual @ preconditioned)
+        target = self.SOLVE_TOLERANCE * float(np.linalg.norm(w))
+        for _ in range(10 * self.size):
+            if float(np.linalg.norm(residual)) <= target:
+                return z
+            Bd = self.apply(direction)
+            step = rho / float(direction @ Bd)
+            z += step * direction
+            residual -= step * Bd
+            preconditioned = self.static.solve(residual) / (1.0 - self.weight)
+            rho, rho_previous = float(residual @ preconditioned), rho
+            direction = preconditioned + (rho / rho_previous) * direction
+        if float(np.linalg.norm(residual)) <= target:
+            return z
+        raise ArithmeticError(f"HybridEnsembleCovariance.solve: no convergence in {10 * self.size} iterations")
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """A draw from ``N(0, B)``: ``B^1/2 u`` with ``u ~ N(0, I)`` of size ``control_size``."""
+        return self.sqrt(rng.standard_normal(self.control_size))
+
+    @property
+    def std(self) -> np.ndarray:
+        """``sqrt((1 - beta) std_s^2 + beta / (N - 1) sum_m x_m^2 diag(C))``: ``sqrt(diag B)`` with ``B_s``'s nominal ``std``."""
+        diag_C = np.fft.irfft(self.localization.eigenvalues, n=self.size)[0]
+        ensemble_variance = np.sum(self.perturbations**2, axis=0) / (self.n_members - 1) * diag_C
+        return np.sqrt((1.0 - self.weight) * np.asarray(self.static.std) ** 2 + self.weight * ensemble_variance)
+
+    def with_std(self, std) -> "HybridEnsembleCovariance":
+        """``D B D`` with ``D = diag(std / self.std)``: the static std and the perturbations scaled by ``D``.
+
+        Exact, since ``D ((X^T X) o C) D = ((X D)^T (X D)) o C``.
+        """
+        ratio = _check_std(std, self.size) / self.std
+        return HybridEnsembleCovariance(
+            self.static.with_std(np.asarray(self.static.std) * ratio), self.perturbations * ratio,
+            self.weight, self.localization.length_scale,
+        )
+
+    def __repr__(self) -> str:
+        return (f"HybridEnsembleCovariance(size={self.size}, members={self.n_members}, weight={self.weight}, "
+                f"localization={self.localization.length_scale})")

@@ -1,0 +1,98 @@
+"""The ensemble: block of a cycled run: the EDA on the embedded cluster equals the same
+run made serially, bit for bit; a run resumed from a checkpoint equals an uninterrupted
+one; the result file has the member dimension and spread diagnostics; the plot shows
+spread against error; bad settings are refused in one line."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from fourdvar.app.cluster import PROVENANCE_ATTRIBUTES, distributed_map, embedded_cluster
+from fourdvar.app.config import ConfigError, resolve_config
+from fourdvar.app.plan import Plan
+from fourdvar.app.results import window_dataset, window_row, write_atomic
+from fourdvar.app.run import CyclingState, execute
+from fourdvar.app.plotting import plot_results
+
+EDA = {
+    "title": "small EDA", "seed": 3, "model": {"type": "lorenz96", "n_state": 40}, "truth": {"spinup_steps": 500},
+    "observations": {"every": 4, "operator": {"type": "subset", "indices": "all"}, "error_std": 1.0},
+    "background": {"state": {"error_std": 0.5}}, "window": {"steps": 8, "cycles": 4},
+    "assimilation": {"control": ["state"], "outer_loops": 2, "inner": {"max_iterations": 30}},
+    "ensemble": {"members": 3, "hybrid_weight": 0.5, "localization": 4.0},
+}
+
+
+def assert_identical_results(a: xr.Dataset, b: xr.Dataset) -> None:
+    assert set(a.variables) == set(b.variables)
+    for name in a.variables:
+        x, y = a[name].values, b[name].values
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+    strip = lambda attrs: {k: v for k, v in attrs.items() if k not in PROVENANCE_ATTRIBUTES}  # noqa: E731
+    assert strip(a.attrs) == strip(b.attrs)
+
+
+def plan() -> Plan:
+    return Plan.from_config(resolve_config(copy.deepcopy(EDA), name="eda"))
+
+
+@pytest.fixture(scope="module")
+def serial_result():
+    return execute(plan())
+
+
+def test_the_result_file_has_the_members_and_spread_diagnostics(serial_result):
+    ds = serial_result
+    assert ds["member_analysis"].dims == ("cycle", "member", "x") and ds.sizes["member"] == 3
+    spread = np.sqrt(np.mean(np.var(ds["member_background"].values, axis=1, ddof=1), axis=1))
+    assert np.array_equal(ds["spread_background"].values, spread) and np.all(spread > 0)
+    # each window's members start from the previous window's member forecasts
+    assert np.array_equal(ds["member_background"].values[1:], ds["member_forecast_end"].values[:-1])
+    assert ds.attrs["headline_spread_skill"] == pytest.approx(
+        ds.attrs["headline_spread_background_last_half"] / ds.attrs["headline_rmse_ensemble_mean_background_last_half"], rel=1e-5)
+
+
+def test_an_eda_on_the_embedded_cluster_equals_the_serial_run_bit_for_bit(serial_result):
+    with embedded_cluster(2) as client:
+        distributed = execute(plan(), map_members=distributed_map(client))
+    assert_identical_results(serial_result, distributed)
+
+
+def test_a_resumed_eda_equals_the_uninterrupted_run(serial_result, tmp_path):
+    """The checkpoint files of the first two windows (rows and cycling state, written and
+    read back as `fourdvar run` does) restart the members where they were."""
+    saved = []
+    first = plan()
+    execute(first, on_window=lambda row, state: saved.append(window_dataset(row, state.cycle - 1, state.variables(), "")))
+    for c, ds in enumerate(saved[:2]):
+        write_atomic(ds, tmp_path / f"cycle_{c}.nc")
+    halfway = [xr.load_dataset(tmp_path / f"cycle_{c}.nc") for c in range(2)]
+    assert "state_members" in halfway[-1] and "member_forecast_end" in halfway[-1]
+    rows = [window_row(ds) for ds in halfway]
+    again = plan()
+    resumed = execute(again, resume=(rows, CyclingState.from_dataset(halfway[-1], again)))
+    assert_identical_results(serial_result, resumed)
+
+
+def test_the_plot_shows_spread_against_error(serial_result, tmp_path):
+    written = plot_results(serial_result, tmp_path)
+    assert tmp_path / "spread.png" in written and (tmp_path / "spread.png").stat().st_size > 10_000
+    assert tmp_path / "spread.png" not in plot_results(serial_result.drop_vars("spread_background"), tmp_path / "plain")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"members": 1}, "ensemble.members: must be 0 or >= 2"),
+    ({"hybrid_weight": 1.0}, "ensemble.hybrid_weight: must be in [0, 1)"),
+    ({"perturb": ["winds"]}, "ensemble.perturb: expected one of observations, background"),
+    ({"localization": 0.0}, "ensemble.localization: must be positive"),
+])
+def test_bad_ensemble_settings_are_refused_naming_the_key(change, message):
+    config = copy.deepcopy(EDA)
+    config["ensemble"].update(change)
+    with pytest.raises(ConfigError) as error:
+        resolve_config(config)
+    assert str(error.value).startswith(message)
