@@ -23,7 +23,7 @@ from ..covariances import Dense, Diagonal
 from ..cycling import WindowOutcome, cycle
 from ..window import DivergenceError, forecast
 from .checkpoint import Checkpoint
-from .diagnostics import comparison_variables, headlines
+from .diagnostics import comparison_variables, correction_variables, diagnostics
 from .ensemble_run import add_member_variables, ensemble_windows, member_row
 from .fitting import fit_tendency
 from .plan import Plan
@@ -107,17 +107,22 @@ def execute(
         dataset = _cycles(plan, resume, on_window, progress, map_members)
         results = {}
         for comparison in plan.comparisons:
-            if message:
-                message(f"comparison run '{comparison.name}'")
             other = comparison.plan
+            if message:
+                message(f"comparison run '{comparison.name}': {other.n_cycles} cycles of {other.n_steps} steps, control {'+'.join(other.control)}, {type(other.model).__name__}")
+            comparison_started = time.perf_counter()
             if comparison.fit_correction is not None:
                 other = _with_fitted_correction(plan, other, comparison)
             results[comparison.name] = (other, _cycles(other, None, None, None))
+            if message:
+                message(_comparison_summary(comparison.name, results[comparison.name][1], time.perf_counter() - comparison_started))
             dataset = dataset.assign(comparison_variables(comparison.name, results[comparison.name][1]))
             dataset.attrs[f"model_{comparison.name}"] = repr(other.model)
             if comparison.fit_correction is not None:
                 dataset.attrs[f"fit_loss_{comparison.name}"] = other.fit_loss
-        dataset.attrs.update({f"headline_{key}": round(value, 6) for key, value in headlines(plan, dataset, results).items()})
+        headline, curves = diagnostics(plan, dataset, results)
+        dataset = dataset.assign(curves).assign(correction_variables(plan, dataset))
+        dataset.attrs.update({f"headline_{key}": round(value, 6) for key, value in headline.items()})
     dataset.attrs["run_seconds"] = round(time.perf_counter() - started, 3)
     return dataset
 
@@ -198,6 +203,14 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
         text = str(error)
         raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None
     return add_member_variables(recorder.dataset(complete=True), recorder.rows, plan.config.get("units", "1"))
+
+
+def _comparison_summary(name: str, result: xr.Dataset, seconds: float) -> str:
+    """``comparison run 'NAME' done: C cycles in T s, analysis RMSE (last half) R``."""
+    line = f"comparison run '{name}' done: {result.sizes['cycle']} cycles in {seconds:.1f} s"
+    if "rmse_analysis" in result:
+        line += f", analysis RMSE (last half) {float(result['rmse_analysis'].values[result.sizes['cycle'] // 2:].mean()):.4g}"
+    return line
 
 
 def _with_fitted_correction(plan: Plan, other: Plan, comparison) -> Plan:
