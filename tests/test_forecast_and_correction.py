@@ -4,12 +4,16 @@ short repr of an assimilation result: values checked against an independent comp
 
 from __future__ import annotations
 
+import io
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
 from test_plotting import synthetic_result
 
+from fourdvar.app.cli import Progress
 from fourdvar.app.config import resolve_config
 from fourdvar.app.diagnostics import CORRECTION_SPACING, independent_truth
 from fourdvar.app.plan import Plan
@@ -39,8 +43,10 @@ CONFIG = {
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     plan = Plan.from_config(resolve_config(yaml.safe_load(yaml.safe_dump(CONFIG))))
-    lines = []
-    dataset = execute(plan, message=lines.append)
+    lines, stream = [], io.StringIO()
+    dataset = execute(plan, message=lines.append,
+                      comparison_progress=lambda name, n_cycles: Progress(n_cycles, stream=stream, label=f"'{name}'"))
+    lines += stream.getvalue().splitlines()
     path = tmp_path_factory.mktemp("result") / "hybrid.nc"
     dataset.to_netcdf(path)
     with xr.open_dataset(path) as stored:  # what plot reads: the file alone
@@ -121,7 +127,12 @@ def test_comparison_runs_say_their_cycles_and_time(run):
     assert lines[1].startswith("comparison run 'physics' done: 4 cycles in ")
     rmse = float(ds["rmse_analysis_physics"].values[2:].mean())
     assert lines[1].endswith(f" s, analysis RMSE (last half) {rmse:.4g}")
-    assert len(lines) == 4 and lines[2].startswith("comparison run 'perfect': ")
+    assert lines[2].startswith("comparison run 'perfect': ") and len(lines) == 4 + 2 * 4
+    per_cycle = [line for line in lines[4:] if line.startswith("'physics' cycle ")]
+    assert [line.split()[2] for line in per_cycle] == ["1/4", "2/4", "3/4", "4/4"]
+    final = re.search(r"rmse_a=(\S+)", per_cycle[-1]).group(1)
+    assert final == f"{ds['rmse_analysis_physics'].values[-1]:.3f}" and re.search(r"\(\d+s, eta 0s\)$", per_cycle[-1])
+    assert sum(line.startswith("'perfect' cycle ") for line in lines) == 4
 
 
 def test_an_assimilation_result_prints_in_a_few_lines():

@@ -90,6 +90,7 @@ def execute(
     progress: Callable[[WindowOutcome, ResultRecorder], None] | None = None,
     message: Callable[[str], None] | None = None,
     map_members: Callable = map,
+    comparison_progress: Callable[[str, int], Callable] | None = None,
 ) -> xr.Dataset:
     """Run ``plan`` and return its result dataset.
 
@@ -98,7 +99,8 @@ def execute(
     recorder)`` then.  ``message``: where to say which comparison run starts.
     ``map_members(function, tasks)`` runs an ensemble's members of each window (the
     builtin ``map``: one after another here; :func:`fourdvar.app.cluster.distributed_map`
-    on a Dask cluster).
+    on a Dask cluster).  ``comparison_progress(name, n_cycles)``: the ``progress`` of
+    the comparison run ``name``.
     Floating-point warnings are silenced; a divergence raises :class:`RunDiverged`
     naming the cycle.
     """
@@ -113,7 +115,8 @@ def execute(
             comparison_started = time.perf_counter()
             if comparison.fit_correction is not None:
                 other = _with_fitted_correction(plan, other, comparison)
-            results[comparison.name] = (other, _cycles(other, None, None, None))
+            progress_of_comparison = comparison_progress(comparison.name, other.n_cycles) if comparison_progress else None
+            results[comparison.name] = (other, _cycles(other, None, None, progress_of_comparison))
             if message:
                 message(_comparison_summary(comparison.name, results[comparison.name][1], time.perf_counter() - comparison_started))
             dataset = dataset.assign(comparison_variables(comparison.name, results[comparison.name][1]))
@@ -128,7 +131,7 @@ def execute(
 
 
 def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None,
-                map_members: Callable = map) -> xr.Dataset:
+                map_members: Callable = map, comparison_progress: Callable[[str, int], Callable] | None = None) -> xr.Dataset:
     """Run ``plan`` to its file ``plan.output`` through a checkpoint (what ``fourdvar run`` does).
 
     Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
@@ -136,8 +139,8 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     writes the result atomically and removes the checkpoint.  Raises
     :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
     configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
-    an interruption leaves the saved windows for ``resume``.  ``map_members``: as for
-    :func:`execute`.
+    an interruption leaves the saved windows for ``resume``.  ``map_members`` and
+    ``comparison_progress``: as for :func:`execute`.
     """
     say = message or (lambda line: None)
     text = config_text(plan.config)
@@ -156,7 +159,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
             checkpoint.clear()
         dataset = execute(
             plan, resume=saved, on_window=lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text),
-            progress=progress, message=message, map_members=map_members,
+            progress=progress, message=message, map_members=map_members, comparison_progress=comparison_progress,
         )
         write_atomic(dataset, plan.output)
         checkpoint.remove()
