@@ -60,6 +60,8 @@ def test_forecast_rmse_per_lead_is_stored_for_every_run_and_matches_the_forecast
             variable = ds[f"forecast_rmse_from_{source}{suffix}"]
             assert variable.dims == ("lead",) and variable.sizes["lead"] == plan.forecast_steps + 1
             assert variable.attrs["units"] and "lead" in variable.attrs["long_name"]
+    np.testing.assert_array_equal(ds["lead"].values, np.arange(plan.forecast_steps + 1))
+    assert ds["lead"].attrs["units"] == "model steps"
     # recomputed here: the learned model from the independent truth states, final parameters
     options = plan.config["diagnostics"]
     starts = range(0, options["forecast_starts"] * options["forecast_spacing"], options["forecast_spacing"])

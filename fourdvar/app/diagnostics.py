@@ -137,6 +137,7 @@ def skill_headlines(plan, run_plan, dataset, suffix: str, curves: dict | None = 
     if curves is not None:
         units = plan.config.get("units", "1")
         label = f" ({suffix[1:]})" if suffix else ""
+        curves["lead"] = (("lead",), np.arange(n + 1), {"long_name": "forecast lead", "units": "model steps"})
         for source, skill, where in (("truth", from_truth, "truth states after the experiment, final parameters"),
                                      ("analyses", from_analyses, "the analyses of the last half of the cycles")):
             curves[f"forecast_rmse_from_{source}{suffix}"] = (("lead",), sigma * skill.error_curve, {
