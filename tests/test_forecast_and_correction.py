@@ -147,3 +147,25 @@ def test_an_assimilation_result_prints_in_a_few_lines():
     assert "J=11.75" in text and "nit=42" in text and "nfev=50" in text and "3 outer loop(s)," in text
     assert "x0 (1000,)" in text and "p (113,)" in text and "success=True" in text
     assert "999" not in text  # no array values
+
+
+def test_a_two_scale_truth_provides_the_missing_term_as_its_unresolved_tendency():
+    config = {
+        **{key: CONFIG[key] for key in ("seed", "observations", "background", "assimilation")},
+        "model": {"type": "hybrid", "physics": {**L96, "forcing": 10.0}, "correction": CONFIG["model"]["correction"]},
+        "truth": {"model": {"type": "lorenz96_two_scale", "n_slow": 8, "n_fast_per_slow": 4, "forcing": 10.0, "dt": 0.005},
+                  "substeps": 10, "state_slice": [0, 8], "spinup_steps": 50},
+        "window": {"steps": 3, "cycles": 2},
+    }
+    plan = Plan.from_config(resolve_config(yaml.safe_load(yaml.safe_dump(config))))
+    ds = execute(plan)
+    truth_model = plan.truth["model"]
+    gap = CORRECTION_SPACING * plan.config["truth"]["substeps"]
+    full = forecast(truth_model, plan.truth["last_full_state"], plan.truth["model_params"], gap)[-1]  # the first sample
+    np.testing.assert_allclose(ds["correction_state"].values[0], full[:8], rtol=1e-12)
+    # dX/dt of the two-scale model minus the one-scale Lorenz-96 tendency of X (F = 10)
+    X = full[:8]
+    one_scale = (np.roll(X, -1) - np.roll(X, 2)) * np.roll(X, 1) - X + 10.0
+    missing = truth_model.tendency.evaluate(full, plan.truth["model_params"])[:8] - one_scale
+    np.testing.assert_allclose(ds["correction_truth"].values[0], missing, rtol=1e-10, atol=1e-12)
+    assert np.abs(missing).max() > 0.1
