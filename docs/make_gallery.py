@@ -6,7 +6,8 @@ Each case is a short run (``fourdvar run CONFIG --cycles N``) followed by
 ``fourdvar plot``; every figure it writes is copied to ``docs/gallery/<case>_<figure>.png``
 and listed in ``docs/gallery.md`` under its case.  The cases: a model with one
 parameter (the Lorenz-96 forcing), a network learned online (thousands of weights),
-and a state of five variables (drawn as lines, not as a Hovmoeller image).
+a hybrid model whose correction learns a missing term (with comparison runs and the
+forecast skill), and a state of five variables (drawn as lines, not as a Hovmoeller image).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ CASES = {
                 "the parameter against cycles with the background's +-1 std band of P"),
     "surrogate": (ROOT / "configs" / "l96_surrogate.yaml", 6, "a LocalMLP surrogate learned online: the weights summary "
                   "instead of a single norm"),
+    "hybrid": (ROOT / "configs" / "l96_hybrid.yaml", 10, "Lorenz-96 with a missing term and a LocalMLP correction "
+               "learned online, against the physics alone and the perfect model: forecast error against lead time and "
+               "the learned correction against the missing tendency"),
     "small_state": (SMALL_STATE, 12, "a state of five variables, three of them observed: line plots with the "
                     "observations instead of a Hovmoeller image"),
 }

@@ -193,6 +193,17 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     analysis) with ``final_gradient_norm``.
     """
 
+    def __repr__(self) -> str:
+        """A few lines: success, message, the final cost terms, the counts and the shapes (not the arrays)."""
+        final = self.get("final")
+        cost = f"J={final.J:.6g} (Jb={final.Jb:.4g}, Jp={final.Jp:.4g}, Jo={final.Jo:.4g}, Jm={final.Jm:.4g})" if final is not None else "J=n/a"
+        shapes = ", ".join(f"{key} {np.shape(self[key])}" for key in ("x0", "p", "model_error") if key in self)
+        return (f"AssimilationResult(success={self.get('success')}, message={self.get('message')!r},\n"
+                f"  {cost}, final gradient norm {self.get('final_gradient_norm', float('nan')):.3g},\n"
+                f"  {len(self.get('outer', []))} outer loop(s), nit={self.get('nit')}, nfev={self.get('nfev')}, shapes: {shapes})")
+
+    __str__ = __repr__
+
 
 def minimize_4dvar(
     cost: FourDVarCost,

@@ -116,13 +116,15 @@ def test_the_gallery_shows_figures_plot_writes_and_only_existing_files():
     docs = Path(__file__).resolve().parents[1] / "docs"
     images = re.findall(r"!\[[^\]]*\]\((gallery/[^)]+)\)", (docs / "gallery.md").read_text())
     assert images and sorted(images) == sorted(f"gallery/{p.name}" for p in (docs / "gallery").glob("*.png"))
-    cases = ("forcing", "surrogate", "small_state")
+    cases = ("forcing", "surrogate", "hybrid", "small_state")
     for image in images:
         stem = Path(image).stem
         (case,) = [case for case in cases if stem.startswith(case + "_")]
         assert stem[len(case) + 1 :] in FIGURES, image
     assert "gallery/small_state_timeseries.png" in images and "gallery/small_state_hovmoller.png" not in images
     assert "gallery/surrogate_params.png" in images and "gallery/forcing_params.png" in images
+    assert "gallery/hybrid_forecast.png" in images and "gallery/hybrid_correction.png" in images
+    assert "gallery/forcing_correction.png" not in images  # no correction: no figure of it
 
 
 def test_an_analysis_alone_gets_no_time_series():

@@ -105,8 +105,9 @@ def _open_dataset(path: Path, what: str):
 class Progress:
     """A progress bar on a terminal, plain lines otherwise, nothing with ``--quiet``."""
 
-    def __init__(self, total: int, stream=None, quiet: bool = False):
+    def __init__(self, total: int, stream=None, quiet: bool = False, label: str = ""):
         self.total, self.quiet, self.start_cycle = total, quiet, None
+        self.label = f"{label} " if label else ""  # e.g. a comparison run's name before "cycle i/N"
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.started = time.perf_counter()
@@ -137,11 +138,11 @@ class Progress:
             width = 24
             filled = int(width * done / total)
             bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] cycle {done}/{total} {text} ({timing})  ")
+            self.stream.write(f"\r[{bar}] {self.label}cycle {done}/{total} {text} ({timing})  ")
             if done == total:
                 self.stream.write("\n")
         else:
-            self.stream.write(f"cycle {done}/{total} {text} ({timing})\n")
+            self.stream.write(f"{self.label}cycle {done}/{total} {text} ({timing})\n")
         self.stream.flush()
 
 
@@ -175,6 +176,7 @@ def command_run(args) -> int:
     try:
         with _members_map(config, args) as map_members:
             dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say,
+                                  comparison_progress=lambda name, n_cycles: Progress(n_cycles, quiet=args.quiet, label=f"'{name}'"),
                                   map_members=map_members)
     except CheckpointError as error:
         raise CommandError(str(error)) from None

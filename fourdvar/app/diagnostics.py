@@ -20,7 +20,7 @@ import numpy as np
 
 from ..window import DivergenceError, forecast
 
-__all__ = ["ForecastSkill", "forecast_skill", "comparison_variables", "headlines", "independent_truth"]
+__all__ = ["ForecastSkill", "forecast_skill", "comparison_variables", "headlines", "diagnostics", "correction_variables", "independent_truth"]
 
 
 @dataclass
@@ -66,18 +66,29 @@ def comparison_variables(name: str, result) -> dict:
 
 
 def headlines(plan, dataset, comparisons: dict) -> dict:
-    """The headline numbers of a run: analysis RMSE over the last half of the cycles, the
-    forecast skill, rejected windows, the same for each comparison run and the fraction
-    of the baseline-to-reference gap closed.  ``comparisons``: name -> (plan, dataset)."""
+    """The headline numbers of a run (see :func:`diagnostics`)."""
+    return diagnostics(plan, dataset, comparisons)[0]
+
+
+def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
+    """The headline numbers of a run and the forecast-error curves behind its skill.
+
+    Headlines: analysis RMSE over the last half of the cycles, the forecast skill,
+    rejected windows, the same for each comparison run and the fraction of the
+    baseline-to-reference gap closed.  Curves (with ``forecast_steps``): the forecast
+    RMSE per lead, from truth states and from analyses, of this run's model and of
+    each comparison's, as result variables ``forecast_rmse_from_{truth,analyses}[_name]``
+    on a ``lead`` dimension.  ``comparisons``: name -> (plan, dataset).
+    """
     half = slice(plan.n_cycles // 2, None)
-    headline = {}
+    headline, curves = {}, {}
     if "rmse_analysis" in dataset:
         headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
     weak = plan.Q0 is not None or plan.config["truth"]["model_error_std"] > 0  # where the window end matters most
     if weak:
         headline.update(_end_and_window_rmse(dataset, half, ""))
     if plan.forecast_steps:
-        headline.update(skill_headlines(plan, plan, dataset, ""))
+        headline.update(skill_headlines(plan, plan, dataset, "", curves))
     if "J_rejected" in dataset:
         headline["windows_rejected"] = int(np.isfinite(dataset["J_rejected"].values).sum())
     for name, (other, result) in comparisons.items():
@@ -86,13 +97,13 @@ def headlines(plan, dataset, comparisons: dict) -> dict:
         if weak:
             headline.update(_end_and_window_rmse(result, half, f"_{name}"))
         if plan.forecast_steps:
-            headline.update(skill_headlines(plan, other, result, f"_{name}"))
+            headline.update(skill_headlines(plan, other, result, f"_{name}", curves))
     gap = plan.config["gap"]
     if gap["baseline"] is not None and "rmse_analysis_last_half" in headline:
         baseline = headline[f"rmse_analysis_last_half_{gap['baseline']}"]
         reference = headline[f"rmse_analysis_last_half_{gap['reference']}"]
         headline["gap_closed"] = (baseline - headline["rmse_analysis_last_half"]) / (baseline - reference)
-    return headline
+    return headline, curves
 
 
 def _end_and_window_rmse(dataset, half: slice, suffix: str) -> dict:
@@ -101,9 +112,10 @@ def _end_and_window_rmse(dataset, half: slice, suffix: str) -> dict:
             for key in ("rmse_analysis_end", "rmse_analysis_window") if key in dataset}
 
 
-def skill_headlines(plan, run_plan, dataset, suffix: str) -> dict:
+def skill_headlines(plan, run_plan, dataset, suffix: str, curves: dict | None = None) -> dict:
     """Skill in Lyapunov times of ``run_plan``'s model, from truth states (final
-    parameters) and from the analyses of the last half of the cycles."""
+    parameters) and from the analyses of the last half of the cycles.  ``curves``, if
+    given, receives the mean forecast RMSE per lead, ``sigma_clim * e(k)``, of both."""
     diagnostics = plan.config["diagnostics"]
     truth, n = plan.truth, plan.forecast_steps
     sigma = float(truth["trajectory"][: plan.n_cycles * plan.n_steps + 1].std())
@@ -122,6 +134,15 @@ def skill_headlines(plan, run_plan, dataset, suffix: str) -> dict:
         run_plan.model, [dataset["analysis"].values[c, 0] for c in cycles], params,
         [truth["trajectory"][c * L : c * L + n + 1] for c in cycles], **options,
     )
+    if curves is not None:
+        units = plan.config.get("units", "1")
+        label = f" ({suffix[1:]})" if suffix else ""
+        curves["lead"] = (("lead",), np.arange(n + 1), {"long_name": "forecast lead", "units": "model steps"})
+        for source, skill, where in (("truth", from_truth, "truth states after the experiment, final parameters"),
+                                     ("analyses", from_analyses, "the analyses of the last half of the cycles")):
+            curves[f"forecast_rmse_from_{source}{suffix}"] = (("lead",), sigma * skill.error_curve, {
+                "long_name": f"mean forecast RMSE against the truth per lead, from {where}{label}", "units": units,
+                "lyapunov_time": diagnostics["lyapunov_time"], "forecasts": len(skill.valid_times)})
     return {f"skill_from_truth{suffix}": from_truth.lyapunov_times, f"skill_from_analyses{suffix}": from_analyses.lyapunov_times}
 
 
@@ -137,3 +158,49 @@ def independent_truth(plan) -> np.ndarray:
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
     plan._independent_truth = full[:, truth["state_slice"]]
     return plan._independent_truth
+
+
+#: states of the independent truth on which a learned correction is compared with the missing term
+CORRECTION_SAMPLES = 50
+CORRECTION_SPACING = 4  # model steps between them
+
+
+def correction_variables(plan, dataset) -> dict:
+    """A learned correction against the tendency the model misses, on truth states the
+    experiment never saw (empty unless the model has a ``correction`` with a ``tendency``
+    and the truth provides the missing term).
+
+    The missing term at a truth state is the truth model's ``unresolved_tendency`` when it
+    has one, else ``f_truth(x) - f_physics(x)`` (the same state, both tendencies known).
+    Stored on ``(correction_sample, x)``: the states, the missing term, and the
+    correction's tendency with the first background's and the last analysis's weights.
+    """
+    model, truth = plan.model, plan.truth
+    correction, physics = getattr(model, "correction", None), getattr(model, "physics", None)
+    if truth is None or correction is None or not hasattr(correction, "tendency"):
+        return {}
+    substeps, stride = plan.config["truth"]["substeps"], CORRECTION_SPACING
+    full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], CORRECTION_SAMPLES * stride * substeps)
+    full_states = full[:: stride * substeps][1:]
+    states = full_states[:, truth["state_slice"]]
+    final = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else plan.pb0
+    physics_params, weights = model.split(final)
+    if hasattr(truth["model"], "unresolved_tendency"):
+        missing = np.array([truth["model"].unresolved_tendency(x) for x in full_states])
+    elif hasattr(truth["model"], "tendency") and hasattr(physics, "tendency") and full_states.shape[1] == model.n_state:
+        missing = np.array([truth["model"].tendency.evaluate(x, truth["model_params"]) - physics.tendency.evaluate(x, physics_params)
+                            for x in full_states])
+    else:
+        return {}
+    _, first_weights = model.split(plan.pb0)
+    learned = np.array([correction.tendency.evaluate(x, weights) for x in states])
+    initial = np.array([correction.tendency.evaluate(x, first_weights) for x in states])
+    units = plan.config.get("units", "1")
+    rate = f"{units} per model time unit" if units != "1" else "1"
+    dims = ("correction_sample", "x")
+    return {
+        "correction_state": (dims, states, {"long_name": f"truth states after the experiment, {stride} steps apart, where the correction is compared", "units": units}),
+        "correction_truth": (dims, missing, {"long_name": "tendency the model misses (the truth's unresolved tendency)", "units": rate}),
+        "correction_learned": (dims, learned, {"long_name": "tendency of the learned correction, weights of the last analysis", "units": rate}),
+        "correction_initial": (dims, initial, {"long_name": "tendency of the correction, weights of the first background", "units": rate}),
+    }

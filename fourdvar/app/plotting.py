@@ -33,7 +33,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 __all__ = [
     "FIGURES",
     "load_results",
+    "plot_correction",
     "plot_cost",
+    "plot_forecast",
     "plot_hovmoller",
     "plot_model_error",
     "plot_params",
@@ -766,6 +768,98 @@ def plot_spread(ds: xr.Dataset) -> Figure | None:
     return fig
 
 
+# --------------------------------------------------------------------------- forecast error against lead time
+
+
+_RUN_COLOURS = ["tab:red", "tab:green", "tab:purple", "tab:brown"]
+
+
+def _forecast_runs(ds: xr.Dataset, source: str) -> list[tuple[str, np.ndarray]]:
+    """(label, RMSE per lead) of this run's model, then of each comparison run, forecasting from ``source``."""
+    prefix = f"forecast_rmse_from_{source}"
+    runs = [("this run's model", _values(ds, prefix))] if _has(ds, prefix) else []
+    runs += [(f"{name} run", _values(ds, f"{prefix}_{name}")) for name in _comparison_names(ds) if _has(ds, f"{prefix}_{name}")]
+    return runs
+
+
+def plot_forecast(ds: xr.Dataset) -> Figure | None:
+    """Forecast RMSE against lead time (``None`` without the skill diagnostics' curves).
+
+    Left: forecasts from truth states the experiment never saw, with each run's final
+    parameters (the model error alone). Right: forecasts from the analyses of the last
+    half of the cycles (model and analysis error).  One line per model: this run's and
+    each comparison run's (a perfect-model run among them); the top axis counts
+    Lyapunov times.
+    """
+    panels = [(source, runs) for source in ("truth", "analyses") if (runs := _forecast_runs(ds, source))]
+    if not panels:
+        return None
+    dt, time_label = _time_unit(ds)
+    fig = _new_figure(5.4 * len(panels), 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (source, runs) in zip(axes, panels):
+        for k, (label, rmse) in enumerate(runs):
+            colour = _ANALYSIS_COLOUR if k == 0 else _RUN_COLOURS[(k - 1) % len(_RUN_COLOURS)]
+            ax.plot(np.arange(len(rmse)) * dt, rmse, color=colour, lw=1.8 if k == 0 else 1.3, label=label)
+        first = ds[f"forecast_rmse_from_{source}"] if _has(ds, f"forecast_rmse_from_{source}") else None
+        n_forecasts = first.attrs.get("forecasts") if first is not None else None
+        where = "truth states after the experiment" if source == "truth" else "analyses, last half of the cycles"
+        ax.set_title(f"From {where}" + (f" ({int(n_forecasts)} forecasts)" if n_forecasts else ""), fontsize=10)
+        ax.set_xlabel(f"lead {time_label}")
+        ax.set_ylabel("forecast RMSE against truth (state units)")
+        ax.set_ylim(bottom=0)
+        lyapunov = first.attrs.get("lyapunov_time") if first is not None else None
+        if lyapunov and dt != 1.0:
+            top = ax.secondary_xaxis("top", functions=(lambda t, L=float(lyapunov): t / L, lambda n, L=float(lyapunov): n * L))
+            top.set_xlabel("lead (Lyapunov times)")
+        ax.legend(fontsize=8, loc="best")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(_heading(ds, "forecast error against lead time"))
+    return fig
+
+
+# --------------------------------------------------------------------------- learned correction
+
+
+def plot_correction(ds: xr.Dataset) -> Figure | None:
+    """The learned correction against the tendency the model misses (``None`` unless the
+    result stores ``correction_*``: a hybrid model against a truth that provides the term).
+
+    Left: both against the local state ``x_i`` on truth states the experiment never saw
+    (the correction sees neighbours too: a cloud around the missing term, not a curve),
+    with the correction at the first background. Right: learned against missing at every
+    point, the diagonal where they would be equal, their correlation and RMS difference.
+    """
+    if not _has(ds, "correction_state", "correction_truth", "correction_learned"):
+        return None
+    x, missing, learned = (_values(ds, name).ravel() for name in ("correction_state", "correction_truth", "correction_learned"))
+    initial = _values(ds, "correction_initial").ravel() if _has(ds, "correction_initial") else None
+    order = np.argsort(x, kind="stable")
+    fig = _new_figure(11.0, 4.4)
+    left, right = fig.subplots(1, 2)
+    left.plot(x[order], missing[order], ".", ms=3, color="black", label="missing term (truth)")
+    if initial is not None:
+        left.plot(x[order], initial[order], ".", ms=2, color=_BACKGROUND_COLOUR, alpha=0.6, label="correction, first background")
+    left.plot(x[order], learned[order], ".", ms=2, color=_ANALYSIS_COLOUR, alpha=0.6, label="correction, last analysis")
+    left.set_xlabel("local state x_i (truth states after the experiment)")
+    left.set_ylabel("tendency")
+    left.set_title("Tendency against the local state", fontsize=10)
+    correlation = float(np.corrcoef(missing, learned)[0, 1]) if np.std(learned) > 0 and np.std(missing) > 0 else float("nan")
+    rms_difference = float(np.sqrt(np.mean((learned - missing) ** 2)))
+    right.plot(missing, learned, ".", ms=2, alpha=0.5, color=_ANALYSIS_COLOUR, label="every point, last analysis")
+    limit = 1.05 * float(np.nanmax(np.abs(np.concatenate([missing, learned]))))
+    right.plot([-limit, limit], [-limit, limit], color="black", ls="--", lw=1.0, label="learned = missing")
+    right.axhline(0.0, color="tab:red", lw=1.0, label=f"no correction (RMS {_fmt(float(np.sqrt(np.mean(missing**2))))})")
+    right.set_xlabel("missing tendency")
+    right.set_ylabel("learned correction")
+    right.set_title(f"Correlation {_fmt(correlation)}, RMS difference {_fmt(rms_difference)}", fontsize=10)
+    for ax in (left, right):
+        ax.legend(fontsize=8, loc="best", markerscale=3)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(_heading(ds, "learned correction against the missing tendency"))
+    return fig
+
+
 # --------------------------------------------------------------------------- all
 
 #: file stem -> figure function, in the order :func:`plot_results` writes them
@@ -777,17 +871,21 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "params": plot_params,
     "model_error": plot_model_error,
     "spread": plot_spread,
+    "forecast": plot_forecast,
+    "correction": plot_correction,
 }
 
 
 def plot_results(dataset_or_path, output_dir) -> list[Path]:
     """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png``, ``params.png``,
-    ``model_error.png`` and ``spread.png`` to ``output_dir``.
+    ``model_error.png``, ``spread.png``, ``forecast.png`` and ``correction.png`` to ``output_dir``.
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
     ``params.png``; a small state: no ``hovmoller.png``; strong constraint: no
-    ``model_error.png``; no ensemble: no ``spread.png``) are skipped silently; the directory
+    ``model_error.png``; no ensemble: no ``spread.png``; no skill diagnostics: no
+    ``forecast.png``; no learned correction against a known missing term: no
+    ``correction.png``) are skipped silently; the directory
     is created only if a figure is written. Returns the paths written, in that order.
     """
     ds = load_results(dataset_or_path)

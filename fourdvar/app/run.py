@@ -23,7 +23,7 @@ from ..covariances import Dense, Diagonal
 from ..cycling import WindowOutcome, cycle
 from ..window import DivergenceError, forecast
 from .checkpoint import Checkpoint
-from .diagnostics import comparison_variables, headlines
+from .diagnostics import comparison_variables, correction_variables, diagnostics
 from .ensemble_run import add_member_variables, ensemble_windows, member_row
 from .fitting import fit_tendency
 from .plan import Plan
@@ -90,6 +90,7 @@ def execute(
     progress: Callable[[WindowOutcome, ResultRecorder], None] | None = None,
     message: Callable[[str], None] | None = None,
     map_members: Callable = map,
+    comparison_progress: Callable[[str, int], Callable] | None = None,
 ) -> xr.Dataset:
     """Run ``plan`` and return its result dataset.
 
@@ -98,7 +99,8 @@ def execute(
     recorder)`` then.  ``message``: where to say which comparison run starts.
     ``map_members(function, tasks)`` runs an ensemble's members of each window (the
     builtin ``map``: one after another here; :func:`fourdvar.app.cluster.distributed_map`
-    on a Dask cluster).
+    on a Dask cluster).  ``comparison_progress(name, n_cycles)``: the ``progress`` of
+    the comparison run ``name``.
     Floating-point warnings are silenced; a divergence raises :class:`RunDiverged`
     naming the cycle.
     """
@@ -107,23 +109,29 @@ def execute(
         dataset = _cycles(plan, resume, on_window, progress, map_members)
         results = {}
         for comparison in plan.comparisons:
-            if message:
-                message(f"comparison run '{comparison.name}'")
             other = comparison.plan
+            if message:
+                message(f"comparison run '{comparison.name}': {other.n_cycles} cycles of {other.n_steps} steps, control {'+'.join(other.control)}, {type(other.model).__name__}")
+            comparison_started = time.perf_counter()
             if comparison.fit_correction is not None:
                 other = _with_fitted_correction(plan, other, comparison)
-            results[comparison.name] = (other, _cycles(other, None, None, None))
+            progress_of_comparison = comparison_progress(comparison.name, other.n_cycles) if comparison_progress else None
+            results[comparison.name] = (other, _cycles(other, None, None, progress_of_comparison))
+            if message:
+                message(_comparison_summary(comparison.name, results[comparison.name][1], time.perf_counter() - comparison_started))
             dataset = dataset.assign(comparison_variables(comparison.name, results[comparison.name][1]))
             dataset.attrs[f"model_{comparison.name}"] = repr(other.model)
             if comparison.fit_correction is not None:
                 dataset.attrs[f"fit_loss_{comparison.name}"] = other.fit_loss
-        dataset.attrs.update({f"headline_{key}": round(value, 6) for key, value in headlines(plan, dataset, results).items()})
+        headline, curves = diagnostics(plan, dataset, results)
+        dataset = dataset.assign(curves).assign(correction_variables(plan, dataset))
+        dataset.attrs.update({f"headline_{key}": round(value, 6) for key, value in headline.items()})
     dataset.attrs["run_seconds"] = round(time.perf_counter() - started, 3)
     return dataset
 
 
 def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None,
-                map_members: Callable = map) -> xr.Dataset:
+                map_members: Callable = map, comparison_progress: Callable[[str, int], Callable] | None = None) -> xr.Dataset:
     """Run ``plan`` to its file ``plan.output`` through a checkpoint (what ``fourdvar run`` does).
 
     Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
@@ -131,8 +139,8 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     writes the result atomically and removes the checkpoint.  Raises
     :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
     configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
-    an interruption leaves the saved windows for ``resume``.  ``map_members``: as for
-    :func:`execute`.
+    an interruption leaves the saved windows for ``resume``.  ``map_members`` and
+    ``comparison_progress``: as for :func:`execute`.
     """
     say = message or (lambda line: None)
     text = config_text(plan.config)
@@ -151,7 +159,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
             checkpoint.clear()
         dataset = execute(
             plan, resume=saved, on_window=lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text),
-            progress=progress, message=message, map_members=map_members,
+            progress=progress, message=message, map_members=map_members, comparison_progress=comparison_progress,
         )
         write_atomic(dataset, plan.output)
         checkpoint.remove()
@@ -198,6 +206,14 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
         text = str(error)
         raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None
     return add_member_variables(recorder.dataset(complete=True), recorder.rows, plan.config.get("units", "1"))
+
+
+def _comparison_summary(name: str, result: xr.Dataset, seconds: float) -> str:
+    """``comparison run 'NAME' done: C cycles in T s, analysis RMSE (last half) R``."""
+    line = f"comparison run '{name}' done: {result.sizes['cycle']} cycles in {seconds:.1f} s"
+    if "rmse_analysis" in result:
+        line += f", analysis RMSE (last half) {float(result['rmse_analysis'].values[result.sizes['cycle'] // 2:].mean()):.4g}"
+    return line
 
 
 def _with_fitted_correction(plan: Plan, other: Plan, comparison) -> Plan:
