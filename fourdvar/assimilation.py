@@ -85,15 +85,19 @@ class FourDVar:
         self,
         x0=None,
         p=None,
-        outer_loops: int = 3,
-        method: str = "lbfgs",
+        outer_loops: int = 10,
+        method: str = "lanczos",
         max_iterations: int = 50,
         gradient_reduction: float = 1e-6,
         transform: bool = True,
         callback=None,
         backtracking: bool = True,
+        tolerance: float = 1e-8,
+        preconditioner: str | None = None,
+        posterior_rank: int | None = None,
     ) -> AssimilationResult:
-        """Run the outer loops from the first guess ``(x0, p)`` (default: the background).
+        """Run at most ``outer_loops`` outer loops from the first guess ``(x0, p)`` (default:
+        the background), until ``1/2 |grad_u J|^2 <= tolerance * J``.
 
         See :func:`fourdvar.minimize.minimize_4dvar` for the options.
         """
@@ -101,5 +105,6 @@ class FourDVar:
         return minimize_4dvar(
             self.cost, x0, p, control=self.control, outer_loops=outer_loops, method=method,
             max_iterations=max_iterations, gradient_reduction=gradient_reduction, transform=transform,
-            callback=callback, backtracking=backtracking,
+            callback=callback, backtracking=backtracking, tolerance=tolerance, preconditioner=preconditioner,
+            posterior_rank=posterior_rank,
         )
