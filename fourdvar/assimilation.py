@@ -88,7 +88,7 @@ class FourDVar:
         outer_loops: int = 10,
         method: str = "lanczos",
         max_iterations: int = 50,
-        gradient_reduction: float = 1e-6,
+        gradient_reduction: float = 1e-2,
         transform: bool = True,
         callback=None,
         backtracking: bool = True,
