@@ -16,8 +16,11 @@ other keys are the constructor's keyword arguments.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import importlib
+import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
 
@@ -32,10 +35,18 @@ __all__ = [
     "available_models",
     "available_operators",
     "observation_set_class",
+    "registered_names_only",
 ]
 
 _GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators"}
+#: The methods a class must have to be built as a model or an operator (the interfaces of
+#: :mod:`fourdvar.interfaces`): a ``type`` naming anything else is refused before it is called.
+_METHODS = {
+    "model": ("step", "step_tl", "step_ad", "linearize", "init_params"),
+    "operator": ("apply", "apply_tl", "apply_ad", "linearize"),
+}
 _REGISTERED: dict[str, dict[str, type]] = {"model": {}, "operator": {}}
+_IMPORTS_ALLOWED = contextvars.ContextVar("fourdvar_registry_imports_allowed", default=True)
 
 
 class RegistryError(LookupError):
@@ -88,16 +99,48 @@ def _import_reference(reference: str, kind: str) -> type:
         raise RegistryError(f"{kind} type {reference!r}: module {module_name!r} has no attribute {attribute!r}") from None
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _checked(kind: str, name: str, cls) -> type:
+    """``cls`` if it is a class implementing the ``kind`` interface; refused otherwise."""
+    if not isinstance(cls, type):
+        raise RegistryError(f"{kind} type {name!r} is not a class (a {type(cls).__name__}); it must name {_article(kind)} {kind} class")
+    missing = [method for method in _METHODS[kind] if not callable(getattr(cls, method, None))]
+    if missing:
+        raise RegistryError(f"{kind} type {name!r} is not {_article(kind)} {kind} class: it has no {', '.join(missing)}")
+    return cls
+
+
+@contextlib.contextmanager
+def registered_names_only():
+    """Within this block, ``module:Class`` references are refused (nested ones, such as a
+    hybrid's ``physics``, included): only registered and installed names build.  For
+    input from an untrusted source, such as a result file someone sent."""
+    token = _IMPORTS_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _IMPORTS_ALLOWED.reset(token)
+
+
 def _lookup(kind: str, name: str) -> type:
+    return _checked(kind, name, _find(kind, name))
+
+
+def _find(kind: str, name: str) -> type:
     if not isinstance(name, str) or not name:
         raise RegistryError(f"{kind} type must be a non-empty string, got {name!r}")
     if ":" in name:
+        if not _IMPORTS_ALLOWED.get():
+            raise RegistryError(f"{kind} type {name!r}: importing modules named in this input is not allowed here")
         return _import_reference(name, kind)
     if name in _REGISTERED[kind]:
         return _REGISTERED[kind][name]
     points = _entry_points(kind)
     if name in points:
-        return points[name].load()
+        return _load(points[name], f"{kind} type {name!r}")
     known = _available(kind)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -126,12 +169,16 @@ def _build(kind: str, spec: Any) -> Any:
 
 
 def build_model(spec: Mapping[str, Any]) -> Any:
-    """``{"type": "lorenz96", "n_state": 40}`` -> ``Lorenz96(n_state=40)``."""
+    """``{"type": "lorenz96", "n_state": 40}`` -> ``Lorenz96(n_state=40)``.
+
+    ``type`` must name a class with the model interface, checked before the class is
+    called (see also :func:`registered_names_only`).
+    """
     return _build("model", spec)
 
 
 def build_operator(spec: Mapping[str, Any]) -> Any:
-    """``{"type": "subset", "indices": [0, 2]}`` -> the operator instance."""
+    """``{"type": "subset", "indices": [0, 2]}`` -> the operator instance (checked as :func:`build_model`)."""
     return _build("operator", spec)
 
 
@@ -144,4 +191,19 @@ def observation_set_class(name: str = "default") -> type:
     points = {ep.name: ep for ep in entry_points(group="fourdvar.observation_sets")}
     if name not in points:
         raise RegistryError(f"no observation-set class {name!r} is installed (entry-point group fourdvar.observation_sets)")
-    return points[name].load()
+    return _load(points[name], f"observation-set class {name!r}")
+
+
+def _load(point, what: str) -> type:
+    """Load an entry point; a user's module that shadows its package is named in one line."""
+    try:
+        return point.load()
+    except ImportError as error:
+        package = point.value.partition(":")[0].split(".")[0]
+        module = sys.modules.get(package)
+        if module is not None and not hasattr(module, "__path__"):
+            raise RegistryError(
+                f"{what}: your file {getattr(module, '__file__', package)} shadows the installed package "
+                f"{package!r}; rename it (or run from another directory)"
+            ) from None
+        raise RegistryError(f"{what}: cannot load {point.value!r} ({error})") from None

@@ -1,6 +1,6 @@
 """The ``fourdvar`` command line, driven for real through subprocesses.
 
-Every command runs as ``python -m fourdvar.cli ...`` in a temporary directory, with
+Every command runs as ``python -m fourdvar ...`` in a temporary directory, with
 ``MPLBACKEND=Agg`` and ``OPENBLAS_NUM_THREADS=1``.  The experiments are tiny
 (Lorenz-96 with 8 variables, windows of 4 steps, 2 cycles, 50 spin-up steps).
 
@@ -30,7 +30,7 @@ import xarray as xr
 import yaml
 
 import fourdvar
-from fourdvar.results import recompute_cost
+from fourdvar.app.results import recompute_cost
 
 WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))
 TIMEOUT = 180  # seconds for any single command
@@ -88,9 +88,9 @@ def cli_env(pythonpath: Path | None = None) -> dict:
 
 
 def cli(*args, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m fourdvar.cli ARGS`` in ``cwd`` and wait for it."""
+    """Run ``python -m fourdvar ARGS`` in ``cwd`` and wait for it."""
     return subprocess.run(
-        [sys.executable, "-m", "fourdvar.cli", *map(str, args)], cwd=cwd, env=cli_env(pythonpath),
+        [sys.executable, "-m", "fourdvar", *map(str, args)], cwd=cwd, env=cli_env(pythonpath),
         capture_output=True, text=True, timeout=TIMEOUT,
     )
 
@@ -104,7 +104,7 @@ def _as_from_a_terminal() -> None:
 
 def start_cli(*args, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "fourdvar.cli", *map(str, args)], cwd=cwd, env=cli_env(),
+        [sys.executable, "-m", "fourdvar", *map(str, args)], cwd=cwd, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal,
     )
 
@@ -409,7 +409,7 @@ def test_version(argument_runs):
 
 def test_console_script_points_at_main():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("fourdvar") == "fourdvar.cli:main"
+    assert scripts.get("fourdvar") == "fourdvar.app.cli:main"
 
 
 @pytest.mark.parametrize("command", list(HELP_OPTIONS), ids=lambda c: " ".join(c) or "fourdvar")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import xarray as xr
 
-from fourdvar.config import load_config, schema_keys
+from fourdvar.app.config import load_config, schema_keys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -18,7 +18,7 @@ ENV = {**os.environ, "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def fourdvar(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "fourdvar.cli", *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "fourdvar", *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def test_configs_are_shipped():
@@ -52,7 +52,7 @@ def test_shipped_config_runs_shortened(path, tmp_path):
 
 def test_readme_documents_every_key_and_default():
     readme = (ROOT / "configs" / "README.md").read_text()
-    from fourdvar.config import schema_markdown
+    from fourdvar.app.config import schema_markdown
 
     assert schema_markdown() in readme
     for key, _ in schema_keys():

@@ -8,11 +8,11 @@ import copy
 import numpy as np
 import pytest
 
-from fourdvar.config import ConfigError, resolve_config
-from fourdvar.diagnostics import forecast_skill
-from fourdvar.experiment import Experiment
-from fourdvar.fitting import fit_tendency
-from fourdvar.results import write_atomic
+from fourdvar.app.config import ConfigError, resolve_config
+from fourdvar.app.diagnostics import forecast_skill
+from fourdvar.app.experiment import Experiment
+from fourdvar.app.fitting import fit_tendency
+from fourdvar.app.results import write_atomic
 from models import LocalMLP, Lorenz96, Lorenz96TwoScale
 
 TINY = {

@@ -7,6 +7,8 @@ deliberately wrong TL or AD.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -387,6 +389,8 @@ def test_registry_finds_a_users_class_by_module_path_and_by_registration(tmp_pat
         "        self.n_state, self.rate = n_state, rate\n"
         "    def step(self, x, p):\n"
         "        return self.rate * x\n"
+        "    def linearize(self, x, p):\n"
+        "        return None\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_model({"type": "my_user_models:Decay", "n_state": 5, "rate": 0.25})
@@ -403,6 +407,41 @@ def test_registry_finds_a_users_class_by_module_path_and_by_registration(tmp_pat
         build_model({"type": "no_such_module:Model"})
     with pytest.raises(RegistryError, match="has no attribute 'Missing'"):
         build_model({"type": "my_user_models:Missing"})
+
+
+@pytest.mark.parametrize("reference, problem", [
+    ("subprocess:run", "is not a class (a function)"),
+    ("builtins:dict", "is not a model class: it has no step, step_tl, step_ad, linearize, init_params"),
+    ("observations.operators:Identity", "is not a model class: it has no step"),
+])
+def test_registry_refuses_what_is_not_a_model_class_before_calling_it(reference, problem, tmp_path, monkeypatch):
+    from fourdvar.registry import RegistryError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegistryError, match=re.escape(problem)):
+        build_model({"type": reference, "args": ["touch", "called"]})
+    with pytest.raises(RegistryError, match=re.escape(problem)):  # nested in a hybrid's physics
+        build_model({"type": "hybrid", "physics": {"type": reference, "args": ["touch", "called"]}, "correction": {"type": "local_mlp"}})
+    assert not (tmp_path / "called").exists()
+
+
+def test_registry_refuses_an_operator_that_is_not_one():
+    from fourdvar.registry import RegistryError, build_operator
+
+    with pytest.raises(RegistryError, match="is not an operator class: it has no apply, apply_tl, apply_ad"):
+        build_operator({"type": "models.lorenz96:Lorenz96"})
+    assert type(build_operator({"type": "observations.operators:Identity", "n_state": 3})).__name__ == "Identity"
+
+
+def test_registered_names_only_refuses_module_references_nested_ones_included():
+    from fourdvar.registry import RegistryError, registered_names_only
+
+    spec = {"type": "hybrid", "physics": {"type": "models.lorenz96:Lorenz96", "n_state": 8}, "correction": {"type": "local_mlp"}}
+    assert build_model(spec).n_state == 8  # allowed by default
+    with registered_names_only(), pytest.raises(RegistryError, match="importing modules named in this input is not allowed"):
+        build_model(spec)
+    with registered_names_only():
+        assert build_model({**spec, "physics": {"type": "lorenz96", "n_state": 8}}).n_state == 8
 
 
 def test_engine_does_not_import_models_or_observations_by_name():

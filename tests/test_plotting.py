@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fourdvar.plotting import plot_cost, plot_hovmoller, plot_params, plot_results, plot_rmse
+from fourdvar.app.plotting import plot_cost, plot_hovmoller, plot_params, plot_results, plot_rmse
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALL = {"cost.png", "rmse.png", "hovmoller.png", "params.png"}

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import __version__, checks
+from .. import __version__, checks
 from .config import ConfigError, load_config, resolve_config
-from .window import DivergenceError, forecast
+from ..window import DivergenceError, forecast
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -176,7 +176,7 @@ def command_run(args) -> int:
 
 
 def command_check(args) -> int:
-    from .cost import FourDVarCost
+    from ..cost import FourDVarCost
 
     config = _load(args)
     experiment = _experiment(config, args)

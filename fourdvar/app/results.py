@@ -33,9 +33,9 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from . import __version__
-from .cost import CostTerms, FourDVarCost
-from .covariances import Dense
+from .. import __version__
+from ..cost import CostTerms, FourDVarCost
+from ..covariances import Dense
 
 __all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of", "config_text"]
 

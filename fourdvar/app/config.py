@@ -16,9 +16,11 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+import reprlib
 
 import yaml
 
@@ -27,6 +29,93 @@ __all__ = ["ConfigError", "Field", "SCHEMA", "load_config", "resolve_config", "s
 
 class ConfigError(ValueError):
     """A configuration problem; ``str()`` is the one line the command line prints."""
+
+
+def short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message never prints a huge value in full."""
+    text = reprlib_repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def reprlib_repr(value) -> str:
+    """A repr that stops early on deep or long containers (an alias bomb included)."""
+    limits = reprlib.Repr()
+    limits.maxlevel, limits.maxlist, limits.maxdict, limits.maxstring, limits.maxother = 3, 8, 8, 80, 80
+    return limits.repr(value)
+
+
+# --- YAML ---------------------------------------------------------------------------------------
+
+#: The most nodes a configuration may expand to once its aliases are followed.
+MAX_NODES = 100_000
+
+#: YAML 1.2 floats: ``1e6``, ``1.0e6`` and ``-1E-3`` are numbers (YAML 1.1 wants a sign and a dot).
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.VERBOSE,
+)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys and reads YAML 1.2 floats."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {short(key)} (first at line {first.start_mark.line + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _expanded_size(node, sizes: dict) -> int:
+    """Nodes in ``node`` with every alias followed (shared nodes counted once per use)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a cycle counts once; PyYAML refuses recursive aliases anyway
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+def parse_yaml(text: str):
+    """Parse one YAML document with :class:`StrictLoader`; an alias bomb is refused
+    before anything is built from it."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_NODES:
+            raise ConfigError(f"the document expands to {size:.3g} nodes once its aliases are followed (at most {MAX_NODES})")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 REQUIRED = object()
@@ -55,20 +144,35 @@ def _at_least_one(value) -> str | None:
     return None if value >= 1 else "must be >= 1"
 
 
+#: Standard deviations outside this range make 1/std^2 (R^-1, B^-1, P^-1) underflow to 0
+#: or overflow, and with it the cost: the problem would no longer mean anything.
+STD_RANGE = (1e-100, 1e100)
+
+
+def _std(value) -> str | None:
+    values = value if isinstance(value, list) else [value]
+    low, high = STD_RANGE
+    if not all(v > 0 for v in values):
+        return "must be positive"
+    if all(low <= v <= high for v in values):
+        return None
+    return f"must lie between {low:g} and {high:g} (1/std^2 would {'overflow' if min(values) < low else 'underflow'} and the cost lose its meaning)"
+
+
 def _fraction(value) -> str | None:
     return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
 
 
 SCHEMA: dict[str, Any] = {
     "title": Field("str", "", "a one-line description, copied into the result file"),
-    "seed": Field("int", 0, "seed of every random draw (truth, observations, background, initial weights)"),
+    "seed": Field("int", 0, "seed of every random draw (truth, observations, background, initial weights)", _non_negative),
     "model": Field("component", REQUIRED, "the forecast model: `type` (registry name or `module:Class`) and its constructor keywords; optional `params` (initial parameter values) or `params_from` (a result file whose analysed parameters to start from)"),
     "truth": {
         "model": Field("component", None, "the model that makes the truth run (default: the forecast model)", nullable=True),
         "params": Field("number_or_list", None, "parameters of the truth model (default: its `init_params`)", nullable=True),
         "spinup_steps": Field("int", 1000, "steps run from the initial state before cycle 0", _non_negative),
         "initial_mean": Field("float", 0.0, "mean of the random initial state of the spin-up"),
-        "initial_std": Field("float", 1.0, "standard deviation of the random initial state of the spin-up", _positive),
+        "initial_std": Field("float", 1.0, "standard deviation of the random initial state of the spin-up", _std),
         "state_slice": Field("int_list", None, "`[start, stop]`: the part of the truth state the forecast model represents (default: all of it)", nullable=True),
         "substeps": Field("int", 1, "truth steps per model step: the truth model integrates with its own dt and is recorded every `substeps` of its steps", _at_least_one),
     },
@@ -76,23 +180,23 @@ SCHEMA: dict[str, Any] = {
         "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
         "every": Field("int", 1, "observe every `every` model steps (generated observations)", _at_least_one),
         "operator": Field("components", {"type": "identity"}, "the observation operator, or a list of operators used in turn at successive observation times"),
-        "error_std": Field("float", 1.0, "observation error standard deviation (R = error_std^2 I)", _positive),
+        "error_std": Field("float", 1.0, "observation error standard deviation (R = error_std^2 I)", _std),
     },
     "background": {
         "state": {
-            "error_std": Field("float", 1.0, "background error standard deviation of the state", _positive),
+            "error_std": Field("float", 1.0, "background error standard deviation of the state", _std),
             "correlation": {
                 "type": Field("str", None, "`gaussian` or `soar` correlation on the periodic grid; none for a diagonal B", choices=("gaussian", "soar"), nullable=True),
                 "length_scale": Field("float", 2.0, "correlation length scale in grid points", _positive),
             },
             "initial": Field("str", "perturbed_truth", "cycle 0 background: `perturbed_truth` (truth + a draw from B), `truth_mean` (the truth's mean value everywhere) or `free_run` (a spun-up state of the forecast model itself; the choice when observations come from a file)", choices=("perturbed_truth", "truth_mean", "free_run")),
             "adaptive": Field("bool", False, "re-estimate the state error std at each window start from the innovations there (useful while a learned model is still poor)"),
-            "adaptive_min_std": Field("float", 0.1, "lower bound of the adaptive std", _positive),
-            "adaptive_max_std": Field("float", 10.0, "upper bound of the adaptive std", _positive),
+            "adaptive_min_std": Field("float", 0.1, "lower bound of the adaptive std", _std),
+            "adaptive_max_std": Field("float", 10.0, "upper bound of the adaptive std", _std),
             "adaptive_weight": Field("float", 1.0, "weight w of the new estimate: variance = w * estimate + (1 - w) * previous variance (1: no memory; smaller values smooth the noisy estimate over cycles)", lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
         },
         "params": {
-            "error_std": Field("number_or_list", 1.0, "parameter error standard deviation (scalar, or one per parameter)", _positive),
+            "error_std": Field("number_or_list", 1.0, "parameter error standard deviation (scalar, or one per parameter)", _std),
             "decay": Field("float", 1.0, "factor applied to the parameter std after each cycle (< 1 shrinks P over the cycles, > 1 inflates it)", _positive),
             "floor": Field("float", 0.0, "the parameter std never goes below this", _non_negative),
             "update": Field("str", "schedule", "how P changes from window to window: `schedule` (diagonal, std = max(error_std * decay^c, floor)) or `posterior` (P of the next window = the parameters' Gauss-Newton posterior covariance after this one, marginal over the state, + noise_std^2 I: what each window taught accumulates, as in a Kalman filter; costs one TL+AD sweep per control element per window)", choices=("schedule", "posterior")),
@@ -169,66 +273,68 @@ def _coerce(field: Field, value, path: str):
     kind = field.kind
     if kind == "int":
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{path}: expected an integer, got {value!r} ({_type_name(value)})")
+            raise ConfigError(f"{path}: expected an integer, got {short(value)} ({_type_name(value)})")
         value = int(value)
     elif kind == "float":
         if not _is_number(value):
-            raise ConfigError(f"{path}: expected a number, got {value!r} ({_type_name(value)})")
+            raise ConfigError(f"{path}: expected a number, got {short(value)} ({_type_name(value)})")
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{path}: expected a finite number, got {short(value)}")
     elif kind == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r} ({_type_name(value)})")
+            raise ConfigError(f"{path}: expected true or false, got {short(value)} ({_type_name(value)})")
     elif kind == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r} ({_type_name(value)})")
+            raise ConfigError(f"{path}: expected a string, got {short(value)} ({_type_name(value)})")
     elif kind == "number_or_list":
         if _is_number(value):
             value = float(value)
         elif isinstance(value, list) and value and all(_is_number(v) for v in value):
             value = [float(v) for v in value]
         else:
-            raise ConfigError(f"{path}: expected a number or a list of numbers, got {value!r}")
+            raise ConfigError(f"{path}: expected a number or a list of numbers, got {short(value)}")
+        if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"{path}: expected finite numbers, got {short(value)}")
     elif kind == "int_list":
         if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            raise ConfigError(f"{path}: expected [start, stop] (two integers), got {value!r}")
+            raise ConfigError(f"{path}: expected [start, stop] (two integers), got {short(value)}")
     elif kind == "str_list":
         if isinstance(value, str):
             value = [value]
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-            raise ConfigError(f"{path}: expected a list of names, got {value!r}")
+            raise ConfigError(f"{path}: expected a list of names, got {short(value)}")
     elif kind == "component":
         _check_component(value, path)
         value = copy.deepcopy(value)
     elif kind == "comparisons":
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list of comparison runs, got {value!r} ({_type_name(value)})")
+            raise ConfigError(f"{path}: expected a list of comparison runs, got {short(value)} ({_type_name(value)})")
         names = set()
         for i, item in enumerate(value):
             where = f"{path}[{i}]"
             if not isinstance(item, dict):
-                raise ConfigError(f"{where}: expected a mapping with a 'name', got {item!r}")
+                raise ConfigError(f"{where}: expected a mapping with a 'name', got {short(item)}")
             for key in item:
                 if key not in COMPARISON_KEYS:
                     raise _unknown_key(key, COMPARISON_KEYS, where)
             name = item.get("name")
             if not isinstance(name, str) or not name.isidentifier():
-                raise ConfigError(f"{where}.name: expected a name made of letters, digits and '_', got {name!r}")
+                raise ConfigError(f"{where}.name: expected a name made of letters, digits and '_', got {short(name)}")
             if name in names:
-                raise ConfigError(f"{where}.name: {name!r} is used twice")
+                raise ConfigError(f"{where}.name: {short(name)} is used twice")
             names.add(name)
             if "model" in item:
                 _check_component(item["model"], f"{where}.model")
             if "fit_correction" in item:
                 fit = item["fit_correction"]
                 if not isinstance(fit, dict):
-                    raise ConfigError(f"{where}.fit_correction: expected a mapping, got {fit!r}")
+                    raise ConfigError(f"{where}.fit_correction: expected a mapping, got {short(fit)}")
                 for key, setting in fit.items():
                     if key not in FIT_KEYS:
                         raise _unknown_key(key, FIT_KEYS, f"{where}.fit_correction")
                     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-                        raise ConfigError(f"{where}.fit_correction.{key}: expected a positive integer, got {setting!r}")
+                        raise ConfigError(f"{where}.fit_correction.{key}: expected a positive integer, got {short(setting)}")
         value = copy.deepcopy(value)
     elif kind == "components":
         items = value if isinstance(value, list) else [value]
@@ -240,33 +346,33 @@ def _coerce(field: Field, value, path: str):
     if field.choices is not None:
         bad = [v for v in (value if isinstance(value, list) else [value]) if v not in field.choices]
         if bad:
-            raise ConfigError(f"{path}: expected one of {', '.join(map(str, field.choices))}, got {bad[0]!r}")
+            raise ConfigError(f"{path}: expected one of {', '.join(map(str, field.choices))}, got {short(bad[0])}")
     if field.check is not None and (problem := field.check(value)):
-        raise ConfigError(f"{path}: {problem}, got {value!r}")
+        raise ConfigError(f"{path}: {problem}, got {short(value)}")
     return value
 
 
 def _check_component(value, path: str) -> None:
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'type' key, got {value!r} ({_type_name(value)})")
+        raise ConfigError(f"{path}: expected a mapping with a 'type' key, got {short(value)} ({_type_name(value)})")
     if "type" not in value:
         raise ConfigError(f"{path}: missing key 'type' (the registry name or 'module:Class')")
     if not isinstance(value["type"], str):
-        raise ConfigError(f"{path}.type: expected a string, got {value['type']!r}")
+        raise ConfigError(f"{path}.type: expected a string, got {short(value['type'])}")
 
 
 def _unknown_key(key, known, path: str) -> ConfigError:
     where = f"{path}." if path else ""
-    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(key)[:100], list(known), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f" (valid keys: {', '.join(known)})"
-    return ConfigError(f"{where}{key}: unknown key{hint}")
+    return ConfigError(f"{where}{short(key) if not isinstance(key, str) or len(key) > 60 else key}: unknown key{hint}")
 
 
 def _resolve(schema: dict, values: Any, path: str) -> dict:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {values!r} ({_type_name(values)})")
+        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {short(values)} ({_type_name(values)})")
     for key in values:
         if key not in schema:
             raise _unknown_key(key, schema, path)
@@ -303,7 +409,7 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     for key in ("baseline", "reference"):
         name = config["gap"][key]
         if name is not None and name not in names:
-            raise ConfigError(f"gap.{key}: no comparison run named {name!r} (compare names: {', '.join(names) or 'none'})")
+            raise ConfigError(f"gap.{key}: no comparison run named {short(name)} (compare names: {', '.join(names) or 'none'})")
     if (config["gap"]["baseline"] is None) != (config["gap"]["reference"] is None):
         raise ConfigError("gap: give both 'baseline' and 'reference', or neither")
     return config
@@ -337,22 +443,47 @@ def _deep_merge(base: dict, override) -> dict:
     return merged
 
 
+#: A configuration is a short text file; anything larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_text(path: Path, what: str = "") -> str:
+    """The UTF-8 text of a small file, or a :class:`ConfigError` saying why not."""
+    prefix = f"{what}: " if what else ""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{prefix}{path}: is a directory, not a YAML file")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{prefix}{path}: no such file") from None
+    except OSError as error:
+        raise ConfigError(f"{prefix}{path}: cannot read ({error.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{prefix}{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB; not a configuration file")
+    if b"\0" in data:
+        raise ConfigError(f"{prefix}{path}: a binary file (it contains NUL bytes), not a YAML configuration")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{prefix}{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at line {line}); save it as UTF-8") from None
+
+
 def load_config(path: str | Path) -> dict:
     """Read, validate and resolve a YAML experiment file; raises :class:`ConfigError`."""
     path = Path(path)
+    text = read_text(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except (ConfigError, RecursionError) as error:
+        problem = error if isinstance(error, ConfigError) else "nested too deeply"
+        raise ConfigError(f"{path}: {problem}") from None
     try:
         return resolve_config(raw, name=path.stem)
     except ConfigError as error:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .window import DivergenceError, forecast
+from ..window import DivergenceError, forecast
 
 __all__ = ["ForecastSkill", "forecast_skill"]
 

@@ -22,13 +22,13 @@ import numpy as np
 import xarray as xr
 
 from .config import ConfigError, comparison_config
-from .covariances import Diagonal, PeriodicCorrelation
-from .cycling import cycle
+from ..covariances import Diagonal, PeriodicCorrelation
+from ..cycling import cycle
 from .diagnostics import forecast_skill
 from .fitting import fit_tendency
-from .registry import RegistryError, build_model, build_operator, observation_set_class
+from ..registry import RegistryError, build_model, build_operator, observation_set_class
 from .results import ResultRecorder
-from .window import DivergenceError, forecast
+from ..window import DivergenceError, forecast
 
 __all__ = ["Experiment", "build_component"]
 

@@ -1,0 +1,89 @@
+"""The two layers of `fourdvar`: the engine stands alone, the application builds on it.
+
+Imports are read from the source with :mod:`ast` (every ``import`` statement, those
+inside functions included), so a late import cannot hide a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fourdvar"
+APP = PACKAGE / "app"
+
+#: What the engine must never need: the application's file formats, terminal and plots.
+APPLICATION_ONLY = {"yaml", "xarray", "netCDF4", "matplotlib", "dask", "distributed", "argparse"}
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: pathlib.Path) -> set[str]:
+    """Absolute names of every module ``path`` imports, relative imports resolved."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def engine_files() -> list[pathlib.Path]:
+    return [path for path in PACKAGE.glob("*.py") if path.name != "__main__.py"]
+
+
+def test_the_import_reader_resolves_relative_imports():
+    """Negative control: the reader sees `..app` from inside the package and a late import."""
+    source = "def f():\n    from ..app.results import x\nfrom . import checks\n"
+    probe = APP / "_probe_for_test.py"
+    try:
+        probe.write_text(source)
+        names = imported_modules(probe)
+    finally:
+        probe.unlink()
+    assert "fourdvar.app.results" in names
+    assert "fourdvar.app.checks" in names
+
+
+def test_engine_imports_nothing_from_the_application():
+    offenders = {
+        module_name(path): sorted(name for name in imported_modules(path) if name == "fourdvar.app" or name.startswith("fourdvar.app."))
+        for path in engine_files()
+    }
+    assert len(offenders) >= 10  # the engine's modules were all read
+    assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def test_engine_imports_no_yaml_netcdf_terminal_or_plots():
+    offenders = {
+        module_name(path): sorted(name for name in imported_modules(path) if name.split(".")[0] in APPLICATION_ONLY)
+        for path in engine_files()
+    }
+    assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def test_import_fourdvar_loads_no_application_module():
+    code = (
+        "import sys, fourdvar\n"
+        "heavy = ['fourdvar.app', 'yaml', 'xarray', 'netCDF4', 'matplotlib']\n"
+        "print(' '.join(name for name in heavy if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_python_dash_m_fourdvar_is_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "fourdvar", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("fourdvar ")
