@@ -85,6 +85,8 @@ class ResultRecorder:
         for c in range(n):
             outer = []
             for o in range(dataset.sizes["outer"]):
+                if np.isnan(dataset["J_outer"].values[c, o]):  # not run: the outer loops had converged
+                    break
                 nit = int(dataset["inner_iterations"].values[c, o])
                 row = {key: list(dataset[key].values[c, o, : nit + 1]) for key in ("J", "Jb", "Jp", "Jo", "gradient_norm")}
                 row.update(J_outer=float(dataset["J_outer"].values[c, o]), nit=nit, step_length=float(dataset["step_length"].values[c, o]))
@@ -146,9 +148,12 @@ class ResultRecorder:
         for key, long_name in [("J", "incremental cost Jq"), ("Jb", "Jq background term"), ("Jp", "Jq parameter term"),
                                ("Jo", "Jq observation term"), ("gradient_norm", "norm of the gradient of Jq (control space)")]:
             var(key, ("cycle", "outer", "iteration"), padded(key), f"{long_name} per inner iteration")
-        var("J_outer", ("cycle", "outer"), [[o["J_outer"] for o in r["outer"]] for r in self.rows], "nonlinear cost J at each outer loop's linearisation point")
-        var("step_length", ("cycle", "outer"), [[o["step_length"] for o in r["outer"]] for r in self.rows], "fraction of the outer-loop increment kept (backtracking)")
-        var("inner_iterations", ("cycle", "outer"), np.array([[o["nit"] for o in r["outer"]] for r in self.rows], dtype=np.int64), "inner iterations per outer loop")
+        def per_outer(key, fill):  # outer loops stop when converged: the ones not run are left at fill
+            return [[o[key] for o in r["outer"]] + [fill] * (n_outer - len(r["outer"])) for r in self.rows]
+
+        var("J_outer", ("cycle", "outer"), per_outer("J_outer", np.nan), "nonlinear cost J at each outer loop's linearisation point (NaN: not run, converged before)")
+        var("step_length", ("cycle", "outer"), per_outer("step_length", np.nan), "fraction of the outer-loop increment kept (backtracking)")
+        var("inner_iterations", ("cycle", "outer"), np.array(per_outer("nit", 0), dtype=np.int64), "inner iterations per outer loop")
         for key in ("Jb", "Jp", "Jo"):
             var(f"{key}_final", ("cycle",), [getattr(r["final"], key) for r in self.rows], f"nonlinear {key} at the analysis")
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
