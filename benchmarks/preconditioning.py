@@ -25,9 +25,9 @@ _spec.loader.exec_module(timing)
 import numpy as np  # noqa: E402
 
 from fourdvar import FourDVar  # noqa: E402
-from fourdvar.config import load_config  # noqa: E402
+from fourdvar.app.config import load_config  # noqa: E402
 from fourdvar.covariances import Diagonal  # noqa: E402
-from fourdvar.experiment import Experiment  # noqa: E402
+from fourdvar.app.experiment import Experiment  # noqa: E402
 from models import Lorenz96  # noqa: E402
 from observations import Identity, synthetic_observations  # noqa: E402
 
