@@ -21,7 +21,11 @@ a Kalman filter would for parameters that follow a random walk::
                                    parameters after window c, marginal over the state
 
 so what each window taught the parameters, and how well, accumulates over the
-cycles (:meth:`FourDVar.params_posterior_covariance`; ``q`` keeps them learning).
+cycles (``q`` keeps them learning).  With the ``lanczos`` inner method ``P^a`` comes from
+the Ritz pairs (``result.posterior.params_covariance()``) and ``P`` stays limited-memory,
+a diagonal updated in low rank (:class:`fourdvar.posterior.LowRankCovariance`, its rank
+capped by ``posterior_rank``); otherwise it is the dense
+:meth:`FourDVar.params_posterior_covariance`, ``n_x + n_p`` Hessian products per window.
 A window rejected by the ``max_cost_per_obs`` check leaves ``P`` as it was.
 
 With parameters in the control this is online learning: a network's weights are
@@ -37,8 +41,9 @@ import numpy as np
 
 from .assimilation import FourDVar
 from .cost import Control
-from .covariances import Dense
+from .covariances import Dense, Diagonal
 from .minimize import AssimilationResult
+from .posterior import LowRankCovariance
 from .window import forecast
 
 __all__ = ["WindowOutcome", "assimilate_window", "cycle"]
@@ -57,7 +62,7 @@ class WindowOutcome:
     background_trajectory: np.ndarray  # (L + 1, n_state), from (xb, pb)
     analysis_trajectory: np.ndarray  # (L + 1, n_state), from (x0, p)
     rejected_cost: float | None = None  # J of a rejected joint analysis (then p = pb)
-    params_posterior: np.ndarray | None = None  # P^a, when asked for and not rejected
+    params_posterior: object = None  # P^a, when asked for and not rejected: a LowRankCovariance (lanczos) or a dense array
     P_next: object = None  # the parameter covariance the next window starts from (set by cycle)
 
     @property
@@ -85,7 +90,10 @@ def assimilate_window(
             rejected_cost = float(result.final.J)
             result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control="state", n_steps=n_steps).solve(**solve_options)
     if params_posterior and control.params and rejected_cost is None:
-        posterior = problem.params_posterior_covariance(result.x0, result.p)
+        if result.posterior is not None:  # low rank, from the Lanczos Ritz pairs
+            posterior = result.posterior.params_covariance(max_rank=solve_options.get("posterior_rank"))
+        else:
+            posterior = problem.params_posterior_covariance(result.x0, result.p)
     context = f"cycle {cycle}"
     return WindowOutcome(
         cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
@@ -93,6 +101,15 @@ def assimilate_window(
         analysis_trajectory=forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast"),
         rejected_cost=rejected_cost, params_posterior=posterior,
     )
+
+
+def _with_noise(posterior, noise_std: float, max_rank: int | None):
+    """``P^a + q^2 I``: limited-memory when ``P^a`` is a :class:`LowRankCovariance` on a diagonal base, else dense."""
+    if isinstance(posterior, LowRankCovariance):
+        if isinstance(posterior.base, Diagonal):
+            return posterior.with_noise(noise_std, max_rank=max_rank)
+        posterior = np.column_stack([posterior.apply(unit) for unit in np.eye(posterior.size)])
+    return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
 
 
 def cycle(
@@ -135,7 +152,7 @@ def cycle(
             params_posterior=params_noise_std is not None, **solve_options,
         )
         if outcome.params_posterior is not None:
-            P = Dense(outcome.params_posterior + params_noise_std**2 * np.eye(len(pb)))
+            P = _with_noise(outcome.params_posterior, params_noise_std, solve_options.get("posterior_rank"))
         outcome.P_next = P
         yield outcome
         xb = outcome.analysis_trajectory[-1].copy()

@@ -209,14 +209,17 @@ SCHEMA: dict[str, Any] = {
     },
     "assimilation": {
         "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`", choices=("state", "params")),
-        "outer_loops": Field("int", 3, "outer loops (relinearisations) per window", _at_least_one),
+        "outer_loops": Field("int", 3, "maximum outer loops (relinearisations) per window; they stop earlier once J is within `tolerance` of its minimum", _at_least_one),
+        "tolerance": Field("float", 1.0e-8, "stop the outer loops when J is within this (relative) of its minimum: 1/2 |grad J|^2 <= tolerance J in control variables, or the last Gauss-Newton increment's predicted decrease <= tolerance J", _non_negative),
+        "preconditioner": Field("str", None, "`spectral`: each inner loop preconditioned by the Ritz pairs of the previous ones (needs `inner.method: lanczos`; its default there), or `none`", choices=("none", "spectral"), nullable=True),
+        "posterior_rank": Field("int", None, "Ritz pairs kept per outer loop for the preconditioner and the low-rank posterior, and the rank of the propagated P (`update: posterior` with `lanczos`); none: all converged ones", _at_least_one, nullable=True),
         "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
         "backtracking": Field("bool", True, "halve an outer-loop increment while it would raise the nonlinear cost (safeguarded Gauss-Newton); false: always add the full increment"),
         "max_cost_per_obs": Field("float", None, "with `[state, params]` in the control: a window whose analysis cost J exceeds this times its number of observations (J is about half that number at a good minimum) is redone with the parameters fixed, which then carry over unchanged; none: no check", _positive, nullable=True),
         "inner": {
-            "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B) or `cg` (conjugate gradients)", choices=("lbfgs", "cg")),
+            "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B), `cg` (conjugate gradients) or `lanczos` (CG keeping its Lanczos vectors: Ritz pairs for the spectral preconditioner and the low-rank posterior)", choices=("lbfgs", "cg", "lanczos")),
             "max_iterations": Field("int", 50, "maximum inner iterations per outer loop", _at_least_one),
-            "gradient_reduction": Field("float", 1.0e-6, "stop the inner loop when |grad Jq| <= this * its initial value", _fraction),
+            "gradient_reduction": Field("float", 1.0e-6, "stop the inner loop when |grad Jq| <= this * its initial value (or as small as the outer tolerance needs, or at round-off)", _fraction),
         },
     },
     "output": {

@@ -272,6 +272,8 @@ class Experiment:
             outer_loops=self.config["assimilation"]["outer_loops"], method=inner["method"],
             max_iterations=inner["max_iterations"], gradient_reduction=inner["gradient_reduction"],
             transform=self.config["assimilation"]["transform"], backtracking=self.config["assimilation"]["backtracking"],
+            tolerance=self.config["assimilation"]["tolerance"], preconditioner=self.config["assimilation"]["preconditioner"],
+            posterior_rank=self.config["assimilation"]["posterior_rank"],
             max_cost_per_obs=self.config["assimilation"]["max_cost_per_obs"],
         )
         started = time.perf_counter()

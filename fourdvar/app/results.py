@@ -35,7 +35,8 @@ import yaml
 
 from .. import __version__
 from ..cost import CostTerms, FourDVarCost
-from ..covariances import Dense
+from ..covariances import Dense, Diagonal
+from ..posterior import LowRankCovariance
 
 __all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of", "config_text"]
 
@@ -104,6 +105,9 @@ class ResultRecorder:
             })
         if "params_covariance_next" in dataset:
             self.P_next = Dense(dataset["params_covariance_next"].values)
+        elif "params_covariance_next_base_std" in dataset:  # limited memory: C0^1/2 (I + U diag(lam) U^T) C0^1/2
+            self.P_next = LowRankCovariance(Diagonal(dataset["params_covariance_next_base_std"].values),
+                                            dataset["params_covariance_next_vectors"].values, dataset["params_covariance_next_values"].values)
         last = self.rows[-1]
         carried_params = "params" in self.experiment.control
         pb = last["params_analysis"] if carried_params else self.experiment.pb0
@@ -159,7 +163,14 @@ class ResultRecorder:
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
         var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
-        if exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
+        if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
+            for key, dims, values, long_name in [
+                ("base_std", ("param",), self.P_next.base.std, "std of the diagonal base C0"),
+                ("vectors", ("param", "rank"), self.P_next.U, "orthonormal update vectors U"),
+                ("values", ("rank",), self.P_next.lam, "update values lam"),
+            ]:
+                data[f"params_covariance_next_{key}"] = (dims, values, {"long_name": f"parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2: {long_name}", "units": "1"})
+        elif exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
             matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
