@@ -43,7 +43,9 @@ from .assimilation import FourDVar
 from .cost import Control
 from .covariances import Dense, Diagonal
 from .minimize import AssimilationResult
+from .departures import WindowDepartures, window_departures
 from .posterior import LowRankCovariance
+from .quasistatic import solve_quasi_static
 from .window import forecast
 
 __all__ = ["WindowOutcome", "assimilate_window", "cycle"]
@@ -64,6 +66,7 @@ class WindowOutcome:
     rejected_cost: float | None = None  # J of a rejected joint analysis (then p = pb)
     params_posterior: object = None  # P^a, when asked for and not rejected: a LowRankCovariance (lanczos) or a dense array
     P_next: object = None  # the parameter covariance the next window starts from (set by cycle)
+    departures: WindowDepartures | None = None  # 2 J / m, O-B, O-A, Desroziers estimates
 
     @property
     def x0(self) -> np.ndarray:
@@ -76,13 +79,19 @@ class WindowOutcome:
 
 def assimilate_window(
     model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0,
-    max_cost_per_obs: float | None = None, params_posterior: bool = False, **solve_options,
+    max_cost_per_obs: float | None = None, params_posterior: bool = False, quasi_static_steps: int | None = None,
+    **solve_options,
 ) -> WindowOutcome:
     """4D-Var over one window from the background, and the two forecasts over it
-    (and, with ``params_posterior``, the parameters' posterior covariance)."""
+    (and, with ``params_posterior``, the parameters' posterior covariance).  With
+    ``quasi_static_steps`` the window grows by that many steps per stage
+    (:func:`fourdvar.quasistatic.solve_quasi_static`)."""
     control = Control.parse(control)
     problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps)
-    result = problem.solve(**solve_options)
+    if quasi_static_steps is not None and quasi_static_steps < n_steps:
+        result = solve_quasi_static(model, observations, xb, B, pb, P, control, n_steps, quasi_static_steps, **solve_options)
+    else:
+        result = problem.solve(**solve_options)
     rejected_cost, posterior = None, None
     if max_cost_per_obs is not None and control.params and control.state:
         n_obs = sum(np.size(slot.values) for slot in observations)
@@ -95,11 +104,13 @@ def assimilate_window(
         else:
             posterior = problem.params_posterior_covariance(result.x0, result.p)
     context = f"cycle {cycle}"
+    background_trajectory = forecast(model, xb, pb, n_steps, context=f"{context}, background forecast")
+    analysis_trajectory = forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast")
     return WindowOutcome(
         cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
-        background_trajectory=forecast(model, xb, pb, n_steps, context=f"{context}, background forecast"),
-        analysis_trajectory=forecast(model, result.x0, result.p, n_steps, context=f"{context}, analysis forecast"),
+        background_trajectory=background_trajectory, analysis_trajectory=analysis_trajectory,
         rejected_cost=rejected_cost, params_posterior=posterior,
+        departures=window_departures(problem.cost, background_trajectory, analysis_trajectory, result.final.J),
     )
 
 
@@ -126,6 +137,7 @@ def cycle(
     params_policy: Callable[[int, object], object] | None = None,
     max_cost_per_obs: float | None = None,
     params_noise_std: float | None = None,
+    quasi_static_steps: int | None = None,
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -138,6 +150,8 @@ def cycle(
     ``max_cost_per_obs`` and ``params_noise_std``: see the module docstring (defaults:
     no check; ``P`` from ``params_policy``).  Each outcome's ``P_next`` is the parameter
     covariance the next window starts from (before ``params_policy``).
+    ``quasi_static_steps``: grow each window by that many steps per stage (see
+    :mod:`fourdvar.quasistatic`; default: the whole window at once).
     """
     control = Control.parse(control)
     xb = np.asarray(xb, dtype=float)
@@ -149,7 +163,7 @@ def cycle(
             P = params_policy(c, P)
         outcome = assimilate_window(
             model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs,
-            params_posterior=params_noise_std is not None, **solve_options,
+            params_posterior=params_noise_std is not None, quasi_static_steps=quasi_static_steps, **solve_options,
         )
         if outcome.params_posterior is not None:
             P = _with_noise(outcome.params_posterior, params_noise_std, solve_options.get("posterior_rank"))

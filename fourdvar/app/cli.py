@@ -159,10 +159,14 @@ def command_run(args) -> int:
     progress = Progress(experiment.n_cycles, quiet=args.quiet, start_cycle=start)
     try:
         message = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-        dataset = experiment.run(checkpoint=lambda ds: write_atomic(ds, checkpoint), resume_from=resume_from, progress=progress, progress_message=message)
+        write_checkpoint = (lambda ds: write_atomic(ds, checkpoint)) if config["output"]["checkpoint"] else None
+        dataset = experiment.run(checkpoint=write_checkpoint, resume_from=resume_from, progress=progress, progress_message=message)
         write_atomic(dataset, output)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; completed cycles are saved in {checkpoint}; continue with --resume", file=sys.stderr)
+        if config["output"]["checkpoint"]:
+            print(f"\ninterrupted; completed cycles are saved in {checkpoint}; continue with --resume", file=sys.stderr)
+        else:
+            print("\ninterrupted; no checkpoint (output.checkpoint: false)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DivergenceError as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None

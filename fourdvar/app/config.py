@@ -179,6 +179,7 @@ SCHEMA: dict[str, Any] = {
     "observations": {
         "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
         "every": Field("int", 1, "observe every `every` model steps (generated observations)", _at_least_one),
+        "offset": Field("int", 0, "the first observation time, in model steps from the start of cycle 0 (generated observations at offset, offset + every, ...)", _non_negative),
         "operator": Field("components", {"type": "identity"}, "the observation operator, or a list of operators used in turn at successive observation times"),
         "error_std": Field("float", 1.0, "observation error standard deviation (R = error_std^2 I)", _std),
     },
@@ -206,12 +207,14 @@ SCHEMA: dict[str, Any] = {
     "window": {
         "steps": Field("int", 10, "model steps per assimilation window", _at_least_one),
         "cycles": Field("int", 1, "number of consecutive windows", _at_least_one),
+        "observations_at_end": Field("bool", False, "a window takes the observations at steps (start, start + steps], its end included and its start left to the previous window; false: [start, start + steps)"),
     },
     "assimilation": {
         "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`", choices=("state", "params")),
         "outer_loops": Field("int", 3, "maximum outer loops (relinearisations) per window; they stop earlier once J is within `tolerance` of its minimum", _at_least_one),
         "tolerance": Field("float", 1.0e-8, "stop the outer loops when J is within this (relative) of its minimum: 1/2 |grad J|^2 <= tolerance J in control variables, or the last Gauss-Newton increment's predicted decrease <= tolerance J", _non_negative),
         "preconditioner": Field("str", None, "`spectral`: each inner loop preconditioned by the Ritz pairs of the previous ones (needs `inner.method: lanczos`; its default there), or `none`", choices=("none", "spectral"), nullable=True),
+        "quasi_static_steps": Field("int", None, "quasi-static minimisation (Pires et al. 1996): grow the window by this many steps per stage, each stage warm-started from the last; none: the whole window at once", _at_least_one, nullable=True),
         "posterior_rank": Field("int", None, "Ritz pairs kept per outer loop for the preconditioner and the low-rank posterior, and the rank of the propagated P (`update: posterior` with `lanczos`); none: all converged ones", _at_least_one, nullable=True),
         "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
         "backtracking": Field("bool", True, "halve an outer-loop increment while it would raise the nonlinear cost (safeguarded Gauss-Newton); false: always add the full increment"),
@@ -224,8 +227,10 @@ SCHEMA: dict[str, Any] = {
     },
     "output": {
         "file": Field("str", None, "result NetCDF file (default: `results/<config name>.nc`)", nullable=True),
+        "checkpoint": Field("bool", True, "write a checkpoint after every window (for --resume); false: none, for fast runs of many short windows"),
     },
     "diagnostics": {
+        "burn_in_cycles": Field("int", 0, "windows left out of the filter-RMSE headline (spin-up of the cycling)", _non_negative),
         "forecast_skill": Field("bool", False, "measure forecast skill (needs a truth run): from truth states on an independent stretch of the truth, and from the analyses of the last half of the cycles"),
         "lyapunov_time": Field("float", 0.61, "one Lyapunov time in model time units (0.61 for Lorenz-96 with F = 8)", _positive),
         "skill_threshold": Field("float", 0.5, "a forecast is valid while its RMSE / the truth's climatological std stays below this", _positive),

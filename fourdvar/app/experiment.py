@@ -154,7 +154,8 @@ class Experiment:
             build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n)
             for i, spec in enumerate(specs)
         ]
-        steps = list(range(0, self.n_cycles * self.n_steps, obs_config["every"]))
+        last = self.n_cycles * self.n_steps + (1 if self.config["window"]["observations_at_end"] else 0)
+        steps = list(range(obs_config["offset"], last, obs_config["every"]))
         position = {step: i for i, step in enumerate(steps)}
         return observation_set_class().synthetic(
             self.truth["trajectory"], steps, lambda step: operators[position[step] % len(operators)],
@@ -241,8 +242,10 @@ class Experiment:
     # --- running ------------------------------------------------------------------------------------
 
     def windows(self, start_cycle: int):
+        at_end = self.config["window"]["observations_at_end"]
         for c in range(start_cycle, self.n_cycles):
-            yield self.observations.window(c * self.n_steps, self.n_steps, include_end=False)
+            slots = self.observations.window(c * self.n_steps, self.n_steps, include_end=at_end)
+            yield type(slots)(slot for slot in slots if slot.step > 0) if at_end else slots
 
     def run(
         self,
@@ -274,6 +277,7 @@ class Experiment:
             transform=self.config["assimilation"]["transform"], backtracking=self.config["assimilation"]["backtracking"],
             tolerance=self.config["assimilation"]["tolerance"], preconditioner=self.config["assimilation"]["preconditioner"],
             posterior_rank=self.config["assimilation"]["posterior_rank"],
+            quasi_static_steps=self.config["assimilation"]["quasi_static_steps"],
             max_cost_per_obs=self.config["assimilation"]["max_cost_per_obs"],
         )
         started = time.perf_counter()
@@ -295,6 +299,12 @@ class Experiment:
         headline = {}
         if "rmse_analysis" in dataset:
             headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
+            burn_in = slice(self.config["diagnostics"]["burn_in_cycles"], None)
+            headline["rmse_filter_after_burn_in"] = float(dataset["rmse_filter"].values[burn_in].mean())
+        if "chi2" in dataset:
+            headline["chi2_mean"] = float(np.nanmean(dataset["chi2"].values))
+            for key in ("desroziers_obs_std", "desroziers_background_std"):
+                headline[f"{key}_mean"] = float(np.sqrt(np.nanmean(dataset[key].values ** 2)))
         if self.forecast_steps:
             headline.update(self._skill_headlines(self, dataset, ""))
         if "J_rejected" in dataset:

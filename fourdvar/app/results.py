@@ -38,6 +38,16 @@ from ..cost import CostTerms, FourDVarCost
 from ..covariances import Dense, Diagonal
 from ..posterior import LowRankCovariance
 
+DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
+    "chi2": ("chi2", "2 J_min / n_obs (about 1 when B, R and the model are consistent)"),
+    "omb_mean": ("omb_mean", "mean observation minus background forecast"),
+    "omb_rms": ("omb_rms", "rms observation minus background forecast"),
+    "oma_mean": ("oma_mean", "mean observation minus analysis forecast"),
+    "oma_rms": ("oma_rms", "rms observation minus analysis forecast"),
+    "obs_error_std": ("desroziers_obs_std", "Desroziers estimate of the observation error std, sqrt(d_a . d_b / m)"),
+    "background_error_std": ("desroziers_background_std", "Desroziers estimate of the background error std in observation space, sqrt((d_b - d_a) . d_b / m)"),
+}
+
 __all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of", "config_text"]
 
 
@@ -74,6 +84,7 @@ class ResultRecorder:
             "background_std": _mean_std(outcome.B),
             "params_std": _mean_std(outcome.P),
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
+            "departures": {key: getattr(outcome.departures, key) for key in DEPARTURE_VARIABLES},
         })
         self.P_next = outcome.P_next
 
@@ -102,6 +113,7 @@ class ResultRecorder:
                 "background_std": float(dataset["background_std"].values[c]),
                 "params_std": float(dataset["params_std"].values[c]),
                 "rejected_cost": float(dataset["J_rejected"].values[c]) if "J_rejected" in dataset else np.nan,
+                "departures": {key: float(dataset[name].values[c]) for key, (name, _) in DEPARTURE_VARIABLES.items()},
             })
         if "params_covariance_next" in dataset:
             self.P_next = Dense(dataset["params_covariance_next"].values)
@@ -136,6 +148,7 @@ class ResultRecorder:
             var("rmse_analysis", ("cycle",), _rms(analysis[:, 0] - truth[:, 0], axis=1), "analysis RMSE at the window start", state_units)
             var("rmse_background_window", ("cycle",), _rms(background - truth, axis=(1, 2)), "background RMSE over the window", state_units)
             var("rmse_analysis_window", ("cycle",), _rms(analysis - truth, axis=(1, 2)), "analysis RMSE over the window", state_units)
+            var("rmse_filter", ("cycle",), _rms(analysis[:, -1] - truth[:, -1], axis=1), "analysis RMSE at the window end (filter)", state_units)
         if exp.model.n_params:
             var("params_background", ("cycle", "param"), [r["params_background"] for r in self.rows], "background (first guess) parameters")
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
@@ -161,6 +174,8 @@ class ResultRecorder:
         for key in ("Jb", "Jp", "Jo"):
             var(f"{key}_final", ("cycle",), [getattr(r["final"], key) for r in self.rows], f"nonlinear {key} at the analysis")
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
+        for key, (name, long_name) in DEPARTURE_VARIABLES.items():
+            var(name, ("cycle",), [r["departures"][key] for r in self.rows], long_name)
         var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
         if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
