@@ -194,3 +194,18 @@ def test_limited_memory_propagated_covariance_round_trips_through_a_checkpoint_f
     broken["params_covariance_next_values"][:] = 0.0
     diverged = Experiment(config).run(resume_from=broken)
     assert np.max(np.abs(diverged["params_analysis"].values[-1] - full["params_analysis"].values[-1])) > 1e-8
+
+
+def test_observations_at_the_window_end_from_an_offset_and_the_filter_rmse():
+    config = tiny(observations={"every": 2, "offset": 2, "error_std": 1.0}, window={"steps": 4, "cycles": 3, "observations_at_end": True},
+                  assimilation={"control": ["state"], "outer_loops": 2, "inner": {"method": "lanczos"}}, diagnostics={"burn_in_cycles": 1})
+    experiment = Experiment(config)
+    assert [[slot.step for slot in slots] for slots in experiment.windows(0)] == [[2, 4], [2, 4], [2, 4]]
+    dataset = experiment.run()
+    truth, analysis = dataset["truth"].values, dataset["analysis"].values
+    filter_rmse = np.sqrt(np.mean((analysis[:, -1] - truth[:, -1]) ** 2, axis=1))
+    np.testing.assert_allclose(dataset["rmse_filter"].values, filter_rmse, rtol=1e-12)
+    assert dataset.attrs["headline_rmse_filter_after_burn_in"] == pytest.approx(filter_rmse[1:].mean(), abs=1e-6)
+    assert np.all(dataset["chi2"].values > 0) and "headline_desroziers_obs_std_mean" in dataset.attrs
+    default = Experiment(tiny(window={"steps": 4, "cycles": 2}))
+    assert [[slot.step for slot in slots] for slots in default.windows(0)] == [[0, 1, 2, 3], [0, 1, 2, 3]]
