@@ -49,6 +49,7 @@ import scipy.optimize
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
 from .lanczos import LanczosRun, SpectralPreconditioner, lanczos
+from .posterior import Posterior
 from .window import DivergenceError
 
 __all__ = [
@@ -369,8 +370,6 @@ def minimize_4dvar(
     the inner target instead).
     ``callback(outer_loop, record)`` is called after each outer loop (for progress).
     """
-    from .posterior import Posterior
-
     if outer_loops < 1:
         raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
     if not tolerance >= 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 
 from .assimilation import FourDVar
 from .minimize import AssimilationResult

@@ -8,7 +8,6 @@ import pytest
 import scipy.optimize
 
 from fourdvar import FourDVar
-from fourdvar.cost import FourDVarCost
 from fourdvar.covariances import Diagonal, PeriodicCorrelation
 from fourdvar.minimize import minimize_inner
 from fourdvar.window import DivergenceError
@@ -36,21 +35,6 @@ def lorenz96_twin(seed, n_steps, estimate_forcing=False, forcing_guess=7.0):
     else:
         problem = FourDVar(model, obs, xb=xb, B=Diagonal(1.0, size=40), control="state")
     return problem, x_true
-
-
-def direct_minimisation(cost: FourDVarCost, x0, p, control):
-    """Minimise the nonlinear J itself with its exact adjoint gradient (the reference)."""
-    n = x0.size
-    estimate_p = "params" in control
-
-    def fun(u):
-        x, q = (u[:n], u[n:]) if estimate_p else (u, p)
-        terms, gx, gp = cost.gradient(x, q)
-        return terms.J, (np.concatenate([gx, gp]) if estimate_p else gx)
-
-    u0 = np.concatenate([x0, p]) if estimate_p else x0
-    result = scipy.optimize.minimize(fun, u0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "ftol": 1e-16, "gtol": 1e-10, "maxcor": 30})
-    return result.fun, result.x[n:] if estimate_p else p, np.linalg.norm(result.jac)
 
 
 # --- a linear problem: one outer loop is exact ---------------------------------------------------
