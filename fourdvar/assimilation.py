@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from .cost import Control, FourDVarCost, IncrementalCost
-from .minimize import AssimilationResult, minimize_4dvar
+from .minimize import DEFAULT_TOLERANCE, AssimilationResult, minimize_4dvar
 
 __all__ = ["FourDVar"]
 
@@ -92,7 +92,7 @@ class FourDVar:
         transform: bool = True,
         callback=None,
         backtracking: bool = True,
-        tolerance: float = 1e-8,
+        tolerance: float = DEFAULT_TOLERANCE,
         preconditioner: str | None = None,
         posterior_rank: int | None = None,
     ) -> AssimilationResult:

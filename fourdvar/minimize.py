@@ -57,6 +57,7 @@ __all__ = [
     "PRECONDITIONERS", "STATUS_MESSAGES",
 ]
 
+DEFAULT_TOLERANCE = 1e-8  # the relative accuracy of J the outer loops stop at
 ROUNDOFF = 10.0  # the round-off floor of |grad Jq|, in units of eps * sqrt(n) * (size of its terms)
 ROUNDOFF_DECREASE = 1e3  # a predicted decrease of J below this * eps * J is lost in J's round-off
 OUTER_SAFETY = 0.1  # an inner loop need not reduce |grad Jq| below this fraction of the outer target
@@ -355,7 +356,7 @@ def minimize_4dvar(
     transform: bool = True,
     callback=None,
     backtracking: bool = True,
-    tolerance: float = 1e-8,
+    tolerance: float = DEFAULT_TOLERANCE,
     preconditioner: str | None = None,
     posterior_rank: int | None = None,
 ) -> AssimilationResult:

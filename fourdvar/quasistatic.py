@@ -5,7 +5,9 @@ background can fall into one.  Quasi-static minimisation grows the window instea
 ``s`` minimises ``J`` with the observations up to step ``L_s`` (``L_1 < L_2 < ... = L``,
 ``L_s = min(s * stage_steps, L)``), from the analysis of stage ``s - 1``; the background
 term is the same in every stage.  Each stage starts close to its minimum, which the previous
-stage has tracked as it moved.
+stage has tracked as it moved.  A stage before the last only has to bring the guess into
+the basin of the next one, so it is solved to ``STAGE_TOLERANCE`` (or the caller's
+``tolerance``, if looser); the last stage to the caller's ``tolerance``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Sequence
 
 
 from .assimilation import FourDVar
-from .minimize import AssimilationResult
+from .minimize import DEFAULT_TOLERANCE, AssimilationResult
 
-__all__ = ["stage_lengths", "solve_quasi_static"]
+__all__ = ["stage_lengths", "solve_quasi_static", "STAGE_TOLERANCE"]
+
+STAGE_TOLERANCE = 1e-5
 
 
 def stage_lengths(n_steps: int, stage_steps: int) -> list[int]:
@@ -32,10 +36,13 @@ def solve_quasi_static(model, observations: Sequence, xb, B, pb, P, control, n_s
     ``stages``: one ``(stage length, J, outer loops, success)`` per stage."""
     x0, p = None, None
     stages = []
-    for length in stage_lengths(n_steps, stage_steps):
+    lengths = stage_lengths(n_steps, stage_steps)
+    tolerance = solve_options.pop("tolerance", DEFAULT_TOLERANCE)
+    for length in lengths:
         slots = [slot for slot in observations if slot.step <= length]
         problem = FourDVar(model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=length)
-        result = problem.solve(x0=x0, p=p, **solve_options)
+        stage_tolerance = tolerance if length == n_steps else max(tolerance, STAGE_TOLERANCE)
+        result = problem.solve(x0=x0, p=p, tolerance=stage_tolerance, **solve_options)
         x0, p = result.x0, result.p
         stages.append((length, float(result.final.J), len(result.outer), bool(result.success)))
     result.stages = stages
