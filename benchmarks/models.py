@@ -40,8 +40,9 @@ Why the dense MLP cannot reach 3x (measured on the 2-core box, one thread):
   cost function's business.
 
 At n = 40 a LocalMLP stores each stage's Jacobians (``n x (2h+1)`` and
-``n x n_params``) and its TL/AD are a few calls instead of the layer-by-layer
-products; the ``layered`` rows time the layer-by-layer path on the same case.
+``n x n_params``, built on the third one-vector TL/AD call) and its TL/AD are a
+few calls instead of the layer-by-layer products; the ``layered`` rows time the
+layer-by-layer path on the same case.
 
 The local network's ratio is well below 1 because its step is dominated by
 ``np.tanh`` (~14 ns per element without AVX-512: ~1.8 ms of the 2 ms step at

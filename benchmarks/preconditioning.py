@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from fourdvar import FourDVar  # noqa: E402
 from fourdvar.app.config import load_config  # noqa: E402
 from fourdvar.covariances import Diagonal  # noqa: E402
-from fourdvar.app.experiment import Experiment  # noqa: E402
+from fourdvar.app.plan import Plan  # noqa: E402
 from models import Lorenz96  # noqa: E402
 from observations import Identity, synthetic_observations  # noqa: E402
 
@@ -44,10 +44,9 @@ def joint_l96_window(seed: int = 0, n_steps: int = 20) -> FourDVar:
 
 
 def surrogate_window() -> FourDVar:
-    experiment = Experiment(load_config(os.path.join(ROOT, "configs", "l96_surrogate.yaml")), base_dir=ROOT)
-    slots = next(experiment.windows(0))
-    return FourDVar(experiment.model, slots, xb=experiment.xb0, B=experiment.B0, pb=experiment.pb0, P=experiment.P0,
-                    control=experiment.control, n_steps=experiment.n_steps)
+    plan = Plan.from_config(load_config(os.path.join(ROOT, "configs", "l96_surrogate.yaml")), base_dir=ROOT)
+    return FourDVar(plan.model, plan.window_slots(0), xb=plan.xb0, B=plan.B0, pb=plan.pb0, P=plan.P0,
+                    control=plan.control, n_steps=plan.n_steps)
 
 
 def compare(name: str, problem: FourDVar, outer_loops: int, max_iterations: int) -> float:

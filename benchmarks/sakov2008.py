@@ -22,7 +22,8 @@ _spec.loader.exec_module(timing)
 import numpy as np  # noqa: E402
 
 from fourdvar.app.config import load_config, resolve_config  # noqa: E402
-from fourdvar.app.experiment import Experiment  # noqa: E402
+from fourdvar.app.plan import Plan  # noqa: E402
+from fourdvar.app.run import execute  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {  # intervals: (background std, quasi-static steps per stage)
@@ -53,7 +54,7 @@ if __name__ == "__main__":
     for intervals, std in wanted or [(intervals, None) for intervals in VARIANTS]:
         for seed in (1, 2, 3):
             started = time.perf_counter()
-            dataset = Experiment(config_for(intervals, seed, std)).run()
+            dataset = execute(Plan.from_config(config_for(intervals, seed, std)))
             seconds = time.perf_counter() - started
             rmse = dataset.attrs["headline_rmse_filter_after_burn_in"]
             table.setdefault((intervals, std or VARIANTS[intervals][0]), []).append((rmse, seconds))

@@ -1,33 +1,70 @@
 """Reusable consistency checks for tangent-linear and adjoint code.
 
 Each check takes any object with the interface (a model, an observation
-operator, a covariance, a cost) and returns a :class:`CheckResult` with the
-numbers it measured and a verdict.  The three kinds:
+operator, a covariance, a cost) and returns a :class:`CheckResult`: the numbers
+it measured, each next to its tolerance, a verdict (``PASS``, ``FAIL`` or
+``INCONCLUSIVE``) and, for a failure, the method to inspect.
 
 * **Adjoint (dot-product) test**:  ``<L u, w> == <u, L^T w>`` for random ``u, w``;
   the relative error ``|<L u, w> - <u, L^T w>| / max(|<L u, w>|, tiny)`` must be
   below ``1e-12`` in float64.  For a model, ``u = (dx, dp)`` and
-  ``<u, L^T w> = <dx, ax> + <dp, ap>``.
-* **Tangent-linear (Taylor) test**: ``r(a) = |F(u + a h) - F(u) - a F'h| / |a F'h|``
-  for ``a = 1e-1 .. 1e-8``.  A correct TL makes ``r`` fall like ``a`` (slope 1 in
-  log-log) until round-off takes over; we report the slope fitted over the best
-  five consecutive decades and require it to be ``1 +- 0.1``, and the ratio
-  itself to fall below ``1e-5`` somewhere (else the direction is too curved for
-  the test to say anything, and it fails).
-* **Gradient test**: ``(J(u + a h) - J(u)) / (a <grad J, h>) -> 1`` with error
-  ``O(a)``; the same slope criterion applies to ``|ratio - 1|``.
+  ``<u, L^T w> = <dx, ax> + <dp, ap>``; the state part (``dp = 0``) and the
+  parameter part (``dx = 0``) are tested apart, so a failure says which adjoint
+  is wrong.
+* **Tangent-linear (Taylor) test**: the remainder
+  ``r(a) = |F(u + a h) - F(u) - a F'h|`` falls like ``a^2`` when ``F'`` is the
+  derivative of ``F``, and only like ``a`` when it is not (``r(a) ~ a |F'h - T h|``
+  for a wrong TL ``T``).
+* **Gradient test**: the same with ``r(a) = |J(u + a h) - J(u) - a <grad J, h>|``.
+
+How a Taylor or gradient verdict is reached
+-------------------------------------------
+
+``r(a)`` is computed over a sweep of amplitudes ``a = 1, 10^-0.5, .., 1e-12``
+(``h`` scaled like the point ``u``).  At large ``a`` higher-order terms (the
+curvature) dominate; at small ``a`` floating-point round-off does.  Between the
+two lies the asymptotic range, where the order of ``r`` tells a right
+derivative (2) from a wrong one (1).  The range is found automatically:
+
+1. the round-off level is the larger of ``4 eps (|F(u)| + |F(u + a h)|)`` and the
+   largest remainder measured at ``a <= 1e-11`` (where any true second-order
+   term is ``1e-22``-small, so what is left is round-off, amplified as much as
+   the computation amplifies it);
+2. the points whose remainder exceeds ``100`` times that level are clean; the
+   asymptotic range is the lowest run of at least three consecutive clean
+   amplitudes (a decade or more);
+3. the local orders ``log(r_i / r_{i+1}) / log(a_i / a_{i+1})`` over the lowest
+   decade of that run decide: all ``>= 1.8``: PASS; all within ``1 +- 0.2``, the
+   order-1 remainder continuing down into round-off, and so along ``-h`` too (a
+   wrong first-order term is odd in ``a``; order 1 on one side only is a kink):
+   FAIL, a wrong first-order term whose relative size ``r(a) / |a F'h|`` is
+   reported; anything else: INCONCLUSIVE.  A remainder at round-off at every amplitude means ``F`` is
+   linear along ``h`` and ``F'h`` exact: PASS.
+
+An inconclusive direction (too curved for a clean range above round-off, or a
+kink where the remainder stops abruptly) is retried with other random
+directions before a verdict; a check that stays inconclusive is reported as
+``INCONCLUSIVE``, never as ``FAIL``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .window import PerStepModel, WindowLinearization, forecast, linearize_window
+
 __all__ = [
     "CheckResult",
+    "TaylorSweep",
+    "PASS",
+    "FAIL",
+    "INCONCLUSIVE",
     "ADJOINT_TOLERANCE",
+    "WINDOW_TOLERANCE",
+    "MIN_ORDER",
     "DEFAULT_AMPLITUDES",
     "dot_product_test",
     "taylor_test",
@@ -35,7 +72,10 @@ __all__ = [
     "model_adjoint_test",
     "model_chain_adjoint_test",
     "model_taylor_test",
+    "model_window_taylor_test",
     "model_linearization_test",
+    "window_adjoint_test",
+    "batched_window_test",
     "operator_adjoint_test",
     "operator_taylor_test",
     "covariance_sqrt_adjoint_test",
@@ -43,41 +83,161 @@ __all__ = [
     "check_model",
     "check_cost",
     "format_table",
+    "summarize",
+    "LEGEND",
 ]
 
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+
 ADJOINT_TOLERANCE = 1e-12
-SLOPE_TOLERANCE = 0.1
-MIN_DECADES = 5
-CONVERGED_ERROR = 1e-5  # the Taylor remainder (or |ratio - 1|) must get at least this small
-DEFAULT_AMPLITUDES = 10.0 ** -np.arange(1, 9)
+WINDOW_TOLERANCE = 1e-10  # batched vs per-step window: the same sums in another order, over many steps
+MIN_ORDER = 1.8  # the Taylor remainder must fall at least like a^MIN_ORDER
+FIRST_ORDER_BAND = 0.2  # a remainder of order 1 +- this, down into round-off, is a wrong derivative
+NOISE_MARGIN = 100.0  # a remainder is clean above this many times the round-off level
+NOISE_PROBE = 1e-11  # amplitudes at or below this measure the round-off level
+MIN_CLEAN_POINTS = 3  # a decade at half-decade steps
+RETRIES = 4  # more random directions tried for an inconclusive one
+DEFAULT_AMPLITUDES = 10.0 ** -np.arange(0.0, 12.5, 0.5)
 _TINY = np.finfo(float).tiny
-_ROUNDOFF = 64 * np.finfo(float).eps  # cancellation error allowed for an exactly linear map
+_EPS = np.finfo(float).eps
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class TaylorSweep:
+    """The Taylor remainder along one direction and what it says.
+
+    ``remainders[i] = |F(u + a_i h) - F(u) - a_i F'h|`` (for a cost, ``F = J`` and
+    ``F'h = <grad J, h>``); ``roundoff[i]`` its floating-point level;
+    ``first_order = |F'h|``.  ``window = (i, j)`` indexes the asymptotic range
+    (``i <= j``, amplitudes falling), ``order`` the order fitted over it.
+    """
+
+    amplitudes: np.ndarray
+    remainders: np.ndarray
+    roundoff: np.ndarray
+    first_order: float
+    ratios: np.ndarray
+    status: str = INCONCLUSIVE
+    order: float = np.nan
+    window: tuple[int, int] | None = None
+    reason: str = ""
+
+    @property
+    def clean(self) -> np.ndarray:
+        return np.isfinite(self.remainders) & (self.remainders > NOISE_MARGIN * self.roundoff)
+
+    @property
+    def local_orders(self) -> np.ndarray:
+        """``log(r_i / r_{i+1}) / log(a_i / a_{i+1})``, one per pair of neighbouring amplitudes."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.diff(np.log(self.remainders)) / np.diff(np.log(self.amplitudes))
+
+    @property
+    def relative_error(self) -> float:
+        """``r(a) / |a F'h|`` at the smallest clean amplitude: the relative error of the
+        first-order term (for a wrong derivative) or a bound on it (for a right one)."""
+        if self.window is not None:
+            i = self.window[1]
+        elif self.clean.any():
+            i = int(np.flatnonzero(self.clean)[-1])
+        else:  # exact to round-off: bound by the largest amplitude
+            i = int(np.argmax(np.where(np.isfinite(self.remainders), self.amplitudes, -np.inf)))
+        return float(self.remainders[i] / (self.amplitudes[i] * self.first_order)) if self.first_order > 0 else np.nan
 
 
 @dataclass
 class CheckResult:
     """What one check measured.
 
-    ``value`` is the headline number (relative error, or fitted slope) and
-    ``tolerance`` what it was compared with; ``amplitudes``/``ratios`` hold the
-    Taylor or gradient sequence when there is one.
+    ``error`` is a relative error (the dot-product mismatch, or for a Taylor or
+    gradient test the relative error of the first-order term, see
+    :attr:`TaylorSweep.relative_error`) with its ``error_tolerance`` (``nan``
+    where the error is reported but not judged); ``order`` is the fitted order of
+    the Taylor remainder (``nan`` for tests without one), to be at least
+    ``min_order``.  ``inspect`` names the method to look at when the check fails.
     """
 
     name: str
-    passed: bool
-    value: float
-    tolerance: float
-    amplitudes: np.ndarray | None = None
-    ratios: np.ndarray | None = None
+    status: str
+    error: float = np.nan
+    error_tolerance: float = np.nan
+    order: float = np.nan
+    min_order: float = np.nan
+    inspect: str = ""
     details: str = ""
+    sweeps: list[TaylorSweep] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
+    def passed(self) -> bool:
+        return self.status == PASS
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    @property
     def verdict(self) -> str:
-        return "PASS" if self.passed else "FAIL"
+        return self.status
+
+    @property
+    def value(self) -> float:
+        """The judged number: the fitted order for a Taylor or gradient test, else the error."""
+        return self.order if self.sweeps else self.error
+
+    @property
+    def sweep(self) -> TaylorSweep | None:
+        """The sweep behind the verdict: the failing or the first inconclusive one; for a
+        pass, the passing one with the largest relative error."""
+        deciding = [s for s in self.sweeps if s.status == self.status]
+        if not deciding:
+            return None
+        if self.status == PASS:
+            return max(deciding, key=lambda s: np.nan_to_num(s.relative_error, nan=-1.0))
+        return deciding[0]
+
+    @property
+    def amplitudes(self) -> np.ndarray | None:
+        return None if self.sweep is None else self.sweep.amplitudes
+
+    @property
+    def ratios(self) -> np.ndarray | None:
+        """The classical Taylor ratios of :attr:`sweep` (see :func:`taylor_test` and :func:`gradient_test`)."""
+        return None if self.sweep is None else self.sweep.ratios
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.verdict} (value {self.value:.3e}, tolerance {self.tolerance:.1e}) {self.details}".rstrip()
+        parts = [f"{self.name}: {self.status}"]
+        if np.isfinite(self.error):
+            tolerance = f" (tolerance {self.error_tolerance:.0e})" if np.isfinite(self.error_tolerance) else ""
+            parts.append(f"relative error {self.error:.2e}{tolerance}")
+        if np.isfinite(self.order):
+            parts.append(f"order {self.order:.2f} (want >= {self.min_order})")
+        text = ", ".join(parts[1:])
+        line = f"{parts[0]} {text}".rstrip()
+        if self.details:
+            line += f"; {self.details}"
+        if self.failed and self.inspect:
+            line += f"; inspect {self.inspect}"
+        return line
+
+
+def _judged(name, error, tolerance, inspect, details="", extra=None) -> CheckResult:
+    return CheckResult(name, PASS if error < tolerance else FAIL, error=float(error), error_tolerance=tolerance,
+                       inspect=inspect, details=details, extra=extra or {})
+
+
+def summarize(results: Iterable[CheckResult]) -> dict[str, int]:
+    """``{"PASS": n, "FAIL": n, "INCONCLUSIVE": n}`` over ``results``."""
+    counts = {PASS: 0, FAIL: 0, INCONCLUSIVE: 0}
+    for result in results:
+        counts[result.status] += 1
+    return counts
+
+
+# --- the dot-product test -----------------------------------------------------------------
 
 
 def _dot(parts_a: Sequence[np.ndarray], parts_b: Sequence[np.ndarray]) -> float:
@@ -91,68 +251,183 @@ def dot_product_test(
     output_adjoint: np.ndarray,
     name: str = "adjoint",
     tolerance: float = ADJOINT_TOLERANCE,
+    inspect: str = "the adjoint",
 ) -> CheckResult:
     """``|<tl(*inputs), w> - sum_i <inputs_i, ad(w)_i>| / |<tl(*inputs), w>| < tolerance``."""
     lhs = float(np.vdot(tl(*inputs), output_adjoint))
     rhs = _dot(inputs, ad(output_adjoint))
     error = abs(lhs - rhs) / max(abs(lhs), _TINY)
-    return CheckResult(
-        name, bool(error < tolerance), error, tolerance,
-        details=f"<Lu,w>={lhs:.15e} <u,L*w>={rhs:.15e}", extra={"lhs": lhs, "rhs": rhs},
-    )
+    return _judged(name, error, tolerance, inspect, details=f"<Lu,w> = {lhs:.15e}, <u,L*w> = {rhs:.15e}",
+                   extra={"lhs": lhs, "rhs": rhs})
 
 
-def _fit_slope(amplitudes: np.ndarray, errors: np.ndarray) -> tuple[float, int]:
-    """Slope of ``log10(errors)`` against ``log10(amplitudes)`` over the window of
-    ``MIN_DECADES + 1`` consecutive amplitudes whose slope is closest to 1.
-
-    Returns ``(slope, start index)``; ``nan`` when there are too few usable points.
-    """
-    window = MIN_DECADES + 1
-    log_a = np.log10(amplitudes)
-    with np.errstate(divide="ignore"):
-        log_e = np.log10(errors)
-    best = (np.nan, 0)
-    for start in range(len(amplitudes) - window + 1):
-        la, le = log_a[start : start + window], log_e[start : start + window]
-        if not np.all(np.isfinite(le)):
-            continue
-        slope = float(np.polyfit(la, le, 1)[0])
-        if np.isnan(best[0]) or abs(slope - 1) < abs(best[0] - 1):
-            best = (slope, start)
-    return best
+# --- Taylor remainders ----------------------------------------------------------------------
 
 
-def _slope_verdict(name, amplitudes, ratios, errors, roundoff, label) -> CheckResult:
-    """``errors`` must fall like ``a`` and become small.
+def _clean_runs(clean: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of consecutive True entries."""
+    runs, start = [], None
+    for i, c in enumerate(clean):
+        if c and start is None:
+            start = i
+        if not c and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    if start is not None:
+        runs.append((start, len(clean) - 1))
+    return runs
 
-    ``roundoff`` is the size of ``errors`` that floating-point cancellation alone
-    would produce at each amplitude.  Two conditions make a pass: the slope fitted
-    over five decades is ``1 +- 0.1``, and the smallest error reached is below
-    ``CONVERGED_ERROR``.  The second matters along strongly curved directions,
-    where the curvature alone gives slope 1 at every amplitude tried even when the
-    derivative is wrong; such a test is inconclusive and reported as a failure.
-    """
+
+def _classify(sweep: TaylorSweep) -> TaylorSweep:
+    """Find the asymptotic range of ``sweep`` and set its status, order, window and reason."""
+    a, r = sweep.amplitudes, sweep.remainders
+    clean = sweep.clean
+    if not clean.any():
+        sweep.status, sweep.reason = PASS, "the first-order expansion is exact to round-off at every amplitude (linear along this direction)"
+        return sweep
+    runs = [run for run in _clean_runs(clean) if run[1] - run[0] + 1 >= MIN_CLEAN_POINTS]
+    if not runs:
+        sweep.status = INCONCLUSIVE
+        sweep.reason = "the remainder is above round-off over less than a decade of amplitudes (too curved along this direction)"
+        return sweep
+    first, last = runs[-1]
+    orders = sweep.local_orders
+    lowest = orders[last - MIN_CLEAN_POINTS + 1 : last]
+
+    def second_order(q):
+        return q >= MIN_ORDER
+
+    def first_order(q):
+        return abs(q - 1.0) <= FIRST_ORDER_BAND
+
+    kind = second_order if np.all(second_order(lowest)) else first_order if np.all(first_order(lowest)) else None
+    if kind is None:
+        sweep.status, sweep.window = INCONCLUSIVE, (last - MIN_CLEAN_POINTS + 1, last)
+        sweep.order = _fitted_order(a, r, sweep.window)
+        sweep.reason = (f"local orders {', '.join(f'{q:.2f}' for q in lowest)} at a = {a[last - 1]:.0e} .. {a[last]:.0e}, "
+                        "the smallest amplitudes above round-off: neither 2 (a right derivative) nor 1 (a wrong one)")
+        return sweep
+    start = last - MIN_CLEAN_POINTS + 1
+    while start > first and kind(orders[start - 1]):
+        start -= 1
+    sweep.window = (start, last)
+    sweep.order = _fitted_order(a, r, sweep.window)
+    span = f"a = {a[start]:.0e} .. {a[last]:.0e}"
+    if kind is second_order:
+        sweep.status, sweep.reason = PASS, f"the remainder falls as a^{sweep.order:.2f} over {span}"
+        return sweep
+    below = last + 1
+    if below < len(a) and not r[below] >= r[last] * (a[below] / a[last]) ** 2:
+        # A wrong first-order term stays in the remainder at every smaller amplitude;
+        # a remainder that drops faster than a^2 below the range is a kink (a
+        # non-differentiable point) crossed by the larger amplitudes.
+        sweep.status = INCONCLUSIVE
+        sweep.reason = f"the order-1 remainder over {span} stops abruptly below it: a kink along this direction"
+        return sweep
+    sweep.status = FAIL
+    sweep.reason = (f"the remainder falls only as a^{sweep.order:.2f} over {span}, down to round-off: the first-order "
+                    f"term is wrong by {sweep.relative_error:.1e} of its size")
+    return sweep
+
+
+def _fitted_order(a, r, window) -> float:
+    i, j = window
+    return float(np.polyfit(np.log10(a[i : j + 1]), np.log10(r[i : j + 1]), 1)[0])
+
+
+def _evaluate_along(f, u, h, amplitudes):
+    """``f(u + a h)`` for each amplitude; ``None`` where the evaluation diverged."""
+    values = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for amplitude in amplitudes:
+            try:
+                values.append(f(u + amplitude * h))
+            except FloatingPointError:  # a divergent forecast at a large amplitude: no information there
+                values.append(None)
+    return values
+
+
+def _roundoff_level(amplitudes, remainders, analytic):
+    probes = remainders[(amplitudes <= NOISE_PROBE) & np.isfinite(remainders)]
+    return np.maximum(analytic, probes.max() if probes.size else 0.0)
+
+
+def _sweep_of_map(f, tl, u, h, amplitudes) -> TaylorSweep:
+    """``r(a) = |f(u + a h) - f(u) - a tl(h)|``; ratios ``r(a) / |a tl(h)|``."""
     amplitudes = np.asarray(amplitudes, dtype=float)
-    if np.all(errors <= roundoff):
-        # The map is linear (or the cost quadratic) along this direction: the
-        # first-order expansion is exact to round-off at every amplitude, a pass.
-        return CheckResult(
-            name, True, 1.0, SLOPE_TOLERANCE, amplitudes, ratios,
-            details=f"{label} exact to round-off at every amplitude (linear along this direction)",
-        )
-    slope, start = _fit_slope(amplitudes, errors)
-    stop = start + MIN_DECADES
-    smallest = float(np.nanmin(errors))
-    slope_ok = bool(np.isfinite(slope) and abs(slope - 1.0) <= SLOPE_TOLERANCE)
-    passed = slope_ok and smallest <= CONVERGED_ERROR
-    details = f"fitted slope {slope:.3f} over a = {amplitudes[start]:.0e} .. {amplitudes[stop]:.0e} (want 1 +- {SLOPE_TOLERANCE})"
-    if slope_ok and not passed:
-        details += f"; but the error never fell below {smallest:.1e} (want <= {CONVERGED_ERROR:.0e}): inconclusive, too curved along this direction"
-    return CheckResult(
-        name, passed, slope, SLOPE_TOLERANCE, amplitudes, ratios,
-        details=details, extra={"slope": slope, "window": (start, stop), "smallest_error": smallest},
-    )
+    f0 = np.asarray(f(u), dtype=float)
+    df = np.asarray(tl(h), dtype=float)
+    first_order = float(np.linalg.norm(df))
+    remainders, analytic = np.full(amplitudes.size, np.nan), np.full(amplitudes.size, np.inf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, (amplitude, fa) in enumerate(zip(amplitudes, _evaluate_along(f, u, h, amplitudes))):
+            if fa is not None:
+                remainders[i] = np.linalg.norm(fa - f0 - amplitude * df)
+                analytic[i] = 4 * _EPS * (np.linalg.norm(f0) + np.linalg.norm(fa) + amplitude * first_order)
+    ratios = remainders / np.maximum(amplitudes * first_order, _TINY)
+    roundoff = _roundoff_level(amplitudes, remainders, analytic)
+    return _classify(TaylorSweep(amplitudes, remainders, roundoff, first_order, ratios))
+
+
+def _sweep_of_functional(J, gradient, u, h, amplitudes) -> TaylorSweep:
+    """``r(a) = |J(u + a h) - J(u) - a <g, h>|``; ratios ``(J(u + a h) - J(u)) / (a <g, h>)``."""
+    amplitudes = np.asarray(amplitudes, dtype=float)
+    J0 = float(J(u))
+    slope = float(np.vdot(gradient, h))
+    values = np.array([np.nan if v is None else float(v) for v in _evaluate_along(J, u, h, amplitudes)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        remainders = np.abs(values - J0 - amplitudes * slope)
+        analytic = 4 * _EPS * (abs(J0) + np.abs(values) + amplitudes * abs(slope))
+        ratios = (values - J0) / (amplitudes * slope if slope else np.nan)
+    roundoff = _roundoff_level(amplitudes, remainders, np.where(np.isfinite(analytic), analytic, np.inf))
+    return _classify(TaylorSweep(amplitudes, remainders, roundoff, abs(slope), ratios))
+
+
+def _confirm_both_ways(sweep: TaylorSweep, opposite: TaylorSweep) -> None:
+    """A wrong first-order term ``a (F'h - Th)`` is odd in ``a``: it shows along ``-h``
+    as along ``h``.  A remainder of order 1 on one side only is a kink of ``F`` (a
+    point where it is not differentiable), not a wrong derivative."""
+    if opposite.status != FAIL:
+        sweep.status = INCONCLUSIVE
+        sweep.reason += f"; but along -h: {opposite.reason}: a kink (F not differentiable here along h)"
+
+
+def _directional_check(name, sweep_along, directions: Callable[[], np.ndarray], n_directions, retries, inspect) -> CheckResult:
+    """Run ``sweep_along(h)`` on ``n_directions`` random directions, each inconclusive
+    one replaced by up to ``retries`` fresh ones; any FAIL fails the check, a direction
+    still inconclusive makes it INCONCLUSIVE, otherwise it passes."""
+    sweeps, unresolved = [], 0
+    for _ in range(n_directions):
+        for _ in range(retries + 1):
+            h = directions()
+            sweeps.append(sweep_along(h))
+            if sweeps[-1].status == FAIL:
+                _confirm_both_ways(sweeps[-1], sweep_along(-h))
+            if sweeps[-1].status != INCONCLUSIVE:
+                break
+        if sweeps[-1].status == FAIL:
+            break
+        unresolved += sweeps[-1].status == INCONCLUSIVE
+    status = FAIL if sweeps[-1].status == FAIL else INCONCLUSIVE if unresolved else PASS
+    result = CheckResult(name, status, min_order=MIN_ORDER, inspect=inspect, sweeps=sweeps)
+    headline = result.sweep
+    result.error, result.order = headline.relative_error, headline.order
+    tried = f" ({len(sweeps)} directions tried)" if len(sweeps) > 1 else ""
+    result.details = headline.reason + tried
+    return result
+
+
+def _direction_source(h, rng):
+    """The first direction is ``h``; later ones random, of the same rms as ``h``."""
+    h = np.asarray(h, dtype=float)
+    pending = [h]
+    scale = np.sqrt(np.mean(h**2)) if h.size else 1.0
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def draw():
+        return pending.pop() if pending else scale * rng.standard_normal(h.shape)
+
+    return draw
 
 
 def taylor_test(
@@ -162,20 +437,18 @@ def taylor_test(
     h: np.ndarray,
     name: str = "tangent-linear",
     amplitudes: Sequence[float] = DEFAULT_AMPLITUDES,
+    rng: np.random.Generator | None = None,
+    retries: int = RETRIES,
+    inspect: str = "the tangent-linear",
 ) -> CheckResult:
-    """``r(a) = |f(u + a h) - f(u) - a tl(h)| / |a tl(h)|`` must fall like ``a``.
+    """``r(a) = |f(u + a h) - f(u) - a tl(h)|`` must fall like ``a^2`` (see the module docstring).
 
-    ``u`` and ``h`` are flat vectors; ``f`` and ``tl`` take flat vectors.
+    ``u`` and ``h`` are flat vectors; ``f`` and ``tl`` take flat vectors.  An
+    inconclusive ``h`` is followed by up to ``retries`` random directions of the
+    same rms (from ``rng``).  The sweep's ``ratios`` are the classical
+    ``r(a) / |a tl(h)|``, which fall like ``a``.
     """
-    f0 = f(u)
-    df = tl(h)
-    norm_df = np.linalg.norm(df)
-    if norm_df == 0:
-        return CheckResult(name, False, np.nan, SLOPE_TOLERANCE, details="the TL output is zero along this direction")
-    perturbed = [f(u + a * h) for a in amplitudes]
-    ratios = np.array([np.linalg.norm(fa - f0 - a * df) / (a * norm_df) for a, fa in zip(amplitudes, perturbed)])
-    roundoff = np.array([_ROUNDOFF * (np.linalg.norm(f0) + np.linalg.norm(fa)) / (a * norm_df) for a, fa in zip(amplitudes, perturbed)])
-    return _slope_verdict(name, amplitudes, ratios, ratios, roundoff, "TL")
+    return _directional_check(name, lambda d: _sweep_of_map(f, tl, u, d, amplitudes), _direction_source(h, rng), 1, retries, inspect)
 
 
 def gradient_test(
@@ -185,17 +458,16 @@ def gradient_test(
     h: np.ndarray,
     name: str = "gradient",
     amplitudes: Sequence[float] = DEFAULT_AMPLITUDES,
+    rng: np.random.Generator | None = None,
+    retries: int = RETRIES,
+    inspect: str = "the gradient",
 ) -> CheckResult:
-    """``ratio(a) = (J(u + a h) - J(u)) / (a <grad J(u), h>)`` must tend to 1 with ``|ratio - 1| = O(a)``."""
-    amplitudes = np.asarray(amplitudes, dtype=float)
-    J0 = J(u)
-    slope_along_h = float(np.vdot(gradient, h))
-    if slope_along_h == 0:
-        return CheckResult(name, False, np.nan, SLOPE_TOLERANCE, details="<grad J, h> is zero")
-    perturbed = np.array([J(u + a * h) for a in amplitudes])
-    ratios = (perturbed - J0) / (amplitudes * slope_along_h)
-    roundoff = _ROUNDOFF * (abs(J0) + np.abs(perturbed)) / np.abs(amplitudes * slope_along_h)
-    return _slope_verdict(name, amplitudes, ratios, np.abs(ratios - 1.0), roundoff, "first-order expansion")
+    """``r(a) = |J(u + a h) - J(u) - a <grad J(u), h>|`` must fall like ``a^2``.
+
+    The sweep's ``ratios`` are the classical ``(J(u + a h) - J(u)) / (a <grad J, h>)``,
+    which tend to 1.  Retries as in :func:`taylor_test`.
+    """
+    return _directional_check(name, lambda d: _sweep_of_functional(J, gradient, u, d, amplitudes), _direction_source(h, rng), 1, retries, inspect)
 
 
 # --- models -----------------------------------------------------------------
@@ -205,62 +477,120 @@ def _random_increments(model, rng):
     return rng.standard_normal(model.n_state), rng.standard_normal(model.n_params)
 
 
-def model_adjoint_test(model, x, p, rng: np.random.Generator) -> CheckResult:
-    """Dot-product test of one step, parameter adjoint included."""
+def _worst(name, results: Sequence[CheckResult], directions: int | None = None) -> CheckResult:
+    """One result for several runs of a check: the first failure, else the largest error."""
+    failed = [r for r in results if r.failed]
+    worst = failed[0] if failed else max(results, key=lambda r: r.error)
+    directions = len(results) if directions is None else directions
+    if directions > 1:
+        worst.details += f" (worst of {directions} directions)"
+    worst.name = name
+    return worst
+
+
+def model_adjoint_test(model, x, p, rng: np.random.Generator, directions: int = 1) -> CheckResult:
+    """Dot-product test of one step: the state adjoint (``dp = 0``), the parameter
+    adjoint (``dx = 0``) and both together, each on ``directions`` random vectors."""
     lin = model.linearize(x, p)
-    dx, dp = _random_increments(model, rng)
-    ax = rng.standard_normal(model.n_state)
-    return dot_product_test(lin.tl, lin.ad, [dx, dp], ax, name="adjoint, one step")
+    runs = []
+    for _ in range(directions):
+        dx, dp = _random_increments(model, rng)
+        ax = rng.standard_normal(model.n_state)
+        parts = [("state", [dx, np.zeros_like(dp)], "the state adjoint (ax of .ad of linearize(x, p))")]
+        if model.n_params:
+            parts += [("parameters", [np.zeros_like(dx), dp], "the parameter adjoint (ap of .ad of linearize(x, p))"),
+                      ("both", [dx, dp], ".ad of linearize(x, p)")]
+        for part, inputs, inspect in parts:
+            run = dot_product_test(lin.tl, lin.ad, inputs, ax, inspect=inspect)
+            run.details = f"{part}: {run.details}"
+            runs.append(run)
+    return _worst("adjoint, one step", runs, directions)
 
 
-def model_chain_adjoint_test(model, x, p, n_steps: int, rng: np.random.Generator) -> CheckResult:
-    """Dot-product test of ``M_{L:0}``, the parameter adjoint accumulated over the chain."""
-    linearizations = []
-    state = np.asarray(x, dtype=float)
-    for _ in range(n_steps):
-        lin = model.linearize(state, p)
-        linearizations.append(lin)
-        state = lin.output
-
-    def tl(dx, dp):
-        for lin in linearizations:
-            dx = lin.tl(dx, dp)
-        return dx
-
-    def ad(ax):
-        ap = np.zeros(model.n_params)
-        for lin in reversed(linearizations):
-            ax, ap_step = lin.ad(ax)
-            ap += ap_step
-        return ax, ap
-
-    dx, dp = _random_increments(model, rng)
-    return dot_product_test(tl, ad, [dx, dp], rng.standard_normal(model.n_state), name=f"adjoint, {n_steps} steps")
+def model_chain_adjoint_test(model, x, p, n_steps: int, rng: np.random.Generator, directions: int = 1) -> CheckResult:
+    """Dot-product test of ``M_{L:0}`` step by step, the parameter adjoint accumulated over the chain."""
+    window = WindowLinearization(model, np.asarray(x, dtype=float), p, n_steps)
+    runs = []
+    for _ in range(directions):
+        dx, dp = _random_increments(model, rng)
+        runs.append(window_adjoint_test(window, dx, dp, {n_steps: rng.standard_normal(model.n_state)},
+                                        inspect=".ad of linearize at later states, or the parameter adjoint summed over steps"))
+    return _worst(f"adjoint, {n_steps} steps", runs)
 
 
-def model_taylor_test(model, x, p, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, scale=None) -> CheckResult:
-    """Taylor test of one step in a random direction ``(dx, dp)`` of state and parameters.
-
-    ``scale`` (default: the rms of ``x`` and ``p``, or 1) sets the direction's size,
-    so that ``a = 0.1`` is a 10 % perturbation.
-    """
-    x = np.asarray(x, dtype=float)
-    p = np.asarray(p, dtype=float)
-    n = model.n_state
+def _scaled_direction(model, x, p, rng, scale=None):
+    """A random ``(dx, dp)`` with ``dx`` of the rms of ``x`` and ``dp`` of the rms of ``p``
+    (or ``scale``), so that ``a = 0.1`` is a 10 % perturbation."""
     dx, dp = _random_increments(model, rng)
     dx *= scale if scale is not None else (np.sqrt(np.mean(x**2)) or 1.0)
     if p.size:
         dp *= scale if scale is not None else (np.sqrt(np.mean(p**2)) or 1.0)
+    return np.concatenate([dx, dp])
+
+
+def _masked(draw, keep):
+    def direction():
+        h = draw()
+        masked = np.zeros_like(h)
+        masked[keep] = h[keep]
+        return masked
+    return direction
+
+
+def _split_taylor(check, draw, n, n_params, inspect_state, inspect_params) -> CheckResult:
+    """The Taylor check along joint ``(dx, dp)`` directions; on a failure, again along
+    ``dx`` alone and ``dp`` alone, so that the result names the part that is wrong."""
+    result = check(draw)
+    result.inspect = f"{inspect_state} or {inspect_params}" if n_params else inspect_state
+    if result.failed and n_params:
+        # A wrong state part also spoils parameter-only directions (through the stages of
+        # a step, or the later steps of a window), so the state part is tried first.
+        if check(_masked(draw, slice(0, n))).failed:
+            result.inspect = inspect_state
+        elif check(_masked(draw, slice(n, None))).failed:
+            result.inspect = inspect_params
+        else:
+            result.inspect = f"{inspect_state} together with {inspect_params}"
+    return result
+
+
+def model_taylor_test(model, x, p, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, scale=None, directions: int = 1) -> CheckResult:
+    """Taylor test of one step in random directions ``(dx, dp)`` of state and parameters."""
+    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+    n = model.n_state
     lin = model.linearize(x, p)
     u = np.concatenate([x, p])
-    h = np.concatenate([dx, dp])
-    return taylor_test(
-        lambda v: model.step(v[:n], v[n:]), lambda dv: lin.tl(dv[:n], dv[n:]), u, h,
-        name="tangent-linear, one step", amplitudes=amplitudes,
-    )
+
+    def check(draw):
+        return _directional_check("tangent-linear, one step",
+                                  lambda h: _sweep_of_map(lambda v: model.step(v[:n], v[n:]), lambda dv: lin.tl(dv[:n], dv[n:]), u, h, amplitudes),
+                                  draw, directions, RETRIES, "")
+
+    return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng, scale), n, model.n_params,
+                         "the state part of .tl of linearize(x, p) (M_x dx)", "the parameter part of .tl of linearize(x, p) (M_p dp)")
 
 
-def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict, tolerance: float = ADJOINT_TOLERANCE) -> CheckResult:
+def model_window_taylor_test(model, x, p, n_steps: int, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, directions: int = 1) -> CheckResult:
+    """Taylor test of the whole window: the final state ``x_K(x_0, p)`` against the
+    window TL's ``dx_K`` from :func:`fourdvar.window.linearize_window` (the model's
+    batched ``linearize_window`` when it has one)."""
+    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+    n = model.n_state
+    window = linearize_window(model, x, p, n_steps)
+    u = np.concatenate([x, p])
+
+    def check(draw):
+        return _directional_check(f"tangent-linear, {n_steps} steps",
+                                  lambda h: _sweep_of_map(lambda v: forecast(model, v[:n], v[n:], n_steps)[-1], lambda dv: window.tl(dv[:n], dv[n:])[-1], u, h, amplitudes),
+                                  draw, directions, RETRIES, "")
+
+    where = "linearize_window (the batched window tl)" if hasattr(model, "linearize_window") else ".tl of linearize over the window"
+    return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng), n, model.n_params,
+                         f"the state part of {where}", f"the parameter part of {where}")
+
+
+def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict, tolerance: float = ADJOINT_TOLERANCE,
+                        inspect: str = "the window's ad") -> CheckResult:
     """Dot-product test of a linearised window (see :mod:`fourdvar.window`) with adjoint
     forcings ``{k: f_k}`` at several steps: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``."""
     steps = sorted(forcings)
@@ -273,7 +603,38 @@ def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict,
         return window.ad(dict(zip(steps, f)))
 
     return dot_product_test(tl, ad, [dx0, dp], np.stack([forcings[k] for k in steps]),
-                            name=f"window adjoint, forcings at steps {steps}", tolerance=tolerance)
+                            name=f"window adjoint, forcings at steps {steps}", tolerance=tolerance, inspect=inspect)
+
+
+def _relative(a, b) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), _TINY)) if b.size else 0.0
+
+
+def batched_window_test(model, x, p, n_steps: int, rng: np.random.Generator, tolerance: float = WINDOW_TOLERANCE) -> CheckResult:
+    """A model's own ``linearize_window`` against the per-step chain of the same model
+    (:class:`fourdvar.window.PerStepModel`): states, the TL at every step and the
+    AD (``ax_0`` and the summed ``ap``) for forcings at every step, as relative
+    differences ``|batched - per step| / |per step|``; the largest must be below
+    ``tolerance`` (the same sums taken in another order, over ``n_steps`` steps)."""
+    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+    batched = linearize_window(model, x, p, n_steps)
+    per_step = linearize_window(PerStepModel(model), x, p, n_steps)
+    dx0, dp = _random_increments(model, rng)
+    forcings = {k: rng.standard_normal(model.n_state) for k in range(n_steps + 1)}
+    (ax_b, ap_b), (ax_s, ap_s) = batched.ad(forcings), per_step.ad(forcings)
+    differences = {
+        "states": _relative(batched.states, per_step.states),
+        "tl": _relative(np.stack(batched.tl(dx0, dp)), np.stack(per_step.tl(dx0, dp))),
+        "ad state": _relative(ax_b, ax_s),
+        "ad parameters": _relative(ap_b, ap_s),
+    }
+    culprit = max(differences, key=differences.get)
+    inspect = {"states": "linearize_window's nonlinear states", "tl": "linearize_window's tl",
+               "ad state": "linearize_window's ad (ax_0)", "ad parameters": "linearize_window's ad (the summed parameter adjoint ap)"}[culprit]
+    details = ", ".join(f"{key} {value:.1e}" for key, value in differences.items())
+    return _judged(f"batched window == per step, {n_steps} steps", differences[culprit], tolerance, inspect,
+                   details=f"relative differences: {details}", extra=differences)
 
 
 def model_linearization_test(model, x, p, rng: np.random.Generator, tolerance: float = 1e-14) -> CheckResult:
@@ -283,51 +644,66 @@ def model_linearization_test(model, x, p, rng: np.random.Generator, tolerance: f
     ax = rng.standard_normal(model.n_state)
     ax_step, ap_step = model.step_ad(x, p, ax)
     ax_lin, ap_lin = lin.ad(ax)
-    pairs = [
-        (model.step(x, p), lin.output),
-        (model.step_tl(x, p, dx, dp), lin.tl(dx, dp)),
-        (ax_step, ax_lin),
-        (ap_step, ap_lin),
-    ]
-    error = max(np.linalg.norm(a - b) / max(np.linalg.norm(a), _TINY) if np.size(a) else 0.0 for a, b in pairs)
-    return CheckResult(
-        "linearize == step/step_tl/step_ad", bool(error <= tolerance), error, tolerance,
-        details="max relative difference of output, TL, state and parameter adjoints",
-    )
+    pairs = {
+        "step vs linearize(x, p).output": (model.step(x, p), lin.output),
+        "step_tl vs linearize(x, p).tl": (model.step_tl(x, p, dx, dp), lin.tl(dx, dp)),
+        "step_ad vs linearize(x, p).ad (state)": (ax_step, ax_lin),
+        "step_ad vs linearize(x, p).ad (parameters)": (ap_step, ap_lin),
+    }
+    differences = {key: _relative(b, a) for key, (a, b) in pairs.items()}
+    culprit = max(differences, key=differences.get)
+    return _judged("linearize == step/step_tl/step_ad", differences[culprit], tolerance, culprit,
+                   details="max relative difference of output, TL, state and parameter adjoints")
 
 
-def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10) -> list[CheckResult]:
-    """All model checks at ``(x, p)``: one-step and chain adjoint, Taylor, linearize consistency."""
-    return [
-        model_adjoint_test(model, x, p, rng),
-        model_chain_adjoint_test(model, x, p, n_steps, rng),
-        model_taylor_test(model, x, p, rng),
+def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10, directions: int = 1, window: bool = True) -> list[CheckResult]:
+    """All model checks at ``(x, p)``: one-step and chain adjoint, one-step Taylor,
+    linearize consistency; with ``window``, the Taylor test of the whole window's
+    TL and, for a model with its own ``linearize_window``, that window against the
+    per-step chain and its dot-product test."""
+    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+    results = [
+        model_adjoint_test(model, x, p, rng, directions),
+        model_chain_adjoint_test(model, x, p, n_steps, rng, directions),
+        model_taylor_test(model, x, p, rng, directions=directions),
         model_linearization_test(model, x, p, rng),
     ]
+    if window:
+        results.append(model_window_taylor_test(model, x, p, n_steps, rng, directions=directions))
+    if window and hasattr(model, "linearize_window"):
+        results.append(batched_window_test(model, x, p, n_steps, rng))
+        batched = linearize_window(model, x, p, n_steps)
+        runs = [window_adjoint_test(batched, *_random_increments(model, rng),
+                                    {k: rng.standard_normal(model.n_state) for k in range(0, n_steps + 1, max(1, n_steps // 4))},
+                                    inspect="linearize_window's ad against its tl") for _ in range(directions)]
+        results.append(_worst(f"adjoint, batched window of {n_steps} steps", runs))
+    return results
 
 
 # --- observation operators and covariances ------------------------------------
 
 
-def operator_adjoint_test(operator, x, rng: np.random.Generator) -> CheckResult:
+def operator_adjoint_test(operator, x, rng: np.random.Generator, directions: int = 1) -> CheckResult:
     lin = operator.linearize(x)
-    dx = rng.standard_normal(np.size(x))
-    ay = rng.standard_normal(operator.n_obs)
-    return dot_product_test(lin.tl, lambda w: [lin.ad(w)], [dx], ay, name="adjoint, observation operator")
+    runs = [dot_product_test(lin.tl, lambda w: [lin.ad(w)], [rng.standard_normal(np.size(x))], rng.standard_normal(operator.n_obs),
+                             inspect=".ad of operator.linearize(x)") for _ in range(directions)]
+    return _worst("adjoint, observation operator", runs)
 
 
-def operator_taylor_test(operator, x, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES) -> CheckResult:
+def operator_taylor_test(operator, x, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, directions: int = 1) -> CheckResult:
     x = np.asarray(x, dtype=float)
-    dx = rng.standard_normal(x.size) * (np.sqrt(np.mean(x**2)) or 1.0)
     lin = operator.linearize(x)
-    return taylor_test(operator.apply, lin.tl, x, dx, name="tangent-linear, observation operator", amplitudes=amplitudes)
+    scale = np.sqrt(np.mean(x**2)) or 1.0
+    return _directional_check("tangent-linear, observation operator", lambda h: _sweep_of_map(operator.apply, lin.tl, x, h, amplitudes),
+                              lambda: scale * rng.standard_normal(x.size), directions, RETRIES, ".tl of operator.linearize(x)")
 
 
 def covariance_sqrt_adjoint_test(covariance, rng: np.random.Generator) -> CheckResult:
     """``<C^1/2 u, w> == <u, C^T/2 w>``."""
     u = rng.standard_normal(covariance.size)
     w = rng.standard_normal(covariance.size)
-    return dot_product_test(covariance.sqrt, lambda v: [covariance.sqrt_t(v)], [u], w, name="adjoint, C^1/2 vs C^T/2")
+    return dot_product_test(covariance.sqrt, lambda v: [covariance.sqrt_t(v)], [u], w, name="adjoint, C^1/2 vs C^T/2",
+                            inspect="sqrt_t (the transpose of sqrt)")
 
 
 def covariance_inverse_test(covariance, rng: np.random.Generator, tolerance: float = 1e-10) -> CheckResult:
@@ -350,34 +726,14 @@ def covariance_inverse_test(covariance, rng: np.random.Generator, tolerance: flo
         condition *= float(std.max() / std.min()) ** 2 if std.size else 1.0
         tolerance = max(tolerance, 100 * condition * np.finfo(float).eps)
         details += f"; cond(C) ~ {condition:.1e}"
-    return CheckResult("C^-1 C v == v, C^1/2 C^T/2 v == C v", bool(error < tolerance), error, tolerance, details=details)
-
-
-# --- reporting ----------------------------------------------------------------
-
-
-def format_table(results: Sequence[CheckResult], show_ratios: bool = True) -> str:
-    """A plain-text table: test, value, tolerance, verdict; then each Taylor sequence."""
-    width = max([len(r.name) for r in results] + [4])
-    lines = [f"{'test':<{width}}  {'value':>10}  {'tolerance':>9}  verdict", "-" * (width + 33)]
-    for r in results:
-        lines.append(f"{r.name:<{width}}  {r.value:>10.3e}  {r.tolerance:>9.1e}  {r.verdict}")
-    if show_ratios:
-        for r in results:
-            if r.amplitudes is None or r.ratios is None:
-                continue
-            lines.append("")
-            lines.append(f"{r.name}: {r.details}")
-            lines.append(f"  {'amplitude':>10}  {'ratio':>12}")
-            for a, q in zip(r.amplitudes, r.ratios):
-                lines.append(f"  {a:>10.0e}  {q:>12.5e}")
-    return "\n".join(lines)
+    inspect = "solve (C^-1) against apply" if error_inverse >= error_sqrt else "sqrt/sqrt_t against apply (C = C^1/2 C^T/2)"
+    return _judged("C^-1 C v == v, C^1/2 C^T/2 v == C v", error, tolerance, inspect, details=details)
 
 
 # --- the cost function --------------------------------------------------------------------
 
 
-def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool = True) -> list[CheckResult]:
+def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool = True, directions: int = 1) -> list[CheckResult]:
     """Gradient tests of ``J`` and ``Jq``, symmetry of the Hessian of ``Jq`` and
     ``grad Jq(0) == grad J`` at the linearisation point, for the given control."""
     from .cost import IncrementalCost  # late import: checks stays usable without the cost machinery
@@ -387,20 +743,80 @@ def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool =
     _, gx, gp = cost.gradient(x0, p)
     results = []
 
-    dx0, dp = jq.increments(rng.standard_normal(jq.size))  # a direction inside the control
-    h = np.concatenate([dx0, dp])
+    def in_control():  # a direction inside the control
+        return np.concatenate(jq.increments(rng.standard_normal(jq.size)))
+
     u0 = np.concatenate([x0, p])
-    results.append(gradient_test(lambda u: cost.evaluate(u[:n], u[n:]).J, np.concatenate([gx, gp]), u0, h, name="gradient of J (Taylor)"))
+    results.append(_directional_check(
+        "gradient of J (Taylor)", lambda h: _sweep_of_functional(lambda u: cost.evaluate(u[:n], u[n:]).J, np.concatenate([gx, gp]), u0, h, DEFAULT_AMPLITUDES),
+        in_control, directions, RETRIES, "FourDVarCost.gradient: the model's .ad and parameter adjoint over the window, the operators' .ad"))
 
     u = 0.1 * rng.standard_normal(jq.size)
     g = jq.value_and_gradient(u)[1]
-    results.append(gradient_test(lambda v: jq.value_and_gradient(v)[0].J, g, u, rng.standard_normal(jq.size), name="gradient of Jq (Taylor)"))
+    results.append(_directional_check(
+        "gradient of Jq (Taylor)", lambda h: _sweep_of_functional(lambda v: jq.value_and_gradient(v)[0].J, g, u, h, DEFAULT_AMPLITUDES),
+        lambda: rng.standard_normal(jq.size), directions, RETRIES, "IncrementalCost.value_and_gradient: the window's tl against its ad"))
 
-    a, b = rng.standard_normal(jq.size), rng.standard_normal(jq.size)
-    results.append(dot_product_test(jq.hessian_vector, lambda w: [jq.hessian_vector(w)], [a], b, name="Hessian of Jq symmetric"))
+    runs = [dot_product_test(jq.hessian_vector, lambda w: [jq.hessian_vector(w)], [rng.standard_normal(jq.size)], rng.standard_normal(jq.size),
+                             inspect="IncrementalCost.hessian_vector: the window's ad is not the transpose of its tl")
+            for _ in range(directions)]
+    results.append(_worst("Hessian of Jq symmetric", runs))
 
     g0 = jq.value_and_gradient(np.zeros(jq.size))[1]
     expected = jq.control_gradient(gx, gp)
     error = float(np.linalg.norm(g0 - expected) / max(np.linalg.norm(expected), _TINY))
-    results.append(CheckResult("grad Jq(0) == grad J", error < 1e-10, error, 1e-10, details="relative difference at the linearisation point"))
+    results.append(_judged("grad Jq(0) == grad J", error, 1e-10, "IncrementalCost (its linearisation point) against FourDVarCost.gradient",
+                           details="relative difference at the linearisation point"))
     return results
+
+
+# --- reporting ----------------------------------------------------------------
+
+
+LEGEND = """\
+rel. error: adjoint tests |<Lu,w> - <u,L*w>| / |<Lu,w>|; comparisons |a - b| / |b|; Taylor and gradient
+  tests r(a) / |a F'h| at the smallest amplitude above round-off (for a failure, the relative size of
+  the wrong first-order term; otherwise a bound on it; not judged).
+order: how fast the Taylor remainder r(a) = |F(u + a h) - F(u) - a F'h| falls with the amplitude a over
+  its asymptotic range (2: the derivative is right; 1: it is wrong). Inconclusive: no direction tried
+  showed either (too curved above round-off, or a kink); never counted as a failure."""
+
+
+def _number(value: float, spec: str) -> str:
+    return format(value, spec) if np.isfinite(value) else "-"
+
+
+def format_table(results: Sequence[CheckResult], show_ratios: bool = True, legend: bool = False) -> str:
+    """A plain-text table, one row per check: relative error and its tolerance, fitted
+    order and its minimum, verdict; under a failed row the method to inspect and the
+    size of the discrepancy.  With ``show_ratios``, the sweep behind each Taylor or
+    gradient verdict follows (``*`` marks its asymptotic range, ``~`` round-off)."""
+    width = max([len(r.name) for r in results] + [4])
+    header = f"{'test':<{width}}  {'rel. error':>10}  {'tolerance':>9}  {'order':>6}  {'minimum':>7}  verdict"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {_number(r.error, '10.2e'):>10}  {_number(r.error_tolerance, '9.0e'):>9}  "
+                     f"{_number(r.order, '6.2f'):>6}  {_number(r.min_order, '7.1f'):>7}  {r.status}")
+        if r.failed:
+            lines.append(f"    -> inspect {r.inspect}: {r.details}")
+        elif r.status == INCONCLUSIVE:
+            lines.append(f"    -> {r.details}")
+    if show_ratios:
+        for r in results:
+            if r.sweep is None:
+                continue
+            s = r.sweep
+            shown = "the one with the largest relative error" if r.passed else "the one that decided"
+            tried = f" ({len(r.sweeps)} directions tried; shown: {shown})" if len(r.sweeps) > 1 else ""
+            lines += ["", f"{r.name}: {s.reason}{tried}", f"  {'amplitude':>9}  {'remainder':>10}  {'order':>6}  {'ratio':>12}"]
+            inside = np.zeros(s.amplitudes.size, bool)
+            if s.window is not None:
+                inside[s.window[0] : s.window[1] + 1] = True
+            # the local order between amplitude i and i + 1, shown on row i inside the range
+            orders = np.where(inside[:-1] & inside[1:], s.local_orders, np.nan)
+            for i, (a, rem, q, ratio) in enumerate(zip(s.amplitudes, s.remainders, np.append(orders, np.nan), s.ratios)):
+                mark = "*" if inside[i] else " " if s.clean[i] else "~"
+                lines.append(f"  {a:>9.1e}  {_number(rem, '10.3e'):>10}  {_number(q, '6.2f'):>6}  {_number(ratio, '12.5e'):>12} {mark}")
+    if legend:
+        lines += ["", LEGEND]
+    return "\n".join(lines)

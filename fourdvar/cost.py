@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .covariances import Diagonal
-from .window import DivergenceError, WindowLinearization, forecast, linearize_window
+from .window import DivergenceError, WindowLinearization, ad_block, forecast, linearize_window, tl_block
 
 __all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
 
@@ -165,7 +165,16 @@ class FourDVarCost:
             _add_forcing(forcings, slot.step, H.ad(z))
         ax, ap = window.ad(forcings)
         Jb, Jp, gb, gp = self.background_terms(x0, p)
-        return CostTerms(Jb, Jp, Jo), gb + ax, gp + ap
+        # the adjoints added in place to the fresh background gradients: for a large network the
+        # parameter-sized arrays are then p - pb, P^-1 (p - pb) (returned) and ap, no more
+        gb += ax
+        gp += ap
+        return CostTerms(Jb, Jp, Jo), gb, gp
+
+
+def _each_column(function, M: np.ndarray) -> np.ndarray:
+    """``[function(M[:, 0]), function(M[:, 1]), ...]`` as the columns of a matrix."""
+    return np.stack([function(M[:, j]) for j in range(M.shape[1])], axis=1)
 
 
 def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
@@ -392,20 +401,61 @@ class IncrementalCost:
                 _into(self.cost.P.solve, w, out=Au_p)
         return self._add_control_gradient(ax, ap, out=Au)
 
-    def hessian_matrix(self) -> np.ndarray:
+    def hessian_matrix(self, block_size: int = 512) -> np.ndarray:
         """The Hessian ``A`` of ``Jq`` as a dense ``(size, size)`` matrix, column ``i`` = ``A e_i``.
 
-        One Hessian-vector product (a TL and an AD sweep) per control element: meant
-        for control vectors of a few hundred values (a state and a small network).
-        Symmetrised, which it is up to round-off.
+        The columns come in blocks ``A U`` with ``U = [e_i .. e_{i+k-1}]``, ``k <= block_size``:
+        one blocked TL and one blocked AD sweep per block (:func:`fourdvar.window.tl_block`,
+        column by column for a model without blocks), the same algebra as
+        :meth:`hessian_vector` on ``k`` columns::
+
+            (dX0, dP) = (B^1/2 V, P^1/2 W)        F_k = H_k^T R_k^-1 H_k dX_k
+            A U = U + [B^T/2 AX; P^T/2 AP]        (AX, AP) = sum_k M_{k:0}^T F_k
+
+        ``H_k^T R_k^-1 H_k`` goes through the operator and covariance one column at a
+        time: applied to the ``n_state`` unit vectors once (then one matrix product)
+        when the state is smaller than the block.  Symmetrised, which it is up to round-off.
         """
         A = np.empty((self.size, self.size))
-        unit = np.zeros(self.size)
-        for i in range(self.size):
-            unit[i] = 1.0
-            A[:, i] = self.hessian_vector(unit)
-            unit[i] = 0.0
+        for start in range(0, self.size, block_size):
+            k = min(block_size, self.size - start)
+            U = np.zeros((self.size, k))
+            U[start + np.arange(k), np.arange(k)] = 1.0
+            A[:, start : start + k] = self._hessian_columns(U)
         return 0.5 * (A + A.T)
+
+    def _hessian_columns(self, U: np.ndarray) -> np.ndarray:
+        """``A U`` for a block ``U`` of shape ``(size, k)``."""
+        model, k = self.cost.model, U.shape[1]
+        (V, W), transform = (U[: self.n_x], U[self.n_x :]), self.transform
+        dX0, dP = np.zeros((model.n_state, k)), np.zeros((model.n_params, k))
+        if self.n_x:
+            dX0[:] = _each_column(self.cost.B.sqrt, V) if transform else V
+        if self.n_p:
+            dP[:] = _each_column(self.cost.P.sqrt, W) if transform else W
+        dX = tl_block(self.window, dX0, dP)
+        forcings = {}
+        for slot, H, _ in self.observations:
+            def gauss_newton(dx, H=H, R=slot.covariance):
+                return H.ad(R.solve(H.tl(dx)))  # H^T R^-1 H dx
+
+            if model.n_state < k:
+                F = _each_column(gauss_newton, np.eye(model.n_state)) @ dX[slot.step]
+            else:
+                F = _each_column(gauss_newton, dX[slot.step])
+            _add_forcing(forcings, slot.step, F)
+        aX, aP = ad_block(self.window, forcings) if forcings else (np.zeros((model.n_state, k)), np.zeros((model.n_params, k)))
+        AU = U.copy() if transform else np.zeros_like(U)
+        AU_x, AU_p = AU[: self.n_x], AU[self.n_x :]
+        if self.n_x:
+            AU_x += _each_column(self.cost.B.sqrt_t, aX) if transform else aX
+            if not transform:
+                AU_x += _each_column(self.cost.B.solve, V)
+        if self.n_p:
+            AU_p += _each_column(self.cost.P.sqrt_t, aP) if transform else aP
+            if not transform:
+                AU_p += _each_column(self.cost.P.solve, W)
+        return AU
 
     def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x0^i + dx0, p^i + dp)``: the next outer loop's guess."""

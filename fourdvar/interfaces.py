@@ -22,6 +22,10 @@ class StepLinearization(Protocol):
     """One model step ``M_{k+1:k}`` linearised at ``(x, p)``.
 
     ``output`` is the nonlinear ``M(x, p)``, computed once when linearising.
+    Optionally blocked: ``tl`` and ``ad`` also take ``k`` directions as the columns
+    of ``(n_state, k)`` and ``(n_params, k)`` matrices, one sweep for all of them,
+    when the model says so with ``blocked_linearization = True`` (the contract is
+    in :mod:`fourdvar.window`).
     """
 
     output: np.ndarray

@@ -25,6 +25,8 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
 class ModelBase:
     n_state: int
     n_params: int
+    #: True when ``linearize(x, p).tl`` and ``.ad`` also take blocks of directions (see :mod:`fourdvar.window`)
+    blocked_linearization: bool = False
 
     def _inputs(self, x, p) -> tuple[np.ndarray, np.ndarray]:
         """``(x, p)`` as float64 vectors of the model's sizes, or a ``ValueError`` naming the wrong one."""

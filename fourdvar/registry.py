@@ -20,6 +20,8 @@ import contextlib
 import contextvars
 import difflib
 import importlib
+import inspect
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
@@ -92,7 +94,13 @@ def _import_reference(reference: str, kind: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise RegistryError(f"{kind} type {reference!r}: cannot import module {module_name!r} ({error})") from None
+        interpreter = tuple(os.path.abspath(prefix) for prefix in {sys.prefix, sys.base_prefix})
+        looked = [path for path in dict.fromkeys(os.path.abspath(entry or os.curdir) for entry in sys.path) if not path.startswith(interpreter)]
+        raise RegistryError(
+            f"{kind} type {reference!r}: cannot import module {module_name!r} ({error}); looked in "
+            f"{', '.join(looked) or 'no directory of yours'} and the installed packages; add the directory holding "
+            f"{module_name.split('.')[0]}.py to PYTHONPATH, or install it as a package"
+        ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -165,7 +173,25 @@ def _build(kind: str, spec: Any) -> Any:
         raise KeyError(f"{kind} mapping has no 'type' key (keys: {', '.join(map(str, spec)) or 'none'})")
     options = {key: value for key, value in spec.items() if key != "type"}
     cls = _lookup(kind, spec["type"])
+    _check_options(cls, options)
     return cls(**options)
+
+
+def _check_options(cls: type, options: Mapping[str, Any]) -> None:
+    """A ``TypeError`` naming an option ``cls`` does not take and the closest one it does
+    (before ``cls(**options)`` would say only "unexpected keyword argument")."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: the call itself will tell
+        return
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    known = [parameter.name for parameter in parameters if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{cls.__name__} has no option {str(key)[:60]!r}{hint} (its options: {', '.join(known) or 'none'})")
 
 
 def build_model(spec: Mapping[str, Any]) -> Any:

@@ -1,7 +1,12 @@
 """Activation functions ``a = f(z)`` and their derivatives ``f'(z)``, in one place.
 
-Each derivative is written in terms of ``z`` and the already computed ``a = f(z)``,
-so a linearisation stores ``f'(z)`` once and the TL and AD only multiply by it.
+Each derivative is written in terms of the output ``a = f(z)`` alone::
+
+    tanh      f' = 1 - a^2              sigmoid   f' = a (1 - a)
+    relu      f' = [a > 0]              softplus  f' = sigmoid(z) = 1 - e^-a
+
+so a linearisation keeps only the activations ``a`` (which the weight terms need
+anyway) and forms ``f'`` from them when the TL or AD multiplies by it.
 ``identity`` has ``f' = 1``; its derivative is ``None`` so that TL/AD skip the
 multiplication rather than multiply by ones.
 """
@@ -18,7 +23,7 @@ import numpy as np
 class Activation:
     name: str
     f: Callable[[np.ndarray], np.ndarray]
-    derivative: Callable[[np.ndarray, np.ndarray], np.ndarray] | None  # f'(z) from (z, a)
+    derivative: Callable[[np.ndarray], np.ndarray] | None  # f'(z) from a = f(z)
 
 
 def _sigmoid(z):
@@ -34,10 +39,10 @@ def _softplus(z):
 
 ACTIVATIONS: dict[str, Activation] = {
     "identity": Activation("identity", lambda z: z, None),
-    "tanh": Activation("tanh", np.tanh, lambda z, a: 1.0 - a * a),
-    "sigmoid": Activation("sigmoid", _sigmoid, lambda z, a: a * (1.0 - a)),
-    "relu": Activation("relu", lambda z: np.maximum(z, 0.0), lambda z, a: (z > 0.0).astype(z.dtype)),
-    "softplus": Activation("softplus", _softplus, lambda z, a: _sigmoid(z)),
+    "tanh": Activation("tanh", np.tanh, lambda a: 1.0 - a * a),
+    "sigmoid": Activation("sigmoid", _sigmoid, lambda a: a * (1.0 - a)),
+    "relu": Activation("relu", lambda z: np.maximum(z, 0.0), lambda a: (a > 0.0).astype(a.dtype)),
+    "softplus": Activation("softplus", _softplus, lambda a: -np.expm1(-a)),  # 1 - e^-a, accurate for small a
 }
 
 

@@ -44,6 +44,11 @@ class Hybrid(ModelBase):
         self.n_params = self.physics.n_params + self.correction.n_params
 
     @property
+    def blocked_linearization(self) -> bool:
+        """Blocked TL/AD when both parts have them (the composition is shape-agnostic)."""
+        return bool(getattr(self.physics, "blocked_linearization", False) and getattr(self.correction, "blocked_linearization", False))
+
+    @property
     def dt(self) -> float:
         """The physics model's time step (the correction steps in step with it)."""
         return self.physics.dt

@@ -14,6 +14,9 @@ layer.  TL and AD::
     TL   dS = gather(dx) / c                 df = c NN'(S) (dS, dp)
     AD   (aS, ap) = NN'(S)^T (c af)          ax = scatter_add(aS) / c
 
+Blocked TL/AD: ``dx`` (or ``af``) ``(n, k)`` and ``dp`` ``(n_params, k)`` carry ``k``
+directions through the same statements (:mod:`models.network`, :mod:`models.stencil`).
+
 The step integrates the tendency over ``dt`` with the chosen explicit scheme
 (:mod:`models.integrators`): ``integrator="euler"`` is ``x + dt * NN(S)``; ``"rk2"``
 and ``"rk4"`` learn far better-behaved dynamics for the same network.
@@ -67,9 +70,14 @@ class LocalNetworkTendencyLinearization:
     The TL and AD are then a handful of numpy calls instead of the layer-by-layer
     products, which matters where the calls' overhead, not their arithmetic,
     dominates (Lorenz-96 size, ``n = 40``).  The two forms are the same derivative.
+    The Jacobians are built on the first blocked call or the ``EXPLICIT_AFTER_CALLS``-th
+    one-vector TL or AD call, not when linearising: a linearisation costs the
+    forward pass, and one used once or twice (a window whose steps are then stored
+    as Jacobians, :mod:`fourdvar.window`) never pays for them.
     """
 
     EXPLICIT_JACOBIAN_SIZE = 1 << 16
+    EXPLICIT_AFTER_CALLS = 3
 
     def __init__(self, tendency: LocalNetworkTendency, x: np.ndarray, p: np.ndarray):
         self.stencil = tendency.stencil
@@ -77,19 +85,29 @@ class LocalNetworkTendencyLinearization:
         self.net = tendency.network.linearize(tendency.inputs(x), p)
         self.output = self.scale * self.net.output[0]
         self.explicit = x.size * tendency.network.n_params <= self.EXPLICIT_JACOBIAN_SIZE
-        if self.explicit:
-            self.Jx, Jp = self.net.column_jacobians()  # d/dS of NN((S - m)/c) is Jx / c, times the outer c
-            self.cJp = self.scale * Jp
+        self.one_vector_calls = 0
+        self.Jx = self.cJp = None
+
+    def _explicit_ready(self, v: np.ndarray) -> bool:
+        """Whether the stored Jacobians apply (building them on the first blocked or the
+        ``EXPLICIT_AFTER_CALLS``-th one-vector call)."""
+        if self.explicit and self.Jx is None:
+            self.one_vector_calls += v.ndim == 1
+            if v.ndim > 1 or self.one_vector_calls >= self.EXPLICIT_AFTER_CALLS:
+                self.Jx, Jp = self.net.column_jacobians()  # d/dS of NN((S - m)/c) is Jx / c, times the outer c
+                self.cJp = self.scale * Jp
+        return self.Jx is not None
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
-        if self.explicit:
-            return np.einsum("ij,ij->j", self.Jx, self.stencil.gather(dx)) + self.cJp @ dp
+        if self._explicit_ready(dx):
+            return np.einsum("ij,ij...->j...", self.Jx, self.stencil.gather(dx)) + self.cJp @ dp
         dS = self.stencil.gather(dx) / self.scale
         return self.scale * self.net.tl(dS, dp)[0]
 
     def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.explicit:
-            return self.stencil.scatter_add(self.Jx * af), self.cJp.T @ af
+        if self._explicit_ready(af):
+            Jx = self.Jx if af.ndim == 1 else self.Jx[:, :, None]
+            return self.stencil.scatter_add(Jx * af), self.cJp.T @ af
         aS, ap = self.net.ad(self.scale * af[None, :])
         return self.stencil.scatter_add(aS) / self.scale, ap
 
@@ -102,6 +120,8 @@ class LocalMLP(IntegratedModel):
     ``state_offset`` and ``state_scale`` (defaults 0 and 1) are the fixed ``m`` and
     ``c`` of the module docstring.
     """
+
+    blocked_linearization = True  # TL/AD take (n, k) blocks of directions
 
     def __init__(
         self,

@@ -16,12 +16,20 @@ The periodic neighbours come from a padded copy ``[x_{n-2}, x_{n-1}, x_0 .. x_{n
 (two ghost cells on the left, one on the right), so every shift is a slice; the
 adjoint scatters into the padded array and folds the ghost cells back.
 
+TL and AD are blocked: ``dx`` (and ``af``) may be a matrix ``(n, k)`` of ``k``
+directions, ``dp`` then ``(n_params, k)``; the same statements run on all
+columns at once (the stored ``x_{i-1}`` and ``x_{i+1} - x_{i-2}`` broadcast as columns).
+
 An optional extra tendency, absent by default, stands for a process the plain
 model lacks (a model-error experiment uses it in the truth only)::
 
     e_i = A sin(2 pi x_i / lam)        de_i = A (2 pi / lam) cos(2 pi x_i / lam) dx_i      (AD: the same diagonal)
 
 One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
+That numpy path is the reference.  When numba is installed, :meth:`Lorenz96.step`
+and the window (the engine's ``linearize_window`` hook, a :class:`CompiledWindow`)
+run the same arithmetic in the compiled kernels of :mod:`models.lorenz96_kernels`;
+``Lorenz96(..., compiled=False)`` keeps the numpy path everywhere.
 With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [F]``;
 otherwise ``n_params == 0`` and ``F`` is the constructor's ``forcing``.
 """
@@ -30,14 +38,29 @@ from __future__ import annotations
 
 import numpy as np
 
+import importlib
+import importlib.util
+
+from fourdvar.model import as_vector
+
 from .integrators import IntegratedModel, RungeKutta
+
+#: whether the compiled kernels can be used (numba installed); they are imported on first use
+KERNELS_AVAILABLE = importlib.util.find_spec("numba") is not None
+
+
+def kernels():
+    """The compiled kernels, :mod:`models.lorenz96_kernels` (imported, and numba with it, on the first call)."""
+    return importlib.import_module(".lorenz96_kernels", __package__)
 
 
 def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
     """``[x_{n-left} .. x_{n-1}, x_0 .. x_{n-1}, x_0 .. x_{right-1}]``; by default
-    ``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``, so ``padded[i + left] = x_i``."""
-    n = x.size
-    padded = np.empty(n + left + right)
+    ``[x_{n-2}, x_{n-1}, x_0, ..., x_{n-1}, x_0]``, so ``padded[i + left] = x_i``.
+
+    Along the first axis: ``x`` may be a matrix ``(n, k)`` of ``k`` columns."""
+    n = x.shape[0]
+    padded = np.empty((n + left + right,) + x.shape[1:])
     padded[left : left + n] = x
     padded[:left] = x[n - left :]
     padded[left + n :] = x[:right]
@@ -46,7 +69,7 @@ def periodic_pad(x: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
 
 def fold_padded(a_padded: np.ndarray, left: int = 2, right: int = 1) -> np.ndarray:
     """Adjoint of :func:`periodic_pad`: add the ghost cells' adjoints back to their sources."""
-    n = a_padded.size - left - right
+    n = a_padded.shape[0] - left - right
     ax = a_padded[left : left + n].copy()
     ax[n - left :] += a_padded[:left]
     ax[:right] += a_padded[left + n :]
@@ -76,6 +99,19 @@ class Lorenz96Tendency:
         return Lorenz96TendencyLinearization(self, x, p)
 
 
+def as_columns(stored: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``stored`` (one value per grid point) shaped to broadcast against ``like``:
+    itself for a vector ``like``, a column ``(n, 1)`` for a block ``(n, k)``."""
+    return stored if like.ndim == 1 else stored[:, None]
+
+
+def forcing_adjoint(af: np.ndarray, estimate_forcing: bool) -> np.ndarray:
+    """``aF = sum_i af_i``: shape ``(1,)`` (``(1, k)`` for a block), or empty without an estimated forcing."""
+    if not estimate_forcing:
+        return np.empty((0,) + af.shape[1:])
+    return af.sum(axis=0, keepdims=True)
+
+
 class Lorenz96TendencyLinearization:
     def __init__(self, tendency: Lorenz96Tendency, x: np.ndarray, p: np.ndarray):
         self.estimate_forcing = tendency.estimate_forcing
@@ -90,26 +126,27 @@ class Lorenz96TendencyLinearization:
             self.extra_slope = tendency.extra_amplitude * k * np.cos(k * x)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        x_im1, gradient = as_columns(self.x_im1, dx), as_columns(self.gradient, dx)
         dxp = periodic_pad(dx)
-        df = (dxp[3:] - dxp[:-3]) * self.x_im1 + self.gradient * dxp[1:-2] - dx
+        df = (dxp[3:] - dxp[:-3]) * x_im1 + gradient * dxp[1:-2] - dx
         if self.extra_slope is not None:
-            df += self.extra_slope * dx
+            df += as_columns(self.extra_slope, dx) * dx
         if self.estimate_forcing:
             df += dp[0]
         return df
 
     def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        axp = np.zeros(af.size + 3)
-        g = self.x_im1 * af
+        x_im1, gradient = as_columns(self.x_im1, af), as_columns(self.gradient, af)
+        axp = np.zeros((af.shape[0] + 3,) + af.shape[1:])
+        g = x_im1 * af
         axp[3:] += g  # ax_{i+1}
         axp[:-3] -= g  # ax_{i-2}
-        axp[1:-2] += self.gradient * af  # ax_{i-1}
+        axp[1:-2] += gradient * af  # ax_{i-1}
         ax = fold_padded(axp)
         ax -= af  # ax_i
         if self.extra_slope is not None:
-            ax += self.extra_slope * af
-        ap = np.array([af.sum()]) if self.estimate_forcing else np.empty(0)
-        return ax, ap
+            ax += as_columns(self.extra_slope, af) * af
+        return ax, forcing_adjoint(af, self.estimate_forcing)
 
 
 class Lorenz96(IntegratedModel):
@@ -119,6 +156,8 @@ class Lorenz96(IntegratedModel):
     ``A sin(2 pi x_i / lam)`` of the module docstring.
     """
 
+    blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+
     def __init__(
         self,
         n_state: int = 40,
@@ -127,6 +166,7 @@ class Lorenz96(IntegratedModel):
         estimate_forcing: bool = False,
         extra_amplitude: float = 0.0,
         extra_wavelength: float = 10.0,
+        compiled: bool = True,
     ):
         if int(n_state) != n_state or n_state < 4:
             raise ValueError(f"Lorenz-96 needs n_state >= 4 (an integer), got {n_state}")
@@ -141,6 +181,30 @@ class Lorenz96(IntegratedModel):
         self.extra_wavelength = float(extra_wavelength)
         self.tendency = Lorenz96Tendency(self.forcing, self.estimate_forcing, self.extra_amplitude, self.extra_wavelength)
         self.integrator = RungeKutta("rk4", self.dt)
+        self.compiled = bool(compiled) and KERNELS_AVAILABLE
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        if not self.compiled:
+            return super().step(x, p)
+        x, p = self._inputs(x, p)
+        tendency = self.tendency
+        return kernels().step(x, tendency.forcing_of(p), self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
+
+    @property
+    def linearize_window(self):
+        """The engine's window hook, present only with the compiled kernels: ``linearize_window(x0, p, n_steps)``
+        gives the window run and linearised by them (a :class:`CompiledWindow`).  Without them
+        the engine chains the numpy step linearisations (:class:`fourdvar.window.WindowLinearization`)."""
+        if not self.compiled:
+            raise AttributeError("linearize_window")
+        return self._compiled_window
+
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "CompiledWindow":
+        x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
+        k, tendency = kernels(), self.tendency
+        lin_args = (self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
+        return CompiledWindow((k.forecast_window, k.tl_window, k.ad_window), (tendency.forcing_of(p),) + lin_args, lin_args,
+                              x0, self.n_params, int(n_steps))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
@@ -152,3 +216,55 @@ class Lorenz96(IntegratedModel):
             f"Lorenz96(n_state={self.n_state}, forcing={self.forcing}, dt={self.dt}, "
             f"estimate_forcing={self.estimate_forcing}{extra})"
         )
+
+
+class CompiledWindow:
+    """A window run by compiled RK4 kernels: the engine's window contract (:mod:`fourdvar.window`).
+
+    The NL sweep stores the trajectory and every step's RK4 stage states; ``tl`` and
+    ``ad`` are the compiled sweeps, blocked (``k`` directions as columns) as well as
+    on one vector.  ``kernels`` is ``(forecast, tl, ad)`` of :mod:`models.lorenz96_kernels`
+    (called as ``forecast(x0, *nl_args, states, stages)``, ``tl(stages, *lin_args, dx0, dF, K, dx)``
+    and ``ad(stages, *lin_args, forcings, forced, ax, aF)``).  The only parameter a
+    compiled model may have is its forcing ``F``, so ``dp`` and ``ap`` have one row or none.
+    """
+
+    blocked = True
+
+    def __init__(self, kernels, nl_args: tuple, lin_args: tuple, x0: np.ndarray, n_params: int, n_steps: int):
+        if n_steps < 0:
+            raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
+        self.forecast_kernel, self.tl_kernel, self.ad_kernel = kernels
+        self.lin_args = lin_args
+        self.n_state, self.n_params, self.n_steps = x0.size, n_params, n_steps
+        self.states = np.empty((n_steps + 1, x0.size))
+        self.stages = np.empty((n_steps, 4, x0.size))
+        self.forecast_kernel(x0, *nl_args, self.states, self.stages)
+
+    def _forcing_increments(self, dp: np.ndarray, m: int) -> np.ndarray:
+        """``dF`` of each direction, zero when the forcing is not estimated."""
+        return np.ascontiguousarray(dp[0], dtype=float).reshape(m) if self.n_params else np.zeros(m)
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
+        """``[dx_0, .., dx_k]``, ``k = last_step`` (default ``K``); ``dx0`` ``(n,)`` or a block ``(n, m)``."""
+        K = self.n_steps if last_step is None else min(last_step, self.n_steps)
+        rows = np.ascontiguousarray(np.atleast_2d(dx0.T))  # (m, n): one direction per row
+        dx = np.empty((K + 1,) + rows.shape)
+        self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, dx)
+        return list(dx.transpose(0, 2, 1)) if dx0.ndim == 2 else list(dx[:, 0])
+
+    def ad(self, forcings) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for forcings ``{k: f_k}``, each ``(n,)`` or a block ``(n, m)``."""
+        K = max(forcings, default=0)
+        block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
+        m = block[0] if block else 1
+        forcing_rows = np.zeros((K + 1, m, self.n_state))
+        forced = np.zeros(K + 1, dtype=np.bool_)
+        for k, f in forcings.items():
+            forcing_rows[k] = f.T if block else f
+            forced[k] = True
+        ax, aF = np.empty((m, self.n_state)), np.empty(m)
+        self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, ax, aF)
+        ap = aF.reshape((1,) + block) if self.n_params else np.zeros((0,) + block)
+        return (ax.T.copy() if block else ax[0]), ap
+

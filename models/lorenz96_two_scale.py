@@ -33,12 +33,20 @@ adjoint scatters into the padded array and folds the ghost cells back
 (:func:`models.lorenz96.fold_padded`).  The block sum is ``Y.reshape(K, J).sum(axis=1)``;
 its adjoint, and the map ``X -> X_{k(j)}``, are ``np.repeat(., J)``.
 
+TL and AD are blocked: ``dx`` (and ``af``) may be a matrix ``(n_state, k)`` of
+``k`` directions, ``dp`` then ``(n_params, k)``; every statement acts on the first
+axis and broadcasts the stored trajectory values as columns.
+
 The state vector is ``x = [X_0 .. X_{K-1}, Y_0 .. Y_{JK-1}]``, ``n_state = K + J K``:
 the slow variables first, so ``x[:K]`` (a config's ``state_slice: [0, K]``) picks ``X``.
 With ``estimate_forcing=True`` the forcing is the model's one parameter, ``p = [F]``;
 otherwise ``n_params == 0`` and ``F`` is the constructor's ``forcing``.
 
 One step is RK4 (:mod:`models.integrators`), whose TL/AD compose the tendency's.
+That numpy path is the reference.  When numba is installed, :meth:`Lorenz96TwoScale.step`
+and the window (the engine's ``linearize_window`` hook) run the same arithmetic in the
+compiled kernels of :mod:`models.lorenz96_kernels` (the trajectory bit for bit);
+``compiled=False`` keeps the numpy path everywhere.
 The fast scale is ``c`` times faster than the slow one, so the step must be short:
 ``dt = 0.005`` is the usual choice for ``c = 10``.
 """
@@ -50,11 +58,16 @@ import numpy as np
 from fourdvar.model import as_vector
 
 from .integrators import IntegratedModel, RungeKutta
-from .lorenz96 import fold_padded, periodic_pad
+from .lorenz96 import KERNELS_AVAILABLE, CompiledWindow, as_columns, fold_padded, forcing_adjoint, kernels, periodic_pad
 
 # Ghost cells (left, right) of the two rings: X needs k-2, k-1, k+1; Y needs j-1, j+1, j+2.
 SLOW_PAD = (2, 1)
 FAST_PAD = (1, 2)
+
+
+def block_sum(Y: np.ndarray, K: int, J: int) -> np.ndarray:
+    """``Ysum_k = sum_{j<J} Y_{j,k}`` along the first axis of ``Y`` (``(J K,)`` or ``(J K, m)``)."""
+    return Y.reshape((K, J) + Y.shape[1:]).sum(axis=1)
 
 
 class Lorenz96TwoScaleTendency:
@@ -74,8 +87,8 @@ class Lorenz96TwoScaleTendency:
         return p[0] if self.estimate_forcing else self.forcing
 
     def block_sum(self, Y: np.ndarray) -> np.ndarray:
-        """``Ysum_k = sum_{j<J} Y_{j,k}``, shape ``(K,)``."""
-        return Y.reshape(self.n_slow, self.n_fast_per_slow).sum(axis=1)
+        """``Ysum_k = sum_{j<J} Y_{j,k}``, shape ``(K,)`` (``(K, m)`` for a block of ``m`` columns)."""
+        return block_sum(Y, self.n_slow, self.n_fast_per_slow)
 
     def evaluate(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         K, J, s, c, cb = self.n_slow, self.n_fast_per_slow, self.coupling_coefficient, self.time_scale, self.advection_scale
@@ -112,40 +125,44 @@ class Lorenz96TwoScaleTendencyLinearization:
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         K, J, s, c, cb = self.n_slow, self.n_fast_per_slow, self.coupling_coefficient, self.time_scale, self.advection_scale
+        X_km1, X_gradient = as_columns(self.X_km1, dx), as_columns(self.X_gradient, dx)
+        Y_jp1, Y_gradient = as_columns(self.Y_jp1, dx), as_columns(self.Y_gradient, dx)
         dX, dY = dx[:K], dx[K:]
         dXp = periodic_pad(dX, *SLOW_PAD)
         dYp = periodic_pad(dY, *FAST_PAD)
-        dYsum = dY.reshape(K, J).sum(axis=1)
+        dYsum = block_sum(dY, K, J)
         df = np.empty_like(dx)
         dfX, dfY = df[:K], df[K:]
-        dfX[:] = (dXp[3:] - dXp[:-3]) * self.X_km1 + self.X_gradient * dXp[1:-2] - dX - s * dYsum
+        dfX[:] = (dXp[3:] - dXp[:-3]) * X_km1 + X_gradient * dXp[1:-2] - dX - s * dYsum
         if self.estimate_forcing:
             dfX += dp[0]
-        dfY[:] = -cb * (dYp[2:-1] * self.Y_gradient + self.Y_jp1 * (dYp[3:] - dYp[:-3])) - c * dY + s * np.repeat(dX, J)
+        dfY[:] = -cb * (dYp[2:-1] * Y_gradient + Y_jp1 * (dYp[3:] - dYp[:-3])) - c * dY + s * np.repeat(dX, J, axis=0)
         return df
 
     def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         K, J, s, c, cb = self.n_slow, self.n_fast_per_slow, self.coupling_coefficient, self.time_scale, self.advection_scale
+        X_km1, X_gradient = as_columns(self.X_km1, af), as_columns(self.X_gradient, af)
+        Y_jp1, Y_gradient = as_columns(self.Y_jp1, af), as_columns(self.Y_gradient, af)
         afX, afY = af[:K], af[K:]
         ax = np.empty_like(af)
         # fY_j = -c b Y_{j+1} (Y_{j+2} - Y_{j-1}) - c Y_j + s X_{k(j)}
-        aX = s * afY.reshape(K, J).sum(axis=1)  # adjoint of np.repeat(dX, J)
-        aYp = np.zeros(afY.size + sum(FAST_PAD))
-        g = -cb * self.Y_jp1 * afY
+        aX = s * block_sum(afY, K, J)  # adjoint of np.repeat(dX, J)
+        aYp = np.zeros((afY.shape[0] + sum(FAST_PAD),) + af.shape[1:])
+        g = -cb * Y_jp1 * afY
         aYp[3:] += g  # aY_{j+2}
         aYp[:-3] -= g  # aY_{j-1}
-        aYp[2:-1] -= cb * self.Y_gradient * afY  # aY_{j+1}
+        aYp[2:-1] -= cb * Y_gradient * afY  # aY_{j+1}
         aY = fold_padded(aYp, *FAST_PAD)
         aY -= c * afY  # aY_j
         # fX_k = (X_{k+1} - X_{k-2}) X_{k-1} - X_k + F - s Ysum_k
         aYsum = -s * afX
-        aY += np.repeat(aYsum, J)  # adjoint of the block sum
-        ap = np.array([afX.sum()]) if self.estimate_forcing else np.empty(0)
-        aXp = np.zeros(K + sum(SLOW_PAD))
-        g = self.X_km1 * afX
+        aY += np.repeat(aYsum, J, axis=0)  # adjoint of the block sum
+        ap = forcing_adjoint(afX, self.estimate_forcing)
+        aXp = np.zeros((K + sum(SLOW_PAD),) + af.shape[1:])
+        g = X_km1 * afX
         aXp[3:] += g  # aX_{k+1}
         aXp[:-3] -= g  # aX_{k-2}
-        aXp[1:-2] += self.X_gradient * afX  # aX_{k-1}
+        aXp[1:-2] += X_gradient * afX  # aX_{k-1}
         aX += fold_padded(aXp, *SLOW_PAD)
         aX -= afX  # aX_k
         ax[:K], ax[K:] = aX, aY
@@ -173,6 +190,8 @@ class Lorenz96TwoScale(IntegratedModel):
     module docstring.  The state is ``[X (n_slow); Y (n_fast_per_slow * n_slow)]``.
     """
 
+    blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+
     def __init__(
         self,
         n_slow: int = 40,
@@ -183,6 +202,7 @@ class Lorenz96TwoScale(IntegratedModel):
         space_scale: float = 10.0,
         dt: float = 0.005,
         estimate_forcing: bool = False,
+        compiled: bool = True,
     ):
         self.n_slow = _positive_integer(n_slow, 4, "n_slow")
         self.n_fast_per_slow = _positive_integer(n_fast_per_slow, 1, "n_fast_per_slow")
@@ -200,6 +220,35 @@ class Lorenz96TwoScale(IntegratedModel):
             self.coupling, self.time_scale, self.space_scale,
         )
         self.integrator = RungeKutta("rk4", self.dt)
+        self.compiled = bool(compiled) and KERNELS_AVAILABLE
+
+    def _kernel_arguments(self, p: np.ndarray) -> tuple:
+        """``(K, J, (F, s, c, c b), dt)`` for the compiled kernels."""
+        t = self.tendency
+        coefficients = np.array([t.forcing_of(p), t.coupling_coefficient, t.time_scale, t.advection_scale])
+        return self.n_slow, self.n_fast_per_slow, coefficients, self.dt
+
+    def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        if not self.compiled:
+            return super().step(x, p)
+        x, p = self._inputs(x, p)
+        states = np.empty((2, self.n_state))
+        kernels().two_scale_forecast_window(x, *self._kernel_arguments(p), states, np.empty((1, 4, self.n_state)))
+        return states[1]
+
+    @property
+    def linearize_window(self):
+        """The engine's window hook, present only with the compiled kernels (a
+        :class:`models.lorenz96.CompiledWindow`); without them the engine chains the numpy steps."""
+        if not self.compiled:
+            raise AttributeError("linearize_window")
+        return self._compiled_window
+
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> CompiledWindow:
+        x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
+        k, arguments = kernels(), self._kernel_arguments(p)
+        return CompiledWindow((k.two_scale_forecast_window, k.two_scale_tl_window, k.two_scale_ad_window), arguments, arguments,
+                              x0, self.n_params, int(n_steps))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""

@@ -30,6 +30,8 @@ from .network import Network
 class MLP(ModelBase):
     """``MLP(layer_sizes=[n, h1, ..., n], activations=["tanh", ..., "identity"], residual=False)``."""
 
+    blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+
     def __init__(self, layer_sizes: Sequence[int], activations: Sequence[str], residual: bool = False):
         self.network = Network(layer_sizes, activations)
         if self.network.layer_sizes[0] != self.network.layer_sizes[-1]:
@@ -120,8 +122,13 @@ class MLPWindowLinearization:
     Fortran-ordered so that each step's column is contiguous.
 
     This is :class:`fourdvar.window.WindowLinearization` for the MLP, made fast:
-    same ``states``, ``tl`` and ``ad`` (see :mod:`fourdvar.window` for the contract).
+    same ``states``, ``tl`` and ``ad`` (see :mod:`fourdvar.window` for the contract),
+    blocked as well: with ``k`` directions (``dx0`` ``(n, k)``, ``dp`` ``(n_params, k)``,
+    forcings ``(n, k)``) ``dWA_i`` and ``AZ_i`` gain a last axis of ``k`` and the
+    sweeps above run on ``(n_i, k)`` columns.
     """
+
+    blocked = True
 
     def __init__(self, model: MLP, x0: np.ndarray, p: np.ndarray, n_steps: int):
         if n_steps < 0:
@@ -150,7 +157,7 @@ class MLPWindowLinearization:
                 z = W @ self.A_prev[i][:, k]
                 a = f.f(z)
                 if self.F[i] is not None:
-                    self.F[i][:, k] = f.derivative(z, a)
+                    self.F[i][:, k] = f.derivative(a)
                 if i + 1 < network.n_layers:
                     self.A_prev[i + 1][:-1, k] = a
             self.states[k + 1] = x + a if self.residual else a
@@ -165,15 +172,16 @@ class MLPWindowLinearization:
             for W_in, dWA_i, F in zip(self.W_in, dWA, self.F):
                 dz = W_in @ da
                 dz += dWA_i[:, k]
-                da = dz if F is None else np.multiply(F[:, k], dz, out=dz)
+                da = dz if F is None else np.multiply(_columns(F, k, dz), dz, out=dz)
             dx.append(dx[k] + da if self.residual else da)
         return dx
 
     def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ap`` summed over the window."""
         K = max(forcings, default=0)
-        AZ = [np.empty((W_in.shape[0], K), order="F") for W_in in self.W_in]
-        ax = np.zeros(self.n_state)
+        block = next(iter(forcings.values())).shape[1:] if forcings else ()
+        AZ = [np.empty((W_in.shape[0], K) + block, order="F") for W_in in self.W_in]
+        ax = np.zeros((self.n_state,) + block)
         for k in range(K, 0, -1):
             if k in forcings:
                 ax = ax + forcings[k]
@@ -183,7 +191,7 @@ class MLPWindowLinearization:
                 if F is None:
                     az[:] = aa
                 else:
-                    np.multiply(F[:, k - 1], aa, out=az)
+                    np.multiply(_columns(F, k - 1, aa), aa, out=az)
                 aa = W_in.T @ az
             ax = aa + ax if self.residual else aa
         if 0 in forcings:
@@ -192,15 +200,30 @@ class MLPWindowLinearization:
         return ax, ap
 
     def weights_tl(self, dp: np.ndarray, K: int) -> list[np.ndarray]:
-        """``dWA_i = dW_i A_{i-1}`` over steps ``0 .. K-1``: one matrix product per layer."""
+        """``dWA_i = dW_i A_{i-1}`` over steps ``0 .. K-1``: one matrix product per layer.
+
+        Blocked (``dp`` of shape ``(n_params, k)``): ``dWA_i[:, :, d] = dW_i[:, :, d] A_{i-1}``, shape ``(n_i, K, k)``."""
         dWA = []
         for dW_i, A in zip(self.network.weights(dp), self.A_prev):
-            dWA.append(np.matmul(dW_i, A[:, :K], out=np.empty((dW_i.shape[0], K), order="F")))
+            if dp.ndim == 2:
+                dWA.append(np.einsum("rcd,cs->rsd", dW_i, A[:, :K], optimize=True))
+            else:
+                dWA.append(np.matmul(dW_i, A[:, :K], out=np.empty((dW_i.shape[0], K), order="F")))
         return dWA
 
     def weights_ad(self, AZ: list[np.ndarray], K: int) -> np.ndarray:
-        """``ap`` holding ``aW_i = AZ_i A_{i-1}^T`` over steps ``0 .. K-1``: one matrix product per layer."""
-        ap = np.empty(self.n_params)
+        """``ap`` holding ``aW_i = AZ_i A_{i-1}^T`` over steps ``0 .. K-1``: one matrix product per layer.
+
+        Blocked (``AZ_i`` of shape ``(n_i, K, k)``): ``aW_i[:, :, d] = AZ_i[:, :, d] A_{i-1}^T``, ``ap`` ``(n_params, k)``."""
+        ap = np.empty((self.n_params,) + AZ[0].shape[2:])
         for aW_i, AZ_i, A in zip(self.network.weights(ap), AZ, self.A_prev):
-            np.matmul(AZ_i, A[:, :K].T, out=aW_i)
+            if ap.ndim == 2:
+                np.einsum("rsd,cs->rcd", AZ_i, A[:, :K], out=aW_i, optimize=True)
+            else:
+                np.matmul(AZ_i, A[:, :K].T, out=aW_i)
         return ap
+
+
+def _columns(F: np.ndarray, k: int, like: np.ndarray) -> np.ndarray:
+    """Step ``k``'s ``f_i'(z_i)``, a column of ``F``, shaped to multiply ``like`` (``(n_i,)`` or a block ``(n_i, k)``)."""
+    return F[:, k] if like.ndim == 1 else F[:, k, None]

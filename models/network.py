@@ -26,6 +26,16 @@ flattened row-major; :meth:`Network.weights` returns views into ``p``, no copies
 a single state) go through every layer as one matrix product, and the weight
 adjoint ``aW_i = az_i a_{i-1}^T`` sums over the columns in the same product.
 This is backpropagation: ``aW_i`` is the gradient of ``<aa_L, a_L>`` w.r.t. ``W_i``.
+
+Blocked TL and AD: ``k`` directions at once.  ``dp`` of shape ``(n_params, k)`` is
+``k`` weight increments, ``dW_i`` then ``(n_i, n_{i-1} + 1, k)``, and ``dx`` (or
+``aa_L``) carries the directions as a last axis, ``(n_0, m, k)``.  The statements
+are those above, for every direction::
+
+    TL    dz_i[:, :, d] = W_i da_{i-1}[:, :, d] + dW_i[:, :, d] a_{i-1}
+    AD    aW_i[:, :, d] = az_i[:, :, d] a_{i-1}^T
+
+with ``W_i`` applied to all ``m k`` columns as one matrix product.
 """
 
 from __future__ import annotations
@@ -88,10 +98,12 @@ class Network:
         return len(self.shapes)
 
     def weights(self, p: np.ndarray) -> list[np.ndarray]:
-        """Views ``W_1 .. W_L`` of the flat parameter vector ``p`` (row-major, bias last column)."""
-        if p.shape != (self.n_params,):
+        """Views ``W_1 .. W_L`` of the flat parameter vector ``p`` (row-major, bias last column).
+
+        For a block ``p`` of shape ``(n_params, k)`` the views have a last axis of ``k``."""
+        if p.shape[:1] != (self.n_params,) or p.ndim > 2:
             raise ValueError(f"network parameters must have shape ({self.n_params},), got {p.shape}")
-        return [p[start:stop].reshape(shape) for start, stop, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+        return [p[start:stop].reshape(shape + p.shape[1:]) for start, stop, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
 
     def init_params(self, rng: np.random.Generator, output_scale: float = 1.0) -> np.ndarray:
         """Glorot-uniform weights, zero biases; the last layer scaled by ``output_scale``.
@@ -120,29 +132,57 @@ class Network:
 
 
 class NetworkLinearization:
-    """The nonlinear pass with ``a_{i-1}`` (bias row included) and ``f_i'(z_i)`` kept for TL/AD."""
+    """The nonlinear pass with the layer inputs ``a_{i-1}`` (bias row included) kept for TL/AD.
+
+    Nothing else is stored: ``f_i'(z_i)`` is formed from the activation ``a_i`` (the
+    next layer's input, or the output) when the TL or AD needs it
+    (:mod:`models.activations`), so the linearisation costs the forward pass and
+    holds the activations, no more.
+    """
 
     def __init__(self, network: Network, x: np.ndarray, p: np.ndarray):
         self.network = network
         self.W = network.weights(p)
         self.a_prev = []  # a_{i-1} = [a; 1], shape (n_{i-1} + 1, m)
-        self.fprime = []  # f_i'(z_i), or None for the identity
         a = x
         for W, f in zip(self.W, network.activations):
             a_bias = with_bias_row(a)
-            z = W @ a_bias
-            a = f.f(z)
+            a = f.f(W @ a_bias)
             self.a_prev.append(a_bias)
-            self.fprime.append(None if f.derivative is None else f.derivative(z, a))
         self.output = a
 
+    def fprime(self, i: int) -> np.ndarray | None:
+        """``f_i'(z_i)`` (layer ``i`` counted from 0), from its activation; ``None`` for the identity."""
+        f = self.network.activations[i]
+        if f.derivative is None:
+            return None
+        a = self.a_prev[i + 1][:-1] if i + 1 < self.network.n_layers else self.output
+        return f.derivative(a)
+
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
-        """``da_L`` from ``dx`` (shape ``(n_0, m)``) and the weight increment ``dp``."""
+        """``da_L`` from ``dx`` (shape ``(n_0, m)``) and the weight increment ``dp``.
+
+        Blocked: ``dx`` of shape ``(n_0, m, k)`` and ``dp`` ``(n_params, k)`` give ``(n_L, m, k)``."""
+        if dp.ndim == 2:
+            return self._tl_block(dx, dp)
         dW = self.network.weights(dp)
         da = dx
-        for W, dW_i, a_prev, fprime in zip(self.W, dW, self.a_prev, self.fprime):
-            dz = W[:, :-1] @ da + dW_i @ a_prev
-            da = dz if fprime is None else fprime * dz
+        for i, (W, dW_i, a_prev) in enumerate(zip(self.W, dW, self.a_prev)):
+            dz = W[:, :-1] @ da
+            dz += dW_i @ a_prev
+            fprime = self.fprime(i)
+            da = dz if fprime is None else np.multiply(fprime, dz, out=dz)
+        return da
+
+    def _tl_block(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        m, k = dx.shape[1], dp.shape[1]
+        dW = self.network.weights(dp)
+        da = dx
+        for i, (W, dW_i, a_prev) in enumerate(zip(self.W, dW, self.a_prev)):
+            dz = (W[:, :-1] @ da.reshape(da.shape[0], m * k)).reshape(W.shape[0], m, k)
+            dz += np.matmul(a_prev.T, dW_i)  # dW_i[r] a_{i-1} for each unit r: (m, c) @ (c, k)
+            fprime = self.fprime(i)
+            da = dz if fprime is None else np.multiply(fprime[:, :, None], dz, out=dz)
         return da
 
     def column_jacobians(self) -> tuple[np.ndarray, np.ndarray]:
@@ -168,18 +208,34 @@ class NetworkLinearization:
         offsets = self.network.offsets
         u = np.ones((1, m))
         for i in reversed(range(self.network.n_layers)):
-            fprime = self.fprime[i]
+            fprime = self.fprime(i)
             u = u if fprime is None else fprime * u
             Jp[:, offsets[i] : offsets[i + 1]] = np.einsum("rj,cj->jrc", u, self.a_prev[i]).reshape(m, -1)
             u = self.W[i][:, :-1].T @ u
         return u, Jp
 
     def ad(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(aa_0, ap)`` from the output adjoint ``aa_L`` (shape ``(n_L, m)``)."""
+        """``(aa_0, ap)`` from the output adjoint ``aa_L`` (shape ``(n_L, m)``).
+
+        Blocked: ``aa_L`` of shape ``(n_L, m, k)`` gives ``aa_0`` ``(n_0, m, k)`` and ``ap`` ``(n_params, k)``."""
+        if aa.ndim == 3:
+            return self._ad_block(aa)
         ap = np.empty(self.network.n_params)
         aW = self.network.weights(ap)
-        for W, aW_i, a_prev, fprime in zip(self.W[::-1], aW[::-1], self.a_prev[::-1], self.fprime[::-1]):
+        for i in reversed(range(self.network.n_layers)):
+            fprime = self.fprime(i)
             az = aa if fprime is None else fprime * aa
-            matmul(az, a_prev.T, out=aW_i)
-            aa = matmul(W[:, :-1].T, az)
+            matmul(az, self.a_prev[i].T, out=aW[i])
+            aa = matmul(self.W[i][:, :-1].T, az)
+        return aa, ap
+
+    def _ad_block(self, aa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, k = aa.shape[1], aa.shape[2]
+        ap = np.empty((self.network.n_params, k))
+        aW = self.network.weights(ap)
+        for i in reversed(range(self.network.n_layers)):
+            W, fprime = self.W[i], self.fprime(i)
+            az = aa if fprime is None else fprime[:, :, None] * aa
+            np.matmul(self.a_prev[i], az, out=aW[i])  # aW_i[r] = a_{i-1} az_i[r]: (c, m) @ (m, k) per unit r
+            aa = (W[:, :-1].T @ az.reshape(W.shape[0], m * k)).reshape(W.shape[1] - 1, m, k)
         return aa, ap

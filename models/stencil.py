@@ -4,7 +4,9 @@
     ax[m]   = sum_{(j, i): (i + j - h) mod n = m} aS[j, i]                   (scatter-add)
 
 Both are one vectorised call: fancy indexing for the gather, ``np.bincount`` with
-weights for the scatter-add.
+weights for the scatter-add.  For a block of ``k`` columns (``x`` of shape
+``(n, k)``, ``aS`` of shape ``(2h+1, n, k)``) the scatter-add is one shifted add
+per stencil offset: row ``j`` of ``aS`` lands ``j - h`` points along.
 """
 
 from __future__ import annotations
@@ -29,4 +31,12 @@ class PeriodicStencil:
 
     def scatter_add(self, a_stencils: np.ndarray) -> np.ndarray:
         """Adjoint of :meth:`gather`."""
-        return np.bincount(self._flat, weights=a_stencils.ravel(), minlength=self.n)
+        if a_stencils.ndim == 2:
+            return np.bincount(self._flat, weights=a_stencils.ravel(), minlength=self.n)
+        ax = np.zeros(a_stencils.shape[1:])
+        n = self.n
+        for j, offset in enumerate(range(-self.half_width, self.half_width + 1)):
+            shift = offset % n  # ax[m] += aS[j, m - shift], the index taken mod n: two slices
+            ax[shift:] += a_stencils[j, : n - shift]
+            ax[:shift] += a_stencils[j, n - shift :]
+        return ax

@@ -147,16 +147,10 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def completed_cycles(checkpoint: Path) -> int | None:
-    """The checkpoint's ``completed_cycles`` attribute, or None while there is none to read."""
-    if not checkpoint.exists():
+    """The number of windows in the checkpoint directory, or None while there is none."""
+    if not checkpoint.is_dir():
         return None
-    try:
-        import netCDF4
-
-        with netCDF4.Dataset(checkpoint) as ds:
-            return int(ds.getncattr("completed_cycles"))
-    except (OSError, AttributeError, KeyError, RuntimeError):
-        return None
+    return len(list(checkpoint.glob("cycle_*.nc"))) or None
 
 
 def assert_same_result(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -384,7 +378,7 @@ def test_bad_input_message_names_the_problem(case, bad_runs):
 HELP_OPTIONS = {
     (): ["run", "check", "generate", "plot", "--version"],
     ("run",): ["config", "--output", "--cycles", "--seed", "--resume", "--quiet"],
-    ("check",): ["config", "--seed"],
+    ("check",): ["config", "--seed", "--window-steps", "--directions"],
     ("generate",): ["config", "--output", "--cycles", "--seed"],
     ("plot",): ["result", "--output"],
 }
@@ -437,7 +431,7 @@ def test_run_writes_documented_result(runs):
     job = runs["base"]
     assert_ok(job.result)
     assert "wrote out/result.nc" in job.result.stderr
-    assert not (job.cwd / "out" / "result.checkpoint.nc").exists(), "the checkpoint is removed after a complete run"
+    assert not (job.cwd / "out" / "result.checkpoint").exists(), "the checkpoint is removed after a complete run"
     assert not list((job.cwd / "out").glob(".*.tmp")), "no temporary files are left"
     ds = xr.load_dataset(job.cwd / RESULT)
     n_cycles, L, n = 2, 4, 8
@@ -537,7 +531,7 @@ def _interrupt_between_checkpoints(directory: Path, sig: int):
         overrides = _long_overrides(outer_loops)
         write_config(attempt, overrides)
         process = start_cli("run", "experiment.yaml", cwd=attempt)
-        checkpoint = attempt / "out" / "result.checkpoint.nc"
+        checkpoint = attempt / "out" / "result.checkpoint"
         deadline = time.monotonic() + TIMEOUT
         signalled = False
         try:
@@ -564,7 +558,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     directory, returncode, _, _, overrides = stopped
     assert returncode == -signal.SIGKILL
     assert not (directory / RESULT).exists(), "a crashed run leaves no result file"
-    done = completed_cycles(directory / "out" / "result.checkpoint.nc")
+    done = completed_cycles(directory / "out" / "result.checkpoint")
     assert done is not None and 1 <= done < RESUME_CYCLES
 
     reference = tmp_path / "reference"
@@ -577,7 +571,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert_ok(resumed)
     assert_ok(jobs["reference"].result)
     assert f"{done} of {RESUME_CYCLES} cycles done" in resumed.stderr, resumed.stderr
-    assert not (directory / "out" / "result.checkpoint.nc").exists()
+    assert not (directory / "out" / "result.checkpoint").exists()
     result = xr.load_dataset(directory / RESULT)
     assert int(result.attrs["complete"]) == 1 and result.sizes["cycle"] == RESUME_CYCLES
     assert_same_result(result, xr.load_dataset(reference / RESULT))
@@ -591,7 +585,7 @@ def test_ctrl_c_saves_checkpoint_and_hints_resume(tmp_path):
     assert "continue with --resume" in stderr
     assert "Traceback" not in stderr
     assert not (directory / RESULT).exists()
-    done = completed_cycles(directory / "out" / "result.checkpoint.nc")
+    done = completed_cycles(directory / "out" / "result.checkpoint")
     assert done is not None and 1 <= done < RESUME_CYCLES
 
 
@@ -602,15 +596,16 @@ def _verdicts(stdout: str) -> dict[str, str]:
     """test name -> PASS/FAIL from the tables."""
     verdicts = {}
     for line in stdout.splitlines():
-        match = re.match(r"^(\S.*?)\s+\S+\s+\S+\s+(PASS|FAIL)\s*$", line)
+        match = re.match(r"^(\S.*?)(?:\s+\S+){4}\s+(PASS|FAIL|INCONCLUSIVE)\s*$", line)
         if match:
             verdicts.setdefault(match.group(1), match.group(2))
     return verdicts
 
 
 def _summary(stdout: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+) passed, (\d+) failed", stdout.strip().splitlines()[-1])
-    assert match, f"the output does not end with 'N passed, M failed':\n{stdout}"
+    match = re.fullmatch(r"(\d+) passed, (\d+) failed, (\d+) inconclusive", stdout.strip().splitlines()[-1])
+    assert match, f"the output does not end with 'N passed, M failed, K inconclusive':\n{stdout}"
+    assert int(match.group(3)) == 0, stdout
     return int(match.group(1)), int(match.group(2))
 
 
@@ -675,8 +670,8 @@ def test_generate_writes_observations_a_run_can_read(generated, runs):
 
 
 @pytest.mark.parametrize("name, figures", [
-    ("base", {"cost.png", "rmse.png", "hovmoller.png"}),
-    ("params", {"cost.png", "rmse.png", "hovmoller.png", "params.png"}),
+    ("base", {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png"}),
+    ("params", {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png", "params.png"}),
 ])
 def test_plot_writes_pngs(name, figures, plots):
     job = plots[name]

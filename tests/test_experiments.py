@@ -4,15 +4,18 @@ forecast skill, offline correction fits, comparison runs and the gap headline.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 
 from fourdvar.app.config import ConfigError, resolve_config
 from fourdvar.app.diagnostics import forecast_skill
-from fourdvar.app.experiment import Experiment
+from fourdvar.app.checkpoint import Checkpoint
 from fourdvar.app.fitting import fit_tendency
+from fourdvar.app.plan import Plan
 from fourdvar.app.results import write_atomic
+from fourdvar.app.run import CyclingState, execute
 from models import LocalMLP, Lorenz96, Lorenz96TwoScale
 
 TINY = {
@@ -25,6 +28,30 @@ TINY = {
     "window": {"steps": 5, "cycles": 3},
     "assimilation": {"control": ["state", "params"], "outer_loops": 2, "inner": {"method": "cg", "max_iterations": 10}},
 }
+
+
+class Stop(Exception):
+    pass
+
+
+def checkpointed_windows(plan, directory, stop_after=None):
+    """Run ``plan`` through a real checkpoint in ``directory``, killed (an exception) after
+    ``stop_after`` windows; returns what ``--resume`` reads back: ``(rows, state)``."""
+    checkpoint = Checkpoint(directory / "result.nc")
+    checkpoint.acquire()
+
+    def save(row, state):
+        checkpoint.save(row, state.variables(), state.cycle - 1, "config")
+        if state.cycle == stop_after:
+            raise Stop
+
+    try:
+        execute(plan, on_window=save)
+    except Stop:
+        pass
+    windows = checkpoint.load("config")
+    checkpoint.release()
+    return [row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan)
 
 
 def tiny(**changes):
@@ -40,22 +67,22 @@ def tiny(**changes):
 
 def test_analysed_weights_load_back_as_a_models_parameters(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first = Experiment(tiny())
-    result = first.run()
+    first = Plan.from_config(tiny())
+    result = execute(first)
     write_atomic(result, "first.nc")
     model = {**TINY["model"], "params_from": "first.nc"}
-    second = Experiment(tiny(model=model))
+    second = Plan.from_config(tiny(model=model))
     np.testing.assert_array_equal(second.pb0, result["params_analysis"].values[-1])
     assert not np.array_equal(second.pb0, first.pb0)  # learning moved them
     with pytest.raises(ConfigError, match="model.params_from: .*missing.nc: no such file"):
-        Experiment(tiny(model={**TINY["model"], "params_from": "missing.nc"}))
+        Plan.from_config(tiny(model={**TINY["model"], "params_from": "missing.nc"}))
 
 
 def test_truth_substeps_record_every_kth_step_of_a_finer_truth():
     config = tiny(model={"type": "lorenz96", "n_state": 8, "dt": 0.05}, assimilation={"control": ["state"]},
                   truth={"model": {"type": "lorenz96_two_scale", "n_slow": 8, "n_fast_per_slow": 4, "dt": 0.005},
                          "substeps": 10, "state_slice": [0, 8], "spinup_steps": 20})
-    experiment = Experiment(config)
+    experiment = Plan.from_config(config)
     # the same truth, integrated here step by step at dt = 0.005
     two_scale = Lorenz96TwoScale(n_slow=8, n_fast_per_slow=4, dt=0.005)
     x = 0.0 + 1.0 * np.random.default_rng([3, 0]).standard_normal(40)
@@ -97,7 +124,7 @@ def test_comparison_runs_share_truth_and_observations_and_give_the_gap_closed():
         {"name": "physics", "model": {"type": "lorenz96", "n_state": 12, "dt": 0.05}, "assimilation": {"control": ["state"]}},
         {"name": "perfect", "model": {"type": "lorenz96", "n_state": 12, "dt": 0.05, "extra_amplitude": 2.0}, "assimilation": {"control": ["state"]}},
     ], gap={"baseline": "physics", "reference": "perfect"})
-    result = Experiment(config).run()
+    result = execute(Plan.from_config(config))
     for name in ("physics", "perfect"):
         assert result[f"rmse_analysis_{name}"].shape == (3,)
     h = {key.removeprefix("headline_"): value for key, value in result.attrs.items() if key.startswith("headline_")}
@@ -115,15 +142,13 @@ def test_comparison_configuration_errors_name_the_key():
         tiny(compare=[{"name": "a", "fit_correction": {"samples": 0}}])
 
 
-def test_resumed_run_with_smoothed_adaptive_background_equals_uninterrupted_run():
+def test_resumed_run_with_smoothed_adaptive_background_equals_uninterrupted_run(tmp_path):
     config = tiny(background={"state": {"error_std": 0.5, "adaptive": True, "adaptive_weight": 0.3}, "params": {"error_std": 0.5, "decay": 0.9}},
                   window={"steps": 5, "cycles": 4})
-    full = Experiment(config).run()
-    checkpoints = []
-    partial_config = copy.deepcopy(config)
-    Experiment(partial_config).run(checkpoint=checkpoints.append)
-    after_two = checkpoints[1]  # as if the run had been killed after two windows
-    resumed = Experiment(config).run(resume_from=after_two)
+    full = execute(Plan.from_config(config))
+    after_two = checkpointed_windows(Plan.from_config(config), tmp_path, stop_after=2)  # as if killed after two windows
+    assert len(after_two[0]) == 2 and after_two[1].cycle == 2
+    resumed = execute(Plan.from_config(config), resume=after_two)
     for name in ("analysis", "background_std", "params_analysis", "J_final"):
         np.testing.assert_array_equal(resumed[name].values, full[name].values)
     assert len(set(np.round(full["background_std"].values, 12))) > 1  # the adaptive std did change
@@ -131,19 +156,19 @@ def test_resumed_run_with_smoothed_adaptive_background_equals_uninterrupted_run(
 
 def test_a_joint_analysis_above_max_cost_per_obs_is_redone_with_the_weights_fixed():
     joint = {"control": ["state", "params"], "outer_loops": 2, "inner": {"method": "cg", "max_iterations": 10}}
-    accepted = Experiment(tiny(assimilation={**joint, "max_cost_per_obs": 1e6})).run()
+    accepted = execute(Plan.from_config(tiny(assimilation={**joint, "max_cost_per_obs": 1e6})))
     assert np.all(np.isnan(accepted["J_rejected"].values)) and accepted.attrs["headline_windows_rejected"] == 0
     assert not np.allclose(accepted["params_analysis"].values[-1], accepted["params_background"].values[0])
 
     # a threshold no analysis can meet: every window is redone state-only, the weights never move
-    rejected = Experiment(tiny(assimilation={**joint, "max_cost_per_obs": 1e-9})).run()
+    rejected = execute(Plan.from_config(tiny(assimilation={**joint, "max_cost_per_obs": 1e-9})))
     np.testing.assert_allclose(rejected["J_rejected"].values[0], accepted["J_final"].values[0], rtol=1e-12)
     assert np.all(rejected["J_rejected"].values > 0) and rejected.attrs["headline_windows_rejected"] == 3
     np.testing.assert_array_equal(rejected["params_analysis"].values, rejected["params_background"].values)
     np.testing.assert_array_equal(rejected["params_analysis"].values[-1], rejected["params_background"].values[0])
     assert np.all(rejected["Jp_final"].values == 0.0)
     # ... and the state analysis is exactly that of 4D-Var on the state alone
-    state_only = Experiment(tiny(assimilation={**joint, "control": ["state"]})).run()
+    state_only = execute(Plan.from_config(tiny(assimilation={**joint, "control": ["state"]})))
     np.testing.assert_allclose(rejected["analysis"].values, state_only["analysis"].values, rtol=0, atol=1e-12)
 
     with pytest.raises(ConfigError, match="max_cost_per_obs: applies only with control"):
@@ -152,7 +177,7 @@ def test_a_joint_analysis_above_max_cost_per_obs_is_redone_with_the_weights_fixe
 
 def test_propagated_params_covariance_is_the_posterior_and_a_resumed_run_continues_it(tmp_path):
     config = tiny(background={"state": {"error_std": 0.5}, "params": {"error_std": 0.5, "update": "posterior", "noise_std": 0.02}})
-    full = Experiment(config).run()
+    full = execute(Plan.from_config(config))
     # P of each window after the first: the previous window's posterior + q^2 I, so its std drops below the prior's
     assert full["params_std"].values[0] == 0.5
     assert np.all(full["params_std"].values[1:] < 0.5)
@@ -160,8 +185,8 @@ def test_propagated_params_covariance_is_the_posterior_and_a_resumed_run_continu
     np.testing.assert_allclose(P_next, P_next.T, rtol=0, atol=1e-14)
     assert np.all(np.linalg.eigvalsh(P_next) >= 0.02**2 * (1 - 1e-9))
     # interrupted after 2 windows, resumed: the same numbers as the uninterrupted run
-    partial = Experiment(tiny(background=config["background"], window={"steps": 5, "cycles": 2})).run()
-    resumed = Experiment(config).run(resume_from=partial)
+    partial = checkpointed_windows(Plan.from_config(tiny(background=config["background"], window={"steps": 5, "cycles": 2})), tmp_path)
+    resumed = execute(Plan.from_config(config), resume=partial)
     np.testing.assert_allclose(resumed["params_analysis"].values, full["params_analysis"].values, rtol=0, atol=1e-12)
     np.testing.assert_allclose(resumed["params_covariance_next"].values, P_next, rtol=0, atol=1e-12)
 
@@ -169,43 +194,38 @@ def test_propagated_params_covariance_is_the_posterior_and_a_resumed_run_continu
         tiny(background={"params": {"update": "posterior", "decay": 0.9}})
 
 
-def test_limited_memory_propagated_covariance_round_trips_through_a_checkpoint_file(tmp_path):
+def test_limited_memory_propagated_covariance_round_trips_through_a_checkpoint(tmp_path):
     """With the lanczos inner method, P of the next window is a diagonal updated in low rank
     (never an n_p x n_p matrix); written to the checkpoint and read back, a resumed run
     continues exactly as the uninterrupted one."""
     background = {"state": {"error_std": 0.5}, "params": {"error_std": 0.5, "update": "posterior", "noise_std": 0.02}}
     assimilation = {"control": ["state", "params"], "outer_loops": 3, "inner": {"method": "lanczos", "max_iterations": 30}}
     config = tiny(background=background, assimilation=assimilation)
-    full = Experiment(config).run()
+    full = execute(Plan.from_config(config))
     assert "params_covariance_next" not in full and full["params_covariance_next_vectors"].ndim == 2
     assert np.all(full["params_std"].values[1:] < 0.5)
-    partial = Experiment(tiny(background=background, assimilation=assimilation, window={"steps": 5, "cycles": 2})).run()
-    write_atomic(partial, tmp_path / "checkpoint.nc")
-    import xarray as xr
-
-    with xr.open_dataset(tmp_path / "checkpoint.nc") as stored:
-        stored.load()
-    resumed = Experiment(config).run(resume_from=stored)
+    partial_plan = Plan.from_config(tiny(background=background, assimilation=assimilation, window={"steps": 5, "cycles": 2}))
+    rows, state = checkpointed_windows(partial_plan, tmp_path)
+    resumed = execute(Plan.from_config(config), resume=(rows, state))
     np.testing.assert_allclose(resumed["params_analysis"].values, full["params_analysis"].values, rtol=0, atol=1e-12)
     for key in ("base_std", "values"):
         np.testing.assert_allclose(resumed[f"params_covariance_next_{key}"].values, full[f"params_covariance_next_{key}"].values, rtol=0, atol=1e-12)
-    # negative control: a run resumed with the low-rank part of P dropped continues differently
-    broken = stored.copy(deep=True)
-    broken["params_covariance_next_values"][:] = 0.0
-    diverged = Experiment(config).run(resume_from=broken)
+    # negative control: resumed with the low-rank part of P dropped, the run continues differently
+    prior_only = dataclasses.replace(state, P=type(state.P)(state.P.base, state.P.U, np.zeros_like(state.P.lam)))
+    diverged = execute(Plan.from_config(config), resume=(rows, prior_only))
     assert np.max(np.abs(diverged["params_analysis"].values[-1] - full["params_analysis"].values[-1])) > 1e-8
 
 
 def test_observations_at_the_window_end_from_an_offset_and_the_filter_rmse():
     config = tiny(observations={"every": 2, "offset": 2, "error_std": 1.0}, window={"steps": 4, "cycles": 3, "observations_at_end": True},
                   assimilation={"control": ["state"], "outer_loops": 2, "inner": {"method": "lanczos"}}, diagnostics={"burn_in_cycles": 1})
-    experiment = Experiment(config)
-    assert [[slot.step for slot in slots] for slots in experiment.windows(0)] == [[2, 4], [2, 4], [2, 4]]
-    dataset = experiment.run()
+    plan = Plan.from_config(config)
+    assert [[slot.step for slot in plan.window_slots(c)] for c in range(3)] == [[2, 4], [2, 4], [2, 4]]
+    dataset = execute(plan)
     truth, analysis = dataset["truth"].values, dataset["analysis"].values
     filter_rmse = np.sqrt(np.mean((analysis[:, -1] - truth[:, -1]) ** 2, axis=1))
     np.testing.assert_allclose(dataset["rmse_filter"].values, filter_rmse, rtol=1e-12)
     assert dataset.attrs["headline_rmse_filter_after_burn_in"] == pytest.approx(filter_rmse[1:].mean(), abs=1e-6)
     assert np.all(dataset["chi2"].values > 0) and "headline_desroziers_obs_std_mean" in dataset.attrs
-    default = Experiment(tiny(window={"steps": 4, "cycles": 2}))
-    assert [[slot.step for slot in slots] for slots in default.windows(0)] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    default = Plan.from_config(tiny(window={"steps": 4, "cycles": 2}))
+    assert [[slot.step for slot in default.window_slots(c)] for c in range(2)] == [[0, 1, 2, 3], [0, 1, 2, 3]]

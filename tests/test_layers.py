@@ -87,3 +87,49 @@ def test_python_dash_m_fourdvar_is_the_command_line():
     result = subprocess.run([sys.executable, "-m", "fourdvar", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("fourdvar ")
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Module -> the `fourdvar` modules it imports (late imports included)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py") if path.name != "__main__.py"}
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_modules(path):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module and name not in ("fourdvar", "fourdvar.app"):
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def cycles_of(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle found by depth-first search (empty: the imports form a DAG)."""
+    found, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                found.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles_of({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles_of({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycles_in_the_package():
+    graph = package_graph()
+    assert {"fourdvar.app.plan", "fourdvar.app.run", "fourdvar.app.results", "fourdvar.cost"} <= set(graph)
+    assert "fourdvar.app.plan" in graph["fourdvar.app.results"]  # the late import is seen
+    assert cycles_of(graph) == []

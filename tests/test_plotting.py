@@ -9,7 +9,7 @@ import xarray as xr
 from fourdvar.app.plotting import plot_cost, plot_hovmoller, plot_params, plot_results, plot_rmse
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ALL = {"cost.png", "rmse.png", "hovmoller.png", "params.png"}
+ALL = {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png", "params.png"}
 
 
 def synthetic_result(n_cycles=6, L=4, n=10, n_params=1, truth=True, params=True, outer=2, max_it=8, n_obs=40, seed=0):
@@ -110,7 +110,7 @@ def test_single_cycle_and_several_params(n_params):
     for make in (plot_cost, plot_rmse, plot_hovmoller):
         assert make(ds).axes
     fig = plot_params(ds)
-    assert len(fig.axes) == (n_params if n_params <= 4 else 3)
+    assert len(fig.axes) == (n_params if n_params <= 4 else 4)
     if n_params <= 4:
         fig.canvas.draw()  # lays out and renders without writing a file
 

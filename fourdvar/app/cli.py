@@ -1,13 +1,14 @@
 """The ``fourdvar`` command line: run, check, generate, plot.
 
     fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet]
-    fourdvar check CONFIG [--seed S]
+    fourdvar check CONFIG [--seed S] [--window-steps N] [--directions K]
     fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
     fourdvar plot RESULT.nc [--output DIR]
 
 Relative paths in a configuration are relative to the directory the command runs in.
 Bad input (a wrong configuration or file) prints one line on stderr and exits
-with status 2 before any long computation; a failing consistency check exits 1;
+with status 2 before any long computation; a failing consistency check exits 1
+(3 when none fails but one stays inconclusive);
 a forecast that diverges exits 1 with the cycle, outer loop and step.
 """
 
@@ -17,16 +18,12 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-import numpy as np
-import xarray as xr
+from .. import __version__
 
-from .. import __version__, checks
-from .config import ConfigError, load_config, resolve_config
-from ..window import DivergenceError, forecast
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class CommandError(Exception):
@@ -37,10 +34,12 @@ class CommandError(Exception):
         self.status = status
 
 
-# --- shared steps ---------------------------------------------------------------------------
+# --- shared steps: the plan every command builds the same way ---------------------------------------
 
 
 def _load(args) -> dict:
+    from .config import ConfigError, load_config, resolve_config
+
     config = load_config(args.config)
     overrides = {}
     if getattr(args, "cycles", None) is not None:
@@ -56,36 +55,42 @@ def _load(args) -> dict:
     return config
 
 
-def _experiment(config, args):
-    from .experiment import Experiment
+def _output(args, config: dict, default: str | None = None) -> tuple[Path, str]:
+    """The output path and what to call it in messages (``--output`` or the config key)."""
+    given = getattr(args, "output", None)
+    if given is not None:
+        return Path(given) if given else given, "--output"
+    return Path(default or config["output"]["file"]), f"{args.config}: output.file"
+
+
+def _plan(args, config: dict, output, what: str):
+    """The validated plan of ``config`` writing ``output``: every problem is one line
+    before anything is computed or written."""
+    from .config import ConfigError
+    from .plan import Plan, check_output
 
     try:
-        return Experiment(config)
+        check_output(output, [args.config, *Plan.declared_inputs(config)], what=what)
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    try:
+        return Plan.from_config(config, output=output, inputs=[args.config])
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}") from None
 
 
-def _require_writable_directory(path: Path, what: str) -> None:
-    """Fail now, before any computation, if ``path`` could not be written later.
+def _open_dataset(path: Path, what: str):
+    import xarray as xr
 
-    Nothing is created: the nearest existing ancestor must be a writable directory.
-    """
-    directory = path.parent
-    while not directory.exists() and directory != directory.parent:
-        directory = directory.parent
-    if not directory.is_dir():
-        raise CommandError(f"{what}: cannot write {path}: {directory} is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise CommandError(f"{what}: cannot write {path}: directory {directory} is not writable")
-
-
-def _open_dataset(path: Path, what: str) -> xr.Dataset:
     if not path.exists():
         raise CommandError(f"{what}: {path}: no such file")
+    if not path.is_file():
+        raise CommandError(f"{what}: {path}: not a file")
     try:
         return xr.load_dataset(path, engine="netcdf4")
-    except (OSError, ValueError) as error:
-        raise CommandError(f"{what}: {path}: not a readable NetCDF file ({error})") from None
+    except Exception as error:  # whatever a damaged or foreign file makes the reader raise
+        text = " ".join(str(error).split())[:160] or type(error).__name__
+        raise CommandError(f"{what}: {path}: not a readable NetCDF file ({text})") from None
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -100,18 +105,21 @@ class Progress:
         self.tty = self.stream.isatty()
         self.started = time.perf_counter()
 
-    def __call__(self, cycle: int, total: int, outcome, recorder) -> None:
+    def __call__(self, outcome, recorder) -> None:
         if self.quiet:
             return
+        import numpy as np
+
+        cycle, total = outcome.cycle, self.total
         done = cycle + 1
         elapsed = time.perf_counter() - self.started
         rate = elapsed / max(done - self.start_cycle, 1)
         eta = rate * (total - done)
         ds_row = recorder.rows[-1]
-        truth = getattr(recorder.experiment, "truth", None)
+        truth = recorder.plan.truth
         text = f"J={outcome.result.final.J:.5g}"
         if truth is not None:
-            L = recorder.experiment.n_steps
+            L = recorder.plan.n_steps
             rmse = float(np.sqrt(np.mean((ds_row["analysis"][0] - truth["trajectory"][cycle * L]) ** 2)))
             text += f" rmse_a={rmse:.3f}"
         if outcome.p.size == 1:
@@ -132,126 +140,135 @@ class Progress:
 # --- commands ---------------------------------------------------------------------------------------
 
 
-def _checkpoint_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".checkpoint.nc")
-
-
 def command_run(args) -> int:
-    from .results import config_text, write_atomic
+    from .checkpoint import Checkpoint, CheckpointError
+    from .results import WriteError, config_text, write_atomic
+    from .run import CyclingState, RunDiverged, execute
 
     config = _load(args)
-    output = Path(args.output or config["output"]["file"])
+    output, what = _output(args, config)
     config["output"]["file"] = str(output)
-    _require_writable_directory(output, "--output" if args.output else f"{args.config}: output.file")
-    experiment = _experiment(config, args)
-    checkpoint = _checkpoint_path(output)
-    resume_from = None
-    if args.resume and checkpoint.exists():
-        resume_from = _open_dataset(checkpoint, "--resume")
-        if resume_from.attrs.get("config") != config_text(config):
-            raise CommandError(f"--resume: {checkpoint} was written by a different configuration; remove it or drop --resume")
-        if not args.quiet:
-            print(f"resuming from {checkpoint}: {resume_from.attrs['completed_cycles']} of {experiment.n_cycles} cycles done", file=sys.stderr)
-    elif args.resume and not args.quiet:
-        print(f"--resume: no checkpoint {checkpoint}; starting from cycle 0", file=sys.stderr)
-
-    start = int(resume_from.attrs["completed_cycles"]) if resume_from is not None else 0
-    progress = Progress(experiment.n_cycles, quiet=args.quiet, start_cycle=start)
+    plan = _plan(args, config, output, what)
+    text = config_text(config)
+    checkpoint = Checkpoint(output)
     try:
-        message = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-        write_checkpoint = (lambda ds: write_atomic(ds, checkpoint)) if config["output"]["checkpoint"] else None
-        dataset = experiment.run(checkpoint=write_checkpoint, resume_from=resume_from, progress=progress, progress_message=message)
+        checkpoint.acquire()
+    except (CheckpointError, OSError) as error:
+        raise CommandError(str(error) if isinstance(error, CheckpointError) else f"cannot create {checkpoint.directory}: {error.strerror}") from None
+    try:
+        resume = None
+        if args.resume:
+            windows = checkpoint.load(text)
+            if windows:
+                resume = ([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan))
+                _say(args, f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
+            else:
+                _say(args, f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
+        else:
+            checkpoint.clear()
+        start = resume[1].cycle if resume is not None else 0
+        progress = Progress(plan.n_cycles, quiet=args.quiet, start_cycle=start)
+        save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if config["output"]["checkpoint"] else None
+        dataset = execute(
+            plan, resume=resume, on_window=save,
+            progress=progress, message=None if args.quiet else (lambda line: _say(args, line)),
+        )
         write_atomic(dataset, output)
+        checkpoint.remove()
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
     except KeyboardInterrupt:
         if config["output"]["checkpoint"]:
-            print(f"\ninterrupted; completed cycles are saved in {checkpoint}; continue with --resume", file=sys.stderr)
+            print(f"\ninterrupted; completed cycles are saved in {checkpoint.directory}; continue with --resume", file=sys.stderr)
         else:
-            print("\ninterrupted; no checkpoint (output.checkpoint: false)", file=sys.stderr)
+            print("\ninterrupted; nothing saved (output.checkpoint: false)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except DivergenceError as error:
+    except RunDiverged as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
-    checkpoint.unlink(missing_ok=True)
-    if not args.quiet:
-        print(f"wrote {output} ({experiment.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)", file=sys.stderr)
-        for key, value in dataset.attrs.items():
-            if key.startswith("headline_"):
-                print(f"{key.removeprefix('headline_')}: {value:.4g}", file=sys.stderr)
+    except WriteError as error:
+        raise CommandError(str(error.strerror)) from None
+    finally:
+        checkpoint.release()
+    _say(args, f"wrote {output} ({plan.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)")
+    for key, value in dataset.attrs.items():
+        if key.startswith("headline_"):
+            _say(args, f"{key.removeprefix('headline_')}: {value:.4g}")
     return EXIT_OK
 
 
+def _say(args, line: str) -> None:
+    if not args.quiet:
+        print(line, file=sys.stderr, flush=True)
+
+
 def command_check(args) -> int:
-    from ..cost import FourDVarCost
+    """Every check of :mod:`fourdvar.checks` on what the configuration uses (see
+    :func:`fourdvar.app.checking.check_experiment`); exit status 1 if one fails, 3 if
+    none fails but one stays inconclusive, 0 if all pass."""
+    from .. import checks
+    from .checking import check_experiment
 
     config = _load(args)
-    experiment = _experiment(config, args)
-    rng = np.random.default_rng(config["seed"])
-    model, x, p = experiment.model, experiment.xb0, experiment.pb0
-    n_steps = experiment.n_steps
-    sections = [(f"model {model!r}", checks.check_model(model, x, p, rng, n_steps=n_steps))]
-
-    slots = list(experiment.observations.window(0, n_steps, include_end=False))
-    states = experiment.truth["trajectory"] if experiment.truth is not None else forecast(model, x, p, n_steps)
-    seen = set()
-    for slot in slots:
-        if id(slot.operator) in seen:
-            continue
-        seen.add(id(slot.operator))
-        x_obs = states[slot.step]
-        sections.append((f"observation operator {slot.operator!r}", [
-            checks.operator_adjoint_test(slot.operator, x_obs, rng),
-            checks.operator_taylor_test(slot.operator, x_obs, rng),
-        ]))
-    covariances = [("B", experiment.B0)] + ([("P", experiment.P0)] if experiment.P0 is not None else [])
-    if slots:
-        covariances.append(("R (first observation time)", slots[0].covariance))
-    for name, covariance in covariances:
-        sections.append((f"covariance {name}", [checks.covariance_sqrt_adjoint_test(covariance, rng), checks.covariance_inverse_test(covariance, rng)]))
-    P = experiment.P0 if "params" in experiment.control else None
-    cost = FourDVarCost(model, slots, x, B=experiment.B0, pb=p, P=P, n_steps=n_steps)
-    sections.append((f"cost of the first window (control: {', '.join(experiment.control)})",
-                     checks.check_cost(cost, x, p, experiment.control, rng, transform=config["assimilation"]["transform"])))
-
-    failed = 0
-    for title, results in sections:
-        print(f"== {title}")
-        print(checks.format_table(results))
-        print()
-        failed += sum(not r.passed for r in results)
-    total = sum(len(results) for _, results in sections)
-    print(f"{total - failed} passed, {failed} failed")
-    return EXIT_FAILED if failed else EXIT_OK
+    output, what = _output(args, config)
+    experiment = _plan(args, config, output, what)
+    counts = check_experiment(experiment, config, n_steps=args.window_steps, directions=args.directions)
+    if counts[checks.FAIL]:
+        return EXIT_FAILED
+    return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK
 
 
 def command_generate(args) -> int:
-    from .results import config_text, write_atomic
+    import numpy as np
+
+    from .results import WriteError, config_text, write_atomic
 
     config = _load(args)
     if config["observations"]["file"] is not None:
-        raise CommandError("observations.file: the observations come from a file; there is nothing to generate")
-    output = Path(args.output or Path(config["output"]["file"]).with_name(Path(args.config).stem + "_data.nc"))
-    _require_writable_directory(output, "--output" if args.output else "output file")
-    experiment = _experiment(config, args)
-    dataset = experiment.observations.to_dataset()
+        raise CommandError(f"{args.config}: observations.file: the observations come from a file; there is nothing to generate")
+    default = str(Path(config["output"]["file"]).with_name(Path(args.config).stem + "_data.nc"))
+    output, what = _output(args, config, default)
+    if what != "--output":
+        what = f"{args.config}: the observation file derived from output.file"
+    experiment = _plan(args, config, output, what)
+    try:
+        dataset = experiment.observations.to_dataset()
+    except ValueError as error:
+        raise CommandError(f"{args.config}: observations.operator: cannot be written to an observation file ({error})") from None
     truth = experiment.truth["trajectory"]
     dataset["truth"] = (("time_step", "x"), truth, {"long_name": "truth trajectory (model state) from the start of cycle 0", "units": "1"})
     dataset = dataset.assign_coords(time_step=np.arange(truth.shape[0]), x=np.arange(truth.shape[1]))
     dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=experiment.n_steps,
                          title=config["title"] or "fourdvar truth and observations")
-    write_atomic(dataset, output)
+    try:
+        write_atomic(dataset, output)
+    except WriteError as error:
+        raise CommandError(str(error.strerror)) from None
     print(f"wrote {output} ({experiment.observations.n_obs} observations at {len(experiment.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)
     return EXIT_OK
 
 
 def command_plot(args) -> int:
-    from .plotting import plot_results
+    from .config import ConfigError
+    from .plan import check_directory
 
     path = Path(args.result)
     dataset = _open_dataset(path, "RESULT")
-    if "analysis" not in dataset:
-        raise CommandError(f"RESULT: {path} is not a fourdvar result file (no 'analysis' variable)")
-    output = Path(args.output) if args.output else path.with_name(path.stem + "_figures")
-    _require_writable_directory(output / "figure.png", "--output")
-    written = plot_results(dataset, output)
+    if "analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]:
+        raise CommandError(f"RESULT: {path} is not a fourdvar result file (no 'analysis' over cycle, step, x)")
+    output = Path(args.output) if args.output is not None else path.with_name(path.stem + "_figures")
+    try:
+        check_directory(args.output if args.output is not None else output, "--output")
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    from .plotting import plot_results
+
+    try:
+        written = plot_results(dataset, output)
+    except Exception as error:  # a result file with odd contents: say so in one line
+        text = " ".join(str(error).split())[:160] or type(error).__name__
+        raise CommandError(f"RESULT: {path}: cannot plot it ({text})") from None
+    if not written:
+        raise CommandError(f"RESULT: {path}: nothing to plot (no variable the figures need)")
     for figure in written:
         print(figure)
     return EXIT_OK
@@ -260,11 +277,21 @@ def command_plot(args) -> int:
 # --- the parser ---------------------------------------------------------------------------------------
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
@@ -279,21 +306,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="the experiment's YAML file")
     run.add_argument("--output", "-o", help="result file (default: the config's output.file)")
     run.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
-    run.add_argument("--seed", type=int, help="random seed (overrides seed)")
+    run.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     run.set_defaults(handler=command_run)
 
-    check = commands.add_parser("check", help="run the adjoint, tangent-linear and gradient tests on a config's model, operators and cost", description="Adjoint (dot-product), tangent-linear (Taylor) and gradient tests of everything a configuration uses; exit status 1 if any fails.")
+    check = commands.add_parser("check", help="run the adjoint, tangent-linear and gradient tests on a config's model, operators and cost",
+                                description="Adjoint (dot-product), tangent-linear (Taylor) and gradient tests of everything a configuration uses, "
+                                            "the model's batched window (linearize_window) against its per-step chain included; exit status 1 if "
+                                            "any fails, 3 if none fails but one stays inconclusive (no direction tried showed the order of its "
+                                            "Taylor remainder), 0 if all pass.")
     check.add_argument("config", help="the experiment's YAML file")
-    check.add_argument("--seed", type=int, help="random seed (overrides seed)")
+    check.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
+    check.add_argument("--window-steps", type=_positive_int, help="steps of the window checked (default: the config's window length)")
+    check.add_argument("--directions", type=_positive_int, default=1, help="random directions per test (default 1; an inconclusive one is retried with up to 4 more)")
     check.set_defaults(handler=command_check)
 
     generate = commands.add_parser("generate", help="write the truth run and the observations alone to NetCDF", description="Write the truth run and the synthetic observations of a configuration to one NetCDF file (readable as observations.file).")
     generate.add_argument("config", help="the experiment's YAML file")
     generate.add_argument("--output", "-o", help="output file (default: results/<config name>_data.nc)")
     generate.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
-    generate.add_argument("--seed", type=int, help="random seed (overrides seed)")
+    generate.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
     generate.set_defaults(handler=command_generate)
 
     plot = commands.add_parser("plot", help="write PNG figures of a result file", description="Cost reduction, RMSE per cycle, Hovmoeller diagram and parameter trajectory of a result file, as PNG.")
@@ -305,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    warnings.simplefilter("ignore", RuntimeWarning)  # overflow on the way to a divergence: the error says where
     try:
         return args.handler(args)
     except ConfigError as error:
@@ -313,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as error:
         print(f"fourdvar: error: {error}", file=sys.stderr)
         return error.status
+    except BrokenPipeError:  # the reader of our output went away (``| head``)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

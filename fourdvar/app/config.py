@@ -436,10 +436,7 @@ def comparison_config(config: dict, entry: dict) -> dict:
             merged[section] = _deep_merge(merged[section], entry[section])
     if set(merged["assimilation"]["control"]) != {"state", "params"}:
         merged["assimilation"]["max_cost_per_obs"] = None  # a check of joint analyses only
-    try:
-        return resolve_config(merged)
-    except ConfigError as error:
-        raise ConfigError(f"compare[{entry['name']}]: {error}") from None
+    return resolve_config(merged)
 
 
 def _deep_merge(base: dict, override) -> dict:

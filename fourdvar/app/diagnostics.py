@@ -20,7 +20,7 @@ import numpy as np
 
 from ..window import DivergenceError, forecast
 
-__all__ = ["ForecastSkill", "forecast_skill"]
+__all__ = ["ForecastSkill", "forecast_skill", "comparison_variables", "headlines", "independent_truth"]
 
 
 @dataclass
@@ -52,3 +52,83 @@ def forecast_skill(model, starts, params, truth_segments, dt: float, sigma_clim:
     with np.errstate(all="ignore"):
         curve = np.nanmean(finite, axis=0)
     return ForecastSkill(float(valid.mean()), valid, curve, np.arange(n_steps + 1) * dt / lyapunov_time)
+
+
+# --- the diagnostics of a run: functions of its plan and result datasets ------------------------------
+
+
+def comparison_variables(name: str, result) -> dict:
+    """The comparison run ``name``'s RMSE and cost per cycle, as variables of the main result."""
+    return {
+        f"{key}_{name}": (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
+        for key in ("rmse_analysis", "rmse_background", "J_final") if key in result
+    }
+
+
+def headlines(plan, dataset, comparisons: dict) -> dict:
+    """The headline numbers of a run: analysis RMSE over the last half of the cycles, the
+    forecast skill, rejected windows, the same for each comparison run and the fraction
+    of the baseline-to-reference gap closed.  ``comparisons``: name -> (plan, dataset)."""
+    half = slice(plan.n_cycles // 2, None)
+    headline = {}
+    if "rmse_analysis" in dataset:
+        headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
+        burn_in = slice(plan.config["diagnostics"]["burn_in_cycles"], None)
+        headline["rmse_filter_after_burn_in"] = float(dataset["rmse_filter"].values[burn_in].mean())
+    if "chi2" in dataset:
+        headline["chi2_mean"] = float(np.nanmean(dataset["chi2"].values))
+        for key in ("desroziers_obs_std", "desroziers_background_std"):
+            headline[f"{key}_mean"] = float(np.sqrt(np.nanmean(dataset[key].values ** 2)))
+    if plan.forecast_steps:
+        headline.update(skill_headlines(plan, plan, dataset, ""))
+    if "J_rejected" in dataset:
+        headline["windows_rejected"] = int(np.isfinite(dataset["J_rejected"].values).sum())
+    for name, (other, result) in comparisons.items():
+        if "rmse_analysis" in result:
+            headline[f"rmse_analysis_last_half_{name}"] = float(result["rmse_analysis"].values[half].mean())
+        if plan.forecast_steps:
+            headline.update(skill_headlines(plan, other, result, f"_{name}"))
+    gap = plan.config["gap"]
+    if gap["baseline"] is not None and "rmse_analysis_last_half" in headline:
+        baseline = headline[f"rmse_analysis_last_half_{gap['baseline']}"]
+        reference = headline[f"rmse_analysis_last_half_{gap['reference']}"]
+        headline["gap_closed"] = (baseline - headline["rmse_analysis_last_half"]) / (baseline - reference)
+    return headline
+
+
+def skill_headlines(plan, run_plan, dataset, suffix: str) -> dict:
+    """Skill in Lyapunov times of ``run_plan``'s model, from truth states (final
+    parameters) and from the analyses of the last half of the cycles."""
+    diagnostics = plan.config["diagnostics"]
+    truth, n = plan.truth, plan.forecast_steps
+    sigma = float(truth["trajectory"][: plan.n_cycles * plan.n_steps + 1].std())
+    options = dict(dt=run_plan.model.dt, sigma_clim=sigma, lyapunov_time=diagnostics["lyapunov_time"], threshold=diagnostics["skill_threshold"])
+    final_params = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else run_plan.pb0
+    independent = independent_truth(plan)
+    starts = range(0, diagnostics["forecast_starts"] * diagnostics["forecast_spacing"], diagnostics["forecast_spacing"])
+    from_truth = forecast_skill(
+        run_plan.model, [independent[s] for s in starts], [final_params] * len(starts),
+        [independent[s : s + n + 1] for s in starts], **options,
+    )
+    cycles = range(plan.n_cycles // 2, plan.n_cycles)
+    L = plan.n_steps
+    params = [dataset["params_analysis"].values[c] if "params_analysis" in dataset else run_plan.pb0 for c in cycles]
+    from_analyses = forecast_skill(
+        run_plan.model, [dataset["analysis"].values[c, 0] for c in cycles], params,
+        [truth["trajectory"][c * L : c * L + n + 1] for c in cycles], **options,
+    )
+    return {f"skill_from_truth{suffix}": from_truth.lyapunov_times, f"skill_from_analyses{suffix}": from_analyses.lyapunov_times}
+
+
+def independent_truth(plan) -> np.ndarray:
+    """A stretch of truth after everything the experiment saw, for skill from truth states
+    (computed once per plan)."""
+    cached = getattr(plan, "_independent_truth", None)
+    if cached is not None:
+        return cached
+    diagnostics = plan.config["diagnostics"]
+    length = diagnostics["forecast_starts"] * diagnostics["forecast_spacing"] + plan.forecast_steps
+    truth, substeps = plan.truth, plan.config["truth"]["substeps"]
+    full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
+    plan._independent_truth = full[:, truth["state_slice"]]
+    return plan._independent_truth

@@ -26,7 +26,7 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 __all__ = [
     "FIGURES",
@@ -36,11 +36,14 @@ __all__ = [
     "plot_params",
     "plot_results",
     "plot_rmse",
+    "plot_timeseries",
 ]
 
 DPI = 110
 MAX_TIME_POINTS = 4000  # Hovmöller: subsample in time beyond this many columns
-MAX_INDIVIDUAL_PARAMS = 4  # up to this many parameters are plotted one by one, beyond it as norms
+MAX_INDIVIDUAL_PARAMS = 4  # up to this many parameters are plotted one by one, beyond it as a weights summary
+MAX_LINE_STATE = 5  # states of up to this many variables are drawn as lines, not as a Hovmöller image
+TIMESERIES_VARIABLES = 3  # variables shown as time series for a larger state
 
 _CYCLE_COLOURS = ["tab:blue", "tab:orange", "tab:green"]
 _BACKGROUND_COLOUR = "tab:orange"
@@ -135,14 +138,21 @@ def _second_half_mean(values: np.ndarray) -> tuple[float, str]:
 
 
 def _plain_log_labels(ax) -> None:
-    """On a log y axis spanning little more than a decade, label ticks as plain numbers."""
+    """On a log y axis spanning less than two decades (so one or no power of ten is
+    labelled), label the ticks at 1, 2 and 5 times each power of ten as plain numbers."""
     if ax.get_yscale() != "log":
         return
     lo, hi = ax.get_ylim()
-    if lo > 0 and hi / lo < 20:
+    if lo > 0 and hi / lo < 100:
         plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _cycle_ticks(ax) -> None:
+    """Ticks on whole cycles only."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _per_cycle_marker(n: int) -> dict:
@@ -278,6 +288,7 @@ def plot_cost(ds: xr.Dataset) -> Figure | None:
             ax_c.plot(cycles, _positive(J_final), color=_ANALYSIS_COLOUR, label="at analysis", **mk)
         ax_c.set_yscale("log")
         ax_c.set_xlabel("cycle")
+        _cycle_ticks(ax_c)
         ax_c.set_ylabel("nonlinear cost J")
         ax_c.set_title("Cost per cycle")
         ax_c.legend(fontsize=8, loc="best")
@@ -367,6 +378,7 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
         ax.set_ylim(bottom=0)
     _plain_log_labels(ax)
     ax.set_xlabel("cycle (assimilation window)")
+    _cycle_ticks(ax)
     ax.set_ylabel("RMSE against truth (state units)")
     ax.set_title(_heading(ds, "RMSE against the truth"))
     ax.legend(fontsize=8, loc="best")
@@ -385,14 +397,15 @@ def _continuous(ds: xr.Dataset, name: str, cycles: np.ndarray) -> np.ndarray:
 
 
 def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
-    """Space-time images: truth / analysis / analysis - truth.
+    """Space-time images: truth / analysis / analysis - truth (``None`` for a state of
+    ``MAX_LINE_STATE`` variables or fewer, which :func:`plot_timeseries` draws as lines).
 
     Without truth: background / analysis / analysis - background. Windows are joined
     using steps 0..L-1 of each, so time is continuous; beyond ``MAX_TIME_POINTS`` time
     points the images are subsampled in time.
     """
-    if not _has(ds, "analysis"):
-        return None
+    if not _has(ds, "analysis") or int(ds.sizes.get("x", 0)) <= MAX_LINE_STATE:
+        return None  # a small state is drawn as lines by plot_timeseries
     has_truth = _has(ds, "truth") and _finite(_values(ds, "truth"))
     reference = "truth" if has_truth else "background" if _has(ds, "background") else None
     if reference is None or ds["analysis"].ndim != 3:
@@ -451,6 +464,70 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
     return fig
 
 
+# --------------------------------------------------------------------------- time series
+
+
+def _shown_variables(n_x: int) -> np.ndarray:
+    """Every variable of a small state; else ``TIMESERIES_VARIABLES`` spread over the grid."""
+    if n_x <= MAX_LINE_STATE:
+        return np.arange(n_x)
+    return np.unique(np.linspace(0, n_x - 1, TIMESERIES_VARIABLES).round().astype(int))
+
+
+def _direct_observations(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(step, index, value)`` of the observations that are a state variable itself
+    (identity or subset operators), or ``None``."""
+    if not _has(ds, "obs_value", "obs_step", "obs_index"):
+        return None
+    direct = np.ones(ds.sizes["obs"], bool)
+    if _has(ds, "obs_operator"):
+        direct = np.isin(np.asarray(ds["obs_operator"].values).astype(str), ["identity", "subset"])
+    return (np.asarray(ds["obs_step"].values)[direct], np.asarray(ds["obs_index"].values)[direct],
+            _values(ds, "obs_value")[direct])
+
+
+def plot_timeseries(ds: xr.Dataset) -> Figure | None:
+    """Truth, background and analysis of a few state variables against time, with the
+    observations of those variables as dots (every variable of a state of
+    ``MAX_LINE_STATE`` or fewer, instead of a Hovmöller image).  Windows are joined
+    using steps 0..L-1 of each, as in :func:`plot_hovmoller`."""
+    if not _has(ds, "analysis") or ds["analysis"].ndim != 3:
+        return None
+    analysis = _values(ds, "analysis")
+    cycles = np.flatnonzero(np.isfinite(analysis.reshape(analysis.shape[0], -1)).any(axis=1))
+    if cycles.size == 0:
+        return None
+    L = _window_steps(ds)
+    dt, time_label = _time_unit(ds)
+    steps = (cycles[:, None] * L + np.arange(L)[None, :]).reshape(-1)
+    stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
+    fields = {name: _continuous(ds, name, cycles)[::stride] for name in ("truth", "background", "analysis")
+              if _has(ds, name) and _finite(_values(ds, name))}
+    time = steps[::stride] * dt
+    shown = _shown_variables(analysis.shape[-1])
+    observations = _direct_observations(ds)
+    styles = {"truth": dict(color="black", lw=1.4), "background": dict(color=_BACKGROUND_COLOUR, lw=1.0, ls="--"),
+              "analysis": dict(color=_ANALYSIS_COLOUR, lw=1.3)}
+
+    fig = _new_figure(10.0, 1.2 + 2.0 * len(shown))
+    axes = np.atleast_1d(fig.subplots(len(shown), 1, sharex=True, squeeze=False)[:, 0])
+    for ax, i in zip(axes, shown):
+        for name, field in fields.items():
+            ax.plot(time, field[:, i], label=name, **styles[name])
+        if observations is not None:
+            step, index, value = observations
+            mine = (index == i) & np.isin(step, steps)
+            if mine.any():
+                ax.plot(step[mine] * dt, value[mine], "o", ls="none", ms=3.5, mfc="white", mec="tab:red", label="observations")
+        ax.set_ylabel(f"x[{i}]")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, frameon=False, borderaxespad=0.2)
+    axes[-1].set_xlabel(time_label)
+    what = "state variables against time" if len(shown) == analysis.shape[-1] else f"{len(shown)} of {analysis.shape[-1]} state variables against time"
+    fig.suptitle(_heading(ds, what))
+    return fig
+
+
 # --------------------------------------------------------------------------- params
 
 
@@ -466,9 +543,11 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
     """Parameter estimates per cycle (``None`` when the model has no parameters).
 
     Up to ``MAX_INDIVIDUAL_PARAMS`` parameters: one panel each, analysis and background
-    value per cycle and the truth dashed. More (a network): the norm of the parameter
-    vector, the norm of its change (cycle to cycle and analysis increment) and, with a
-    truth, the distance to it.
+    value per cycle, the background's +-1 std band of ``P`` (``params_std``) and the
+    truth dashed. More (a network): a summary of the weights (their 5/25/50/75/95 %
+    percentiles per cycle; their distribution at the first background and the last
+    analysis), the norm of their change (cycle to cycle and analysis increment) and,
+    with a truth, the distance to it.
     """
     if not _has(ds, "params_analysis") or int(ds.sizes.get("param", 0)) == 0:
         return None
@@ -498,13 +577,18 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         labels = _param_labels(ds, n_params)
         fig = _new_figure(min(5.2 * n_params, 16.0) if n_params > 1 else 7.5, 4.4)
         axes = np.atleast_1d(fig.subplots(1, n_params, squeeze=False)[0])
+        std = _values(ds, "params_std")[: len(cycles)] if _has(ds, "params_std") else None
+        band_label = "background \u00b1 1 std of P" if n_params == 1 else "background \u00b1 mean std of P"
         for i, ax in enumerate(axes):
             if pb is not None:
                 background(ax, pb[:, i])
+                if std is not None and _finite(std):
+                    ax.fill_between(cycles, pb[:, i] - std, pb[:, i] + std, color=_BACKGROUND_COLOUR, alpha=0.2, lw=0, label=band_label)
             ax.plot(cycles, pa[:, i], color=_ANALYSIS_COLOUR, label="analysis", **mk)
             if pt is not None and np.isfinite(pt[i]):
                 ax.axhline(pt[i], color="black", ls="--", lw=1.2, label=f"truth ({_fmt(pt[i])})")
             ax.set_xlabel("cycle (assimilation window)")
+            _cycle_ticks(ax)
             ax.set_ylabel(f"parameter {labels[i]}")
             ax.set_title(f"Estimate of {labels[i]}", fontsize=10)
             ax.legend(fontsize=8, loc="best")
@@ -512,19 +596,29 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         fig.suptitle(_heading(ds, "parameter estimates"))
         return fig
 
-    n_panels = 3 if pt is not None else 2
-    fig = _new_figure(4.8 * n_panels, 4.4)
-    axes = fig.subplots(1, n_panels, sharex=True)
+    n_panels = 4 if pt is not None else 3
+    fig = _new_figure(4.6 * n_panels, 4.4)
+    axes = fig.subplots(1, n_panels)
     ax = axes[0]
-    if pb is not None:
-        background(ax, np.linalg.norm(pb, axis=1))
-    ax.plot(cycles, np.linalg.norm(pa, axis=1), color=_ANALYSIS_COLOUR, label="analysis", **mk)
-    if pt is not None:
-        ax.axhline(np.linalg.norm(pt), color="black", ls="--", lw=1.2, label="truth")
-    ax.set_ylabel("|p| (Euclidean norm)")
-    ax.set_title(f"Norm of the parameter vector ({n_params} parameters)", fontsize=10)
+    percentiles = np.nanpercentile(pa, [5, 25, 50, 75, 95], axis=1)
+    ax.fill_between(cycles, percentiles[0], percentiles[4], color=_ANALYSIS_COLOUR, alpha=0.2, lw=0, label="5\u201395 %")
+    ax.fill_between(cycles, percentiles[1], percentiles[3], color=_ANALYSIS_COLOUR, alpha=0.4, lw=0, label="25\u201375 %")
+    ax.plot(cycles, percentiles[2], color=_ANALYSIS_COLOUR, label="median", **mk)
+    ax.set_ylabel("parameter value")
+    ax.set_title(f"Spread of the {n_params} analysed parameters", fontsize=10)
 
     ax = axes[1]
+    first = pb[0] if pb is not None else pa[0]
+    edges = np.histogram_bin_edges(np.concatenate([first, pa[-1]])[np.isfinite(np.concatenate([first, pa[-1]]))], bins=30)
+    ax.hist(first, bins=edges, color=_BACKGROUND_COLOUR, alpha=0.6, label="first background" if pb is not None else "first analysis")
+    ax.hist(pa[-1], bins=edges, histtype="step", color=_ANALYSIS_COLOUR, lw=1.6, label=f"analysis, cycle {cycles[-1]}")
+    ax.set_xlabel("parameter value")
+    ax.set_ylabel("number of parameters")
+    ax.set_title("Distribution of the parameters", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(True, alpha=0.3)
+
+    ax = axes[2]
     if len(cycles) > 1 and not cycled:
         ax.plot(cycles[1:], _positive(np.linalg.norm(np.diff(pa, axis=0), axis=1)), color=_ANALYSIS_COLOUR, label="|p_a(c) \u2212 p_a(c\u22121)|", **mk)
     if pb is not None:
@@ -535,7 +629,7 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
     ax.set_title("Change of the parameters", fontsize=10)
 
     if pt is not None:
-        ax = axes[2]
+        ax = axes[3]
         if pb is not None:
             background(ax, _positive(np.linalg.norm(pb - pt, axis=1)))
         ax.plot(cycles, _positive(np.linalg.norm(pa - pt, axis=1)), color=_ANALYSIS_COLOUR, label="analysis", **mk)
@@ -543,9 +637,10 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         ax.set_ylabel("|p \u2212 p_true|")
         ax.set_title("Distance to the true parameters", fontsize=10)
 
-    for ax in axes:
+    for ax in (axes[0], *axes[2:]):
         _plain_log_labels(ax)
         ax.set_xlabel("cycle (assimilation window)")
+        _cycle_ticks(ax)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
         ax.grid(True, alpha=0.3)
@@ -560,16 +655,17 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "cost": plot_cost,
     "rmse": plot_rmse,
     "hovmoller": plot_hovmoller,
+    "timeseries": plot_timeseries,
     "params": plot_params,
 }
 
 
 def plot_results(dataset_or_path, output_dir) -> list[Path]:
-    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png`` and ``params.png`` to ``output_dir``.
+    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png`` and ``params.png`` to ``output_dir``.
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``) are skipped silently. Returns the paths written, in that order.
+    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently. Returns the paths written, in that order.
     """
     ds = load_results(dataset_or_path)
     output_dir = Path(output_dir)

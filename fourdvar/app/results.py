@@ -24,8 +24,10 @@ experiment and recompute the cost of any analysis (:func:`recompute_cost`).
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
-import tempfile
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +37,7 @@ import yaml
 
 from .. import __version__
 from ..cost import CostTerms, FourDVarCost
-from ..covariances import Dense, Diagonal
+from ..covariances import Dense
 from ..posterior import LowRankCovariance
 
 DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
@@ -47,8 +49,10 @@ DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name
     "obs_error_std": ("desroziers_obs_std", "Desroziers estimate of the observation error std, sqrt(d_a . d_b / m)"),
     "background_error_std": ("desroziers_background_std", "Desroziers estimate of the background error std in observation space, sqrt((d_b - d_a) . d_b / m)"),
 }
+from ..registry import registered_names_only
 
-__all__ = ["ResultRecorder", "write_atomic", "recompute_cost", "config_of", "config_text"]
+__all__ = ["ResultRecorder", "WriteError", "write_atomic", "remove_temporaries", "recompute_cost", "config_of", "config_text",
+           "window_dataset", "window_row"]
 
 
 def _rms(a: np.ndarray, axis=None) -> np.ndarray:
@@ -62,12 +66,13 @@ def _mean_std(covariance) -> float:
 class ResultRecorder:
     """Collects :class:`fourdvar.cycling.WindowOutcome` objects and builds the dataset."""
 
-    def __init__(self, experiment):
-        self.experiment = experiment
+    def __init__(self, plan):
+        self.plan = plan
         self.rows: list[dict] = []
         self.P_next = None  # the parameter covariance of the next window (written with update: posterior)
 
-    def add(self, outcome) -> None:
+    def add(self, outcome) -> dict:
+        """Record one window; returns its row."""
         result = outcome.result
         self.rows.append({
             "background": outcome.background_trajectory,
@@ -84,51 +89,15 @@ class ResultRecorder:
             "background_std": _mean_std(outcome.B),
             "params_std": _mean_std(outcome.P),
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
-            "departures": {key: getattr(outcome.departures, key) for key in DEPARTURE_VARIABLES},
+            "departures": {key: float(getattr(outcome.departures, key)) for key in DEPARTURE_VARIABLES},
         })
         self.P_next = outcome.P_next
-
-    # --- resuming ---------------------------------------------------------------------------
-
-    def restore(self, dataset: xr.Dataset) -> tuple[int, np.ndarray, np.ndarray]:
-        """Reload the completed cycles of a checkpoint; return ``(next cycle, xb, pb)``."""
-        n = int(dataset.attrs["completed_cycles"])
-        has_params = "params_analysis" in dataset
-        for c in range(n):
-            outer = []
-            for o in range(dataset.sizes["outer"]):
-                if np.isnan(dataset["J_outer"].values[c, o]):  # not run: the outer loops had converged
-                    break
-                nit = int(dataset["inner_iterations"].values[c, o])
-                row = {key: list(dataset[key].values[c, o, : nit + 1]) for key in ("J", "Jb", "Jp", "Jo", "gradient_norm")}
-                row.update(J_outer=float(dataset["J_outer"].values[c, o]), nit=nit, step_length=float(dataset["step_length"].values[c, o]))
-                outer.append(row)
-            self.rows.append({
-                "background": dataset["background"].values[c],
-                "analysis": dataset["analysis"].values[c],
-                "params_background": dataset["params_background"].values[c] if has_params else np.zeros(0),
-                "params_analysis": dataset["params_analysis"].values[c] if has_params else np.zeros(0),
-                "outer": outer,
-                "final": CostTerms(*(float(dataset[f"{k}_final"].values[c]) for k in ("Jb", "Jp", "Jo"))),
-                "background_std": float(dataset["background_std"].values[c]),
-                "params_std": float(dataset["params_std"].values[c]),
-                "rejected_cost": float(dataset["J_rejected"].values[c]) if "J_rejected" in dataset else np.nan,
-                "departures": {key: float(dataset[name].values[c]) for key, (name, _) in DEPARTURE_VARIABLES.items()},
-            })
-        if "params_covariance_next" in dataset:
-            self.P_next = Dense(dataset["params_covariance_next"].values)
-        elif "params_covariance_next_base_std" in dataset:  # limited memory: C0^1/2 (I + U diag(lam) U^T) C0^1/2
-            self.P_next = LowRankCovariance(Diagonal(dataset["params_covariance_next_base_std"].values),
-                                            dataset["params_covariance_next_vectors"].values, dataset["params_covariance_next_values"].values)
-        last = self.rows[-1]
-        carried_params = "params" in self.experiment.control
-        pb = last["params_analysis"] if carried_params else self.experiment.pb0
-        return n, last["analysis"][-1].copy(), np.array(pb, dtype=float)
+        return self.rows[-1]
 
     # --- the dataset ----------------------------------------------------------------------------
 
     def dataset(self, complete: bool) -> xr.Dataset:
-        exp = self.experiment
+        exp = self.plan
         n_cycles, L = len(self.rows), exp.n_steps
         n_outer = exp.config["assimilation"]["outer_loops"]
         n_iter = 1 + max((len(o["J"]) - 1 for row in self.rows for o in row["outer"]), default=0)
@@ -174,24 +143,24 @@ class ResultRecorder:
         for key in ("Jb", "Jp", "Jo"):
             var(f"{key}_final", ("cycle",), [getattr(r["final"], key) for r in self.rows], f"nonlinear {key} at the analysis")
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
-        for key, (name, long_name) in DEPARTURE_VARIABLES.items():
-            var(name, ("cycle",), [r["departures"][key] for r in self.rows], long_name)
         var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
+        for key, (name, long_name) in DEPARTURE_VARIABLES.items():
+            var(name, ("cycle",), [r["departures"][key] for r in self.rows], long_name)
         if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
-            for key, dims, values, long_name in [
-                ("base_std", ("param",), self.P_next.base.std, "std of the diagonal base C0"),
-                ("vectors", ("param", "rank"), self.P_next.U, "orthonormal update vectors U"),
-                ("values", ("rank",), self.P_next.lam, "update values lam"),
-            ]:
-                data[f"params_covariance_next_{key}"] = (dims, values, {"long_name": f"parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2: {long_name}", "units": "1"})
+            long_name = "parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2"
+            var("params_covariance_next_base_std", ("param",), self.P_next.base.std, f"{long_name}: std of the diagonal C0")
+            var("params_covariance_next_vectors", ("param", "rank"), self.P_next.U, f"{long_name}: orthonormal U")
+            var("params_covariance_next_values", ("rank",), self.P_next.lam, f"{long_name}: lam")
         elif exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
             matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 
-        obs = exp.observations.window(0, n_cycles * L, include_end=False)
+        at_end = exp.config["window"]["observations_at_end"]
+        obs = exp.observations.window(0, n_cycles * L, include_end=at_end)
+        obs = type(obs)(slot for slot in obs if slot.step > 0) if at_end else obs
         obs_ds = obs.to_dataset() if len(obs) else None
         if obs_ds is not None:
             for name in ("value", "step", "index", "error_std"):
@@ -219,22 +188,126 @@ class ResultRecorder:
         return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+# --- one window, as a checkpoint stores it ---------------------------------------------------------
+
+_COST_KEYS = ("J", "Jb", "Jp", "Jo", "gradient_norm")
+
+
+def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) -> xr.Dataset:
+    """One recorded window and the cycling state after it, exactly (a checkpoint file)."""
+    n_outer = len(row["outer"])
+    n_iter = max((len(o["J"]) for o in row["outer"]), default=1)
+    costs = {key: np.full((n_outer, n_iter), np.nan) for key in _COST_KEYS}
+    for o, record in enumerate(row["outer"]):
+        for key in _COST_KEYS:
+            costs[key][o, : len(record[key])] = record[key]
+    data = {
+        "background": (("step", "x"), row["background"]),
+        "analysis": (("step", "x"), row["analysis"]),
+        "params_background": (("param",), row["params_background"]),
+        "params_analysis": (("param",), row["params_analysis"]),
+        **{key: (("outer", "iteration"), costs[key]) for key in _COST_KEYS},
+        "J_outer": (("outer",), [o["J_outer"] for o in row["outer"]]),
+        "inner_iterations": (("outer",), np.array([o["nit"] for o in row["outer"]], dtype=np.int64)),
+        "step_length": (("outer",), [o["step_length"] for o in row["outer"]]),
+        "final": (("term",), [row["final"].Jb, row["final"].Jp, row["final"].Jo]),
+        "background_std": ((), row["background_std"]),
+        "params_std": ((), row["params_std"]),
+        "rejected_cost": ((), row["rejected_cost"]),
+        **{f"departures_{key}": ((), row["departures"][key]) for key in DEPARTURE_VARIABLES},
+        **state_variables,
+    }
+    return xr.Dataset(data, attrs={"cycle": cycle, "config": config, "fourdvar_version": __version__})
+
+
+def window_row(dataset: xr.Dataset) -> dict:
+    """The row of :func:`window_dataset`'s window (for :class:`ResultRecorder`)."""
+    outer = []
+    for o in range(dataset.sizes["outer"]):
+        nit = int(dataset["inner_iterations"].values[o])
+        record = {key: list(dataset[key].values[o, : nit + 1]) for key in _COST_KEYS}
+        record.update(J_outer=float(dataset["J_outer"].values[o]), nit=nit, step_length=float(dataset["step_length"].values[o]))
+        outer.append(record)
+    return {
+        "background": dataset["background"].values,
+        "analysis": dataset["analysis"].values,
+        "params_background": dataset["params_background"].values,
+        "params_analysis": dataset["params_analysis"].values,
+        "outer": outer,
+        "final": CostTerms(*(float(v) for v in dataset["final"].values)),
+        "background_std": float(dataset["background_std"].values),
+        "params_std": float(dataset["params_std"].values),
+        "rejected_cost": float(dataset["rejected_cost"].values),
+        "departures": {key: float(dataset[f"departures_{key}"].values) for key in DEPARTURE_VARIABLES},
+    }
+
+
+# --- writing files -----------------------------------------------------------------------------------
+
+
+class WriteError(OSError):
+    """A file could not be written; ``str()`` is one line naming the path and why."""
+
+
+def temporary_name(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` for writing it atomically (``.NAME.XXXXXXXX.tmp``)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def remove_temporaries(path: Path) -> list[Path]:
+    """Delete what killed writers of ``path`` left behind (its ``.NAME.*.tmp`` files)."""
+    removed = []
+    if path.parent.is_dir():
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if len(leftover.name) == len(path.name) + 14:  # ".", name, ".", 8 hex digits, ".tmp"
+                leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+    return removed
+
+
 def write_atomic(dataset: xr.Dataset, path: str | Path) -> Path:
     """Write NetCDF to a temporary file beside ``path``, then rename it into place.
 
-    A crash leaves either the old file or the new one, never half a file.
+    A crash leaves either the old file or the new one, never half a file.  The file
+    is created with the mode the umask gives; a failed write (a full disk, say) is a
+    :class:`WriteError` naming the path, the space needed and the space free.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = temporary_name(path)
     try:
         dataset.to_netcdf(temporary, engine="netcdf4")
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:
+        temporary.unlink(missing_ok=True)
+        raise _write_error(path, dataset, error) from None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_error(path: Path, dataset: xr.Dataset, error: Exception) -> WriteError:
+    needed = dataset.nbytes
+    try:
+        status = os.statvfs(path.parent)
+        free = status.f_bavail * status.f_frsize
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed + (1 << 16))
+    if full:
+        space = f"needs about {_size(needed)}, {_size(free) if free is not None else 'unknown'} free"
+        return WriteError(errno.ENOSPC, f"cannot write {path}: no space left on the device ({space})")
+    reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200]
+    return WriteError(getattr(error, "errno", None) or errno.EIO, f"cannot write {path}: {reason}")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def config_text(config: dict) -> str:
@@ -247,23 +320,31 @@ def config_of(dataset: xr.Dataset) -> dict:
     return yaml.safe_load(dataset.attrs["config"])
 
 
-def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = "."):
-    """Rebuild the experiment from the file's configuration and evaluate the nonlinear
+def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", allow_imports: bool = False):
+    """Rebuild the plan from the file's configuration and evaluate the nonlinear
     cost of the stored analysis of ``cycle``; returns :class:`fourdvar.cost.CostTerms`.
 
     Uses only the file: the configuration (with its seed) regenerates the truth and
     the observations; the background, the covariances and the analysis are read back.
+    The configuration names the classes to build; only registered and installed
+    names are built unless ``allow_imports`` (a file from someone you trust whose
+    configuration names ``module:Class``).
     """
-    from .experiment import Experiment  # the experiment layer builds on this module
+    from .plan import Plan
 
-    experiment = Experiment(config_of(dataset), base_dir=base_dir)
+    config = config_of(dataset)
+    if allow_imports:
+        plan = Plan.from_config(config, base_dir=base_dir)
+    else:
+        with registered_names_only():
+            plan = Plan.from_config(config, base_dir=base_dir)
     row = dataset.isel(cycle=cycle)
     xb = row["background"].values[0]
-    pb = row["params_background"].values if "params_background" in dataset else experiment.pb0
-    B = experiment.B0.with_std(float(row["background_std"]))
-    P = experiment.params_policy(cycle, experiment.P0) if "params" in experiment.control else None
-    slots = experiment.observations.window(cycle * experiment.n_steps, experiment.n_steps, include_end=False)
-    cost = FourDVarCost(experiment.model, slots, xb, B=B, pb=pb, P=P, n_steps=experiment.n_steps)
+    pb = row["params_background"].values if "params_background" in dataset else plan.pb0
+    B = plan.B0.with_std(float(row["background_std"]))
+    P = plan.params_policy(cycle, plan.P0) if "params" in plan.control else None
+    slots = plan.window_slots(cycle)
+    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps)
     x0 = row["analysis"].values[0]
-    p = row["params_analysis"].values if "params_analysis" in dataset else experiment.pb0
+    p = row["params_analysis"].values if "params_analysis" in dataset else plan.pb0
     return cost.evaluate(x0, p)

@@ -1,0 +1,124 @@
+"""The checkpoint of a run: one file per completed window, and the lock on the output.
+
+For the output ``DIR/NAME.nc`` the checkpoint is the directory
+``DIR/NAME.checkpoint/`` holding ``cycle_000000.nc``, ``cycle_000001.nc``, ...: each
+the window's record and the cycling state after it
+(:func:`fourdvar.app.results.window_dataset`), written atomically once.  Saving a
+window therefore costs the same at the 500th window as at the 10th.
+
+While a run holds the checkpoint it holds an exclusive ``flock`` on the directory:
+a second run on the same output is refused, and the kernel releases the lock when
+the first one ends, however it ends.  On acquiring it a run removes what killed
+runs left behind (temporary files), and ``--resume`` continues from the windows
+there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from pathlib import Path
+
+import xarray as xr
+
+from .results import remove_temporaries, window_dataset, window_row, write_atomic
+
+__all__ = ["Checkpoint", "CheckpointError", "checkpoint_directory"]
+
+_WINDOW = re.compile(r"cycle_(\d{6})\.nc")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; ``str()`` is one line."""
+
+
+def checkpoint_directory(output: Path) -> Path:
+    return output.with_name(output.stem + ".checkpoint")
+
+
+class Checkpoint:
+    """The per-window checkpoint of the run writing ``output``."""
+
+    def __init__(self, output: Path):
+        self.output = Path(output)
+        self.directory = checkpoint_directory(self.output)
+        self._lock: int | None = None
+
+    # --- the lock -----------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Create the directory if needed and lock it; clean up after killed runs."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise CheckpointError(
+                f"another fourdvar run is writing {self.output} (it holds {self.directory}); wait for it or choose another output"
+            ) from None
+        if os.fstat(descriptor).st_ino != os.stat(self.directory).st_ino:  # removed by the run that just finished
+            os.close(descriptor)
+            return self.acquire()
+        self._lock = descriptor
+        for leftover in self.directory.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        remove_temporaries(self.output)
+
+    def release(self) -> None:
+        """Unlock; an empty checkpoint directory is removed."""
+        if self._lock is None:
+            return
+        try:
+            if not any(self.directory.iterdir()):
+                self.directory.rmdir()
+        except OSError:
+            pass
+        os.close(self._lock)
+        self._lock = None
+
+    # --- windows ----------------------------------------------------------------------------------
+
+    def window_files(self) -> list[Path]:
+        """The completed windows' files, in cycle order; they must be cycles 0, 1, 2, ..."""
+        files = sorted(path for path in self.directory.glob("cycle_*.nc") if _WINDOW.fullmatch(path.name))
+        for expected, path in enumerate(files):
+            if int(_WINDOW.fullmatch(path.name).group(1)) != expected:
+                raise CheckpointError(f"{self.directory}: window files are not consecutive (no cycle_{expected:06d}.nc); remove the directory or drop --resume")
+        return files
+
+    def save(self, row: dict, state_variables: dict, cycle: int, config: str) -> None:
+        write_atomic(window_dataset(row, cycle, state_variables, config), self.directory / f"cycle_{cycle:06d}.nc")
+
+    def load(self, config: str) -> list[tuple[dict, xr.Dataset]]:
+        """The completed windows as ``(row, dataset)``, each checked to come from ``config``."""
+        windows = []
+        for path in self.window_files():
+            try:
+                dataset = xr.load_dataset(path, engine="netcdf4")
+                row = window_row(dataset)
+            except Exception as error:  # a damaged or hand-edited file, whatever it breaks
+                raise CheckpointError(f"{path}: not a readable checkpoint window ({_cut(error)}); remove {self.directory} or drop --resume") from None
+            if dataset.attrs.get("config") != config:
+                raise CheckpointError(f"--resume: {self.directory} was written by a different configuration; remove it or drop --resume")
+            windows.append((row, dataset))
+        return windows
+
+    def clear(self) -> None:
+        """Forget the windows of an earlier run (a fresh start)."""
+        for path in self.window_files_unchecked():
+            path.unlink(missing_ok=True)
+
+    def window_files_unchecked(self) -> list[Path]:
+        return [path for path in self.directory.glob("cycle_*.nc") if _WINDOW.fullmatch(path.name)]
+
+    def remove(self) -> None:
+        """The run is complete: delete the windows and the directory."""
+        self.clear()
+        self.release()
+
+
+def _cut(error: Exception, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,482 @@
+"""A plan: everything a resolved configuration describes, built and checked in full
+before any cycle runs.
+
+:meth:`Plan.from_config` turns the configuration into objects, through the registry
+and the engine's public API only: the forecast model, the truth run and its
+observations (or an observation file), the backgrounds and covariances, one plan
+per comparison run (on the same truth and observations), the diagnostics'
+requirements and the output target.  Any problem is a :class:`ConfigError`,
+raised before anything is computed or written; ``fourdvar check`` and
+``fourdvar run`` build the same plan.  Running it is :func:`fourdvar.app.run.execute`.
+
+Every random draw comes from a stream derived from ``seed`` and its purpose, so
+the same configuration and seed give the same numbers, and a resumed run the
+same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..cost import FourDVarCost
+from ..covariances import Diagonal, PeriodicCorrelation
+from ..registry import RegistryError, build_model, build_operator, observation_set_class
+from ..window import DivergenceError, forecast
+from .config import FIT_KEYS, STD_RANGE, ConfigError, comparison_config, short
+
+__all__ = ["Plan", "Comparison", "build_component", "check_output", "MAX_COST", "MEMORY_FRACTION"]
+
+# independent random streams, one per purpose
+_TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS = range(5)
+
+#: The cost at the first background beyond which the problem has no meaning in float64:
+#: an O(1) change of J would be below its rounding error (J * 1e-16) long before this.
+MAX_COST = 1e20
+#: A plan whose arrays would take more than this fraction of the machine's memory is refused.
+MEMORY_FRACTION = 0.5
+
+
+def build_component(spec: dict, path: str, builder=build_model, **extra):
+    """Build a model/operator from its mapping; any failure becomes a :class:`ConfigError` at ``path``."""
+    options = {key: value for key, value in spec.items() if key not in ("params", "params_from")}
+    try:
+        return builder({**options, **extra})
+    except RegistryError as error:
+        raise ConfigError(f"{path}.type: {_cut(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    except Exception as error:  # a constructor refusing its arguments, whatever it raises
+        raise ConfigError(f"{path}: {_cut(error)}") from None
+
+
+def _cut(error: Exception, limit: int = 300) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Another 4D-Var run on the plan's truth and observations."""
+
+    name: str
+    plan: "Plan"
+    fit_correction: dict | None  # options of the offline fit of the model's correction, or None
+
+
+class Plan:
+    """Everything one configuration describes, built and cross-checked; nothing run yet.
+
+    Build it with :meth:`from_config`.  Attributes: ``config`` (resolved), ``model``,
+    ``control``, ``n_steps``, ``n_cycles``, ``truth`` (``None`` with an observation
+    file), ``observations``, ``xb0``, ``pb0``, ``B0``, ``P0``, ``forecast_steps``
+    (length of the skill forecasts, 0 without), ``comparisons`` and ``output``.
+    """
+
+    @classmethod
+    def from_config(cls, config: dict, base_dir: str | Path = ".", output: str | Path | None = None,
+                    inputs: tuple = (), shared: "Plan | None" = None) -> "Plan":
+        """The plan of a resolved configuration.
+
+        ``output``: the result file, checked (not written) against ``inputs`` (the
+        configuration file) and every file the plan reads.  ``shared``: a plan whose
+        truth run and observations this one reuses (a comparison run on the same data).
+        """
+        base_dir = Path(base_dir)
+        if output is not None:
+            output = check_output(output, [*inputs, *cls.declared_inputs(config, base_dir)])
+        plan = cls.__new__(cls)
+        plan._build(config, base_dir, shared)
+        plan.output = output
+        return plan
+
+    @staticmethod
+    def declared_inputs(config: dict, base_dir: str | Path = ".") -> list[Path]:
+        """Every file the configuration reads (observation file, ``params_from``, its
+        comparison runs' included), without reading any."""
+        base_dir = Path(base_dir)
+        files = [config["observations"]["file"], config["model"].get("params_from")]
+        files += [entry.get("model", {}).get("params_from") for entry in config["compare"] if isinstance(entry.get("model"), dict)]
+        return [base_dir / name for name in files if isinstance(name, str) and name]
+
+    def _build(self, config: dict, base_dir: Path, shared: "Plan | None") -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.seed = config["seed"]
+        self.n_steps = config["window"]["steps"]
+        self.n_cycles = config["window"]["cycles"]
+        self.model = build_component(config["model"], "model")
+        self.control = config["assimilation"]["control"]
+        if "params" in self.control and self.model.n_params == 0:
+            raise ConfigError(f"assimilation.control: 'params' is in the control but the model {self.model!r} has no parameters")
+        self.pb0 = self._initial_params()
+        self.from_file = config["observations"]["file"] is not None
+        self.forecast_steps = self._forecast_steps()
+        self._check_memory()
+        if shared is not None:
+            self.truth, self.observations = shared.truth, shared.observations
+        else:
+            self.truth = None if self.from_file else self._truth_run()
+            self.observations = self._read_observations() if self.from_file else self._generate_observations()
+        self.B0 = self._state_covariance(config["background"]["state"]["error_std"])
+        self.P0 = self._params_covariance() if self.model.n_params else None
+        self.xb0 = self._initial_background()
+        self._check_cost()
+        self.comparisons = tuple(self._comparison(entry) for entry in config["compare"])
+
+    # --- building -------------------------------------------------------------------------
+
+    def rng(self, purpose: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, purpose])
+
+    def path(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.base_dir / path
+
+    def with_initial_params(self, pb0: np.ndarray, **attributes) -> "Plan":
+        """A copy of the plan starting from the parameters ``pb0`` (and with ``attributes`` set)."""
+        plan = copy.copy(self)
+        plan.pb0 = np.asarray(pb0, dtype=float)
+        plan.__dict__.update(attributes)
+        return plan
+
+    def _initial_params(self) -> np.ndarray:
+        spec = self.config["model"]
+        n = self.model.n_params
+        if "params" in spec and "params_from" in spec:
+            raise ConfigError("model: give either 'params' or 'params_from', not both")
+        if "params_from" in spec:
+            if not isinstance(spec["params_from"], str) or not spec["params_from"]:
+                raise ConfigError(f"model.params_from: expected the path of a result file, got {short(spec['params_from'])}")
+            p = _params_from_result(self.path(spec["params_from"]), "model.params_from")
+        elif "params" in spec:
+            p = _finite_vector(spec["params"], "model.params")
+        else:
+            return self.model.init_params(self.rng(_MODEL_PARAMS))
+        if p.shape != (n,):
+            raise ConfigError(f"model.params: the model has {n} parameters, got {p.size}")
+        return p
+
+    def _check_memory(self) -> None:
+        """Refuse a plan whose truth run and result arrays would not fit in memory."""
+        spec, n = self.config["truth"], self.model.n_state
+        n_truth = 0
+        if not self.from_file:
+            self._truth_model = build_component(spec["model"], "truth.model")
+            n_truth = self._truth_model.n_state
+        steps = self.n_cycles * self.n_steps
+        inner = self.config["assimilation"]["inner"]["max_iterations"] + 1
+        needed = 8 * (
+            (steps + self.forecast_steps) * spec["substeps"] * n_truth  # the truth run
+            + 3 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
+            + 5 * self.n_cycles * self.config["assimilation"]["outer_loops"] * inner  # cost per inner iteration
+        )
+        available = MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if needed > available:
+            raise ConfigError(
+                f"window.cycles: {self.n_cycles} windows of {self.n_steps} steps need about {needed / 2**30:.3g} GiB "
+                f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
+            )
+
+    def window_slots(self, c: int):
+        """The observations of window ``c``, steps from its start: ``[start, start + L)``, or
+        ``(start, start + L]`` with ``window.observations_at_end``."""
+        at_end = self.config["window"]["observations_at_end"]
+        slots = self.observations.window(c * self.n_steps, self.n_steps, include_end=at_end)
+        return type(slots)(slot for slot in slots if slot.step > 0) if at_end else slots
+
+    def _check_cost(self) -> None:
+        """Refuse values that make the cost meaningless: J at the first background must be
+        finite and below :data:`MAX_COST`."""
+        slots = self.window_slots(0)
+        if not len(slots):
+            return
+        P = self.P0 if "params" in self.control else None
+        cost = FourDVarCost(self.model, slots, self.xb0, B=self.B0, pb=self.pb0, P=P, n_steps=self.n_steps)
+        try:
+            with np.errstate(all="ignore"):
+                J = cost.evaluate(self.xb0, self.pb0).J
+        except DivergenceError:
+            return  # the model diverges from this background: the run says where
+        if not (math.isfinite(J) and J <= MAX_COST):
+            raise ConfigError(
+                f"observations: the cost J at the first background is {J:.3g} (at most {MAX_COST:g} has a meaning "
+                "in float64); check the observation values, their error_std and the background"
+            )
+
+    def _comparison(self, entry: dict) -> Comparison:
+        name = entry["name"]
+        try:
+            plan = Plan.from_config(comparison_config(self.config, entry), self.base_dir, shared=self)
+            fit = {**FIT_KEYS, **entry["fit_correction"]} if "fit_correction" in entry else None
+            if fit is not None:
+                self._check_fit(plan.model)
+            if self.forecast_steps and getattr(plan.model, "dt", None) is None:
+                raise ConfigError(f"model: {plan.model!r} has no time step 'dt' for the forecast skill (diagnostics.forecast_skill)")
+        except ConfigError as error:
+            raise ConfigError(f"compare[{name}]: {error}") from None
+        return Comparison(name, plan, fit)
+
+    def _check_fit(self, model) -> None:
+        if self.truth is None or not hasattr(self.truth["model"], "unresolved_tendency"):
+            raise ConfigError("fit_correction: the truth model has no 'unresolved_tendency' to fit to")
+        correction = getattr(model, "correction", None)
+        if correction is None or not hasattr(correction, "tendency"):
+            raise ConfigError("fit_correction: the model has no 'correction' with a 'tendency' (use a hybrid with a local_mlp)")
+
+    def _truth_run(self) -> dict:
+        spec = self.config["truth"]
+        model = self._truth_model
+        if spec["params"] is not None:
+            params = np.atleast_1d(np.asarray(spec["params"], dtype=float))
+            if params.shape != (model.n_params,):
+                raise ConfigError(f"truth.params: the truth model has {model.n_params} parameters, got {params.size}")
+        else:
+            params = model.init_params(self.rng(_TRUTH_PARAMS))
+        state_slice = slice(*spec["state_slice"]) if spec["state_slice"] else slice(None)
+        n_represented = len(range(model.n_state)[state_slice])
+        if n_represented != self.model.n_state:
+            raise ConfigError(
+                f"truth.model: its state ({model.n_state} values, {n_represented} after truth.state_slice) "
+                f"does not match the forecast model's n_state = {self.model.n_state}"
+            )
+        rng = self.rng(_TRUTH_STATE)
+        x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
+        substeps = spec["substeps"]
+        try:
+            x = forecast(model, x, params, spec["spinup_steps"] * substeps, context="truth spin-up")[-1]
+            # the forecasts of the skill diagnostics run past the last window
+            full = forecast(model, x, params, (self.n_cycles * self.n_steps + self.forecast_steps) * substeps, context="truth run")[::substeps]
+        except DivergenceError as error:
+            raise ConfigError(f"truth: {error}") from None
+        same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
+        return {
+            "model": model, "params": params if same_model else None, "trajectory": full[:, state_slice],
+            "state_slice": state_slice, "last_full_state": full[-1], "model_params": params,
+        }
+
+    def _forecast_steps(self) -> int:
+        diagnostics = self.config["diagnostics"]
+        if not diagnostics["forecast_skill"]:
+            return 0
+        if self.from_file:
+            raise ConfigError("diagnostics.forecast_skill: needs a truth run, but the observations come from a file")
+        dt = getattr(self.model, "dt", None)
+        if dt is None:
+            raise ConfigError(f"diagnostics.forecast_skill: the model {self.model!r} has no time step 'dt' to convert steps to Lyapunov times")
+        return int(np.ceil(diagnostics["forecast_lyapunov_times"] * diagnostics["lyapunov_time"] / dt))
+
+    def _operator_specs(self) -> list[dict]:
+        specs = self.config["observations"]["operator"]
+        return specs if isinstance(specs, list) else [specs]
+
+    def _generate_observations(self):
+        obs_config = self.config["observations"]
+        n = self.model.n_state
+        specs = self._operator_specs()
+        operators = [
+            build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n)
+            for i, spec in enumerate(specs)
+        ]
+        last = self.n_cycles * self.n_steps + (1 if self.config["window"]["observations_at_end"] else 0)
+        steps = list(range(obs_config["offset"], last, obs_config["every"]))
+        position = {step: i for i, step in enumerate(steps)}
+        return observation_set_class().synthetic(
+            self.truth["trajectory"], steps, lambda step: operators[position[step] % len(operators)],
+            obs_config["error_std"], self.rng(_OBSERVATIONS),
+        )
+
+    def _read_observations(self):
+        path = self.path(self.config["observations"]["file"])
+        try:
+            observations = observation_set_class().from_netcdf(path, n_state=self.model.n_state)
+        except FileNotFoundError:
+            raise ConfigError(f"observations.file: {path}: no such file") from None
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"observations.file: {error}") from None
+        low, high = STD_RANGE
+        for slot in observations:
+            std = np.asarray(getattr(slot.covariance, "std", 1.0))
+            if not np.all((std >= low) & (std <= high)):
+                raise ConfigError(f"observations.file: {path}: an error_std at step {slot.step} lies outside [{low:g}, {high:g}] (1/std^2 would lose its meaning)")
+        last = self.n_cycles * self.n_steps
+        if len(observations) and observations.steps[-1] >= last:
+            raise ConfigError(f"observations.file: {path}: step {observations.steps[-1]} lies beyond the {self.n_cycles} windows of {self.n_steps} steps")
+        return observations
+
+    def _state_covariance(self, std):
+        correlation = self.config["background"]["state"]["correlation"]
+        n = self.model.n_state
+        if correlation["type"] is None:
+            return Diagonal(std, size=n)
+        try:
+            return PeriodicCorrelation(n, correlation["length_scale"], std=std, shape=correlation["type"])
+        except ValueError as error:
+            raise ConfigError(f"background.state.correlation: {error}") from None
+
+    def _params_covariance(self):
+        std = np.asarray(self.config["background"]["params"]["error_std"], dtype=float)
+        n = self.model.n_params
+        if std.ndim == 1 and std.shape != (n,):
+            raise ConfigError(f"background.params.error_std: the model has {n} parameters, got {std.size} values")
+        return Diagonal(np.broadcast_to(std, (n,)).copy())
+
+    def _initial_background(self) -> np.ndarray:
+        choice = self.config["background"]["state"]["initial"]
+        if choice == "free_run":
+            return self._free_run()
+        if self.truth is None:
+            raise ConfigError(
+                f"background.state.initial: '{choice}' needs a truth run, but the observations come from a file "
+                "(observations.file); use 'free_run'"
+            )
+        truth = self.truth["trajectory"]
+        if choice == "truth_mean":
+            return np.full(self.model.n_state, truth[: self.n_cycles * self.n_steps + 1].mean())
+        return truth[0] + self.B0.sample(self.rng(_BACKGROUND))
+
+    def _free_run(self) -> np.ndarray:
+        """A state of the forecast model's own climate: a spun-up run from a random state."""
+        spec = self.config["truth"]
+        rng = self.rng(_BACKGROUND)
+        x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(self.model.n_state)
+        try:
+            return forecast(self.model, x, self.pb0, spec["spinup_steps"], context="background free run")[-1]
+        except DivergenceError as error:
+            raise ConfigError(f"background.state.initial: {error}") from None
+
+    # --- policies ---------------------------------------------------------------------------------
+
+    def params_policy(self, c: int, P):
+        config = self.config["background"]["params"]
+        std0 = np.broadcast_to(np.asarray(config["error_std"], dtype=float), (self.model.n_params,))
+        return P.with_std(np.maximum(std0 * config["decay"] ** c, config["floor"]) if config["floor"] > 0 else std0 * config["decay"] ** c)
+
+    def background_policy(self, c: int, xb: np.ndarray, pb: np.ndarray, slots, B):
+        """Adaptive B: the error variance from the innovations at the window's first
+        observed step, ``sigma_b^2 = mean(d^2) - mean(sigma_o^2)``, blended with the
+        previous variance with weight ``adaptive_weight`` and clipped to the bounds."""
+        state = self.config["background"]["state"]
+        if not state["adaptive"] or not len(slots):
+            return B
+        first = min(slots, key=lambda slot: slot.step)
+        x_first = forecast(self.model, xb, pb, first.step, context=f"cycle {c}, adaptive B")[-1]
+        d = first.values - first.operator.apply(x_first)
+        estimate = max(float(np.mean(d**2) - np.mean(first.covariance.std**2)), 0.0)
+        weight = state["adaptive_weight"] if c > 0 else 1.0
+        variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
+        std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
+        return B.with_std(std)
+
+def _finite_vector(value, key: str) -> np.ndarray:
+    try:
+        vector = np.atleast_1d(np.asarray(value, dtype=float))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number or a list of numbers, got {short(value)}") from None
+    if vector.ndim != 1:
+        raise ConfigError(f"{key}: expected a flat list of numbers, got {short(value)}")
+    if not np.all(np.isfinite(vector)):
+        raise ConfigError(f"{key}: expected finite numbers, got {short(value)}")
+    return vector
+
+
+def _params_from_result(path: Path, key: str) -> np.ndarray:
+    """The analysed parameters of the last cycle of a result file (only that variable is read)."""
+    import xarray as xr
+
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path}: no such file" if not path.exists() else f"{key}: {path}: not a file")
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            if "params_analysis" not in ds or "cycle" not in ds["params_analysis"].dims or not ds.sizes["cycle"]:
+                raise ConfigError(f"{key}: {path} has no variable 'params_analysis' over cycles (not a result file with parameters)")
+            p = ds["params_analysis"].isel(cycle=-1).values.astype(float)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise ConfigError(f"{key}: {path}: not a readable result file ({_cut(error, 120)})") from None
+    return _finite_vector(p, key)
+
+
+# --- the output target --------------------------------------------------------------------------------
+
+#: Where results never belong: kernel and device file systems.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+#: Characters the output name must leave for the names derived from it (checkpoints, temporaries).
+_DERIVED_SUFFIX = len(".checkpoint") + len("..XXXXXXXX.tmp") + 2
+
+
+def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
+    """``(path, absolute path, its short form)`` if ``text`` names a place to write at all."""
+    if not text.strip():
+        raise ConfigError(f"{what}: the path is empty")
+    if "\0" in text:
+        raise ConfigError(f"{what}: the path contains a NUL character")
+    path = Path(text)
+    absolute = Path(os.path.abspath(path))
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if any(absolute == Path(tree) or Path(tree) in absolute.parents for tree in _SYSTEM_TREES):
+        raise ConfigError(f"{what}: {shown} lies under {absolute.parts[0]}{absolute.parts[1]}, a system tree, not a place for results")
+    return path, absolute, shown
+
+
+def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:
+    """The nearest existing ancestor of ``absolute``: it must be a writable directory."""
+    directory = absolute.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise ConfigError(f"{what}: cannot write {shown}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: cannot write {shown}: directory {directory} is not writable")
+    return directory
+
+
+def check_directory(path: Path | str, what: str = "output") -> Path:
+    """``path`` if figures can be written into it (it may not exist yet)."""
+    path, absolute, shown = _check_path(os.fspath(path), what)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{what}: {shown} is a dangling symbolic link")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: {shown} exists and is not a directory")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: directory {shown} is not writable")
+    _writable_ancestor(absolute, shown, what)
+    return path
+
+
+def check_output(path: Path | str, inputs=(), what: str = "output") -> Path:
+    """``path`` if a result can be written there without harming anything; a
+    :class:`ConfigError` saying why not otherwise.  Nothing is created."""
+    path, absolute, shown = _check_path(os.fspath(path), what)
+    directory = absolute.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    name_max = os.pathconf(directory, "PC_NAME_MAX") if directory.is_dir() else 255
+    path_max = os.pathconf(directory, "PC_PATH_MAX") if directory.is_dir() else 4096
+    too_long = next((part for part in absolute.parts if len(part.encode()) > name_max), None)
+    if too_long is not None or len(absolute.name.encode()) > name_max - _DERIVED_SUFFIX:
+        raise ConfigError(f"{what}: {shown}: a file name is too long ({len((too_long or absolute.name).encode())} bytes; at most {name_max - _DERIVED_SUFFIX} here)")
+    if len(os.fsencode(absolute)) > path_max - _DERIVED_SUFFIX:
+        raise ConfigError(f"{what}: {shown}: the path is too long ({len(os.fsencode(absolute))} bytes)")
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{what}: {shown} is a dangling symbolic link (to {short(os.readlink(path), 80)})")
+    if path.exists():
+        if path.is_dir():
+            raise ConfigError(f"{what}: {shown} is a directory; give a file name")
+        if not path.is_file():
+            raise ConfigError(f"{what}: {shown} exists and is not a regular file")
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{what}: {shown} exists and is read-only")
+    _writable_ancestor(absolute, shown, what)
+    real = os.path.realpath(absolute)
+    for source in inputs:
+        if source is not None and os.path.realpath(source) == real:
+            raise ConfigError(f"{what}: {shown} is an input of this run ({os.fspath(source)[:80]}); it would be overwritten")
+    checkpoint = absolute.with_name(absolute.stem + ".checkpoint")
+    if checkpoint.exists() and not checkpoint.is_dir():
+        raise ConfigError(f"{what}: {shown}: its checkpoint {checkpoint.name} exists and is not a directory")
+    return path

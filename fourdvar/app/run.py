@@ -1,0 +1,169 @@
+"""Running a plan: the cycled windows, the comparison runs, the diagnostics.
+
+:func:`execute` runs one :class:`~fourdvar.app.plan.Plan` from its first window
+(or from a checkpoint) to its result dataset.  Everything a window hands to the
+next is one :class:`CyclingState` (``xb``, ``pb``, ``B``, ``P``), saved with each
+window in the checkpoint and restored as one, so a resumed run computes the same
+numbers as an uninterrupted one.  Comparison runs are independent executions of
+their own plans; the diagnostics are functions of the result datasets
+(:mod:`fourdvar.app.diagnostics`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+
+from ..covariances import Dense, Diagonal
+from ..posterior import LowRankCovariance
+from ..cycling import WindowOutcome, cycle
+from ..window import DivergenceError, forecast
+from .diagnostics import comparison_variables, headlines
+from .fitting import fit_tendency
+from .plan import Plan
+from .results import ResultRecorder
+
+__all__ = ["CyclingState", "execute", "RunDiverged"]
+
+
+class RunDiverged(DivergenceError):
+    """A forecast diverged during a run; the message names the cycle."""
+
+
+@dataclass(frozen=True)
+class CyclingState:
+    """What cycle ``cycle`` starts from: the background ``(xb, pb)`` and the covariances
+    ``B``, ``P`` the policies build on."""
+
+    cycle: int
+    xb: np.ndarray
+    pb: np.ndarray
+    B: object
+    P: object
+
+    @classmethod
+    def initial(cls, plan: Plan) -> "CyclingState":
+        return cls(0, plan.xb0, plan.pb0, plan.B0, plan.P0)
+
+    @classmethod
+    def after(cls, outcome: WindowOutcome, plan: Plan) -> "CyclingState":
+        """The state after ``outcome``'s window, as :func:`fourdvar.cycling.cycle` carries it."""
+        pb = outcome.p if "params" in plan.control else outcome.pb
+        return cls(outcome.cycle + 1, outcome.analysis_trajectory[-1].copy(), np.array(pb, dtype=float), outcome.B, outcome.P_next)
+
+    def variables(self) -> dict:
+        """The state as NetCDF variables (``state_*``), exactly: stds and matrices, not summaries."""
+        data = {"state_xb": (("x",), self.xb), "state_pb": (("param",), self.pb), "state_B_std": (("x",), np.broadcast_to(self.B.std, self.xb.shape))}
+        if isinstance(self.P, Dense):
+            data["state_P"] = (("param", "param_"), self.P.matrix)
+        elif isinstance(self.P, LowRankCovariance):  # limited memory: C0^1/2 (I + U diag(lam) U^T) C0^1/2, C0 diagonal
+            data.update(state_P_base_std=(("param",), self.P.base.std), state_P_vectors=(("param", "rank"), self.P.U),
+                        state_P_values=(("rank",), self.P.lam))
+        elif self.P is not None:
+            data["state_P_std"] = (("param",), np.broadcast_to(self.P.std, self.pb.shape))
+        return data
+
+    @classmethod
+    def from_dataset(cls, dataset: xr.Dataset, plan: Plan) -> "CyclingState":
+        B = plan.B0.with_std(dataset["state_B_std"].values) if plan.config["background"]["state"]["adaptive"] else plan.B0
+        if "state_P" in dataset:
+            P = Dense(dataset["state_P"].values)
+        elif "state_P_base_std" in dataset:
+            P = LowRankCovariance(Diagonal(dataset["state_P_base_std"].values), dataset["state_P_vectors"].values, dataset["state_P_values"].values)
+        elif "state_P_std" in dataset:
+            P = Diagonal(dataset["state_P_std"].values)
+        else:
+            P = None
+        pb = dataset["state_pb"].values if "state_pb" in dataset else np.zeros(0)
+        return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P)
+
+
+def execute(
+    plan: Plan,
+    resume: tuple[list[dict], CyclingState] | None = None,
+    on_window: Callable[[dict, CyclingState], None] | None = None,
+    progress: Callable[[WindowOutcome, ResultRecorder], None] | None = None,
+    message: Callable[[str], None] | None = None,
+) -> xr.Dataset:
+    """Run ``plan`` and return its result dataset.
+
+    ``resume``: the recorded windows and the state after them (from a checkpoint).
+    ``on_window(row, state)`` after each window (the checkpoint); ``progress(outcome,
+    recorder)`` then.  ``message``: where to say which comparison run starts.
+    Floating-point warnings are silenced; a divergence raises :class:`RunDiverged`
+    naming the cycle.
+    """
+    started = time.perf_counter()
+    with np.errstate(all="ignore"):
+        dataset = _cycles(plan, resume, on_window, progress)
+        results = {}
+        for comparison in plan.comparisons:
+            if message:
+                message(f"comparison run '{comparison.name}'")
+            other = comparison.plan
+            if comparison.fit_correction is not None:
+                other = _with_fitted_correction(plan, other, comparison)
+            results[comparison.name] = (other, _cycles(other, None, None, None))
+            dataset = dataset.assign(comparison_variables(comparison.name, results[comparison.name][1]))
+            dataset.attrs[f"model_{comparison.name}"] = repr(other.model)
+            if comparison.fit_correction is not None:
+                dataset.attrs[f"fit_loss_{comparison.name}"] = other.fit_loss
+        dataset.attrs.update({f"headline_{key}": round(value, 6) for key, value in headlines(plan, dataset, results).items()})
+    dataset.attrs["run_seconds"] = round(time.perf_counter() - started, 3)
+    return dataset
+
+
+def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
+    recorder = ResultRecorder(plan)
+    state = CyclingState.initial(plan)
+    if resume is not None:
+        rows, state = resume
+        recorder.rows.extend(rows)
+        recorder.P_next = state.P
+    posterior = plan.config["background"]["params"]["update"] == "posterior" and "params" in plan.control
+    assimilation = plan.config["assimilation"]
+    inner = assimilation["inner"]
+    windows = (plan.window_slots(c) for c in range(state.cycle, plan.n_cycles))
+    outcomes = cycle(
+        plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
+        start_cycle=state.cycle, background_policy=plan.background_policy,
+        params_policy=None if posterior else plan.params_policy,
+        params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
+        outer_loops=assimilation["outer_loops"], method=inner["method"], max_iterations=inner["max_iterations"],
+        gradient_reduction=inner["gradient_reduction"], transform=assimilation["transform"],
+        backtracking=assimilation["backtracking"], max_cost_per_obs=assimilation["max_cost_per_obs"],
+        tolerance=assimilation["tolerance"], preconditioner=assimilation["preconditioner"],
+        posterior_rank=assimilation["posterior_rank"], quasi_static_steps=assimilation["quasi_static_steps"],
+    )
+    current = state.cycle
+    try:
+        for outcome in outcomes:
+            row = recorder.add(outcome)
+            state = CyclingState.after(outcome, plan)
+            if on_window is not None:
+                on_window(row, state)
+            if progress is not None:
+                progress(outcome, recorder)
+            current = state.cycle
+    except DivergenceError as error:
+        text = str(error)
+        raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None
+    return recorder.dataset(complete=True)
+
+
+def _with_fitted_correction(plan: Plan, other: Plan, comparison) -> Plan:
+    """``other`` with its correction's parameters fitted offline to the truth model's
+    unresolved tendency, on a stretch of truth after the experiment."""
+    options, truth, model = comparison.fit_correction, plan.truth, other.model
+    substeps = plan.config["truth"]["substeps"]
+    full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], options["samples"] * options["spacing"] * substeps)
+    samples = full[:: options["spacing"] * substeps][1:]
+    states = samples[:, truth["state_slice"]]
+    targets = np.array([truth["model"].unresolved_tendency(x) for x in samples])
+    n_phys = model.n_params - model.correction.n_params
+    p_corr, loss = fit_tendency(model.correction.tendency, states, targets, other.pb0[n_phys:], options["max_iterations"])
+    return other.with_initial_params(np.concatenate([other.pb0[:n_phys], p_corr]), fit_loss=loss)
