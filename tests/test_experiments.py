@@ -229,3 +229,11 @@ def test_observations_at_the_window_end_from_an_offset_and_the_filter_rmse():
     assert np.all(dataset["chi2"].values > 0) and "headline_desroziers_obs_std_mean" in dataset.attrs
     default = Plan.from_config(tiny(window={"steps": 4, "cycles": 2}))
     assert [[slot.step for slot in default.window_slots(c)] for c in range(2)] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+def test_solver_keys_are_checked_before_anything_runs():
+    with pytest.raises(ConfigError, match="assimilation.preconditioner: spectral needs inner.method lanczos, not cg"):
+        tiny(assimilation={"control": ["state"], "preconditioner": "spectral", "inner": {"method": "cg"}})
+    with pytest.raises(ConfigError, match="lanczos works in the transformed control variables"):
+        tiny(assimilation={"control": ["state"], "transform": False, "inner": {"method": "lanczos"}})
+    with pytest.raises(ConfigError, match="assimilation.tolerance"):
+        tiny(assimilation={"control": ["state"], "tolerance": -1.0})

@@ -413,6 +413,11 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
     if config["assimilation"]["max_cost_per_obs"] is not None and set(config["assimilation"]["control"]) != {"state", "params"}:
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params]")
+    assimilation = config["assimilation"]
+    if assimilation["preconditioner"] == "spectral" and assimilation["inner"]["method"] != "lanczos":
+        raise ConfigError(f"assimilation.preconditioner: spectral needs inner.method lanczos, not {assimilation['inner']['method']}")
+    if assimilation["inner"]["method"] == "lanczos" and not assimilation["transform"]:
+        raise ConfigError("assimilation.inner.method: lanczos works in the transformed control variables; it needs transform: true")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]
