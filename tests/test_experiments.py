@@ -237,3 +237,35 @@ def test_solver_keys_are_checked_before_anything_runs():
         tiny(assimilation={"control": ["state"], "transform": False, "inner": {"method": "lanczos"}})
     with pytest.raises(ConfigError, match="assimilation.tolerance"):
         tiny(assimilation={"control": ["state"], "tolerance": -1.0})
+
+
+def test_reading_a_result_file_never_imports_what_its_config_names(tmp_path, monkeypatch):
+    """A result file someone sent: recompute_cost builds registered names only, unless asked."""
+    from fourdvar.app.results import config_text, recompute_cost
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "sent_module.py").write_text(
+        "import pathlib\npathlib.Path('IMPORTED').write_text('code ran')\n"
+        "from models import Lorenz96 as Model\n"
+    )
+    config = tiny(model={"type": "lorenz96", "n_state": 12}, truth={"model": {"type": "lorenz96", "n_state": 12}, "spinup_steps": 50},
+                  assimilation={"control": ["state"], "outer_loops": 1, "inner": {"max_iterations": 5}}, window={"steps": 5, "cycles": 1})
+    result = execute(Plan.from_config(config))
+    assert recompute_cost(result, 0).J == pytest.approx(float(result["J_final"].values[0]), rel=1e-12)  # registered names: fine
+
+    for field in ("model", "truth"):
+        doctored = result.copy()
+        edited = copy.deepcopy(config)
+        if field == "model":
+            edited["model"] = {"type": "sent_module:Model", "n_state": 12}
+        else:
+            edited["truth"]["model"] = {"type": "hybrid", "physics": {"type": "sent_module:Model", "n_state": 12},
+                                        "correction": {"type": "local_mlp", "n_state": 12}}
+        doctored.attrs["config"] = config_text(edited)
+        with pytest.raises(ConfigError, match=r"model.type: .*'sent_module:Model': importing modules named in this input is not allowed"):
+            recompute_cost(doctored, 0)
+        assert not (tmp_path / "IMPORTED").exists()
+    # negative control: asked explicitly, the module is imported (and its code runs)
+    recompute_cost(doctored, 0, allow_imports=True)
+    assert (tmp_path / "IMPORTED").read_text() == "code ran"

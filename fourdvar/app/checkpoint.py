@@ -44,13 +44,21 @@ class Checkpoint:
         self.output = Path(output)
         self.directory = checkpoint_directory(self.output)
         self._lock: int | None = None
+        self._created: list[Path] = []  # directories this run created, deepest first
 
     # --- the lock -----------------------------------------------------------------------------
 
     def acquire(self) -> None:
         """Create the directory if needed and lock it; clean up after killed runs."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        missing = self.directory
+        while not missing.exists() and missing != missing.parent:
+            self._created.append(missing)
+            missing = missing.parent
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise CheckpointError(f"cannot create the checkpoint {self.directory}: {error.strerror}") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -67,14 +75,15 @@ class Checkpoint:
         remove_temporaries(self.output)
 
     def release(self) -> None:
-        """Unlock; an empty checkpoint directory is removed."""
+        """Unlock; an empty checkpoint directory is removed, and so are the empty
+        directories :meth:`acquire` created (a failed run leaves nothing behind)."""
         if self._lock is None:
             return
-        try:
-            if not any(self.directory.iterdir()):
-                self.directory.rmdir()
-        except OSError:
-            pass
+        for directory in dict.fromkeys([self.directory, *self._created]):
+            try:
+                directory.rmdir()  # only if empty
+            except OSError:
+                pass
         os.close(self._lock)
         self._lock = None
 
@@ -97,11 +106,14 @@ class Checkpoint:
         for path in self.window_files():
             try:
                 dataset = xr.load_dataset(path, engine="netcdf4")
-                row = window_row(dataset)
             except Exception as error:  # a damaged or hand-edited file, whatever it breaks
                 raise CheckpointError(f"{path}: not a readable checkpoint window ({_cut(error)}); remove {self.directory} or drop --resume") from None
             if dataset.attrs.get("config") != config:
                 raise CheckpointError(f"--resume: {self.directory} was written by a different configuration; remove it or drop --resume")
+            try:
+                row = window_row(dataset)
+            except Exception as error:
+                raise CheckpointError(f"{path}: not a readable checkpoint window ({_cut(error)}); remove {self.directory} or drop --resume") from None
             windows.append((row, dataset))
         return windows
 

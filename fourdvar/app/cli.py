@@ -5,11 +5,14 @@
     fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
     fourdvar plot RESULT.nc [--output DIR]
 
-Relative paths in a configuration are relative to the directory the command runs in.
-Bad input (a wrong configuration or file) prints one line on stderr and exits
-with status 2 before any long computation; a failing consistency check exits 1
-(3 when none fails but one stays inconclusive);
-a forecast that diverges exits 1 with the cycle, outer loop and step.
+``python -m fourdvar`` is the same command.  Relative paths in a configuration are
+relative to the directory the command runs in.  Every command that reads a
+configuration builds the same :class:`~fourdvar.app.plan.Plan`, so bad input (a
+wrong configuration, file or output path) prints one line on stderr and exits with
+status 2 before any computation and before anything is written; a failing
+consistency check exits 1 (3 when none fails but one stays
+inconclusive); a forecast that diverges exits 1 with the cycle, outer loop and step.  The application's modules are imported late, by the commands
+that need them (``plot`` alone loads matplotlib).
 """
 
 from __future__ import annotations
@@ -99,8 +102,8 @@ def _open_dataset(path: Path, what: str):
 class Progress:
     """A progress bar on a terminal, plain lines otherwise, nothing with ``--quiet``."""
 
-    def __init__(self, total: int, stream=None, quiet: bool = False, start_cycle: int = 0):
-        self.total, self.quiet, self.start_cycle = total, quiet, start_cycle
+    def __init__(self, total: int, stream=None, quiet: bool = False):
+        self.total, self.quiet, self.start_cycle = total, quiet, None
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.started = time.perf_counter()
@@ -111,6 +114,8 @@ class Progress:
         import numpy as np
 
         cycle, total = outcome.cycle, self.total
+        if self.start_cycle is None:  # a resumed run starts later
+            self.start_cycle = cycle
         done = cycle + 1
         elapsed = time.perf_counter() - self.started
         rate = elapsed / max(done - self.start_cycle, 1)
@@ -141,54 +146,28 @@ class Progress:
 
 
 def command_run(args) -> int:
-    from .checkpoint import Checkpoint, CheckpointError
-    from .results import WriteError, config_text, write_atomic
-    from .run import CyclingState, RunDiverged, execute
+    from .checkpoint import CheckpointError
+    from .results import WriteError
+    from .run import RunDiverged, run_to_file
 
     config = _load(args)
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
     plan = _plan(args, config, output, what)
-    text = config_text(config)
-    checkpoint = Checkpoint(output)
+    say = None if args.quiet else (lambda line: _say(args, line))
     try:
-        checkpoint.acquire()
-    except (CheckpointError, OSError) as error:
-        raise CommandError(str(error) if isinstance(error, CheckpointError) else f"cannot create {checkpoint.directory}: {error.strerror}") from None
-    try:
-        resume = None
-        if args.resume:
-            windows = checkpoint.load(text)
-            if windows:
-                resume = ([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan))
-                _say(args, f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
-            else:
-                _say(args, f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
-        else:
-            checkpoint.clear()
-        start = resume[1].cycle if resume is not None else 0
-        progress = Progress(plan.n_cycles, quiet=args.quiet, start_cycle=start)
-        save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if config["output"]["checkpoint"] else None
-        dataset = execute(
-            plan, resume=resume, on_window=save,
-            progress=progress, message=None if args.quiet else (lambda line: _say(args, line)),
-        )
-        write_atomic(dataset, output)
-        checkpoint.remove()
+        dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say)
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
-        if config["output"]["checkpoint"]:
-            print(f"\ninterrupted; completed cycles are saved in {checkpoint.directory}; continue with --resume", file=sys.stderr)
-        else:
-            print("\ninterrupted; nothing saved (output.checkpoint: false)", file=sys.stderr)
+        print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RunDiverged as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
     except WriteError as error:
-        raise CommandError(str(error.strerror)) from None
-    finally:
-        checkpoint.release()
+        saved = output.with_name(output.stem + ".checkpoint")
+        hint = f"; the completed windows are kept in {saved}: continue with --resume" if saved.is_dir() else ""
+        raise CommandError(f"{error.strerror}{hint}") from None
     _say(args, f"wrote {output} ({plan.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)")
     for key, value in dataset.attrs.items():
         if key.startswith("headline_"):
@@ -210,8 +189,8 @@ def command_check(args) -> int:
 
     config = _load(args)
     output, what = _output(args, config)
-    experiment = _plan(args, config, output, what)
-    counts = check_experiment(experiment, config, n_steps=args.window_steps, directions=args.directions)
+    plan = _plan(args, config, output, what)
+    counts = check_experiment(plan, config, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
     return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK
@@ -229,21 +208,21 @@ def command_generate(args) -> int:
     output, what = _output(args, config, default)
     if what != "--output":
         what = f"{args.config}: the observation file derived from output.file"
-    experiment = _plan(args, config, output, what)
+    plan = _plan(args, config, output, what)
     try:
-        dataset = experiment.observations.to_dataset()
+        dataset = plan.observations.to_dataset()
     except ValueError as error:
         raise CommandError(f"{args.config}: observations.operator: cannot be written to an observation file ({error})") from None
-    truth = experiment.truth["trajectory"]
+    truth = plan.truth["trajectory"]
     dataset["truth"] = (("time_step", "x"), truth, {"long_name": "truth trajectory (model state) from the start of cycle 0", "units": "1"})
     dataset = dataset.assign_coords(time_step=np.arange(truth.shape[0]), x=np.arange(truth.shape[1]))
-    dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=experiment.n_steps,
+    dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=plan.n_steps,
                          title=config["title"] or "fourdvar truth and observations")
     try:
         write_atomic(dataset, output)
     except WriteError as error:
         raise CommandError(str(error.strerror)) from None
-    print(f"wrote {output} ({experiment.observations.n_obs} observations at {len(experiment.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)
+    print(f"wrote {output} ({plan.observations.n_obs} observations at {len(plan.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -297,8 +276,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes are one line too (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fourdvar", description="Incremental 4D-Var with hand-coded tangent-linear and adjoint models.")
+    parser = _OneLineParser(prog="fourdvar", description="Incremental 4D-Var with hand-coded tangent-linear and adjoint models.")
     parser.add_argument("--version", action="version", version=f"fourdvar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

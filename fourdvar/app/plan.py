@@ -55,7 +55,7 @@ def build_component(spec: dict, path: str, builder=build_model, **extra):
         raise ConfigError(f"{path}: {_cut(error)}") from None
 
 
-def _cut(error: Exception, limit: int = 300) -> str:
+def _cut(error: Exception, limit: int = 200) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -111,6 +111,11 @@ class Plan:
         self.n_steps = config["window"]["steps"]
         self.n_cycles = config["window"]["cycles"]
         self.model = build_component(config["model"], "model")
+        if shared is not None and self.model.n_state != shared.model.n_state:
+            raise ConfigError(
+                f"model: n_state = {self.model.n_state}, but the main run's model has n_state = {shared.model.n_state} "
+                "(a comparison run shares its truth and observations)"
+            )
         self.control = config["assimilation"]["control"]
         if "params" in self.control and self.model.n_params == 0:
             raise ConfigError(f"assimilation.control: 'params' is in the control but the model {self.model!r} has no parameters")
@@ -137,6 +142,19 @@ class Plan:
     def path(self, name: str) -> Path:
         path = Path(name)
         return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def solver_options(self) -> dict:
+        """The keywords of :meth:`fourdvar.FourDVar.solve` this configuration sets: the
+        one place that maps ``assimilation:`` keys to solver options."""
+        assimilation = self.config["assimilation"]
+        inner = assimilation["inner"]
+        return {
+            "outer_loops": assimilation["outer_loops"], "method": inner["method"], "max_iterations": inner["max_iterations"],
+            "gradient_reduction": inner["gradient_reduction"], "transform": assimilation["transform"],
+            "backtracking": assimilation["backtracking"], "tolerance": assimilation["tolerance"],
+            "preconditioner": assimilation["preconditioner"], "posterior_rank": assimilation["posterior_rank"],
+        }
 
     def with_initial_params(self, pb0: np.ndarray, **attributes) -> "Plan":
         """A copy of the plan starting from the parameters ``pb0`` (and with ``attributes`` set)."""
@@ -407,6 +425,7 @@ def _params_from_result(path: Path, key: str) -> np.ndarray:
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 #: Characters the output name must leave for the names derived from it (checkpoints, temporaries).
 _DERIVED_SUFFIX = len(".checkpoint") + len("..XXXXXXXX.tmp") + 2
+_PATH_MAX = 4096  # Linux; checked before the file system is asked anything
 
 
 def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
@@ -437,6 +456,14 @@ def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:
 
 def check_directory(path: Path | str, what: str = "output") -> Path:
     """``path`` if figures can be written into it (it may not exist yet)."""
+    try:
+        return _check_directory(path, what)
+    except OSError as error:
+        shown = os.fspath(path)
+        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else shown[:77] + '...'}: {error.strerror}") from None
+
+
+def _check_directory(path: Path | str, what: str) -> Path:
     path, absolute, shown = _check_path(os.fspath(path), what)
     if path.is_symlink() and not path.exists():
         raise ConfigError(f"{what}: {shown} is a dangling symbolic link")
@@ -451,7 +478,17 @@ def check_directory(path: Path | str, what: str = "output") -> Path:
 def check_output(path: Path | str, inputs=(), what: str = "output") -> Path:
     """``path`` if a result can be written there without harming anything; a
     :class:`ConfigError` saying why not otherwise.  Nothing is created."""
+    try:
+        return _check_output(path, inputs, what)
+    except OSError as error:  # what the file system says about a path it cannot even look up
+        shown = os.fspath(path)
+        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else shown[:77] + '...'}: {error.strerror}") from None
+
+
+def _check_output(path: Path | str, inputs, what: str) -> Path:
     path, absolute, shown = _check_path(os.fspath(path), what)
+    if len(os.fsencode(absolute)) > _PATH_MAX - _DERIVED_SUFFIX:
+        raise ConfigError(f"{what}: {shown}: the path is too long ({len(os.fsencode(absolute))} bytes)")
     directory = absolute.parent
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent

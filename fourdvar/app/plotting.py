@@ -665,16 +665,16 @@ def plot_results(dataset_or_path, output_dir) -> list[Path]:
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
     file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently. Returns the paths written, in that order.
+    ``params.png``; a small state: no ``hovmoller.png``) are skipped silently; the directory is
+    created only if a figure is written. Returns the paths written, in that order.
     """
     ds = load_results(dataset_or_path)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    figures = {stem: fig for stem, make in FIGURES.items() if (fig := make(ds)) is not None}  # all drawn before any is written
+    if figures:
+        output_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for stem, make in FIGURES.items():
-        fig = make(ds)
-        if fig is None:
-            continue
+    for stem, fig in figures.items():
         path = output_dir / f"{stem}.png"
         fig.savefig(path, dpi=DPI)
         fig.clear()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import resource
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -299,6 +300,9 @@ def _write_error(path: Path, dataset: xr.Dataset, error: Exception) -> WriteErro
         space = f"needs about {_size(needed)}, {_size(free) if free is not None else 'unknown'} free"
         return WriteError(errno.ENOSPC, f"cannot write {path}: no space left on the device ({space})")
     reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        reason += f" (the file-size limit, ulimit -f, is {_size(limit)})"
     return WriteError(getattr(error, "errno", None) or errno.EIO, f"cannot write {path}: {reason}")
 
 

@@ -22,12 +22,13 @@ from ..covariances import Dense, Diagonal
 from ..posterior import LowRankCovariance
 from ..cycling import WindowOutcome, cycle
 from ..window import DivergenceError, forecast
+from .checkpoint import Checkpoint
 from .diagnostics import comparison_variables, headlines
 from .fitting import fit_tendency
 from .plan import Plan
-from .results import ResultRecorder
+from .results import ResultRecorder, config_text, write_atomic
 
-__all__ = ["CyclingState", "execute", "RunDiverged"]
+__all__ = ["CyclingState", "execute", "run_to_file", "RunDiverged"]
 
 
 class RunDiverged(DivergenceError):
@@ -117,6 +118,41 @@ def execute(
     return dataset
 
 
+def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None) -> xr.Dataset:
+    """Run ``plan`` to its file ``plan.output`` through a checkpoint (what ``fourdvar run`` does).
+
+    Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
+    runs, saves every window, continues the windows already saved when ``resume``,
+    writes the result atomically and removes the checkpoint (``output.checkpoint: false``:
+    saves none).  Raises
+    :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
+    configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
+    an interruption leaves the saved windows for ``resume``.
+    """
+    say = message or (lambda line: None)
+    text = config_text(plan.config)
+    checkpoint = Checkpoint(plan.output)
+    checkpoint.acquire()
+    try:
+        saved = None
+        if resume:
+            windows = checkpoint.load(text)
+            if windows:
+                saved = ([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan))
+                say(f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
+            else:
+                say(f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
+        else:
+            checkpoint.clear()
+        save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.config["output"]["checkpoint"] else None
+        dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message)
+        write_atomic(dataset, plan.output)
+        checkpoint.remove()
+    finally:
+        checkpoint.release()
+    return dataset
+
+
 def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
     recorder = ResultRecorder(plan)
     state = CyclingState.initial(plan)
@@ -125,19 +161,14 @@ def _cycles(plan: Plan, resume, on_window, progress) -> xr.Dataset:
         recorder.rows.extend(rows)
         recorder.P_next = state.P
     posterior = plan.config["background"]["params"]["update"] == "posterior" and "params" in plan.control
-    assimilation = plan.config["assimilation"]
-    inner = assimilation["inner"]
     windows = (plan.window_slots(c) for c in range(state.cycle, plan.n_cycles))
     outcomes = cycle(
         plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
         start_cycle=state.cycle, background_policy=plan.background_policy,
         params_policy=None if posterior else plan.params_policy,
         params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
-        outer_loops=assimilation["outer_loops"], method=inner["method"], max_iterations=inner["max_iterations"],
-        gradient_reduction=inner["gradient_reduction"], transform=assimilation["transform"],
-        backtracking=assimilation["backtracking"], max_cost_per_obs=assimilation["max_cost_per_obs"],
-        tolerance=assimilation["tolerance"], preconditioner=assimilation["preconditioner"],
-        posterior_rank=assimilation["posterior_rank"], quasi_static_steps=assimilation["quasi_static_steps"],
+        max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"],
+        **plan.solver_options,
     )
     current = state.cycle
     try:
