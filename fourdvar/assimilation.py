@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from .cost import Control, FourDVarCost, IncrementalCost
-from .minimize import AssimilationResult, minimize_4dvar
+from .minimize import DEFAULT_TOLERANCE, AssimilationResult, minimize_4dvar
 
 __all__ = ["FourDVar"]
 
@@ -102,15 +102,19 @@ class FourDVar:
         self,
         x0=None,
         p=None,
-        outer_loops: int = 3,
-        method: str = "lbfgs",
+        outer_loops: int = 10,
+        method: str = "lanczos",
         max_iterations: int = 50,
-        gradient_reduction: float = 1e-6,
+        gradient_reduction: float = 1e-2,
         transform: bool = True,
         callback=None,
         backtracking: bool = True,
+        tolerance: float = DEFAULT_TOLERANCE,
+        preconditioner: str | None = None,
+        posterior_rank: int | None = None,
     ) -> AssimilationResult:
-        """Run the outer loops from the first guess ``(x0, p)`` (default: the background).
+        """Run at most ``outer_loops`` outer loops from the first guess ``(x0, p)`` (default:
+        the background), until ``1/2 |grad_u J|^2 <= tolerance * J``.
 
         See :func:`fourdvar.minimize.minimize_4dvar` for the options.
         """
@@ -118,5 +122,6 @@ class FourDVar:
         return minimize_4dvar(
             self.cost, x0, p, control=self.control, outer_loops=outer_loops, method=method,
             max_iterations=max_iterations, gradient_reduction=gradient_reduction, transform=transform,
-            callback=callback, backtracking=backtracking,
+            callback=callback, backtracking=backtracking, tolerance=tolerance, preconditioner=preconditioner,
+            posterior_rank=posterior_rank,
         )

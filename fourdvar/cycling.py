@@ -26,7 +26,11 @@ a Kalman filter would for parameters that follow a random walk::
                                    parameters after window c, marginal over the state
 
 so what each window taught the parameters, and how well, accumulates over the
-cycles (:meth:`FourDVar.params_posterior_covariance`; ``q`` keeps them learning).
+cycles (``q`` keeps them learning).  With the ``lanczos`` inner method ``P^a`` comes from
+the Ritz pairs (``result.posterior.params_covariance()``) and ``P`` stays limited-memory,
+a diagonal updated in low rank (:class:`fourdvar.posterior.LowRankCovariance`, its rank
+capped by ``posterior_rank``); otherwise it is the dense
+:meth:`FourDVar.params_posterior_covariance`, ``n_x + n_p`` Hessian products per window.
 A window rejected by the ``max_cost_per_obs`` check leaves ``P`` as it was.
 
 With parameters in the control this is online learning: a network's weights are
@@ -42,8 +46,11 @@ import numpy as np
 
 from .assimilation import FourDVar
 from .cost import Control
-from .covariances import Dense
+from .covariances import Dense, Diagonal
 from .minimize import AssimilationResult
+from .departures import WindowDepartures, window_departures
+from .posterior import LowRankCovariance
+from .quasistatic import solve_quasi_static
 from .window import forecast
 
 __all__ = ["WindowOutcome", "assimilate_window", "cycle"]
@@ -62,8 +69,9 @@ class WindowOutcome:
     background_trajectory: np.ndarray  # (L + 1, n_state), from (xb, pb)
     analysis_trajectory: np.ndarray  # (L + 1, n_state), from (x0, p)
     rejected_cost: float | None = None  # J of a rejected joint analysis (then p = pb)
-    params_posterior: np.ndarray | None = None  # P^a, when asked for and not rejected
+    params_posterior: object = None  # P^a, when asked for and not rejected: a LowRankCovariance (lanczos) or a dense array
     P_next: object = None  # the parameter covariance the next window starts from (set by cycle)
+    departures: WindowDepartures | None = None  # 2 J / m, O-B, O-A, Desroziers estimates
 
     @property
     def x0(self) -> np.ndarray:
@@ -82,16 +90,22 @@ class WindowOutcome:
 def assimilate_window(
     model, observations: Sequence, xb, B, pb, P, control, n_steps: int, cycle: int = 0,
     max_cost_per_obs: float | None = None, params_posterior: bool = False, Q=None, model_error_every: int | None = None,
-    **solve_options,
+    quasi_static_steps: int | None = None, **solve_options,
 ) -> WindowOutcome:
     """4D-Var over one window from the background, and the two forecasts over it
     (and, with ``params_posterior``, the parameters' posterior covariance).  ``Q`` and
     ``model_error_every``: weak constraint, see :class:`FourDVar`; the analysis forecast
-    is then the forced trajectory."""
+    is then the forced trajectory.  With ``quasi_static_steps`` (strong constraint) the
+    window grows by that many steps per stage (:func:`fourdvar.quasistatic.solve_quasi_static`)."""
     control = Control.parse(control)
     weak = dict(Q=Q, model_error_every=model_error_every)
     problem = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=n_steps, **weak)
-    result = problem.solve(**solve_options)
+    if quasi_static_steps is not None and quasi_static_steps < n_steps:
+        if Q is not None:
+            raise ValueError("quasi-static stages are for strong-constraint 4D-Var: give quasi_static_steps or Q, not both")
+        result = solve_quasi_static(model, observations, xb, B, pb, P, control, n_steps, quasi_static_steps, **solve_options)
+    else:
+        result = problem.solve(**solve_options)
     rejected_cost, posterior = None, None
     if max_cost_per_obs is not None and control.params and control.state:
         n_obs = sum(np.size(slot.values) for slot in observations)
@@ -100,19 +114,33 @@ def assimilate_window(
             fixed_params = Control(state=True, model_error=control.model_error)
             result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control=fixed_params, n_steps=n_steps, **weak).solve(**solve_options)
     if params_posterior and control.params and rejected_cost is None:
-        posterior = problem.params_posterior_covariance(result.x0, result.p, _model_error_or_none(result))
+        if result.posterior is not None:  # low rank, from the Lanczos Ritz pairs
+            posterior = result.posterior.params_covariance(max_rank=solve_options.get("posterior_rank"))
+        else:
+            posterior = problem.params_posterior_covariance(result.x0, result.p, _model_error_or_none(result))
     context = f"cycle {cycle}"
+    background_trajectory = forecast(model, xb, pb, n_steps, context=f"{context}, background forecast")
+    analysis_trajectory = problem.cost.trajectory(result.x0, result.p, _model_error_or_none(result), context=f"{context}, analysis forecast")
     return WindowOutcome(
         cycle=cycle, xb=np.asarray(xb, dtype=float), pb=np.asarray(pb, dtype=float), B=B, P=P, result=result,
-        background_trajectory=forecast(model, xb, pb, n_steps, context=f"{context}, background forecast"),
-        analysis_trajectory=problem.cost.trajectory(result.x0, result.p, _model_error_or_none(result), context=f"{context}, analysis forecast"),
+        background_trajectory=background_trajectory, analysis_trajectory=analysis_trajectory,
         rejected_cost=rejected_cost, params_posterior=posterior,
+        departures=window_departures(problem.cost, background_trajectory, analysis_trajectory, result.final.J),
     )
 
 
 def _model_error_or_none(result: AssimilationResult) -> np.ndarray | None:
     """The analysed forcing of a weak-constraint result, ``None`` in strong constraint."""
     return result.model_error if result.model_error.shape[0] else None
+
+
+def _with_noise(posterior, noise_std: float, max_rank: int | None):
+    """``P^a + q^2 I``: limited-memory when ``P^a`` is a :class:`LowRankCovariance` on a diagonal base, else dense."""
+    if isinstance(posterior, LowRankCovariance):
+        if isinstance(posterior.base, Diagonal):
+            return posterior.with_noise(noise_std, max_rank=max_rank)
+        posterior = np.column_stack([posterior.apply(unit) for unit in np.eye(posterior.size)])
+    return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
 
 
 def cycle(
@@ -131,6 +159,7 @@ def cycle(
     params_noise_std: float | None = None,
     Q=None,
     model_error_every: int | None = None,
+    quasi_static_steps: int | None = None,
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -145,6 +174,8 @@ def cycle(
     covariance the next window starts from (before ``params_policy``).  ``Q``,
     ``model_error_every``: weak constraint (see :class:`FourDVar`); the next background
     is then the end of the analysed forced trajectory.
+    ``quasi_static_steps``: grow each window by that many steps per stage (see
+    :mod:`fourdvar.quasistatic`; default: the whole window at once).
     """
     control = Control.parse(control)
     xb = np.asarray(xb, dtype=float)
@@ -156,10 +187,11 @@ def cycle(
             P = params_policy(c, P)
         outcome = assimilate_window(
             model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs,
-            params_posterior=params_noise_std is not None, Q=Q, model_error_every=model_error_every, **solve_options,
+            params_posterior=params_noise_std is not None, Q=Q, model_error_every=model_error_every,
+            quasi_static_steps=quasi_static_steps, **solve_options,
         )
         if outcome.params_posterior is not None:
-            P = Dense(outcome.params_posterior + params_noise_std**2 * np.eye(len(pb)))
+            P = _with_noise(outcome.params_posterior, params_noise_std, solve_options.get("posterior_rank"))
         outcome.P_next = P
         yield outcome
         xb = outcome.analysis_trajectory[-1].copy()

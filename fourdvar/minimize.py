@@ -1,17 +1,43 @@
 """Inner-loop minimisers of the quadratic cost ``Jq`` and the outer loop around them.
 
-Inner loop: ``scipy.optimize.minimize(method="L-BFGS-B")`` (the default), or
-conjugate gradients, the natural solver for a quadratic (``A u = -grad Jq(0)``,
-one Hessian-vector product, i.e. one TL and one AD sweep, per iteration).
-Both stop after ``max_iterations`` or when ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|``.
+Inner loop, from ``u = 0``: ``scipy.optimize.minimize(method="L-BFGS-B")``, conjugate
+gradients (``cg``), the natural solver for a quadratic (``A u = -grad Jq(0)``, one
+Hessian-vector product, i.e. one TL and one AD sweep, per iteration), or the same in
+Lanczos form (``lanczos``, :mod:`fourdvar.lanczos`), which keeps its vectors and so gives
+the Ritz pairs of ``A``: these precondition the next outer loop (``preconditioner=
+"spectral"``) and give the posterior covariance (:mod:`fourdvar.posterior`).
+Each stops at the first of:
 
-Outer loop: linearise at the current guess, minimise ``Jq``, add the increment,
-repeat.  With ``backtracking`` (the default) the increment is halved, up to
-``MAX_HALVINGS`` times, while it would raise the nonlinear cost, and dropped if
-no fraction lowers it: Gauss-Newton safeguarded so that the nonlinear ``J`` never
-increases from one outer loop to the next (it can when the increment is large,
-e.g. network weights early in online learning).  :func:`minimize_4dvar` returns
-an :class:`AssimilationResult`.
+* ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|`` (the requested reduction);
+* ``|grad Jq(u)|`` below what the outer loop needs (:data:`OUTER_SAFETY` times its target);
+* ``|grad Jq(u)|`` at the round-off level, where it cannot fall further:
+  ``ROUNDOFF * eps * sqrt(n) * (|grad Jb+Jp (0)| + |grad Jo (0)|)``, the terms whose
+  cancellation makes the gradient (L-BFGS also stops when its line search makes no
+  progress, which is round-off winning);
+* ``max_iterations``.
+
+Outer loop: linearise at the current guess, minimise ``Jq``, add the increment, repeat,
+until the nonlinear problem is solved to ``tolerance``, the relative accuracy of ``J``
+asked for.  ``J - J_min`` is estimated two ways, and either suffices (status 0):
+
+* ``1/2 |grad_u J|^2 <= tolerance * J`` at the current guess, ``grad_u J`` the gradient of
+  the nonlinear ``J`` w.r.t. the control variables (``[B^T/2 grad_x0 J; P^T/2 grad_p J]``,
+  whatever ``transform``).  The Gauss-Newton Hessian in those variables is
+  ``I + L^T R^-1 L >= I``, so ``J - J_min <~ 1/2 grad_u J . A^-1 grad_u J <= 1/2 |grad_u J|^2``.
+  It costs nothing: ``grad Jq(0)`` of an outer loop is ``grad J`` there.
+* ``Jq(0) - Jq(u) <= tolerance * J`` after an inner loop that converged and whose full
+  increment was kept: the decrease the Gauss-Newton model predicts, ``1/2 g A^-1 g``, the
+  sharper estimate (the gradient left is mostly along large curvature).  The increment is
+  added before stopping.
+
+``outer_loops`` is a maximum.  With ``backtracking`` (the default) the increment is
+halved, up to ``MAX_HALVINGS`` times, while it would raise the nonlinear cost; when no
+fraction lowers it the outer loop stops (status 3, a success, when the decrease the
+increment promised was within the round-off of ``J``; else status 2): Gauss-Newton safeguarded so that the
+nonlinear ``J`` never increases from one outer loop to the next (it can when the
+increment is large, e.g. network weights early in online learning).
+:func:`minimize_4dvar` returns an :class:`AssimilationResult`, whose ``status`` is one of
+:data:`STATUS_MESSAGES`.
 """
 
 from __future__ import annotations
@@ -22,14 +48,40 @@ import numpy as np
 import scipy.optimize
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
+from .lanczos import LanczosRun, SpectralPreconditioner, lanczos
+from .posterior import Posterior
 from .window import DivergenceError
 
-__all__ = ["InnerLoopResult", "AssimilationResult", "minimize_inner", "minimize_4dvar", "INNER_METHODS"]
+__all__ = [
+    "InnerLoopResult", "AssimilationResult", "minimize_inner", "minimize_4dvar", "INNER_METHODS",
+    "PRECONDITIONERS", "STATUS_MESSAGES",
+]
+
+DEFAULT_TOLERANCE = 1e-8  # the relative accuracy of J the outer loops stop at
+ROUNDOFF = 10.0  # the round-off floor of |grad Jq|, in units of eps * sqrt(n) * (size of its terms)
+ROUNDOFF_DECREASE = 1e3  # a predicted decrease of J below this * eps * J is lost in J's round-off
+OUTER_SAFETY = 0.1  # an inner loop need not reduce |grad Jq| below this fraction of the outer target
+# the spectral preconditioner is carried to the next outer loop only once J changed by less than
+# this (relative) in the last one: earlier, the Hessian moves so much between linearisations that
+# the old Ritz pairs make the next inner loop slower (measured in benchmarks/preconditioning.py)
+SETTLED = 1e-2
+STATUS_MESSAGES = {
+    0: "converged: J is within the tolerance of its minimum (1/2 |grad J|^2 <= tolerance * J)",
+    1: "not converged: the maximum number of outer loops was reached",
+    2: "not converged: no fraction of the last increment lowered J",
+    3: "converged to round-off: no fraction of the last increment lowered J, whose predicted decrease was at round-off",
+}
 
 
 @dataclass
 class InnerLoopResult:
-    """One inner minimisation: the minimiser ``u`` and the cost at every iteration (0 = start)."""
+    """One inner minimisation: the minimiser ``u`` and the cost at every iteration (0 = start).
+
+    ``reason`` says what stopped it: ``"reduced"`` (the requested gradient reduction),
+    ``"enough"`` (below what the outer loop needs), ``"roundoff"`` (the gradient can fall
+    no further), ``"maximum"`` (``max_iterations``).  ``converged`` is true for the first three.
+    ``lanczos`` holds the Lanczos run (and its Ritz pairs) of the ``lanczos`` method.
+    """
 
     u: np.ndarray
     J: list[float] = field(default_factory=list)
@@ -41,6 +93,8 @@ class InnerLoopResult:
     nfev: int = 0
     message: str = ""
     converged: bool = False
+    reason: str = ""
+    lanczos: LanczosRun | None = None
 
     def record(self, terms: CostTerms, gradient_norm: float) -> None:
         self.J.append(terms.J)
@@ -49,12 +103,55 @@ class InnerLoopResult:
         self.Jo.append(terms.Jo)
         self.gradient_norm.append(gradient_norm)
 
+    def record_quadratic(self, jq: IncrementalCost, J0: float, g0: np.ndarray, u: np.ndarray, gradient_norm: float,
+                         gradient: np.ndarray | None = None) -> None:
+        """Record ``Jq(u) = Jq(0) + 1/2 (g0 + g(u)) . u`` (exact for a quadratic); ``g(u) . u = 0``
+        when ``gradient`` is not given (the Lanczos iterate: its residual is orthogonal to the
+        Krylov space that holds it).  ``Jb``, ``Jp`` directly, ``Jo`` the rest."""
+        J = J0 + 0.5 * float((g0 if gradient is None else g0 + gradient) @ u)
+        Jb, Jp, _ = jq.background(u)
+        Jm = jq.model_error_term(u)
+        self.record(CostTerms(Jb, Jp, J - Jb - Jp - Jm, Jm), gradient_norm)
+
     @property
     def gradient_reduction(self) -> float:
         return self.gradient_norm[-1] / self.gradient_norm[0] if self.gradient_norm and self.gradient_norm[0] else 0.0
 
 
-def _lbfgs(jq: IncrementalCost, max_iterations: int, gradient_reduction: float, memory: int = 20) -> InnerLoopResult:
+@dataclass(frozen=True)
+class _Targets:
+    """When an inner loop may stop: the gradient norms of each criterion, and the first to bind."""
+
+    requested: float
+    enough: float
+    roundoff: float
+
+    @property
+    def gradient(self) -> float:
+        return max(self.requested, self.enough, self.roundoff)
+
+    @property
+    def reason(self) -> str:
+        return max((self.requested, "reduced"), (self.enough, "enough"), (self.roundoff, "roundoff"))[1]
+
+
+def _finish(result: InnerLoopResult, targets: _Targets, stalled: bool = False) -> InnerLoopResult:
+    """Set ``converged``, ``reason`` and a plain ``message`` from the last gradient norm."""
+    reached = result.gradient_norm[-1] <= targets.gradient
+    result.reason = targets.reason if reached else ("roundoff" if stalled else "maximum")
+    result.converged = result.reason != "maximum"
+    reduction = f"gradient reduced by {result.gradient_reduction:.1e}"
+    result.message = {
+        "reduced": f"{reduction} in {result.nit} iterations (the requested reduction)",
+        "enough": f"{reduction} in {result.nit} iterations (enough for the outer loop's tolerance)",
+        "roundoff": f"{reduction} in {result.nit} iterations, where round-off stops it falling further",
+        "maximum": f"stopped at the maximum of {result.nit} iterations ({reduction})",
+    }[result.reason]
+    return result
+
+
+def _lbfgs(jq: IncrementalCost, result: InnerLoopResult, g0: np.ndarray, targets: _Targets, max_iterations: int,
+           preconditioner=None, memory: int = 20) -> InnerLoopResult:
     """scipy's L-BFGS-B on ``Jq``, restarted from where it stalls.
 
     ``Jq`` is exactly quadratic, so the change of cost from a reference point is
@@ -62,23 +159,16 @@ def _lbfgs(jq: IncrementalCost, max_iterations: int, gradient_reduction: float, 
     sees.  Its round-off shrinks with ``|g|`` and ``|u - u_ref|``, whereas ``Jq(u)``
     itself carries the round-off of the large observation term, on which the line
     search would stall long before a small gradient reduction is reached.  When
-    scipy stops short of the gradient criterion, it is restarted from its last
-    point (fresh memory, new reference) while iterations remain.
+    scipy stops short of the target, it is restarted from its last point (fresh
+    memory, new reference) while iterations remain; a restart that makes no
+    progress means round-off has won.
     """
-    result = InnerLoopResult(u=np.zeros(jq.size))
-    terms0, gradient0 = jq.value_and_gradient(result.u)
-    result.nfev += 1
-    g0 = float(np.linalg.norm(gradient0))
-    result.record(terms0, g0)
-    if g0 == 0.0:
-        result.message, result.converged = "gradient is zero at the start", True
-        return result
-    target = gradient_reduction * g0
+    target = targets.gradient
     evaluated = {}
-    message = ""
+    stalled = False
 
     while result.nit < max_iterations and result.gradient_norm[-1] > target:
-        u_ref, g_ref = result.u.copy(), evaluated.get("gradient", gradient0)
+        u_ref, g_ref = result.u.copy(), evaluated.get("gradient", g0)
 
         def fun(u):
             terms, gradient = jq.value_and_gradient(u)
@@ -98,35 +188,26 @@ def _lbfgs(jq: IncrementalCost, max_iterations: int, gradient_reduction: float, 
                 raise StopIteration
 
         nit_before = result.nit
-        outcome = scipy.optimize.minimize(
+        scipy.optimize.minimize(
             fun, u_ref, jac=True, method="L-BFGS-B", callback=callback,
             options={"maxiter": max_iterations - result.nit, "maxcor": memory, "ftol": 0.0, "gtol": 0.0, "maxls": 40},
         )
-        message = str(outcome.message)
         if result.nit == nit_before:  # no progress from this point: round-off has won
+            stalled = True
             break
         fun(result.u)  # the reference gradient of the next restart
-
-    result.converged = result.gradient_norm[-1] <= target
-    result.message = (
-        f"gradient norm reduced by {result.gradient_reduction:.1e}" if result.converged
-        else f"stopped after {result.nit} iterations (gradient reduced by {result.gradient_reduction:.1e}; {message})"
-    )
-    return result
+    return _finish(result, targets, stalled)
 
 
-def _conjugate_gradient(jq: IncrementalCost, max_iterations: int, gradient_reduction: float) -> InnerLoopResult:
-    """CG on ``A u = -g0``, ``A`` the Hessian of ``Jq``; ``Jq(u) = Jq(0) + 1/2 (g0 + g(u)) . u``."""
-    result = InnerLoopResult(u=np.zeros(jq.size))
-    terms0, g0 = jq.value_and_gradient(result.u)
-    result.nfev += 1
-    g0_norm = float(np.linalg.norm(g0))
-    result.record(terms0, g0_norm)
+def _conjugate_gradient(jq: IncrementalCost, result: InnerLoopResult, g0: np.ndarray, targets: _Targets, max_iterations: int,
+                        preconditioner=None) -> InnerLoopResult:
+    """CG on ``A u = -g0``, ``A`` the Hessian of ``Jq``; ``Jq(u) = Jq(0) + 1/2 g0 . u``."""
+    J0 = result.J[0]
     u = result.u
     r = -g0  # residual -g(u)
     d = r.copy()
     rr = float(r @ r)
-    while result.nit < max_iterations and np.sqrt(rr) > gradient_reduction * g0_norm:
+    while result.nit < max_iterations and np.sqrt(rr) > targets.gradient:
         Ad = jq.hessian_vector(d)
         result.nfev += 1
         curvature = float(d @ Ad)
@@ -139,58 +220,132 @@ def _conjugate_gradient(jq: IncrementalCost, max_iterations: int, gradient_reduc
         d = r + (rr_new / rr) * d
         rr = rr_new
         result.nit += 1
-        J = terms0.J + 0.5 * float((g0 - r) @ u)
-        Jb, Jp, _ = jq.background(u)
-        Jm = jq.model_error_term(u)
-        result.record(CostTerms(Jb, Jp, J - Jb - Jp - Jm, Jm), np.sqrt(rr))
+        result.record_quadratic(jq, J0, g0, u, np.sqrt(rr), gradient=-r)
     result.u = u
-    result.converged = np.sqrt(rr) <= gradient_reduction * g0_norm
-    result.message = (
-        f"gradient norm reduced by {result.gradient_reduction:.1e}" if result.converged
-        else f"stopped after {result.nit} iterations (maximum)"
-    )
-    return result
+    return _finish(result, targets)
 
 
-INNER_METHODS = {"lbfgs": _lbfgs, "cg": _conjugate_gradient}
+def _lanczos(jq: IncrementalCost, result: InnerLoopResult, g0: np.ndarray, targets: _Targets, max_iterations: int,
+             preconditioner: SpectralPreconditioner | None = None) -> InnerLoopResult:
+    """CG in Lanczos form (:func:`fourdvar.lanczos.lanczos`), preconditioned by ``S`` when given."""
+    J0 = result.J[0]
+
+    def hessian_vector(v):
+        result.nfev += 1
+        return jq.hessian_vector(v)
+
+    def stop(j, u, gradient_norm):
+        result.nit = j
+        result.record_quadratic(jq, J0, g0, u, gradient_norm)
+        return gradient_norm <= targets.gradient
+
+    try:
+        run = lanczos(hessian_vector, g0, max_iterations, stop, preconditioner)
+    except np.linalg.LinAlgError:
+        raise DivergenceError(f"{jq.context}: the Hessian of Jq is not positive-definite on the Lanczos space") from None
+    result.u, result.lanczos = run.u, run
+    return _finish(result, targets)
+
+
+INNER_METHODS = {"lbfgs": _lbfgs, "cg": _conjugate_gradient, "lanczos": _lanczos}
+PRECONDITIONERS = ("none", "spectral")
 MAX_HALVINGS = 5
 
 
-def minimize_inner(jq: IncrementalCost, method: str = "lbfgs", max_iterations: int = 50, gradient_reduction: float = 1e-6) -> InnerLoopResult:
-    """Minimise ``Jq`` from ``u = 0``."""
+def _roundoff_floor(jq: IncrementalCost, g0: np.ndarray) -> float:
+    """``ROUNDOFF * eps * sqrt(n) * (|grad (Jb + Jp)(0)| + |grad Jo(0)|)``: below this the
+    gradient of ``Jq`` is the round-off of the terms that cancel in it."""
+    _, _, g_background = jq.background(np.zeros(jq.size))
+    scale = float(np.linalg.norm(g_background) + np.linalg.norm(g0 - g_background))
+    return ROUNDOFF * np.finfo(float).eps * np.sqrt(jq.size) * scale
+
+
+def minimize_inner(
+    jq: IncrementalCost, method: str = "lbfgs", max_iterations: int = 50, gradient_reduction: float = 1e-6,
+    preconditioner: SpectralPreconditioner | None = None, start: tuple | None = None, gradient_target: float = 0.0,
+) -> InnerLoopResult:
+    """Minimise ``Jq`` from ``u = 0`` (see the module docstring for when it stops).
+
+    ``start``: ``(terms, gradient)`` of ``Jq`` at 0 when already known; ``gradient_target``:
+    a gradient norm that is enough (the outer loop's need); ``preconditioner``: a
+    :class:`~fourdvar.lanczos.SpectralPreconditioner`, for the ``lanczos`` method.
+    """
     if method not in INNER_METHODS:
         raise ValueError(f"unknown inner method {method!r}; choose one of {', '.join(INNER_METHODS)}")
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
     if not 0 < gradient_reduction < 1:
         raise ValueError(f"gradient_reduction must be in (0, 1), got {gradient_reduction}")
-    return INNER_METHODS[method](jq, int(max_iterations), float(gradient_reduction))
+    if preconditioner is not None and preconditioner.factors and method != "lanczos":
+        raise ValueError(f"a spectral preconditioner needs the lanczos method, not {method!r}")
+    result = InnerLoopResult(u=np.zeros(jq.size))
+    if start is None:
+        start = jq.value_and_gradient(result.u)
+        result.nfev += 1
+    terms0, g0 = start
+    g0_norm = float(np.linalg.norm(g0))
+    result.record(terms0, g0_norm)
+    if g0_norm == 0.0:
+        result.message, result.converged, result.reason = "the gradient is zero at the start", True, "reduced"
+        return result
+    targets = _Targets(requested=gradient_reduction * g0_norm, enough=OUTER_SAFETY * gradient_target, roundoff=_roundoff_floor(jq, g0))
+    return INNER_METHODS[method](jq, result, g0, targets, int(max_iterations), preconditioner=preconditioner)
 
 
-def _step_length(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_current: float) -> float:
-    """The largest ``2^-j`` (``j <= MAX_HALVINGS``) with ``J(analysis(2^-j u)) < J_current``, else 0."""
+def _control_gradient_norm(jq: IncrementalCost, gradient: np.ndarray) -> float:
+    """``|grad_u J|`` in the transformed control variables ``[B^T/2 g_x; P^T/2 g_p; Q^T/2 g_eta_j]``, whatever ``jq.transform``."""
+    if jq.transform:
+        return float(np.linalg.norm(gradient))
+    v, w = jq.split(gradient)
+    parts = [np.linalg.norm(jq.cost.B.sqrt_t(v)) if jq.n_x else 0.0, np.linalg.norm(jq.cost.P.sqrt_t(w)) if jq.n_p else 0.0]
+    parts += [np.linalg.norm(jq.cost.Q.sqrt_t(w_j)) for w_j in jq.split_model_error(gradient)] if jq.n_e else []
+    return float(np.linalg.norm(parts))
+
+
+def _next_linearisation(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):
+    """``(step, jq_next, start)``: the outer loop's step length, ``Jq`` linearised there and its ``(terms, gradient)`` at 0.
+
+    The full increment is tried by linearising at it (needed anyway when it is kept);
+    with ``backtracking``, while it would not lower ``J`` it is halved (each fraction tried
+    by one nonlinear forecast), up to ``MAX_HALVINGS`` times; ``(0, None, None)`` when
+    no fraction lowers ``J``.
+    """
     step = 1.0
-    for _ in range(MAX_HALVINGS + 1):
+    for halving in range(MAX_HALVINGS + 1 if backtracking else 1):
         try:
-            J_trial = cost.evaluate(*jq.analysis(step * u)).J
+            if halving == 0:
+                jq_next = linearise(*jq.analysis(u))
+                start = jq_next.value_and_gradient(np.zeros(jq_next.size))
+                J_trial = start[0].J
+            else:
+                J_trial = cost.evaluate(*jq.analysis(step * u)).J
         except DivergenceError:
+            if not backtracking:
+                raise
             J_trial = np.inf
-        if J_trial < J_current:
-            return step
+        if not backtracking or J_trial < J_current:
+            if halving:
+                jq_next = linearise(*jq.analysis(step * u))
+                start = jq_next.value_and_gradient(np.zeros(jq_next.size))
+            return step, jq_next, start
         step *= 0.5
-    return 0.0
+    return 0.0, None, None
 
 
 class AssimilationResult(scipy.optimize.OptimizeResult):
     """The outcome of :func:`minimize_4dvar`, in the manner of ``scipy.optimize.OptimizeResult``.
 
-    Attributes: ``x0``, ``p`` (the analysis), ``model_error`` (the analysed forcing
-    ``eta``, ``(n_sub, n_state)``; ``n_sub = 0`` in strong constraint), ``success``, ``message``, ``nit``
-    and ``nfev`` (inner iterations and cost evaluations, all outer loops),
-    ``outer`` (one dict per outer loop: the nonlinear ``J``, ``Jb``, ``Jp``,
-    ``Jo`` and gradient norm at its linearisation point, and its ``inner``
-    :class:`InnerLoopResult`), and ``final`` (the nonlinear cost terms at the
-    analysis) with ``final_gradient_norm``.
+    Attributes: ``x0``, ``p`` (the analysis), ``model_error`` (the analysed forcing ``eta``,
+    ``(n_sub, n_state)``; ``n_sub = 0`` in strong constraint); ``success`` (the nonlinear problem is solved
+    to the tolerance, or as far as round-off allows), ``status`` (a key of :data:`STATUS_MESSAGES`) and ``message`` (what
+    stopped the outer loops, in words); ``nit`` and ``nfev`` (inner iterations and cost
+    evaluations, all outer loops); ``outer`` (one dict per outer loop that ran an inner
+    loop: the nonlinear ``J``, ``Jb``, ``Jp``, ``Jo`` and control-space gradient norm at its
+    linearisation point, its ``inner`` :class:`InnerLoopResult` and ``step_length``);
+    ``final`` (the nonlinear cost terms at the analysis) with ``final_gradient_norm``
+    (control space); ``posterior`` (a :class:`fourdvar.posterior.Posterior` from the
+    Ritz pairs, with the ``lanczos`` method and a control of state and parameters
+    whose B is applied in state space; else ``None``).
     """
 
     def __repr__(self) -> str:
@@ -210,49 +365,103 @@ def minimize_4dvar(
     x0: np.ndarray,
     p: np.ndarray,
     control="state",
-    outer_loops: int = 3,
-    method: str = "lbfgs",
+    outer_loops: int = 10,
+    method: str = "lanczos",
     max_iterations: int = 50,
-    gradient_reduction: float = 1e-6,
+    gradient_reduction: float = 1e-2,
     transform: bool = True,
     callback=None,
     backtracking: bool = True,
     eta: np.ndarray | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    preconditioner: str | None = None,
+    posterior_rank: int | None = None,
 ) -> AssimilationResult:
-    """Incremental 4D-Var: ``outer_loops`` relinearisations, each with an inner minimisation.
+    """Incremental 4D-Var: at most ``outer_loops`` relinearisations, each with an inner
+    minimisation, until ``1/2 |grad_u J|^2 <= tolerance * J`` (see the module docstring).
 
     ``eta`` is the first guess of the model-error forcing of a weak-constraint
     cost (default 0).
-
+    ``preconditioner="spectral"`` (``lanczos`` only; the default with it, else ``"none"``)
+    preconditions each inner loop by the Ritz pairs of the previous ones; ``posterior_rank`` caps the Ritz pairs kept per outer
+    loop, for the preconditioner and the posterior (default: all that have converged).
+    ``gradient_reduction`` defaults to ``1e-2``: inexact Gauss-Newton, each inner loop solved
+    only as far as the next relinearisation can use (near the end the outer tolerance sets
+    the inner target instead).
     ``callback(outer_loop, record)`` is called after each outer loop (for progress).
-    Each outer record holds ``step_length``: the fraction of the increment kept.
     """
     if outer_loops < 1:
         raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
-    x0 = np.asarray(x0, dtype=float).copy()
-    p = np.asarray(p, dtype=float).copy()
-    eta = cost.checked_model_error(eta)
-    outer = []
-    for i in range(outer_loops):
-        jq = IncrementalCost(cost, x0, p, control=control, transform=transform, outer_loop=i, eta=eta)
-        inner = minimize_inner(jq, method, max_iterations, gradient_reduction)
-        record = {
-            "J": inner.J[0], "Jb": inner.Jb[0], "Jp": inner.Jp[0], "Jo": inner.Jo[0],
-            "gradient_norm": inner.gradient_norm[0], "inner": inner,
-        }
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if preconditioner is None:
+        preconditioner = "spectral" if method == "lanczos" else "none"
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"unknown preconditioner {preconditioner!r}; choose one of {', '.join(PRECONDITIONERS)}")
+    if preconditioner == "spectral" and method != "lanczos":
+        raise ValueError(f"preconditioner 'spectral' needs method 'lanczos', not {method!r}")
+    if method == "lanczos" and not transform:
+        raise ValueError("method 'lanczos' works in the transformed control variables: it needs transform=True")
+    if posterior_rank is not None and posterior_rank < 1:
+        raise ValueError(f"posterior_rank must be at least 1, got {posterior_rank}")
+
+    def linearise(x, q, e, outer_loop=0):
+        return IncrementalCost(cost, x, q, control=control, transform=transform, outer_loop=outer_loop, eta=e)
+
+    jq = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
+    start = jq.value_and_gradient(np.zeros(jq.size))
+    S = SpectralPreconditioner(jq.size)
+    last_factor, outer, status, criterion = None, [], 1, ""
+    for i in range(outer_loops + 1):
+        terms, gradient = start
+        gradient_norm = _control_gradient_norm(jq, gradient)
+        gradient_target = np.sqrt(2.0 * tolerance * max(terms.J, 0.0))
+        if gradient_norm <= gradient_target:
+            status, criterion = 0, "gradient"
+            break
+        if i == outer_loops:
+            break
+        inner = minimize_inner(
+            jq, method, max_iterations, gradient_reduction, preconditioner=S, start=start,
+            gradient_target=gradient_target if transform else 0.0,
+        )
+        record = {"J": terms.J, "Jb": terms.Jb, "Jp": terms.Jp, "Jo": terms.Jo, "gradient_norm": gradient_norm, "inner": inner}
         outer.append(record)
-        step_length = _step_length(cost, jq, inner.u, inner.J[0]) if backtracking else 1.0
-        record["step_length"] = step_length
-        x0, p, eta = jq.analysis(step_length * inner.u)
+        if inner.lanczos is not None:
+            last_factor = (S, inner.lanczos.factor(posterior_rank))
+        step, jq_next, start_next = _next_linearisation(
+            cost, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
+        if preconditioner == "spectral" and jq_next is not None:
+            settled = terms.J - start_next[0].J <= SETTLED * terms.J
+            S = last_factor[0].extended(last_factor[1]) if settled else SpectralPreconditioner(jq.size)
+        record["step_length"] = step
         if callback is not None:
             callback(i, record)
-    final, gx, gp, geta = cost.full_gradient(x0, p, eta)
-    final_gradient_norm = float(np.linalg.norm(jq.control_gradient(gx, gp, geta)))  # same space as the inner loops
-    converged = outer[-1]["inner"].converged
+        if jq_next is None:
+            status = 3 if inner.J[0] - inner.J[-1] <= ROUNDOFF_DECREASE * np.finfo(float).eps * abs(terms.J) else 2
+            break
+        jq, start = jq_next, start_next
+        if (step == 1.0 and inner.converged and inner.J[0] - inner.J[-1] <= tolerance * terms.J
+                and inner.gradient_norm[-1] <= gradient_target):
+            status, criterion = 0, "decrease"
+            break
+
+    final, gradient = start
+    final_gradient_norm = _control_gradient_norm(jq, gradient)
+    posterior = None
+    if last_factor is not None and not jq.control.model_error and jq.n_x in (0, cost.model.n_state):
+        posterior = Posterior(cost, jq.control, last_factor[0].extended(last_factor[1]))
+    loops = f"{len(outer)} outer loop(s)"
+    message = {
+        (0, "gradient"): f"converged after {loops}: 1/2 |grad J|^2 <= {tolerance:.0e} J, so J is within that (relative) of its minimum",
+        (0, "decrease"): f"converged after {loops}: the last Gauss-Newton increment lowered J by less than {tolerance:.0e} J",
+        (1, ""): f"not converged after the maximum of {loops}: 1/2 |grad J|^2 = {0.5 * final_gradient_norm**2 / max(final.J, 1e-300):.1e} J > {tolerance:.0e} J",
+        (2, ""): f"stopped after {loops}: no fraction of the last increment lowered J (the Gauss-Newton step failed)",
+        (3, ""): f"converged to round-off after {loops}: the last increment could lower J only within round-off (the tolerance {tolerance:.0e} asks for more)",
+    }[status, criterion]
     return AssimilationResult(
-        x0=x0, p=p, success=bool(converged),
-        message=f"{outer_loops} outer loop(s); last inner loop: {outer[-1]['inner'].message}",
-        nit=sum(r["inner"].nit for r in outer), nfev=sum(r["inner"].nfev for r in outer),
-        outer=outer, final=final, final_gradient_norm=final_gradient_norm, control=jq.control.names(),
-        model_error=np.zeros((0, cost.model.n_state)) if eta is None else eta,
+        x0=jq.x0, p=jq.p, success=status in (0, 3), status=status, message=message,
+        nit=sum(r["inner"].nit for r in outer), nfev=sum(r["inner"].nfev for r in outer) + len(outer) + 1,
+        outer=outer, final=final, final_gradient_norm=final_gradient_norm, control=jq.control.names(), posterior=posterior,
+        model_error=np.zeros((0, cost.model.n_state)) if jq.eta is None else jq.eta,
     )

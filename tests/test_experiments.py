@@ -4,6 +4,7 @@ forecast skill, offline correction fits, comparison runs and the gap headline.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -191,6 +192,51 @@ def test_propagated_params_covariance_is_the_posterior_and_a_resumed_run_continu
 
     with pytest.raises(ConfigError, match="decay and floor belong to update: schedule"):
         tiny(background={"params": {"update": "posterior", "decay": 0.9}})
+
+
+def test_limited_memory_propagated_covariance_round_trips_through_a_checkpoint(tmp_path):
+    """With the lanczos inner method, P of the next window is a diagonal updated in low rank
+    (never an n_p x n_p matrix); written to the checkpoint and read back, a resumed run
+    continues exactly as the uninterrupted one."""
+    background = {"state": {"error_std": 0.5}, "params": {"error_std": 0.5, "update": "posterior", "noise_std": 0.02}}
+    assimilation = {"control": ["state", "params"], "outer_loops": 3, "inner": {"method": "lanczos", "max_iterations": 30}}
+    config = tiny(background=background, assimilation=assimilation)
+    full = execute(Plan.from_config(config))
+    assert "params_covariance_next" not in full and full["params_covariance_next_vectors"].ndim == 2
+    assert np.all(full["params_std"].values[1:] < 0.5)
+    partial_plan = Plan.from_config(tiny(background=background, assimilation=assimilation, window={"steps": 5, "cycles": 2}))
+    rows, state = checkpointed_windows(partial_plan, tmp_path)
+    resumed = execute(Plan.from_config(config), resume=(rows, state))
+    np.testing.assert_allclose(resumed["params_analysis"].values, full["params_analysis"].values, rtol=0, atol=1e-12)
+    for key in ("base_std", "values"):
+        np.testing.assert_allclose(resumed[f"params_covariance_next_{key}"].values, full[f"params_covariance_next_{key}"].values, rtol=0, atol=1e-12)
+    # negative control: resumed with the low-rank part of P dropped, the run continues differently
+    prior_only = dataclasses.replace(state, P=type(state.P)(state.P.base, state.P.U, np.zeros_like(state.P.lam)))
+    diverged = execute(Plan.from_config(config), resume=(rows, prior_only))
+    assert np.max(np.abs(diverged["params_analysis"].values[-1] - full["params_analysis"].values[-1])) > 1e-8
+
+
+def test_observations_at_the_window_end_from_an_offset_and_the_filter_rmse():
+    config = tiny(observations={"every": 2, "offset": 2, "error_std": 1.0}, window={"steps": 4, "cycles": 3, "observations_at_end": True},
+                  assimilation={"control": ["state"], "outer_loops": 2, "inner": {"method": "lanczos"}}, diagnostics={"burn_in_cycles": 1})
+    plan = Plan.from_config(config)
+    assert [[slot.step for slot in plan.window_slots(c)] for c in range(3)] == [[2, 4], [2, 4], [2, 4]]
+    dataset = execute(plan)
+    truth, analysis = dataset["truth"].values, dataset["analysis"].values
+    filter_rmse = np.sqrt(np.mean((analysis[:, -1] - truth[:, -1]) ** 2, axis=1))
+    np.testing.assert_allclose(dataset["rmse_filter"].values, filter_rmse, rtol=1e-12)
+    assert dataset.attrs["headline_rmse_filter_after_burn_in"] == pytest.approx(filter_rmse[1:].mean(), abs=1e-6)
+    assert np.all(dataset["chi2"].values > 0) and "headline_desroziers_obs_std_mean" in dataset.attrs
+    default = Plan.from_config(tiny(window={"steps": 4, "cycles": 2}))
+    assert [[slot.step for slot in default.window_slots(c)] for c in range(2)] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+def test_solver_keys_are_checked_before_anything_runs():
+    with pytest.raises(ConfigError, match="assimilation.preconditioner: spectral needs inner.method lanczos, not cg"):
+        tiny(assimilation={"control": ["state"], "preconditioner": "spectral", "inner": {"method": "cg"}})
+    with pytest.raises(ConfigError, match="lanczos works in the transformed control variables"):
+        tiny(assimilation={"control": ["state"], "transform": False, "inner": {"method": "lanczos"}})
+    with pytest.raises(ConfigError, match="assimilation.tolerance"):
+        tiny(assimilation={"control": ["state"], "tolerance": -1.0})
 
 
 def test_reading_a_result_file_never_imports_what_its_config_names(tmp_path, monkeypatch):

@@ -181,6 +181,7 @@ SCHEMA: dict[str, Any] = {
     "observations": {
         "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
         "every": Field("int", 1, "observe every `every` model steps (generated observations)", _at_least_one),
+        "offset": Field("int", 0, "the first observation time, in model steps from the start of cycle 0 (generated observations at offset, offset + every, ...)", _non_negative),
         "operator": Field("components", {"type": "identity"}, "the observation operator, or a list of operators used in turn at successive observation times"),
         "error_std": Field("float", 1.0, "observation error standard deviation (R = error_std^2 I)", _std),
     },
@@ -216,23 +217,30 @@ SCHEMA: dict[str, Any] = {
     "window": {
         "steps": Field("int", 10, "model steps per assimilation window", _at_least_one),
         "cycles": Field("int", 1, "number of consecutive windows", _at_least_one),
+        "observations_at_end": Field("bool", False, "a window takes the observations at steps (start, start + steps], its end included and its start left to the previous window; false: [start, start + steps)"),
     },
     "assimilation": {
         "control": Field("str_list", ["state"], "what 4D-Var estimates: `[state]`, `[params]` or `[state, params]`, with `model_error` added for weak constraint (e.g. `[state, model_error]`, `[state, params, model_error]`; see `model_error`)", choices=("state", "params", "model_error")),
-        "outer_loops": Field("int", 3, "outer loops (relinearisations) per window", _at_least_one),
+        "outer_loops": Field("int", 3, "maximum outer loops (relinearisations) per window; they stop earlier once J is within `tolerance` of its minimum", _at_least_one),
+        "tolerance": Field("float", 1.0e-8, "stop the outer loops when J is within this (relative) of its minimum: 1/2 |grad J|^2 <= tolerance J in control variables, or the last Gauss-Newton increment's predicted decrease <= tolerance J", _non_negative),
+        "preconditioner": Field("str", None, "`spectral`: each inner loop preconditioned by the Ritz pairs of the previous ones (needs `inner.method: lanczos`; its default there), or `none`", choices=("none", "spectral"), nullable=True),
+        "quasi_static_steps": Field("int", None, "quasi-static minimisation (Pires et al. 1996): grow the window by this many steps per stage, each stage warm-started from the last; none: the whole window at once", _at_least_one, nullable=True),
+        "posterior_rank": Field("int", None, "Ritz pairs kept per outer loop for the preconditioner and the low-rank posterior, and the rank of the propagated P (`update: posterior` with `lanczos`); none: all converged ones", _at_least_one, nullable=True),
         "transform": Field("bool", True, "minimise in the preconditioned variables v = B^-1/2 dx0, w = P^-1/2 dp"),
         "backtracking": Field("bool", True, "halve an outer-loop increment while it would raise the nonlinear cost (safeguarded Gauss-Newton); false: always add the full increment"),
         "max_cost_per_obs": Field("float", None, "with `state` and `params` in the control: a window whose analysis cost J exceeds this times its number of observations (J is about half that number at a good minimum) is redone with the parameters fixed, which then carry over unchanged; none: no check", _positive, nullable=True),
         "inner": {
-            "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B) or `cg` (conjugate gradients)", choices=("lbfgs", "cg")),
+            "method": Field("str", "lbfgs", "inner minimiser: `lbfgs` (scipy L-BFGS-B), `cg` (conjugate gradients) or `lanczos` (CG keeping its Lanczos vectors: Ritz pairs for the spectral preconditioner and the low-rank posterior)", choices=("lbfgs", "cg", "lanczos")),
             "max_iterations": Field("int", 50, "maximum inner iterations per outer loop", _at_least_one),
-            "gradient_reduction": Field("float", 1.0e-6, "stop the inner loop when |grad Jq| <= this * its initial value", _fraction),
+            "gradient_reduction": Field("float", 1.0e-6, "stop the inner loop when |grad Jq| <= this * its initial value (or as small as the outer tolerance needs, or at round-off)", _fraction),
         },
     },
     "output": {
         "file": Field("str", None, "result NetCDF file (default: `results/<config name>.nc`)", nullable=True),
+        "checkpoint": Field("bool", True, "write a checkpoint after every window (for --resume); false: none, for fast runs of many short windows"),
     },
     "diagnostics": {
+        "burn_in_cycles": Field("int", 0, "windows left out of the filter-RMSE headline (spin-up of the cycling)", _non_negative),
         "forecast_skill": Field("bool", False, "measure forecast skill (needs a truth run): from truth states on an independent stretch of the truth, and from the analyses of the last half of the cycles"),
         "lyapunov_time": Field("float", 0.61, "one Lyapunov time in model time units (0.61 for Lorenz-96 with F = 8)", _positive),
         "skill_threshold": Field("float", 0.5, "a forecast is valid while its RMSE / the truth's climatological std stays below this", _positive),
@@ -439,6 +447,13 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError("ensemble.members: an ensemble of data assimilations estimates the state only (assimilation.control: [state])")
     if config["ensemble"]["members"] and state["adaptive"]:
         raise ConfigError("ensemble.members: the ensemble gives B its flow-dependent part; background.state.adaptive cannot be combined with it")
+    assimilation = config["assimilation"]
+    if assimilation["preconditioner"] == "spectral" and assimilation["inner"]["method"] != "lanczos":
+        raise ConfigError(f"assimilation.preconditioner: spectral needs inner.method lanczos, not {assimilation['inner']['method']}")
+    if assimilation["inner"]["method"] == "lanczos" and not assimilation["transform"]:
+        raise ConfigError("assimilation.inner.method: lanczos works in the transformed control variables; it needs transform: true")
+    if assimilation["quasi_static_steps"] is not None and "model_error" in assimilation["control"]:
+        raise ConfigError("assimilation.quasi_static_steps: quasi-static stages are for strong constraint; remove model_error from the control or the stages")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]

@@ -84,6 +84,12 @@ def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
     headline, curves = {}, {}
     if "rmse_analysis" in dataset:
         headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
+        burn_in = slice(plan.config["diagnostics"]["burn_in_cycles"], None)
+        headline["rmse_filter_after_burn_in"] = float(dataset["rmse_filter"].values[burn_in].mean())
+    if "chi2" in dataset:
+        headline["chi2_mean"] = float(np.nanmean(dataset["chi2"].values))
+        for key in ("desroziers_obs_std", "desroziers_background_std"):
+            headline[f"{key}_mean"] = float(np.sqrt(np.nanmean(dataset[key].values ** 2)))
     weak = plan.Q0 is not None or plan.config["truth"]["model_error_std"] > 0  # where the window end matters most
     if weak:
         headline.update(_end_and_window_rmse(dataset, half, ""))

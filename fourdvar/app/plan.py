@@ -155,7 +155,8 @@ class Plan:
         return {
             "outer_loops": assimilation["outer_loops"], "method": inner["method"], "max_iterations": inner["max_iterations"],
             "gradient_reduction": inner["gradient_reduction"], "transform": assimilation["transform"],
-            "backtracking": assimilation["backtracking"],
+            "backtracking": assimilation["backtracking"], "tolerance": assimilation["tolerance"],
+            "preconditioner": assimilation["preconditioner"], "posterior_rank": assimilation["posterior_rank"],
         }
 
     def with_initial_params(self, pb0: np.ndarray, **attributes) -> "Plan":
@@ -203,10 +204,17 @@ class Plan:
                 f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
             )
 
+    def window_slots(self, c: int):
+        """The observations of window ``c``, steps from its start: ``[start, start + L)``, or
+        ``(start, start + L]`` with ``window.observations_at_end``."""
+        at_end = self.config["window"]["observations_at_end"]
+        slots = self.observations.window(c * self.n_steps, self.n_steps, include_end=at_end)
+        return type(slots)(slot for slot in slots if slot.step > 0) if at_end else slots
+
     def _check_cost(self) -> None:
         """Refuse values that make the cost meaningless: J at the first background must be
         finite and below :data:`MAX_COST`."""
-        slots = self.observations.window(0, self.n_steps, include_end=False)
+        slots = self.window_slots(0)
         if not len(slots):
             return
         P = self.P0 if "params" in self.control else None
@@ -310,7 +318,8 @@ class Plan:
             build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n)
             for i, spec in enumerate(specs)
         ]
-        steps = list(range(0, self.n_cycles * self.n_steps, obs_config["every"]))
+        last = self.n_cycles * self.n_steps + (1 if self.config["window"]["observations_at_end"] else 0)
+        steps = list(range(obs_config["offset"], last, obs_config["every"]))
         position = {step: i for i, step in enumerate(steps)}
         return observation_set_class().synthetic(
             self.truth["trajectory"], steps, lambda step: operators[position[step] % len(operators)],

@@ -43,6 +43,17 @@ import yaml
 from .. import __version__
 from ..cost import CostTerms, FourDVarCost
 from ..covariances import Dense
+from ..posterior import LowRankCovariance
+
+DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
+    "chi2": ("chi2", "2 J_min / n_obs (about 1 when B, R and the model are consistent)"),
+    "omb_mean": ("omb_mean", "mean observation minus background forecast"),
+    "omb_rms": ("omb_rms", "rms observation minus background forecast"),
+    "oma_mean": ("oma_mean", "mean observation minus analysis forecast"),
+    "oma_rms": ("oma_rms", "rms observation minus analysis forecast"),
+    "obs_error_std": ("desroziers_obs_std", "Desroziers estimate of the observation error std, sqrt(d_a . d_b / m)"),
+    "background_error_std": ("desroziers_background_std", "Desroziers estimate of the background error std in observation space, sqrt((d_b - d_a) . d_b / m)"),
+}
 from ..registry import registered_names_only
 
 __all__ = ["ResultRecorder", "WriteError", "write_atomic", "remove_temporaries", "recompute_cost", "config_of", "config_text",
@@ -84,6 +95,7 @@ class ResultRecorder:
             "params_std": _mean_std(outcome.P),
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
             "model_error": outcome.model_error,
+            "departures": {key: float(getattr(outcome.departures, key)) for key in DEPARTURE_VARIABLES},
         })
         self.P_next = outcome.P_next
         return self.rows[-1]
@@ -112,6 +124,7 @@ class ResultRecorder:
             var("rmse_background_window", ("cycle",), _rms(background - truth, axis=(1, 2)), "background RMSE over the window", state_units)
             var("rmse_analysis_window", ("cycle",), _rms(analysis - truth, axis=(1, 2)), "analysis RMSE over the window", state_units)
             var("rmse_analysis_end", ("cycle",), _rms(analysis[:, -1] - truth[:, -1], axis=1), "analysis RMSE at the window end (the next background)", state_units)
+            var("rmse_filter", ("cycle",), _rms(analysis[:, -1] - truth[:, -1], axis=1), "analysis RMSE at the window end (filter)", state_units)
         if exp.model.n_params:
             var("params_background", ("cycle", "param"), [r["params_background"] for r in self.rows], "background (first guess) parameters")
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
@@ -128,15 +141,25 @@ class ResultRecorder:
         for key, long_name in [("J", "incremental cost Jq"), ("Jb", "Jq background term"), ("Jp", "Jq parameter term"),
                                ("Jo", "Jq observation term"), ("gradient_norm", "norm of the gradient of Jq (control space)")]:
             var(key, ("cycle", "outer", "iteration"), padded(key), f"{long_name} per inner iteration")
-        var("J_outer", ("cycle", "outer"), [[o["J_outer"] for o in r["outer"]] for r in self.rows], "nonlinear cost J at each outer loop's linearisation point")
-        var("step_length", ("cycle", "outer"), [[o["step_length"] for o in r["outer"]] for r in self.rows], "fraction of the outer-loop increment kept (backtracking)")
-        var("inner_iterations", ("cycle", "outer"), np.array([[o["nit"] for o in r["outer"]] for r in self.rows], dtype=np.int64), "inner iterations per outer loop")
+        def per_outer(key, fill):  # outer loops stop when converged: the ones not run are left at fill
+            return [[o[key] for o in r["outer"]] + [fill] * (n_outer - len(r["outer"])) for r in self.rows]
+
+        var("J_outer", ("cycle", "outer"), per_outer("J_outer", np.nan), "nonlinear cost J at each outer loop's linearisation point (NaN: not run, converged before)")
+        var("step_length", ("cycle", "outer"), per_outer("step_length", np.nan), "fraction of the outer-loop increment kept (backtracking)")
+        var("inner_iterations", ("cycle", "outer"), np.array(per_outer("nit", 0), dtype=np.int64), "inner iterations per outer loop")
         for key in ("Jb", "Jp", "Jo"):
             var(f"{key}_final", ("cycle",), [getattr(r["final"], key) for r in self.rows], f"nonlinear {key} at the analysis")
         var("J_final", ("cycle",), [r["final"].J for r in self.rows], "nonlinear cost J at the analysis")
         var("background_std", ("cycle",), [r["background_std"] for r in self.rows], "mean background error std of the state (B)", state_units)
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
-        if exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
+        for key, (name, long_name) in DEPARTURE_VARIABLES.items():
+            var(name, ("cycle",), [r["departures"][key] for r in self.rows], long_name)
+        if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
+            long_name = "parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2"
+            var("params_covariance_next_base_std", ("param",), self.P_next.base.std, f"{long_name}: std of the diagonal C0")
+            var("params_covariance_next_vectors", ("param", "rank"), self.P_next.U, f"{long_name}: orthonormal U")
+            var("params_covariance_next_values", ("rank",), self.P_next.lam, f"{long_name}: lam")
+        elif exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
             matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
         if exp.Q0 is not None:
@@ -150,7 +173,9 @@ class ResultRecorder:
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 
-        obs = exp.observations.window(0, n_cycles * L, include_end=False)
+        at_end = exp.config["window"]["observations_at_end"]
+        obs = exp.observations.window(0, n_cycles * L, include_end=at_end)
+        obs = type(obs)(slot for slot in obs if slot.step > 0) if at_end else obs
         obs_ds = obs.to_dataset() if len(obs) else None
         if obs_ds is not None:
             for name in ("value", "step", "index", "error_std"):
@@ -192,7 +217,7 @@ MEMBER_KEYS = ("member_background", "member_analysis", "member_forecast_end")
 def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) -> xr.Dataset:
     """One recorded window and the cycling state after it, exactly (a checkpoint file)."""
     n_outer = len(row["outer"])
-    n_iter = max(len(o["J"]) for o in row["outer"])
+    n_iter = max((len(o["J"]) for o in row["outer"]), default=1)
     costs = {key: np.full((n_outer, n_iter), np.nan) for key in _COST_KEYS}
     for o, record in enumerate(row["outer"]):
         for key in _COST_KEYS:
@@ -212,6 +237,7 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         "params_std": ((), row["params_std"]),
         "rejected_cost": ((), row["rejected_cost"]),
         **{key: (("member", "x"), row[key]) for key in MEMBER_KEYS if key in row},  # an ensemble's members
+        **{f"departures_{key}": ((), row["departures"][key]) for key in DEPARTURE_VARIABLES},
         **state_variables,
     }
     return xr.Dataset(data, attrs={"cycle": cycle, "config": config, "fourdvar_version": __version__})
@@ -237,6 +263,7 @@ def window_row(dataset: xr.Dataset) -> dict:
         "params_std": float(dataset["params_std"].values),
         "rejected_cost": float(dataset["rejected_cost"].values),
         **{key: dataset[key].values for key in MEMBER_KEYS if key in dataset},
+        "departures": {key: float(dataset[f"departures_{key}"].values) for key in DEPARTURE_VARIABLES},
     }
 
 
@@ -344,7 +371,7 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     pb = row["params_background"].values if "params_background" in dataset else plan.pb0
     B = plan.B0.with_std(float(row["background_std"]))
     P = plan.params_policy(cycle, plan.P0) if "params" in plan.control else None
-    slots = plan.observations.window(cycle * plan.n_steps, plan.n_steps, include_end=False)
+    slots = plan.window_slots(cycle)
     cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=plan.Q0, model_error_every=plan.model_error_every)
     x0 = row["analysis"].values[0]
     p = row["params_analysis"].values if "params_analysis" in dataset else plan.pb0

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ..covariances import Dense, Diagonal
+from ..posterior import LowRankCovariance
 from ..cycling import WindowOutcome, cycle
 from ..window import DivergenceError, forecast
 from .checkpoint import Checkpoint
@@ -63,6 +64,9 @@ class CyclingState:
         data = {"state_xb": (("x",), self.xb), "state_pb": (("param",), self.pb), "state_B_std": (("x",), np.broadcast_to(self.B.std, self.xb.shape))}
         if isinstance(self.P, Dense):
             data["state_P"] = (("param", "param_"), self.P.matrix)
+        elif isinstance(self.P, LowRankCovariance):  # limited memory: C0^1/2 (I + U diag(lam) U^T) C0^1/2, C0 diagonal
+            data.update(state_P_base_std=(("param",), self.P.base.std), state_P_vectors=(("param", "rank"), self.P.U),
+                        state_P_values=(("rank",), self.P.lam))
         elif self.P is not None:
             data["state_P_std"] = (("param",), np.broadcast_to(self.P.std, self.pb.shape))
         if self.members is not None:
@@ -74,6 +78,8 @@ class CyclingState:
         B = plan.B0.with_std(dataset["state_B_std"].values) if plan.config["background"]["state"]["adaptive"] else plan.B0
         if "state_P" in dataset:
             P = Dense(dataset["state_P"].values)
+        elif "state_P_base_std" in dataset:
+            P = LowRankCovariance(Diagonal(dataset["state_P_base_std"].values), dataset["state_P_vectors"].values, dataset["state_P_values"].values)
         elif "state_P_std" in dataset:
             P = Diagonal(dataset["state_P_std"].values)
         else:
@@ -136,7 +142,8 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
 
     Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
     runs, saves every window, continues the windows already saved when ``resume``,
-    writes the result atomically and removes the checkpoint.  Raises
+    writes the result atomically and removes the checkpoint (``output.checkpoint: false``:
+    saves none).  Raises
     :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
     configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
     an interruption leaves the saved windows for ``resume``.  ``map_members`` and
@@ -157,10 +164,9 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
                 say(f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
         else:
             checkpoint.clear()
-        dataset = execute(
-            plan, resume=saved, on_window=lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text),
-            progress=progress, message=message, map_members=map_members, comparison_progress=comparison_progress,
-        )
+        save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.config["output"]["checkpoint"] else None
+        dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message,
+                          map_members=map_members, comparison_progress=comparison_progress)
         write_atomic(dataset, plan.output)
         checkpoint.remove()
     finally:
@@ -176,7 +182,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
         recorder.rows.extend(rows)
         recorder.P_next = state.P
     posterior = plan.config["background"]["params"]["update"] == "posterior" and "params" in plan.control
-    windows = (plan.observations.window(c * plan.n_steps, plan.n_steps, include_end=False) for c in range(state.cycle, plan.n_cycles))
+    windows = (plan.window_slots(c) for c in range(state.cycle, plan.n_cycles))
     solve_options = plan.solver_options
     if plan.config["ensemble"]["members"]:
         outcomes = ((window.control, window) for window in ensemble_windows(plan, state, windows, map_members, **solve_options))
@@ -186,7 +192,8 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
             start_cycle=state.cycle, background_policy=plan.background_policy,
             params_policy=None if posterior else plan.params_policy,
             params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
-            max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], **solve_options,
+            max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"],
+            **solve_options,
             Q=plan.Q0, model_error_every=plan.model_error_every,
         ))
     current = state.cycle

@@ -1,0 +1,46 @@
+"""Observation-space diagnostics of one window, as pure functions of the cost and two trajectories.
+
+With ``d_b = y - H(x^b)`` (observation minus background forecast) and
+``d_a = y - H(x^a)`` (minus analysis), over all ``m`` observations of the window::
+
+    chi2     = 2 J_min / m                       ~ 1 when B, R and the model are consistent
+    sigma_o^2 ~ d_a . d_b / m                     Desroziers et al. (2005): E[d_a d_b^T] = R
+    sigma_b^2 ~ (d_b - d_a) . d_b / m             E[(H x^a - H x^b) d_b^T] = H B H^T
+
+(in units of the observations, whitened by nothing: meant for one observation type with a
+common error std).  The trajectories are those of the background and of the analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["WindowDepartures", "window_departures"]
+
+
+@dataclass(frozen=True)
+class WindowDepartures:
+    n_obs: int
+    chi2: float  # 2 J_min / n_obs
+    omb_mean: float
+    omb_rms: float
+    oma_mean: float
+    oma_rms: float
+    obs_error_std: float  # Desroziers
+    background_error_std: float  # Desroziers, in observation space
+
+
+def window_departures(cost, background_trajectory: np.ndarray, analysis_trajectory: np.ndarray, J_min: float) -> WindowDepartures:
+    """The statistics of the module docstring for the observation slots of ``cost``."""
+    d_b = np.concatenate([slot.values - slot.operator.apply(background_trajectory[slot.step]) for slot in cost.slots])
+    d_a = np.concatenate([slot.values - slot.operator.apply(analysis_trajectory[slot.step]) for slot in cost.slots])
+    m = d_b.size
+    return WindowDepartures(
+        n_obs=m, chi2=2.0 * float(J_min) / m,
+        omb_mean=float(d_b.mean()), omb_rms=float(np.sqrt(np.mean(d_b**2))),
+        oma_mean=float(d_a.mean()), oma_rms=float(np.sqrt(np.mean(d_a**2))),
+        obs_error_std=float(np.sqrt(max(d_a @ d_b / m, 0.0))),
+        background_error_std=float(np.sqrt(max((d_b - d_a) @ d_b / m, 0.0))),
+    )

@@ -1,0 +1,179 @@
+"""Conjugate gradients in their Lanczos form, and the spectral preconditioner built from them.
+
+The inner loop solves ``A u = -g0`` with ``A = I + L^T R^-1 L`` the Hessian of ``Jq`` in
+control variables (SPD, eigenvalues >= 1).  With a preconditioner ``S`` (``C = S S^T ~ A^-1``)
+it solves the split system ``(S^T A S) z = -S^T g0``, ``u = S z``.  Lanczos on
+``Â = S^T A S`` from ``q_1 = b / beta_0``, ``b = -S^T g0``::
+
+    w = Â q_j - beta_{j-1} q_{j-1};  alpha_j = q_j . w;  w -= alpha_j q_j
+    w -= Q_j (Q_j^T w)   (twice: full reorthogonalisation)
+    beta_j = |w|;  q_{j+1} = w / beta_j
+
+gives ``Â Q_j = Q_j T_j + beta_j q_{j+1} e_j^T`` with ``T_j`` tridiagonal.  The iterate
+``z_j = Q_j y_j``, ``T_j y_j = beta_0 e_1``, is the CG iterate (same Krylov space, same
+minimiser of ``Jq`` on it); its residual is ``Â z_j - b = beta_j (e_j^T y_j) q_{j+1}``, so the
+gradient of ``Jq`` at ``u_j = S z_j`` is ``S^-T`` of that and its norm is known without a
+further Hessian product.  Since ``z_j`` minimises ``Jq`` over the Krylov space,
+``u_j . A u_j = -g0 . u_j`` and ``Jq(u_j) = Jq(0) + 1/2 g0 . u_j``.
+
+Ritz pairs: ``T_j = Y Theta Y^T`` gives ``(theta_i, Q_j y_i)``, eigenpairs of ``Â`` with
+residual ``|Â v_i - theta_i v_i| = beta_j |e_j^T y_i|``.
+
+Spectral preconditioner: with orthonormal Ritz vectors ``V`` and values ``Theta`` of ``Â``,
+``T = I + V (Theta^-1/2 - I) V^T`` satisfies ``T T = I + V (Theta^-1 - I) V^T ~ Â^-1``, so
+``S T`` is the next, better square root: ``(S T)(S T)^T ~ A^-1``.  Across outer loops the
+factors multiply, ``S = T_1 T_2 ... T_m``; each is its own inverse's image,
+``T^-1 = I + V (Theta^1/2 - I) V^T``, so ``S^-T`` is as cheap as ``S``.  ``S S^T`` is also
+the low-rank posterior covariance of the control (:mod:`fourdvar.posterior`), exactly
+``A^-1`` when the last Lanczos has converged: ``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+__all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos"]
+
+RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
+
+
+@dataclass(frozen=True)
+class SpectralFactor:
+    """``T = I + V (theta^-1/2 - 1) V^T``: ``V`` orthonormal columns ``(n, r)``, ``theta > 0``."""
+
+    vectors: np.ndarray
+    values: np.ndarray
+
+    def apply(self, x: np.ndarray, power: float = -0.5) -> np.ndarray:
+        """``(I + V (theta^power - 1) V^T) x``; ``power=-0.5`` is ``T``, ``+0.5`` is ``T^-1``."""
+        V = self.vectors
+        return x + V @ ((self.values**power - 1.0) * (V.T @ x))
+
+    @property
+    def rank(self) -> int:
+        return int(self.values.size)
+
+
+@dataclass(frozen=True)
+class SpectralPreconditioner:
+    """``S = T_1 T_2 ... T_m`` (symmetric factors), ``C = S S^T``; no factor is the identity."""
+
+    size: int
+    factors: tuple = ()
+
+    def apply(self, z: np.ndarray) -> np.ndarray:
+        """``S z = T_1 (T_2 (... T_m z))``."""
+        for factor in reversed(self.factors):
+            z = factor.apply(z)
+        return z
+
+    def apply_t(self, x: np.ndarray) -> np.ndarray:
+        """``S^T x = T_m (... T_2 (T_1 x))``."""
+        for factor in self.factors:
+            x = factor.apply(x)
+        return x
+
+    def inverse_t(self, r: np.ndarray) -> np.ndarray:
+        """``S^-T r = T_1^-1 (T_2^-1 (... T_m^-1 r))``."""
+        for factor in reversed(self.factors):
+            r = factor.apply(r, power=0.5)
+        return r
+
+    def extended(self, factor: SpectralFactor | None) -> "SpectralPreconditioner":
+        """``S T``: this preconditioner improved by the Ritz pairs of ``S^T A S``."""
+        if factor is None or factor.rank == 0:
+            return self
+        return SpectralPreconditioner(self.size, self.factors + (factor,))
+
+    @property
+    def rank(self) -> int:
+        return sum(factor.rank for factor in self.factors)
+
+
+@dataclass
+class LanczosRun:
+    """What one Lanczos solve leaves: the solution, per-iteration norms, and the Ritz pairs."""
+
+    z: np.ndarray
+    u: np.ndarray
+    gradient_norm: list[float] = field(default_factory=list)  # |grad Jq(u_j)|, j = 0..nit
+    nit: int = 0
+    breakdown: bool = False  # beta_j == 0: the Krylov space is invariant, z_j is exact
+    ritz_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ritz_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # columns, of S^T A S
+    ritz_residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def factor(self, rank: int | None = None, tolerance: float = RITZ_TOLERANCE) -> SpectralFactor | None:
+        """The spectral factor of the converged Ritz pairs (``|residual| <= tolerance * theta``),
+        at most ``rank`` of them, the largest first; ``None`` when none has converged."""
+        keep = np.flatnonzero(self.ritz_residuals <= tolerance * self.ritz_values)
+        keep = keep[np.argsort(self.ritz_values[keep])[::-1]][: (None if rank is None else int(rank))]
+        if keep.size == 0:
+            return None
+        return SpectralFactor(vectors=self.ritz_vectors[:, keep], values=self.ritz_values[keep])
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
+    j = len(alphas)
+    T = np.diag(alphas)
+    if j > 1:
+        off = np.asarray(betas[: j - 1])
+        T += np.diag(off, 1) + np.diag(off, -1)
+    return T
+
+
+def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, preconditioner: SpectralPreconditioner | None = None) -> LanczosRun:
+    """Solve ``A u = -g0`` by preconditioned Lanczos (see the module docstring).
+
+    ``hessian_vector(u) -> A u``.  ``stop(j, u_j, gradient_norm) -> bool`` is asked after each
+    iteration ``j`` with the iterate and the gradient norm of ``Jq`` there.  Raises
+    :class:`numpy.linalg.LinAlgError` when ``T_j`` is not positive-definite (``A`` is not).
+    """
+    n = g0.size
+    S = preconditioner if preconditioner is not None else SpectralPreconditioner(n)
+    b = -S.apply_t(g0)
+    beta0 = float(np.linalg.norm(b))
+    run = LanczosRun(z=np.zeros(n), u=np.zeros(n), gradient_norm=[float(np.linalg.norm(g0))])
+    if beta0 == 0.0:
+        return run
+    Q = np.empty((max_iterations + 1, n))
+    Q[0] = b / beta0
+    alphas, betas = [], []
+    y = np.zeros(0)
+    for j in range(max_iterations):
+        w = S.apply_t(hessian_vector(S.apply(Q[j])))
+        alpha = float(Q[j] @ w)
+        w -= alpha * Q[j]
+        if j:
+            w -= betas[-1] * Q[j - 1]
+        for _ in range(2):
+            w -= Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = float(np.linalg.norm(w))
+        alphas.append(alpha)
+        betas.append(beta)
+        T = _tridiagonal(alphas, betas)
+        rhs = np.zeros(j + 1)
+        rhs[0] = beta0
+        y = scipy.linalg.cho_solve(scipy.linalg.cho_factor(T), rhs)  # LinAlgError if T is not SPD
+        run.nit = j + 1
+        z = Q[: j + 1].T @ y
+        u = S.apply(z)
+        run.z, run.u = z, u
+        run.breakdown = beta <= 1e-14 * max(abs(alpha), 1.0)
+        if run.breakdown:
+            norm = 0.0
+        else:
+            Q[j + 1] = w / beta
+            norm = abs(beta * y[-1]) * float(np.linalg.norm(S.inverse_t(Q[j + 1]))) if S.factors else abs(beta * y[-1])
+        run.gradient_norm.append(norm)
+        if stop(run.nit, u, norm) or run.breakdown:
+            break
+    k = run.nit
+    theta, Y = np.linalg.eigh(_tridiagonal(alphas, betas))
+    run.ritz_values = theta
+    run.ritz_vectors = Q[:k].T @ Y
+    run.ritz_residuals = (0.0 if run.breakdown else betas[-1]) * np.abs(Y[-1])
+    return run

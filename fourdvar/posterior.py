@@ -1,0 +1,241 @@
+"""The Gauss-Newton posterior covariance of ``(x0, p)`` in low-rank form, and a limited-memory covariance.
+
+In the control variables ``u = [v; w]`` (``dx0 = B^1/2 v``, ``dp = P^1/2 w``) the posterior
+covariance is the inverse Hessian ``A^-1``.  The Lanczos inner loops leave it as
+``A^-1 ~ S S^T`` with ``S = T_1 ... T_m``, ``T_k = I + V_k (Theta_k^-1/2 - I) V_k^T``
+(:mod:`fourdvar.lanczos`; without preconditioning ``m = 1`` and this is
+``I - V (I - Theta^-1) V^T``).  With ``W`` an orthonormal basis of all the ``V_k``::
+
+    T_k = I + W E_k W^T,   E_k = W^T V_k (Theta_k^-1/2 - I) V_k^T W
+    S   = I + W F W^T,     I + F = (I + E_1) ... (I + E_m)
+    S S^T = I + W K W^T,   K = (I + F)(I + F)^T - I
+
+and in physical variables, with ``G = diag(B^1/2, P^1/2)`` on the parts in the control::
+
+    P^a = G (I + W K W^T) G^T
+
+never formed: :class:`Posterior` applies it, samples it (``G S xi``) and gives its
+standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank is that of
+``W``, at most the number of Ritz pairs kept.  The parameters' marginal,
+``P^1/2 (I + W_p K W_p^T) P^T/2`` (``W_p``: the parameter rows of ``W``), is a
+:class:`LowRankCovariance`, a covariance like any other, for the next window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .covariances import Dense, Diagonal
+from .lanczos import SpectralPreconditioner
+
+__all__ = ["Posterior", "LowRankCovariance", "variance"]
+
+
+def _sqrt_columns(covariance, W: np.ndarray) -> np.ndarray:
+    """``C^1/2 W``, column by column (one product for a diagonal ``C``)."""
+    if isinstance(covariance, Diagonal):
+        return covariance.std[:, None] * W
+    if isinstance(covariance, LowRankCovariance):
+        return covariance.sqrt_columns(W)
+    return np.column_stack([covariance.sqrt(column) for column in W.T]) if W.shape[1] else np.zeros_like(W)
+
+
+def variance(covariance) -> np.ndarray:
+    """``diag(C)``: from the ``std`` of a diagonal, the matrix of a dense, ``|C^T/2 e_i|^2`` otherwise."""
+    if isinstance(covariance, Diagonal):
+        return covariance.std**2
+    if isinstance(covariance, Dense):
+        return np.diag(covariance.matrix).copy()
+    if isinstance(covariance, LowRankCovariance):
+        return covariance.variance()
+    return np.array([np.sum(covariance.sqrt_t(unit) ** 2) for unit in np.eye(covariance.size)])
+
+
+def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(U, lam)`` with ``U`` orthonormal and ``U diag(lam) U^T = Z N Z^T``, the ``max_rank``
+    largest ``|lam|`` kept (the rest dropped: for a posterior, a smaller reduction of the prior)."""
+    if Z.shape[1] == 0:
+        return Z, np.zeros(0)
+    Q, R = np.linalg.qr(Z)
+    lam, E = np.linalg.eigh(R @ (0.5 * (N + N.T)) @ R.T)
+    order = np.argsort(-np.abs(lam))[: (None if max_rank is None else int(max_rank))]
+    keep = order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max())]
+    return Q @ E[:, keep], lam[keep]
+
+
+class Posterior:
+    """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p)``.
+
+    Built by the outer loop from its spectral factors (see the module docstring).  Vectors
+    are ``[x0; p]`` restricted to the parts in the control (``n_x + n_p`` values).
+    """
+
+    def __init__(self, cost, control, factors: SpectralPreconditioner):
+        self.B, self.P = cost.B, cost.P
+        self.n_x = cost.model.n_state if control.state else 0
+        self.n_p = cost.model.n_params if control.params else 0
+        self.size = self.n_x + self.n_p
+        blocks = [factor.vectors for factor in factors.factors]
+        basis = np.linalg.qr(np.column_stack(blocks))[0] if blocks else np.zeros((self.size, 0))
+        I = np.eye(basis.shape[1])
+        product = I.copy()
+        for factor in factors.factors:
+            C = basis.T @ factor.vectors
+            product = product @ (I + (C * (factor.values**-0.5 - 1.0)) @ C.T)
+        self.W = basis
+        self.F = product - I
+        self.K = product @ product.T - I
+
+    @property
+    def rank(self) -> int:
+        return int(self.W.shape[1])
+
+    # --- G = diag(B^1/2, P^1/2) and its transpose ------------------------------------
+
+    def _G(self, u: np.ndarray) -> np.ndarray:
+        v, w = u[: self.n_x], u[self.n_x :]
+        return np.concatenate([self.B.sqrt(v) if self.n_x else v, self.P.sqrt(w) if self.n_p else w])
+
+    def _G_t(self, x: np.ndarray) -> np.ndarray:
+        v, w = x[: self.n_x], x[self.n_x :]
+        return np.concatenate([self.B.sqrt_t(v) if self.n_x else v, self.P.sqrt_t(w) if self.n_p else w])
+
+    def _G_columns(self, U: np.ndarray) -> np.ndarray:
+        top = _sqrt_columns(self.B, U[: self.n_x]) if self.n_x else U[:0]
+        bottom = _sqrt_columns(self.P, U[self.n_x :]) if self.n_p else U[:0]
+        return np.vstack([top, bottom])
+
+    # --- the covariance ----------------------------------------------------------------
+
+    def control_apply(self, u: np.ndarray) -> np.ndarray:
+        """``A^-1 u ~ (I + W K W^T) u`` in control variables."""
+        return u + self.W @ (self.K @ (self.W.T @ u))
+
+    def apply(self, v) -> np.ndarray:
+        """``P^a v = G (I + W K W^T) G^T v``."""
+        v = np.asarray(v, dtype=float)
+        if v.shape != (self.size,):
+            raise ValueError(f"Posterior.apply: expected a vector of shape ({self.size},), got {v.shape}")
+        return self._G(self.control_apply(self._G_t(v)))
+
+    def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """``n`` draws of ``N(0, P^a)``, rows of an ``(n, size)`` array: ``G S xi``, ``S = I + W F W^T``."""
+        xi = rng.standard_normal((self.size, int(n)))
+        return self._G_columns(xi + self.W @ (self.F @ (self.W.T @ xi))).T
+
+    def variance(self) -> np.ndarray:
+        """``diag(P^a) = diag(G G^T) + rowsum((G W) K * (G W))``."""
+        prior = np.concatenate([variance(self.B) if self.n_x else np.zeros(0), variance(self.P) if self.n_p else np.zeros(0)])
+        GW = self._G_columns(self.W)
+        return prior + np.einsum("ij,jk,ik->i", GW, self.K, GW)
+
+    @property
+    def std_x0(self) -> np.ndarray | None:
+        """Analysis-error standard deviation of the initial state (``None`` when it is not in the control)."""
+        return np.sqrt(np.maximum(self.variance()[: self.n_x], 0.0)) if self.n_x else None
+
+    @property
+    def std_p(self) -> np.ndarray | None:
+        """Analysis-error standard deviation of the parameters (``None`` when they are not in the control)."""
+        return np.sqrt(np.maximum(self.variance()[self.n_x :], 0.0)) if self.n_p else None
+
+    def params_covariance(self, max_rank: int | None = None) -> "LowRankCovariance":
+        """The parameters' marginal ``P^1/2 (I + W_p K W_p^T) P^T/2`` as a limited-memory covariance."""
+        if not self.n_p:
+            raise ValueError("params_covariance needs the parameters in the control")
+        return LowRankCovariance.update(self.P, self.W[self.n_x :], self.K, max_rank=max_rank)
+
+
+class LowRankCovariance:
+    """``C = C0^1/2 (I + U diag(lam) U^T) C0^T/2``: a base covariance ``C0`` updated in rank ``r``.
+
+    ``U`` has orthonormal columns ``(size, r)``, ``lam > -1``.  Memory ``O(size r)``;
+    never a dense ``size x size`` matrix.  With ``M = I + U diag(lam) U^T``::
+
+        C^1/2 = C0^1/2 M^1/2,      M^1/2 = I + U (sqrt(1 + lam) - 1) U^T
+        C^-1  = C0^-T/2 M^-1 C0^-1/2,  M^-1 = I + U (1 / (1 + lam) - 1) U^T,
+        C0^-1/2 = C0^T/2 C0^-1,    C0^-T/2 = C0^-1 C0^1/2
+    """
+
+    def __init__(self, base, U: np.ndarray, lam: np.ndarray):
+        U, lam = np.asarray(U, dtype=float), np.asarray(lam, dtype=float)
+        if U.shape != (base.size, lam.size):
+            raise ValueError(f"LowRankCovariance: U must have shape ({base.size}, {lam.size}), got {U.shape}")
+        if lam.size and not np.all(lam > -1.0):
+            raise ValueError(f"LowRankCovariance: the update is not positive-definite (min lam = {lam.min():.3e} <= -1)")
+        self.base, self.U, self.lam = base, U, lam
+        self.size = base.size
+
+    @classmethod
+    def update(cls, P, X: np.ndarray, K: np.ndarray, max_rank: int | None = None) -> "LowRankCovariance":
+        """``P^1/2 (I + X K X^T) P^T/2`` for any covariance ``P``.
+
+        For ``P = C0^1/2 M C0^T/2`` itself low-rank, ``M^1/2 (I + X K X^T) M^1/2 =
+        I + U lam U^T + Y K Y^T`` with ``Y = M^1/2 X``, recompressed in the base ``C0``.
+        """
+        if isinstance(P, LowRankCovariance):
+            Y = P._M_power(X, 0.5)
+            Z = np.hstack([P.U, Y])
+            N = np.zeros((Z.shape[1], Z.shape[1]))
+            N[: P.lam.size, : P.lam.size] = np.diag(P.lam)
+            N[P.lam.size :, P.lam.size :] = K
+            return cls(P.base, *_orthonormal_update(Z, N, max_rank))
+        return cls(P, *_orthonormal_update(X, K, max_rank))
+
+    @property
+    def rank(self) -> int:
+        return int(self.lam.size)
+
+    def _M_power(self, x: np.ndarray, power: float) -> np.ndarray:
+        """``M^power x = x + U ((1 + lam)^power - 1) U^T x`` (``x`` a vector or columns)."""
+        coefficients = (1.0 + self.lam) ** power - 1.0
+        if x.ndim == 2:
+            coefficients = coefficients[:, None]
+        return x + self.U @ (coefficients * (self.U.T @ x))
+
+    def _vector(self, v) -> np.ndarray:
+        v = np.asarray(v, dtype=float)
+        if v.shape != (self.size,):
+            raise ValueError(f"LowRankCovariance: expected a vector of shape ({self.size},), got {v.shape}")
+        return v
+
+    def apply(self, v) -> np.ndarray:
+        return self.base.sqrt(self._M_power(self.base.sqrt_t(self._vector(v)), 1.0))
+
+    def solve(self, v) -> np.ndarray:
+        v = self._vector(v)
+        y = self.base.sqrt_t(self.base.solve(v))  # C0^-1/2 v
+        return self.base.solve(self.base.sqrt(self._M_power(y, -1.0)))
+
+    def sqrt(self, v) -> np.ndarray:
+        return self.base.sqrt(self._M_power(self._vector(v), 0.5))
+
+    def sqrt_t(self, v) -> np.ndarray:
+        return self._M_power(self.base.sqrt_t(self._vector(v)), 0.5)
+
+    def sqrt_columns(self, X: np.ndarray) -> np.ndarray:
+        return _sqrt_columns(self.base, self._M_power(X, 0.5))
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        return self.sqrt(rng.standard_normal(self.size))
+
+    def variance(self) -> np.ndarray:
+        """``diag(C) = diag(C0) + rowsum((C0^1/2 U) lam * (C0^1/2 U))``."""
+        C0U = _sqrt_columns(self.base, self.U)
+        return variance(self.base) + (C0U**2) @ self.lam
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.variance(), 0.0))
+
+    def with_noise(self, noise_std: float, max_rank: int | None = None) -> "LowRankCovariance":
+        """``C + q^2 I`` for a diagonal base ``C0 = D``: ``D'^1/2 (I + U' lam' U'^T) D'^1/2`` with
+        ``D' = D + q^2 I`` and ``U' lam U'^T = (D / D')^1/2 U lam U^T (D / D')^1/2``."""
+        if not isinstance(self.base, Diagonal):
+            raise ValueError("LowRankCovariance.with_noise needs a diagonal base covariance")
+        std = np.sqrt(self.base.std**2 + float(noise_std) ** 2)
+        shrink = (self.base.std / std)[:, None]
+        return LowRankCovariance(Diagonal(std), *_orthonormal_update(shrink * self.U, np.diag(self.lam), max_rank))
+
+    def __repr__(self) -> str:
+        return f"LowRankCovariance(size={self.size}, rank={self.rank}, base={self.base!r})"

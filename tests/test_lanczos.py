@@ -1,0 +1,114 @@
+"""The Lanczos inner solver: its Ritz pairs are the Hessian's eigenpairs, its iterates are CG's,
+and the spectral preconditioner built from them changes the path, not the minimum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fourdvar import FourDVar
+from fourdvar.covariances import Diagonal, PeriodicCorrelation
+from fourdvar.lanczos import SpectralFactor, SpectralPreconditioner, lanczos
+from fourdvar.minimize import minimize_inner
+from models import Lorenz96
+from observations import Identity, synthetic_observations
+
+
+def small_joint_problem(seed=0, n=12, n_steps=6):
+    """L96 with 12 variables and its forcing, every variable observed at every other step:
+    a 13-element control whose dense Hessian is cheap."""
+    rng = np.random.default_rng(seed)
+    x = 8.0 + rng.standard_normal(n)
+    truth = Lorenz96(n).forecast(Lorenz96(n).forecast(x, np.empty(0), 500)[-1], np.empty(0), n_steps)
+    obs = synthetic_observations(truth, list(range(0, n_steps + 1, 2)), Identity(n_state=n), 1.0, rng)
+    model = Lorenz96(n, forcing=8.0, estimate_forcing=True)
+    return FourDVar(model, obs, xb=truth[0] + rng.standard_normal(n), B=PeriodicCorrelation(n, 1.0, std=1.2, shape="soar"),
+                    pb=np.array([7.5]), P=Diagonal(0.5, size=1), control="both", n_steps=n_steps)
+
+
+def joint_l96_problem(seed=0, n_steps=20):
+    rng = np.random.default_rng(seed)
+    x = Lorenz96(40).forecast(8.0 + rng.standard_normal(40), np.empty(0), 1000)[-1]
+    truth = Lorenz96(40).forecast(x, np.empty(0), n_steps)
+    obs = synthetic_observations(truth, list(range(n_steps + 1)), Identity(n_state=40), 1.0, rng)
+    return FourDVar(Lorenz96(40, forcing=7.0, estimate_forcing=True), obs, xb=truth[0] + rng.standard_normal(40),
+                    B=Diagonal(1.0, size=40), pb=np.array([7.0]), P=Diagonal(1.0, size=1), control="both")
+
+
+def test_ritz_values_of_a_full_lanczos_run_are_the_eigenvalues_of_the_dense_hessian():
+    jq = small_joint_problem().incremental_cost()
+    eigenvalues = np.linalg.eigvalsh(jq.hessian_matrix())
+    _, g0 = jq.value_and_gradient(np.zeros(jq.size))
+    run = lanczos(jq.hessian_vector, g0, jq.size, lambda j, u, norm: False)
+    np.testing.assert_allclose(np.sort(run.ritz_values), eigenvalues, rtol=1e-10)
+    assert np.all(run.ritz_residuals <= 1e-8 * run.ritz_values)
+    # the Ritz vectors are eigenvectors
+    V = run.ritz_vectors
+    AV = np.column_stack([jq.hessian_vector(v) for v in V.T])
+    assert np.max(np.abs(AV - V * run.ritz_values)) <= 1e-8 * eigenvalues.max()
+    # negative control: a Hessian-vector product off by a rank-one term of size 1e-6 is detected
+    e = np.ones(jq.size) / np.sqrt(jq.size)
+    perturbed = lanczos(lambda v: jq.hessian_vector(v) + 1e-6 * e * (e @ v), g0, jq.size, lambda j, u, norm: False)
+    assert np.max(np.abs(np.sort(perturbed.ritz_values) - eigenvalues) / eigenvalues) > 1e-10
+
+
+def test_leading_ritz_values_of_a_partial_run_converge_first():
+    problem = joint_l96_problem(n_steps=10)
+    jq = problem.incremental_cost()
+    eigenvalues = np.linalg.eigvalsh(jq.hessian_matrix())
+    inner = minimize_inner(jq, "lanczos", max_iterations=15, gradient_reduction=1e-14)
+    assert inner.nit == 15
+    run = inner.lanczos
+    converged = run.ritz_residuals <= 1e-8 * run.ritz_values
+    assert converged.sum() >= 3
+    for theta in run.ritz_values[converged]:  # each converged Ritz value is an eigenvalue
+        assert np.min(np.abs(eigenvalues - theta)) <= 1e-7 * theta
+    np.testing.assert_allclose(run.ritz_values.max(), eigenvalues.max(), rtol=1e-10)
+
+
+def test_lanczos_iterates_are_the_conjugate_gradient_iterates():
+    jq = joint_l96_problem(n_steps=10).incremental_cost()
+    for iterations in (1, 4, 9):
+        cg = minimize_inner(jq, "cg", max_iterations=iterations, gradient_reduction=1e-14)
+        lz = minimize_inner(jq, "lanczos", max_iterations=iterations, gradient_reduction=1e-14)
+        assert np.linalg.norm(lz.u - cg.u) <= 1e-9 * np.linalg.norm(cg.u)
+        np.testing.assert_allclose(lz.gradient_norm, cg.gradient_norm, rtol=1e-6)
+        np.testing.assert_allclose(lz.J, cg.J, rtol=1e-12)
+
+
+def test_spectral_factors_give_the_inverse_of_the_hessian_in_the_ritz_space():
+    rng = np.random.default_rng(3)
+    n, r = 30, 5
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    theta = 1.0 + 10.0 * rng.uniform(size=r)
+    A = np.eye(n) + V @ np.diag(theta - 1.0) @ V.T  # identity outside span(V)
+    S = SpectralPreconditioner(n).extended(SpectralFactor(V, theta))
+    S_matrix = np.column_stack([S.apply(e) for e in np.eye(n)])
+    np.testing.assert_allclose(S_matrix @ S_matrix.T, np.linalg.inv(A), atol=1e-13)
+    np.testing.assert_allclose(S_matrix.T @ A @ S_matrix, np.eye(n), atol=1e-12)  # perfectly preconditioned
+    x = rng.standard_normal(n)
+    np.testing.assert_allclose(S.inverse_t(S.apply_t(x)), x, atol=1e-13)
+    np.testing.assert_allclose(np.column_stack([S.apply_t(e) for e in np.eye(n)]), S_matrix.T, atol=1e-14)
+
+
+def test_preconditioned_and_unpreconditioned_solves_reach_the_same_minimum():
+    problem = joint_l96_problem()
+    plain = problem.solve(method="lanczos", preconditioner="none")
+    spectral = problem.solve(method="lanczos", preconditioner="spectral")
+    assert plain.success and spectral.success
+    assert abs(plain.final.J - spectral.final.J) <= 1e-9 * plain.final.J
+    assert abs(plain.p[0] - spectral.p[0]) <= 1e-5
+    assert np.linalg.norm(plain.x0 - spectral.x0) <= 1e-4 * np.linalg.norm(plain.x0)
+    # the preconditioner was used: the inner loops after the first ran on S^T A S
+    later = lambda result: sum(record["inner"].nit for record in result.outer[1:])
+    assert later(spectral) < later(plain)
+
+
+def test_spectral_preconditioner_is_refused_by_the_other_inner_methods():
+    problem = small_joint_problem()
+    with pytest.raises(ValueError, match="needs method 'lanczos'"):
+        problem.solve(method="cg", preconditioner="spectral")
+    with pytest.raises(ValueError, match="unknown preconditioner 'ilu'"):
+        problem.solve(preconditioner="ilu")
+    with pytest.raises(ValueError, match="needs transform=True"):
+        problem.solve(method="lanczos", transform=False)
