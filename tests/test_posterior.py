@@ -50,7 +50,7 @@ def test_posterior_from_two_preconditioned_lanczos_runs_is_the_dense_inverse_hes
     jq1 = problem.incremental_cost()
     run1 = lanczos(jq1.hessian_vector, jq1.value_and_gradient(np.zeros(13))[1], 13, never)
     S = SpectralPreconditioner(13).extended(run1.factor())
-    x1, p1 = jq1.analysis(run1.u)
+    x1, p1, _ = jq1.analysis(run1.u)
     jq2 = problem.incremental_cost(x1, p1)
     run2 = lanczos(jq2.hessian_vector, jq2.value_and_gradient(np.zeros(13))[1], 13, never, preconditioner=S)
     posterior = Posterior(problem.cost, problem.control, S.extended(run2.factor()))

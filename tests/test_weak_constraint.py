@@ -230,7 +230,8 @@ def test_weak_constraint_minimum_equals_a_direct_minimisation_of_the_nonlinear_w
 def test_one_forcing_with_vanishing_Q_reproduces_strong_constraint(method):
     n_steps = 10
     cost = weak_twin(n_steps=n_steps, every=n_steps, seed=9)
-    settings = dict(outer_loops=6, method=method, max_iterations=300, gradient_reduction=1e-10)
+    # both solved to the same minimum: Gauss-Newton converges only linearly on this window
+    settings = dict(outer_loops=30, method=method, max_iterations=300, gradient_reduction=1e-10, tolerance=1e-14)
     strong = FourDVar(Lorenz96(N), cost.slots, xb=cost.xb, B=cost.B, n_steps=n_steps).solve(**settings)
     weak = FourDVar(Lorenz96(N), cost.slots, xb=cost.xb, B=cost.B, control=["state", "model_error"], n_steps=n_steps,
                     Q=Diagonal(1e-7, size=N), model_error_every=n_steps).solve(**settings)
