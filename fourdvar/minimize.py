@@ -344,8 +344,7 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     linearisation point, its ``inner`` :class:`InnerLoopResult` and ``step_length``);
     ``final`` (the nonlinear cost terms at the analysis) with ``final_gradient_norm``
     (control space); ``posterior`` (a :class:`fourdvar.posterior.Posterior` from the
-    Ritz pairs, with the ``lanczos`` method and a control of state and parameters
-    whose B is applied in state space; else ``None``).
+    Ritz pairs, with the ``lanczos`` method; else ``None``).
     """
 
     def __repr__(self) -> str:
@@ -449,7 +448,7 @@ def minimize_4dvar(
     final, gradient = start
     final_gradient_norm = _control_gradient_norm(jq, gradient)
     posterior = None
-    if last_factor is not None and not jq.control.model_error and jq.n_x in (0, cost.model.n_state):
+    if last_factor is not None:
         posterior = Posterior(cost, jq.control, last_factor[0].extended(last_factor[1]))
     loops = f"{len(outer)} outer loop(s)"
     message = {

@@ -14,7 +14,7 @@ and in physical variables, with ``G = diag(B^1/2, P^1/2)`` on the parts in the c
 
     P^a = G (I + W K W^T) G^T
 
-never formed: :class:`Posterior` applies it, samples it (``G S xi``) and gives its
+(with ``Q^1/2`` for each sub-window's forcing in weak constraint) never formed: :class:`Posterior` applies it, samples it (``G S xi``) and gives its
 standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank is that of
 ``W``, at most the number of Ritz pairs kept.  The parameters' marginal,
 ``P^1/2 (I + W_p K W_p^T) P^T/2`` (``W_p``: the parameter rows of ``W``), is a
@@ -64,19 +64,27 @@ def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = Non
 
 
 class Posterior:
-    """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p)``.
+    """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
 
     Built by the outer loop from its spectral factors (see the module docstring).  Vectors
-    are ``[x0; p]`` restricted to the parts in the control (``n_x + n_p`` values).
+    are ``[x0; p; eta_1; ...; eta_n]`` restricted to the parts in the control (``size``
+    values); ``G = diag(B^1/2, P^1/2, Q^1/2, ..., Q^1/2)`` maps the control variables
+    (``control_size`` values: more than ``size`` when ``B``'s square root starts from a
+    larger space, as an ensemble's does) to them.
     """
 
     def __init__(self, cost, control, factors: SpectralPreconditioner):
-        self.B, self.P = cost.B, cost.P
-        self.n_x = cost.model.n_state if control.state else 0
-        self.n_p = cost.model.n_params if control.params else 0
-        self.size = self.n_x + self.n_p
+        n_state = cost.model.n_state
+        # (name, covariance, repeats, physical size, control size) of each part in the control
+        self.parts = [part for part in (
+            ("x0", cost.B, 1, n_state, getattr(cost.B, "control_size", n_state)) if control.state else None,
+            ("p", cost.P, 1, cost.model.n_params, cost.model.n_params) if control.params and cost.model.n_params else None,
+            ("eta", getattr(cost, "Q", None), getattr(cost, "n_sub", 0), n_state, n_state) if getattr(control, "model_error", False) else None,
+        ) if part is not None]
+        self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
+        self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
         blocks = [factor.vectors for factor in factors.factors]
-        basis = np.linalg.qr(np.column_stack(blocks))[0] if blocks else np.zeros((self.size, 0))
+        basis = np.linalg.qr(np.column_stack(blocks))[0] if blocks else np.zeros((self.control_size, 0))
         I = np.eye(basis.shape[1])
         product = I.copy()
         for factor in factors.factors:
@@ -90,20 +98,33 @@ class Posterior:
     def rank(self) -> int:
         return int(self.W.shape[1])
 
-    # --- G = diag(B^1/2, P^1/2) and its transpose ------------------------------------
+    # --- G = diag(B^1/2, P^1/2, Q^1/2 ...) and its transpose ----------------------------
+
+    def _pieces(self, rows, control: bool):
+        """``(name, covariance, piece)`` for each covariance block of ``rows`` (control or physical layout)."""
+        offset = 0
+        for name, covariance, repeats, n, m in self.parts:
+            width = m if control else n
+            for _ in range(repeats):
+                yield name, covariance, rows[offset : offset + width]
+                offset += width
 
     def _G(self, u: np.ndarray) -> np.ndarray:
-        v, w = u[: self.n_x], u[self.n_x :]
-        return np.concatenate([self.B.sqrt(v) if self.n_x else v, self.P.sqrt(w) if self.n_p else w])
+        return np.concatenate([C.sqrt(piece) for _, C, piece in self._pieces(u, control=True)] or [np.zeros(0)])
 
     def _G_t(self, x: np.ndarray) -> np.ndarray:
-        v, w = x[: self.n_x], x[self.n_x :]
-        return np.concatenate([self.B.sqrt_t(v) if self.n_x else v, self.P.sqrt_t(w) if self.n_p else w])
+        return np.concatenate([C.sqrt_t(piece) for _, C, piece in self._pieces(x, control=False)] or [np.zeros(0)])
 
     def _G_columns(self, U: np.ndarray) -> np.ndarray:
-        top = _sqrt_columns(self.B, U[: self.n_x]) if self.n_x else U[:0]
-        bottom = _sqrt_columns(self.P, U[self.n_x :]) if self.n_p else U[:0]
-        return np.vstack([top, bottom])
+        return np.vstack([_sqrt_columns(C, piece) for _, C, piece in self._pieces(U, control=True)] or [U[:0]])
+
+    def _physical_slice(self, wanted: str) -> slice | None:
+        offset = 0
+        for name, _, repeats, n, _ in self.parts:
+            if name == wanted:
+                return slice(offset, offset + repeats * n)
+            offset += repeats * n
+        return None
 
     # --- the covariance ----------------------------------------------------------------
 
@@ -120,30 +141,44 @@ class Posterior:
 
     def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
         """``n`` draws of ``N(0, P^a)``, rows of an ``(n, size)`` array: ``G S xi``, ``S = I + W F W^T``."""
-        xi = rng.standard_normal((self.size, int(n)))
+        xi = rng.standard_normal((self.control_size, int(n)))
         return self._G_columns(xi + self.W @ (self.F @ (self.W.T @ xi))).T
 
     def variance(self) -> np.ndarray:
         """``diag(P^a) = diag(G G^T) + rowsum((G W) K * (G W))``."""
-        prior = np.concatenate([variance(self.B) if self.n_x else np.zeros(0), variance(self.P) if self.n_p else np.zeros(0)])
+        prior = np.concatenate([np.tile(variance(C), repeats) for _, C, repeats, _, _ in self.parts] or [np.zeros(0)])
         GW = self._G_columns(self.W)
         return prior + np.einsum("ij,jk,ik->i", GW, self.K, GW)
+
+    def _std(self, name: str) -> np.ndarray | None:
+        where = self._physical_slice(name)
+        return None if where is None else np.sqrt(np.maximum(self.variance()[where], 0.0))
 
     @property
     def std_x0(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the initial state (``None`` when it is not in the control)."""
-        return np.sqrt(np.maximum(self.variance()[: self.n_x], 0.0)) if self.n_x else None
+        return self._std("x0")
 
     @property
     def std_p(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the parameters (``None`` when they are not in the control)."""
-        return np.sqrt(np.maximum(self.variance()[self.n_x :], 0.0)) if self.n_p else None
+        return self._std("p")
+
+    @property
+    def std_model_error(self) -> np.ndarray | None:
+        """Analysis-error standard deviation of the model-error forcing, ``(n_sub, n_state)``
+        (``None`` when it is not in the control)."""
+        std = self._std("eta")
+        return None if std is None else std.reshape(-1, self.parts[-1][3])
 
     def params_covariance(self, max_rank: int | None = None) -> "LowRankCovariance":
         """The parameters' marginal ``P^1/2 (I + W_p K W_p^T) P^T/2`` as a limited-memory covariance."""
-        if not self.n_p:
-            raise ValueError("params_covariance needs the parameters in the control")
-        return LowRankCovariance.update(self.P, self.W[self.n_x :], self.K, max_rank=max_rank)
+        offset = 0
+        for name, covariance, _, _, m in self.parts:
+            if name == "p":
+                return LowRankCovariance.update(covariance, self.W[offset : offset + m], self.K, max_rank=max_rank)
+            offset += m
+        raise ValueError("params_covariance needs the parameters in the control")
 
 
 class LowRankCovariance:

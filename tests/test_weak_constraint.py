@@ -9,8 +9,10 @@ import pytest
 import scipy.optimize
 
 from fourdvar import FourDVar, checks
-from fourdvar.cost import FourDVarCost, IncrementalCost
+from fourdvar.cost import Control, FourDVarCost, IncrementalCost
 from fourdvar.covariances import Diagonal, PeriodicCorrelation
+from fourdvar.lanczos import SpectralPreconditioner, lanczos
+from fourdvar.posterior import Posterior
 from fourdvar.window import ForcedWindowLinearization, forced_forecast, n_sub_windows
 from models import Hybrid, Lorenz96
 from observations import Identity, Square, Subset, synthetic_observations
@@ -326,3 +328,31 @@ def test_dense_hessian_with_the_forcing_in_the_control_matches_its_products_and_
     C = np.linalg.inv(A)[n_x : n_x + n_p, n_x : n_x + n_p]  # the weights' block of A^-1, marginal over state and forcing
     P_sqrt = np.diag(cost.P.std)
     np.testing.assert_allclose(Pa, P_sqrt @ C @ P_sqrt, rtol=1e-8, atol=1e-14)
+
+
+# --- the posterior of the forcing ------------------------------------------------------------------
+
+
+def test_posterior_of_state_and_forcing_is_the_dense_inverse_hessian_when_lanczos_has_converged():
+    """With Lanczos run through the whole control space, the posterior ``G (I + W K W^T) G^T``
+    (``G = diag(B^1/2, Q^1/2, Q^1/2)``) equals the inverse of the Hessian of ``Jq`` in physical
+    variables ``[dx0; d eta_1; d eta_2]``, and its standard deviations are that matrix's."""
+    n_steps, every = 4, 2
+    cost = weak_twin(n_steps=n_steps, every=every, seed=3, operator=Identity(n_state=N), Q=PeriodicCorrelation(N, 2.0, std=0.3))
+    control = Control.parse(["state", "model_error"])
+    size = N + 2 * N
+    jq = IncrementalCost(cost, cost.xb, NO_PARAMS, control=control)
+    run = lanczos(jq.hessian_vector, jq.value_and_gradient(np.zeros(size))[1], size, lambda j, u, norm: False)
+    posterior = Posterior(cost, control, SpectralPreconditioner(size).extended(run.factor()))
+    exact = np.linalg.inv(IncrementalCost(cost, cost.xb, NO_PARAMS, control=control, transform=False).hessian_matrix())
+    assert posterior.size == size and posterior.rank == size
+    Pa = np.column_stack([posterior.apply(unit) for unit in np.eye(size)])
+    assert np.max(np.abs(Pa - exact)) <= 1e-8 * np.max(np.abs(exact))
+    std = np.sqrt(np.diag(exact))
+    np.testing.assert_allclose(posterior.std_x0, std[:N], rtol=1e-8)
+    np.testing.assert_allclose(posterior.std_model_error, std[N:].reshape(2, N), rtol=1e-8)
+    assert np.all(posterior.std_model_error < 0.3)  # the observations taught the forcing something
+    assert posterior.sample(np.random.default_rng(0), 3).shape == (3, size)
+    # negative control: half the Ritz pairs are not the whole posterior
+    half = Posterior(cost, control, SpectralPreconditioner(size).extended(run.factor(size // 2)))
+    assert np.max(np.abs(half.std_model_error - std[N:].reshape(2, N))) > 1e-3
