@@ -402,6 +402,12 @@ def _continuous(ds: xr.Dataset, name: str, cycles: np.ndarray) -> np.ndarray:
     return values.reshape(-1, values.shape[-1])
 
 
+def _analysed_cycles(ds: xr.Dataset) -> np.ndarray:
+    """The cycles whose analysis holds a finite value (a run stopped early has NaN rows)."""
+    analysis = _values(ds, "analysis")
+    return np.flatnonzero(np.isfinite(analysis.reshape(analysis.shape[0], -1)).any(axis=1))
+
+
 def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
     """Space-time images: truth / analysis / analysis - truth (``None`` for a state of
     ``MAX_LINE_STATE`` variables or fewer, which :func:`plot_timeseries` draws as lines).
@@ -416,8 +422,7 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
     reference = "truth" if has_truth else "background" if _has(ds, "background") else None
     if reference is None or ds["analysis"].ndim != 3:
         return None
-    analysis = _values(ds, "analysis")
-    cycles = np.flatnonzero(np.isfinite(analysis.reshape(analysis.shape[0], -1)).any(axis=1))
+    cycles = _analysed_cycles(ds)
     if cycles.size == 0:
         return None
 
@@ -500,8 +505,7 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
     using steps 0..L-1 of each, as in :func:`plot_hovmoller`."""
     if not _has(ds, "analysis") or ds["analysis"].ndim != 3:
         return None
-    analysis = _values(ds, "analysis")
-    cycles = np.flatnonzero(np.isfinite(analysis.reshape(analysis.shape[0], -1)).any(axis=1))
+    cycles = _analysed_cycles(ds)
     if cycles.size == 0:
         return None
     L = _window_steps(ds)
@@ -513,7 +517,8 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
     if len(fields) < 2:  # the analysis alone: nothing to compare it with
         return None
     time = steps[::stride] * dt
-    shown = _shown_variables(analysis.shape[-1])
+    n_x = int(ds.sizes["x"])
+    shown = _shown_variables(n_x)
     observations = _direct_observations(ds)
     styles = {"truth": dict(color="black", lw=1.4), "background": dict(color=_BACKGROUND_COLOUR, lw=1.0, ls="--"),
               "analysis": dict(color=_ANALYSIS_COLOUR, lw=1.3)}
@@ -532,7 +537,7 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, frameon=False, borderaxespad=0.2)
     axes[-1].set_xlabel(time_label)
-    what = "state variables against time" if len(shown) == analysis.shape[-1] else f"{len(shown)} of {analysis.shape[-1]} state variables against time"
+    what = "state variables against time" if len(shown) == n_x else f"{len(shown)} of {n_x} state variables against time"
     fig.suptitle(_heading(ds, what))
     return fig
 
