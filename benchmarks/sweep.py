@@ -1,6 +1,6 @@
 """A sweep of 8 shortened runs: the embedded 2-worker Dask cluster against one run after another.
 
-    python benchmarks/sweep.py            # 3 rounds, about 2-3 minutes on an idle machine
+    python benchmarks/sweep.py            # 3 rounds of members of 1000 windows, about 3 minutes on an idle machine
     python benchmarks/sweep.py --quick    # 1 round of shorter runs (smoke test)
 
 The members are Lorenz-96 state-estimation runs (n = 40, all observed every 4
@@ -80,8 +80,10 @@ def same_files(a: Path, b: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cycles", type=int, default=1000, help="windows per member (a member of 1000 takes about 4 s here)")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    rounds, cycles = (1, 10) if args.quick else (3, 120)
+    rounds, cycles = (1, 10) if args.quick else (args.rounds, args.cycles)
     print(timing.machine_header())
     print(f"8 members of {cycles} windows; {rounds} rounds, serial and cluster alternating")
     serial_times, cluster_times = [], []
