@@ -33,7 +33,10 @@ class WindowDepartures:
 
 
 def window_departures(cost, background_trajectory: np.ndarray, analysis_trajectory: np.ndarray, J_min: float) -> WindowDepartures:
-    """The statistics of the module docstring for the observation slots of ``cost``."""
+    """The statistics of the module docstring for the observation slots of ``cost``
+    (NaN for a window without observations)."""
+    if not cost.slots:
+        return WindowDepartures(0, *([np.nan] * 7))
     d_b = np.concatenate([slot.values - slot.operator.apply(background_trajectory[slot.step]) for slot in cost.slots])
     d_a = np.concatenate([slot.values - slot.operator.apply(analysis_trajectory[slot.step]) for slot in cost.slots])
     m = d_b.size

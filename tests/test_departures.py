@@ -34,3 +34,15 @@ def test_desroziers_estimates_and_chi2_match_the_errors_that_made_the_data():
     assert sigma_b0 > 0.5 * background_std  # at step 0 B applies; later steps grow it
     # negative control: the O-B spread alone (a wrong estimate of sigma_o) fails the same tolerance
     assert abs(np.sqrt(np.mean([s.omb_rms**2 for s in stats])) - obs_std) > 0.1 * obs_std
+
+
+def test_a_window_without_observations_is_assimilated_and_its_departures_are_nan():
+    """A gap in the data: the analysis is the background, the statistics are undefined (NaN), nothing raises."""
+    from fourdvar.covariances import Diagonal
+    from fourdvar.cycling import assimilate_window
+    from models import Lorenz96
+
+    xb = 8.0 + np.random.default_rng(0).standard_normal(40)
+    outcome = assimilate_window(Lorenz96(40), [], xb, Diagonal(1.0, size=40), np.empty(0), None, "state", 5)
+    np.testing.assert_array_equal(outcome.x0, xb)
+    assert outcome.departures.n_obs == 0 and np.isnan(outcome.departures.chi2)
