@@ -835,8 +835,7 @@ def check_weak_cost(cost, x0, p, eta, control, rng: np.random.Generator, transfo
                                     inspect="IncrementalCost.hessian_vector: the forced window's ad_eta is not the transpose of its tl"))
 
     g0 = jq.value_and_gradient(np.zeros(jq.size))[1]
-    expected = jq.control_gradient(gx, gp, geta) if transform else np.concatenate(
-        [part for part, on in ((gx, jq.n_x), (gp, jq.n_p), (geta.ravel(), jq.n_e)) if on])
+    expected = jq.control_gradient(gx, gp, geta)  # [B^T/2 gx; ...], or [gx; gp; geta] without the transform
     error = float(np.linalg.norm(g0 - expected) / max(np.linalg.norm(expected), _TINY))
     results.append(_judged("weak-constraint grad Jq(0) == grad J", error, 1e-10,
                            "IncrementalCost (its linearisation point) against FourDVarCost.full_gradient",

@@ -437,6 +437,12 @@ class IncrementalCost:
         self._model_error_into(u, out=gradient)
         return Jb, Jp, gradient
 
+    def background_and_model_error(self, u: np.ndarray) -> tuple[float, float, float]:
+        """``(Jb, Jp, Jm)`` at ``u``, with one work array for their gradients."""
+        gradient = np.empty(self.size)
+        Jb, Jp = self._background_into(u, out=gradient)
+        return Jb, Jp, self._model_error_into(u, out=gradient)
+
     def model_error_term(self, u: np.ndarray) -> float:
         """``Jm = 1/2 sum_j |eta^i_j + d eta_j|^2_{Q^-1}`` at ``u``."""
         return self._model_error_into(u, out=np.empty(self.size))

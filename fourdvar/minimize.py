@@ -109,8 +109,7 @@ class InnerLoopResult:
         when ``gradient`` is not given (the Lanczos iterate: its residual is orthogonal to the
         Krylov space that holds it).  ``Jb``, ``Jp`` directly, ``Jo`` the rest."""
         J = J0 + 0.5 * float((g0 if gradient is None else g0 + gradient) @ u)
-        Jb, Jp, _ = jq.background(u)
-        Jm = jq.model_error_term(u)
+        Jb, Jp, Jm = jq.background_and_model_error(u)
         self.record(CostTerms(Jb, Jp, J - Jb - Jp - Jm, Jm), gradient_norm)
 
     @property

@@ -23,6 +23,8 @@ standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank i
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .covariances import Dense, Diagonal
@@ -145,14 +147,19 @@ class Posterior:
         return self._G_columns(xi + self.W @ (self.F @ (self.W.T @ xi))).T
 
     def variance(self) -> np.ndarray:
-        """``diag(P^a) = diag(G G^T) + rowsum((G W) K * (G W))``."""
+        """``diag(P^a) = diag(G G^T) + rowsum((G W) K * (G W))``, a fresh array."""
+        return self._variance.copy()
+
+    @functools.cached_property
+    def _variance(self) -> np.ndarray:
+        """:meth:`variance`, computed once (the posterior does not change)."""
         prior = np.concatenate([np.tile(variance(C), repeats) for _, C, repeats, _, _ in self.parts] or [np.zeros(0)])
         GW = self._G_columns(self.W)
         return prior + np.einsum("ij,jk,ik->i", GW, self.K, GW)
 
     def _std(self, name: str) -> np.ndarray | None:
         where = self._physical_slice(name)
-        return None if where is None else np.sqrt(np.maximum(self.variance()[where], 0.0))
+        return None if where is None else np.sqrt(np.maximum(self._variance[where], 0.0))
 
     @property
     def std_x0(self) -> np.ndarray | None:

@@ -166,6 +166,8 @@ CASES: dict[str, Case] = {
     "diagnostics_typo": Case(RUN, ("diagnostics.forecast_skil", "did you mean 'forecast_skill'"), text(diagnostics={"forecast_skil": True})),
     "diagnostics_skill_without_truth": Case(RUN, ("diagnostics.forecast_skill", "file"), text(diagnostics={"forecast_skill": True}, **FROM_FILE), observation_file),
     "gap_names_no_comparison": Case(RUN, ("gap.baseline", "physics"), text(gap={"baseline": "physics", "reference": "perfect"})),
+    "gap_between_a_run_and_itself": Case(RUN, ("gap.reference", "same run"),
+                                         text(compare=[{"name": "a"}], gap={"baseline": "a", "reference": "a"})),
     # unreadable configurations
     "config_latin1": Case(RUN, ("experiment.yaml", "not UTF-8", "0xe9"), "title: caf\xe9\n".encode("latin-1") + text().encode()),
     "config_binary": Case(RUN, ("experiment.yaml", "binary"), b"\x89HDF\r\n\x1a\n\x00\x00\x00binary"),

@@ -104,8 +104,8 @@ def remove_temporaries(output: Path) -> int:
 def execute_member(member: Member) -> MemberOutcome:
     """Run ``member`` and write its result file atomically; skip it when the file exists.
 
-    Exceptions of the run are returned in the outcome's ``error`` (one line), so
-    one failing member does not stop the others; nothing is written for it.
+    Exceptions of the run or of the write are returned in the outcome's ``error``
+    (one line), so one failing member does not stop the others; nothing is written for it.
     """
     output = Path(member.output)
     worker = _worker_address()
@@ -114,11 +114,11 @@ def execute_member(member: Member) -> MemberOutcome:
     started = time.perf_counter()
     try:
         dataset = member.run()
-    except Exception as error:  # reported per member, in one line
+        dataset.attrs.update(member.attributes)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(dataset, output)
+    except Exception as error:  # reported per member, in one line (a failed write too)
         return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
-    dataset.attrs.update(member.attributes)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(dataset, output)
     return MemberOutcome(member.name, output, seconds=time.perf_counter() - started, worker=worker)
 
 

@@ -461,6 +461,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
             raise ConfigError(f"gap.{key}: no comparison run named {short(name)} (compare names: {', '.join(names) or 'none'})")
     if (config["gap"]["baseline"] is None) != (config["gap"]["reference"] is None):
         raise ConfigError("gap: give both 'baseline' and 'reference', or neither")
+    if config["gap"]["baseline"] is not None and config["gap"]["baseline"] == config["gap"]["reference"]:
+        raise ConfigError(f"gap.reference: the same run as gap.baseline ({short(config['gap']['baseline'])}); the gap between them is zero")
     return config
 
 
