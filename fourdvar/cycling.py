@@ -3,10 +3,20 @@
 For cycle ``c`` with background ``(xb_c, pb_c)``::
 
     (x0_c, p_c)   = 4D-Var analysis of window c          (FourDVar.solve)
-    xb_{c+1}      = M_{L:0}(p_c, x0_c)                    the analysis forecast to the window end
-                                                          (weak constraint: the forced one, with eta_c)
+    xb_{c+1}      = M_{S:0}(p_c, x0_c)                    the analysis forecast to the next window's start,
+                                                          S = shift (default L: the window end;
+                                                          weak constraint: the forced one, with eta_c)
     pb_{c+1}      = p_c                                   the analysed parameters
     B_{c+1}, P_{c+1} from the caller's policies (fixed by default)
+
+Overlapping windows (``shift`` S < L) start every S steps, each from the previous
+analysis at its step S: a smoothed estimate, which already used the observations
+up to the previous window's end.  The caller then gives each window only the
+observations after that end (its newest S steps), so that every observation is
+assimilated once, as in DAPPER's ``Var4D`` and the iEnKS of Bocquet and Sakov
+(2014) with single data assimilation; the window's first L - S steps carry the
+background forward through the dynamics, which shape the background covariance
+that the newest observations see, ``M_{L:0} B M_{L:0}^T``.
 
 In weak constraint (``Q`` given, ``"model_error"`` in the control) each window
 estimates its own forcing ``eta_c`` (background 0 in every window), recorded in
@@ -160,6 +170,7 @@ def cycle(
     Q=None,
     model_error_every: int | None = None,
     quasi_static_steps: int | None = None,
+    shift: int | None = None,
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -176,8 +187,14 @@ def cycle(
     is then the end of the analysed forced trajectory.
     ``quasi_static_steps``: grow each window by that many steps per stage (see
     :mod:`fourdvar.quasistatic`; default: the whole window at once).
+    ``shift``: steps from one window's start to the next, ``1 <= shift <= n_steps``
+    (default ``n_steps``: windows end to end); the next background is the analysis
+    trajectory at step ``shift``.
     """
     control = Control.parse(control)
+    shift = n_steps if shift is None else shift
+    if not 1 <= shift <= n_steps:
+        raise ValueError(f"shift must be between 1 and n_steps = {n_steps}, got {shift}")
     xb = np.asarray(xb, dtype=float)
     pb = np.asarray(pb, dtype=float)
     for c, slots in enumerate(windows, start=start_cycle):
@@ -194,5 +211,5 @@ def cycle(
             P = _with_noise(outcome.params_posterior, params_noise_std, solve_options.get("posterior_rank"))
         outcome.P_next = P
         yield outcome
-        xb = outcome.analysis_trajectory[-1].copy()
+        xb = outcome.analysis_trajectory[shift].copy()
         pb = outcome.p.copy() if control.params else pb

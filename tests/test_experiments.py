@@ -230,6 +230,37 @@ def test_observations_at_the_window_end_from_an_offset_and_the_filter_rmse():
     default = Plan.from_config(tiny(window={"steps": 4, "cycles": 2}))
     assert [[slot.step for slot in default.window_slots(c)] for c in range(2)] == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
+def test_overlapping_windows_assimilate_each_observation_once_from_the_previous_analysis(tmp_path):
+    """window.shift 4 < steps 8: window c starts at step 4c from the previous analysis at its
+    step 4 and takes only the observations after the previous window's end."""
+    config = tiny(observations={"every": 2, "offset": 2, "error_std": 1.0},
+                  window={"steps": 8, "cycles": 4, "shift": 4, "observations_at_end": True},
+                  assimilation={"control": ["state"], "outer_loops": 3, "inner": {"method": "lanczos"}}, diagnostics={"burn_in_cycles": 1})
+    plan = Plan.from_config(config)
+    assert plan.span == 20 and [plan.window_start(c) for c in range(4)] == [0, 4, 8, 12]
+    slots = [[slot.step for slot in plan.window_slots(c)] for c in range(4)]
+    assert slots == [[2, 4, 6, 8], [6, 8], [6, 8], [6, 8]]
+    assimilated = sorted(plan.window_start(c) + step for c in range(4) for step in slots[c])
+    assert assimilated == list(plan.observations.steps)  # every observation, each once
+    full = execute(plan)
+    analysis, background, truth = full["analysis"].values, full["background"].values, full["truth"].values
+    np.testing.assert_array_equal(background[1:, 0], analysis[:-1, 4])  # from the previous analysis at step shift
+    assert np.max(np.abs(background[1:, 0] - analysis[:-1, -1])) > 1e-3  # not its end, as windows end to end would
+    for c in range(4):
+        np.testing.assert_array_equal(truth[c], plan.truth["trajectory"][4 * c : 4 * c + 9])
+    np.testing.assert_allclose(full["rmse_filter"].values, np.sqrt(np.mean((analysis[:, -1] - truth[:, -1]) ** 2, axis=1)), rtol=1e-12)
+    assert full.attrs["window_shift"] == 4
+    # interrupted after 2 windows and resumed: the uninterrupted run, exactly
+    resumed = execute(Plan.from_config(config), resume=checkpointed_windows(Plan.from_config(config), tmp_path, stop_after=2))
+    np.testing.assert_array_equal(resumed["analysis"].values, analysis)
+    with pytest.raises(ConfigError, match=r"window.shift: at most window.steps = 8 \(windows may overlap, not leave gaps\), got 9"):
+        tiny(window={"steps": 8, "cycles": 2, "shift": 9})
+    with pytest.raises(ConfigError, match="window.shift: overlapping windows are not available with an ensemble"):
+        tiny(window={"steps": 8, "cycles": 2, "shift": 4}, assimilation={"control": ["state"]}, ensemble={"members": 4})
+    with pytest.raises(ConfigError, match="window.shift"):
+        tiny(window={"steps": 8, "cycles": 2, "shift": 0})
+
+
 def test_solver_keys_are_checked_before_anything_runs():
     with pytest.raises(ConfigError, match="assimilation.preconditioner: spectral needs inner.method lanczos, not cg"):
         tiny(assimilation={"control": ["state"], "preconditioner": "spectral", "inner": {"method": "cg"}})

@@ -128,8 +128,7 @@ class Progress:
         truth = recorder.plan.truth
         text = f"J={outcome.result.final.J:.5g}"
         if truth is not None:
-            L = recorder.plan.n_steps
-            rmse = float(np.sqrt(np.mean((ds_row["analysis"][0] - truth["trajectory"][cycle * L]) ** 2)))
+            rmse = float(np.sqrt(np.mean((ds_row["analysis"][0] - truth["trajectory"][recorder.plan.window_start(cycle)]) ** 2)))
             text += f" rmse_a={rmse:.3f}"
         if outcome.p.size == 1:
             text += f" p={outcome.p[0]:.4f}"

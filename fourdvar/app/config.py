@@ -217,6 +217,7 @@ SCHEMA: dict[str, Any] = {
     "window": {
         "steps": Field("int", 10, "model steps per assimilation window", _at_least_one),
         "cycles": Field("int", 1, "number of consecutive windows", _at_least_one),
+        "shift": Field("int", None, "steps from one window's start to the next; less than `steps`: overlapping windows, each starting from the previous analysis at its step `shift` and assimilating only the observations after the previous window's end (each observation once); none: `steps`, windows end to end", _at_least_one, nullable=True),
         "observations_at_end": Field("bool", False, "a window takes the observations at steps (start, start + steps], its end included and its start left to the previous window; false: [start, start + steps)"),
     },
     "assimilation": {
@@ -445,6 +446,11 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError("truth.model_error_std: the truth's model error is added after every model step; it needs truth.substeps: 1")
     if config["ensemble"]["members"] and set(config["assimilation"]["control"]) != {"state"}:
         raise ConfigError("ensemble.members: an ensemble of data assimilations estimates the state only (assimilation.control: [state])")
+    shift = config["window"]["shift"]
+    if shift is not None and shift > config["window"]["steps"]:
+        raise ConfigError(f"window.shift: at most window.steps = {config['window']['steps']} (windows may overlap, not leave gaps), got {shift}")
+    if shift is not None and shift < config["window"]["steps"] and config["ensemble"]["members"]:
+        raise ConfigError("window.shift: overlapping windows are not available with an ensemble (ensemble.members); use shift = steps")
     if config["ensemble"]["members"] and state["adaptive"]:
         raise ConfigError("ensemble.members: the ensemble gives B its flow-dependent part; background.state.adaptive cannot be combined with it")
     assimilation = config["assimilation"]

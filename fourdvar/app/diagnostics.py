@@ -124,7 +124,7 @@ def skill_headlines(plan, run_plan, dataset, suffix: str, curves: dict | None = 
     given, receives the mean forecast RMSE per lead, ``sigma_clim * e(k)``, of both."""
     diagnostics = plan.config["diagnostics"]
     truth, n = plan.truth, plan.forecast_steps
-    sigma = float(truth["trajectory"][: plan.n_cycles * plan.n_steps + 1].std())
+    sigma = float(truth["trajectory"][: plan.span + 1].std())
     options = dict(dt=run_plan.model.dt, sigma_clim=sigma, lyapunov_time=diagnostics["lyapunov_time"], threshold=diagnostics["skill_threshold"])
     final_params = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else run_plan.pb0
     independent = independent_truth(plan)
@@ -134,11 +134,10 @@ def skill_headlines(plan, run_plan, dataset, suffix: str, curves: dict | None = 
         [independent[s : s + n + 1] for s in starts], **options,
     )
     cycles = range(plan.n_cycles // 2, plan.n_cycles)
-    L = plan.n_steps
     params = [dataset["params_analysis"].values[c] if "params_analysis" in dataset else run_plan.pb0 for c in cycles]
     from_analyses = forecast_skill(
         run_plan.model, [dataset["analysis"].values[c, 0] for c in cycles], params,
-        [truth["trajectory"][c * L : c * L + n + 1] for c in cycles], **options,
+        [truth["trajectory"][plan.window_start(c) : plan.window_start(c) + n + 1] for c in cycles], **options,
     )
     if curves is not None:
         units = plan.config.get("units", "1")

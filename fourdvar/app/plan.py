@@ -111,6 +111,8 @@ class Plan:
         self.seed = config["seed"]
         self.n_steps = config["window"]["steps"]
         self.n_cycles = config["window"]["cycles"]
+        self.shift = config["window"]["shift"] or self.n_steps
+        self.span = (self.n_cycles - 1) * self.shift + self.n_steps  # steps from the first window's start to the last one's end
         self.model = build_component(config["model"], "model")
         if shared is not None and self.model.n_state != shared.model.n_state:
             raise ConfigError(
@@ -190,7 +192,7 @@ class Plan:
         if not self.from_file:
             self._truth_model = build_component(spec["model"], "truth.model")
             n_truth = self._truth_model.n_state
-        steps = self.n_cycles * self.n_steps
+        steps = self.span
         inner = self.config["assimilation"]["inner"]["max_iterations"] + 1
         needed = 8 * (
             (steps + self.forecast_steps) * spec["substeps"] * n_truth  # the truth run
@@ -204,12 +206,18 @@ class Plan:
                 f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
             )
 
+    def window_start(self, c: int) -> int:
+        """The step at which window ``c`` starts, ``c * shift``."""
+        return c * self.shift
+
     def window_slots(self, c: int):
-        """The observations of window ``c``, steps from its start: ``[start, start + L)``, or
-        ``(start, start + L]`` with ``window.observations_at_end``."""
+        """The observations window ``c`` assimilates, steps from its start: ``[start, start + L)``,
+        or ``(start, start + L]`` with ``window.observations_at_end``; of overlapping windows
+        (``shift < L``) only those after the previous window's end."""
         at_end = self.config["window"]["observations_at_end"]
-        slots = self.observations.window(c * self.n_steps, self.n_steps, include_end=at_end)
-        return type(slots)(slot for slot in slots if slot.step > 0) if at_end else slots
+        slots = self.observations.window(self.window_start(c), self.n_steps, include_end=at_end)
+        first_new = 0 if c == 0 else self.n_steps - self.shift  # the previous window's end, from this start
+        return type(slots)(slot for slot in slots if (slot.step > first_new if at_end else slot.step >= first_new))
 
     def _check_cost(self) -> None:
         """Refuse values that make the cost meaningless: J at the first background must be
@@ -269,7 +277,7 @@ class Plan:
         rng = self.rng(_TRUTH_STATE)
         x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
         substeps = spec["substeps"]
-        n_run = (self.n_cycles * self.n_steps + self.forecast_steps) * substeps  # the skill forecasts run past the last window
+        n_run = (self.span + self.forecast_steps) * substeps  # the skill forecasts run past the last window
         eta, every = self._truth_model_error(model.n_state, n_run)
         try:
             x = forecast(model, x, params, spec["spinup_steps"] * substeps, context="truth spin-up")[-1]
@@ -318,7 +326,7 @@ class Plan:
             build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n)
             for i, spec in enumerate(specs)
         ]
-        last = self.n_cycles * self.n_steps + (1 if self.config["window"]["observations_at_end"] else 0)
+        last = self.span + (1 if self.config["window"]["observations_at_end"] else 0)
         steps = list(range(obs_config["offset"], last, obs_config["every"]))
         position = {step: i for i, step in enumerate(steps)}
         return observation_set_class().synthetic(
@@ -339,9 +347,9 @@ class Plan:
             std = np.asarray(getattr(slot.covariance, "std", 1.0))
             if not np.all((std >= low) & (std <= high)):
                 raise ConfigError(f"observations.file: {path}: an error_std at step {slot.step} lies outside [{low:g}, {high:g}] (1/std^2 would lose its meaning)")
-        last = self.n_cycles * self.n_steps
+        last = self.span
         if len(observations) and observations.steps[-1] >= last:
-            raise ConfigError(f"observations.file: {path}: step {observations.steps[-1]} lies beyond the {self.n_cycles} windows of {self.n_steps} steps")
+            raise ConfigError(f"observations.file: {path}: step {observations.steps[-1]} lies beyond the {self.n_cycles} windows of {self.n_steps} steps ({self.span} steps in all)")
         return observations
 
     def _state_covariance(self, std):
@@ -382,7 +390,7 @@ class Plan:
             )
         truth = self.truth["trajectory"]
         if choice == "truth_mean":
-            return np.full(self.model.n_state, truth[: self.n_cycles * self.n_steps + 1].mean())
+            return np.full(self.model.n_state, truth[: self.span + 1].mean())
         return truth[0] + self.B0.sample(self.rng(_BACKGROUND))
 
     def _free_run(self) -> np.ndarray:

@@ -104,6 +104,14 @@ def _window_steps(ds: xr.Dataset) -> int:
     return max(1, min(int(L), max(n_step, 1)))
 
 
+def _window_shift(ds: xr.Dataset) -> int:
+    """Steps from one window's start to the next: the ``window_shift`` attribute (overlapping
+    windows), else L."""
+    L = _window_steps(ds)
+    shift = ds.attrs.get("window_shift")
+    return L if shift is None or not 0 < int(shift) <= L else int(shift)
+
+
 def _time_unit(ds: xr.Dataset) -> tuple[float, str]:
     """(time per step, axis label): model time units when ``dt`` is known, else steps."""
     dt = ds.attrs.get("dt")
@@ -396,9 +404,10 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
 
 
 def _continuous(ds: xr.Dataset, name: str, cycles: np.ndarray) -> np.ndarray:
-    """``name(cycle, step, x)`` as (time, x): steps 0..L-1 of each cycle, concatenated."""
-    L = _window_steps(ds)
-    values = _values(ds, name)[cycles][:, :L, :]
+    """``name(cycle, step, x)`` as (time, x): steps 0..S-1 of each cycle, concatenated
+    (S = the shift between window starts, L for windows end to end)."""
+    S = _window_shift(ds)
+    values = _values(ds, name)[cycles][:, :S, :]
     return values.reshape(-1, values.shape[-1])
 
 
@@ -413,7 +422,7 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
     ``MAX_LINE_STATE`` variables or fewer, which :func:`plot_timeseries` draws as lines).
 
     Without truth: background / analysis / analysis - background. Windows are joined
-    using steps 0..L-1 of each, so time is continuous; beyond ``MAX_TIME_POINTS`` time
+    using steps 0..S-1 of each (S = L, or the shift of overlapping windows), so time is continuous; beyond ``MAX_TIME_POINTS`` time
     points the images are subsampled in time.
     """
     if not _has(ds, "analysis") or int(ds.sizes.get("x", 0)) <= MAX_LINE_STATE:
@@ -426,11 +435,11 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
     if cycles.size == 0:
         return None
 
-    L = _window_steps(ds)
     dt, time_label = _time_unit(ds)
     ref = _continuous(ds, reference, cycles)
     ana = _continuous(ds, "analysis", cycles)
-    steps = (cycles[:, None] * L + np.arange(L)[None, :]).reshape(-1)
+    S = _window_shift(ds)
+    steps = (cycles[:, None] * S + np.arange(S)[None, :]).reshape(-1)
     stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
     ref, ana, steps = ref[::stride], ana[::stride], steps[::stride]
     err = ana - ref
@@ -466,7 +475,7 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
         ax.set_ylabel("grid index x")
     if len(cycles) <= 30:  # window boundaries, where they do not clutter
         for c in cycles[1:]:
-            axes[2].axvline((c * L - 0.5) * dt, color="black", lw=0.5, alpha=0.35)
+            axes[2].axvline((c * S - 0.5) * dt, color="black", lw=0.5, alpha=0.35)
     axes[-1].set_xlabel(time_label)
     what = "space\u2013time evolution"
     if stride > 1:
@@ -502,15 +511,15 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
     without truth or background to compare the analysis with), with the observations
     of those variables as dots (every variable of a state of
     ``MAX_LINE_STATE`` or fewer, instead of a Hovmöller image).  Windows are joined
-    using steps 0..L-1 of each, as in :func:`plot_hovmoller`."""
+    using steps 0..S-1 of each, as in :func:`plot_hovmoller`."""
     if not _has(ds, "analysis") or ds["analysis"].ndim != 3:
         return None
     cycles = _analysed_cycles(ds)
     if cycles.size == 0:
         return None
-    L = _window_steps(ds)
     dt, time_label = _time_unit(ds)
-    steps = (cycles[:, None] * L + np.arange(L)[None, :]).reshape(-1)
+    S = _window_shift(ds)
+    steps = (cycles[:, None] * S + np.arange(S)[None, :]).reshape(-1)
     stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
     fields = {name: _continuous(ds, name, cycles)[::stride] for name in ("truth", "background", "analysis")
               if _has(ds, name) and _finite(_values(ds, name))}

@@ -21,7 +21,7 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     model_error_truth                      (cycle, step, x)   the truth's forcing added after each step (truth.model_error_std > 0)
 
 Attributes: the resolved configuration as YAML (``config``), ``fourdvar_version``,
-``window_steps``, ``dt`` (when the model has one), ``model``, ``completed_cycles``,
+``window_steps``, ``window_shift`` (steps between window starts), ``dt`` (when the model has one), ``model``, ``completed_cycles``,
 ``complete`` (1 when every cycle ran).  The file alone is enough to rebuild the
 experiment and recompute the cost of any analysis (:func:`recompute_cost`).
 """
@@ -116,7 +116,7 @@ class ResultRecorder:
         var("background", ("cycle", "step", "x"), [r["background"] for r in self.rows], "background forecast over the window", state_units)
         var("analysis", ("cycle", "step", "x"), [r["analysis"] for r in self.rows], "analysis forecast over the window", state_units)
         if exp.truth is not None:
-            truth = np.stack([exp.truth["trajectory"][c * L : c * L + L + 1] for c in range(n_cycles)])
+            truth = np.stack([exp.truth["trajectory"][exp.window_start(c) : exp.window_start(c) + L + 1] for c in range(n_cycles)])
             var("truth", ("cycle", "step", "x"), truth, "truth over the window", state_units)
             analysis, background = data["analysis"][1], data["background"][1]
             var("rmse_background", ("cycle",), _rms(background[:, 0] - truth[:, 0], axis=1), "background RMSE at the window start", state_units)
@@ -167,14 +167,14 @@ class ResultRecorder:
                 f"analysed model-error forcing eta_j, added after every step of sub-window j ({exp.model_error_every} steps)", state_units)
             var("Jm_final", ("cycle",), [r["final"].Jm for r in self.rows], "nonlinear Jm (model-error term) at the analysis")
         if exp.truth is not None and exp.truth.get("model_error") is not None:
-            forcing = np.stack([exp.truth["model_error"][c * L : c * L + L + 1] for c in range(n_cycles)])
+            forcing = np.stack([exp.truth["model_error"][exp.window_start(c) : exp.window_start(c) + L + 1] for c in range(n_cycles)])
             forcing[:, 0] = np.nan  # no forcing of this window before its first step
             var("model_error_truth", ("cycle", "step", "x"), forcing, "the truth's model-error forcing added after each step", state_units)
         if exp.config["assimilation"]["max_cost_per_obs"] is not None:
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
 
         at_end = exp.config["window"]["observations_at_end"]
-        obs = exp.observations.window(0, n_cycles * L, include_end=at_end)
+        obs = exp.observations.window(0, exp.window_start(n_cycles - 1) + L if n_cycles else 0, include_end=at_end)
         obs = type(obs)(slot for slot in obs if slot.step > 0) if at_end else obs
         obs_ds = obs.to_dataset() if len(obs) else None
         if obs_ds is not None:
@@ -195,6 +195,7 @@ class ResultRecorder:
             "config": config_text(exp.config),
             "model": repr(exp.model),
             "window_steps": L,
+            "window_shift": exp.shift,
             "completed_cycles": n_cycles,
             "total_cycles": exp.n_cycles,
             "complete": int(complete),

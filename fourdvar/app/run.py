@@ -57,7 +57,7 @@ class CyclingState:
     def after(cls, outcome: WindowOutcome, plan: Plan) -> "CyclingState":
         """The state after ``outcome``'s window, as :func:`fourdvar.cycling.cycle` carries it."""
         pb = outcome.p if "params" in plan.control else outcome.pb
-        return cls(outcome.cycle + 1, outcome.analysis_trajectory[-1].copy(), np.array(pb, dtype=float), outcome.B, outcome.P_next)
+        return cls(outcome.cycle + 1, outcome.analysis_trajectory[plan.shift].copy(), np.array(pb, dtype=float), outcome.B, outcome.P_next)
 
     def variables(self) -> dict:
         """The state as NetCDF variables (``state_*``), exactly: stds and matrices, not summaries."""
@@ -193,7 +193,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
             params_policy=None if posterior else plan.params_policy,
             params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
             max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"],
-            **solve_options,
+            shift=plan.shift, **solve_options,
             Q=plan.Q0, model_error_every=plan.model_error_every,
         ))
     current = state.cycle
