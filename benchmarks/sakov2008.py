@@ -32,7 +32,7 @@ TIMES, BURN_IN_TIMES = 1000, 100  # observation times in all; the first ones lef
 VARIANTS = {  # intervals: (background std, quasi-static steps per stage, shift in observation intervals)
     4: (0.2, 8, 2),
     8: (0.15, 8, 4),
-    16: (0.2, 8, 8),
+    16: (0.4, 8, 16),
 }
 
 
@@ -71,7 +71,7 @@ if __name__ == "__main__":
             seconds = time.perf_counter() - started
             rmse = dataset.attrs["headline_rmse_filter_after_burn_in"]
             table.setdefault((intervals, shift, std), []).append((rmse, seconds))
-            print(f"{intervals:2d} intervals, shift {shift:2d}, B std {std}, seed {seed}: filter RMSE {rmse:.3f}, "
+            print(f"{intervals:2d} intervals, shift {shift:2d}, B std {std}, seed {seed}: filter RMSE {rmse:.4f}, "
                   f"chi2 {dataset.attrs['headline_chi2_mean']:.2f}, {config['window']['cycles']} windows, {seconds:.0f} s", flush=True)
     print(f"\nintervals | shift | B std | filter RMSE, seeds {'/'.join(map(str, seeds))} | mean | run time (s)")
     for (intervals, shift, std), rows in table.items():

@@ -458,7 +458,7 @@ def test_run_writes_documented_result(runs):
     assert int(ds.attrs["complete"]) == 1
     assert int(ds.attrs["completed_cycles"]) == n_cycles
     config = yaml.safe_load(ds.attrs["config"])
-    assert config["window"] == {"steps": L, "cycles": n_cycles, "observations_at_end": False}
+    assert config["window"] == {"steps": L, "cycles": n_cycles, "shift": None, "observations_at_end": False}
     assert config["seed"] == 1
     assert config["model"] == {"type": "lorenz96", "n_state": n}
     assert config["truth"]["spinup_steps"] == 50
