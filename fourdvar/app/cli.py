@@ -181,7 +181,10 @@ def command_run(args) -> int:
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
+        if config["output"]["checkpoint"]:
+            print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
+        else:
+            print("\ninterrupted; nothing was saved (output.checkpoint is false, so this run cannot be resumed)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RunDiverged as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
