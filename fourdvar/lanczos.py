@@ -66,17 +66,24 @@ __all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos"]
 RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
 # the newest factor of S is stale when, along the start vector and on the space it deflates,
 # S^T A S differs from the identity by more than this times the start vector's part there
-# (measured in benchmarks/preconditioning.py: <= 3.6 where it saves iterations, >= 120 on a
-# learning window whose Hessian changes by factors of 2-10 between outer loops)
-STALE = 10.0
+# (measured in benchmarks/preconditioning.py: 0.01-26 where the factor saved iterations,
+# 42-2400 where it cost them; between 5 and 30 it is ambiguous, and rejecting there costs
+# more than it saves)
+STALE = 30.0
 
 
 @dataclass(frozen=True)
 class SpectralFactor:
-    """``T = I + V (theta^-1/2 - 1) V^T``: ``V`` orthonormal columns ``(n, r)``, ``theta > 0``."""
+    """``T = I + V (theta^-1/2 - 1) V^T``: ``V`` orthonormal columns ``(n, r)``, ``theta > 0``.
+
+    ``coupled``: for a limited-memory factor, the unit vector of ``span(V)`` along which the
+    rest of the space couples into it (``T Â T`` is the identity on the rest of ``span(V)``
+    when ``Â`` has not changed); ``None`` when it is the identity on all of it.
+    """
 
     vectors: np.ndarray
     values: np.ndarray
+    coupled: np.ndarray | None = None
 
     def apply(self, x: np.ndarray, power: float = -0.5) -> np.ndarray:
         """``(I + V (theta^power - 1) V^T) x``; ``power=-0.5`` is ``T``, ``+0.5`` is ``T^-1``."""
@@ -166,7 +173,8 @@ class LanczosRun:
         mu, E = np.linalg.eigh(H_Z)
         Z = np.column_stack([self.ritz_vectors[:, keep], self.next_vector])
         moved = np.abs(mu - 1.0) > 1e-12  # mu = 1: the identity there, nothing to store
-        return SpectralFactor(vectors=Z @ E[:, moved], values=1.0 / mu[moved])
+        coupled = E @ (np.sqrt(mu) * E[-1])  # H_Z^1/2 e_{r+1}, orthogonal to H_Z^-1/2 [I_r; 0] = T^-1 V_r
+        return SpectralFactor(vectors=Z @ E[:, moved], values=1.0 / mu[moved], coupled=Z @ (coupled / np.linalg.norm(coupled)))
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
@@ -179,10 +187,15 @@ def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
 
 
 def _is_stale(S: SpectralPreconditioner, q1: np.ndarray, w: np.ndarray, stale: float) -> bool:
-    """``|Z^T (w - q1)| > stale * |Z^T q1|``, ``Z`` the vectors of the newest factor of ``S``, ``w = Â q1``."""
-    Z = S.factors[-1].vectors
-    part = Z.T @ q1
-    return float(np.linalg.norm(Z.T @ w - part)) > stale * float(np.linalg.norm(part))
+    """``|P (w - q1)| > stale * |P q1|``, ``P`` the projection on the space where the newest factor
+    of ``S`` makes ``Â`` the identity (its vectors, less the ``coupled`` direction), ``w = Â q1``."""
+    factor = S.factors[-1]
+    deviation, part = factor.vectors.T @ (w - q1), factor.vectors.T @ q1
+    if factor.coupled is not None:
+        m = factor.vectors.T @ factor.coupled
+        m /= max(float(np.linalg.norm(m)), 1e-300)
+        deviation, part = deviation - m * (m @ deviation), part - m * (m @ part)
+    return float(np.linalg.norm(deviation)) > stale * float(np.linalg.norm(part))
 
 
 def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, preconditioner: SpectralPreconditioner | None = None,

@@ -7,7 +7,12 @@ Lanczos form (``lanczos``, :mod:`fourdvar.lanczos`), which keeps its vectors and
 the Ritz pairs of ``A``: all of them precondition the next outer loop (``preconditioner=
 "spectral"``: the limited-memory preconditioner of the whole Krylov space, multiplied onto
 the previous ones, dropped by the next inner loop's first product when the Hessian moved),
-the converged ones give the posterior covariance (:mod:`fourdvar.posterior`).
+the converged ones give the posterior covariance (:mod:`fourdvar.posterior`).  The pairs of
+the first outer loop, linearised at the background, are not carried: its increment is the
+largest, and the second outer loop's Hessian the furthest from them (measured in
+``benchmarks/preconditioning.py``: on every window tried they cost the second inner loop
+7-74 more iterations, even where the stale test did not catch it); the chain starts from
+the second outer loop's pairs.
 Each stops at the first of:
 
 * ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|`` (the requested reduction);
@@ -430,7 +435,7 @@ def minimize_4dvar(
         if inner.lanczos is not None:
             used = inner.lanczos.preconditioner or SpectralPreconditioner(jq.size)
             last_factor = (used, inner.lanczos.factor(posterior_rank))
-            if preconditioner == "spectral":
+            if preconditioner == "spectral" and i > 0:  # not the background's pairs: see the module docstring
                 S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
         step, jq_next, start_next = _next_linearisation(
             cost, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
