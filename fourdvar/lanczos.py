@@ -44,14 +44,18 @@ the signed Ritz residuals) and ``sigma = Theta_r^-1 c_r``, ``H`` is the identity
 SPD (the Schur complement of its last entry is ``Theta_r^-1``).  With ``H_Z = E diag(mu) E^T``
 it is the spectral factor of the pairs ``(Z E, 1 / mu)``: ``T = H^1/2``, symmetric, as cheap as
 before, so it multiplies onto ``S`` like any other factor (for converged pairs, ``sigma -> 0``
-and it is the spectral factor above).  When the Hessian moved between outer loops the pairs
-are stale and ``S^T A S`` can be worse conditioned than ``A`` itself.  The first Lanczos
-product says so at no cost: on the space ``Z`` of the newest factor ``S^T A S`` should be the
-identity, so with ``q_1`` the start vector and ``w = Â q_1``,
+and it is the spectral factor above).  In the split form, ``T Â T (T^-1 V_r) = T^-1 V_r``:
+the next ``S^T A S`` is the identity on ``W = span(T^-1 V_r) = span(Z H_Z^-1/2 [I_r; 0])``,
+which is ``span(Z)`` less the direction ``m = Z H_Z^1/2 e_{r+1}`` (through which the unexplored
+rest of the space couples in), if ``A`` has not changed.  When the Hessian moved between outer
+loops the pairs are stale and ``S^T A S`` can be worse conditioned than ``A`` itself.  The
+first Lanczos product says so at no cost: with ``P`` the projection on ``W`` of the newest
+factor, ``q_1`` the start vector and ``w = Â q_1``,
 
-    |Z^T (w - q_1)| > STALE * |Z^T q_1|
+    |P (w - q_1)| > STALE * |P q_1|
 
-means the pairs are stale: the solve restarts without the preconditioner (one Hessian product lost).
+means the pairs are stale (for an unchanged Hessian the left side is 0, however short the
+Lanczos that gave them): the solve restarts without ``S``, one Hessian product lost.
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ __all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos"]
 RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
 # the newest factor of S is stale when, along the start vector and on the space it deflates,
 # S^T A S differs from the identity by more than this times the start vector's part there
-# (measured in benchmarks/preconditioning.py: 0.01-26 where the factor saved iterations,
-# 42-2400 where it cost them; between 5 and 30 it is ambiguous, and rejecting there costs
-# more than it saves)
+# (measured on the windows of benchmarks/preconditioning.py and speed.py, and windows 10-100
+# of l96_surrogate.yaml: <= 13 where the factor saved up to 23 iterations or cost at most 4,
+# >= 41 where it cost 7-85)
 STALE = 30.0
 
 

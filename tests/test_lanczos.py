@@ -194,3 +194,24 @@ def test_a_stale_preconditioner_is_dropped_after_one_product_and_a_fresh_one_is_
     assert len(products) == kept.nit < plain.nit
     # without the test the stale pairs are used, and cost iterations
     assert lanczos(lambda v: A @ v, g, 2 * n, reduced, preconditioner=stale_S).nit > plain.nit
+
+
+def test_outer_loops_carry_the_pairs_from_the_second_on_and_drop_them_when_stale():
+    """Loop 1 (the background's pairs) is never preconditioned; from loop 2 on each inner loop
+    runs on ``S`` or says it dropped it, at one product; near the minimum, where the Hessian no
+    longer changes, the preconditioned inner loops need less than half the iterations."""
+    problem = joint_l96_problem()
+    options = dict(method="lanczos", outer_loops=6, max_iterations=200, gradient_reduction=1e-6, tolerance=0.0)
+    spectral = problem.solve(preconditioner="spectral", **options)
+    plain = problem.solve(preconditioner="none", **options)
+    inner = [record["inner"] for record in spectral.outer]
+    assert inner[0].lanczos.preconditioner is None and inner[1].lanczos.preconditioner is None
+    assert not inner[1].lanczos.stale
+    for loop in inner[2:]:
+        assert (loop.lanczos.preconditioner is None) == loop.lanczos.stale
+        assert loop.nfev == loop.nit + loop.lanczos.stale
+        assert ("stale" in loop.message) == loop.lanczos.stale
+    assert any(loop.lanczos.stale for loop in inner) and not all(loop.lanczos.stale for loop in inner[2:])
+    for late, reference in zip(inner[-2:], [record["inner"] for record in plain.outer[-2:]]):
+        assert late.lanczos.preconditioner is not None and late.nit < 0.5 * reference.nit
+    assert abs(spectral.final.J - plain.final.J) <= 1e-9 * plain.final.J
