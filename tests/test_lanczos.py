@@ -142,6 +142,11 @@ def test_limited_memory_factor_makes_the_hessian_the_identity_on_the_whole_krylo
     assert np.linalg.eigvalsh(H).min() > 0
     V = run.ritz_vectors
     assert np.max(np.abs(H @ A @ V - V)) <= 1e-9
+    # any subset of the pairs: the r largest (posterior_rank = r)
+    largest = np.argsort(run.ritz_values)[::-1][:4]
+    T4 = as_matrix(SpectralPreconditioner(n).extended(run.preconditioner_factor(rank=4)).apply, n)
+    V4 = run.ritz_vectors[:, largest]
+    assert np.max(np.abs(T4 @ T4 @ A @ V4 - V4)) <= 1e-9
     # negative control: the spectral factor of the same pairs without the q_{k+1} correction does not
     spectral = as_matrix(SpectralPreconditioner(n).extended(run.factor(tolerance=np.inf)).apply, n)
     assert np.max(np.abs(spectral @ spectral @ A @ V - V)) > 1e-3
