@@ -274,7 +274,8 @@ def minimize_inner(
 
     ``start``: ``(terms, gradient)`` of ``Jq`` at 0 when already known; ``gradient_target``:
     a gradient norm that is enough (the outer loop's need); ``preconditioner``: a
-    :class:`~fourdvar.lanczos.SpectralPreconditioner`, for the ``lanczos`` method.
+    :class:`~fourdvar.lanczos.SpectralPreconditioner`, for the ``lanczos`` method (dropped after
+    one Hessian product when that shows its newest factor stale: :data:`~fourdvar.lanczos.STALE`).
     """
     if method not in INNER_METHODS:
         raise ValueError(f"unknown inner method {method!r}; choose one of {', '.join(INNER_METHODS)}")
