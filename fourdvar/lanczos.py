@@ -70,9 +70,8 @@ __all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos"]
 RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
 # the newest factor of S is stale when, along the start vector and on the space it deflates,
 # S^T A S differs from the identity by more than this times the start vector's part there
-# (measured on the windows of benchmarks/preconditioning.py and speed.py, and windows 10-100
-# of l96_surrogate.yaml: <= 13 where the factor saved up to 23 iterations or cost at most 4,
-# >= 41 where it cost 7-85)
+# (between the values measured where stale factors cost iterations and where fresh ones save
+# them: configs/README.md)
 STALE = 30.0
 
 

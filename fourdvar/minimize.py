@@ -9,10 +9,8 @@ the Ritz pairs of ``A``: all of them precondition the next outer loop (``precond
 the previous ones, dropped by the next inner loop's first product when the Hessian moved),
 the converged ones give the posterior covariance (:mod:`fourdvar.posterior`).  The pairs of
 the first outer loop, linearised at the background, are not carried: its increment is the
-largest, and the second outer loop's Hessian the furthest from them (measured on the
-windows of ``benchmarks/preconditioning.py`` and ``benchmarks/speed.py`` and windows 10-100
-of ``configs/l96_surrogate.yaml``: on all nine they cost the second inner loop 7-74 more
-iterations, in six of them with the stale test passing); the chain starts from the second
+largest, so the second outer loop's Hessian is the furthest from them, often without the
+stale test seeing it (measured: ``configs/README.md``); the chain starts from the second
 outer loop's pairs.
 Each stops at the first of:
 
