@@ -79,6 +79,8 @@ def test_members_on_the_embedded_cluster_equal_serial_runs_bit_for_bit(tmp_path,
         assert list(client.run(blas_threads).values()) == [1, 1]  # the variable alone is read too late once numpy is loaded
         assert all(address.startswith("tcp://127.0.0.1:") for address in [client.scheduler.address, *client.scheduler_info()["workers"]])
         outcomes = run_members(members(tmp_path, range(1, 5)), client=client, progress=lambda done, total, outcome: seen.append((done, total)))
+        # each write guarded by a lock in the worker, none on the scheduler (xarray's default there: a round trip per variable)
+        assert client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.extensions["semaphores"].max_leases)) == []
     assert [o.name for o in outcomes] == ["seed1", "seed2", "seed3", "seed4"] and all(o.ok and not o.skipped for o in outcomes)
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     for s in range(1, 5):

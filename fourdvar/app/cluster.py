@@ -52,7 +52,7 @@ SINGLE_THREAD_ENVIRONMENT = {
 }
 
 #: Modules an embedded worker needs before its first member, imported once by the server the workers are forked from.
-WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "netCDF4", "yaml", "fourdvar.app.run", "fourdvar.app.cluster")
+WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "dask.array", "netCDF4", "yaml", "fourdvar.app.run", "fourdvar.app.cluster")
 
 #: Result-file attributes that say when and how fast a run went, not what it computed.
 PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
