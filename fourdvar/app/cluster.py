@@ -172,12 +172,9 @@ def start_worker_server(preload: Sequence[str] = ()) -> None:
     ``preload`` counts.  Call it early, e.g. before validating plans, so that its
     imports overlap that work; :func:`embedded_cluster` calls it in any case.
     """
-    import dask
-    from distributed.utils import get_mp_context
-
-    with dask.config.set(_WORKER_START):
-        context = get_mp_context()  # sets distributed's own preloads once: replaced here, before the server starts
-    context.set_forkserver_preload(list(dict.fromkeys(["distributed", *WORKER_PRELOAD, *preload])))
+    # Nothing of distributed is imported here, so that the server's imports start at once and
+    # overlap this process's.  (distributed later sets preloads of its own: unused, the server runs.)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(["distributed", *WORKER_PRELOAD, *preload])))
     with _environment(SINGLE_THREAD_ENVIRONMENT):
         multiprocessing.forkserver.ensure_running()
 
@@ -205,11 +202,11 @@ def embedded_cluster(n_workers: int | None = None, preload: Sequence[str] = ()) 
     are forked from the server of :func:`start_worker_server` (``preload``: further
     modules it imports, if this call starts it).
     """
+    start_worker_server(preload)
     import dask
     from distributed import Client, LocalCluster
 
     n_workers = n_workers or os.cpu_count() or 1
-    start_worker_server(preload)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": SINGLE_THREAD_ENVIRONMENT, **_WORKER_START}):
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP endpoints: any free port
