@@ -7,13 +7,18 @@ Each repeat runs, in a fresh Python process per way (imports done before the clo
 starts, as in ``benchmarks/sweep.py``), one embedded 2-worker cluster and times
 
     start         entering the cluster until its client is ready (a fork server's start included)
+    start cpu     CPU seconds on the way to a ready worker: the worker's own until then (the
+                  slowest one), plus the fork server's imports
     round trip    one no-op task submitted and its result back (median of 10)
     first extra   a short member's first run on a fresh worker minus its second run there
-                  (the worker's first imports and compiled-kernel loading), worst worker
+                  (the worker's first imports and compiled-kernel loading), worst worker;
+                  also in CPU seconds
     per member    the same member's warm run on a worker minus its warm run in the
-                  calling process (what a member pays for running on a worker)
+                  calling process (what a member pays for running on a worker); also in CPU
     main cpu      CPU seconds the calling process spends while the workers run two members
     stop          leaving the cluster until it is closed
+
+On a busy machine the wall-clock rows stretch with the load; the CPU rows do not.
 
 for the two ways:
 
@@ -53,7 +58,7 @@ from fourdvar.app.cluster import (  # noqa: E402
 from fourdvar.app.config import resolve_config  # noqa: E402
 
 WAYS = ("spawn", "forkserver")
-COMPONENTS = ("start", "round_trip", "first_extra", "per_member", "main_cpu", "stop")
+COMPONENTS = ("start", "start_cpu", "round_trip", "first_extra", "first_extra_cpu", "per_member", "per_member_cpu", "main_cpu", "stop")
 
 
 def member_config(cycles: int) -> dict:
@@ -90,16 +95,32 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def timed(execute, member: Member) -> tuple[MemberOutcome, float]:
+    """The member's outcome and the CPU seconds its run took."""
+    started = time.process_time()
+    outcome = execute(member)
+    return outcome, time.process_time() - started
+
+
+def fork_server_cpu() -> float:
+    """CPU seconds of this process's fork server (0 without one)."""
+    import psutil
+
+    servers = [child for child in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(child.cmdline())]
+    return sum(sum(server.cpu_times()[:2]) for server in servers)
+
+
 def one_cluster(way: str, cycles: int, directory: Path) -> dict:
     cluster, execute = (spawned_cluster, execute_with_default_lock) if way == "spawn" else (embedded_cluster, execute_member)
     member = lambda name: Member(name, directory / f"{name}.nc", functools.partial(run_config, member_config(cycles)))  # noqa: E731
     execute_member(member("here-warm-up"))
-    in_process = execute_member(member("here")).seconds
+    in_process, in_process_cpu = timed(execute_member, member("here"))
     times = {}
     started = time.perf_counter()
     context = cluster(2)
     client = context.__enter__()
     times["start"] = time.perf_counter() - started
+    times["start_cpu"] = max(client.run(cpu_seconds).values()) + fork_server_cpu()
     try:
         trips = []
         for _ in range(10):
@@ -108,14 +129,16 @@ def one_cluster(way: str, cycles: int, directory: Path) -> dict:
             trips.append(time.perf_counter() - sent)
         times["round_trip"] = statistics.median(trips)
         workers = list(client.scheduler_info()["workers"])
-        on_each = lambda label: client.gather([client.submit(execute, member(f"{label}{i}"), workers=[w], pure=False)  # noqa: E731
+        on_each = lambda label: client.gather([client.submit(timed, execute, member(f"{label}{i}"), workers=[w], pure=False)  # noqa: E731
                                                for i, w in enumerate(workers)])
         first = on_each("first")
         cpu = cpu_seconds()
         warm = on_each("warm")
         times["main_cpu"] = cpu_seconds() - cpu
-        times["first_extra"] = max(f.seconds - w.seconds for f, w in zip(first, warm))
-        times["per_member"] = statistics.median(w.seconds for w in warm) - in_process
+        times["first_extra"] = max(f.seconds - w.seconds for (f, _), (w, _) in zip(first, warm))
+        times["first_extra_cpu"] = max(f - w for (_, f), (_, w) in zip(first, warm))
+        times["per_member"] = statistics.median(w.seconds for w, _ in warm) - in_process.seconds
+        times["per_member_cpu"] = statistics.median(w for _, w in warm) - in_process_cpu
     finally:
         stopping = time.perf_counter()
         context.__exit__(None, None, None)
