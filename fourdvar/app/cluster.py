@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import time
 import uuid
@@ -155,15 +154,16 @@ def _worker_address() -> str:
 # --- where the members run -----------------------------------------------------------------------
 
 
-#: How embedded workers start: forked by the server of :func:`start_worker_server`.
-_WORKER_START = {"distributed.worker.multiprocessing-method": "forkserver"}
+#: How embedded workers start: forked by the server of :func:`start_worker_server` (spawned where there is none: Windows).
+_FORK_SERVER = "forkserver" in multiprocessing.get_all_start_methods()
+_WORKER_START = {"distributed.worker.multiprocessing-method": "forkserver" if _FORK_SERVER else "spawn"}
 
 
 def start_worker_server(preload: Sequence[str] = ()) -> None:
     """Start the process that embedded workers are forked from, in the background; returns at once.
 
     A worker spawned as a fresh interpreter pays, each, for importing distributed,
-    numpy, xarray and fourdvar (seconds), and at its exit for tearing them down.
+    numpy, xarray and fourdvar (a second of CPU), and at its exit for tearing them down.
     Instead a fork server (:mod:`multiprocessing.forkserver`) imports
     :data:`WORKER_PRELOAD` and ``preload`` once, with :data:`SINGLE_THREAD_ENVIRONMENT`
     set before numpy loads, and forks each worker from itself ready to run; a forked
@@ -172,6 +172,10 @@ def start_worker_server(preload: Sequence[str] = ()) -> None:
     ``preload`` counts.  Call it early, e.g. before validating plans, so that its
     imports overlap that work; :func:`embedded_cluster` calls it in any case.
     """
+    if not _FORK_SERVER:
+        return
+    import multiprocessing.forkserver
+
     # Nothing of distributed is imported here, so that the server's imports start at once and
     # overlap this process's.  (distributed later sets preloads of its own: unused, the server runs.)
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(["distributed", *WORKER_PRELOAD, *preload])))
