@@ -210,13 +210,17 @@ class Plan:
         """The step at which window ``c`` starts, ``c * shift``."""
         return c * self.shift
 
-    def window_slots(self, c: int):
+    def window_slots(self, c: int, n_steps: int | None = None):
         """The observations window ``c`` assimilates, steps from its start: ``[start, start + L)``,
         or ``(start, start + L]`` with ``window.observations_at_end``; of overlapping windows
-        (``shift < L``) only those after the previous window's end."""
+        (``shift < L``) only those after the previous window's end.  ``n_steps``: windows of
+        that length instead, end to end (default: the plan's windows)."""
         at_end = self.config["window"]["observations_at_end"]
-        slots = self.observations.window(self.window_start(c), self.n_steps, include_end=at_end)
-        first_new = 0 if c == 0 else self.n_steps - self.shift  # the previous window's end, from this start
+        if n_steps is None:
+            start, length, first_new = self.window_start(c), self.n_steps, (0 if c == 0 else self.n_steps - self.shift)
+        else:
+            start, length, first_new = c * n_steps, n_steps, 0
+        slots = self.observations.window(start, length, include_end=at_end)
         return type(slots)(slot for slot in slots if (slot.step > first_new if at_end else slot.step >= first_new))
 
     def _check_cost(self) -> None:
