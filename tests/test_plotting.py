@@ -154,3 +154,17 @@ def test_rmse_figure_draws_each_comparison_run():
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert len(labels) == n_lines + 2
     assert any("physics run" in label for label in labels) and any("perfect run" in label for label in labels)
+
+
+def test_overlapping_windows_are_joined_at_their_shift():
+    """window_shift 2 < L = 4: time series take steps 0, 1 of each window (the next one starts at 2)."""
+    from fourdvar.app.plotting import _continuous
+
+    ds = synthetic_result(n_cycles=5, L=4, n=40)
+    cycles = np.arange(5)
+    assert _continuous(ds, "analysis", cycles).shape == (20, 40)  # end to end: steps 0..3 of each
+    ds.attrs["window_shift"] = 2
+    joined = _continuous(ds, "analysis", cycles)
+    np.testing.assert_array_equal(joined, ds["analysis"].values[:, :2].reshape(10, 40))
+    image = plot_hovmoller(ds).axes[0].images[0]
+    assert image.get_extent()[:2] == pytest.approx([-0.025, 9.5 * 0.05])  # 10 steps of dt = 0.05
