@@ -49,7 +49,7 @@ from .cost import Control
 from .covariances import Dense, Diagonal
 from .minimize import AssimilationResult
 from .departures import WindowDepartures, window_departures
-from .posterior import LowRankCovariance
+from .posterior import LowRankCovariance, Posterior
 from .quasistatic import solve_quasi_static
 from .window import forecast
 
@@ -114,8 +114,10 @@ def assimilate_window(
             fixed_params = Control(state=True, model_error=control.model_error)
             result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control=fixed_params, n_steps=n_steps, **weak).solve(**solve_options)
     if params_posterior and control.params and rejected_cost is None:
-        if result.posterior is not None:  # low rank, from the Lanczos Ritz pairs
-            posterior = result.posterior.params_covariance(max_rank=solve_options.get("posterior_rank"))
+        if result.posterior is not None:  # low rank, from every outer loop's Lanczos run
+            rank = solve_options.get("posterior_rank")
+            runs = [record["inner"].lanczos for record in result.outer]
+            posterior = Posterior.from_lanczos_runs(problem.cost, problem.control, runs, max_rank=rank).params_covariance(max_rank=rank)
         else:
             posterior = problem.params_posterior_covariance(result.x0, result.p, _model_error_or_none(result))
     context = f"cycle {cycle}"

@@ -105,6 +105,10 @@ class LanczosRun:
     ritz_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ritz_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # columns, of S^T A S
     ritz_residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Â V = V Theta + r c^T exactly: r = beta_j q_{j+1} (the next residual), c = e_j^T Y (signed)
+    residual_vector: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ritz_last_components: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    preconditioner: SpectralPreconditioner | None = None  # the S of Â = S^T A S
 
     def factor(self, rank: int | None = None, tolerance: float = RITZ_TOLERANCE) -> SpectralFactor | None:
         """The spectral factor of the converged Ritz pairs (``|residual| <= tolerance * theta``),
@@ -136,7 +140,7 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
     S = preconditioner if preconditioner is not None else SpectralPreconditioner(n)
     b = -S.apply_t(g0)
     beta0 = float(np.linalg.norm(b))
-    run = LanczosRun(z=np.zeros(n), u=np.zeros(n), gradient_norm=[float(np.linalg.norm(g0))])
+    run = LanczosRun(z=np.zeros(n), u=np.zeros(n), gradient_norm=[float(np.linalg.norm(g0))], preconditioner=S)
     if beta0 == 0.0:
         return run
     Q = np.empty((max_iterations + 1, n))
@@ -176,4 +180,6 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
     run.ritz_values = theta
     run.ritz_vectors = Q[:k].T @ Y
     run.ritz_residuals = (0.0 if run.breakdown else betas[-1]) * np.abs(Y[-1])
+    run.residual_vector = np.zeros(n) if run.breakdown else betas[-1] * Q[k]
+    run.ritz_last_components = Y[-1].copy()
     return run

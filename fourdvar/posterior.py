@@ -65,6 +65,62 @@ def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = Non
     return Q @ E[:, keep], lam[keep]
 
 
+def _factor_columns(factor, X: np.ndarray, power: float) -> np.ndarray:
+    """``(I + V (theta^power - 1) V^T) X`` for the columns of ``X``."""
+    V = factor.vectors
+    return X + V @ ((factor.values**power - 1.0)[:, None] * (V.T @ X))
+
+
+def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(s, y, Theta)`` of one Lanczos run in control variables (see :meth:`Posterior.from_lanczos_runs`)."""
+    keep = np.argsort(run.ritz_values)[::-1][: (None if max_rank is None else int(max_rank))]
+    V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_last_components[keep]
+    AV = V * theta + np.outer(run.residual_vector, c)  # S^T A S V
+    s, y = V, AV
+    for factor in reversed(run.preconditioner.factors if run.preconditioner is not None else ()):
+        s = _factor_columns(factor, s, -0.5)  # S = T_1 ... T_m
+        y = _factor_columns(factor, y, 0.5)  # S^-T = T_1^-1 ... T_m^-1
+    return s, y, theta
+
+
+def _extend_basis(W: np.ndarray, X: np.ndarray, tolerance: float = 1e-10) -> np.ndarray:
+    """``[W, Q]``, orthonormal, spanning the columns of ``W`` and ``X`` (Gram-Schmidt twice, then an SVD)."""
+    if W.shape[1] >= W.shape[0]:  # W spans the whole space already
+        return W
+    X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
+    for _ in range(2):
+        X = X - W @ (W.T @ X)
+    Q, sigma, _ = np.linalg.svd(X, full_matrices=False)
+    return np.hstack([W, Q[:, sigma > tolerance]])
+
+
+def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
+    """``I + Z K+ Z^T = (I - s rho y^T)(I + W K W^T)(I - y rho s^T) + s rho s^T``, ``rho = Theta^-1``.
+
+    In the orthonormal basis ``Z = [W, Q]`` of ``[W, s, y]``, with ``a = C_s rho``,
+    ``b = C_y`` (``C_s = Z^T s``, ``C_y = Z^T y``) and ``M = [K 0; 0 0]`` (``W``'s block)::
+
+        K+ = (I - a b^T) M (I - b a^T) - a b^T - b a^T + a (b^T b) a^T + a C_s^T
+
+    ``O(n r k + r^2 k)`` for ``r`` columns of ``Z`` and ``k`` of ``s``.
+    """
+    Z = _extend_basis(W, np.hstack([s, y]))
+    C_s, b = Z.T @ s, Z.T @ y
+    a = C_s / theta
+    r = Z.shape[1]
+    M = np.zeros((r, r))
+    M[: K.shape[0], : K.shape[0]] = K
+    Mb = M @ b
+    K_next = M - a @ Mb.T - Mb @ a.T + a @ (b.T @ Mb) @ a.T
+    K_next += -a @ b.T - b @ a.T + a @ (b.T @ b) @ a.T + a @ C_s.T
+    K_next = 0.5 * (K_next + K_next.T)
+    if max_rank is not None and r > max_rank:
+        lam, E = np.linalg.eigh(K_next)
+        keep = np.argsort(-np.abs(lam))[: int(max_rank)]
+        return Z @ E[:, keep], np.diag(lam[keep])
+    return Z, K_next
+
+
 class Posterior:
     """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
 
@@ -76,15 +132,7 @@ class Posterior:
     """
 
     def __init__(self, cost, control, factors: SpectralPreconditioner):
-        n_state = cost.model.n_state
-        # (name, covariance, repeats, physical size, control size) of each part in the control
-        self.parts = [part for part in (
-            ("x0", cost.B, 1, n_state, getattr(cost.B, "control_size", n_state)) if control.state else None,
-            ("p", cost.P, 1, cost.model.n_params, cost.model.n_params) if control.params and cost.model.n_params else None,
-            ("eta", getattr(cost, "Q", None), getattr(cost, "n_sub", 0), n_state, n_state) if getattr(control, "model_error", False) else None,
-        ) if part is not None]
-        self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
-        self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
+        self._set_parts(cost, control)
         blocks = [factor.vectors for factor in factors.factors]
         basis = np.linalg.qr(np.column_stack(blocks))[0] if blocks else np.zeros((self.control_size, 0))
         I = np.eye(basis.shape[1])
@@ -96,9 +144,54 @@ class Posterior:
         self.F = product - I
         self.K = product @ product.T - I
 
+    def _set_parts(self, cost, control) -> None:
+        n_state = cost.model.n_state
+        # (name, covariance, repeats, physical size, control size) of each part in the control
+        self.parts = [part for part in (
+            ("x0", cost.B, 1, n_state, getattr(cost.B, "control_size", n_state)) if control.state else None,
+            ("p", cost.P, 1, cost.model.n_params, cost.model.n_params) if control.params and cost.model.n_params else None,
+            ("eta", getattr(cost, "Q", None), getattr(cost, "n_sub", 0), n_state, n_state) if getattr(control, "model_error", False) else None,
+        ) if part is not None]
+        self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
+        self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
+
+    @classmethod
+    def from_lanczos_runs(cls, cost, control, runs, max_rank: int | None = None) -> "Posterior":
+        """``A^-1 ~ H^-1 = I + W K W^T`` from every Lanczos run of the window, by block BFGS.
+
+        Run ``i`` (its Hessian ``A_i``, preconditioner ``S_i``) knows ``A_i`` exactly on its
+        Krylov space: with its Ritz pairs ``(Theta, V)`` of ``S_i^T A_i S_i`` and the residual
+        ``r c^T`` (:class:`~fourdvar.lanczos.LanczosRun`)::
+
+            s = S_i V,   y = A_i s = S_i^-T (V Theta + r c^T),   s^T y = Theta
+
+        From the prior ``H^-1 = I``, oldest run first::
+
+            H^-1 <- (I - s rho y^T) H^-1 (I - y rho s^T) + s rho s^T,   rho = Theta^-1
+
+        so ``H^-1 y = s`` holds for the last run (its Krylov space exactly) while the earlier
+        runs' curvature stays in the directions it did not explore.  A single run over the
+        whole space gives ``A^-1`` exactly.  ``max_rank``: the Ritz pairs kept per run (the
+        largest ``Theta``), and the rank ``W`` is truncated to after each update.
+        """
+        self = cls.__new__(cls)
+        self._set_parts(cost, control)
+        W, K = np.zeros((self.control_size, 0)), np.zeros((0, 0))
+        for run in runs:
+            if run is not None and run.ritz_values.size:
+                W, K = _bfgs_inverse_update(W, K, *_secant_pair(run, max_rank), max_rank)
+        self.W, self.K = W, K
+        return self
+
     @property
     def rank(self) -> int:
         return int(self.W.shape[1])
+
+    @functools.cached_property
+    def F(self) -> np.ndarray:
+        """A square root's core: ``S = I + W F W^T`` with ``S S^T = I + W K W^T`` (the symmetric one)."""
+        lam, E = np.linalg.eigh(self.K)
+        return (E * (np.sqrt(np.maximum(1.0 + lam, 0.0)) - 1.0)) @ E.T
 
     # --- G = diag(B^1/2, P^1/2, Q^1/2 ...) and its transpose ----------------------------
 
