@@ -53,12 +53,19 @@ def variance(covariance) -> np.ndarray:
     return np.array([np.sum(covariance.sqrt_t(unit) ** 2) for unit in np.eye(covariance.size)])
 
 
-def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None,
+                        orthonormal_columns: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(U, lam)`` with ``U`` orthonormal and ``U diag(lam) U^T = Z N Z^T``, the ``max_rank``
-    largest ``|lam|`` kept (the rest dropped: for a posterior, a smaller reduction of the prior)."""
+    largest ``|lam|`` kept (the rest dropped: for a posterior, a smaller reduction of the prior).
+    ``orthonormal_columns``: how many leading columns of ``Z`` are orthonormal already (then
+    only the others are orthogonalised, :func:`_extend_basis`)."""
     if Z.shape[1] == 0:
         return Z, np.zeros(0)
-    Q, R = np.linalg.qr(Z)
+    if orthonormal_columns:
+        Q = _extend_basis(Z[:, :orthonormal_columns], Z[:, orthonormal_columns:])
+        R = Q.T @ Z
+    else:
+        Q, R = np.linalg.qr(Z)
     lam, E = np.linalg.eigh(R @ (0.5 * (N + N.T)) @ R.T)
     order = np.argsort(-np.abs(lam))[: (None if max_rank is None else int(max_rank))]
     keep = order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max())]
@@ -85,8 +92,6 @@ def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.
 
 def _extend_basis(W: np.ndarray, X: np.ndarray, tolerance: float = 1e-10) -> np.ndarray:
     """``[W, Q]``, orthonormal, spanning the columns of ``W`` and ``X`` (Gram-Schmidt twice, then an SVD)."""
-    if W.shape[1] >= W.shape[0]:  # W spans the whole space already
-        return W
     X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
     for _ in range(2):
         X = X - W @ (W.T @ X)
@@ -97,29 +102,33 @@ def _extend_basis(W: np.ndarray, X: np.ndarray, tolerance: float = 1e-10) -> np.
 def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
     """``I + Z K+ Z^T = (I - s rho y^T)(I + W K W^T)(I - y rho s^T) + s rho s^T``, ``rho = Theta^-1``.
 
-    In the orthonormal basis ``Z = [W, Q]`` of ``[W, s, y]``, with ``a = C_s rho``,
-    ``b = C_y`` (``C_s = Z^T s``, ``C_y = Z^T y``) and ``M = [K 0; 0 0]`` (``W``'s block)::
+    In an orthonormal basis ``Z`` of ``[W, s, y]`` (``[W, Q]``; the identity once that would
+    fill the space), with ``M = Z^T W K W^T Z``, ``a = C_s rho``, ``b = C_y``
+    (``C_s = Z^T s``, ``C_y = Z^T y``)::
 
         K+ = (I - a b^T) M (I - b a^T) - a b^T - b a^T + a (b^T b) a^T + a C_s^T
 
     ``O(n r k + r^2 k)`` for ``r`` columns of ``Z`` and ``k`` of ``s``.
     """
-    Z = _extend_basis(W, np.hstack([s, y]))
-    C_s, b = Z.T @ s, Z.T @ y
+    n, m = W.shape
+    if m + 2 * s.shape[1] >= n:  # dense: Z = I
+        M = K if m == n and np.array_equal(W, np.eye(n)) else W @ K @ W.T
+        Z, C_s, b = np.eye(n), s, y
+    else:
+        Z = _extend_basis(W, np.hstack([s, y]))
+        M = np.zeros((Z.shape[1], Z.shape[1]))
+        M[:m, :m] = K
+        C_s, b = Z.T @ s, Z.T @ y
     a = C_s / theta
-    r = Z.shape[1]
-    M = np.zeros((r, r))
-    M[: K.shape[0], : K.shape[0]] = K
     Mb = M @ b
-    K_next = M - a @ Mb.T - Mb @ a.T + a @ (b.T @ Mb) @ a.T
-    K_next += -a @ b.T - b @ a.T + a @ (b.T @ b) @ a.T + a @ C_s.T
+    ab = a @ b.T
+    K_next = M - (ab + ab.T + a @ Mb.T + Mb @ a.T) + a @ (b.T @ (Mb + b)) @ a.T + a @ C_s.T
     K_next = 0.5 * (K_next + K_next.T)
-    if max_rank is not None and r > max_rank:
+    if max_rank is not None and Z.shape[1] > max_rank:
         lam, E = np.linalg.eigh(K_next)
         keep = np.argsort(-np.abs(lam))[: int(max_rank)]
         return Z @ E[:, keep], np.diag(lam[keep])
     return Z, K_next
-
 
 class Posterior:
     """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
@@ -314,7 +323,7 @@ class LowRankCovariance:
             N = np.zeros((Z.shape[1], Z.shape[1]))
             N[: P.lam.size, : P.lam.size] = np.diag(P.lam)
             N[P.lam.size :, P.lam.size :] = K
-            return cls(P.base, *_orthonormal_update(Z, N, max_rank))
+            return cls(P.base, *_orthonormal_update(Z, N, max_rank, orthonormal_columns=P.lam.size))
         return cls(P, *_orthonormal_update(X, K, max_rank))
 
     @property
