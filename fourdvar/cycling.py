@@ -27,10 +27,13 @@ a Kalman filter would for parameters that follow a random walk::
 
 so what each window taught the parameters, and how well, accumulates over the
 cycles (``q`` keeps them learning).  With the ``lanczos`` inner method ``P^a`` comes from
-the Ritz pairs (``result.posterior.params_covariance()``) and ``P`` stays limited-memory,
-a diagonal updated in low rank (:class:`fourdvar.posterior.LowRankCovariance`, its rank
-capped by ``posterior_rank``); otherwise it is the dense
-:meth:`FourDVar.params_posterior_covariance`, ``n_x + n_p`` Hessian products per window.
+the Lanczos runs of all the window's outer loops, combined by block BFGS
+(:meth:`fourdvar.posterior.Posterior.from_lanczos_runs`: no Hessian products of its own),
+and ``P`` stays limited-memory, a diagonal updated in low rank
+(:class:`fourdvar.posterior.LowRankCovariance`, its rank capped by ``posterior_rank``); the
+last outer loop's Ritz pairs alone hold too few directions to keep learning at the dense
+posterior's pace.  Otherwise it is the dense :meth:`FourDVar.params_posterior_covariance`,
+``n_x + n_p`` Hessian products per window.
 A window rejected by the ``max_cost_per_obs`` check leaves ``P`` as it was.
 
 With parameters in the control this is online learning: a network's weights are

@@ -19,6 +19,14 @@ standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank i
 ``W``, at most the number of Ritz pairs kept.  The parameters' marginal,
 ``P^1/2 (I + W_p K W_p^T) P^T/2`` (``W_p``: the parameter rows of ``W``), is a
 :class:`LowRankCovariance`, a covariance like any other, for the next window.
+
+:meth:`Posterior.from_lanczos_runs` builds ``I + W K W^T`` instead from the Lanczos runs of
+every outer loop, by block BFGS updates in which each run contributes its exact Hessian
+images (``A_i s = y``, residuals included), the last run last: no Hessian products of its
+own, and many more directions than the last run's converged Ritz pairs (on a
+``configs/l96_surrogate.yaml`` window all 265 against 29: the weights' posterior std within
+3 % of the dense one instead of 5 %, the mean 0.422 and 0.472 against 0.430).  Cycling uses
+it for ``update: posterior``.
 """
 
 from __future__ import annotations
