@@ -120,8 +120,8 @@ def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
     """
     n, m = W.shape
     if m + 2 * s.shape[1] >= n:  # dense: Z = I
-        M = K if m == n and np.array_equal(W, np.eye(n)) else W @ K @ W.T
-        Z, C_s, b = np.eye(n), s, y
+        identity = m == n and np.array_equal(W, np.eye(n))
+        Z, M, C_s, b = (W if identity else np.eye(n)), (K if identity else W @ K @ W.T), s, y
     else:
         Z = _extend_basis(W, np.hstack([s, y]))
         M = np.zeros((Z.shape[1], Z.shape[1]))
@@ -193,10 +193,14 @@ class Posterior:
         """
         self = cls.__new__(cls)
         self._set_parts(cost, control)
-        W, K = np.zeros((self.control_size, 0)), np.zeros((0, 0))
-        for run in runs:
-            if run is not None and run.ritz_values.size:
-                W, K = _bfgs_inverse_update(W, K, *_secant_pair(run, max_rank), max_rank)
+        pairs = [_secant_pair(run, max_rank) for run in runs if run is not None and run.ritz_values.size]
+        n = self.control_size
+        if sum(2 * theta.size for _, _, theta in pairs) >= n:  # the updates fill the space: dense from the start
+            W, K = np.eye(n), np.zeros((n, n))
+        else:
+            W, K = np.zeros((n, 0)), np.zeros((0, 0))
+        for s, y, theta in pairs:
+            W, K = _bfgs_inverse_update(W, K, s, y, theta, max_rank)
         self.W, self.K = W, K
         return self
 
