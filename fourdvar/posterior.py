@@ -102,7 +102,7 @@ def _extend_basis(W: np.ndarray, X: np.ndarray, tolerance: float = 1e-10) -> np.
     """``[W, Q]``, orthonormal, spanning the columns of ``W`` and ``X`` (Gram-Schmidt twice, then an SVD)."""
     X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
     for _ in range(2):
-        X = X - W @ (W.T @ X)
+        X -= W @ (W.T @ X)
     Q, sigma, _ = np.linalg.svd(X, full_matrices=False)
     return np.hstack([W, Q[:, sigma > tolerance]])
 
@@ -193,14 +193,14 @@ class Posterior:
         """
         self = cls.__new__(cls)
         self._set_parts(cost, control)
-        pairs = [_secant_pair(run, max_rank) for run in runs if run is not None and run.ritz_values.size]
+        runs = [run for run in runs if run is not None and run.ritz_values.size]
         n = self.control_size
-        if sum(2 * theta.size for _, _, theta in pairs) >= n:  # the updates fill the space: dense from the start
+        if sum(2 * min(run.ritz_values.size, max_rank or n) for run in runs) >= n:  # the updates fill the space: dense from the start
             W, K = np.eye(n), np.zeros((n, n))
         else:
             W, K = np.zeros((n, 0)), np.zeros((0, 0))
-        for s, y, theta in pairs:
-            W, K = _bfgs_inverse_update(W, K, s, y, theta, max_rank)
+        for run in runs:  # one run's (s, y) in memory at a time
+            W, K = _bfgs_inverse_update(W, K, *_secant_pair(run, max_rank), max_rank)
         self.W, self.K = W, K
         return self
 
