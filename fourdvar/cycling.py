@@ -201,3 +201,4 @@ def cycle(
         yield outcome
         xb = outcome.analysis_trajectory[-1].copy()
         pb = outcome.p.copy() if control.params else pb
+        del outcome  # not held while the next window runs: its Lanczos runs and covariances can be large

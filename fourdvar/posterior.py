@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import scipy.linalg
 
 from .covariances import Dense, Diagonal
 from .lanczos import SpectralPreconditioner
@@ -75,9 +76,14 @@ def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = Non
     else:
         Q, R = np.linalg.qr(Z)
     lam, E = np.linalg.eigh(R @ (0.5 * (N + N.T)) @ R.T)
-    order = np.argsort(-np.abs(lam))[: (None if max_rank is None else int(max_rank))]
-    keep = order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max())]
+    keep = _largest(lam, max_rank)
     return Q @ E[:, keep], lam[keep]
+
+
+def _largest(lam: np.ndarray, max_rank: int | None) -> np.ndarray:
+    """Indices of the ``max_rank`` largest ``|lam|``, those negligible (``<= 1e-14`` of the largest or of 1) left out."""
+    order = np.argsort(-np.abs(lam))[: (None if max_rank is None else int(max_rank))]
+    return order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max(initial=0.0))]
 
 
 def _factor_columns(factor, X: np.ndarray, power: float) -> np.ndarray:
@@ -391,7 +397,15 @@ class LowRankCovariance:
             raise ValueError("LowRankCovariance.with_noise needs a diagonal base covariance")
         std = np.sqrt(self.base.std**2 + float(noise_std) ** 2)
         shrink = (self.base.std / std)[:, None]
-        return LowRankCovariance(Diagonal(std), *_orthonormal_update(shrink * self.U, np.diag(self.lam), max_rank))
+        Z = shrink * self.U
+        if Z.shape[1] and shrink.max() <= 1e3 * shrink.min():
+            # singular values of Z between min and max shrink: Cholesky QR is accurate, and
+            # U' = Z R^-1 E without the QR's copies of an (n, r) block
+            R = np.linalg.cholesky(Z.T @ Z).T
+            lam, E = np.linalg.eigh((R * self.lam) @ R.T)
+            keep = _largest(lam, max_rank)
+            return LowRankCovariance(Diagonal(std), Z @ scipy.linalg.solve_triangular(R, E[:, keep]), lam[keep])
+        return LowRankCovariance(Diagonal(std), *_orthonormal_update(Z, np.diag(self.lam), max_rank))
 
     def __repr__(self) -> str:
         return f"LowRankCovariance(size={self.size}, rank={self.rank}, base={self.base!r})"
