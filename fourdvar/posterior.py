@@ -95,8 +95,8 @@ def _factor_columns(factor, X: np.ndarray, power: float) -> np.ndarray:
 def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(s, y, Theta)`` of one Lanczos run in control variables (see :meth:`Posterior.from_lanczos_runs`)."""
     keep = np.argsort(run.ritz_values)[::-1][: (None if max_rank is None else int(max_rank))]
-    V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_last_components[keep]
-    AV = V * theta + np.outer(run.residual_vector, c)  # S^T A S V
+    V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_couplings[keep]
+    AV = V * theta + np.outer(run.next_vector, c)  # S^T A S V = V Theta + q c^T
     s, y = V, AV
     for factor in reversed(run.preconditioner.factors if run.preconditioner is not None else ()):
         s = _factor_columns(factor, s, -0.5)  # S = T_1 ... T_m
@@ -183,10 +183,10 @@ class Posterior:
         """``A^-1 ~ H^-1 = I + W K W^T`` from every Lanczos run of the window, by block BFGS.
 
         Run ``i`` (its Hessian ``A_i``, preconditioner ``S_i``) knows ``A_i`` exactly on its
-        Krylov space: with its Ritz pairs ``(Theta, V)`` of ``S_i^T A_i S_i`` and the residual
-        ``r c^T`` (:class:`~fourdvar.lanczos.LanczosRun`)::
+        Krylov space: with its Ritz pairs ``(Theta, V)`` of ``S_i^T A_i S_i``, its next Lanczos
+        vector ``q`` and the couplings ``c`` (:class:`~fourdvar.lanczos.LanczosRun`)::
 
-            s = S_i V,   y = A_i s = S_i^-T (V Theta + r c^T),   s^T y = Theta
+            s = S_i V,   y = A_i s = S_i^-T (V Theta + q c^T),   s^T y = Theta
 
         From the prior ``H^-1 = I``, oldest run first::
 

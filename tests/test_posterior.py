@@ -151,6 +151,6 @@ def test_posterior_from_every_lanczos_run_is_exact_after_a_full_run_and_holds_th
     assert np.max(np.abs(secant - s)) <= 1e-10 * np.max(np.abs(s))
     assert np.min(np.linalg.eigvalsh(as_matrix(posterior.control_apply, 13))) > 0.0
     # negative control: without the Lanczos residual term the four pairs are not A_2's curvature
-    residual_free = dataclasses.replace(run2, ritz_last_components=np.zeros_like(run2.ritz_last_components))
+    residual_free = dataclasses.replace(run2, ritz_couplings=np.zeros_like(run2.ritz_couplings))
     wrong = Posterior.from_lanczos_runs(problem.cost, problem.control, [run1, residual_free])
     assert np.max(np.abs(np.column_stack([wrong.control_apply(c) for c in A2s.T]) - s)) > 1e-4 * np.max(np.abs(s))
