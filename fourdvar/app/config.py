@@ -253,6 +253,7 @@ SCHEMA: dict[str, Any] = {
         "perturb": Field("str_list", ["observations", "background"], "what the members perturb: `observations` (y + a draw from R, every window) and/or `background` (the members start from xb + a draw from the static B)", choices=("observations", "background")),
         "hybrid_weight": Field("float", 0.5, "beta in B = (1 - beta) B_static + beta B_ensemble", lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
         "localization": Field("float", 4.0, "length scale (grid points) of the Gaussian correlation whose Schur product localises the ensemble covariance", _positive),
+        "inflation": Field("float", 1.0, "multiplicative inflation rho: before each window the members' backgrounds are spread about their mean, mean + rho (xb_m - mean) (members analysed with perturbed observations keep too little spread); 1: none", lambda v: None if v >= 1 else "must be >= 1"),
     },
     "sweep": Field("sweep", {}, "`fourdvar sweep` runs one member per combination: dotted keys (`seed`, `background.state.error_std`, ...) mapped to lists of values, their cartesian product"),
     "compare": Field("comparisons", [], "other 4D-Var runs on the same truth and observations, each `{name, model, background, assimilation, fit_correction}` (all but `name` optional; `model` replaces the model, the others override keys; `fit_correction: {samples: 500, spacing: 4, max_iterations: 500}` fits the model's correction offline to the truth model's `unresolved_tendency` and keeps it fixed); their RMSE, cost and skill go into the result file"),

@@ -54,8 +54,9 @@ def ensemble_windows(plan, state, windows, map_members=map, **solve_options):
     return eda_cycle(
         plan.model, windows, state.xb, plan.B0, state.pb, None,
         n_members=settings["members"], weight=settings["hybrid_weight"], localization=settings["localization"],
-        perturb=settings["perturb"], seed=seed, control=plan.control, n_steps=plan.n_steps,
-        start_cycle=state.cycle, member_backgrounds=state.members, map_members=map_members, **solve_options,
+        perturb=settings["perturb"], seed=seed, control=plan.control, n_steps=plan.n_steps, inflation=settings["inflation"],
+        start_cycle=state.cycle, member_backgrounds=state.members, map_members=map_members,
+        quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"], **solve_options,
     )
 
 
