@@ -73,8 +73,9 @@ def headlines(plan, dataset, comparisons: dict) -> dict:
 def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
     """The headline numbers of a run and the forecast-error curves behind its skill.
 
-    Headlines: analysis RMSE over the last half of the cycles, the forecast skill,
-    rejected windows, the same for each comparison run and the fraction of the
+    Headlines: analysis RMSE over the last half of the cycles, the filter RMSE (window
+    end) after ``diagnostics.burn_in_cycles``, the forecast skill, rejected windows,
+    the same for each comparison run and the fraction of the
     baseline-to-reference gap closed.  Curves (with ``forecast_steps``): the forecast
     RMSE per lead, from truth states and from analyses, of this run's model and of
     each comparison's, as result variables ``forecast_rmse_from_{truth,analyses}[_name]``
