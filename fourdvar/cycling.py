@@ -27,10 +27,13 @@ a Kalman filter would for parameters that follow a random walk::
 
 so what each window taught the parameters, and how well, accumulates over the
 cycles (``q`` keeps them learning).  With the ``lanczos`` inner method ``P^a`` comes from
-the Ritz pairs (``result.posterior.params_covariance()``) and ``P`` stays limited-memory,
-a diagonal updated in low rank (:class:`fourdvar.posterior.LowRankCovariance`, its rank
-capped by ``posterior_rank``); otherwise it is the dense
-:meth:`FourDVar.params_posterior_covariance`, ``n_x + n_p`` Hessian products per window.
+the Lanczos runs of all the window's outer loops, combined by block BFGS
+(:meth:`fourdvar.posterior.Posterior.from_lanczos_runs`: no Hessian products of its own),
+and ``P`` stays limited-memory, a diagonal updated in low rank
+(:class:`fourdvar.posterior.LowRankCovariance`, its rank capped by ``posterior_rank``); the
+last outer loop's Ritz pairs alone hold too few directions to keep learning at the dense
+posterior's pace.  Otherwise it is the dense :meth:`FourDVar.params_posterior_covariance`,
+``n_x + n_p`` Hessian products per window.
 A window rejected by the ``max_cost_per_obs`` check leaves ``P`` as it was.
 
 With parameters in the control this is online learning: a network's weights are
@@ -49,7 +52,7 @@ from .cost import Control
 from .covariances import Dense, Diagonal
 from .minimize import AssimilationResult
 from .departures import WindowDepartures, window_departures
-from .posterior import LowRankCovariance
+from .posterior import LowRankCovariance, Posterior
 from .quasistatic import solve_quasi_static
 from .window import forecast
 
@@ -114,8 +117,10 @@ def assimilate_window(
             fixed_params = Control(state=True, model_error=control.model_error)
             result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control=fixed_params, n_steps=n_steps, **weak).solve(**solve_options)
     if params_posterior and control.params and rejected_cost is None:
-        if result.posterior is not None:  # low rank, from the Lanczos Ritz pairs
-            posterior = result.posterior.params_covariance(max_rank=solve_options.get("posterior_rank"))
+        if result.posterior is not None:  # low rank, from every outer loop's Lanczos run
+            rank = solve_options.get("posterior_rank")
+            runs = [record["inner"].lanczos for record in result.outer]
+            posterior = Posterior.from_lanczos_runs(problem.cost, problem.control, runs, max_rank=rank).params_covariance(max_rank=rank)
         else:
             posterior = problem.params_posterior_covariance(result.x0, result.p, _model_error_or_none(result))
     context = f"cycle {cycle}"
@@ -196,3 +201,4 @@ def cycle(
         yield outcome
         xb = outcome.analysis_trajectory[-1].copy()
         pb = outcome.p.copy() if control.params else pb
+        del outcome  # not held while the next window runs: its Lanczos runs and covariances can be large

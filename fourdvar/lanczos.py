@@ -25,7 +25,37 @@ Spectral preconditioner: with orthonormal Ritz vectors ``V`` and values ``Theta`
 factors multiply, ``S = T_1 T_2 ... T_m``; each is its own inverse's image,
 ``T^-1 = I + V (Theta^1/2 - I) V^T``, so ``S^-T`` is as cheap as ``S``.  ``S S^T`` is also
 the low-rank posterior covariance of the control (:mod:`fourdvar.posterior`), exactly
-``A^-1`` when the last Lanczos has converged: ``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``.
+``A^-1`` when the last Lanczos has converged: ``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``
+(the posterior takes the converged Ritz pairs only, :meth:`LanczosRun.factor`).
+
+Preconditioning the next outer loop (:meth:`LanczosRun.preconditioner_factor`) uses the
+whole Krylov space instead, converged or not: the limited-memory preconditioner (LMP,
+Gratton, Sartenaer and Tshimanga 2011) of ``r`` Ritz pairs ``V_r`` (``V_r^T Â V_r = Theta_r``),
+
+    H = (I - V_r Theta_r^-1 V_r^T Â)(I - Â V_r Theta_r^-1 V_r^T) + V_r Theta_r^-1 V_r^T,
+
+satisfies ``H Â V_r = V_r``: after it, ``Â`` is the identity on the whole explored space, not
+only on its converged part.  With ``Â V_r = V_r Theta_r + q_{k+1} c_r^T`` (``c_i = beta_k e_k^T y_i``,
+the signed Ritz residuals) and ``sigma = Theta_r^-1 c_r``, ``H`` is the identity outside
+``Z = [V_r, q_{k+1}]`` (orthonormal) and, inside it,
+
+    H = I + Z (H_Z - I) Z^T,   H_Z = [[Theta_r^-1 + sigma sigma^T, -sigma], [-sigma^T, 1]],
+
+SPD (the Schur complement of its last entry is ``Theta_r^-1``).  With ``H_Z = E diag(mu) E^T``
+it is the spectral factor of the pairs ``(Z E, 1 / mu)``: ``T = H^1/2``, symmetric, as cheap as
+before, so it multiplies onto ``S`` like any other factor (for converged pairs, ``sigma -> 0``
+and it is the spectral factor above).  In the split form, ``T Â T (T^-1 V_r) = T^-1 V_r``:
+the next ``S^T A S`` is the identity on ``W = span(T^-1 V_r) = span(Z H_Z^-1/2 [I_r; 0])``,
+which is ``span(Z)`` less the direction ``m = Z H_Z^1/2 e_{r+1}`` (through which the unexplored
+rest of the space couples in), if ``A`` has not changed.  When the Hessian moved between outer
+loops the pairs are stale and ``S^T A S`` can be worse conditioned than ``A`` itself.  The
+first Lanczos product says so at no cost: with ``P`` the projection on ``W`` of the newest
+factor, ``q_1`` the start vector and ``w = Â q_1``,
+
+    |P (w - q_1)| > STALE * |P q_1|
+
+means the pairs are stale (for an unchanged Hessian the left side is 0, however short the
+Lanczos that gave them): the solve restarts without ``S``, one Hessian product lost.
 """
 
 from __future__ import annotations
@@ -38,14 +68,25 @@ import scipy.linalg
 __all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos"]
 
 RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
+# the newest factor of S is stale when, along the start vector and on the space it deflates,
+# S^T A S differs from the identity by more than this times the start vector's part there
+# (between the values measured where stale factors cost iterations and where fresh ones save
+# them: configs/README.md)
+STALE = 30.0
 
 
 @dataclass(frozen=True)
 class SpectralFactor:
-    """``T = I + V (theta^-1/2 - 1) V^T``: ``V`` orthonormal columns ``(n, r)``, ``theta > 0``."""
+    """``T = I + V (theta^-1/2 - 1) V^T``: ``V`` orthonormal columns ``(n, r)``, ``theta > 0``.
+
+    ``coupled``: for a limited-memory factor, the unit vector of ``span(V)`` along which the
+    rest of the space couples into it (``T Â T`` is the identity on the rest of ``span(V)``
+    when ``Â`` has not changed); ``None`` when it is the identity on all of it.
+    """
 
     vectors: np.ndarray
     values: np.ndarray
+    coupled: np.ndarray | None = None
 
     def apply(self, x: np.ndarray, power: float = -0.5) -> np.ndarray:
         """``(I + V (theta^power - 1) V^T) x``; ``power=-0.5`` is ``T``, ``+0.5`` is ``T^-1``."""
@@ -105,6 +146,10 @@ class LanczosRun:
     ritz_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ritz_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # columns, of S^T A S
     ritz_residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ritz_couplings: np.ndarray = field(default_factory=lambda: np.zeros(0))  # c_i: Â v_i - theta_i v_i = c_i q_{k+1}
+    next_vector: np.ndarray = field(default_factory=lambda: np.zeros(0))  # q_{k+1} (zeros after a breakdown)
+    preconditioner: SpectralPreconditioner | None = None  # the S the run used (None: none, or dropped as stale)
+    stale: bool = False  # the S given was found stale at the first product and dropped
 
     def factor(self, rank: int | None = None, tolerance: float = RITZ_TOLERANCE) -> SpectralFactor | None:
         """The spectral factor of the converged Ritz pairs (``|residual| <= tolerance * theta``),
@@ -114,6 +159,25 @@ class LanczosRun:
         if keep.size == 0:
             return None
         return SpectralFactor(vectors=self.ritz_vectors[:, keep], values=self.ritz_values[keep])
+
+    def preconditioner_factor(self, rank: int | None = None) -> SpectralFactor | None:
+        """``H^1/2``, the limited-memory preconditioner of the ``rank`` largest Ritz pairs (default
+        all, converged or not) with its correction along ``q_{k+1}`` (see the module docstring)."""
+        keep = np.argsort(self.ritz_values)[::-1][: (None if rank is None else int(rank))]
+        if keep.size == 0:
+            return None
+        theta = self.ritz_values[keep]
+        sigma = self.ritz_couplings[keep] / theta
+        r = keep.size
+        H_Z = np.empty((r + 1, r + 1))
+        H_Z[:r, :r] = np.diag(1.0 / theta) + np.outer(sigma, sigma)
+        H_Z[:r, r] = H_Z[r, :r] = -sigma
+        H_Z[r, r] = 1.0
+        mu, E = np.linalg.eigh(H_Z)
+        Z = np.column_stack([self.ritz_vectors[:, keep], self.next_vector])
+        moved = np.abs(mu - 1.0) > 1e-12  # mu = 1: the identity there, nothing to store
+        coupled = E @ (np.sqrt(mu) * E[-1])  # H_Z^1/2 e_{r+1}, orthogonal to H_Z^-1/2 [I_r; 0] = T^-1 V_r
+        return SpectralFactor(vectors=Z @ E[:, moved], values=1.0 / mu[moved], coupled=Z @ (coupled / np.linalg.norm(coupled)))
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
@@ -125,18 +189,34 @@ def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
     return T
 
 
-def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, preconditioner: SpectralPreconditioner | None = None) -> LanczosRun:
+def _is_stale(S: SpectralPreconditioner, q1: np.ndarray, w: np.ndarray, stale: float) -> bool:
+    """``|P (w - q1)| > stale * |P q1|``, ``P`` the projection on the space where the newest factor
+    of ``S`` makes ``Â`` the identity (its vectors, less the ``coupled`` direction), ``w = Â q1``."""
+    factor = S.factors[-1]
+    deviation, part = factor.vectors.T @ (w - q1), factor.vectors.T @ q1
+    if factor.coupled is not None:
+        m = factor.vectors.T @ factor.coupled
+        m /= max(float(np.linalg.norm(m)), 1e-300)
+        deviation, part = deviation - m * (m @ deviation), part - m * (m @ part)
+    return float(np.linalg.norm(deviation)) > stale * float(np.linalg.norm(part))
+
+
+def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, preconditioner: SpectralPreconditioner | None = None,
+            stale: float | None = None) -> LanczosRun:
     """Solve ``A u = -g0`` by preconditioned Lanczos (see the module docstring).
 
     ``hessian_vector(u) -> A u``.  ``stop(j, u_j, gradient_norm) -> bool`` is asked after each
-    iteration ``j`` with the iterate and the gradient norm of ``Jq`` there.  Raises
-    :class:`numpy.linalg.LinAlgError` when ``T_j`` is not positive-definite (``A`` is not).
+    iteration ``j`` with the iterate and the gradient norm of ``Jq`` there.  With ``stale``,
+    a preconditioner whose newest factor is stale by that measure (module docstring) is
+    dropped after the first product and the solve restarts without it (``run.stale``).
+    Raises :class:`numpy.linalg.LinAlgError` when ``T_j`` is not positive-definite (``A`` is not).
     """
     n = g0.size
     S = preconditioner if preconditioner is not None else SpectralPreconditioner(n)
     b = -S.apply_t(g0)
     beta0 = float(np.linalg.norm(b))
-    run = LanczosRun(z=np.zeros(n), u=np.zeros(n), gradient_norm=[float(np.linalg.norm(g0))])
+    run = LanczosRun(z=np.zeros(n), u=np.zeros(n), gradient_norm=[float(np.linalg.norm(g0))],
+                     preconditioner=S if S.factors else None)
     if beta0 == 0.0:
         return run
     Q = np.empty((max_iterations + 1, n))
@@ -145,6 +225,11 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
     y = np.zeros(0)
     for j in range(max_iterations):
         w = S.apply_t(hessian_vector(S.apply(Q[j])))
+        if j == 0 and stale is not None and S.factors and _is_stale(S, Q[0], w, stale):
+            if max_iterations > 1:
+                run = lanczos(hessian_vector, g0, max_iterations - 1, stop)
+            run.stale, run.preconditioner = True, None
+            return run
         alpha = float(Q[j] @ w)
         w -= alpha * Q[j]
         if j:
@@ -175,5 +260,7 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
     theta, Y = np.linalg.eigh(_tridiagonal(alphas, betas))
     run.ritz_values = theta
     run.ritz_vectors = Q[:k].T @ Y
-    run.ritz_residuals = (0.0 if run.breakdown else betas[-1]) * np.abs(Y[-1])
+    run.ritz_couplings = (0.0 if run.breakdown else betas[-1]) * Y[-1]
+    run.ritz_residuals = np.abs(run.ritz_couplings)
+    run.next_vector = np.zeros(n) if run.breakdown else Q[k].copy()
     return run

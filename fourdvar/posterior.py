@@ -19,6 +19,14 @@ standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank i
 ``W``, at most the number of Ritz pairs kept.  The parameters' marginal,
 ``P^1/2 (I + W_p K W_p^T) P^T/2`` (``W_p``: the parameter rows of ``W``), is a
 :class:`LowRankCovariance`, a covariance like any other, for the next window.
+
+:meth:`Posterior.from_lanczos_runs` builds ``I + W K W^T`` instead from the Lanczos runs of
+every outer loop, by block BFGS updates in which each run contributes its exact Hessian
+images (``A_i s = y``, residuals included), the last run last: no Hessian products of its
+own, and many more directions than the last run's converged Ritz pairs (on a
+``configs/l96_surrogate.yaml`` window all 265 against 29: the weights' posterior std within
+3 % of the dense one instead of 5 %, the mean 0.422 and 0.472 against 0.430).  Cycling uses
+it for ``update: posterior``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import scipy.linalg
 
 from .covariances import Dense, Diagonal
 from .lanczos import SpectralPreconditioner
@@ -53,17 +62,87 @@ def variance(covariance) -> np.ndarray:
     return np.array([np.sum(covariance.sqrt_t(unit) ** 2) for unit in np.eye(covariance.size)])
 
 
-def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None,
+                        orthonormal_columns: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(U, lam)`` with ``U`` orthonormal and ``U diag(lam) U^T = Z N Z^T``, the ``max_rank``
-    largest ``|lam|`` kept (the rest dropped: for a posterior, a smaller reduction of the prior)."""
+    largest ``|lam|`` kept (the rest dropped: for a posterior, a smaller reduction of the prior).
+    ``orthonormal_columns``: how many leading columns of ``Z`` are orthonormal already (then
+    only the others are orthogonalised, :func:`_extend_basis`)."""
     if Z.shape[1] == 0:
         return Z, np.zeros(0)
-    Q, R = np.linalg.qr(Z)
+    if orthonormal_columns:
+        Q = _extend_basis(Z[:, :orthonormal_columns], Z[:, orthonormal_columns:])
+        R = Q.T @ Z
+    else:
+        Q, R = np.linalg.qr(Z)
     lam, E = np.linalg.eigh(R @ (0.5 * (N + N.T)) @ R.T)
-    order = np.argsort(-np.abs(lam))[: (None if max_rank is None else int(max_rank))]
-    keep = order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max())]
+    keep = _largest(lam, max_rank)
     return Q @ E[:, keep], lam[keep]
 
+
+def _largest(lam: np.ndarray, max_rank: int | None) -> np.ndarray:
+    """Indices of the ``max_rank`` largest ``|lam|``, those negligible (``<= 1e-14`` of the largest or of 1) left out."""
+    order = np.argsort(-np.abs(lam))[: (None if max_rank is None else int(max_rank))]
+    return order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max(initial=0.0))]
+
+
+def _factor_columns(factor, X: np.ndarray, power: float) -> np.ndarray:
+    """``(I + V (theta^power - 1) V^T) X`` for the columns of ``X``."""
+    V = factor.vectors
+    return X + V @ ((factor.values**power - 1.0)[:, None] * (V.T @ X))
+
+
+def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(s, y, Theta)`` of one Lanczos run in control variables (see :meth:`Posterior.from_lanczos_runs`)."""
+    keep = np.argsort(run.ritz_values)[::-1][: (None if max_rank is None else int(max_rank))]
+    V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_couplings[keep]
+    AV = V * theta + np.outer(run.next_vector, c)  # S^T A S V = V Theta + q c^T
+    s, y = V, AV
+    for factor in reversed(run.preconditioner.factors if run.preconditioner is not None else ()):
+        s = _factor_columns(factor, s, -0.5)  # S = T_1 ... T_m
+        y = _factor_columns(factor, y, 0.5)  # S^-T = T_1^-1 ... T_m^-1
+    return s, y, theta
+
+
+def _extend_basis(W: np.ndarray, X: np.ndarray, tolerance: float = 1e-10) -> np.ndarray:
+    """``[W, Q]``, orthonormal, spanning the columns of ``W`` and ``X`` (Gram-Schmidt twice, then an SVD)."""
+    X = X / np.maximum(np.linalg.norm(X, axis=0), np.finfo(float).tiny)
+    for _ in range(2):
+        X -= W @ (W.T @ X)
+    Q, sigma, _ = np.linalg.svd(X, full_matrices=False)
+    return np.hstack([W, Q[:, sigma > tolerance]])
+
+
+def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
+    """``I + Z K+ Z^T = (I - s rho y^T)(I + W K W^T)(I - y rho s^T) + s rho s^T``, ``rho = Theta^-1``.
+
+    In an orthonormal basis ``Z`` of ``[W, s, y]`` (``[W, Q]``; the identity once that would
+    fill the space), with ``M = Z^T W K W^T Z``, ``a = C_s rho``, ``b = C_y``
+    (``C_s = Z^T s``, ``C_y = Z^T y``)::
+
+        K+ = (I - a b^T) M (I - b a^T) - a b^T - b a^T + a (b^T b) a^T + a C_s^T
+
+    ``O(n r k + r^2 k)`` for ``r`` columns of ``Z`` and ``k`` of ``s``.
+    """
+    n, m = W.shape
+    if m + 2 * s.shape[1] >= n:  # dense: Z = I
+        identity = m == n and np.array_equal(W, np.eye(n))
+        Z, M, C_s, b = (W if identity else np.eye(n)), (K if identity else W @ K @ W.T), s, y
+    else:
+        Z = _extend_basis(W, np.hstack([s, y]))
+        M = np.zeros((Z.shape[1], Z.shape[1]))
+        M[:m, :m] = K
+        C_s, b = Z.T @ s, Z.T @ y
+    a = C_s / theta
+    Mb = M @ b
+    ab = a @ b.T
+    K_next = M - (ab + ab.T + a @ Mb.T + Mb @ a.T) + a @ (b.T @ (Mb + b)) @ a.T + a @ C_s.T
+    K_next = 0.5 * (K_next + K_next.T)
+    if max_rank is not None and Z.shape[1] > max_rank:
+        lam, E = np.linalg.eigh(K_next)
+        keep = np.argsort(-np.abs(lam))[: int(max_rank)]
+        return Z @ E[:, keep], np.diag(lam[keep])
+    return Z, K_next
 
 class Posterior:
     """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
@@ -76,15 +155,7 @@ class Posterior:
     """
 
     def __init__(self, cost, control, factors: SpectralPreconditioner):
-        n_state = cost.model.n_state
-        # (name, covariance, repeats, physical size, control size) of each part in the control
-        self.parts = [part for part in (
-            ("x0", cost.B, 1, n_state, getattr(cost.B, "control_size", n_state)) if control.state else None,
-            ("p", cost.P, 1, cost.model.n_params, cost.model.n_params) if control.params and cost.model.n_params else None,
-            ("eta", getattr(cost, "Q", None), getattr(cost, "n_sub", 0), n_state, n_state) if getattr(control, "model_error", False) else None,
-        ) if part is not None]
-        self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
-        self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
+        self._set_parts(cost, control)
         blocks = [factor.vectors for factor in factors.factors]
         basis = np.linalg.qr(np.column_stack(blocks))[0] if blocks else np.zeros((self.control_size, 0))
         I = np.eye(basis.shape[1])
@@ -96,9 +167,58 @@ class Posterior:
         self.F = product - I
         self.K = product @ product.T - I
 
+    def _set_parts(self, cost, control) -> None:
+        n_state = cost.model.n_state
+        # (name, covariance, repeats, physical size, control size) of each part in the control
+        self.parts = [part for part in (
+            ("x0", cost.B, 1, n_state, getattr(cost.B, "control_size", n_state)) if control.state else None,
+            ("p", cost.P, 1, cost.model.n_params, cost.model.n_params) if control.params and cost.model.n_params else None,
+            ("eta", getattr(cost, "Q", None), getattr(cost, "n_sub", 0), n_state, n_state) if getattr(control, "model_error", False) else None,
+        ) if part is not None]
+        self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
+        self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
+
+    @classmethod
+    def from_lanczos_runs(cls, cost, control, runs, max_rank: int | None = None) -> "Posterior":
+        """``A^-1 ~ H^-1 = I + W K W^T`` from every Lanczos run of the window, by block BFGS.
+
+        Run ``i`` (its Hessian ``A_i``, preconditioner ``S_i``) knows ``A_i`` exactly on its
+        Krylov space: with its Ritz pairs ``(Theta, V)`` of ``S_i^T A_i S_i``, its next Lanczos
+        vector ``q`` and the couplings ``c`` (:class:`~fourdvar.lanczos.LanczosRun`)::
+
+            s = S_i V,   y = A_i s = S_i^-T (V Theta + q c^T),   s^T y = Theta
+
+        From the prior ``H^-1 = I``, oldest run first::
+
+            H^-1 <- (I - s rho y^T) H^-1 (I - y rho s^T) + s rho s^T,   rho = Theta^-1
+
+        so ``H^-1 y = s`` holds for the last run (its Krylov space exactly) while the earlier
+        runs' curvature stays in the directions it did not explore.  A single run over the
+        whole space gives ``A^-1`` exactly.  ``max_rank``: the Ritz pairs kept per run (the
+        largest ``Theta``), and the rank ``W`` is truncated to after each update.
+        """
+        self = cls.__new__(cls)
+        self._set_parts(cost, control)
+        runs = [run for run in runs if run is not None and run.ritz_values.size]
+        n = self.control_size
+        if sum(2 * min(run.ritz_values.size, max_rank or n) for run in runs) >= n:  # the updates fill the space: dense from the start
+            W, K = np.eye(n), np.zeros((n, n))
+        else:
+            W, K = np.zeros((n, 0)), np.zeros((0, 0))
+        for run in runs:  # one run's (s, y) in memory at a time
+            W, K = _bfgs_inverse_update(W, K, *_secant_pair(run, max_rank), max_rank)
+        self.W, self.K = W, K
+        return self
+
     @property
     def rank(self) -> int:
         return int(self.W.shape[1])
+
+    @functools.cached_property
+    def F(self) -> np.ndarray:
+        """A square root's core: ``S = I + W F W^T`` with ``S S^T = I + W K W^T`` (the symmetric one)."""
+        lam, E = np.linalg.eigh(self.K)
+        return (E * (np.sqrt(np.maximum(1.0 + lam, 0.0)) - 1.0)) @ E.T
 
     # --- G = diag(B^1/2, P^1/2, Q^1/2 ...) and its transpose ----------------------------
 
@@ -221,7 +341,7 @@ class LowRankCovariance:
             N = np.zeros((Z.shape[1], Z.shape[1]))
             N[: P.lam.size, : P.lam.size] = np.diag(P.lam)
             N[P.lam.size :, P.lam.size :] = K
-            return cls(P.base, *_orthonormal_update(Z, N, max_rank))
+            return cls(P.base, *_orthonormal_update(Z, N, max_rank, orthonormal_columns=P.lam.size))
         return cls(P, *_orthonormal_update(X, K, max_rank))
 
     @property
@@ -277,7 +397,15 @@ class LowRankCovariance:
             raise ValueError("LowRankCovariance.with_noise needs a diagonal base covariance")
         std = np.sqrt(self.base.std**2 + float(noise_std) ** 2)
         shrink = (self.base.std / std)[:, None]
-        return LowRankCovariance(Diagonal(std), *_orthonormal_update(shrink * self.U, np.diag(self.lam), max_rank))
+        Z = shrink * self.U
+        if Z.shape[1] and shrink.max() <= 1e3 * shrink.min():
+            # singular values of Z between min and max shrink: Cholesky QR is accurate, and
+            # U' = Z R^-1 E without the QR's copies of an (n, r) block
+            R = np.linalg.cholesky(Z.T @ Z).T
+            lam, E = np.linalg.eigh((R * self.lam) @ R.T)
+            keep = _largest(lam, max_rank)
+            return LowRankCovariance(Diagonal(std), Z @ scipy.linalg.solve_triangular(R, E[:, keep]), lam[keep])
+        return LowRankCovariance(Diagonal(std), *_orthonormal_update(Z, np.diag(self.lam), max_rank))
 
     def __repr__(self) -> str:
         return f"LowRankCovariance(size={self.size}, rank={self.rank}, base={self.base!r})"

@@ -100,3 +100,21 @@ def test_inconclusive_never_counts_as_failed():
     assert checks.summarize(results) == {"PASS": 1, "FAIL": 0, "INCONCLUSIVE": 1}
     assert not any(r.failed for r in results) and not results[0].passed
     np.testing.assert_equal(results[0].error, np.nan)
+
+
+@pytest.mark.parametrize("at_end, expected_steps", [(False, [0, 2, 4]), (True, [2, 4, 6])])
+def test_check_uses_the_observation_times_of_the_run(at_end, expected_steps, tmp_path, monkeypatch, capsys):
+    """With ``window.observations_at_end`` the checked cost sees the window's end, as the run does."""
+    config = dict(CONFIG, observations={"every": 2}, window={"steps": 6, "cycles": 1, "observations_at_end": at_end})
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    check_cost = checks.check_cost
+
+    def spy(cost, *args, **kwargs):
+        seen.append([slot.step for slot in cost.slots])
+        return check_cost(cost, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "check_cost", spy)
+    assert cli.main(["check", "experiment.yaml"]) == 0
+    assert seen == [expected_steps]

@@ -691,3 +691,20 @@ def test_plot_rejects_a_file_that_is_not_a_result(plots):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a fourdvar result file" in lines[0] and "observations.nc" in lines[0]
     assert not (job.cwd / "figures").exists()
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_ctrl_c_message_says_whether_anything_was_saved(checkpoint, tmp_path, monkeypatch, capsys):
+    import fourdvar.app.run as run_module
+    from fourdvar.app import cli as cli_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_to_file", interrupted)
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, {"output": {"checkpoint": checkpoint}})
+    assert cli_module.main(["run", "experiment.yaml", "--quiet"]) == 130
+    stderr = capsys.readouterr().err
+    assert ("continue with --resume" in stderr) is checkpoint
+    assert ("nothing was saved" in stderr) is not checkpoint

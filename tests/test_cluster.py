@@ -5,6 +5,7 @@ member, identical, with nothing half-written."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
@@ -50,6 +51,18 @@ def assert_same_result(path_a: Path, path_b: Path) -> None:
         assert strip(a.attrs) == strip(b.attrs)
 
 
+def blas_threads() -> int:
+    """Threads of the OpenBLAS this process loaded (numpy's), asked through its own C API."""
+    with open("/proc/self/maps") as maps:
+        libraries = {line.split()[-1] for line in maps if "openblas" in line.split()[-1].lower()}
+    for library in sorted(libraries):
+        for symbol in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            function = getattr(ctypes.CDLL(library), symbol, None)
+            if function is not None:
+                return function()
+    raise AssertionError(f"no OpenBLAS thread count found in {sorted(libraries)}")
+
+
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory):
     """Reference files: each member run in this process, one after the other."""
@@ -63,8 +76,11 @@ def test_members_on_the_embedded_cluster_equal_serial_runs_bit_for_bit(tmp_path,
     seen = []
     with embedded_cluster(2) as client:
         assert all(env == "1" for env in client.run(lambda: os.environ["OPENBLAS_NUM_THREADS"]).values())
+        assert list(client.run(blas_threads).values()) == [1, 1]  # the variable alone is read too late once numpy is loaded
         assert all(address.startswith("tcp://127.0.0.1:") for address in [client.scheduler.address, *client.scheduler_info()["workers"]])
         outcomes = run_members(members(tmp_path, range(1, 5)), client=client, progress=lambda done, total, outcome: seen.append((done, total)))
+        # each write guarded by a lock in the worker, none on the scheduler (xarray's default there: a round trip per variable)
+        assert client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.extensions["semaphores"].max_leases)) == []
     assert [o.name for o in outcomes] == ["seed1", "seed2", "seed3", "seed4"] and all(o.ok and not o.skipped for o in outcomes)
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     for s in range(1, 5):

@@ -8,7 +8,7 @@ import pytest
 
 from fourdvar import FourDVar
 from fourdvar.covariances import Diagonal, PeriodicCorrelation
-from fourdvar.lanczos import SpectralFactor, SpectralPreconditioner, lanczos
+from fourdvar.lanczos import STALE, SpectralFactor, SpectralPreconditioner, lanczos
 from fourdvar.minimize import minimize_inner
 from models import Lorenz96
 from observations import Identity, synthetic_observations
@@ -112,3 +112,111 @@ def test_spectral_preconditioner_is_refused_by_the_other_inner_methods():
         problem.solve(preconditioner="ilu")
     with pytest.raises(ValueError, match="needs transform=True"):
         problem.solve(method="lanczos", transform=False)
+
+
+def spd_matrix(rng, n, spread=1e4):
+    """``I + V diag(lambda) V^T``: an SPD matrix with distinct eigenvalues from 1 to ``spread``."""
+    V = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    return V @ np.diag(np.geomspace(1.0, spread, n)) @ V.T
+
+
+def as_matrix(apply, n):
+    return np.column_stack([apply(e) for e in np.eye(n)])
+
+
+def never(j, u, norm):
+    return False
+
+
+def test_limited_memory_factor_makes_the_hessian_the_identity_on_the_whole_krylov_space():
+    """``H A V = V`` for all ``k`` Ritz vectors of a ``k``-step Lanczos, converged or not; ``H``
+    is SPD and is ``T T``, ``T`` symmetric."""
+    rng = np.random.default_rng(5)
+    n, k = 30, 10
+    A = spd_matrix(rng, n)
+    run = lanczos(lambda v: A @ v, rng.standard_normal(n), k, never)
+    assert np.sum(run.ritz_residuals > 1e-3 * run.ritz_values) >= 5  # most pairs have not converged
+    T = as_matrix(SpectralPreconditioner(n).extended(run.preconditioner_factor()).apply, n)
+    np.testing.assert_allclose(T, T.T, atol=1e-13)
+    H = T @ T
+    assert np.linalg.eigvalsh(H).min() > 0
+    V = run.ritz_vectors
+    assert np.max(np.abs(H @ A @ V - V)) <= 1e-9
+    # any subset of the pairs: the r largest (posterior_rank = r)
+    largest = np.argsort(run.ritz_values)[::-1][:4]
+    T4 = as_matrix(SpectralPreconditioner(n).extended(run.preconditioner_factor(rank=4)).apply, n)
+    V4 = run.ritz_vectors[:, largest]
+    assert np.max(np.abs(T4 @ T4 @ A @ V4 - V4)) <= 1e-9
+    # negative control: the spectral factor of the same pairs without the q_{k+1} correction does not
+    spectral = as_matrix(SpectralPreconditioner(n).extended(run.factor(tolerance=np.inf)).apply, n)
+    assert np.max(np.abs(spectral @ spectral @ A @ V - V)) > 1e-3
+
+
+def test_with_an_unchanged_hessian_the_next_solve_takes_at_most_n_minus_k_plus_one_iterations():
+    """``H A`` is the identity on the ``k``-dimensional Krylov space of the first solve, so the
+    preconditioned matrix has at most ``n - k + 1`` distinct eigenvalues: CG ends in as many steps."""
+    rng = np.random.default_rng(6)
+    n, k = 30, 12
+    A = spd_matrix(rng, n)
+    first = lanczos(lambda v: A @ v, rng.standard_normal(n), k, never)
+    S = SpectralPreconditioner(n).extended(first.preconditioner_factor())
+    g = rng.standard_normal(n)
+    reduced = lambda j, u, norm: norm <= 1e-9 * np.linalg.norm(g)
+    second = lanczos(lambda v: A @ v, g, n, reduced, preconditioner=S)
+    assert second.nit <= n - k + 1
+    np.testing.assert_allclose(A @ second.u, -g, atol=1e-8 * np.linalg.norm(g))
+    # negative control: without it, the same solve needs (nearly) all n steps
+    assert lanczos(lambda v: A @ v, g, n, reduced).nit > n - k + 1
+
+
+def test_a_stale_preconditioner_is_dropped_after_one_product_and_a_fresh_one_is_kept():
+    rng = np.random.default_rng(7)
+    n = 100
+    A = spd_matrix(rng, n)
+    g = rng.standard_normal(n)
+    reduced = lambda j, u, norm: norm <= 1e-6 * np.linalg.norm(g)
+    products = []
+
+    def hessian_vector(v):
+        products.append(1)
+        return A @ v
+
+    plain = lanczos(hessian_vector, g, 2 * n, reduced)
+    plain_products = len(products)
+    other = spd_matrix(np.random.default_rng(8), n)  # another Hessian: its pairs are stale for A
+    stale_S = SpectralPreconditioner(n).extended(lanczos(lambda v: other @ v, rng.standard_normal(n), 20, never).preconditioner_factor())
+    products.clear()
+    dropped = lanczos(hessian_vector, g, 2 * n, reduced, preconditioner=stale_S, stale=STALE)
+    assert dropped.stale and dropped.preconditioner is None
+    assert len(products) == plain_products + 1  # the probe, then the unpreconditioned solve
+    np.testing.assert_allclose(dropped.u, plain.u, rtol=1e-12, atol=1e-14)
+    assert dropped.nit == plain.nit
+    # negative control: pairs of A itself are kept, at no extra product
+    fresh_S = SpectralPreconditioner(n).extended(lanczos(lambda v: A @ v, rng.standard_normal(n), 20, never).preconditioner_factor())
+    products.clear()
+    kept = lanczos(hessian_vector, g, 2 * n, reduced, preconditioner=fresh_S, stale=STALE)
+    assert not kept.stale and kept.preconditioner is fresh_S
+    assert len(products) == kept.nit < plain.nit
+    # without the test the stale pairs are used, and cost iterations
+    assert lanczos(lambda v: A @ v, g, 2 * n, reduced, preconditioner=stale_S).nit > plain.nit
+
+
+def test_outer_loops_carry_the_pairs_from_the_second_on_and_drop_them_when_stale():
+    """Loop 1 (the background's pairs) is never preconditioned; from loop 2 on each inner loop
+    runs on ``S`` or says it dropped it, at one product; near the minimum, where the Hessian no
+    longer changes, the preconditioned inner loops need less than half the iterations."""
+    problem = joint_l96_problem()
+    options = dict(method="lanczos", outer_loops=6, max_iterations=200, gradient_reduction=1e-6, tolerance=0.0)
+    spectral = problem.solve(preconditioner="spectral", **options)
+    plain = problem.solve(preconditioner="none", **options)
+    inner = [record["inner"] for record in spectral.outer]
+    assert inner[0].lanczos.preconditioner is None and inner[1].lanczos.preconditioner is None
+    assert not inner[1].lanczos.stale
+    for loop in inner[2:]:
+        assert (loop.lanczos.preconditioner is None) == loop.lanczos.stale
+        assert loop.nfev == loop.nit + loop.lanczos.stale
+        assert ("stale" in loop.message) == loop.lanczos.stale
+    assert any(loop.lanczos.stale for loop in inner) and not all(loop.lanczos.stale for loop in inner[2:])
+    for late, reference in zip(inner[-2:], [record["inner"] for record in plain.outer[-2:]]):
+        assert late.lanczos.preconditioner is not None and late.nit < 0.5 * reference.nit
+    assert abs(spectral.final.J - plain.final.J) <= 1e-9 * plain.final.J

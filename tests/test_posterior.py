@@ -4,6 +4,8 @@ parameter covariance behaves as a covariance."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,33 @@ def test_low_rank_covariance_square_roots_inverse_and_noise_agree_with_dense_alg
     truncated = LowRankCovariance.update(C0, X, K, max_rank=1)
     assert truncated.rank <= (3 if base == "low_rank" else 1)
     assert np.max(np.abs(as_matrix(truncated.apply, n) - expected)) > 1e-6
+
+
+def test_posterior_from_every_lanczos_run_is_exact_after_a_full_run_and_holds_the_last_runs_curvature():
+    """Block BFGS over the outer loops' Lanczos runs (:meth:`Posterior.from_lanczos_runs`):
+    ``A^-1`` itself after one run over the whole space; after a converged first run and a
+    short, preconditioned second one at another point, ``H^-1 A_2 s = s`` on the second run's
+    Krylov space, ``A_2 s`` from Hessian products of its own."""
+    problem = small_joint_problem()
+    never = lambda j, u, norm: False
+    result = problem.solve(outer_loops=1, **full_lanczos(preconditioner="none"))
+    posterior = Posterior.from_lanczos_runs(problem.cost, problem.control, [result.outer[0]["inner"].lanczos])
+    exact = dense_posterior(problem, problem.cost.xb, problem.cost.pb)
+    assert np.max(np.abs(as_matrix(posterior.apply, 13) - exact)) <= 1e-8 * np.max(np.abs(exact))
+
+    jq1 = problem.incremental_cost()
+    run1 = lanczos(jq1.hessian_vector, jq1.value_and_gradient(np.zeros(13))[1], 13, never)
+    x1, p1, _ = jq1.analysis(run1.u)
+    jq2 = problem.incremental_cost(x1, p1)
+    S = SpectralPreconditioner(13).extended(run1.factor(rank=3))
+    run2 = lanczos(jq2.hessian_vector, jq2.value_and_gradient(np.zeros(13))[1], 4, never, preconditioner=S)
+    posterior = Posterior.from_lanczos_runs(problem.cost, problem.control, [run1, run2])
+    s = np.column_stack([S.apply(v) for v in run2.ritz_vectors.T])
+    A2s = np.column_stack([jq2.hessian_vector(column) for column in s.T])
+    secant = np.column_stack([posterior.control_apply(column) for column in A2s.T])
+    assert np.max(np.abs(secant - s)) <= 1e-10 * np.max(np.abs(s))
+    assert np.min(np.linalg.eigvalsh(as_matrix(posterior.control_apply, 13))) > 0.0
+    # negative control: without the Lanczos residual term the four pairs are not A_2's curvature
+    residual_free = dataclasses.replace(run2, ritz_couplings=np.zeros_like(run2.ritz_couplings))
+    wrong = Posterior.from_lanczos_runs(problem.cost, problem.control, [run1, residual_free])
+    assert np.max(np.abs(np.column_stack([wrong.control_apply(c) for c in A2s.T]) - s)) > 1e-4 * np.max(np.abs(s))

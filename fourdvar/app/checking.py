@@ -31,7 +31,7 @@ def check_plan(plan, config: dict, n_steps: int | None = None, directions: int =
     sections = [(f"model {model!r}, window of {n_steps} steps, {per_test}",
                  checks.check_model(model, x, p, rng, n_steps=n_steps, directions=directions))]
 
-    slots = list(plan.observations.window(0, n_steps, include_end=False))
+    slots = list(plan.window_slots(0, n_steps))
     truth = plan.truth["trajectory"] if plan.truth is not None else None
     states = truth if truth is not None and len(truth) > n_steps else forecast(model, x, p, n_steps)
     seen = set()

@@ -171,6 +171,10 @@ def command_run(args) -> int:
         raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
+    if config["ensemble"]["members"] and args.scheduler is None:
+        from .cluster import start_worker_server
+
+        start_worker_server()  # the workers' imports, in the background while the plan is validated
     plan = _plan(args, config, output, what)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
@@ -181,7 +185,10 @@ def command_run(args) -> int:
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
+        if config["output"]["checkpoint"]:
+            print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
+        else:
+            print("\ninterrupted; nothing was saved (output.checkpoint is false, so this run cannot be resumed)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RunDiverged as error:
         raise CommandError(f"the run diverged: {error}", EXIT_FAILED) from None
@@ -237,6 +244,10 @@ def command_sweep(args) -> int:
     finished = [member.output for member in sweep.members if member.output.exists()]
     if finished and not args.resume:
         raise CommandError(f"{sweep.directory} already holds {len(finished)} member results of a sweep; add --resume to run only the missing members, or choose another --output")
+    if args.scheduler is None and len(finished) < len(sweep.members):
+        from .cluster import start_worker_server
+
+        start_worker_server()  # the workers' imports, in the background while the plans are validated
     sweep.validate(inputs=[args.config])
     if not args.quiet:
         where = args.scheduler or f"an embedded cluster of {args.workers or os.cpu_count()} workers"

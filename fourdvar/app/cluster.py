@@ -13,7 +13,9 @@ Where members run (:func:`connect`):
 
 * by default an *embedded* cluster on this machine, started and stopped here:
   one worker process per core (or ``n_workers``), one thread each, BLAS threads 1,
-  scheduler and workers listening on 127.0.0.1 only, no dashboard;
+  scheduler and workers listening on 127.0.0.1 only, no dashboard, the workers
+  forked ready-to-run from a server that imported their modules once
+  (:func:`start_worker_server`);
 * with ``scheduler="tcp://HOST:PORT"`` an existing cluster started with
   ``dask scheduler`` and ``dask worker`` (give the workers ``--nthreads 1``;
   their nannies set the BLAS variables to 1 before starting each worker);
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import time
 import uuid
@@ -38,7 +41,7 @@ import xarray as xr
 
 __all__ = [
     "Member", "MemberOutcome", "connect", "distributed_map", "run_config", "embedded_cluster", "execute_member", "run_members",
-    "remove_temporaries", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT",
+    "remove_temporaries", "start_worker_server", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT", "WORKER_PRELOAD",
 ]
 
 #: Environment of every embedded worker process, set before it starts (numpy reads it on import).
@@ -46,6 +49,9 @@ SINGLE_THREAD_ENVIRONMENT = {
     "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
 }
+
+#: Modules an embedded worker needs before its first member, imported once by the server the workers are forked from.
+WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "dask.array", "netCDF4", "yaml", "fourdvar.app.run", "fourdvar.app.cluster")
 
 #: Result-file attributes that say when and how fast a run went, not what it computed.
 PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
@@ -107,18 +113,24 @@ def execute_member(member: Member) -> MemberOutcome:
     Exceptions of the run or of the write are returned in the outcome's ``error``
     (one line), so one failing member does not stop the others; nothing is written for it.
     """
+    import dask
+
     output = Path(member.output)
     worker = _worker_address()
     if output.exists():
         return MemberOutcome(member.name, output, skipped=True, worker=worker)
     started = time.perf_counter()
-    try:
-        dataset = member.run()
-        dataset.attrs.update(member.attributes)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(dataset, output)
-    except Exception as error:  # reported per member, in one line (a failed write too)
-        return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
+    # A member is one single-threaded run: nothing in it goes back to the cluster.  On a
+    # worker, xarray would otherwise guard its NetCDF writes with a scheduler-wide lock,
+    # a round trip to the scheduler per variable, for a file no other task touches.
+    with dask.config.set(scheduler="synchronous"):
+        try:
+            dataset = member.run()
+            dataset.attrs.update(member.attributes)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(dataset, output)
+        except Exception as error:  # reported per member, in one line (a failed write too)
+            return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
     return MemberOutcome(member.name, output, seconds=time.perf_counter() - started, worker=worker)
 
 
@@ -142,18 +154,64 @@ def _worker_address() -> str:
 # --- where the members run -----------------------------------------------------------------------
 
 
+#: How embedded workers start: forked by the server of :func:`start_worker_server` (spawned where there is none: Windows).
+_FORK_SERVER = "forkserver" in multiprocessing.get_all_start_methods()
+_WORKER_START = {"distributed.worker.multiprocessing-method": "forkserver" if _FORK_SERVER else "spawn"}
+
+
+def start_worker_server(preload: Sequence[str] = ()) -> None:
+    """Start the process that embedded workers are forked from, in the background; returns at once.
+
+    A worker spawned as a fresh interpreter pays, each, for importing distributed,
+    numpy, xarray and fourdvar (a second of CPU), and at its exit for tearing them down.
+    Instead a fork server (:mod:`multiprocessing.forkserver`) imports
+    :data:`WORKER_PRELOAD` and ``preload`` once, with :data:`SINGLE_THREAD_ENVIRONMENT`
+    set before numpy loads, and forks each worker from itself ready to run; a forked
+    worker ends without a teardown.  The server lives as long as this process (later
+    embedded clusters start in a fraction of a second), and only the first call's
+    ``preload`` counts.  Call it early, e.g. before validating plans, so that its
+    imports overlap that work; :func:`embedded_cluster` calls it in any case.
+    """
+    if not _FORK_SERVER:
+        return
+    import multiprocessing.forkserver
+
+    # Nothing of distributed is imported here, so that the server's imports start at once and
+    # overlap this process's.  (distributed later sets preloads of its own: unused, the server runs.)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(["distributed", *WORKER_PRELOAD, *preload])))
+    with _environment(SINGLE_THREAD_ENVIRONMENT):
+        multiprocessing.forkserver.ensure_running()
+
+
 @contextlib.contextmanager
-def embedded_cluster(n_workers: int | None = None) -> Iterator:
+def _environment(variables: dict) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def embedded_cluster(n_workers: int | None = None, preload: Sequence[str] = ()) -> Iterator:
     """A :class:`distributed.Client` of a local cluster started here and stopped on exit.
 
     One worker process per core by default, one thread each, BLAS threads 1, on
-    127.0.0.1 only, no dashboard, workers' logs silenced below errors.
+    127.0.0.1 only, no dashboard, workers' logs silenced below errors; the workers
+    are forked from the server of :func:`start_worker_server` (``preload``: further
+    modules it imports, if this call starts it).
     """
+    start_worker_server(preload)
     import dask
     from distributed import Client, LocalCluster
 
     n_workers = n_workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": SINGLE_THREAD_ENVIRONMENT}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": SINGLE_THREAD_ENVIRONMENT, **_WORKER_START}):
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP endpoints: any free port
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:

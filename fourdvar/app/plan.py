@@ -204,11 +204,13 @@ class Plan:
                 f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
             )
 
-    def window_slots(self, c: int):
+    def window_slots(self, c: int, n_steps: int | None = None):
         """The observations of window ``c``, steps from its start: ``[start, start + L)``, or
-        ``(start, start + L]`` with ``window.observations_at_end``."""
+        ``(start, start + L]`` with ``window.observations_at_end`` (``L = n_steps``, default the
+        plan's window length)."""
         at_end = self.config["window"]["observations_at_end"]
-        slots = self.observations.window(c * self.n_steps, self.n_steps, include_end=at_end)
+        n_steps = n_steps or self.n_steps
+        slots = self.observations.window(c * n_steps, n_steps, include_end=at_end)
         return type(slots)(slot for slot in slots if slot.step > 0) if at_end else slots
 
     def _check_cost(self) -> None:

@@ -89,6 +89,13 @@ class CyclingState:
         return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P, members)
 
 
+def _without_ensemble(outcomes):
+    """``(outcome, None)`` for each outcome, none of them held while the next is computed."""
+    for outcome in outcomes:
+        yield outcome, None
+        del outcome
+
+
 def execute(
     plan: Plan,
     resume: tuple[list[dict], CyclingState] | None = None,
@@ -187,7 +194,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
     if plan.config["ensemble"]["members"]:
         outcomes = ((window.control, window) for window in ensemble_windows(plan, state, windows, map_members, **solve_options))
     else:
-        outcomes = ((outcome, None) for outcome in cycle(
+        outcomes = _without_ensemble(cycle(
             plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
             start_cycle=state.cycle, background_policy=plan.background_policy,
             params_policy=None if posterior else plan.params_policy,
@@ -209,6 +216,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
             if progress is not None:
                 progress(outcome, recorder)
             current = state.cycle
+            del outcome, ensemble  # not held while the next window runs
     except DivergenceError as error:
         text = str(error)
         raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None
