@@ -15,6 +15,12 @@ the perturbations the members start from ``xb_0^m = xb_0 + B_s^1/2 w^m``;
 otherwise they start from ``xb_0`` and the first window uses ``B_s`` alone (an
 ensemble without spread has no covariance to give).
 
+With ``inflation = rho`` the members' backgrounds are first spread about their mean,
+``xb_c^m <- mean_m(xb_c^m) + rho (xb_c^m - mean_m(xb_c^m))`` (multiplicative inflation,
+as in an ensemble Kalman filter): members analysed with perturbed observations keep
+too little spread, and the inflated backgrounds give both ``B_c`` and the members'
+own 4D-Vars the larger spread.
+
 Every draw comes from a generator seeded by ``(seed, purpose, cycle, member)``,
 and a member's window is a pure function of its :class:`MemberTask`, so the
 members can run anywhere, in any order: ``map_members(function, tasks)`` (the
@@ -34,7 +40,7 @@ from .cycling import WindowOutcome, assimilate_window
 from .ensemble import HybridEnsembleCovariance, ensemble_perturbations
 from .interfaces import ObservationSlot
 
-__all__ = ["MemberTask", "EnsembleWindow", "perturb_observations", "assimilate_member", "eda_cycle", "PERTURBATIONS"]
+__all__ = ["MemberTask", "EnsembleWindow", "perturb_observations", "assimilate_member", "eda_cycle", "inflate", "PERTURBATIONS"]
 
 #: What the members' perturbations may apply to.
 PERTURBATIONS = ("observations", "background")
@@ -110,6 +116,14 @@ def initial_member_backgrounds(xb: np.ndarray, B_static, n_members: int, seed: i
     return np.stack([xb + B_static.sample(_rng(seed, _INITIAL_BACKGROUND, 0, m)) for m in range(1, n_members + 1)])
 
 
+def inflate(states: np.ndarray, factor: float) -> np.ndarray:
+    """``mean_m(x^m) + rho (x^m - mean_m(x^m))`` for the rows ``x^m`` of ``states`` (unchanged for ``rho = 1``)."""
+    if factor == 1.0:
+        return states
+    mean = states.mean(axis=0)
+    return mean + factor * (states - mean)
+
+
 def ensemble_covariance(B_static, member_backgrounds: np.ndarray, weight: float, localization: float):
     """``B_c``: the hybrid of ``B_s`` and the members' backgrounds, or ``B_s`` when they have no spread."""
     X = ensemble_perturbations(member_backgrounds)
@@ -121,14 +135,15 @@ def ensemble_covariance(B_static, member_backgrounds: np.ndarray, weight: float,
 def eda_cycle(
     model, windows: Iterable[Sequence], xb: np.ndarray, B_static, pb: np.ndarray, P, *,
     n_members: int, weight: float, localization: float, perturb: Sequence[str] = PERTURBATIONS,
-    seed: int = 0, control="state", n_steps: int = 1, start_cycle: int = 0,
+    seed: int = 0, control="state", n_steps: int = 1, start_cycle: int = 0, inflation: float = 1.0,
     member_backgrounds: np.ndarray | None = None,
     map_members: Callable[[Callable, list], Iterable] = map, **solve_options,
 ) -> Iterator[EnsembleWindow]:
     """Yield one :class:`EnsembleWindow` per window of ``windows`` (the control and ``n_members`` members).
 
     ``member_backgrounds`` ``(N, n)`` continues a cycle (default: the initial ones,
-    see :func:`initial_member_backgrounds`).  The parameters are not cycled by the
+    see :func:`initial_member_backgrounds`), before their ``inflation`` (``rho >= 1``,
+    applied at the start of every window, see :func:`inflate`).  The parameters are not cycled by the
     members: each uses ``pb`` (the control's analysed ``p`` when it estimates them).
     """
     perturb = tuple(perturb)
@@ -137,6 +152,8 @@ def eda_cycle(
         raise ValueError(f"ensemble perturbations must be among {list(PERTURBATIONS)}, got {sorted(unknown)}")
     if n_members < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {n_members}")
+    if not (np.ndim(inflation) == 0 and inflation >= 1.0):
+        raise ValueError(f"the ensemble's inflation must be a number >= 1, got {inflation!r}")
     xb = np.asarray(xb, dtype=float)
     pb = np.asarray(pb, dtype=float)
     if member_backgrounds is None:
@@ -145,6 +162,7 @@ def eda_cycle(
     if member_backgrounds.shape != (n_members, xb.size):
         raise ValueError(f"member_backgrounds must have shape ({n_members}, {xb.size}), got {member_backgrounds.shape}")
     for c, slots in enumerate(windows, start=start_cycle):
+        member_backgrounds = inflate(member_backgrounds, inflation)
         B = ensemble_covariance(B_static, member_backgrounds, weight, localization)
         slots = list(slots)
         tasks = [

@@ -19,14 +19,17 @@ field ``a_m`` (``n`` values) per member, and::
 so ``B^1/2 B^T/2 = B`` (``C^1/2 C^T/2 = C`` and ``sum_m (x_m o C^1/2 a)(...)`` gives the
 Schur product).  ``C^1/2`` is the symmetric FFT square root of
 :class:`~fourdvar.covariances.PeriodicCorrelation`, applied to all ``N`` fields at
-once; no ``n x n`` matrix is formed.  ``B^-1`` (the nonlinear cost's ``Jb``) is
-computed by conjugate gradients preconditioned with ``B_s^-1 / (1 - beta)``, so
-``beta`` must be below 1.
+once; ``B`` and its square roots never form an ``n x n`` matrix.  ``B^-1`` (the
+nonlinear cost's ``Jb``) is computed by conjugate gradients preconditioned with
+``B_s^-1 / (1 - beta)``, so ``beta`` must be below 1; for a small state
+(``n <= DENSE_SOLVE_LIMIT``) from the Cholesky factor of ``B`` instead, assembled
+once from ``n`` products ``B e_i`` (a CG solve costs about ``n`` products each time).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 from .covariances import PeriodicCorrelation, _check_std, _CovarianceBase
 
@@ -61,6 +64,8 @@ class HybridEnsembleCovariance(_CovarianceBase):
 
     #: relative residual at which the conjugate-gradient solve stops
     SOLVE_TOLERANCE = 1e-13
+    #: states up to this size solve with the Cholesky factor of the dense B (n^2 floats), larger ones by CG
+    DENSE_SOLVE_LIMIT = 1000
 
     def __init__(self, static, perturbations, weight: float, localization: float):
         X = np.asarray(perturbations, dtype=float)
@@ -80,6 +85,7 @@ class HybridEnsembleCovariance(_CovarianceBase):
         self._static_scale = np.sqrt(1.0 - self.weight)
         self._ensemble_scale = np.sqrt(self.weight / (self.n_members - 1))
         self._sqrt_spectrum = np.sqrt(self.localization.eigenvalues)  # C^1/2 = C^T/2 = F^-1 diag(.) F
+        self._cholesky = None  # of the dense B, made by the first solve (n <= DENSE_SOLVE_LIMIT)
 
     # --- the localising correlation, on all members at once ------------------------------
 
@@ -117,6 +123,16 @@ class HybridEnsembleCovariance(_CovarianceBase):
         return (1.0 - self.weight) * self.static.apply(w) + self.weight / (self.n_members - 1) * np.einsum("mi,mi->i", self.perturbations, localised)
 
     def solve(self, w):
+        """``B^-1 w``: by the Cholesky factor of ``B`` up to ``DENSE_SOLVE_LIMIT``, else :meth:`solve_cg`."""
+        w = self._vector(w)
+        if self.size > self.DENSE_SOLVE_LIMIT:
+            return self.solve_cg(w)
+        if self._cholesky is None:
+            dense = np.column_stack([self.apply(unit) for unit in np.eye(self.size)])
+            self._cholesky = scipy.linalg.cho_factor(0.5 * (dense + dense.T))
+        return scipy.linalg.cho_solve(self._cholesky, w)
+
+    def solve_cg(self, w):
         """``B^-1 w`` by conjugate gradients on ``B z = w``, preconditioned by ``B_s^-1 / (1 - beta)``.
 
         Stops at ``|w - B z| <= SOLVE_TOLERANCE |w|``; raises ``ArithmeticError`` if

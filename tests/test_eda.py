@@ -10,7 +10,7 @@ import pytest
 
 from fourdvar.covariances import Diagonal
 from fourdvar.cycling import cycle
-from fourdvar.eda import eda_cycle, perturb_observations
+from fourdvar.eda import eda_cycle, inflate, perturb_observations
 from fourdvar.ensemble import HybridEnsembleCovariance
 from fourdvar.interfaces import ObservationSlot
 from models import Lorenz96
@@ -45,12 +45,15 @@ def test_perturbed_observations_have_the_observation_error_covariance():
     assert np.abs(np.corrcoef(draws.T) - np.eye(5)).max() < 0.05
 
 
-def test_the_control_is_a_plain_4dvar_while_the_ensemble_has_no_spread():
-    windows = run_eda(perturb=("observations",))
+@pytest.mark.parametrize("stages", [{}, {"quasi_static_steps": 2}])
+def test_the_control_is_a_plain_4dvar_while_the_ensemble_has_no_spread(stages):
+    windows = run_eda(perturb=("observations",), **stages)
     model, obs_windows, xb = l96_setup()
-    plain = next(cycle(model, obs_windows, xb, Diagonal(0.7, size=40), np.empty(0), None, n_steps=N_STEPS, outer_loops=2, max_iterations=40))
+    plain = next(cycle(model, obs_windows, xb, Diagonal(0.7, size=40), np.empty(0), None, n_steps=N_STEPS, outer_loops=2, max_iterations=40, **stages))
     assert windows[0].B.__class__ is Diagonal  # no spread yet: the static B alone
     assert np.array_equal(windows[0].control.x0, plain.x0)
+    if stages:  # every 4D-Var of the window grew it in quasi-static stages of 2 steps
+        assert all([length for length, *_ in outcome.result.stages] == [2, 4] for outcome in [windows[0].control, *windows[0].members])
     member_analyses = np.array([m.x0 for m in windows[0].members])
     assert np.all(np.std(member_analyses, axis=0) > 0)  # the perturbed observations made them differ
     assert isinstance(windows[1].B, HybridEnsembleCovariance)
@@ -66,6 +69,27 @@ def test_the_next_window_b_comes_from_the_members_background_forecasts():
     assert windows[0].background_spread.shape == (N_STEPS + 1,) and np.all(windows[0].background_spread > 0)
 
 
+def test_inflation_spreads_the_members_about_their_mean():
+    states = np.random.default_rng(1).standard_normal((5, 40))
+    inflated = inflate(states, 1.5)
+    assert np.allclose(inflated.mean(axis=0), states.mean(axis=0), rtol=0, atol=1e-14)
+    assert np.allclose(inflated - inflated.mean(axis=0), 1.5 * (states - states.mean(axis=0)), rtol=0, atol=1e-14)
+    assert inflate(states, 1.0) is states  # rho = 1 leaves the members bit for bit
+
+
+def test_an_inflated_eda_starts_each_window_from_the_inflated_member_forecasts():
+    rho = 1.3
+    windows, plain = run_eda(inflation=rho), run_eda()
+    for previous, current in zip(windows, windows[1:]):
+        forecasts = np.array([m.analysis_trajectory[-1] for m in previous.members])
+        spread = forecasts - forecasts.mean(axis=0)
+        np.testing.assert_allclose(current.B.perturbations, rho * spread, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(np.array([m.xb for m in current.members]), forecasts.mean(axis=0) + rho * spread, rtol=0, atol=1e-13)
+    # the first window inflates the initial draws too: rho times the spread of the run without inflation
+    ratio = np.linalg.norm(windows[0].B.perturbations) / np.linalg.norm(plain[0].B.perturbations)
+    assert ratio == pytest.approx(rho, rel=1e-12)
+
+
 def test_the_order_in_which_members_run_does_not_change_any_number():
     def reversed_map(function, tasks):
         return list(reversed([function(task) for task in reversed(list(tasks))]))
@@ -76,7 +100,7 @@ def test_the_order_in_which_members_run_does_not_change_any_number():
             assert np.array_equal(x.x0, y.x0) and np.array_equal(x.analysis_trajectory, y.analysis_trajectory)
 
 
-@pytest.mark.parametrize("bad", [dict(perturb=("winds",)), dict(n_members=1)])
+@pytest.mark.parametrize("bad", [dict(perturb=("winds",)), dict(n_members=1), dict(inflation=0.9)])
 def test_bad_ensemble_settings_are_refused(bad):
     model, windows, xb = l96_setup()
     options = dict(n_members=MEMBERS, weight=0.5, localization=3.0) | bad

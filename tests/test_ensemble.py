@@ -75,7 +75,9 @@ def test_hybrid_sqrt_sqrt_t_apply_and_std_equal_the_dense_formula():
     assert np.abs(S @ S.T - unlocalised).max() > 0.1 * scale
 
 
-def test_hybrid_solve_inverts_apply():
+@pytest.mark.parametrize("dense_limit", [HybridEnsembleCovariance.DENSE_SOLVE_LIMIT, 0])  # Cholesky, then CG
+def test_hybrid_solve_inverts_apply(dense_limit, monkeypatch):
+    monkeypatch.setattr(HybridEnsembleCovariance, "DENSE_SOLVE_LIMIT", dense_limit)
     B, static, states = small_hybrid(weight=0.9)
     v = np.random.default_rng(2).standard_normal(B.size)
     dense = dense_formula(static, states, 0.9, 2.0)

@@ -18,12 +18,13 @@ from fourdvar.app.results import window_dataset, window_row, write_atomic
 from fourdvar.app.run import CyclingState, execute
 from fourdvar.app.plotting import plot_results
 
-EDA = {
+EDA = {  # the sakov2008 layout: observations at each window's end, quasi-static stages, a filter score after burn-in
     "title": "small EDA", "seed": 3, "model": {"type": "lorenz96", "n_state": 40}, "truth": {"spinup_steps": 500},
-    "observations": {"every": 4, "operator": {"type": "subset", "indices": "all"}, "error_std": 1.0},
-    "background": {"state": {"error_std": 0.5}}, "window": {"steps": 8, "cycles": 4},
-    "assimilation": {"control": ["state"], "outer_loops": 2, "inner": {"max_iterations": 30}},
-    "ensemble": {"members": 3, "hybrid_weight": 0.5, "localization": 4.0},
+    "observations": {"every": 4, "offset": 4, "operator": {"type": "subset", "indices": "all"}, "error_std": 1.0},
+    "background": {"state": {"error_std": 0.5}}, "window": {"steps": 8, "cycles": 4, "observations_at_end": True},
+    "assimilation": {"control": ["state"], "outer_loops": 2, "quasi_static_steps": 4, "inner": {"method": "lanczos", "max_iterations": 30}},
+    "ensemble": {"members": 3, "hybrid_weight": 0.5, "localization": 4.0, "inflation": 1.2},
+    "diagnostics": {"burn_in_cycles": 1}, "compare": [{"name": "static"}], "output": {"checkpoint": False},
 }
 
 
@@ -50,10 +51,21 @@ def test_the_result_file_has_the_members_and_spread_diagnostics(serial_result):
     assert ds["member_analysis"].dims == ("cycle", "member", "x") and ds.sizes["member"] == 3
     spread = np.sqrt(np.mean(np.var(ds["member_background"].values, axis=1, ddof=1), axis=1))
     assert np.array_equal(ds["spread_background"].values, spread) and np.all(spread > 0)
-    # each window's members start from the previous window's member forecasts
-    assert np.array_equal(ds["member_background"].values[1:], ds["member_forecast_end"].values[:-1])
+    # each window's members start from the previous window's member forecasts, inflated about their mean
+    forecasts = ds["member_forecast_end"].values[:-1]
+    mean = forecasts.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(ds["member_background"].values[1:], mean + 1.2 * (forecasts - mean), rtol=0, atol=1e-12)
     assert ds.attrs["headline_spread_skill"] == pytest.approx(
         ds.attrs["headline_spread_background_last_half"] / ds.attrs["headline_rmse_ensemble_mean_background_last_half"], rel=1e-5)
+
+
+def test_the_eda_scores_the_filter_analysis_after_burn_in_beside_its_static_comparison(serial_result):
+    ds = serial_result
+    filter_rmse = np.sqrt(np.mean((ds["analysis"].values[:, -1] - ds["truth"].values[:, -1]) ** 2, axis=1))
+    np.testing.assert_allclose(ds["rmse_filter"].values, filter_rmse, rtol=1e-12)
+    for suffix in ("", "_static"):
+        assert ds.attrs[f"headline_rmse_filter_after_burn_in{suffix}"] == pytest.approx(ds[f"rmse_filter{suffix}"].values[1:].mean(), abs=1e-6)
+    assert not np.array_equal(ds["rmse_filter"].values, ds["rmse_filter_static"].values)  # two different runs
 
 
 def test_an_eda_on_the_embedded_cluster_equals_the_serial_run_bit_for_bit(serial_result):
@@ -89,6 +101,7 @@ def test_the_plot_shows_spread_against_error(serial_result, tmp_path):
     ({"hybrid_weight": 1.0}, "ensemble.hybrid_weight: must be in [0, 1)"),
     ({"perturb": ["winds"]}, "ensemble.perturb: expected one of observations, background"),
     ({"localization": 0.0}, "ensemble.localization: must be positive"),
+    ({"inflation": 0.95}, "ensemble.inflation: must be >= 1"),
 ])
 def test_bad_ensemble_settings_are_refused_naming_the_key(change, message):
     config = copy.deepcopy(EDA)

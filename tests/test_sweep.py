@@ -163,7 +163,8 @@ def test_the_shipped_sweep_validates_every_member_before_running():
     path = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "l96_sakov2008_eda_sweep.yaml"
     assert path.read_text().startswith("#")
     sweep = Sweep.from_file(path)
-    assert sweep.keys == ["seed", "window"] and sweep.shape == (3, 2)
+    assert sweep.keys == ["seed"] and sweep.shape == (3,)
     assert {(m.config["seed"], m.config["window"]["steps"] * m.config["window"]["cycles"]) for m in sweep.members} == {(s, 4000) for s in (1, 2, 3)}
+    assert all(m.config["window"]["observations_at_end"] and m.config["diagnostics"]["burn_in_cycles"] == 25 for m in sweep.members)
     assert all(m.config["ensemble"]["members"] == 20 and m.config["compare"][0]["name"] == "static" for m in sweep.members)
     assert sweep.directory.name == "l96_sakov2008_eda_sweep"

@@ -61,7 +61,7 @@ def comparison_variables(name: str, result) -> dict:
     """The comparison run ``name``'s RMSE and cost per cycle, as variables of the main result."""
     return {
         f"{key}_{name}": (("cycle",), result[key].values, {**result[key].attrs, "long_name": f"{result[key].attrs['long_name']} ({name})"})
-        for key in ("rmse_analysis", "rmse_background", "J_final", "rmse_analysis_end", "rmse_analysis_window") if key in result
+        for key in ("rmse_analysis", "rmse_background", "J_final", "rmse_filter", "rmse_analysis_end", "rmse_analysis_window") if key in result
     }
 
 
@@ -73,18 +73,19 @@ def headlines(plan, dataset, comparisons: dict) -> dict:
 def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
     """The headline numbers of a run and the forecast-error curves behind its skill.
 
-    Headlines: analysis RMSE over the last half of the cycles, the forecast skill,
-    rejected windows, the same for each comparison run and the fraction of the
+    Headlines: analysis RMSE over the last half of the cycles, the filter RMSE (window
+    end) after ``diagnostics.burn_in_cycles``, the forecast skill, rejected windows,
+    the same for each comparison run and the fraction of the
     baseline-to-reference gap closed.  Curves (with ``forecast_steps``): the forecast
     RMSE per lead, from truth states and from analyses, of this run's model and of
     each comparison's, as result variables ``forecast_rmse_from_{truth,analyses}[_name]``
     on a ``lead`` dimension.  ``comparisons``: name -> (plan, dataset).
     """
     half = slice(plan.n_cycles // 2, None)
+    burn_in = slice(plan.config["diagnostics"]["burn_in_cycles"], None)
     headline, curves = {}, {}
     if "rmse_analysis" in dataset:
         headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
-        burn_in = slice(plan.config["diagnostics"]["burn_in_cycles"], None)
         headline["rmse_filter_after_burn_in"] = float(dataset["rmse_filter"].values[burn_in].mean())
     if "chi2" in dataset:
         headline["chi2_mean"] = float(np.nanmean(dataset["chi2"].values))
@@ -100,6 +101,7 @@ def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
     for name, (other, result) in comparisons.items():
         if "rmse_analysis" in result:
             headline[f"rmse_analysis_last_half_{name}"] = float(result["rmse_analysis"].values[half].mean())
+            headline[f"rmse_filter_after_burn_in_{name}"] = float(result["rmse_filter"].values[burn_in].mean())
         if weak:
             headline.update(_end_and_window_rmse(result, half, f"_{name}"))
         if plan.forecast_steps:

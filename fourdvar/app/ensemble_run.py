@@ -8,9 +8,10 @@ them, and a resumed run restarts the members from ``member_forecast_end``).
 :func:`add_member_variables` puts into the result file:
 
     member_background          (cycle, member, x)   each member's background at the window start
+                                                     (the previous forecast_end, after ``ensemble.inflation``)
     member_analysis            (cycle, member, x)   each member's analysis at the window start
     member_forecast_end        (cycle, member, x)   each member's analysis forecast to the window end
-                                                     (its next background)
+                                                     (its next background, before inflation)
     spread_background          (cycle)   sqrt(mean_i var_m) of the members' backgrounds at the window start
     spread_analysis            (cycle)   the same for their analyses
     rmse_ensemble_mean_background (cycle)  RMSE of the members' mean background at the window start
@@ -55,7 +56,8 @@ def ensemble_windows(plan, state, windows, map_members=map, **solve_options):
         plan.model, windows, state.xb, plan.B0, state.pb, None,
         n_members=settings["members"], weight=settings["hybrid_weight"], localization=settings["localization"],
         perturb=settings["perturb"], seed=seed, control=plan.control, n_steps=plan.n_steps,
-        start_cycle=state.cycle, member_backgrounds=state.members, map_members=map_members, **solve_options,
+        inflation=settings["inflation"], start_cycle=state.cycle, member_backgrounds=state.members, map_members=map_members,
+        quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"], **solve_options,
     )
 
 
