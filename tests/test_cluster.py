@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import dask
 import pytest
 import xarray as xr
 
@@ -51,6 +52,11 @@ def assert_same_result(path_a: Path, path_b: Path) -> None:
         assert strip(a.attrs) == strip(b.attrs)
 
 
+def frequent_callbacks(dask_worker) -> list[str]:
+    """The worker's periodic callbacks that run more often than once a second."""
+    return sorted(name for name, callback in dask_worker.periodic_callbacks.items() if callback.callback_time < 1000)
+
+
 def blas_threads() -> int:
     """Threads of the OpenBLAS this process loaded (numpy's), asked through its own C API."""
     with open("/proc/self/maps") as maps:
@@ -78,6 +84,9 @@ def test_members_on_the_embedded_cluster_equal_serial_runs_bit_for_bit(tmp_path,
         assert all(env == "1" for env in client.run(lambda: os.environ["OPENBLAS_NUM_THREADS"]).values())
         assert list(client.run(blas_threads).values()) == [1, 1]  # the variable alone is read too late once numpy is loaded
         assert all(address.startswith("tcp://127.0.0.1:") for address in [client.scheduler.address, *client.scheduler_info()["workers"]])
+        # each wake of a worker's event loop takes the GIL from the member: nothing wakes it more than once a second
+        assert list(client.run(frequent_callbacks).values()) == [[], []]
+        assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False, False]
         outcomes = run_members(members(tmp_path, range(1, 5)), client=client, progress=lambda done, total, outcome: seen.append((done, total)))
         # each write guarded by a lock in the worker, none on the scheduler (xarray's default there: a round trip per variable)
         assert client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.extensions["semaphores"].max_leases)) == []

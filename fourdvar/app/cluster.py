@@ -156,7 +156,17 @@ def _worker_address() -> str:
 
 #: How embedded workers start: forked by the server of :func:`start_worker_server` (spawned where there is none: Windows).
 _FORK_SERVER = "forkserver" in multiprocessing.get_all_start_methods()
-_WORKER_START = {"distributed.worker.multiprocessing-method": "forkserver" if _FORK_SERVER else "spawn"}
+# A worker's event loop wakes for its periodic callbacks (statistical profiler every 10 ms, event-loop
+# tick every 20 ms, system and memory monitors) and each wake takes the GIL from the member running
+# in the worker's thread: a Lorenz-96 member of the sweep benchmark took 5.9 s on a worker against
+# 4.4 s in-process, and 4.8 s with these callbacks off or rare (benchmarks/sweep.py measures the whole).
+_WORKER_START = {
+    "distributed.worker.multiprocessing-method": "forkserver" if _FORK_SERVER else "spawn",
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "5s",
+}
 
 
 def start_worker_server(preload: Sequence[str] = ()) -> None:
