@@ -32,7 +32,7 @@ TIMES, BURN_IN_TIMES = 1000, 100  # observation times in all; the first ones lef
 VARIANTS = {  # intervals: (background std, quasi-static steps per stage, shift in observation intervals)
     4: (0.2, 8, 2),
     8: (0.15, 8, 4),
-    16: (0.4, 8, 16),
+    16: (0.35, 8, 16),
 }
 
 
