@@ -708,3 +708,25 @@ def test_ctrl_c_message_says_whether_anything_was_saved(checkpoint, tmp_path, mo
     stderr = capsys.readouterr().err
     assert ("continue with --resume" in stderr) is checkpoint
     assert ("nothing was saved" in stderr) is not checkpoint
+
+
+def test_an_interrupt_during_a_result_write_waits_for_the_write(tmp_path, monkeypatch):
+    """Ctrl-C inside a NetCDF write lands after it: the file is whole, then KeyboardInterrupt."""
+    import signal as signals
+
+    import fourdvar.app.results as results
+
+    to_netcdf = xr.Dataset.to_netcdf
+
+    def interrupted_write(self, *args, **kwargs):
+        signals.raise_signal(signals.SIGINT)  # as if the user pressed Ctrl-C now
+        return to_netcdf(self, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", interrupted_write)
+    dataset = xr.Dataset({"x": ("i", np.arange(5.0))})
+    with pytest.raises(KeyboardInterrupt):
+        results.write_atomic(dataset, tmp_path / "out.nc")
+    with xr.open_dataset(tmp_path / "out.nc") as written:
+        assert np.array_equal(written["x"].values, np.arange(5.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nc"]
+    assert signals.getsignal(signals.SIGINT) is signals.default_int_handler

