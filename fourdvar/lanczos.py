@@ -201,6 +201,20 @@ def _is_stale(S: SpectralPreconditioner, q1: np.ndarray, w: np.ndarray, stale: f
     return float(np.linalg.norm(deviation)) > stale * float(np.linalg.norm(part))
 
 
+def _solve_tridiagonal(alphas: list[float], betas: list[float], rhs: np.ndarray) -> np.ndarray:
+    """``T_j y = rhs`` by the banded Cholesky factor of ``T_j`` (O(j)); :class:`numpy.linalg.LinAlgError`
+    when ``T_j`` is not positive-definite."""
+    j = len(alphas)
+    if j == 1:
+        if not alphas[0] > 0.0:
+            raise np.linalg.LinAlgError("T_1 is not positive-definite")
+        return rhs / alphas[0]
+    band = np.zeros((2, j))
+    band[0, 1:] = betas[: j - 1]
+    band[1] = alphas
+    return scipy.linalg.solveh_banded(band, rhs, check_finite=False)
+
+
 def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, preconditioner: SpectralPreconditioner | None = None,
             stale: float | None = None) -> LanczosRun:
     """Solve ``A u = -g0`` by preconditioned Lanczos (see the module docstring).
@@ -239,10 +253,9 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
         beta = float(np.linalg.norm(w))
         alphas.append(alpha)
         betas.append(beta)
-        T = _tridiagonal(alphas, betas)
         rhs = np.zeros(j + 1)
         rhs[0] = beta0
-        y = scipy.linalg.cho_solve(scipy.linalg.cho_factor(T), rhs)  # LinAlgError if T is not SPD
+        y = _solve_tridiagonal(alphas, betas, rhs)
         run.nit = j + 1
         z = Q[: j + 1].T @ y
         u = S.apply(z)
