@@ -10,7 +10,8 @@ overlapping windows).
 :func:`add_member_variables` puts into the result file:
 
     member_background          (cycle, member, x)   each member's background at the window start
-                                                     (the previous forecast_end, after ``ensemble.inflation``)
+                                                     (its previous analysis forecast to step ``window.shift``,
+                                                     after ``ensemble.inflation``)
     member_analysis            (cycle, member, x)   each member's analysis at the window start
     member_forecast_end        (cycle, member, x)   each member's analysis forecast to the window end
                                                      (its next background, before inflation, when the
@@ -71,7 +72,7 @@ def add_member_variables(dataset: xr.Dataset, rows: list[dict], units: str = "1"
         return dataset
     attrs = {"units": units}
     for key, text in (("background", "background at the window start"), ("analysis", "analysis at the window start"),
-                      ("forecast_end", "analysis forecast to the window end (the next background)")):
+                      ("forecast_end", "analysis forecast to the window end (the next background, for windows end to end)")):
         dataset[f"member_{key}"] = (("cycle", "member", "x"), np.stack([row[f"member_{key}"] for row in rows]), {"long_name": f"each member's {text}", **attrs})
     backgrounds = dataset["member_background"].values
     dataset["spread_background"] = (("cycle",), _spread(backgrounds), {"long_name": "ensemble spread of the members' backgrounds at the window start", **attrs})
