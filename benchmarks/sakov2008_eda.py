@@ -1,9 +1,10 @@
 """Filter RMSE of the hybrid EDA-4D-Var on DAPPER's sakov2008 set-up, 4- and 8-interval windows, seeds 1-3.
 
 Runs ``configs/l96_sakov2008_eda.yaml`` (4 intervals) and ``configs/l96_sakov2008_eda_8.yaml``
-(8 intervals) as ``fourdvar run`` would (no checkpoint), the members of each window on an
-embedded Dask cluster (``--workers``, default 2) or one after another (``--serial``). Each run
-carries its own static-B 4D-Var on the same observations (``compare: static``). Prints one line
+(8 intervals), overlapping windows shifted by half their length, as ``fourdvar run`` would (no
+checkpoint), the members of each window on an embedded Dask cluster (``--workers``, default 2)
+or one after another (``--serial``). Each run carries its own static-B 4D-Var on the same
+observations and windows (``compare: static``, the static B of ``configs/l96_sakov2008.yaml``). Prints one line
 per run, then the table of ``configs/README.md``: filter RMSE (the analysis at each window's
 end) over observation times 101-1000, hybrid and static B, and the wall time of each run.
 

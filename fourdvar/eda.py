@@ -5,12 +5,18 @@ the same background covariance ``B_c``::
 
     member m:  y_k^m = y_k + R_k^1/2 eps_k^{c,m}      (observations perturbed, with "observations")
                (x0^m, p^m) = 4D-Var from its own background xb_c^m
-               xb_{c+1}^m  = M_{L:0}(p^m, x0^m)        each member cycles its own background
-    control:   the same 4D-Var from xb_c with the unperturbed y_k
+               xb_{c+1}^m  = M_{S:0}(p^m, x0^m)        each member cycles its own background
+    control:   the same 4D-Var from xb_c with the unperturbed y_k, xb_{c+1} = M_{S:0}(p, x0)
 
     B_{c+1} = (1 - beta) B_s + beta (X^T X / (N - 1)) o C,     x_m = xb_{c+1}^m - mean_m(xb_{c+1}^m)
 
-(:class:`~fourdvar.ensemble.HybridEnsembleCovariance`).  With "background" among
+(:class:`~fourdvar.ensemble.HybridEnsembleCovariance`).  ``S`` is the ``shift``
+between window starts, as in :func:`fourdvar.cycling.cycle`: the window length
+``L`` by default (windows end to end); with overlapping windows (``S < L``) the
+control and every member start from their own previous analysis at step ``S``,
+and the caller gives each window only the observations after the previous
+window's end, so each member perturbs and assimilates every observation once.
+With "background" among
 the perturbations the members start from ``xb_0^m = xb_0 + B_s^1/2 w^m``;
 otherwise they start from ``xb_0`` and the first window uses ``B_s`` alone (an
 ensemble without spread has no covariance to give).
@@ -40,7 +46,7 @@ from .cycling import WindowOutcome, assimilate_window
 from .ensemble import HybridEnsembleCovariance, ensemble_perturbations
 from .interfaces import ObservationSlot
 
-__all__ = ["MemberTask", "EnsembleWindow", "perturb_observations", "assimilate_member", "eda_cycle", "inflate", "PERTURBATIONS"]
+__all__ = ["MemberTask", "EnsembleWindow", "perturb_observations", "assimilate_member", "eda_cycle", "inflate", "next_member_backgrounds", "PERTURBATIONS"]
 
 #: What the members' perturbations may apply to.
 PERTURBATIONS = ("observations", "background")
@@ -132,11 +138,16 @@ def ensemble_covariance(B_static, member_backgrounds: np.ndarray, weight: float,
     return HybridEnsembleCovariance(B_static, X, weight, localization)
 
 
+def next_member_backgrounds(window: EnsembleWindow, shift: int) -> np.ndarray:
+    """``(N, n)``: each member's analysis trajectory at step ``shift``, its background for the next window."""
+    return np.stack([member.analysis_trajectory[shift] for member in window.members])
+
+
 def eda_cycle(
     model, windows: Iterable[Sequence], xb: np.ndarray, B_static, pb: np.ndarray, P, *,
     n_members: int, weight: float, localization: float, perturb: Sequence[str] = PERTURBATIONS,
     seed: int = 0, control="state", n_steps: int = 1, start_cycle: int = 0, inflation: float = 1.0,
-    member_backgrounds: np.ndarray | None = None,
+    member_backgrounds: np.ndarray | None = None, shift: int | None = None,
     map_members: Callable[[Callable, list], Iterable] = map, **solve_options,
 ) -> Iterator[EnsembleWindow]:
     """Yield one :class:`EnsembleWindow` per window of ``windows`` (the control and ``n_members`` members).
@@ -145,6 +156,8 @@ def eda_cycle(
     see :func:`initial_member_backgrounds`), before their ``inflation`` (``rho >= 1``,
     applied at the start of every window, see :func:`inflate`).  The parameters are not cycled by the
     members: each uses ``pb`` (the control's analysed ``p`` when it estimates them).
+    ``shift``: steps from one window's start to the next, ``1 <= shift <= n_steps`` (default
+    ``n_steps``); the next backgrounds are the analysis trajectories at step ``shift``.
     """
     perturb = tuple(perturb)
     unknown = set(perturb) - set(PERTURBATIONS)
@@ -154,6 +167,9 @@ def eda_cycle(
         raise ValueError(f"an ensemble needs at least 2 members, got {n_members}")
     if not (np.ndim(inflation) == 0 and inflation >= 1.0):
         raise ValueError(f"the ensemble's inflation must be a number >= 1, got {inflation!r}")
+    shift = n_steps if shift is None else shift
+    if not 1 <= shift <= n_steps:
+        raise ValueError(f"shift must be between 1 and n_steps = {n_steps}, got {shift}")
     xb = np.asarray(xb, dtype=float)
     pb = np.asarray(pb, dtype=float)
     if member_backgrounds is None:
@@ -173,6 +189,6 @@ def eda_cycle(
         outcomes = list(map_members(assimilate_member, tasks))
         window = EnsembleWindow(c, outcomes[0], outcomes[1:], B)
         yield window
-        xb = window.control.analysis_trajectory[-1].copy()
-        member_backgrounds = np.stack([m.analysis_trajectory[-1] for m in window.members])
+        xb = window.control.analysis_trajectory[shift].copy()
+        member_backgrounds = next_member_backgrounds(window, shift)
         pb = window.control.p.copy() if Control.parse(control).params else pb

@@ -19,21 +19,29 @@ from observations import Identity, synthetic_observations
 N_STEPS, CYCLES, MEMBERS = 4, 3, 4
 
 
-def l96_setup(seed=0):
+SHIFT = 2
+
+
+def l96_setup(seed=0, shift=N_STEPS):
     rng = np.random.default_rng(seed)
     model = Lorenz96(40)
     x_true = model.forecast(8.0 + rng.standard_normal(40), np.empty(0), 500)[-1]
     truth = model.forecast(x_true, np.empty(0), N_STEPS * CYCLES)
     obs = synthetic_observations(truth, list(range(0, N_STEPS * CYCLES, 2)), Identity(n_state=40), 1.0, rng)
-    windows = [obs.window(c * N_STEPS, N_STEPS, include_end=False) for c in range(CYCLES)]
+    windows = [new_observations(obs.window(c * shift, N_STEPS, include_end=False), 0 if c == 0 else N_STEPS - shift) for c in range(CYCLES)]
     return model, windows, x_true + rng.standard_normal(40)
 
 
-def run_eda(perturb=("observations", "background"), map_members=map, **options):
-    model, windows, xb = l96_setup()
+def new_observations(slots, first_new):
+    """The slots of an overlapping window after the previous window's end (step ``first_new`` on)."""
+    return [slot for slot in slots if slot.step >= first_new]
+
+
+def run_eda(perturb=("observations", "background"), map_members=map, shift=N_STEPS, **options):
+    model, windows, xb = l96_setup(shift=shift)
     return list(eda_cycle(model, windows, xb, Diagonal(0.7, size=40), np.empty(0), None, n_members=MEMBERS, weight=0.5,
                           localization=3.0, perturb=perturb, seed=7, n_steps=N_STEPS, map_members=map_members,
-                          outer_loops=2, max_iterations=40, **options))
+                          shift=shift, outer_loops=2, max_iterations=40, **options))
 
 
 def test_perturbed_observations_have_the_observation_error_covariance():
@@ -69,6 +77,29 @@ def test_the_next_window_b_comes_from_the_members_background_forecasts():
     assert windows[0].background_spread.shape == (N_STEPS + 1,) and np.all(windows[0].background_spread > 0)
 
 
+def test_overlapping_windows_start_the_control_and_every_member_from_their_analysis_at_step_shift():
+    windows = run_eda(shift=SHIFT)
+    for previous, current in zip(windows, windows[1:]):
+        at_shift = np.array([m.analysis_trajectory[SHIFT] for m in previous.members])
+        assert np.array_equal(np.array([m.xb for m in current.members]), at_shift)
+        assert np.array_equal(current.B.perturbations, at_shift - at_shift.mean(axis=0))
+        assert np.array_equal(current.control.xb, previous.control.analysis_trajectory[SHIFT])
+        at_end = np.array([m.analysis_trajectory[-1] for m in previous.members])
+        assert np.abs(at_end - at_shift).max() > 1e-2  # not the window end, as windows end to end would give
+
+
+def test_a_shifted_eda_without_perturbations_has_the_control_of_the_shifted_4dvar():
+    """No perturbation, no spread (4 equal members: their mean is exact): every window uses
+    the static B, and the control is the plain shifted cycle, bit for bit."""
+    windows = run_eda(perturb=(), shift=SHIFT)
+    model, obs_windows, xb = l96_setup(shift=SHIFT)
+    plain = list(cycle(model, obs_windows, xb, Diagonal(0.7, size=40), np.empty(0), None, n_steps=N_STEPS, shift=SHIFT, outer_loops=2, max_iterations=40))
+    assert all(window.B.__class__ is Diagonal for window in windows)
+    for window, outcome in zip(windows, plain, strict=True):
+        assert np.array_equal(window.control.x0, outcome.x0) and np.array_equal(window.control.xb, outcome.xb)
+    assert not np.array_equal(windows[-1].control.x0, run_eda(perturb=())[-1].control.x0)  # the shift matters
+
+
 def test_inflation_spreads_the_members_about_their_mean():
     states = np.random.default_rng(1).standard_normal((5, 40))
     inflated = inflate(states, 1.5)
@@ -100,7 +131,7 @@ def test_the_order_in_which_members_run_does_not_change_any_number():
             assert np.array_equal(x.x0, y.x0) and np.array_equal(x.analysis_trajectory, y.analysis_trajectory)
 
 
-@pytest.mark.parametrize("bad", [dict(perturb=("winds",)), dict(n_members=1), dict(inflation=0.9)])
+@pytest.mark.parametrize("bad", [dict(perturb=("winds",)), dict(n_members=1), dict(inflation=0.9), dict(shift=0), dict(shift=2)])
 def test_bad_ensemble_settings_are_refused(bad):
     model, windows, xb = l96_setup()
     options = dict(n_members=MEMBERS, weight=0.5, localization=3.0) | bad

@@ -90,6 +90,59 @@ def test_a_resumed_eda_equals_the_uninterrupted_run(serial_result, tmp_path):
     assert_identical_results(serial_result, resumed)
 
 
+def shifted_plan(**ensemble) -> Plan:
+    """The small EDA with windows of 8 steps starting every 4 (overlapping)."""
+    config = copy.deepcopy(EDA)
+    config["window"] = {"steps": 8, "shift": 4, "cycles": 5, "observations_at_end": True}
+    config["ensemble"].update(ensemble)
+    return Plan.from_config(resolve_config(config, name="eda_shifted"))
+
+
+def recording_map(tasks_seen):
+    def map_members(function, tasks):
+        tasks = list(tasks)
+        tasks_seen.extend(tasks)
+        return map(function, tasks)
+    return map_members
+
+
+def test_a_shifted_eda_assimilates_each_observation_once_per_member_from_the_analyses_at_step_shift():
+    plan, tasks = shifted_plan(), []
+    ds = execute(plan, map_members=recording_map(tasks))
+    for member in range(plan.config["ensemble"]["members"] + 1):
+        mine = [task for task in tasks if task.member == member]
+        assimilated = sorted(plan.window_start(task.cycle) + slot.step for task in mine for slot in task.slots)
+        assert assimilated == list(plan.observations.steps)  # every observation, each once
+    # each member's next background: its analysis forecast to step 4 (then inflated), not to the window end
+    members = ds["member_analysis"].values
+    at_shift = np.stack([[plan.model.forecast(x, np.empty(0), 4)[-1] for x in window] for window in members[:-1]])
+    mean = at_shift.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(ds["member_background"].values[1:], mean + 1.2 * (at_shift - mean), rtol=0, atol=1e-10)
+    assert np.abs(ds["member_forecast_end"].values[:-1] - at_shift).max() > 1e-2
+    np.testing.assert_array_equal(ds["background"].values[1:, 0], ds["analysis"].values[:-1, 4])  # the control's, likewise
+
+
+def test_a_shifted_eda_is_the_same_serially_on_the_cluster_and_resumed():
+    serial = execute(shifted_plan())
+    with embedded_cluster(2) as client:
+        assert_identical_results(serial, execute(shifted_plan(), map_members=distributed_map(client)))
+    saved = []
+    execute(shifted_plan(), on_window=lambda row, state: saved.append(window_dataset(row, state.cycle - 1, state.variables(), "")))
+    rows = [window_row(ds) for ds in saved[:2]]
+    again = shifted_plan()
+    assert_identical_results(serial, execute(again, resume=(rows, CyclingState.from_dataset(saved[1], again))))
+
+
+def test_a_shifted_eda_with_hybrid_weight_0_has_the_control_of_its_static_comparison():
+    """beta = 0: the members spread (perturbed observations) but B is the static B, so the
+    control is the shifted static 4D-Var run beside it (to round-off: the extended control
+    variable's zero-weighted ensemble directions change the order of the Lanczos sums)."""
+    ds = execute(shifted_plan(perturb=["observations"], hybrid_weight=0.0))
+    assert np.all(ds["spread_background"].values[1:] > 0.05)
+    np.testing.assert_allclose(ds["rmse_filter"].values, ds["rmse_filter_static"].values, rtol=1e-12, atol=0)
+    assert ds["rmse_filter"].values.min() > 0.05
+
+
 def test_the_plot_shows_spread_against_error(serial_result, tmp_path):
     written = plot_results(serial_result, tmp_path)
     assert tmp_path / "spread.png" in written and (tmp_path / "spread.png").stat().st_size > 10_000

@@ -255,8 +255,6 @@ def test_overlapping_windows_assimilate_each_observation_once_from_the_previous_
     np.testing.assert_array_equal(resumed["analysis"].values, analysis)
     with pytest.raises(ConfigError, match=r"window.shift: at most window.steps = 8 \(windows may overlap, not leave gaps\), got 9"):
         tiny(window={"steps": 8, "cycles": 2, "shift": 9})
-    with pytest.raises(ConfigError, match="window.shift: overlapping windows are not available with an ensemble"):
-        tiny(window={"steps": 8, "cycles": 2, "shift": 4}, assimilation={"control": ["state"]}, ensemble={"members": 4})
     with pytest.raises(ConfigError, match="window.shift"):
         tiny(window={"steps": 8, "cycles": 2, "shift": 0})
 

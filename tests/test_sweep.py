@@ -164,7 +164,8 @@ def test_the_shipped_sweep_validates_every_member_before_running():
     assert path.read_text().startswith("#")
     sweep = Sweep.from_file(path)
     assert sweep.keys == ["seed"] and sweep.shape == (3,)
-    assert {(m.config["seed"], m.config["window"]["steps"] * m.config["window"]["cycles"]) for m in sweep.members} == {(s, 4000) for s in (1, 2, 3)}
-    assert all(m.config["window"]["observations_at_end"] and m.config["diagnostics"]["burn_in_cycles"] == 25 for m in sweep.members)
+    window = lambda m: m.config["window"]  # noqa: E731
+    assert {(m.config["seed"], (window(m)["cycles"] - 1) * window(m)["shift"] + window(m)["steps"]) for m in sweep.members} == {(s, 4000) for s in (1, 2, 3)}
+    assert all(window(m)["observations_at_end"] and m.config["diagnostics"]["burn_in_cycles"] == 49 for m in sweep.members)
     assert all(m.config["ensemble"]["members"] == 20 and m.config["compare"][0]["name"] == "static" for m in sweep.members)
     assert sweep.directory.name == "l96_sakov2008_eda_sweep"

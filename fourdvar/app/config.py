@@ -450,8 +450,6 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     shift = config["window"]["shift"]
     if shift is not None and shift > config["window"]["steps"]:
         raise ConfigError(f"window.shift: at most window.steps = {config['window']['steps']} (windows may overlap, not leave gaps), got {shift}")
-    if shift is not None and shift < config["window"]["steps"] and config["ensemble"]["members"]:
-        raise ConfigError("window.shift: overlapping windows are not available with an ensemble (ensemble.members); use shift = steps")
     if config["ensemble"]["members"] and state["adaptive"]:
         raise ConfigError("ensemble.members: the ensemble gives B its flow-dependent part; background.state.adaptive cannot be combined with it")
     assimilation = config["assimilation"]

@@ -4,14 +4,18 @@
 settings (the members through ``map_members``, e.g. on the Dask cluster) and
 yields each window; the control's outcome is recorded as any run's, and
 :func:`member_row` adds the members' arrays to its row (so a checkpoint keeps
-them, and a resumed run restarts the members from ``member_forecast_end``).
+them, and the checkpoint's state keeps each member's next background, its analysis
+forecast to the next window's start: the window end, or step ``window.shift`` of
+overlapping windows).
 :func:`add_member_variables` puts into the result file:
 
     member_background          (cycle, member, x)   each member's background at the window start
-                                                     (the previous forecast_end, after ``ensemble.inflation``)
+                                                     (its previous analysis forecast to step ``window.shift``,
+                                                     after ``ensemble.inflation``)
     member_analysis            (cycle, member, x)   each member's analysis at the window start
     member_forecast_end        (cycle, member, x)   each member's analysis forecast to the window end
-                                                     (its next background, before inflation)
+                                                     (its next background, before inflation, when the
+                                                     windows are end to end)
     spread_background          (cycle)   sqrt(mean_i var_m) of the members' backgrounds at the window start
     spread_analysis            (cycle)   the same for their analyses
     rmse_ensemble_mean_background (cycle)  RMSE of the members' mean background at the window start
@@ -56,7 +60,8 @@ def ensemble_windows(plan, state, windows, map_members=map, **solve_options):
         plan.model, windows, state.xb, plan.B0, state.pb, None,
         n_members=settings["members"], weight=settings["hybrid_weight"], localization=settings["localization"],
         perturb=settings["perturb"], seed=seed, control=plan.control, n_steps=plan.n_steps,
-        inflation=settings["inflation"], start_cycle=state.cycle, member_backgrounds=state.members, map_members=map_members,
+        inflation=settings["inflation"], start_cycle=state.cycle, member_backgrounds=state.members, shift=plan.shift,
+        map_members=map_members,
         quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"], **solve_options,
     )
 
@@ -67,7 +72,7 @@ def add_member_variables(dataset: xr.Dataset, rows: list[dict], units: str = "1"
         return dataset
     attrs = {"units": units}
     for key, text in (("background", "background at the window start"), ("analysis", "analysis at the window start"),
-                      ("forecast_end", "analysis forecast to the window end (the next background)")):
+                      ("forecast_end", "analysis forecast to the window end (the next background, for windows end to end)")):
         dataset[f"member_{key}"] = (("cycle", "member", "x"), np.stack([row[f"member_{key}"] for row in rows]), {"long_name": f"each member's {text}", **attrs})
     backgrounds = dataset["member_background"].values
     dataset["spread_background"] = (("cycle",), _spread(backgrounds), {"long_name": "ensemble spread of the members' backgrounds at the window start", **attrs})

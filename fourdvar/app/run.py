@@ -22,6 +22,7 @@ import xarray as xr
 from ..covariances import Dense, Diagonal
 from ..posterior import LowRankCovariance
 from ..cycling import WindowOutcome, cycle
+from ..eda import next_member_backgrounds
 from ..window import DivergenceError, forecast
 from .checkpoint import Checkpoint
 from .diagnostics import comparison_variables, correction_variables, diagnostics
@@ -210,7 +211,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
             state = CyclingState.after(outcome, plan)
             if ensemble is not None:
                 row.update(member_row(ensemble))
-                state = dataclasses.replace(state, members=row["member_forecast_end"])
+                state = dataclasses.replace(state, members=next_member_backgrounds(ensemble, plan.shift))
             if on_window is not None:
                 on_window(row, state)
             if progress is not None:
