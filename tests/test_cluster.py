@@ -15,15 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import dask
 import pytest
 import xarray as xr
 
 from fourdvar.app.cluster import (
-    PROVENANCE_ATTRIBUTES, Member, embedded_cluster, execute_member, run_config, run_members,
+    Member, embedded_cluster, execute_member, run_config, run_members,
 )
 from fourdvar.app.config import resolve_config
+from tests.test_ensemble_run import assert_identical_results
 
 
 
@@ -44,12 +44,7 @@ def members(directory: Path, seeds, cycles: int = 12) -> list[Member]:
 def assert_same_result(path_a: Path, path_b: Path) -> None:
     """Every variable bit for bit, every attribute but the provenance (creation time, run time)."""
     with xr.open_dataset(path_a) as a, xr.open_dataset(path_b) as b:
-        assert set(a.variables) == set(b.variables)
-        for name in a.variables:
-            x, y = a[name].values, b[name].values
-            assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
-        strip = lambda attrs: {k: v for k, v in attrs.items() if k not in PROVENANCE_ATTRIBUTES}  # noqa: E731
-        assert strip(a.attrs) == strip(b.attrs)
+        assert_identical_results(a, b)
 
 
 def frequent_callbacks(dask_worker) -> list[str]:

@@ -29,6 +29,7 @@ EDA = {  # the sakov2008 layout: observations at each window's end, quasi-static
 
 
 def assert_identical_results(a: xr.Dataset, b: xr.Dataset) -> None:
+    """Every variable bit for bit, every attribute but the provenance (creation time, run time)."""
     assert set(a.variables) == set(b.variables)
     for name in a.variables:
         x, y = a[name].values, b[name].values
