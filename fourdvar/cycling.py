@@ -66,7 +66,7 @@ from .posterior import LowRankCovariance, Posterior
 from .quasistatic import solve_quasi_static
 from .window import forecast
 
-__all__ = ["WindowOutcome", "assimilate_window", "cycle"]
+__all__ = ["WindowOutcome", "assimilate_window", "cycle", "window_shift"]
 
 
 @dataclass
@@ -158,6 +158,15 @@ def _with_noise(posterior, noise_std: float, max_rank: int | None):
     return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
 
 
+def window_shift(shift: int | None, n_steps: int) -> int:
+    """Steps from one window's start to the next: ``shift``, ``1 <= shift <= n_steps``
+    (``None``: ``n_steps``, windows end to end)."""
+    shift = n_steps if shift is None else shift
+    if not 1 <= shift <= n_steps:
+        raise ValueError(f"shift must be between 1 and n_steps = {n_steps}, got {shift}")
+    return shift
+
+
 def cycle(
     model,
     windows: Iterable[Sequence],
@@ -197,9 +206,7 @@ def cycle(
     trajectory at step ``shift``.
     """
     control = Control.parse(control)
-    shift = n_steps if shift is None else shift
-    if not 1 <= shift <= n_steps:
-        raise ValueError(f"shift must be between 1 and n_steps = {n_steps}, got {shift}")
+    shift = window_shift(shift, n_steps)
     xb = np.asarray(xb, dtype=float)
     pb = np.asarray(pb, dtype=float)
     for c, slots in enumerate(windows, start=start_cycle):

@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .cost import Control
-from .cycling import WindowOutcome, assimilate_window
+from .cycling import WindowOutcome, assimilate_window, window_shift
 from .ensemble import HybridEnsembleCovariance, ensemble_perturbations
 from .interfaces import ObservationSlot
 
@@ -167,9 +167,7 @@ def eda_cycle(
         raise ValueError(f"an ensemble needs at least 2 members, got {n_members}")
     if not (np.ndim(inflation) == 0 and inflation >= 1.0):
         raise ValueError(f"the ensemble's inflation must be a number >= 1, got {inflation!r}")
-    shift = n_steps if shift is None else shift
-    if not 1 <= shift <= n_steps:
-        raise ValueError(f"shift must be between 1 and n_steps = {n_steps}, got {shift}")
+    shift = window_shift(shift, n_steps)
     xb = np.asarray(xb, dtype=float)
     pb = np.asarray(pb, dtype=float)
     if member_backgrounds is None:
