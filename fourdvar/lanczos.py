@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-__all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos"]
+__all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos", "largest_first"]
 
 RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
 # the newest factor of S is stale when, along the start vector and on the space it deflates,
@@ -89,9 +89,11 @@ class SpectralFactor:
     coupled: np.ndarray | None = None
 
     def apply(self, x: np.ndarray, power: float = -0.5) -> np.ndarray:
-        """``(I + V (theta^power - 1) V^T) x``; ``power=-0.5`` is ``T``, ``+0.5`` is ``T^-1``."""
+        """``(I + V (theta^power - 1) V^T) x`` for a vector or the columns of a matrix ``x``;
+        ``power=-0.5`` is ``T``, ``+0.5`` is ``T^-1``."""
         V = self.vectors
-        return x + V @ ((self.values**power - 1.0) * (V.T @ x))
+        scale = self.values**power - 1.0
+        return x + V @ ((scale if x.ndim == 1 else scale[:, None]) * (V.T @ x))
 
     @property
     def rank(self) -> int:
@@ -155,7 +157,7 @@ class LanczosRun:
         """The spectral factor of the converged Ritz pairs (``|residual| <= tolerance * theta``),
         at most ``rank`` of them, the largest first; ``None`` when none has converged."""
         keep = np.flatnonzero(self.ritz_residuals <= tolerance * self.ritz_values)
-        keep = keep[np.argsort(self.ritz_values[keep])[::-1]][: (None if rank is None else int(rank))]
+        keep = keep[largest_first(self.ritz_values[keep], rank)]
         if keep.size == 0:
             return None
         return SpectralFactor(vectors=self.ritz_vectors[:, keep], values=self.ritz_values[keep])
@@ -163,7 +165,7 @@ class LanczosRun:
     def preconditioner_factor(self, rank: int | None = None) -> SpectralFactor | None:
         """``H^1/2``, the limited-memory preconditioner of the ``rank`` largest Ritz pairs (default
         all, converged or not) with its correction along ``q_{k+1}`` (see the module docstring)."""
-        keep = np.argsort(self.ritz_values)[::-1][: (None if rank is None else int(rank))]
+        keep = largest_first(self.ritz_values, rank)
         if keep.size == 0:
             return None
         theta = self.ritz_values[keep]
@@ -178,6 +180,11 @@ class LanczosRun:
         moved = np.abs(mu - 1.0) > 1e-12  # mu = 1: the identity there, nothing to store
         coupled = E @ (np.sqrt(mu) * E[-1])  # H_Z^1/2 e_{r+1}, orthogonal to H_Z^-1/2 [I_r; 0] = T^-1 V_r
         return SpectralFactor(vectors=Z @ E[:, moved], values=1.0 / mu[moved], coupled=Z @ (coupled / np.linalg.norm(coupled)))
+
+
+def largest_first(values: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """Indices of the ``rank`` largest ``values`` (all of them when ``rank`` is None), largest first."""
+    return np.argsort(values)[::-1][: (None if rank is None else int(rank))]
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.linalg
 
 from .covariances import Dense, Diagonal
-from .lanczos import SpectralPreconditioner
+from .lanczos import SpectralPreconditioner, largest_first
 
 __all__ = ["Posterior", "LowRankCovariance", "variance"]
 
@@ -86,21 +86,15 @@ def _largest(lam: np.ndarray, max_rank: int | None) -> np.ndarray:
     return order[np.abs(lam[order]) > 1e-14 * max(1.0, np.abs(lam).max(initial=0.0))]
 
 
-def _factor_columns(factor, X: np.ndarray, power: float) -> np.ndarray:
-    """``(I + V (theta^power - 1) V^T) X`` for the columns of ``X``."""
-    V = factor.vectors
-    return X + V @ ((factor.values**power - 1.0)[:, None] * (V.T @ X))
-
-
 def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(s, y, Theta)`` of one Lanczos run in control variables (see :meth:`Posterior.from_lanczos_runs`)."""
-    keep = np.argsort(run.ritz_values)[::-1][: (None if max_rank is None else int(max_rank))]
+    keep = largest_first(run.ritz_values, max_rank)
     V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_couplings[keep]
     AV = V * theta + np.outer(run.next_vector, c)  # S^T A S V = V Theta + q c^T
     s, y = V, AV
     for factor in reversed(run.preconditioner.factors if run.preconditioner is not None else ()):
-        s = _factor_columns(factor, s, -0.5)  # S = T_1 ... T_m
-        y = _factor_columns(factor, y, 0.5)  # S^-T = T_1^-1 ... T_m^-1
+        s = factor.apply(s, -0.5)  # S = T_1 ... T_m
+        y = factor.apply(y, 0.5)  # S^-T = T_1^-1 ... T_m^-1
     return s, y, theta
 
 
