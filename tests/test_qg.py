@@ -1,11 +1,15 @@
 """The two-layer QG model: pyqg's tendency, its step, and the exactness of its TL and AD.
 
-Mostly on a 16 x 16 grid (one odd, non-square grid for the FFT weights).  The negative controls plant the
+Mostly on a 16 x 16 grid (one odd, non-square grid for the FFT weights).  The
+tendency is compared with pyqg-jax's, stored in ``tests/data/qg_reference.npz`` by
+``benchmarks/qg_reference.py`` (no JAX here).  The negative controls plant the
 classic mistakes (the inverse FFT taken as the adjoint of the forward one, a
 dropped term) and show the same checks fail.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from fourdvar.window import WindowLinearization
 from models import QG
 from models.qg import PARAMETERS, PeriodicSpectrum
 
+REFERENCE = Path(__file__).parent / "data" / "qg_reference.npz"
 #: a typical size of each parameter (U2 defaults to 0): the scale of parameter directions
 TYPICAL = {"rek": 5.787e-7, "beta": 1.5e-11, "U1": 0.025, "U2": 0.025, "rd": 15000.0}
 GRIDS = [dict(nx=16), dict(nx=15, ny=12, W=8e5)]
@@ -54,6 +59,20 @@ def test_grid_coordinates_are_pyqgs_cell_centres():
     assert model.dx == 5e4 and model.dy == 2e4
     np.testing.assert_allclose(model.x, 5e4 * (np.arange(8) + 0.5), rtol=0, atol=1e-9)
     np.testing.assert_allclose(model.y, 2e4 * (np.arange(5) + 0.5), rtol=0, atol=1e-9)
+
+
+def test_tendency_and_streamfunction_equal_pyqg_jax_on_the_stored_reference():
+    """Each case of the file: the constructor's arguments, states ``q`` and pyqg-jax's ``dq/dt`` and ``psi``."""
+    data = np.load(REFERENCE)
+    cases = sorted({key.split("/")[0] for key in data.files})
+    assert len(cases) >= 3 and any(data[f"{case}/q"].shape[-1] == 64 for case in cases)
+    for case in cases:
+        kwargs = {str(name): value.item() for name, value in zip(data[f"{case}/names"], data[f"{case}/values"])}
+        model = QG(**{key: int(value) if key in ("nx", "ny") else value for key, value in kwargs.items()})
+        for q, dqdt, psi in zip(data[f"{case}/q"], data[f"{case}/dqdt"], data[f"{case}/psi"]):
+            mine = model.tendency(q.reshape(-1), np.empty(0))
+            assert np.max(np.abs(mine - dqdt.reshape(-1))) < 1e-11 * np.max(np.abs(dqdt)), case
+            assert np.max(np.abs(model.streamfunction(q) - psi)) < 1e-11 * np.max(np.abs(psi)), case
 
 
 def independent_step(model, q, dt):
