@@ -88,6 +88,9 @@ blocked: ``dx`` ``(n_state, k)`` and ``dp`` ``(n_params, k)`` run as ``k`` field
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,6 +102,15 @@ from .integrators import RungeKutta
 
 #: the physical parameters that may be estimated, in the order of the full increment vectors
 PARAMETERS = ("rek", "beta", "U1", "U2", "rd")
+
+#: whether the compiled kernels can be used (numba installed); they are imported on first use
+KERNELS_AVAILABLE = importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
+def qg_kernels():
+    """:mod:`models.qg_kernels` (imported, and numba with it, on the first call)."""
+    return importlib.import_module(".qg_kernels", __package__)
 
 
 class PeriodicSpectrum:
@@ -205,6 +217,109 @@ def _expand(value: np.ndarray, trailing: int) -> np.ndarray:
     return np.asarray(value)[(...,) + (None,) * trailing]
 
 
+class SpectralOps:
+    """The pointwise pieces of the tendency, its TL and its AD between the FFTs, in numpy.
+
+    Spectral arrays are ``(..., 2, ny, nk)``, stacked pairs ``(2, ..., 2, ny, nk)``
+    (``u`` then ``v``, or the two fluxes); grid arrays likewise.  The reference for
+    the compiled :class:`CompiledSpectralOps`, which fuses each method into one loop.
+    """
+
+    def __init__(self, model: "QG"):
+        self.k, self.l, self.ik, self.il, self.kappa2 = model.k, model.l, model.ik, model.il, model.kappa2
+        ones = np.ones_like(self.kappa2)
+        self.velocity_factors = np.stack([-self.il * ones, self.ik * ones])[:, None]  # (2, 1, ny, nk)
+
+    def velocities(self, ph: np.ndarray) -> np.ndarray:
+        """``(u^, v^) = (-i l psi^, i k psi^)``."""
+        return self.velocity_factors.reshape((2,) + (1,) * (ph.ndim - 2) + self.kappa2.shape) * ph
+
+    def invert_velocities(self, A: np.ndarray, qh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``psi^ = A q^`` and its velocities."""
+        ph = apply_layers(A, qh)
+        return ph, self.velocities(ph)
+
+    def fluxes(self, uv: np.ndarray, q: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(flux, ubar)``: ``ubar = u + U``, ``flux = ((u + U) q, v q)``."""
+        ubar = uv[0] + U[:, None, None]
+        return np.stack([ubar * q, uv[1] * q]), ubar
+
+    def divergence(self, fluxh: np.ndarray, ph: np.ndarray, Qy: np.ndarray, rek: float) -> np.ndarray:
+        """``dq^/dt = -(i k flux_u^ + i l flux_v^) - i k Qy psi^``, plus ``rek kappa^2 psi_2^`` on layer 2."""
+        dqhdt = -(self.ik * fluxh[0] + self.il * fluxh[1]) - (self.ik * Qy[:, None, None]) * ph
+        dqhdt[..., 1, :, :] += rek * self.kappa2 * ph[..., 1, :, :]
+        return dqhdt
+
+    def fluxes_tl(self, duv: np.ndarray, dq: np.ndarray, q: np.ndarray, ubar: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``(du q + ubar dq, dv q + v dq)``."""
+        return np.stack([duv[0] * q + ubar * dq, duv[1] * q + v * dq])
+
+    def divergence_ad(self, adq: np.ndarray, Qy: np.ndarray, rek: float) -> tuple[np.ndarray, np.ndarray]:
+        """``apsi^ = i k Qy a^`` (``+ rek kappa^2 a_2^``) and ``(aflux_u^, aflux_v^) = (i k a^, i l a^)``."""
+        aph = (self.ik * Qy[:, None, None]) * adq
+        aph[..., 1, :, :] += rek * self.kappa2 * adq[..., 1, :, :]
+        return aph, np.stack([self.ik * adq, self.il * adq])
+
+    def fluxes_ad(self, aflux: np.ndarray, q: np.ndarray, ubar: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``adq = ubar aflux_u + v aflux_v`` and ``(adu, adv) = (q aflux_u, q aflux_v)``."""
+        return ubar * aflux[0] + v * aflux[1], aflux * q
+
+    def velocities_ad_invert_t(self, auvh: np.ndarray, aph: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``apsi^ += i l au^ - i k av^`` (in place), then ``aq^ = A^T apsi^``."""
+        aph += self.il * auvh[0] - self.ik * auvh[1]
+        return aph, apply_layers_t(A, aph)
+
+
+class CompiledSpectralOps(SpectralOps):
+    """:class:`SpectralOps` with each method one compiled loop (:mod:`models.qg_kernels`)."""
+
+    def __init__(self, model: "QG"):
+        super().__init__(model)
+        self.kernels = qg_kernels()
+        self.k1, self.l1 = np.ascontiguousarray(model.k[0]), np.ascontiguousarray(model.l[:, 0])
+
+    @staticmethod
+    def _blocks(a: np.ndarray, pair: bool = False) -> np.ndarray:
+        """``a`` as ``(B, 2, ny, n)`` (``(2, B, 2, ny, n)`` for a pair), a view."""
+        return a.reshape(((2,) if pair else ()) + (-1,) + a.shape[-3:])
+
+    def invert_velocities(self, A, qh):
+        ph = np.empty_like(qh)
+        uvh = np.empty((2,) + qh.shape, dtype=complex)
+        self.kernels.invert_velocities(self._blocks(qh), A, self.k1, self.l1, self._blocks(ph), self._blocks(uvh, True))
+        return ph, uvh
+
+    def fluxes(self, uv, q, U):
+        flux, ubar = np.empty_like(uv), np.empty_like(q)
+        self.kernels.fluxes(self._blocks(uv, True), self._blocks(q), U, self._blocks(flux, True), self._blocks(ubar))
+        return flux, ubar
+
+    def divergence(self, fluxh, ph, Qy, rek):
+        out = np.empty_like(ph)
+        self.kernels.divergence(self._blocks(fluxh, True), self._blocks(ph), self.k1, self.l1, Qy, rek, self.kappa2, self._blocks(out))
+        return out
+
+    def fluxes_tl(self, duv, dq, q, ubar, v):
+        dflux = np.empty_like(duv)
+        self.kernels.fluxes_tl(self._blocks(duv, True), self._blocks(dq), q, ubar, v, self._blocks(dflux, True))
+        return dflux
+
+    def divergence_ad(self, adq, Qy, rek):
+        aph, afluxh = np.empty_like(adq), np.empty((2,) + adq.shape, dtype=complex)
+        self.kernels.divergence_ad(self._blocks(adq), self.k1, self.l1, Qy, rek, self.kappa2, self._blocks(aph), self._blocks(afluxh, True))
+        return aph, afluxh
+
+    def fluxes_ad(self, aflux, q, ubar, v):
+        adq, auv = np.empty(aflux.shape[1:]), np.empty_like(aflux)
+        self.kernels.fluxes_ad(self._blocks(aflux, True), q, ubar, v, self._blocks(adq), self._blocks(auv, True))
+        return adq, auv
+
+    def velocities_ad_invert_t(self, auvh, aph, A):
+        aqh = np.empty_like(aph)
+        self.kernels.velocities_ad_invert_t(self._blocks(auvh, True), self._blocks(aph), A, self.k1, self.l1, self._blocks(aqh))
+        return aph, aqh
+
+
 class QGTendency:
     """``f(q, p) = dq/dt`` in grid space and its linearisation (:mod:`models.integrators`' tendency contract).
 
@@ -218,13 +333,12 @@ class QGTendency:
 
     def forward(self, q: np.ndarray, physics: QGPhysics):
         """``(dq/dt, psi^, u + U, v)`` for fields ``q`` ``(..., 2, ny, nx)``."""
-        model, fft = self.model, self.spectrum
-        ph = apply_layers(physics.inversion, fft.rfft2(q))
-        u, v = fft.irfft2(model.velocities_h(ph))
-        ubar = u + physics.U[:, None, None]
-        fluxh = fft.rfft2(np.stack([ubar * q, v * q]))
-        dqhdt = model.divergence_h(fluxh, ph, physics.Qy, physics.rek)
-        return fft.irfft2(dqhdt), ph, ubar, v
+        fft, ops = self.spectrum, self.model.ops
+        ph, uvh = ops.invert_velocities(physics.inversion, fft.rfft2(q))
+        uv = fft.irfft2(uvh)
+        flux, ubar = ops.fluxes(uv, q, physics.U)
+        dqhdt = ops.divergence(fft.rfft2(flux), ph, physics.Qy, physics.rek)
+        return fft.irfft2(dqhdt), ph, ubar, uv[1]
 
     def evaluate(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         return self.forward(self.model.fields(x), self.model.physics(p))[0].reshape(-1)
@@ -245,43 +359,42 @@ class QGTendencyLinearization:
         self.output = f.reshape(-1)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
-        model, fft, phys = self.model, self.spectrum, self.physics
-        q, ph, ubar, v = self.q, self.ph, self.ubar, self.v
+        model, fft, ops, phys = self.model, self.spectrum, self.model.ops, self.physics
+        q, ph = self.q, self.ph
         dq = model.fields(dx)
         d = model.parameter_increments(dp)
         dF1, dU, dQy = phys.increments(d)
-        dph = apply_layers(phys.inversion, fft.rfft2(dq))
+        dqh = fft.rfft2(dq)
         if model.estimated("rd"):
-            dph += (ph[..., 0:1, :, :] - ph[..., 1:2, :, :]) * phys.inversion_slope * _expand(dF1, 3)
-        du, dv = fft.irfft2(model.velocities_h(dph))
-        dflux_u = du * q + ubar * dq
+            dph = apply_layers(phys.inversion, dqh) + (ph[..., 0:1, :, :] - ph[..., 1:2, :, :]) * phys.inversion_slope * _expand(dF1, 3)
+            duvh = ops.velocities(dph)
+        else:
+            dph, duvh = ops.invert_velocities(phys.inversion, dqh)
+        dflux = ops.fluxes_tl(fft.irfft2(duvh), dq, q, self.ubar, self.v)
         if model.estimated("U1") or model.estimated("U2"):
-            dflux_u += _expand(dU, 2) * q
-        dflux_v = dv * q + v * dq
-        ddqhdt = model.divergence_h(fft.rfft2(np.stack([dflux_u, dflux_v])), dph, phys.Qy, phys.rek)
+            dflux[0] += _expand(dU, 2) * q
+        ddqhdt = ops.divergence(fft.rfft2(dflux), dph, phys.Qy, phys.rek)
         if model.n_params:
             ddqhdt -= model.ik * _expand(dQy, 2) * ph
             ddqhdt[..., 1, :, :] += _expand(d["rek"], 2) * model.kappa2 * ph[..., 1, :, :]
         return model.flat(fft.irfft2(ddqhdt), dx)
 
     def ad(self, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        model, fft, phys = self.model, self.spectrum, self.physics
-        q, ph, ubar, v = self.q, self.ph, self.ubar, self.v
+        model, fft, ops, phys = self.model, self.spectrum, self.model.ops, self.physics
+        q, ph = self.q, self.ph
         adqhdt = fft.irfft2_ad(model.fields(af))
-        arek = real_inner(model.kappa2 * ph[..., 1, :, :], adqhdt[..., 1, :, :])
-        aph = np.zeros_like(adqhdt)
-        aph[..., 1, :, :] = phys.rek * model.kappa2 * adqhdt[..., 1, :, :]
-        aQy = real_inner(-model.ik * ph, adqhdt)
-        aph += model.ik * phys.Qy[:, None, None] * adqhdt
-        aflux_u, aflux_v = fft.rfft2_ad(np.stack([model.ik * adqhdt, model.il * adqhdt]))
-        adv = q * aflux_v
-        adq = v * aflux_v
-        adu = q * aflux_u
-        adq += ubar * aflux_u
-        aU = np.sum(q * aflux_u, axis=(-2, -1))
-        aph += model.il * fft.irfft2_ad(adu) - model.ik * fft.irfft2_ad(adv)
+        if model.n_params:
+            arek = real_inner(model.kappa2 * ph[..., 1, :, :], adqhdt[..., 1, :, :])
+            aQy = real_inner(-model.ik * ph, adqhdt)
+        aph, afluxh = ops.divergence_ad(adqhdt, phys.Qy, phys.rek)
+        aflux = fft.rfft2_ad(afluxh)
+        adq, auv = ops.fluxes_ad(aflux, q, self.ubar, self.v)
+        aph, aqh = ops.velocities_ad_invert_t(fft.irfft2_ad(auv), aph, phys.inversion)
+        adq += fft.rfft2_ad(aqh)
+        if not model.n_params:
+            return model.flat(adq, af), np.zeros((0,) + af.shape[1:])
+        aU = np.sum(q * aflux[0], axis=(-2, -1))
         aF1 = real_inner((ph[..., 0:1, :, :] - ph[..., 1:2, :, :]) * phys.inversion_slope, aph, axes=(-3, -2, -1))
-        adq += fft.rfft2_ad(apply_layers_t(phys.inversion, aph))
         ap = model.parameter_adjoints(phys.increments_ad(aF1, aU, aQy, arek), af)
         return model.flat(adq, af), ap
 
@@ -330,17 +443,19 @@ def _estimate(estimate) -> tuple[str, ...]:
 
 class QG(ModelBase):
     """``QG(nx=64, ny=None, L=1e6, W=None, rek=5.787e-7, filterfac=23.6, beta=1.5e-11, rd=15000.0,
-    delta=0.25, H1=500, U1=0.025, U2=0.0, dt=7200.0, estimate=())``: pyqg's two-layer model,
+    delta=0.25, H1=500, U1=0.025, U2=0.0, dt=7200.0, estimate=(), compiled=True)``: pyqg's two-layer model,
     one RK4 step of ``dt`` seconds then the spectral filter (module docstring).
 
-    ``ny`` defaults to ``nx`` and ``W`` to ``L``; units are pyqg's (m, s).  Grid-point
+    ``ny`` defaults to ``nx`` and ``W`` to ``L``; units are pyqg's (m, s).  The pointwise
+    work between the FFTs runs in compiled loops (:mod:`models.qg_kernels`) when numba
+    is installed; ``compiled=False`` keeps the numpy reference (:class:`SpectralOps`).  Grid-point
     coordinates ``x`` (``nx``) and ``y`` (``ny``) are pyqg's cell centres ``(i + 1/2) dx``.
     """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
 
     def __init__(self, nx=64, ny=None, L=1e6, W=None, rek=5.787e-7, filterfac=23.6, beta=1.5e-11, rd=15000.0,
-                 delta=0.25, H1=500, U1=0.025, U2=0.0, dt=7200.0, estimate=()):
+                 delta=0.25, H1=500, U1=0.025, U2=0.0, dt=7200.0, estimate=(), compiled=True):
         self.nx = _grid_size("nx", nx)
         self.ny = _grid_size("ny", nx if ny is None else ny)
         self.L = _positive("L", L)
@@ -355,6 +470,8 @@ class QG(ModelBase):
         self.n_params = len(self.estimate)
         self.n_state = 2 * self.ny * self.nx
         self._setup_grid()
+        self.compiled = bool(compiled) and KERNELS_AVAILABLE
+        self.ops = CompiledSpectralOps(self) if self.compiled else SpectralOps(self)
         self._physics_cache: tuple[tuple, QGPhysics] | None = None
         self.physics_tendency = QGTendency(self)
         self.integrator = RungeKutta("rk4", self.dt)
@@ -422,16 +539,6 @@ class QG(ModelBase):
             return f.reshape(-1)
         return f.reshape(-1, self.n_state).T
 
-    def velocities_h(self, ph: np.ndarray) -> np.ndarray:
-        """``(u^, v^) = (-i l psi^, i k psi^)``, stacked on a new first axis."""
-        return np.stack([-self.il * ph, self.ik * ph])
-
-    def divergence_h(self, fluxh: np.ndarray, ph: np.ndarray, Qy: np.ndarray, rek: float) -> np.ndarray:
-        """``dq^/dt = -(i k flux_u^ + i l flux_v^) - i k Qy psi^``, plus ``rek kappa^2 psi_2^`` on layer 2."""
-        dqhdt = -(self.ik * fluxh[0] + self.il * fluxh[1]) - (self.ik * Qy[:, None, None]) * ph
-        dqhdt[..., 1, :, :] += rek * self.kappa2 * ph[..., 1, :, :]
-        return dqhdt
-
     # --- the model ----------------------------------------------------------------------------
 
     def tendency(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -479,4 +586,4 @@ class QG(ModelBase):
     def __repr__(self) -> str:
         return (f"QG(nx={self.nx}, ny={self.ny}, L={self.L}, W={self.W}, rek={self.rek}, filterfac={self.filterfac}, "
                 f"beta={self.beta}, rd={self.rd}, delta={self.delta}, H1={self.H1}, U1={self.U1}, U2={self.U2}, "
-                f"dt={self.dt}, estimate={list(self.estimate)})")
+                f"dt={self.dt}, estimate={list(self.estimate)}, compiled={self.compiled})")
