@@ -117,17 +117,17 @@ class _Linear:
         self.output, self.tl, self.ad = output, operator.apply, operator.adjoint
 
 
-def build_cost(model: QG, rng: np.random.Generator):
-    """``(cost, x0, (corners, weights), y, B std, R std)`` of a twin experiment."""
-    truth = model.forecast(spun_up_state(model, rng), np.empty(0), WINDOW)
-    corners, weights = bilinear(model, rng, N_POINTS)
+def build_cost(model: QG, rng: np.random.Generator, window: int = WINDOW, every: int = EVERY, n_points: int = N_POINTS):
+    """``(cost, xb, (corners, weights), y, B std, R std, observed steps)`` of a twin experiment."""
+    truth = model.forecast(spun_up_state(model, rng), np.empty(0), window)
+    corners, weights = bilinear(model, rng, n_points)
     operator = UpperStreamfunctionAtPoints(model, corners, weights)
-    steps = list(range(0, WINDOW + 1, EVERY))
+    steps = list(range(0, window + 1, every))
     clean = np.stack([operator.apply(truth[k]) for k in steps])
     sigma_o, sigma_b = 0.1 * clean.std(), 0.3 * truth[0].std()
     y = clean + sigma_o * rng.standard_normal(clean.shape)
     xb = truth[0] + sigma_b * rng.standard_normal(model.n_state)
-    slots = [ObservationSlot(k, y[i], operator, Diagonal(sigma_o, size=N_POINTS)) for i, k in enumerate(steps)]
+    slots = [ObservationSlot(k, y[i], operator, Diagonal(sigma_o, size=n_points)) for i, k in enumerate(steps)]
     cost = FourDVarCost(model, slots, xb, B=Diagonal(sigma_b, size=model.n_state))
     return cost, xb, (corners, weights), y, sigma_b, sigma_o, steps
 

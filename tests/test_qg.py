@@ -9,6 +9,8 @@ dropped term) and show the same checks fail.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +273,45 @@ def test_compiled_kernels_equal_the_numpy_reference(estimate):
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-13 * np.max(np.abs(theirs), initial=0.0))
     assert_passes(checks.model_adjoint_test(reference, x, p, rng))
+
+
+def test_blocked_window_equals_its_columns():
+    rng = np.random.default_rng(14)
+    model = QG(nx=8, estimate=["beta"])
+    x, p = smooth_state(model, rng), model.init_params(rng)
+    window = WindowLinearization(model, x, p, 3)
+    assert window.blocked
+    dX, dP = rng.standard_normal((model.n_state, 2)), 1.5e-11 * rng.standard_normal((1, 2))
+    forcings = {k: rng.standard_normal((model.n_state, 2)) for k in (1, 3)}
+    dx_block, (ax_block, ap_block) = window.tl(dX, dP)[-1], window.ad(forcings)
+    for j in range(2):
+        ax, ap = window.ad({k: f[:, j] for k, f in forcings.items()})
+        np.testing.assert_allclose(dx_block[:, j], window.tl(dX[:, j], dP[:, j])[-1], rtol=0, atol=1e-14 * np.abs(dx_block).max())
+        np.testing.assert_allclose(ax_block[:, j], ax, rtol=0, atol=1e-14 * np.abs(ax_block).max())
+        np.testing.assert_allclose(ap_block[:, j], ap, rtol=1e-13)
+
+
+def test_the_benchmark_cost_gradient_passes_the_gradient_test():
+    """``benchmarks/qg.py``'s 4D-Var cost (streamfunction at points), small: imports without JAX, and its gradient is right."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "qg.py"
+    spec = importlib.util.spec_from_file_location("benchmark_qg", path)
+    module = importlib.util.module_from_spec(spec)
+    saved_path, saved_modules = list(sys.path), set(sys.modules)
+    try:
+        spec.loader.exec_module(module)  # the main guard: nothing is timed
+        assert "jax" not in set(sys.modules) - saved_modules
+        rng = np.random.default_rng(15)
+        model = QG(nx=16)
+        cost, xb, *_ = module.build_cost(model, rng, window=4, every=2, n_points=30)
+        assert_passes(checks.operator_adjoint_test(cost.slots[0].operator, xb, rng))
+        gradient = cost.gradient(xb, np.empty(0))[1]
+        assert_passes(checks.gradient_test(lambda x0: cost.evaluate(x0, np.empty(0)).J, gradient, xb,
+                                           np.std(xb) * rng.standard_normal(model.n_state), rng=rng))
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            if name.startswith("benchmark_") or name == "results":
+                del sys.modules[name]
 
 
 # --- refusals and negative controls -----------------------------------------------------------
