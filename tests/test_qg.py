@@ -75,6 +75,10 @@ def test_tendency_and_streamfunction_equal_pyqg_jax_on_the_stored_reference():
             mine = model.tendency(q.reshape(-1), np.empty(0))
             assert np.max(np.abs(mine - dqdt.reshape(-1))) < 1e-11 * np.max(np.abs(dqdt)), case
             assert np.max(np.abs(model.streamfunction(q) - psi)) < 1e-11 * np.max(np.abs(psi)), case
+    q, dqdt = data["nx16_defaults/q"][1], data["nx16_defaults/dqdt"][1]
+    for wrong in (dict(beta=1.5e-11 * 1.001), dict(rek=5.787e-7 * 1.01), dict(rd=15000.0 * 1.001)):  # the test can tell
+        mine = QG(nx=16, **wrong).tendency(q.reshape(-1), np.empty(0))
+        assert np.max(np.abs(mine - dqdt.reshape(-1))) > 1e-6 * np.max(np.abs(dqdt)), wrong
 
 
 def independent_step(model, q, dt):
