@@ -284,11 +284,16 @@ class CompiledSpectralOps(SpectralOps):
 
     def __init__(self, model: "QG"):
         super().__init__(model)
-        self.kernels = qg_kernels()
+        qg_kernels()  # import numba now, not in the first step
         ones = np.ones((2,) + self.kappa2.shape)
         self.k_flat, self.l_flat = (ones * model.k).reshape(-1), (ones * model.l).reshape(-1)  # 2 ny nk
         half = self.k_flat.size // 2
         self.k_layer, self.l_layer = self.k_flat[:half], self.l_flat[:half]  # ny nk
+
+    @property
+    def kernels(self):
+        """:mod:`models.qg_kernels` (looked up, not kept, so that the model pickles for Dask workers)."""
+        return qg_kernels()
 
     @staticmethod
     def _flat(a: np.ndarray, pair: bool = False, layers: bool = False) -> np.ndarray:

@@ -10,6 +10,7 @@ dropped term) and show the same checks fail.
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 
@@ -316,6 +317,15 @@ def test_the_benchmark_cost_gradient_passes_the_gradient_test():
         for name in set(sys.modules) - saved_modules:
             if name.startswith("benchmark_") or name == "results":
                 del sys.modules[name]
+
+
+def test_the_model_pickles_and_steps_alike_after():
+    """Dask ships models to its workers by pickling them."""
+    model = QG(nx=8, estimate=["rek"])
+    x, p = smooth_state(model, np.random.default_rng(16)), model.init_params(None)
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.compiled == model.compiled
+    np.testing.assert_array_equal(copy.step(x, p), model.step(x, p))
 
 
 # --- refusals and negative controls -----------------------------------------------------------
