@@ -1,0 +1,241 @@
+"""The periodic convolutional network: forward against a direct loop, adjoint (dot-product)
+and Taylor tests of each layer and the whole network w.r.t. input and weights, the
+blocked form against single directions, the surrogate model, and negative controls."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fourdvar import checks
+from fourdvar.registry import build_model
+from models import ConvSurrogate
+from models.convnet import ConvNet, ConvNetLinearization
+
+
+def loop_convnet(net: ConvNet, x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The network written as the definition reads, one output value at a time."""
+    ny, nx, k = net.ny, net.nx, net.kernel
+    h = k // 2
+    a = x.reshape(net.channels[0], ny, nx) / net.input_scale
+    offset = 0
+    for c_in, c_out, f in zip(net.channels[:-1], net.channels[1:], net.activations):
+        W = p[offset : offset + c_out * c_in * k * k].reshape(c_out, c_in, k, k)
+        offset += W.size
+        b = p[offset : offset + c_out]
+        offset += c_out
+        z = np.empty((c_out, ny, nx))
+        for o, i, j in itertools.product(range(c_out), range(ny), range(nx)):
+            z[o, i, j] = b[o] + sum(W[o, c, u, v] * a[c, (i + u - h) % ny, (j + v - h) % nx]
+                                    for c, u, v in itertools.product(range(c_in), range(k), range(k)))
+        a = f.f(z)
+    y = net.output_scale * a.reshape(-1)
+    return y + x if net.residual else y
+
+
+def random_net(rng, channels, kernel, activations, ny=6, nx=7, **options):
+    net = ConvNet(channels, kernel, activations, ny=ny, nx=nx, **options)
+    return net, rng.standard_normal(net.n_in), 0.5 * rng.standard_normal(net.n_params)
+
+
+NETWORKS = [  # (channels, kernel, activations)
+    ([2, 3], 1, ["relu"]),
+    ([2, 3], 3, ["tanh"]),
+    ([3, 2], 5, ["identity"]),
+    ([2, 4, 3, 2], 3, ["tanh", "relu", "identity"]),
+    ([1, 5, 1], 5, ["relu", "tanh"]),
+    ([3, 2, 4], 1, ["identity", "tanh"]),
+]
+
+
+@pytest.mark.parametrize("channels, kernel, activations", NETWORKS)
+def test_convnet_forward_equals_the_direct_loop_over_points_channels_and_kernel(channels, kernel, activations):
+    rng = np.random.default_rng(1)
+    net, x, p = random_net(rng, channels, kernel, activations, ny=5, nx=6)
+    y = net.apply(x, p)
+    np.testing.assert_allclose(y, loop_convnet(net, x, p), rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(net.linearize(x, p).output, y)
+
+
+def test_convnet_parameter_layout_is_each_kernel_in_c_order_then_its_bias():
+    """A single 1 in W[o, c, a, b] reads channel c at offset (a - h, b - h), into output o."""
+    net = ConvNet([2, 3], 3, ["identity"], ny=5, nx=6)
+    x = np.random.default_rng(2).standard_normal(net.n_in)
+    p = np.zeros(net.n_params)
+    p[np.ravel_multi_index((2, 1, 0, 2), (3, 2, 3, 3))] = 1.0  # W[2, 1, 0, 2]
+    p[3 * 2 * 9 + 1] = 0.5  # b[1]
+    y = net.apply(x, p).reshape(3, 5, 6)
+    np.testing.assert_array_equal(y[2], np.roll(x.reshape(2, 5, 6)[1], (1, -1), axis=(0, 1)))
+    np.testing.assert_array_equal(y[1], 0.5)
+    np.testing.assert_array_equal(y[0], 0.0)
+
+
+@pytest.mark.parametrize("channels, kernel, activations", NETWORKS)
+@pytest.mark.parametrize("part", ["input", "weights", "both"])
+def test_convnet_adjoint_matches_tangent_linear_to_roundoff(channels, kernel, activations, part):
+    """One-layer networks test each layer alone; the deeper ones the whole network."""
+    rng = np.random.default_rng(3)
+    net, x, p = random_net(rng, channels, kernel, activations)
+    lin = net.linearize(x, p)
+    dx = rng.standard_normal(net.n_in) * (part != "weights")
+    dp = rng.standard_normal(net.n_params) * (part != "input")
+    result = checks.dot_product_test(lin.tl, lin.ad, [dx, dp], rng.standard_normal(net.n_out))
+    assert result.passed and result.value < 1e-12, str(result)
+
+
+@pytest.mark.parametrize("residual, input_scale, output_scale", [(True, 1.0, 1.0), (False, 3.0, 0.25), (True, 2.0, 5.0)])
+def test_convnet_with_residual_and_scaling_passes_adjoint_and_equals_the_scaled_network(residual, input_scale, output_scale):
+    rng = np.random.default_rng(4)
+    net, x, p = random_net(rng, [2, 4, 2], 3, ["tanh", "identity"], residual=residual, input_scale=input_scale, output_scale=output_scale)
+    plain = ConvNet([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=7)
+    expected = output_scale * plain.apply(x / input_scale, p) + (x if residual else 0.0)
+    np.testing.assert_allclose(net.apply(x, p), expected, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(net.apply(x, p), loop_convnet(net, x, p), rtol=1e-13, atol=1e-13)
+    lin = net.linearize(x, p)
+    result = checks.dot_product_test(lin.tl, lin.ad, [rng.standard_normal(net.n_in), rng.standard_normal(net.n_params)],
+                                     rng.standard_normal(net.n_out))
+    assert result.value < 1e-12, str(result)
+    assert checks.taylor_test(*joint_maps(net, x, p), np.concatenate([x, p]), joint_direction(net, rng), rng=rng).passed
+
+
+def joint_maps(net, x, p):
+    lin, n = net.linearize(x, p), net.n_in
+    return (lambda u: net.apply(u[:n], u[n:])), (lambda du: lin.tl(du[:n], du[n:]))
+
+
+def joint_direction(net, rng):
+    return np.concatenate([rng.standard_normal(net.n_in), 0.5 * rng.standard_normal(net.n_params)])
+
+
+@pytest.mark.parametrize("channels, kernel, activations", [
+    ([2, 3], 3, ["tanh"]),
+    ([2, 4, 3, 2], 3, ["tanh", "softplus", "identity"]),
+    ([1, 3, 2], 5, ["sigmoid", "tanh"]),
+    ([2, 3, 2], 1, ["tanh", "identity"]),
+])
+def test_convnet_taylor_remainder_falls_as_the_square_of_the_amplitude(channels, kernel, activations):
+    rng = np.random.default_rng(5)
+    net, x, p = random_net(rng, channels, kernel, activations)
+    result = checks.taylor_test(*joint_maps(net, x, p), np.concatenate([x, p]), joint_direction(net, rng), rng=rng)
+    assert result.passed and abs(result.order - 2) < 0.2, str(result)
+
+
+@pytest.mark.parametrize("channels, kernel, activations", NETWORKS[3:])
+def test_convnet_blocked_tl_and_ad_equal_one_direction_at_a_time(channels, kernel, activations):
+    rng = np.random.default_rng(6)
+    net, x, p = random_net(rng, channels, kernel, activations)
+    lin = net.linearize(x, p)
+    m = 5
+    dx, dp, ay = rng.standard_normal((net.n_in, m)), rng.standard_normal((net.n_params, m)), rng.standard_normal((net.n_out, m))
+    dy = lin.tl(dx, dp)
+    ax, ap = lin.ad(ay)
+    assert dy.shape == (net.n_out, m) and ax.shape == (net.n_in, m) and ap.shape == (net.n_params, m)
+    for d in range(m):
+        np.testing.assert_allclose(dy[:, d], lin.tl(dx[:, d], dp[:, d]), rtol=1e-13, atol=1e-13)
+        ax_d, ap_d = lin.ad(ay[:, d])
+        np.testing.assert_allclose(ax[:, d], ax_d, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(ap[:, d], ap_d, rtol=1e-13, atol=1e-13)
+
+
+def test_convnet_weight_adjoint_is_the_gradient_of_a_loss_by_finite_differences():
+    rng = np.random.default_rng(7)
+    net, x, p = random_net(rng, [2, 3, 2], 3, ["tanh", "identity"])
+    target = rng.standard_normal(net.n_out)
+
+    def loss(q):
+        return 0.5 * np.sum((net.apply(x, q) - target) ** 2)
+
+    _, gradient = net.linearize(x, p).ad(net.apply(x, p) - target)
+    e = np.zeros(net.n_params)
+    for i in rng.choice(net.n_params, 6, replace=False):
+        e[:] = 0.0
+        e[i] = 1e-6
+        assert abs((loss(p + e) - loss(p - e)) / 2e-6 - gradient[i]) < 1e-7 * max(1.0, abs(gradient[i]))
+
+
+# --- the surrogate model ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("integrator", ["euler", "rk4"])
+def test_conv_surrogate_passes_the_model_suite(integrator):
+    rng = np.random.default_rng(8)
+    model = ConvSurrogate([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=5, dt=0.1, integrator=integrator, init_output_scale=1.0)
+    results = checks.check_model(model, rng.standard_normal(model.n_state), model.init_params(rng), rng, n_steps=4, directions=2)
+    failed = [str(r) for r in results if not r.passed]
+    assert not failed, "\n".join(failed)
+
+
+def test_conv_surrogate_euler_step_is_x_plus_dt_times_the_network_and_starts_as_the_identity():
+    rng = np.random.default_rng(9)
+    model = build_model({"type": "conv_surrogate", "channels": [2, 3, 2], "kernel": 3, "activations": ["tanh", "identity"],
+                         "ny": 5, "nx": 6, "dt": 0.2, "init_output_scale": 1.0})
+    assert isinstance(model, ConvSurrogate) and model.blocked_linearization
+    x, p = rng.standard_normal(model.n_state), model.init_params(rng)
+    np.testing.assert_allclose(model.step(x, p), x + 0.2 * model.network.apply(x, p), rtol=1e-15, atol=1e-15)
+    zero = ConvSurrogate([2, 3, 2], 3, ["tanh", "identity"], ny=5, nx=6)
+    assert np.all(zero.step(x, zero.init_params(rng)) == x)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"kernel": 7, "ny": 5, "nx": 8}, "kernel 7 is wider than the 5 x 8 grid: it must be at most 5"),
+    ({"kernel": 4}, "kernel must be odd"),
+    ({"channels": [2, 3], "activations": ["tanh", "tanh"]}, "activations must list one name per layer"),
+    ({"channels": [2, 3], "activations": ["tanh"], "residual": True}, "residual ConvNet needs as many output channels"),
+    ({"activations": ["swish", "identity"]}, "unknown activation 'swish'"),
+    ({"input_scale": 0.0}, "input_scale must be positive"),
+])
+def test_convnet_refuses_bad_configuration_with_a_clear_message(arguments, message):
+    options = {"channels": [2, 4, 2], "kernel": 3, "activations": ["tanh", "identity"], "ny": 8, "nx": 8} | arguments
+    with pytest.raises(ValueError, match=message):
+        ConvNet(**options)
+
+
+def test_convnet_refuses_inputs_of_the_wrong_shape():
+    net = ConvNet([2, 2], 3, ["tanh"], ny=4, nx=4)
+    with pytest.raises(ValueError, match=r"ConvNet input must have shape \(32,\)"):
+        net.apply(np.zeros(31), np.zeros(net.n_params))
+    with pytest.raises(ValueError, match=r"dp must have shape"):
+        net.linearize(np.zeros(32), np.zeros(net.n_params)).tl(np.zeros(32), np.zeros(3))
+
+
+# --- negative controls -----------------------------------------------------------------------
+
+
+def test_negative_control_unflipped_kernel_in_the_input_adjoint_fails_the_dot_product_test(monkeypatch):
+    """The input adjoint with ``W^T`` per offset but the kernel not flipped: right for
+    a symmetric kernel only, so a random one must fail."""
+    rng = np.random.default_rng(10)
+    net, x, p = random_net(rng, [2, 3], 3, ["tanh"])
+    original = ConvNetLinearization.__init__
+
+    def unflipped(self, *args):
+        original(self, *args)
+        k = self.net.kernel
+        self.W_flipped = [W[0].reshape(W.shape[1], -1, k, k).transpose(1, 0, 2, 3).reshape(-1, W.shape[1] * k * k) for W, _ in self.layers]
+
+    monkeypatch.setattr(ConvNetLinearization, "__init__", unflipped)
+    lin = net.linearize(x, p)
+    result = checks.dot_product_test(lin.tl, lin.ad, [rng.standard_normal(net.n_in), np.zeros(net.n_params)], rng.standard_normal(net.n_out))
+    assert result.failed and result.value > 1e-3
+
+
+def test_negative_control_tl_without_the_bias_term_fails_taylor_and_adjoint():
+    rng = np.random.default_rng(11)
+    net, x, p = random_net(rng, [2, 3, 2], 3, ["tanh", "identity"])
+    lin = net.linearize(x, p)
+    bias = np.zeros(net.n_params)
+    bias[net.offsets[1] - 3 : net.offsets[1]] = 1.0  # the first layer's biases
+
+    def tl(dx, dp):
+        return lin.tl(dx, dp) - lin.tl(np.zeros_like(dx), bias * dp)
+
+    f, _ = joint_maps(net, x, p)
+    taylor = checks.taylor_test(f, lambda du: tl(du[: net.n_in], du[net.n_in :]), np.concatenate([x, p]), joint_direction(net, rng), rng=rng)
+    assert taylor.failed
+    adjoint = checks.dot_product_test(tl, lin.ad, [rng.standard_normal(net.n_in), rng.standard_normal(net.n_params)], rng.standard_normal(net.n_out))
+    assert adjoint.failed
