@@ -63,9 +63,9 @@ from .integrators import IntegratedModel, RungeKutta
 class PeriodicPatches:
     """The ``k x k`` neighbourhoods of every point of a periodic ``ny x nx`` grid (an im2col).
 
-    ``columns(a)`` for ``a`` of shape ``(m, c, ny, nx)`` is ``P(a)`` of shape
-    ``(m, c k^2, ny nx)``: row ``(c, a, b)``, column ``(i, j)`` holds
-    ``a[c, (i+a-h) mod ny, (j+b-h) mod nx]``.  The fields are wrapped into a padded
+    ``columns(a)`` for ``a`` of shape ``(c, m, ny, nx)`` (``m`` directions) is ``P(a)`` of
+    shape ``(c k^2, m ny nx)``: row ``(c, a, b)``, column ``(d, i, j)`` holds
+    ``a[c, d, (i+a-h) mod ny, (j+b-h) mod nx]``.  The fields are wrapped into a padded
     array by slices, and the ``k^2`` shifted windows copied out in one call.
     """
 
@@ -81,25 +81,35 @@ class PeriodicPatches:
         self.half = self.kernel // 2
 
     def columns(self, a: np.ndarray) -> np.ndarray:
-        m, c = a.shape[:2]
+        c, m = a.shape[:2]
         ny, nx, h, k = self.ny, self.nx, self.half, self.kernel
-        a = a.reshape(m, c, ny, nx)
-        padded = np.empty((m, c, ny + 2 * h, nx + 2 * h))
+        a = a.reshape(c, m, ny, nx)
+        padded = np.empty((c, m, ny + 2 * h, nx + 2 * h))
         padded[:, :, h : h + ny, h : h + nx] = a
         padded[:, :, :h, h : h + nx] = a[:, :, ny - h :]
         padded[:, :, h + ny :, h : h + nx] = a[:, :, :h]
         padded[:, :, :, :h] = padded[:, :, :, nx : nx + h]
         padded[:, :, :, h + nx :] = padded[:, :, :, h : 2 * h]
-        patches = np.empty((m, c, k, k, ny, nx))
-        patches[...] = sliding_window_view(padded, (ny, nx), axis=(2, 3))
-        return patches.reshape(m, c * k * k, ny * nx)
+        patches = np.empty((c, k, k, m, ny, nx))
+        patches[...] = sliding_window_view(padded, (ny, nx), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5)
+        return patches.reshape(c * k * k, m * ny * nx)
 
 
-def _blocked(v: np.ndarray, rows: int, name: str) -> tuple[np.ndarray, bool]:
-    """``v`` of shape ``(rows,)`` or ``(rows, m)`` as ``(m, rows)`` directions-first, and whether it was one vector."""
-    if v.shape[:1] != (rows,) or v.ndim > 2:
-        raise ValueError(f"{name} must have shape ({rows},) or ({rows}, m), got {v.shape}")
-    return (v[None, :], True) if v.ndim == 1 else (v.T, False)
+def _directions_inside(v: np.ndarray, channels: int, points: int, name: str) -> tuple[np.ndarray, bool]:
+    """A field vector ``(channels points,)`` or block ``(channels points, m)`` as ``(channels, m, points)``,
+    and whether it was one vector."""
+    if v.shape[:1] != (channels * points,) or v.ndim > 2:
+        raise ValueError(f"{name} must have shape ({channels * points},) or ({channels * points}, m), got {v.shape}")
+    if v.ndim == 1:
+        return v.reshape(channels, 1, points), True
+    return v.reshape(channels, points, -1).transpose(0, 2, 1), False
+
+
+def _directions_last(v: np.ndarray, single: bool) -> np.ndarray:
+    """The inverse of :func:`_directions_inside`: ``(channels, m, points)`` as ``(channels points,)`` or ``(channels points, m)``."""
+    if single:
+        return v.reshape(-1)
+    return np.ascontiguousarray(v.transpose(0, 2, 1)).reshape(-1, v.shape[1])
 
 
 class ConvNet:
@@ -151,20 +161,22 @@ class ConvNet:
         return len(self.shapes)
 
     def layers(self, p: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(W_l, b_l)`` of every layer as views of ``p``: ``W_l`` ``(m, c_l, c_{l-1} k^2)`` and ``b_l`` ``(m, c_l, 1)``
-        for the directions-first block ``p`` of shape ``(m, n_params)``."""
+        """``(W_l, b_l)`` of every layer as views of ``p``: ``W_l`` ``(c_l, c_{l-1} k^2)`` and ``b_l`` ``(c_l, 1)``.
+
+        For a block ``p`` of shape ``(n_params, m)`` the views have a last axis of ``m``."""
+        if p.shape[:1] != (self.n_params,) or p.ndim > 2:
+            raise ValueError(f"ConvNet parameters must have shape ({self.n_params},) or ({self.n_params}, m), got {p.shape}")
         views = []
         for start, (rows, cols) in zip(self.offsets[:-1], self.shapes):
             middle = start + rows * cols
-            views.append((p[:, start:middle].reshape(-1, rows, cols), p[:, middle : middle + rows].reshape(-1, rows, 1)))
+            views.append((p[start:middle].reshape((rows, cols) + p.shape[1:]), p[middle : middle + rows].reshape((rows, 1) + p.shape[1:])))
         return views
 
     def init_params(self, rng: np.random.Generator, output_scale: float = 1.0) -> np.ndarray:
         """Glorot-uniform kernels (fan-in ``c_{l-1} k^2``, fan-out ``c_l k^2``), zero biases; the last layer times ``output_scale``."""
         p = np.zeros(self.n_params)
-        for l, (W, _) in enumerate(self.layers(p[None, :])):
-            fan_in, fan_out = W.shape[2], W.shape[1] * self.kernel**2
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
+        for l, (W, _) in enumerate(self.layers(p)):
+            limit = np.sqrt(6.0 / (W.shape[1] + W.shape[0] * self.kernel**2))
             W[...] = rng.uniform(-limit, limit, size=W.shape) * (output_scale if l == self.n_layers - 1 else 1.0)
         return p
 
@@ -179,9 +191,9 @@ class ConvNet:
     def apply(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """``y = g NN(x / s)`` (``+ x`` when residual) for a flat ``(c_0, ny, nx)`` input; stores nothing."""
         x, p = self._check(x, p)
-        a = x[None, :] / self.input_scale
-        for (W, b), f, c_in in zip(self.layers(p[None, :]), self.activations, self.channels[:-1]):
-            a = f.f(W[0] @ self.patches.columns(a.reshape(1, c_in, -1)) + b[0])
+        a = x / self.input_scale
+        for (W, b), f, c_in in zip(self.layers(p), self.activations, self.channels[:-1]):
+            a = f.f(W @ self.patches.columns(a.reshape(c_in, 1, -1)) + b)
         y = self.output_scale * a.reshape(-1)
         return y + x if self.residual else y
 
@@ -198,68 +210,82 @@ class ConvNet:
 
 
 class ConvNetLinearization:
-    """The nonlinear pass with the patches ``P(a_{l-1})`` and the activations ``a_l`` kept; TL and AD of the module docstring."""
+    """The nonlinear pass with the patches ``P(a_{l-1})`` and the activations ``a_l`` kept; TL and AD of the module docstring.
+
+    Inside, a block of ``m`` directions is laid out ``(c, m, ny nx)``, so that ``P`` of it
+    is ``(c k^2, m ny nx)`` and each of ``W_l P(da)``, ``dW_l P(a)``, ``az_l P(a)^T`` and
+    ``W~_l P(az)`` is one matrix product for all directions.
+    """
 
     def __init__(self, net: ConvNet, x: np.ndarray, p: np.ndarray):
         self.net = net
-        self.layers = net.layers(p[None, :])
+        self.layers = net.layers(p)
         k = net.kernel
         # W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b], as (c_{l-1}, c_l k^2): the kernel of the input adjoint
-        self.W_flipped = [W[0].reshape(c_out, c_in, k, k)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in, c_out * k * k)
+        self.W_flipped = [W.reshape(c_out, c_in, k, k)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in, c_out * k * k)
                           for (W, _), c_in, c_out in zip(self.layers, net.channels[:-1], net.channels[1:])]
         self.P = []  # P(a_{l-1}), (c_{l-1} k^2, ny nx)
         self.a = []  # a_l, (c_l, ny nx)
-        a = x[None, :] / net.input_scale
+        a = x / net.input_scale
         for (W, b), f, c_in in zip(self.layers, net.activations, net.channels[:-1]):
-            P = net.patches.columns(a.reshape(1, c_in, -1))[0]
-            a = f.f(W[0] @ P + b[0])
+            P = net.patches.columns(a.reshape(c_in, 1, -1))
+            a = f.f(W @ P + b)
             self.P.append(P)
             self.a.append(a)
         y = net.output_scale * a.reshape(-1)
         self.output = y + x if net.residual else y
 
     def fprime(self, l: int) -> np.ndarray | None:
-        """``f_l'(z_l)`` from ``a_l``, shape ``(c_l, ny nx)``; ``None`` for the identity."""
+        """``f_l'(z_l)`` from ``a_l``, shape ``(c_l, 1, ny nx)`` (to meet ``(c_l, m, ny nx)``); ``None`` for the identity."""
         f = self.net.activations[l]
-        return None if f.derivative is None else f.derivative(self.a[l])
+        return None if f.derivative is None else f.derivative(self.a[l])[:, None, :]
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """``dy`` for ``dx`` ``(n_in,)`` and ``dp`` ``(n_params,)``, or blocks ``(n_in, m)``, ``(n_params, m)`` giving ``(n_out, m)``."""
         net = self.net
-        dx_m, single = _blocked(dx, net.n_in, "dx")
-        dp_m, _ = _blocked(dp, net.n_params, "dp")
-        if dx_m.shape[0] != dp_m.shape[0]:
-            raise ValueError(f"dx and dp must carry as many directions, got {dx.shape} and {dp.shape}")
-        m = dx_m.shape[0]
-        da = dx_m.reshape(m, net.channels[0], net.n_points) / net.input_scale
-        for l, ((W, b), (dW, db), P) in enumerate(zip(self.layers, net.layers(dp_m), self.P)):
-            dz = W[0] @ net.patches.columns(da)
-            dz += dW @ P
-            dz += db
+        da, single = _directions_inside(dx, net.channels[0], net.n_points, "dx")
+        if dp.ndim != dx.ndim or dp.shape[1:] != dx.shape[1:]:
+            raise ValueError(f"dx and dp must carry as many directions, got shapes {dx.shape} and {dp.shape}")
+        m = da.shape[1]
+        da = da / net.input_scale
+        for l, ((W, _), (dW, db), P) in enumerate(zip(self.layers, net.layers(dp), self.P)):
+            dz = (W @ net.patches.columns(da)).reshape(W.shape[0], m, -1)
+            dz += (_directions_second(dW) @ P).reshape(dz.shape)
+            dz += db.reshape(W.shape[0], m, 1)
             fprime = self.fprime(l)
             da = dz if fprime is None else np.multiply(fprime, dz, out=dz)
-        dy = net.output_scale * da.reshape(m, net.n_out)
+        dy = net.output_scale * _directions_last(da, single)
         if net.residual:
-            dy += dx_m
-        return dy[0] if single else np.ascontiguousarray(dy.T)
+            dy += dx
+        return dy
 
     def ad(self, ay: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ax, ap)`` for ``ay`` ``(n_out,)``, or for a block ``(n_out, m)`` giving ``(n_in, m)`` and ``(n_params, m)``."""
         net = self.net
-        ay_m, single = _blocked(ay, net.n_out, "ay")
-        m = ay_m.shape[0]
-        ap_m = np.empty((m, net.n_params))
-        aa = net.output_scale * ay_m.reshape(m, net.channels[-1], net.n_points)
-        for l, (aW, ab) in reversed(list(enumerate(net.layers(ap_m)))):
+        aa, single = _directions_inside(ay, net.channels[-1], net.n_points, "ay")
+        m = aa.shape[1]
+        ap = np.empty((net.n_params,) + ay.shape[1:])
+        aa = net.output_scale * aa
+        for l, (aW, ab) in reversed(list(enumerate(net.layers(ap)))):
             fprime = self.fprime(l)
             az = aa if fprime is None else fprime * aa
-            ab[...] = az.sum(axis=2, keepdims=True)
-            np.matmul(az, self.P[l].T, out=aW)
-            aa = self.W_flipped[l] @ net.patches.columns(az)
-        ax = aa.reshape(m, net.n_in) / net.input_scale
+            ab[...] = az.sum(axis=2).reshape(ab.shape)
+            aW[...] = _directions_last_of_weights((az.reshape(-1, az.shape[2]) @ self.P[l].T).reshape(aW.shape[0], m, -1), single)
+            aa = (self.W_flipped[l] @ net.patches.columns(az)).reshape(-1, m, net.n_points)
+        ax = _directions_last(aa, single) / net.input_scale
         if net.residual:
-            ax += ay_m
-        return (ax[0], ap_m[0]) if single else (np.ascontiguousarray(ax.T), np.ascontiguousarray(ap_m.T))
+            ax += ay
+        return ax, ap
+
+
+def _directions_second(dW: np.ndarray) -> np.ndarray:
+    """A weight increment ``(c_l, Q)`` or block ``(c_l, Q, m)`` as rows ``(c_l m, Q)``, direction-minor, to meet ``P``."""
+    return dW if dW.ndim == 2 else dW.transpose(0, 2, 1).reshape(-1, dW.shape[1])
+
+
+def _directions_last_of_weights(aW: np.ndarray, single: bool) -> np.ndarray:
+    """The weight adjoint ``(c_l, m, Q)`` in the layout of ``p``: ``(c_l, Q)``, or ``(c_l, Q, m)`` for a block."""
+    return aW[:, 0] if single else aW.transpose(0, 2, 1)
 
 
 class ConvSurrogate(IntegratedModel):

@@ -199,7 +199,7 @@ def test_convnet_refuses_inputs_of_the_wrong_shape():
     net = ConvNet([2, 2], 3, ["tanh"], ny=4, nx=4)
     with pytest.raises(ValueError, match=r"ConvNet input must have shape \(32,\)"):
         net.apply(np.zeros(31), np.zeros(net.n_params))
-    with pytest.raises(ValueError, match=r"dp must have shape"):
+    with pytest.raises(ValueError, match=r"ConvNet parameters must have shape \(38,\) or \(38, m\), got \(3,\)"):
         net.linearize(np.zeros(32), np.zeros(net.n_params)).tl(np.zeros(32), np.zeros(3))
 
 
@@ -216,7 +216,7 @@ def test_negative_control_unflipped_kernel_in_the_input_adjoint_fails_the_dot_pr
     def unflipped(self, *args):
         original(self, *args)
         k = self.net.kernel
-        self.W_flipped = [W[0].reshape(W.shape[1], -1, k, k).transpose(1, 0, 2, 3).reshape(-1, W.shape[1] * k * k) for W, _ in self.layers]
+        self.W_flipped = [W.reshape(W.shape[0], -1, k, k).transpose(1, 0, 2, 3).reshape(-1, W.shape[0] * k * k) for W, _ in self.layers]
 
     monkeypatch.setattr(ConvNetLinearization, "__init__", unflipped)
     lin = net.linearize(x, p)
