@@ -214,8 +214,13 @@ class ConvNetLinearization:
 
     Inside, a block of ``m`` directions is laid out ``(c, m, ny nx)``, so that ``P`` of it
     is ``(c k^2, m ny nx)`` and each of ``W_l P(da)``, ``dW_l P(a)``, ``az_l P(a)^T`` and
-    ``W~_l P(az)`` is one matrix product for all directions.
+    ``W~_l P(az)`` is one matrix product for all directions.  The patches of a block take
+    ``m`` times the memory of one direction's; blocks are taken ``chunk`` directions at a
+    time, so that the patches of a chunk stay within ``PATCH_BYTES`` (a cache's worth: once
+    they spill to memory, one call of ``m`` directions is slower than ``m`` calls of one).
     """
+
+    PATCH_BYTES = 4 << 20
 
     def __init__(self, net: ConvNet, x: np.ndarray, p: np.ndarray):
         self.net = net
@@ -224,6 +229,7 @@ class ConvNetLinearization:
         # W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b], as (c_{l-1}, c_l k^2): the kernel of the input adjoint
         self.W_flipped = [W.reshape(c_out, c_in, k, k)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in, c_out * k * k)
                           for (W, _), c_in, c_out in zip(self.layers, net.channels[:-1], net.channels[1:])]
+        self.chunk = max(1, self.PATCH_BYTES // (8 * net.n_points * max(W.shape[1] for W, _ in self.layers)))
         self.P = []  # P(a_{l-1}), (c_{l-1} k^2, ny nx)
         self.a = []  # a_l, (c_l, ny nx)
         a = x / net.input_scale
@@ -246,6 +252,8 @@ class ConvNetLinearization:
         da, single = _directions_inside(dx, net.channels[0], net.n_points, "dx")
         if dp.ndim != dx.ndim or dp.shape[1:] != dx.shape[1:]:
             raise ValueError(f"dx and dp must carry as many directions, got shapes {dx.shape} and {dp.shape}")
+        if not single and dx.shape[1] > self.chunk:
+            return np.concatenate([self.tl(dx[:, d : d + self.chunk], dp[:, d : d + self.chunk]) for d in range(0, dx.shape[1], self.chunk)], axis=1)
         m = da.shape[1]
         da = da / net.input_scale
         for l, ((W, _), (dW, db), P) in enumerate(zip(self.layers, net.layers(dp), self.P)):
@@ -263,6 +271,9 @@ class ConvNetLinearization:
         """``(ax, ap)`` for ``ay`` ``(n_out,)``, or for a block ``(n_out, m)`` giving ``(n_in, m)`` and ``(n_params, m)``."""
         net = self.net
         aa, single = _directions_inside(ay, net.channels[-1], net.n_points, "ay")
+        if not single and ay.shape[1] > self.chunk:
+            parts = [self.ad(ay[:, d : d + self.chunk]) for d in range(0, ay.shape[1], self.chunk)]
+            return np.concatenate([ax for ax, _ in parts], axis=1), np.concatenate([ap for _, ap in parts], axis=1)
         m = aa.shape[1]
         ap = np.empty((net.n_params,) + ay.shape[1:])
         aa = net.output_scale * aa

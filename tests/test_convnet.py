@@ -123,10 +123,13 @@ def test_convnet_taylor_remainder_falls_as_the_square_of_the_amplitude(channels,
 
 
 @pytest.mark.parametrize("channels, kernel, activations", NETWORKS[3:])
-def test_convnet_blocked_tl_and_ad_equal_one_direction_at_a_time(channels, kernel, activations):
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_convnet_blocked_tl_and_ad_equal_one_direction_at_a_time(channels, kernel, activations, chunk):
+    """All directions in one product, and (``chunk = 2``) taken two at a time."""
     rng = np.random.default_rng(6)
     net, x, p = random_net(rng, channels, kernel, activations)
     lin = net.linearize(x, p)
+    lin.chunk = chunk or lin.chunk
     m = 5
     dx, dp, ay = rng.standard_normal((net.n_in, m)), rng.standard_normal((net.n_params, m)), rng.standard_normal((net.n_out, m))
     dy = lin.tl(dx, dp)
