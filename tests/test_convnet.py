@@ -242,3 +242,38 @@ def test_negative_control_tl_without_the_bias_term_fails_taylor_and_adjoint():
     assert taylor.failed
     adjoint = checks.dot_product_test(tl, lin.ad, [rng.standard_normal(net.n_in), rng.standard_normal(net.n_params)], rng.standard_normal(net.n_out))
     assert adjoint.failed
+
+
+# --- the correction inside the time step (tendency form) ---------------------------------------
+
+
+def test_tendency_hybrid_step_is_rk4_of_the_summed_tendencies_and_passes_the_model_suite():
+    from models import Lorenz96, LocalMLP, TendencyHybrid
+
+    rng = np.random.default_rng(12)
+    physics = Lorenz96(n_state=12, dt=0.05)
+    correction = LocalMLP(n_state=12, hidden=[5], init_output_scale=1.0, state_scale=4.0)
+    model = TendencyHybrid(physics, correction)
+    x, p = 8.0 + rng.standard_normal(12), model.init_params(rng)
+
+    def h(v):
+        return physics.tendency.evaluate(v, np.empty(0)) + correction.tendency.evaluate(v, p)
+
+    dt = 0.05
+    k1 = h(x)
+    k2 = h(x + dt / 2 * k1)
+    k3 = h(x + dt / 2 * k2)
+    k4 = h(x + dt * k3)
+    np.testing.assert_allclose(model.step(x, p), x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), rtol=1e-14)
+    results = checks.check_model(model, x, p, rng, n_steps=4, directions=2)
+    assert all(r.passed for r in results), "\n".join(str(r) for r in results if not r.passed)
+    built = build_model({"type": "tendency_hybrid", "physics": {"type": "lorenz96", "n_state": 12},
+                         "correction": {"type": "local_mlp", "n_state": 12, "hidden": [5], "state_scale": 4.0}})
+    assert isinstance(built, TendencyHybrid) and built.step(x, p).tolist() == model.step(x, p).tolist()
+
+
+def test_tendency_hybrid_refuses_a_physics_model_without_an_integrator():
+    from models import MLP, TendencyHybrid
+
+    with pytest.raises(TypeError, match="tendency hybrid physics MLP has no integrator"):
+        TendencyHybrid(MLP([4, 4], ["identity"]), {"type": "local_mlp", "n_state": 4, "half_width": 1})
