@@ -1,8 +1,8 @@
 """Concrete forecast models with hand-coded tangent-linear and adjoint steps.
 
 Registered with the engine through the ``fourdvar.models`` entry points in
-``pyproject.toml``: ``mlp``, ``lorenz96``, ``lorenz96_two_scale``, ``local_mlp``, ``hybrid``, ``conv_surrogate``,
-``tendency_hybrid``.
+``pyproject.toml``: ``mlp``, ``lorenz96``, ``lorenz96_two_scale``, ``local_mlp``, ``hybrid``, ``qg``,
+``conv_surrogate``, ``tendency_hybrid``.
 """
 
 from .convnet import ConvNet, ConvSurrogate
@@ -11,5 +11,6 @@ from .local_mlp import LocalMLP
 from .lorenz96 import Lorenz96
 from .lorenz96_two_scale import Lorenz96TwoScale
 from .mlp import MLP
+from .qg import QG
 
-__all__ = ["MLP", "Lorenz96", "Lorenz96TwoScale", "LocalMLP", "Hybrid", "ConvNet", "ConvSurrogate", "TendencyHybrid"]
+__all__ = ["MLP", "Lorenz96", "Lorenz96TwoScale", "LocalMLP", "Hybrid", "QG", "ConvNet", "ConvSurrogate", "TendencyHybrid"]
