@@ -277,3 +277,69 @@ def test_tendency_hybrid_refuses_a_physics_model_without_an_integrator():
 
     with pytest.raises(TypeError, match="tendency hybrid physics MLP has no integrator"):
         TendencyHybrid(MLP([4, 4], ["identity"]), {"type": "local_mlp", "n_state": 4, "half_width": 1})
+
+
+# --- QG + ConvNet: the correction inside the step and after it -----------------------------------
+
+
+def qg_hybrid(form, rng, estimate=(), nx=12):
+    """A small QG model with a ConvNet correction ``c NN(q / s)``, ``s`` a typical PV and ``c`` a typical tendency."""
+    from models import QG, Hybrid, TendencyHybrid
+
+    physics = QG(nx=nx, estimate=estimate, U2=0.005)
+    correction = ConvSurrogate([2, 4, 2], 3, ["tanh", "identity"], ny=nx, nx=nx, dt=physics.dt, input_scale=1e-5,
+                               output_scale=1e-10, init_output_scale=1.0)
+    model = (TendencyHybrid if form == "tendency" else Hybrid)(physics, correction)
+    white = rng.standard_normal((2, nx, nx))
+    q = np.real(np.fft.ifft2(np.fft.fft2(white) / (1.0 + np.add.outer(np.arange(nx) ** 2, np.arange(nx) ** 2))))
+    return model, 1e-5 * q.reshape(-1) / q.std(), model.init_params(rng)
+
+
+def test_qg_tendency_hybrid_step_is_the_filtered_rk4_of_physics_plus_network():
+    rng = np.random.default_rng(20)
+    model, q, p = qg_hybrid("tendency", rng)
+    qg, net = model.physics, model.correction.network
+
+    def h(v):
+        return qg.physics_tendency.evaluate(v, np.empty(0)) + net.apply(v, p)
+
+    dt = qg.dt
+    k1 = h(q)
+    k2 = h(q + dt / 2 * k1)
+    k3 = h(q + dt / 2 * k2)
+    k4 = h(q + dt * k3)
+    np.testing.assert_allclose(model.step(q, p), qg.spectral_filter(q + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)), rtol=1e-13, atol=1e-13 * np.abs(q).max())
+    assert np.abs(model.step(q, p) - qg.step(q, np.empty(0))).max() > 1e-3 * np.abs(q).max()  # the network acts
+    zero = np.zeros_like(p)
+    np.testing.assert_array_equal(model.step(q, zero), qg.step(q, np.empty(0)))
+
+
+@pytest.mark.parametrize("form", ["tendency", "resolvent"])
+def test_qg_convnet_hybrid_passes_the_model_suite_in_both_forms(form):
+    rng = np.random.default_rng(21)
+    model, q, p = qg_hybrid(form, rng)
+    results = checks.check_model(model, q, p, rng, n_steps=3, directions=2)
+    assert all(r.passed for r in results), "\n".join(str(r) for r in results if not r.passed)
+
+
+@pytest.mark.parametrize("form", ["tendency", "resolvent"])
+def test_qg_convnet_hybrid_adjoint_with_an_estimated_drag_and_blocks(form):
+    rng = np.random.default_rng(22)
+    model, q, p = qg_hybrid(form, rng, estimate=["rek"])
+    assert model.n_params == 1 + model.correction.n_params and model.blocked_linearization
+    lin = model.linearize(q, p)
+    dq, dp, aq = rng.standard_normal((model.n_state, 3)), rng.standard_normal((model.n_params, 3)), rng.standard_normal((model.n_state, 3))
+    dp[0] *= 5.787e-7
+    result = checks.dot_product_test(lin.tl, lin.ad, [dq, dp], aq)
+    assert result.value < 1e-12, str(result)
+    ax, ap = lin.ad(aq)
+    for d in range(3):
+        np.testing.assert_allclose(lin.tl(dq[:, d], dp[:, d]), lin.tl(dq, dp)[:, d], rtol=1e-12, atol=1e-12 * np.abs(lin.tl(dq, dp)).max())
+        np.testing.assert_allclose(lin.ad(aq[:, d])[1], ap[:, d], rtol=1e-12, atol=1e-12 * np.abs(ap).max())
+
+
+def test_negative_control_tendency_hybrid_adjoint_without_the_filter_fails():
+    rng = np.random.default_rng(23)
+    model, q, p = qg_hybrid("tendency", rng)
+    model.filter_ad = lambda ax: ax
+    assert not checks.model_adjoint_test(model, q, p, rng).passed
