@@ -5,7 +5,8 @@ The public API for one window::
     from fourdvar import FourDVar
     result = FourDVar(model, observations, xb=xb, B=B, pb=pb, P=P, control="both").solve()
 
-Building blocks: :mod:`fourdvar.covariances` (B, P, R), :mod:`fourdvar.cost`
+Building blocks: :mod:`fourdvar.covariances` (B, P, R) and
+:mod:`fourdvar.covariances2d` (on a periodic 2-D grid), :mod:`fourdvar.cost`
 (``J`` and ``Jq``), :mod:`fourdvar.minimize` (inner and outer loops),
 :mod:`fourdvar.checks` (adjoint, Taylor and gradient tests) and
 :mod:`fourdvar.registry` (models and operators by name).
@@ -18,7 +19,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from . import checks, covariances, registry
+from . import checks, covariances, covariances2d, registry
 from .assimilation import FourDVar
 from .cost import Control, CostTerms, FourDVarCost, IncrementalCost
 from .interfaces import Covariance, Model, ObservationOperator, ObservationSlot
@@ -44,6 +45,7 @@ __all__ = [
     "DivergenceError",
     "checks",
     "covariances",
+    "covariances2d",
     "registry",
     "Model",
     "ModelBase",

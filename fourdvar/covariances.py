@@ -71,6 +71,17 @@ def _check_std(std, size: int, name: str = "std") -> np.ndarray:
     return std
 
 
+def _check_correlation(who: str, length_scale, shape, min_eigenvalue) -> tuple[float, str, float]:
+    """``(length_scale, shape, min_eigenvalue)`` of a correlation model, checked."""
+    if not (np.ndim(length_scale) == 0 and np.isfinite(length_scale) and length_scale > 0):
+        raise ValueError(f"{who}: length_scale must be a positive finite number, got {length_scale!r}")
+    if not isinstance(shape, str) or shape.lower() not in CORRELATION_SHAPES:
+        raise ValueError(f"{who}: unknown correlation shape {shape!r}; expected one of {sorted(CORRELATION_SHAPES)}")
+    if not (np.ndim(min_eigenvalue) == 0 and 0 < min_eigenvalue < 1):
+        raise ValueError(f"{who}: min_eigenvalue must be in (0, 1), got {min_eigenvalue!r}")
+    return float(length_scale), shape.lower(), float(min_eigenvalue)
+
+
 class _CovarianceBase:
     """Shape checking and sampling shared by the covariances below."""
 
@@ -266,22 +277,17 @@ class PeriodicCorrelation(_CovarianceBase):
     def __init__(self, size: int, length_scale: float, std=1.0, shape: str = "gaussian",
                  *, min_eigenvalue: float = 1e-10):
         self.size = _check_size(size, minimum=1)
-        if not (np.ndim(length_scale) == 0 and np.isfinite(length_scale) and length_scale > 0):
-            raise ValueError(f"PeriodicCorrelation: length_scale must be a positive finite number, got {length_scale!r}")
-        if not isinstance(shape, str) or shape.lower() not in CORRELATION_SHAPES:
-            raise ValueError(
-                f"PeriodicCorrelation: unknown correlation shape {shape!r}; expected one of {sorted(CORRELATION_SHAPES)}"
-            )
-        if not (np.ndim(min_eigenvalue) == 0 and 0 < min_eigenvalue < 1):
-            raise ValueError(f"PeriodicCorrelation: min_eigenvalue must be in (0, 1), got {min_eigenvalue!r}")
-        self.length_scale = float(length_scale)
-        self.shape = shape.lower()
-        self.min_eigenvalue = float(min_eigenvalue)
+        self.length_scale, self.shape, self.min_eigenvalue = _check_correlation(
+            "PeriodicCorrelation", length_scale, shape, min_eigenvalue)
         self.std = _check_std(std, self.size)
 
         i = np.arange(self.size)
         self.first_row = CORRELATION_SHAPES[self.shape](np.minimum(i, self.size - i), self.length_scale)
-        lam = np.fft.rfft(self.first_row).real
+        self._set_spectrum(np.fft.rfft(self.first_row).real)
+
+    def _set_spectrum(self, lam: np.ndarray) -> None:
+        """Keep the spectrum ``lam`` of ``Cor`` clipped below at ``min_eigenvalue * max(lam)``,
+        with ``n_clipped``, ``clipping`` and the spectra of ``Cor^1/2`` and ``Cor^-1``."""
         floor = self.min_eigenvalue * lam.max()
         self.n_clipped = int(np.count_nonzero(lam < floor))
         self.eigenvalues = np.maximum(lam, floor)  # of Cor, the rfft half-spectrum

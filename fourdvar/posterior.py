@@ -46,7 +46,7 @@ def _sqrt_columns(covariance, W: np.ndarray) -> np.ndarray:
     """``C^1/2 W``, column by column (one product for a diagonal ``C``)."""
     if isinstance(covariance, Diagonal):
         return covariance.std[:, None] * W
-    if isinstance(covariance, LowRankCovariance):
+    if hasattr(covariance, "sqrt_columns"):  # a limited-memory or a 2-D correlation covariance
         return covariance.sqrt_columns(W)
     return np.column_stack([covariance.sqrt(column) for column in W.T]) if W.shape[1] else np.zeros_like(W)
 
@@ -57,7 +57,7 @@ def variance(covariance) -> np.ndarray:
         return covariance.std**2
     if isinstance(covariance, Dense):
         return np.diag(covariance.matrix).copy()
-    if isinstance(covariance, LowRankCovariance):
+    if hasattr(covariance, "variance"):
         return covariance.variance()
     return np.array([np.sum(covariance.sqrt_t(unit) ** 2) for unit in np.eye(covariance.size)])
 

@@ -1,10 +1,12 @@
 """Observation operators with hand-coded TL and AD, and observation data sets.
 
 Registered with the engine through the ``fourdvar.operators`` entry points in
-``pyproject.toml``: ``identity``, ``subset``, ``linear``, ``square``, ``tanh``.
+``pyproject.toml``: ``identity``, ``subset``, ``linear``, ``square``, ``tanh``, and for
+gridded 2-D states ``points``, ``grid_subset``, ``streamfunction_points``.
 This package imports the engine (``fourdvar``) and never ``models``.
 """
 
+from .grid2d import GridSubset, Points, PointOperator, StreamfunctionPoints
 from .obsset import FILE_OPERATORS, ObservationSet, synthetic_observations
 from .operators import (
     Identity,
@@ -26,6 +28,10 @@ __all__ = [
     "Linear",
     "Square",
     "Tanh",
+    "Points",
+    "GridSubset",
+    "StreamfunctionPoints",
+    "PointOperator",
     "OperatorBase",
     "PointwiseOperator",
     "PointwiseLinearization",

@@ -14,11 +14,15 @@ File format (one flat dimension ``obs``, one row per observation)::
     error_std(obs)  float64  observation error standard deviation (R = diag(error_std**2))
     operator(obs)   str      registry name of the slot's operator: identity | subset | square | tanh
     scale(obs)      float64  tanh scale s (NaN for other operators); only present if some slot uses tanh
+    x(obs), y(obs)  float64  station position of a gridded 2-D point operator (NaN for others); only
+                             present if some slot uses one, whose ``index`` is then the nearest grid point
     global attribute n_state
 
 Every observation of one step shares that step's operator; within a step the rows
 are in the operator's index order.  Only pointwise operators with diagonal ``R``
 can be written: a ``Linear`` operator or a non-diagonal ``R`` raises ``ValueError``.
+The point operators of :mod:`observations.grid2d` are written (with their
+positions) but not read back: they need the model's grid.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import xarray as xr
 from fourdvar.covariances import Diagonal
 from fourdvar.interfaces import ObservationSlot
 
+from .grid2d import PointOperator
 from .operators import Identity, Square, Subset, Tanh, operator_from_spec
 
 __all__ = ["ObservationSet", "synthetic_observations", "FILE_OPERATORS"]
@@ -178,9 +183,11 @@ class ObservationSet:
 
         ``units`` are those of the observed values (and of ``error_std``).
         """
-        kinds, error_stds, scales = [], [], []
+        kinds, error_stds, scales, positions = [], [], [], []
         for slot in self._slots:
             kind = FILE_OPERATORS.get(type(slot.operator))
+            if isinstance(slot.operator, PointOperator):
+                kind = slot.operator.name
             if kind is None:
                 raise ValueError(
                     f"the slot at step {slot.step} uses a {type(slot.operator).__name__} operator, which cannot be "
@@ -195,6 +202,7 @@ class ObservationSet:
             kinds.append(np.full(n, kind, dtype=object))
             error_stds.append(np.broadcast_to(np.asarray(slot.covariance.std, dtype=float), (n,)))
             scales.append(np.full(n, slot.operator.scale if kind == "tanh" else np.nan))
+            positions.append(np.stack(slot.operator.positions, axis=1) if isinstance(slot.operator, PointOperator) else np.full((n, 2), np.nan))
 
         def joined(parts: list, dtype) -> np.ndarray:
             return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype=dtype)
@@ -229,6 +237,10 @@ class ObservationSet:
                 ("obs",), joined(scales, float),
                 {"long_name": "scale s of the tanh operator y = s tanh(x / s); NaN for other operators", "units": units},
             )
+        if any(isinstance(slot.operator, PointOperator) for slot in self._slots):
+            xy = joined(positions, float).reshape(-1, 2)
+            for column, name in enumerate(("x", "y")):
+                variables[name] = (("obs",), xy[:, column], {"long_name": f"{name} position of the station (gridded 2-D point operators; NaN for others)", "units": "m"})
         attrs = {
             "title": "fourdvar observations",
             "description": "one row per observation; rows of one step share that step's operator and are in its index order",

@@ -188,9 +188,11 @@ SCHEMA: dict[str, Any] = {
     "background": {
         "state": {
             "error_std": Field("float", 1.0, "background error standard deviation of the state", _std),
+            "layer_scale": Field("number_or_list", None, "a model on a 2-D grid (`nx`, `ny`): the std of layer i is error_std * layer_scale[i], one value per layer; none: error_std in every layer", _positive, nullable=True),
             "correlation": {
-                "type": Field("str", None, "`gaussian` or `soar` correlation on the periodic grid; none for a diagonal B", choices=("gaussian", "soar"), nullable=True),
+                "type": Field("str", None, "`gaussian` or `soar` correlation on the periodic grid (the model's 2-D grid when it has `nx` and `ny`: per layer, by 2-D FFT); none for a diagonal B", choices=("gaussian", "soar"), nullable=True),
                 "length_scale": Field("float", 2.0, "correlation length scale in grid points", _positive),
+                "vertical": Field("any", None, "a model on a 2-D grid: the correlation between its layers, a symmetric positive-definite matrix with ones on its diagonal (e.g. `[[1, 0.5], [0.5, 1]]`); none: layers uncorrelated", nullable=True),
             },
             "initial": Field("str", "perturbed_truth", "cycle 0 background: `perturbed_truth` (truth + a draw from B), `truth_mean` (the truth's mean value everywhere) or `free_run` (a spun-up state of the forecast model itself; the choice when observations come from a file)", choices=("perturbed_truth", "truth_mean", "free_run")),
             "adaptive": Field("bool", False, "re-estimate the state error std at each window start from the innovations there (useful while a learned model is still poor)"),

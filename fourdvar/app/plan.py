@@ -17,6 +17,7 @@ same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import numpy as np
 
 from ..cost import FourDVarCost
 from ..covariances import Diagonal, PeriodicCorrelation
-from ..registry import RegistryError, build_model, build_operator, observation_set_class
+from ..covariances2d import PeriodicCorrelation2D
+from ..registry import RegistryError, build_model, build_operator, observation_set_class, operator_class
 from ..window import DivergenceError, forced_forecast, forecast, n_sub_windows
 from .config import FIT_KEYS, STD_RANGE, ConfigError, comparison_config, short
 
@@ -327,16 +329,26 @@ class Plan:
         n = self.model.n_state
         specs = self._operator_specs()
         operators = [
-            build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n)
+            build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n,
+                            **self._model_for(spec))
             for i, spec in enumerate(specs)
         ]
         last = self.span + (1 if self.config["window"]["observations_at_end"] else 0)
         steps = list(range(obs_config["offset"], last, obs_config["every"]))
         position = {step: i for i, step in enumerate(steps)}
         return observation_set_class().synthetic(
-            self.truth["trajectory"], steps, lambda step: operators[position[step] % len(operators)],
+            self.truth["trajectory"], steps, lambda step: _at_step(operators[position[step] % len(operators)], step),
             obs_config["error_std"], self.rng(_OBSERVATIONS),
         )
+
+    def _model_for(self, spec: dict) -> dict:
+        """``{"model": the forecast model}`` for an operator whose constructor takes ``model``
+        (one that observes a diagnostic of the model, or needs its grid); ``{}`` otherwise."""
+        try:
+            parameters = inspect.signature(operator_class(spec["type"])).parameters
+        except (RegistryError, TypeError, ValueError):
+            return {}  # building it names the problem
+        return {"model": self.model} if "model" in parameters and "model" not in spec else {}
 
     def _read_observations(self):
         path = self.path(self.config["observations"]["file"])
@@ -357,24 +369,44 @@ class Plan:
         return observations
 
     def _state_covariance(self, std):
-        correlation = self.config["background"]["state"]["correlation"]
-        n = self.model.n_state
-        if correlation["type"] is None:
-            return Diagonal(std, size=n)
-        try:
-            return PeriodicCorrelation(n, correlation["length_scale"], std=std, shape=correlation["type"])
-        except ValueError as error:
-            raise ConfigError(f"background.state.correlation: {error}") from None
+        state = self.config["background"]["state"]
+        return self._covariance(state["correlation"], std, "background.state", state["layer_scale"], state["correlation"]["vertical"])
 
     def _model_error_covariance(self):
         spec = self.config["model_error"]
-        n = self.model.n_state
-        if spec["correlation"]["type"] is None:
-            return Diagonal(spec["error_std"], size=n)
+        return self._covariance(spec["correlation"], spec["error_std"], "model_error")
+
+    def _grid(self) -> tuple[int, int, int] | None:
+        """``(n_fields, ny, nx)`` of a model on a 2-D grid (attributes ``nx``, ``ny``), else ``None``."""
+        nx, ny = getattr(self.model, "nx", None), getattr(self.model, "ny", None)
+        if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0 and self.model.n_state % (nx * ny) == 0):
+            return None
+        return self.model.n_state // (nx * ny), ny, nx
+
+    def _covariance(self, correlation: dict, std, path: str, layer_scale=None, vertical=None):
+        """A diagonal covariance, or the correlation on the model's grid: 2-D per layer
+        (``layer_scale``, ``vertical``) for a model with ``nx`` and ``ny``, 1-D otherwise."""
+        n, grid = self.model.n_state, self._grid()
+        if grid is None and (layer_scale is not None or vertical is not None):
+            key = "layer_scale" if layer_scale is not None else "correlation.vertical"
+            raise ConfigError(f"{path}.{key}: needs a model on a 2-D grid (attributes nx and ny); {self.model!r} has none")
+        if grid is not None:
+            n_fields = grid[0]
+            scale = np.ones(n_fields) if layer_scale is None else np.atleast_1d(np.asarray(layer_scale, dtype=float))
+            if scale.shape != (n_fields,):
+                raise ConfigError(f"{path}.layer_scale: the model has {n_fields} layers, got {scale.size} values")
+            std = float(std) * scale
+        if correlation["type"] is None:
+            if vertical is not None:
+                raise ConfigError(f"{path}.correlation.vertical: needs a horizontal correlation (correlation.type gaussian or soar)")
+            return Diagonal(np.repeat(std, n // np.size(std)), size=n)
         try:
-            return PeriodicCorrelation(n, spec["correlation"]["length_scale"], std=spec["error_std"], shape=spec["correlation"]["type"])
+            if grid is not None:
+                return PeriodicCorrelation2D(grid[2], grid[1], correlation["length_scale"], std=std,
+                                             shape=correlation["type"], n_fields=grid[0], vertical=vertical)
+            return PeriodicCorrelation(n, correlation["length_scale"], std=std, shape=correlation["type"])
         except ValueError as error:
-            raise ConfigError(f"model_error.correlation: {error}") from None
+            raise ConfigError(f"{path}.correlation: {error}") from None
 
     def _params_covariance(self):
         std = np.asarray(self.config["background"]["params"]["error_std"], dtype=float)
@@ -429,6 +461,12 @@ class Plan:
         variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
         std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
         return B.with_std(std)
+
+def _at_step(operator, step: int):
+    """The operator observing at ``step``: its ``at_step(step)`` for a network that moves."""
+    at_step = getattr(operator, "at_step", None)
+    return operator if at_step is None else at_step(step)
+
 
 def _per_step(eta: np.ndarray, every: int, n_run: int) -> np.ndarray:
     """The forcing added after each step ``k = 1 .. n_run``, as rows ``k``; row 0 (no forcing) is NaN."""

@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from .maps import plot_maps
+
 __all__ = [
     "FIGURES",
     "load_results",
@@ -887,6 +889,7 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "spread": plot_spread,
     "forecast": plot_forecast,
     "correction": plot_correction,
+    "maps": plot_maps,  # a model on a 2-D grid
 }
 
 

@@ -15,13 +15,15 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     rmse_background_window, rmse_analysis_window (cycle)      ... averaged over the window's states
     background_std, params_std             (cycle)            mean std of B and P used in the window
     obs_value, obs_step, obs_index, obs_error_std (obs)       the observations (steps from cycle 0)
+    obs_x, obs_y                           (obs)              station positions (gridded 2-D point operators)
     rmse_analysis_end                      (cycle)            analysis RMSE at the window end
     model_error                            (cycle, sub_window, x)  analysed forcing eta_j (weak constraint)
     Jm_final                               (cycle)            nonlinear model-error term at the analysis (weak constraint)
     model_error_truth                      (cycle, step, x)   the truth's forcing added after each step (truth.model_error_std > 0)
 
 Attributes: the resolved configuration as YAML (``config``), ``fourdvar_version``,
-``window_steps``, ``window_shift`` (steps between window starts), ``dt`` (when the model has one), ``model``, ``completed_cycles``,
+``window_steps``, ``window_shift`` (steps between window starts), ``dt`` (when the model has one),
+``grid_nx``, ``grid_ny``, ``grid_L``, ``grid_W`` (a model on a 2-D grid), ``model``, ``completed_cycles``,
 ``complete`` (1 when every cycle ran).  The file alone is enough to rebuild the
 experiment and recompute the cost of any analysis (:func:`recompute_cost`).
 """
@@ -181,7 +183,7 @@ class ResultRecorder:
         obs = type(obs)(slot for slot in obs if slot.step > 0) if at_end else obs
         obs_ds = obs.to_dataset() if len(obs) else None
         if obs_ds is not None:
-            for name in ("value", "step", "index", "error_std"):
+            for name in ("value", "step", "index", "error_std", "x", "y")[: 6 if "x" in obs_ds else 4]:
                 data[f"obs_{name}"] = (("obs",), obs_ds[name].values, dict(obs_ds[name].attrs))
             data["obs_operator"] = (("obs",), obs_ds["operator"].values.astype(str), {**obs_ds["operator"].attrs, "units": "1"})
 
@@ -206,9 +208,17 @@ class ResultRecorder:
         }
         if hasattr(exp.model, "dt"):
             attrs["dt"] = float(exp.model.dt)
+        attrs.update(grid_attributes(exp.model))
         if exp.Q0 is not None:
             attrs["model_error_every"] = exp.model_error_every
         return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def grid_attributes(model) -> dict:
+    """``grid_nx, grid_ny, grid_L, grid_W`` of a model on a 2-D grid (for the maps); empty otherwise."""
+    if not all(hasattr(model, name) for name in ("nx", "ny", "L", "W")):
+        return {}
+    return {"grid_nx": int(model.nx), "grid_ny": int(model.ny), "grid_L": float(model.L), "grid_W": float(model.W)}
 
 
 # --- one window, as a checkpoint stores it ---------------------------------------------------------
