@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fourdvar.model import ModelBase
+from fourdvar.model import ModelBase, as_vector
 from fourdvar.registry import build_model
 
 
@@ -159,6 +159,15 @@ class TendencyHybrid(Hybrid):
         self.integrator = self.physics.integrator
         self.filter = getattr(self.physics, "spectral_filter", None)
         self.filter_ad = getattr(self.physics, "spectral_filter_ad", None)
+
+    @property
+    def unresolved_tendency(self):
+        """``x -> g(x)``: the correction's tendency, the term the physics model alone lacks.  Present
+        only when the correction has no parameters (a fixed physical process, such as
+        :class:`models.damping.LinearDamping`): a truth whose missing term is known."""
+        if self.correction.n_params:
+            raise AttributeError("unresolved_tendency: the correction has parameters")
+        return lambda x: self.tendency.g.evaluate(as_vector(x, self.n_state, "state x"), np.empty(0))
 
     def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         x_next = self.integrator.step(self.tendency, *self._inputs(x, p))

@@ -343,3 +343,24 @@ def test_negative_control_tendency_hybrid_adjoint_without_the_filter_fails():
     model, q, p = qg_hybrid("tendency", rng)
     model.filter_ad = lambda ax: ax
     assert not checks.model_adjoint_test(model, q, p, rng).passed
+
+
+def test_qg_with_a_damping_the_model_lacks_is_a_truth_whose_missing_term_is_known():
+    from models import QG, LinearDamping, TendencyHybrid
+
+    rng = np.random.default_rng(24)
+    truth = build_model({"type": "tendency_hybrid", "physics": {"type": "qg", "nx": 12},
+                         "correction": {"type": "linear_damping", "rates": [2e-7, 0.0], "ny": 12, "nx": 12}})
+    assert isinstance(truth.correction, LinearDamping) and truth.n_params == 0
+    _, q, _ = qg_hybrid("tendency", rng)
+    missing = truth.unresolved_tendency(q).reshape(2, 12, 12)
+    np.testing.assert_array_equal(missing[0], -2e-7 * q.reshape(2, 12, 12)[0])
+    np.testing.assert_array_equal(missing[1], 0.0)
+    qg = QG(nx=12)
+    np.testing.assert_allclose(truth.tendency.evaluate(q, np.empty(0)), qg.tendency(q, np.empty(0)) + missing.ravel(), rtol=1e-14, atol=1e-24)
+    results = checks.check_model(truth, q, np.empty(0), rng, n_steps=3, directions=2)
+    assert all(r.passed for r in results), "\n".join(str(r) for r in results if not r.passed)
+    learned = TendencyHybrid(qg, ConvSurrogate([2, 2], 1, ["identity"], ny=12, nx=12))
+    assert not hasattr(learned, "unresolved_tendency")  # a correction with weights has no fixed missing term
+    with pytest.raises(ValueError, match="rates must list one non-negative damping rate per field"):
+        LinearDamping(rates=[-1.0, 0.0])
