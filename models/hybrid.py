@@ -33,6 +33,11 @@ from fourdvar.model import ModelBase, as_vector
 from fourdvar.registry import build_model
 
 
+#: what a hybrid takes over from its physics model when it has them: the 2-D grid and its
+#: linear diagnostic, for the observation operators on gridded states (:mod:`observations.grid2d`)
+PHYSICS_GRID = ("nx", "ny", "L", "W", "x", "y", "streamfunction", "streamfunction_ad")
+
+
 def _as_model(spec: Any, role: str):
     if isinstance(spec, Mapping):
         return build_model(spec)
@@ -53,6 +58,9 @@ class Hybrid(ModelBase):
                 f"and {self.correction.n_state}"
             )
         self.n_state = self.physics.n_state
+        for name in PHYSICS_GRID:
+            if hasattr(self.physics, name):
+                setattr(self, name, getattr(self.physics, name))
         self.n_params_physics = self.physics.n_params
         self.n_params = self.physics.n_params + self.correction.n_params
 

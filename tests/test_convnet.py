@@ -364,3 +364,11 @@ def test_qg_with_a_damping_the_model_lacks_is_a_truth_whose_missing_term_is_know
     assert not hasattr(learned, "unresolved_tendency")  # a correction with weights has no fixed missing term
     with pytest.raises(ValueError, match="rates must list one non-negative damping rate per field"):
         LinearDamping(rates=[-1.0, 0.0])
+
+
+def test_hybrids_take_over_the_physics_grid_and_streamfunction_for_gridded_observations():
+    rng = np.random.default_rng(25)
+    for form in ("tendency", "resolvent"):
+        model, q, _ = qg_hybrid(form, rng)
+        assert (model.nx, model.ny, model.L, model.W) == (12, 12, model.physics.L, model.physics.W)
+        np.testing.assert_array_equal(model.streamfunction(q), model.physics.streamfunction(q))
