@@ -300,32 +300,21 @@ def _directions_last_of_weights(aW: np.ndarray, single: bool) -> np.ndarray:
 
 
 class ConvSurrogate(IntegratedModel):
-    """``ConvSurrogate(channels=[2, 16, 16, 2], kernel=3, activations=[...], ny=64, nx=64, dt=1.0, integrator="euler")``.
+    """``ConvSurrogate(dt=1.0, integrator="euler", init_output_scale=0.0, **network)``, ``network`` the
+    arguments of :class:`ConvNet` (``channels``, ``kernel``, ``activations``, ``ny``, ``nx``,
+    ``input_scale``, ``output_scale``).
 
     The model ``dx/dt = NN(x)`` on ``channels[0]`` fields, one explicit step of
-    ``integrator`` per time step; ``input_scale`` and ``output_scale`` are those of
-    :class:`ConvNet`, and ``init_output_scale`` (default 0: the step starts as the
-    identity) scales the last layer of :meth:`init_params`.
+    ``integrator`` per time step; ``init_output_scale`` (default 0: the step starts
+    as the identity) scales the last layer of :meth:`init_params`.
     """
 
     blocked_linearization = True  # TL/AD take (n, m) blocks of directions
 
-    def __init__(
-        self,
-        channels: Sequence[int] = (2, 16, 16, 2),
-        kernel: int = 3,
-        activations: Sequence[str] = ("tanh", "tanh", "identity"),
-        ny: int = 64,
-        nx: int = 64,
-        dt: float = 1.0,
-        integrator: str = "euler",
-        input_scale: float = 1.0,
-        output_scale: float = 1.0,
-        init_output_scale: float = 0.0,
-    ):
-        if list(channels)[:1] != list(channels)[-1:]:
-            raise ValueError(f"a ConvSurrogate maps the state to its tendency: channels must start and end alike, got {list(channels)}")
-        self.network = ConvNet(channels, kernel, activations, ny, nx, input_scale=input_scale, output_scale=output_scale)
+    def __init__(self, dt: float = 1.0, integrator: str = "euler", init_output_scale: float = 0.0, **network):
+        self.network = ConvNet(**network)
+        if self.network.channels[0] != self.network.channels[-1]:
+            raise ValueError(f"a ConvSurrogate maps the state to its tendency: channels must start and end alike, got {self.network.channels}")
         self.tendency = self.network
         self.integrator = RungeKutta(integrator, dt)
         self.dt = self.integrator.dt

@@ -164,7 +164,7 @@ def test_convnet_weight_adjoint_is_the_gradient_of_a_loss_by_finite_differences(
 @pytest.mark.parametrize("integrator", ["euler", "rk4"])
 def test_conv_surrogate_passes_the_model_suite(integrator):
     rng = np.random.default_rng(8)
-    model = ConvSurrogate([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=5, dt=0.1, integrator=integrator, init_output_scale=1.0)
+    model = ConvSurrogate(channels=[2, 4, 2], kernel=3, activations=["tanh", "identity"], ny=6, nx=5, dt=0.1, integrator=integrator, init_output_scale=1.0)
     results = checks.check_model(model, rng.standard_normal(model.n_state), model.init_params(rng), rng, n_steps=4, directions=2)
     failed = [str(r) for r in results if not r.passed]
     assert not failed, "\n".join(failed)
@@ -177,7 +177,7 @@ def test_conv_surrogate_euler_step_is_x_plus_dt_times_the_network_and_starts_as_
     assert isinstance(model, ConvSurrogate) and model.blocked_linearization
     x, p = rng.standard_normal(model.n_state), model.init_params(rng)
     np.testing.assert_allclose(model.step(x, p), x + 0.2 * model.network.apply(x, p), rtol=1e-15, atol=1e-15)
-    zero = ConvSurrogate([2, 3, 2], 3, ["tanh", "identity"], ny=5, nx=6)
+    zero = ConvSurrogate(channels=[2, 3, 2], activations=["tanh", "identity"], ny=5, nx=6)
     assert np.all(zero.step(x, zero.init_params(rng)) == x)
 
 
@@ -287,7 +287,7 @@ def qg_hybrid(form, rng, estimate=(), nx=12):
     from models import QG, Hybrid, TendencyHybrid
 
     physics = QG(nx=nx, estimate=estimate, U2=0.005)
-    correction = ConvSurrogate([2, 4, 2], 3, ["tanh", "identity"], ny=nx, nx=nx, dt=physics.dt, input_scale=1e-5,
+    correction = ConvSurrogate(channels=[2, 4, 2], activations=["tanh", "identity"], ny=nx, nx=nx, dt=physics.dt, input_scale=1e-5,
                                output_scale=1e-10, init_output_scale=1.0)
     model = (TendencyHybrid if form == "tendency" else Hybrid)(physics, correction)
     white = rng.standard_normal((2, nx, nx))
@@ -360,7 +360,7 @@ def test_qg_with_a_damping_the_model_lacks_is_a_truth_whose_missing_term_is_know
     np.testing.assert_allclose(truth.tendency.evaluate(q, np.empty(0)), qg.tendency(q, np.empty(0)) + missing.ravel(), rtol=1e-14, atol=1e-24)
     results = checks.check_model(truth, q, np.empty(0), rng, n_steps=3, directions=2)
     assert all(r.passed for r in results), "\n".join(str(r) for r in results if not r.passed)
-    learned = TendencyHybrid(qg, ConvSurrogate([2, 2], 1, ["identity"], ny=12, nx=12))
+    learned = TendencyHybrid(qg, ConvSurrogate(channels=[2, 2], kernel=1, activations=["identity"], ny=12, nx=12))
     assert not hasattr(learned, "unresolved_tendency")  # a correction with weights has no fixed missing term
     with pytest.raises(ValueError, match="rates must list one non-negative damping rate per field"):
         LinearDamping(rates=[-1.0, 0.0])
