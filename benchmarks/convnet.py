@@ -1,0 +1,148 @@
+"""The ConvNet's derivatives against JAX, blocked against one direction, linearised against forward.
+
+    taskset -c 1 python benchmarks/convnet.py            # full run (about a minute)
+    taskset -c 1 python benchmarks/convnet.py --quick    # smoke test, records nothing
+    pip install -e ".[bench]"                            # JAX, for the first table
+
+``ConvNet([2, 16, 16, 2], kernel=3, ["tanh", "tanh", "identity"])`` on a 64 x 64
+periodic grid, float64, one core.  Each figure is the median of interleaved batches
+(``timing.time_pair``), each ratio measured in the same run:
+
+1. **Gradient of one network application**: ``net.linearize(x, p).ad(ay)`` (the
+   forward pass kept for the derivatives, then ``(ax, ap)``) against the faster of
+   two ``jax.jit`` functions returning the same ``(ax, ap)`` through ``jax.vjp``: one
+   built on ``lax.conv_general_dilated`` applied to the wrap-padded input, one on a
+   sum of ``k^2`` shifted copies (``jnp.roll``) contracted over the channels.
+   Target: <= 1.0x.
+2. **Blocked TL and AD**: 16 directions in one call against one direction.  Target: <= 8x.
+3. **Linearisation against the forward pass**: ``linearize`` against ``apply``.  Target: <= 1.5x.
+
+The results replace the "ConvNet" section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(os.path.dirname(os.path.abspath(__file__)), "timing.py"))
+timing = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(timing)
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from models.convnet import ConvNet  # noqa: E402
+
+CHANNELS, KERNEL, ACTIVATIONS, NY, NX = [2, 16, 16, 2], 3, ["tanh", "tanh", "identity"], 64, 64
+DIRECTIONS = 16
+
+
+def jax_gradients(net: ConvNet):
+    """``{name: jit(x, p, ay) -> (ax, ap)}`` for the two JAX formulations of the same network."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    jax.config.update("jax_enable_x64", True)
+    k, h = net.kernel, net.kernel // 2
+    activations = {"tanh": jnp.tanh, "identity": lambda z: z, "relu": lambda z: jnp.maximum(z, 0.0)}
+    fs = [activations[f.name] for f in net.activations]
+    pairs = list(zip(net.channels[:-1], net.channels[1:]))
+
+    def unpack(p):
+        layers, start = [], 0
+        for c_in, c_out in pairs:
+            W = p[start : start + c_out * c_in * k * k].reshape(c_out, c_in, k, k)
+            start += c_out * c_in * k * k
+            layers.append((W, p[start : start + c_out]))
+            start += c_out
+        return layers
+
+    def conv_layer(a, W, b):
+        padded = jnp.pad(a, ((0, 0), (h, h), (h, h)), mode="wrap")
+        z = lax.conv_general_dilated(padded[None], W, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))[0]
+        return z + b[:, None, None]
+
+    def shifted_layer(a, W, b):
+        z = b[:, None, None]
+        for i in range(k):
+            for j in range(k):
+                z = z + jnp.einsum("oc,cyx->oyx", W[:, :, i, j], jnp.roll(a, (h - i, h - j), axis=(1, 2)))
+        return z
+
+    def network(layer):
+        def forward(x, p):
+            a = x.reshape(net.channels[0], net.ny, net.nx)
+            for (W, b), f in zip(unpack(p), fs):
+                a = f(layer(a, W, b))
+            return a.reshape(-1)
+
+        def gradient(x, p, ay):
+            _, vjp = jax.vjp(forward, x, p)
+            return vjp(ay)
+
+        return jax.jit(forward), jax.jit(gradient)
+
+    return {"conv_general_dilated": network(conv_layer), "shifted copies": network(shifted_layer)}
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few short batches (smoke test, records nothing)")
+    args = parser.parse_args(argv)
+    n_batches, batch_seconds = (3, 0.05) if args.quick else (15, 0.3)
+    lines = [timing.machine_header(), timing.fix_malloc_thresholds(),
+             f"ConvNet {CHANNELS}, kernel {KERNEL}, {ACTIVATIONS}, {NY} x {NX}, float64; medians of {n_batches} interleaved batches", ""]
+
+    rng = np.random.default_rng(0)
+    net = ConvNet(CHANNELS, KERNEL, ACTIVATIONS, ny=NY, nx=NX)
+    x, p = rng.standard_normal(net.n_in), net.init_params(rng)
+    ay = rng.standard_normal(net.n_out)
+    ours = lambda: net.linearize(x, p).ad(ay)  # noqa: E731
+
+    lines.append("1. gradient of one application, linearize + ad, against jax.jit(jax.vjp)  (target <= 1.0x the faster)")
+    try:
+        references = jax_gradients(net)
+    except ImportError:
+        references = {}
+        lines.append("   JAX is not installed (pip install -e '.[bench]'): no reference")
+    ratios = {}
+    for name, (forward, gradient) in references.items():
+        ax_ref, ap_ref = (np.asarray(v) for v in gradient(x, p, ay))
+        ax, ap = ours()
+        error = max(np.abs(ax - ax_ref).max() / np.abs(ax_ref).max(), np.abs(ap - ap_ref).max() / np.abs(ap_ref).max())
+        assert np.allclose(np.asarray(forward(x, p)), net.apply(x, p), rtol=1e-12, atol=1e-12) and error < 1e-12, name
+        t_ours, t_jax = timing.time_pair(ours, lambda: [v.block_until_ready() for v in gradient(x, p, ay)], n_batches, batch_seconds)
+        ratios[name] = t_ours / t_jax
+        lines.append(f"   {name:22s} JAX {t_jax * 1e3:7.2f} ms   fourdvar {t_ours * 1e3:7.2f} ms   ratio {t_ours / t_jax:5.2f}x"
+                     f"   (same (ax, ap) to {error:.0e})")
+    if ratios:
+        lines.append(f"   against the faster: {max(ratios.values()):.2f}x")
+
+    lin = net.linearize(x, p)
+    m = DIRECTIONS
+    dx, dp = rng.standard_normal(net.n_in), rng.standard_normal(net.n_params)
+    DX, DP, AY = rng.standard_normal((net.n_in, m)), rng.standard_normal((net.n_params, m)), rng.standard_normal((net.n_out, m))
+    lines += ["", f"2. blocked TL and AD, {m} directions in one call against one direction  (target <= 8x)"]
+    for name, blocked, single in (("tl", lambda: lin.tl(DX, DP), lambda: lin.tl(dx, dp)), ("ad", lambda: lin.ad(AY), lambda: lin.ad(ay))):
+        t_block, t_one = timing.time_pair(blocked, single, n_batches, batch_seconds)
+        lines.append(f"   {name}: one {t_one * 1e3:7.2f} ms   {m} directions {t_block * 1e3:7.2f} ms   ratio {t_block / t_one:5.2f}x"
+                     f"   ({t_block / t_one / m:.2f} of {m} single calls)")
+
+    lines += ["", "3. linearize against the forward pass (apply)  (target <= 1.5x)"]
+    t_lin, t_fwd = timing.time_pair(lambda: net.linearize(x, p), lambda: net.apply(x, p), n_batches, batch_seconds)
+    lines.append(f"   apply {t_fwd * 1e3:7.2f} ms   linearize {t_lin * 1e3:7.2f} ms   ratio {t_lin / t_fwd:5.2f}x")
+    text = "\n".join(lines)
+    print(text)
+    if not args.quick:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from results import record
+
+        record("ConvNet", "```\n" + text + "\n```", command="taskset -c 1 python benchmarks/convnet.py")
+    return text
+
+
+if __name__ == "__main__":
+    main()
