@@ -238,11 +238,9 @@ class Lorenz96TwoScale(IntegratedModel):
 
     @property
     def linearize_window(self):
-        """The engine's window hook, present only with the compiled kernels (a
-        :class:`models.lorenz96.CompiledWindow`); without them the engine chains the numpy steps."""
-        if not self.compiled:
-            raise AttributeError("linearize_window")
-        return self._compiled_window
+        """The engine's window hook with the compiled kernels (a :class:`models.lorenz96.CompiledWindow`);
+        without them ``None``: the engine chains the numpy steps."""
+        return self._compiled_window if self.compiled else None
 
     def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> CompiledWindow:
         x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
