@@ -28,7 +28,7 @@ import numpy as np
 from .covariances import Diagonal
 from .ensemble import HybridEnsembleCovariance
 
-__all__ = ["Block", "ControlSpace"]
+__all__ = ["Block", "ControlSpace", "apply_rows", "each_column"]
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,18 @@ class Block:
         return self.rows * self.width
 
 
-def _into(method, v: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[:] = method(v)`` for a covariance's ``sqrt``, ``sqrt_t``, ``solve`` ...; returns ``out``.
+def apply_rows(method, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A covariance's ``sqrt``, ``sqrt_t`` or ``solve`` applied to each row of ``rows`` ``(r, n)``: ``(r, m)``,
+    written into ``out`` when given (it may be ``rows`` itself) and its shape is the result's.
 
-    A :class:`~fourdvar.covariances.Diagonal` writes the result straight into
-    ``out`` (its methods take ``out=``, which may be ``v`` itself); any other
-    covariance returns a fresh array, copied in (returned as it is when its shape
-    is not ``out``'s: an ensemble's ``C^T/2`` maps into its larger control space).
+    For a :class:`~fourdvar.covariances.Diagonal` one broadcast product over all rows (the
+    parameter block can hold millions of values: no temporaries); otherwise row by row.
     """
-    if isinstance(method.__self__, Diagonal):
-        return method(v, out=out)
-    result = method(v)
-    if result.shape != out.shape:
+    C, f = method.__self__, method.__func__
+    if isinstance(C, Diagonal) and f in (Diagonal.sqrt, Diagonal.sqrt_t, Diagonal.solve):
+        return np.divide(rows, C.std**2, out=out) if f is Diagonal.solve else np.multiply(rows, C.std, out=out)
+    result = np.array([method(row) for row in rows]).reshape(len(rows), -1)
+    if out is None or out.shape != result.shape:
         return result
     out[...] = result
     return out
@@ -103,13 +103,8 @@ class ControlSpace:
         self.size = int(offsets[-1])
         self.index = {block.name: i for i, block in enumerate(self.blocks)}
         # v_b = C^T/2 C^-1 e, the background's position in the control variables
-        self.prior = [self._rows(b.covariance.sqrt_t, self._rows(b.covariance.solve, b.departure)) for b in self.blocks] if self.transform else None
+        self.prior = [apply_rows(b.covariance.sqrt_t, apply_rows(b.covariance.solve, b.departure)) for b in self.blocks] if self.transform else None
         self._work = [np.zeros((b.rows, b.n)) for b in self.blocks]
-
-    @staticmethod
-    def _rows(method, rows: np.ndarray) -> np.ndarray:
-        """``method`` applied to each row of ``rows``."""
-        return np.array([method(row) for row in rows]).reshape(len(rows), -1)
 
     def __contains__(self, name: str) -> bool:
         return name in self.index
@@ -129,8 +124,7 @@ class ControlSpace:
         if not self.transform:
             return self.parts(u)
         for block, part, work in zip(self.blocks, self.parts(u), self._work):
-            for row, out in zip(part, work):
-                _into(block.covariance.sqrt, row, out=out)
+            apply_rows(block.covariance.sqrt, part, out=work)
         return self._work
 
     def column_increments(self, U: np.ndarray) -> list[np.ndarray]:
@@ -151,8 +145,7 @@ class ControlSpace:
             elif a.ndim == 3:
                 part += np.stack([each_column(block.covariance.sqrt_t, row) for row in a])
             else:
-                for row, out_row in zip(a, part):
-                    out_row += _into(block.covariance.sqrt_t, row, out=row)
+                part += apply_rows(block.covariance.sqrt_t, a, out=a)
         return out
 
     def background(self, u: np.ndarray, out: np.ndarray) -> list[float]:
@@ -168,7 +161,7 @@ class ControlSpace:
                 J.append(0.5 * float(np.vdot(ev, ev)))
             else:
                 e = block.departure + part
-                J.append(0.5 * sum(float(row @ _into(block.covariance.solve, row, out=o)) for row, o in zip(e, out_b)))
+                J.append(0.5 * float(np.vdot(e, apply_rows(block.covariance.solve, e, out=out_b))))
         return J
 
     def prior_hessian(self, u: np.ndarray) -> np.ndarray:
@@ -186,4 +179,4 @@ class ControlSpace:
         """``|g|`` in the transformed variables, whatever :attr:`transform`: ``|[C^T/2 g_b]|`` without it."""
         if self.transform:
             return float(np.linalg.norm(gradient))
-        return float(np.linalg.norm([np.linalg.norm(self._rows(b.covariance.sqrt_t, part)) for b, part in zip(self.blocks, self.parts(gradient))]))
+        return float(np.linalg.norm([np.linalg.norm(apply_rows(b.covariance.sqrt_t, part)) for b, part in zip(self.blocks, self.parts(gradient))]))

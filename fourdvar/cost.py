@@ -52,7 +52,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .control import Block, ControlSpace, each_column
+from .control import Block, ControlSpace, apply_rows, each_column
 from .window import DivergenceError, Window, ad_block, forecast, linearize_window, n_sub_windows, sub_window_forcing, sub_window_sums, tl_block
 
 __all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
@@ -99,11 +99,6 @@ def _quadratic_term(covariance, departure: np.ndarray) -> tuple[float, np.ndarra
     """``(1/2 e^T C^-1 e, C^-1 e)``."""
     weighted = covariance.solve(departure)
     return 0.5 * float(departure @ weighted), weighted
-
-
-def _rows(method, vectors: np.ndarray) -> np.ndarray:
-    """``method`` (a covariance's ``solve``, ``sqrt``, ``sqrt_t`` ...) applied to each row: one per sub-window."""
-    return np.array([method(row) for row in vectors]).reshape(vectors.shape)
 
 
 class FourDVarCost:
@@ -214,7 +209,7 @@ class FourDVarCost:
         eta = self.checked_model_error(eta)
         if eta is None:
             return 0.0, np.zeros((0, self.model.n_state))
-        weighted = _rows(self.Q.solve, eta)
+        weighted = apply_rows(self.Q.solve, eta)
         return 0.5 * float(np.vdot(eta, weighted)), weighted
 
     def background_terms(self, x0: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:

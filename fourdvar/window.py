@@ -56,6 +56,7 @@ inner loop makes tens; a single gradient one) from one blocked AD per step,
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Mapping
 
@@ -108,15 +109,20 @@ def sub_window_forcing(eta: np.ndarray, every: int, n_steps: int) -> np.ndarray:
 
 
 def sub_window_sums(ae: np.ndarray, every: int, n_sub: int) -> np.ndarray:
-    """The adjoint of :func:`sub_window_forcing`: ``aeta_j = sum_{k in j} ae_k``, each summed from its last step back
-    (the order of the AD sweep); ``(n_sub, ...)``, zero for a sub-window past ``ae``'s steps."""
-    aeta = np.zeros((n_sub,) + ae.shape[1:])
-    K = ae.shape[0]
-    if K:
-        used = n_sub_windows(K, every)
-        last = np.minimum(np.arange(1, used + 1) * every, K)  # the last step of each sub-window used
-        aeta[:used] = np.add.reduceat(ae[::-1], (K - last)[::-1], axis=0)[::-1]
-    return aeta
+    """The adjoint of :func:`sub_window_forcing`: ``aeta_j = sum_{k in j} ae_k``, ``(n_sub, ...)`` (zero for a
+    sub-window past ``ae``'s steps), as one matrix product with the 0/1 matrix of the sub-windows."""
+    S = _sub_window_matrix(n_sub, int(every), ae.shape[0])
+    return (S @ ae.reshape(ae.shape[0], -1)).reshape((n_sub,) + ae.shape[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _sub_window_matrix(n_sub: int, every: int, n_steps: int) -> np.ndarray:
+    """``S[j, k - 1] = 1`` where ``j(k) = j``, ``(n_sub, n_steps)``."""
+    S = np.zeros((n_sub, n_steps))
+    steps = np.arange(n_steps)
+    S[steps // every, steps] = 1.0
+    S.flags.writeable = False
+    return S
 
 
 # --- windows ------------------------------------------------------------------------------

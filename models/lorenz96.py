@@ -274,9 +274,11 @@ class CompiledWindow:
             forcing_rows[k] = f.T if block else f
             forced[k] = True
         ax, aF = np.empty((m, self.n_state)), np.empty(m)
-        ae_rows = np.zeros((0 if ae is None else self.n_steps, m, self.n_state))
+        direct = ae is not None and not block and ae.flags.c_contiguous  # the kernel writes into ae itself
+        ae_rows = ae.reshape(self.n_steps, 1, self.n_state) if direct else np.empty((0 if ae is None else self.n_steps, m, self.n_state))
+        ae_rows[...] = 0.0
         self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, *self._weak(ae_rows), ax, aF)
-        if ae is not None:
+        if ae is not None and not direct:
             ae[...] = ae_rows.transpose(0, 2, 1) if block else ae_rows[:, 0]
         ap = aF.reshape((1,) + block) if self.n_params else np.zeros((0,) + block)
         return (ax.T.copy() if block else ax[0]), ap
