@@ -22,26 +22,15 @@ and its gradient, the ECMWF algorithm::
 The nonlinear gradient is the same sweep with ``H_k(x_k) - y_k`` in place of
 ``H_k dx_k - d_k``, so ``grad Jq(0) == grad J(p^i, x0^i)`` by construction.
 
-Control-variable transform (on by default): the inner loop minimises over
-``v, w`` with ``dx0 = B^1/2 v``, ``dp = P^1/2 w``; then
-``Jb = 1/2 |v_b + v|^2`` with ``v_b = B^T/2 B^-1 (x0^i - xb)`` (which equals
-``B^-1/2 (x0^i - xb)``), and ``grad_v = v_b + v + B^T/2 ax``.  The Hessian becomes
-``I + (B^T/2 ... B^1/2)``, well conditioned when observations are few.
+The control vector ``u`` of the inner loop is a :class:`~fourdvar.control.ControlSpace`
+of named blocks (``x0`` with ``B``, ``p`` with ``P``, ``eta`` with ``Q``), with the
+control-variable transform (on by default: ``dx0 = B^1/2 v``, ... and ``Jb = 1/2 |v_b + v|^2``,
+a Hessian ``I + (B^T/2 ... B^1/2)`` well conditioned when observations are few) or without.
 
-Weak constraint (with a model-error covariance ``Q``): the window's ``L`` steps
-are split into sub-windows of ``every`` steps, sub-window ``j`` carrying a
-forcing ``eta_j`` added after each of its steps::
-
-    x_k = M(x_{k-1}, p) + eta_{j(k)},   j(k) = (k - 1) // every
-    J  += Jm = 1/2 sum_j |eta_j|^2_{Q^-1}
-
-(``eta``'s background is 0).  Incrementally ``d eta`` joins the control,
-``u = [v; w; w_eta]`` with ``d eta_j = Q^1/2 w_eta_j``; the TL adds ``d eta_{j(k)}``
-after step ``k`` and the AD accumulates each sub-window's adjoint ``aeta_j``
-(:class:`fourdvar.window.ForcedWindowLinearization`), so::
-
-    grad_eta_j J  = Q^-1 eta_j + aeta_j
-    grad_w_eta_j  = (w_eta_b_j + w_eta_j) + Q^T/2 aeta_j,    w_eta_b_j = Q^T/2 Q^-1 eta^i_j
+Weak constraint (with a model-error covariance ``Q``): sub-window ``j`` of ``every`` steps
+carries a forcing ``eta_j`` added after each of its steps, ``J += Jm = 1/2 sum_j |eta_j|^2_{Q^-1}``
+(background 0).  The window (:mod:`fourdvar.window`) adds ``e_k = eta_{j(k)}`` after step ``k``
+and returns its adjoint ``ae_k``; ``aeta_j = sum_{k in j} ae_k``, ``grad_eta_j J = Q^-1 eta_j + aeta_j``.
 """
 
 from __future__ import annotations
