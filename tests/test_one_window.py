@@ -15,19 +15,31 @@ from fourdvar.covariances import Diagonal, PeriodicCorrelation
 from fourdvar.interfaces import ObservationSlot
 from fourdvar.window import WindowLinearization, linearize_window, tl_block, ad_block
 from models import MLP, Lorenz96
+from models.mlp import MLPWindowLinearization
 from models.lorenz96 import KERNELS_AVAILABLE, CompiledWindow
 from observations import Identity
 
 N_STEPS, EVERY = 8, 3
 
 
+class OwnWindowWithoutForcing(MLP):
+    """A model whose own window takes no forcing, as a user's may: weak constraint chains its steps."""
+
+    window_forcing = False
+
+    def linearize_window(self, x0, p, n_steps):
+        return super().linearize_window(x0, p, n_steps)
+
+
 def models():
     rng = np.random.default_rng(0)
-    mlp = MLP([10, 12, 10], ["tanh", "identity"], residual=True)
+    mlp, own = MLP([10, 12, 10], ["tanh", "identity"], residual=True), OwnWindowWithoutForcing([10, 12, 10], ["tanh", "identity"], residual=True)
+    p = 0.3 * rng.standard_normal(mlp.n_params) / np.sqrt(10)
     return {
         "lorenz96 compiled": (Lorenz96(10), np.empty(0)),
         "lorenz96 numpy": (Lorenz96(10, compiled=False), np.empty(0)),
-        "mlp (own window, no forcing)": (mlp, 0.3 * rng.standard_normal(mlp.n_params) / np.sqrt(10)),
+        "mlp (own window with forcing)": (mlp, p),
+        "mlp (own window, no forcing)": (own, p),
     }
 
 
@@ -67,10 +79,21 @@ def test_weak_gradients_at_zero_forcing_equal_the_strong_ones(name):
 
 
 def test_a_window_that_takes_no_forcing_falls_back_to_the_per_step_chain():
-    model, p = models()["mlp (own window, no forcing)"]
-    x = np.ones(10)
-    assert type(linearize_window(model, x, p, 4)) is not WindowLinearization
-    assert type(linearize_window(model, x, p, 4, forcing=np.zeros((4, 10)))) is WindowLinearization
+    x, forcing = np.ones(10), 0.1 * np.ones((4, 10))
+    own, p = models()["mlp (own window, no forcing)"]
+    assert type(linearize_window(own, x, p, 4)) is MLPWindowLinearization
+    assert type(linearize_window(own, x, p, 4, forcing=forcing)) is WindowLinearization
+    mlp, _ = models()["mlp (own window with forcing)"]
+    window, chain = linearize_window(mlp, x, p, 4, forcing=forcing), WindowLinearization(mlp, x, p, 4, forcing=forcing)
+    assert type(window) is MLPWindowLinearization and np.allclose(window.states, chain.states, rtol=1e-14, atol=1e-14)
+    rng = np.random.default_rng(5)
+    dx0, dp, de = rng.standard_normal(10), rng.standard_normal(mlp.n_params), rng.standard_normal((4, 10))
+    forcings = {k: rng.standard_normal(10) for k in (1, 4)}
+    assert checks.window_adjoint_test(window, dx0, dp, forcings, de=de).value < 1e-12
+    ae, ae_chain = np.empty((4, 10)), np.empty((4, 10))
+    window.ad(forcings, ae=ae), chain.ad(forcings, ae=ae_chain)
+    assert np.allclose(ae, ae_chain, rtol=1e-13, atol=1e-13)
+    assert np.allclose(window.tl(dx0, dp, de=de)[-1], chain.tl(dx0, dp, de=de)[-1], rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.skipif(not KERNELS_AVAILABLE, reason="numba is a dependency; the compiled path needs it")
