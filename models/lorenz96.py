@@ -206,7 +206,7 @@ class Lorenz96(IntegratedModel):
         k, tendency = kernels(), self.tendency
         lin_args = (self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
         return CompiledWindow((k.forecast_window, k.tl_window, k.ad_window), (tendency.forcing_of(p),) + lin_args, lin_args,
-                              x0, self.n_params, int(n_steps), forcing=np.zeros((0, self.n_state)) if forcing is None else forcing)
+                              x0, self.n_params, int(n_steps), forcing)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
@@ -226,11 +226,10 @@ class CompiledWindow:
     The NL sweep stores the trajectory and every step's RK4 stage states; ``tl`` and
     ``ad`` are the compiled sweeps, blocked (``k`` directions as columns) as well as
     on one vector.  ``kernels`` is ``(forecast, tl, ad)`` of :mod:`models.lorenz96_kernels`
-    (called as ``forecast(x0, *nl_args, [forcing,] states, stages)``, ``tl(stages, *lin_args, dx0, dF, K, [de,] dx)``
-    and ``ad(stages, *lin_args, forcings, forced, [ae,] ax, aF)``, the bracketed arrays of weak
-    constraint for kernels that take them: ``forcing`` given, an ``(K, n)`` array or ``(0, n)``
-    for none).  The only parameter a compiled model may have is its forcing ``F``, so ``dp``
-    and ``ap`` have one row or none.
+    (called as ``forecast(x0, *nl_args, forcing, states, stages)``, ``tl(stages, *lin_args, dx0, dF, K, de, dx)``
+    and ``ad(stages, *lin_args, forcings, forced, ae, ax, aF)``; the weak constraint's ``forcing``, ``de``
+    and ``ae`` are ``(K, ...)`` arrays, or ``(0, ...)`` for none).  The only parameter a compiled
+    model may have is its forcing ``F``, so ``dp`` and ``ap`` have one row or none.
     """
 
     blocked = True
@@ -240,15 +239,11 @@ class CompiledWindow:
             raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
         self.forecast_kernel, self.tl_kernel, self.ad_kernel = kernels
         self.lin_args = lin_args
-        self.forced = forcing is not None
         self.n_state, self.n_params, self.n_steps = x0.size, n_params, n_steps
         self.states = np.empty((n_steps + 1, x0.size))
         self.stages = np.empty((n_steps, 4, x0.size))
-        self.forecast_kernel(x0, *nl_args, *self._weak(np.ascontiguousarray(forcing, dtype=float) if self.forced else None), self.states, self.stages)
-
-    def _weak(self, array) -> tuple:
-        """The weak-constraint argument for kernels that take one, else nothing."""
-        return (array,) if self.forced else ()
+        forcing = np.zeros((0, x0.size)) if forcing is None else np.ascontiguousarray(forcing, dtype=float)
+        self.forecast_kernel(x0, *nl_args, forcing, self.states, self.stages)
 
     def _forcing_increments(self, dp: np.ndarray, m: int) -> np.ndarray:
         """``dF`` of each direction, zero when the forcing is not estimated."""
@@ -260,7 +255,7 @@ class CompiledWindow:
         rows = np.ascontiguousarray(np.atleast_2d(dx0.T))  # (m, n): one direction per row
         dx = np.empty((K + 1,) + rows.shape)
         de_rows = np.zeros((0,) + rows.shape) if de is None else np.ascontiguousarray(de.transpose(0, 2, 1) if dx0.ndim == 2 else de[:, None, :])
-        self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, *self._weak(de_rows), dx)
+        self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, de_rows, dx)
         return list(dx.transpose(0, 2, 1)) if dx0.ndim == 2 else list(dx[:, 0])
 
     def ad(self, forcings, ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +272,7 @@ class CompiledWindow:
         direct = ae is not None and not block and ae.flags.c_contiguous  # the kernel writes into ae itself
         ae_rows = ae.reshape(self.n_steps, 1, self.n_state) if direct else np.empty((0 if ae is None else self.n_steps, m, self.n_state))
         ae_rows[...] = 0.0
-        self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, *self._weak(ae_rows), ax, aF)
+        self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, ae_rows, ax, aF)
         if ae is not None and not direct:
             ae[...] = ae_rows.transpose(0, 2, 1) if block else ae_rows[:, 0]
         ap = aF.reshape((1,) + block) if self.n_params else np.zeros((0,) + block)

@@ -124,8 +124,7 @@ class AdjointWithWrongStep(CompiledWindow):
 def test_negative_control_a_wrong_compiled_adjoint_is_caught():
     fast, reference, x, p, rng = pair(40, True, 0.0)
     right = linearize_window(fast, x, p, K)
-    wrong = AdjointWithWrongStep((right.forecast_kernel, right.tl_kernel, right.ad_kernel), (p[0],) + right.lin_args, right.lin_args, x, 1, K,
-                                 forcing=np.zeros((0, 40)))
+    wrong = AdjointWithWrongStep((right.forecast_kernel, right.tl_kernel, right.ad_kernel), (p[0],) + right.lin_args, right.lin_args, x, 1, K)
     chain = WindowLinearization(reference, x, p, K)
     dx0, dp = rng.standard_normal(40), rng.standard_normal(1)
     forcings = {k: rng.standard_normal(40) for k in (2, K)}

@@ -14,7 +14,7 @@ from fourdvar.cost import FourDVarCost, IncrementalCost
 from fourdvar.covariances import Diagonal, PeriodicCorrelation
 from fourdvar.interfaces import ObservationSlot
 from fourdvar.window import WindowLinearization, linearize_window, tl_block, ad_block
-from models import MLP, Lorenz96
+from models import MLP, Lorenz96, Lorenz96TwoScale
 from models.mlp import MLPWindowLinearization
 from models.lorenz96 import KERNELS_AVAILABLE, CompiledWindow
 from observations import Identity
@@ -38,6 +38,7 @@ def models():
     return {
         "lorenz96 compiled": (Lorenz96(10), np.empty(0)),
         "lorenz96 numpy": (Lorenz96(10, compiled=False), np.empty(0)),
+        "two-scale compiled": (Lorenz96TwoScale(n_slow=5, n_fast_per_slow=1), np.empty(0)),
         "mlp (own window with forcing)": (mlp, p),
         "mlp (own window, no forcing)": (own, p),
     }
@@ -65,6 +66,10 @@ def test_weak_gradients_at_zero_forcing_equal_the_strong_ones(name):
     assert terms_w.Jm == 0.0 and terms_w.J == terms_s.J
     assert np.linalg.norm(gx_w - gx_s) <= 1e-13 * np.linalg.norm(gx_s)
     assert geta.shape == (3, model.n_state) and np.linalg.norm(geta) > 0
+    rng = np.random.default_rng(6)
+    window = weak.window(weak.xb, p, eta=0.1 * rng.standard_normal(eta.shape))
+    dx0, dp, de = rng.standard_normal(10), rng.standard_normal(model.n_params), rng.standard_normal((N_STEPS, 10))
+    assert checks.window_adjoint_test(window, dx0, dp, {k: rng.standard_normal(10) for k in (0, 5, N_STEPS)}, de=de).value < 1e-12
 
     jq_s = IncrementalCost(strong, strong.xb, p, control=["state"])
     jq_w = IncrementalCost(weak, weak.xb, p, control=["state", "model_error"], eta=eta)
