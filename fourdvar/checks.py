@@ -49,12 +49,13 @@ directions before a verdict; a check that stays inconclusive is reported as
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .window import PerStepModel, WindowLinearization, forecast, linearize_window
+from .window import PerStepModel, WindowLinearization, declared, forecast, linearize_window, sub_window_forcing
 
 __all__ = [
     "CheckResult",
@@ -586,25 +587,30 @@ def model_window_taylor_test(model, x, p, n_steps: int, rng: np.random.Generator
                                   lambda h: _sweep_of_map(lambda v: forecast(model, v[:n], v[n:], n_steps)[-1], lambda dv: window.tl(dv[:n], dv[n:])[-1], u, h, amplitudes),
                                   draw, directions, RETRIES, "")
 
-    where = "linearize_window (the batched window tl)" if hasattr(model, "linearize_window") else ".tl of linearize over the window"
+    where = "linearize_window (the batched window tl)" if declared(model, "linearize_window") is not None else ".tl of linearize over the window"
     return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng), n, model.n_params,
                          f"the state part of {where}", f"the parameter part of {where}")
 
 
 def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict, tolerance: float = ADJOINT_TOLERANCE,
-                        inspect: str = "the window's ad") -> CheckResult:
-    """Dot-product test of a linearised window (see :mod:`fourdvar.window`) with adjoint
-    forcings ``{k: f_k}`` at several steps: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``."""
+                        inspect: str = "the window's ad", de: np.ndarray | None = None) -> CheckResult:
+    """Dot-product test of a linearised window (see :mod:`fourdvar.window`) with adjoint forcings
+    ``{k: f_k}`` at several steps and, with ``de`` ``(K, n_state)``, the forcing's increments:
+    ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_k <de_k, ae_k>``."""
     steps = sorted(forcings)
+    inputs = [dx0, dp] if de is None else [dx0, dp, de]
 
-    def tl(dx0, dp):
-        dx = window.tl(dx0, dp)
+    def tl(*inputs):
+        dx = window.tl(*inputs[:2], de=inputs[2]) if de is not None else window.tl(*inputs)
         return np.stack([dx[k] for k in steps])
 
     def ad(f):
-        return window.ad(dict(zip(steps, f)))
+        if de is None:
+            return window.ad(dict(zip(steps, f)))
+        ae = np.empty_like(de)
+        return (*window.ad(dict(zip(steps, f)), ae=ae), ae)
 
-    return dot_product_test(tl, ad, [dx0, dp], np.stack([forcings[k] for k in steps]),
+    return dot_product_test(tl, ad, inputs, np.stack([forcings[k] for k in steps]),
                             name=f"window adjoint, forcings at steps {steps}", tolerance=tolerance, inspect=inspect)
 
 
@@ -672,7 +678,7 @@ def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10, direct
     ]
     if window:
         results.append(model_window_taylor_test(model, x, p, n_steps, rng, directions=directions))
-    if window and hasattr(model, "linearize_window"):
+    if window and declared(model, "linearize_window") is not None:
         results.append(batched_window_test(model, x, p, n_steps, rng))
         batched = linearize_window(model, x, p, n_steps)
         runs = [window_adjoint_test(batched, *_random_increments(model, rng),
@@ -735,23 +741,40 @@ def covariance_inverse_test(covariance, rng: np.random.Generator, tolerance: flo
 # --- the cost function --------------------------------------------------------------------
 
 
-def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool = True, directions: int = 1) -> list[CheckResult]:
+def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool = True, directions: int = 1,
+               eta: np.ndarray | None = None) -> list[CheckResult]:
     """Gradient tests of ``J`` and ``Jq``, symmetry of the Hessian of ``Jq`` and
-    ``grad Jq(0) == grad J`` at the linearisation point, for the given control."""
+    ``grad Jq(0) == grad J`` at the linearisation point, for the given control; in weak
+    constraint (a cost with ``Q``) at the forcing ``eta`` (default 0), with the window's
+    dot-product test first (the forcing increments ``de`` included)."""
     from .cost import IncrementalCost  # late import: checks stays usable without the cost machinery
 
-    jq = IncrementalCost(cost, x0, p, control=control, transform=transform)
-    n = cost.model.n_state
-    _, gx, gp = cost.gradient(x0, p)
+    eta = cost.checked_model_error(eta)
+    jq = IncrementalCost(cost, x0, p, control=control, transform=transform, eta=eta)
+    n, n_p = cost.model.n_state, cost.model.n_params
+    weak = eta is not None
     results = []
+    if weak:
+        window = cost.window(x0, p, eta=eta)
+        steps = sorted({0, window.n_steps // 2, window.n_steps})
+        results.append(window_adjoint_test(
+            window, rng.standard_normal(n), rng.standard_normal(n_p), {k: rng.standard_normal(n) for k in steps},
+            de=rng.standard_normal((window.n_steps, n)), inspect="the window's ad: its ae (the forcing adjoint) against tl's de"))
+    gradients = cost.gradient(x0, p, eta)
+    shape = (0, n) if eta is None else eta.shape
 
     def in_control():  # a direction inside the control
-        return np.concatenate(jq.increments(rng.standard_normal(jq.size)))
+        u = rng.standard_normal(jq.size)
+        deta = jq.model_error_increment(u)
+        return np.concatenate(jq.increments(u) + (np.zeros(shape) if deta is None else deta,), axis=None)
 
-    u0 = np.concatenate([x0, p])
+    def J(u):
+        return cost.evaluate(u[:n], u[n : n + n_p], u[n + n_p :].reshape(shape) if weak else None).J
+
+    u0 = np.concatenate([x0, p, np.zeros(0) if eta is None else eta.ravel()])
     results.append(_directional_check(
-        "gradient of J (Taylor)", lambda h: _sweep_of_functional(lambda u: cost.evaluate(u[:n], u[n:]).J, np.concatenate([gx, gp]), u0, h, DEFAULT_AMPLITUDES),
-        in_control, directions, RETRIES, "FourDVarCost.gradient: the model's .ad and parameter adjoint over the window, the operators' .ad"))
+        "gradient of J (Taylor)", lambda h: _sweep_of_functional(J, np.concatenate(gradients[1:], axis=None), u0, h, DEFAULT_AMPLITUDES),
+        in_control, directions, RETRIES, "FourDVarCost.gradient: the window's ad (its parameter and forcing adjoints), the operators' .ad"))
 
     u = 0.1 * rng.standard_normal(jq.size)
     g = jq.value_and_gradient(u)[1]
@@ -765,82 +788,24 @@ def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool =
     results.append(_worst("Hessian of Jq symmetric", runs))
 
     g0 = jq.value_and_gradient(np.zeros(jq.size))[1]
-    expected = jq.control_gradient(gx, gp)
+    expected = jq.control_gradient(*gradients[1:])
     error = float(np.linalg.norm(g0 - expected) / max(np.linalg.norm(expected), _TINY))
     results.append(_judged("grad Jq(0) == grad J", error, 1e-10, "IncrementalCost (its linearisation point) against FourDVarCost.gradient",
                            details="relative difference at the linearisation point"))
     return results
 
 
-# --- weak constraint: the model-error forcing ---------------------------------------------
-
-
 def forced_window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, deta: np.ndarray, forcings: dict,
                                tolerance: float = ADJOINT_TOLERANCE) -> CheckResult:
-    """Dot-product test of a forced window (:class:`fourdvar.window.ForcedWindowLinearization`)
-    with adjoint forcings ``{k: f_k}``: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_j <deta_j, aeta_j>``."""
-    steps = sorted(forcings)
-
-    def tl(dx0, dp, deta):
-        dx = window.tl(dx0, dp, deta=deta)
-        return np.stack([dx[k] for k in steps])
-
-    def ad(f):
-        return window.ad_eta(dict(zip(steps, f)))
-
-    return dot_product_test(tl, ad, [dx0, dp, deta], np.stack([forcings[k] for k in steps]),
-                            name=f"forced window adjoint, forcings at steps {steps}", tolerance=tolerance,
-                            inspect="ForcedWindowLinearization.ad_eta: the forcing adjoint of each sub-window against tl(deta=)")
+    """Deprecated: :func:`window_adjoint_test` with ``de`` the sub-windows' ``deta`` on each step."""
+    warnings.warn("forced_window_adjoint_test is deprecated; use window_adjoint_test(..., de=)", DeprecationWarning, stacklevel=2)
+    return window_adjoint_test(window, dx0, dp, forcings, tolerance, de=sub_window_forcing(deta, window.every, window.n_steps))
 
 
 def check_weak_cost(cost, x0, p, eta, control, rng: np.random.Generator, transform: bool = True) -> list[CheckResult]:
-    """The weak-constraint checks of a cost with a model-error covariance ``Q``, at ``(x0, p, eta)``:
-    the forced window's dot-product test, gradient tests of ``J`` (w.r.t. ``x0``, ``p`` and every
-    ``eta_j``) and of ``Jq`` (``d eta`` in the control), symmetry of the Hessian of ``Jq`` and
-    ``grad Jq(0) == grad J``."""
-    from .cost import IncrementalCost  # late import: checks stays usable without the cost machinery
-
-    n, n_p = cost.model.n_state, cost.model.n_params
-    eta = cost.checked_model_error(eta)
-    jq = IncrementalCost(cost, x0, p, control=control, transform=transform, eta=eta)
-    window = cost.window(x0, p, eta=eta)
-    steps = sorted({0, window.n_steps // 2, window.n_steps})
-    results = [forced_window_adjoint_test(
-        window, rng.standard_normal(n), rng.standard_normal(n_p), rng.standard_normal(eta.shape),
-        {k: rng.standard_normal(n) for k in steps},
-    )]
-
-    def J(u):
-        return cost.evaluate(u[:n], u[n : n + n_p], u[n + n_p :].reshape(eta.shape)).J
-
-    _, gx, gp, geta = cost.full_gradient(x0, p, eta)
-    # a direction inside the control, each part a draw from its prior (B, P, Q), whatever the transform
-    dx0 = cost.B.sample(rng) if jq.n_x else np.zeros(n)
-    dp = cost.P.sample(rng) if jq.n_p else np.zeros(n_p)
-    deta = np.array([cost.Q.sample(rng) for _ in eta]).reshape(eta.shape) if jq.n_e else np.zeros(eta.shape)
-    h = np.concatenate([dx0, dp, deta.ravel()])
-    results.append(gradient_test(J, np.concatenate([gx, gp, geta.ravel()]), np.concatenate([x0, p, eta.ravel()]), h,
-                                 name="gradient of weak-constraint J (Taylor)", rng=rng,
-                                 inspect="FourDVarCost.full_gradient: the forced window's ad_eta, the model's .ad, the operators' .ad"))
-
-    u = 0.1 * rng.standard_normal(jq.size)
-    g = jq.value_and_gradient(u)[1]
-    results.append(gradient_test(lambda v: jq.value_and_gradient(v)[0].J, g, u, rng.standard_normal(jq.size),
-                                 name="gradient of weak-constraint Jq (Taylor)", rng=rng,
-                                 inspect="IncrementalCost.value_and_gradient: the forced window's tl(deta=) against its ad_eta"))
-
-    a, b = rng.standard_normal(jq.size), rng.standard_normal(jq.size)
-    results.append(dot_product_test(jq.hessian_vector, lambda w: [jq.hessian_vector(w)], [a], b,
-                                    name="Hessian of weak-constraint Jq symmetric",
-                                    inspect="IncrementalCost.hessian_vector: the forced window's ad_eta is not the transpose of its tl"))
-
-    g0 = jq.value_and_gradient(np.zeros(jq.size))[1]
-    expected = jq.control_gradient(gx, gp, geta)  # [B^T/2 gx; ...], or [gx; gp; geta] without the transform
-    error = float(np.linalg.norm(g0 - expected) / max(np.linalg.norm(expected), _TINY))
-    results.append(_judged("weak-constraint grad Jq(0) == grad J", error, 1e-10,
-                           "IncrementalCost (its linearisation point) against FourDVarCost.full_gradient",
-                           details="relative difference at the linearisation point"))
-    return results
+    """Deprecated: :func:`check_cost` with ``eta``."""
+    warnings.warn("check_weak_cost is deprecated; use check_cost(..., eta=eta)", DeprecationWarning, stacklevel=2)
+    return check_cost(cost, x0, p, control, rng, transform=transform, eta=eta)
 
 
 # --- reporting ----------------------------------------------------------------

@@ -22,40 +22,27 @@ and its gradient, the ECMWF algorithm::
 The nonlinear gradient is the same sweep with ``H_k(x_k) - y_k`` in place of
 ``H_k dx_k - d_k``, so ``grad Jq(0) == grad J(p^i, x0^i)`` by construction.
 
-Control-variable transform (on by default): the inner loop minimises over
-``v, w`` with ``dx0 = B^1/2 v``, ``dp = P^1/2 w``; then
-``Jb = 1/2 |v_b + v|^2`` with ``v_b = B^T/2 B^-1 (x0^i - xb)`` (which equals
-``B^-1/2 (x0^i - xb)``), and ``grad_v = v_b + v + B^T/2 ax``.  The Hessian becomes
-``I + (B^T/2 ... B^1/2)``, well conditioned when observations are few.
+The control vector ``u`` of the inner loop is a :class:`~fourdvar.control.ControlSpace`
+of named blocks (``x0`` with ``B``, ``p`` with ``P``, ``eta`` with ``Q``), with the
+control-variable transform (on by default: ``dx0 = B^1/2 v``, ... and ``Jb = 1/2 |v_b + v|^2``,
+a Hessian ``I + (B^T/2 ... B^1/2)`` well conditioned when observations are few) or without.
 
-Weak constraint (with a model-error covariance ``Q``): the window's ``L`` steps
-are split into sub-windows of ``every`` steps, sub-window ``j`` carrying a
-forcing ``eta_j`` added after each of its steps::
-
-    x_k = M(x_{k-1}, p) + eta_{j(k)},   j(k) = (k - 1) // every
-    J  += Jm = 1/2 sum_j |eta_j|^2_{Q^-1}
-
-(``eta``'s background is 0).  Incrementally ``d eta`` joins the control,
-``u = [v; w; w_eta]`` with ``d eta_j = Q^1/2 w_eta_j``; the TL adds ``d eta_{j(k)}``
-after step ``k`` and the AD accumulates each sub-window's adjoint ``aeta_j``
-(:class:`fourdvar.window.ForcedWindowLinearization`), so::
-
-    grad_eta_j J  = Q^-1 eta_j + aeta_j
-    grad_w_eta_j  = (w_eta_b_j + w_eta_j) + Q^T/2 aeta_j,    w_eta_b_j = Q^T/2 Q^-1 eta^i_j
+Weak constraint (with a model-error covariance ``Q``): sub-window ``j`` of ``every`` steps
+carries a forcing ``eta_j`` added after each of its steps, ``J += Jm = 1/2 sum_j |eta_j|^2_{Q^-1}``
+(background 0).  The window (:mod:`fourdvar.window`) adds ``e_k = eta_{j(k)}`` after step ``k``
+and returns its adjoint ``ae_k``; ``aeta_j = sum_{k in j} ae_k``, ``grad_eta_j J = Q^-1 eta_j + aeta_j``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .covariances import Diagonal
-from .window import (
-    DivergenceError, ForcedWindowLinearization, WindowLinearization, ad_block, forced_forecast, forecast, linearize_window,
-    n_sub_windows, tl_block,
-)
+from .control import Block, ControlSpace, apply_rows, each_column
+from .window import DivergenceError, Window, ad_block, forecast, linearize_window, n_sub_windows, sub_window_forcing, sub_window_sums, tl_block
 
 __all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
 
@@ -101,11 +88,6 @@ def _quadratic_term(covariance, departure: np.ndarray) -> tuple[float, np.ndarra
     """``(1/2 e^T C^-1 e, C^-1 e)``."""
     weighted = covariance.solve(departure)
     return 0.5 * float(departure @ weighted), weighted
-
-
-def _rows(method, vectors: np.ndarray) -> np.ndarray:
-    """``method`` (a covariance's ``solve``, ``sqrt``, ``sqrt_t`` ...) applied to each row: one per sub-window."""
-    return np.array([method(row) for row in vectors]).reshape(vectors.shape)
 
 
 class FourDVarCost:
@@ -188,32 +170,35 @@ class FourDVarCost:
     def last_observed_step(self) -> int:
         return max((slot.step for slot in self.slots), default=0)
 
-    def window(self, x0: np.ndarray, p: np.ndarray, context: str = "", eta: np.ndarray | None = None) -> WindowLinearization:
-        """The nonlinear run over the window (to the last observation), linearised.
-
-        A :class:`WindowLinearization`, or what the model's optional
-        ``linearize_window`` hook returns (see :func:`fourdvar.window.linearize_window`);
-        with model error, the forced :class:`~fourdvar.window.ForcedWindowLinearization`.
-        """
+    def forcing(self, eta: np.ndarray | None, n_steps: int | None = None) -> np.ndarray | None:
+        """The per-step forcing ``e_k = eta_{j(k)}`` of the window's first ``n_steps`` steps (the last
+        observed step by default), ``(n_steps, n_state)``; ``None`` in strong constraint."""
         eta = self.checked_model_error(eta)
-        if eta is not None:
-            return ForcedWindowLinearization(self.model, x0, p, self.last_observed_step, eta, self.every, context=context)
-        return linearize_window(self.model, x0, p, self.last_observed_step, context=context)
+        return None if eta is None else sub_window_forcing(eta, self.every, self.last_observed_step if n_steps is None else n_steps)
+
+    def window(self, x0: np.ndarray, p: np.ndarray, context: str = "", eta: np.ndarray | None = None) -> Window:
+        """The nonlinear run over the window (to the last observation), with the forcing ``eta``
+        in weak constraint, linearised: :func:`fourdvar.window.linearize_window`."""
+        return linearize_window(self.model, x0, p, self.last_observed_step, context=context, forcing=self.forcing(eta))
 
     def trajectory(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None, n_steps: int | None = None, context: str = "") -> np.ndarray:
         """The nonlinear (forced, with model error) trajectory ``x_0 .. x_n``, ``n`` the window length by default."""
         n_steps = self.n_steps if n_steps is None else n_steps
+        return forecast(self.model, x0, p, n_steps, context=context, forcing=self.forcing(eta, n_steps))
+
+    def blocks(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None) -> list[Block]:
+        """The control blocks of the terms this cost has: ``x0`` (with ``B``), ``p`` (with ``P``) and
+        ``eta`` (with ``Q``, one row per sub-window), each with its departure from the background at ``(x0, p, eta)``."""
         eta = self.checked_model_error(eta)
-        if eta is None:
-            return forecast(self.model, x0, p, n_steps, context=context)
-        return forced_forecast(self.model, x0, p, n_steps, eta, self.every, context=context)
+        terms = (("x0", self.B, x0 - self.xb), ("p", self.P, p - self.pb), ("eta", self.Q, eta))
+        return [Block(name, C, np.reshape(departure, (-1, np.shape(departure)[-1]))) for name, C, departure in terms if C is not None]
 
     def model_error_terms(self, eta: np.ndarray | None) -> tuple[float, np.ndarray]:
         """``(Jm, Q^-1 eta)``, ``Q^-1`` applied to each sub-window's ``eta_j``; ``(0, (0, n_state) array)`` without ``Q``."""
         eta = self.checked_model_error(eta)
         if eta is None:
             return 0.0, np.zeros((0, self.model.n_state))
-        weighted = _rows(self.Q.solve, eta)
+        weighted = apply_rows(self.Q.solve, eta)
         return 0.5 * float(np.vdot(eta, weighted)), weighted
 
     def background_terms(self, x0: np.ndarray, p: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -230,18 +215,12 @@ class FourDVarCost:
         Jm, _ = self.model_error_terms(eta)
         return CostTerms(Jb, Jp, float(Jo), Jm)
 
-    def gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None) -> tuple[CostTerms, np.ndarray, np.ndarray]:
-        """``(terms, grad_x0 J, grad_p J)`` by one forward and one adjoint sweep.
+    def gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None):
+        """``(terms, grad_x0 J, grad_p J)`` by one forward and one adjoint sweep, and ``grad_eta J``
+        (``(n_sub, n_state)``: ``Q^-1 eta_j + aeta_j``) last in weak constraint.
 
-        Both gradients are returned whatever the control; ``grad_p`` has no
-        ``Jp`` part when ``P`` is ``None``.  With model error,
-        :meth:`full_gradient` gives ``grad_eta J`` as well.
+        Every gradient is returned whatever the control; ``grad_p`` has no ``Jp`` part when ``P`` is ``None``.
         """
-        terms, gx, gp, _ = self.full_gradient(x0, p, eta)
-        return terms, gx, gp
-
-    def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None) -> tuple[CostTerms, np.ndarray, np.ndarray, np.ndarray]:
-        """``(terms, grad_x0 J, grad_p J, grad_eta J)``, the last ``(n_sub, n_state)``: ``Q^-1 eta_j + aeta_j``."""
         eta = self.checked_model_error(eta)
         window = self.window(x0, p, context="cost gradient", eta=eta)
         Jo, forcings = 0.0, {}
@@ -250,65 +229,49 @@ class FourDVarCost:
             J_k, z = _quadratic_term(slot.covariance, H.output - slot.values)
             Jo += J_k
             _add_forcing(forcings, slot.step, H.ad(z))
-        if eta is None:
-            (ax, ap), aeta = window.ad(forcings), 0.0
-        else:
-            ax, ap, aeta = window.ad_eta(forcings)
+        ae = None if eta is None else np.empty((window.n_steps, self.model.n_state))
+        ax, ap = window.ad(forcings) if ae is None else window.ad(forcings, ae=ae)
         Jb, Jp, gb, gp = self.background_terms(x0, p)
         # the adjoints added in place to the fresh background gradients: for a large network the
         # parameter-sized arrays are then p - pb, P^-1 (p - pb) (returned) and ap, no more
         gb += ax
         gp += ap
+        if eta is None:
+            return CostTerms(Jb, Jp, Jo), gb, gp
         Jm, geta = self.model_error_terms(eta)
-        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, geta + aeta
+        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, geta + sub_window_sums(ae, self.every, self.n_sub)
 
-
-def _each_column(function, M: np.ndarray) -> np.ndarray:
-    """``[function(M[:, 0]), function(M[:, 1]), ...]`` as the columns of a matrix."""
-    return np.stack([function(M[:, j]) for j in range(M.shape[1])], axis=1)
+    def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None):
+        """Deprecated: :meth:`gradient`, with ``grad_eta J`` (``(0, n_state)`` in strong constraint)."""
+        warnings.warn("FourDVarCost.full_gradient is deprecated; use gradient", DeprecationWarning, stacklevel=2)
+        result = self.gradient(x0, p, eta)
+        return result if len(result) == 4 else result + (np.zeros((0, self.model.n_state)),)
 
 
 def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
     forcings[step] = forcings[step] + forcing if step in forcings else forcing
 
 
-def _into(method, v: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[:] = method(v)`` for a covariance's ``sqrt``, ``sqrt_t``, ``solve`` ...; returns ``out``.
-
-    A :class:`~fourdvar.covariances.Diagonal` writes the result straight into
-    ``out`` (its methods take ``out=``, which may be ``v`` itself); any other
-    covariance returns a fresh array, which is copied in.
-    """
-    if isinstance(getattr(method, "__self__", None), Diagonal):
-        return method(v, out=out)
-    result = method(v)
-    if result.shape != out.shape:  # B^T/2 into an extended control space: larger than the state
-        return result
-    out[...] = result
-    return out
+#: the control's names (``Control``) and the blocks they put in the control space
+_BLOCKS = (("state", "x0"), ("params", "p"), ("model_error", "eta"))
 
 
 class IncrementalCost:
     """``Jq`` around ``(p^i, x0^i)`` (and ``eta^i``, with model error) as a function of the control vector ``u``.
 
-    ``u = [v; w]`` holds the state part (``n_state`` values, when the state is in
-    the control) then the parameter part (``n_params``).  With ``transform=True``
-    these are ``v = B^-1/2 dx0`` and ``w = P^-1/2 dp``; otherwise ``dx0`` and ``dp``.
-    With the model error in the control, ``u = [v; w; w_eta]``, ``w_eta`` the
-    ``n_sub`` sub-windows' ``Q^-1/2 d eta_j`` one after the other (``d eta_j``
-    without the transform); see :meth:`split_model_error`.
-    The trajectory, the innovations and every linearisation are computed here,
-    once, and reused by each call.
+    ``u`` is a :class:`~fourdvar.control.ControlSpace` over the blocks in the control:
+    ``x0`` (``n_state`` values, or the ensemble's larger control), ``p`` (``n_params``)
+    and ``eta`` (``n_sub`` rows of ``n_state``), in that order.  With ``transform=True``
+    a block holds ``C^-1/2`` times its increment (``v = B^-1/2 dx0``, ``w = P^-1/2 dp``,
+    ``w_eta_j = Q^-1/2 d eta_j``), otherwise the increment itself.  A part not in the
+    control keeps its guess and its (constant) background term, so ``Jq(0) == J``.
+    The trajectory, the innovations and every linearisation are computed here, once,
+    and reused by each call.
 
-    The parameter part can be large (8 million values for a 2000-wide dense
-    network), and then a fresh temporary per operation on it costs as much as
-    the arithmetic or more.  So :meth:`value_and_gradient` and
-    :meth:`hessian_vector` write ``dx0`` and ``dp`` for the TL into work arrays
-    kept here (:meth:`_tl_increments`), then assemble their result part by part,
-    in place, in the one array they allocate and return
-    (:meth:`_background_into`, :meth:`_add_control_gradient`); the window's AD
-    gives the only other parameter-sized array, ``ap``.  Because of the work
-    arrays, one ``IncrementalCost`` is not for concurrent calls from several threads.
+    The parameter block can be large (8 million values for a 2000-wide dense network),
+    so :meth:`value_and_gradient` and :meth:`hessian_vector` assemble their result in
+    place in the one array they return; the control space's work arrays hold the
+    increments, so one ``IncrementalCost`` is not for concurrent calls from several threads.
     """
 
     def __init__(self, cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", transform: bool = True, outer_loop: int = 0,
@@ -319,21 +282,12 @@ class IncrementalCost:
         self.x0 = np.asarray(x0, dtype=float)
         self.p = np.asarray(p, dtype=float)
         self.context = f"outer loop {outer_loop}"
-        if self.control.state and cost.B is None:
-            raise ValueError("the state is in the control but no background covariance B was given")
-        if self.control.params and cost.P is None and cost.model.n_params:
-            raise ValueError("the parameters are in the control but no parameter covariance P was given")
-        if self.control.model_error and cost.Q is None:
-            raise ValueError("the model error is in the control but no model-error covariance Q was given")
+        for flag, C, needed, name in ((self.control.state, cost.B, True, "the state is in the control but no background covariance B"),
+                                      (self.control.params, cost.P, cost.model.n_params, "the parameters are in the control but no parameter covariance P"),
+                                      (self.control.model_error, cost.Q, True, "the model error is in the control but no model-error covariance Q")):
+            if flag and C is None and needed:
+                raise ValueError(f"{name} was given")
         self.eta = cost.checked_model_error(eta)
-        # a B whose square root maps from a larger control space (an ensemble's alpha control) says so
-        self.n_x = getattr(cost.B, "control_size", cost.model.n_state) if self.control.state else 0
-        if self.n_x not in (0, cost.model.n_state) and not self.transform:
-            raise ValueError(f"{cost.B!r} is applied through its square root only: it needs the control-variable transform")
-        self.n_p = cost.model.n_params if self.control.params else 0
-        self.n_e = cost.n_sub * cost.model.n_state if self.control.model_error else 0
-        self.size = self.n_x + self.n_p + self.n_e
-
         self.window = cost.window(self.x0, self.p, context=self.context, eta=self.eta)
         self.observations = []  # (slot, H linearised at x_k^i, innovation d_k)
         for slot in cost.slots:
@@ -343,166 +297,104 @@ class IncrementalCost:
                 raise DivergenceError(f"{self.context}: innovations at step {slot.step} are not finite")
             self.observations.append((slot, H, d))
 
-        Jb, Jp, self.Binv_dep, self.Pinv_dep = cost.background_terms(self.x0, self.p)
+        Jb, Jp, _, _ = cost.background_terms(self.x0, self.p)
+        Jm, _ = cost.model_error_terms(self.eta)
+        blocks = cost.blocks(self.x0, self.p, self.eta)
+        on = {name for flag, name in _BLOCKS if flag in self.control.names()}
+        self.space = ControlSpace([block for block in blocks if block.name in on], self.transform)
         # a part not in the control keeps its (constant) background term, so Jq(0) == J(p^i, x0^i)
-        self.Jb_fixed = 0.0 if self.n_x else Jb
-        self.Jp_fixed = 0.0 if self.n_p else Jp
-        self.departure_x = self.x0 - cost.xb
-        self.departure_p = self.p - cost.pb
-        if self.transform:
-            self.v_b = cost.B.sqrt_t(self.Binv_dep) if self.control.state else np.zeros(0)
-            self.w_b = cost.P.sqrt_t(self.Pinv_dep) if self.n_p else np.zeros(0)
-        Jm, self.Qinv_eta = cost.model_error_terms(self.eta)
-        self.Jm_fixed = 0.0 if self.n_e else Jm
-        if self.n_e and self.transform:
-            self.w_eta_b = _rows(cost.Q.sqrt_t, self.Qinv_eta)
-        # the TL's (dx0, dp), rewritten by each call (see _tl_increments); a part not in the control stays 0
-        self._dx0 = np.zeros(cost.model.n_state)
-        self._dp = np.zeros(cost.model.n_params)
-        self._dx0.flags.writeable = bool(self.n_x and self.transform)
-        self._dp.flags.writeable = bool(self.n_p and self.transform)
+        self.fixed = {name: (0.0 if name in self.space else J) for name, J in (("x0", Jb), ("p", Jp), ("eta", Jm))}
+        self.size = self.space.size
+        self.n_x, self.n_p, self.n_e = (len(range(self.size)[self.space.slice(name)]) for name in ("x0", "p", "eta"))
+        self._zero = [np.zeros(cost.model.n_state), np.zeros(cost.model.n_params)]
 
     # --- control vector <-> increments ---------------------------------------------------
 
     def split(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(v, w)``: views of the state and the parameter part of ``u``."""
-        if u.shape != (self.size,):
-            raise ValueError(f"control vector must have shape ({self.size},), got {u.shape}")
-        return u[: self.n_x], u[self.n_x : self.n_x + self.n_p]
+        self.space.parts(u)  # checks the shape
+        return u[self.space.slice("x0")], u[self.space.slice("p")]
 
     def split_model_error(self, u: np.ndarray) -> np.ndarray:
         """``w_eta``: a view of the model-error part of ``u``, shape ``(n_sub, n_state)`` (``(0, n_state)`` when not in the control)."""
-        if u.shape != (self.size,):
-            raise ValueError(f"control vector must have shape ({self.size},), got {u.shape}")
-        return u[self.n_x + self.n_p :].reshape(-1, self.cost.model.n_state)
+        self.space.parts(u)
+        return u[self.space.slice("eta")].reshape(-1, self.cost.model.n_state)
 
-    def model_error_increment(self, u: np.ndarray) -> np.ndarray | None:
-        """``d eta``, ``(n_sub, n_state)``: ``Q^1/2 w_eta_j`` for each sub-window (``w_eta`` without the transform), a fresh array; ``None`` when not in the control."""
-        if not self.n_e:
-            return None
-        w_eta = self.split_model_error(u)
-        return _rows(self.cost.Q.sqrt, w_eta) if self.transform else w_eta.copy()
+    def _increments(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(dx0, dp, d eta)`` of ``u`` for the TL, which only reads them: work arrays, views of ``u``
+        or zeros for a part not in the control (``d eta`` ``None``)."""
+        d = dict(zip(self.space.index, self.space.increments(u)))
+        return d["x0"][0] if "x0" in d else self._zero[0], d["p"][0] if "p" in d else self._zero[1], d.get("eta")
 
     def increments(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(dx0, dp)`` for the control vector ``u`` (zero for a part not in the control), fresh arrays."""
-        v, w = self.split(u)
-        dx0 = (self.cost.B.sqrt(v) if self.transform else v.copy()) if self.n_x else np.zeros(self.cost.model.n_state)
-        dp = (self.cost.P.sqrt(w) if self.transform else w.copy()) if self.n_p else np.zeros(self.cost.model.n_params)
-        return dx0, dp
+        dx0, dp, _ = self._increments(u)
+        return dx0.copy(), dp.copy()
 
-    def _tl_increments(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`increments` for the TL, which only reads them: no fresh arrays.
+    def model_error_increment(self, u: np.ndarray) -> np.ndarray | None:
+        """``d eta``, ``(n_sub, n_state)``: ``Q^1/2 w_eta_j`` for each sub-window (``w_eta`` without the transform), a fresh array; ``None`` when not in the control."""
+        deta = self._increments(u)[2]
+        return None if deta is None else deta.copy()
 
-        ``dx0 = B^1/2 v`` and ``dp = P^1/2 w`` are written into the work arrays
-        ``_dx0``, ``_dp`` (overwritten by the next call); without the transform
-        ``dx0 = v`` and ``dp = w`` are the views of ``u``.  A part not in the
-        control is the work array's zeros.
-        """
-        v, w = self.split(u)
-        dx0, dp = self._dx0, self._dp
-        if self.n_x:
-            dx0 = _into(self.cost.B.sqrt, v, out=dx0) if self.transform else v
-        if self.n_p:
-            dp = _into(self.cost.P.sqrt, w, out=dp) if self.transform else w
-        return dx0, dp
+    def _adjoints(self, ax: np.ndarray, ap: np.ndarray, aeta) -> list[np.ndarray]:
+        """The adjoints of the blocks in the control, in their order, each ``(rows, n)`` (``(rows, n, k)``)."""
+        named = {"x0": ax[None], "p": ap[None], "eta": aeta}
+        return [named[name] for name in self.space.index]
 
     def control_gradient(self, ax: np.ndarray, ap: np.ndarray, aeta: np.ndarray | None = None) -> np.ndarray:
         """Adjoint of :meth:`increments` (and :meth:`model_error_increment`): ``(ax, ap, aeta) -> [B^T/2 ax; P^T/2 ap; Q^T/2 aeta_j]``.
 
-        Applied to ``(grad_x0 J, grad_p J)`` it gives the gradient w.r.t. the control vector.
+        Applied to ``(grad_x0 J, grad_p J, grad_eta J)`` it gives the gradient w.r.t. the control vector.
         """
-        # copies: _add_control_gradient overwrites the vectors it is given
-        return self._add_control_gradient(np.array(ax, dtype=float), np.array(ap, dtype=float), out=np.zeros(self.size), aeta=aeta)
-
-    def _add_control_gradient(self, ax: np.ndarray, ap: np.ndarray, out: np.ndarray, aeta: np.ndarray | None = None) -> np.ndarray:
-        """``out += [B^T/2 ax; P^T/2 ap; Q^T/2 aeta_j]`` (``out += [ax; ap; aeta]`` without the transform); returns ``out``.
-
-        With the transform, ``ax`` and ``ap`` are overwritten by ``B^T/2 ax`` and ``P^T/2 ap``.
-        """
-        out_x, out_p = self.split(out)
-        if self.n_x:
-            out_x += _into(self.cost.B.sqrt_t, ax, out=ax) if self.transform else ax
-        if self.n_p:
-            out_p += _into(self.cost.P.sqrt_t, ap, out=ap) if self.transform else ap
-        if self.n_e and aeta is not None:
-            self.split_model_error(out)[...] += _rows(self.cost.Q.sqrt_t, aeta) if self.transform else aeta
-        return out
+        aeta = np.zeros((self.n_e // max(self.cost.model.n_state, 1), self.cost.model.n_state)) if aeta is None else aeta
+        adjoints = [np.array(a, dtype=float) for a in self._adjoints(np.asarray(ax), np.asarray(ap), aeta)]
+        return self.space.add_adjoint(adjoints, out=np.zeros(self.size))
 
     # --- the background terms ------------------------------------------------------------
+
+    def _background_into(self, u: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
+        """``(Jb, Jp, Jm)`` at ``u``, the gradient of their sum w.r.t. ``u`` written into ``out``."""
+        J = dict(self.fixed)
+        for name, J_b in zip(self.space.index, self.space.background(u, out)):
+            J[name] += J_b
+        return J["x0"], J["p"], J["eta"]
 
     def background(self, u: np.ndarray) -> tuple[float, float, np.ndarray]:
         """``(Jb, Jp, gradient of Jb + Jp + Jm w.r.t. u)``; ``Jm`` from :meth:`model_error_term`."""
         gradient = np.empty(self.size)
-        Jb, Jp = self._background_into(u, out=gradient)
-        self._model_error_into(u, out=gradient)
+        Jb, Jp, _ = self._background_into(u, out=gradient)
         return Jb, Jp, gradient
 
     def background_and_model_error(self, u: np.ndarray) -> tuple[float, float, float]:
-        """``(Jb, Jp, Jm)`` at ``u``, with one work array for their gradients."""
-        gradient = np.empty(self.size)
-        Jb, Jp = self._background_into(u, out=gradient)
-        return Jb, Jp, self._model_error_into(u, out=gradient)
+        """``(Jb, Jp, Jm)`` at ``u``."""
+        return self._background_into(u, out=np.empty(self.size))
 
     def model_error_term(self, u: np.ndarray) -> float:
         """``Jm = 1/2 sum_j |eta^i_j + d eta_j|^2_{Q^-1}`` at ``u``."""
-        return self._model_error_into(u, out=np.empty(self.size))
+        return self._background_into(u, out=np.empty(self.size))[2]
 
-    def _model_error_into(self, u: np.ndarray, out: np.ndarray) -> float:
-        """``Jm``, its gradient w.r.t. ``w_eta`` written into the model-error part of ``out``.
+    @property
+    def v_b(self) -> np.ndarray:
+        """``B^T/2 B^-1 (x0^i - xb)``: the background's state part in the control variables (with the transform)."""
+        return self.space.prior[self.space.index["x0"]][0] if "x0" in self.space else np.zeros(0)
 
-        With the transform ``out_eta = w_eta_b + w_eta`` (squared norm ``2 Jm``); without it
-        ``out_eta_j = Q^-1 (eta^i_j + d eta_j)``.
-        """
-        if not self.n_e:
-            return self.Jm_fixed
-        w_eta, out_eta = self.split_model_error(u), self.split_model_error(out)
-        if self.transform:
-            np.add(self.w_eta_b, w_eta, out=out_eta)
-            return 0.5 * float(np.vdot(out_eta, out_eta))
-        e = self.eta + w_eta
-        out_eta[...] = _rows(self.cost.Q.solve, e)
-        return 0.5 * float(np.vdot(e, out_eta))
-
-    def _background_into(self, u: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-        """``(Jb, Jp)``, their gradient w.r.t. ``u`` written into ``out``.
-
-        With the transform, ``out = [v_b + v; w_b + w]``, whose two parts have the
-        squared norms ``2 Jb`` and ``2 Jp``.  Without it::
-
-            out = [B^-1 (x0^i - xb + dx0); P^-1 (p^i - pb + dp)],   Jb = 1/2 (x0^i - xb + dx0) . out_x, ...
-        """
-        v, w = self.split(u)
-        out_x, out_p = self.split(out)
-        Jb = Jp = 0.0
-        if self.transform:
-            if self.n_x:
-                ev = np.add(self.v_b, v, out=out_x)
-                Jb = 0.5 * float(ev @ ev)
-            if self.n_p:
-                ew = np.add(self.w_b, w, out=out_p)
-                Jp = 0.5 * float(ew @ ew)
-        else:  # dx0 = v, dp = w
-            if self.n_x:
-                ex = self.departure_x + v
-                Jb = 0.5 * float(ex @ _into(self.cost.B.solve, ex, out=out_x))
-            if self.n_p:
-                ep = self.departure_p + w
-                Jp = 0.5 * float(ep @ _into(self.cost.P.solve, ep, out=out_p))
-        return Jb + self.Jb_fixed, Jp + self.Jp_fixed
+    @property
+    def w_b(self) -> np.ndarray:
+        """``P^T/2 P^-1 (p^i - pb)``, as :attr:`v_b` for the parameters."""
+        return self.space.prior[self.space.index["p"]][0] if "p" in self.space else np.zeros(0)
 
     # --- Jq and its gradient -----------------------------------------------------------
 
-    def _observation_sweep(self, u: np.ndarray, innovations: bool) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(Jo, ax, ap, aeta)``: TL forward, ``z_k = R_k^-1 (H_k dx_k - d_k)``, AD backward.
+    def _observation_sweep(self, u: np.ndarray, innovations: bool) -> tuple[float, list[np.ndarray]]:
+        """``(Jo, adjoints)``: TL forward, ``z_k = R_k^-1 (H_k dx_k - d_k)``, AD backward.
 
-        ``(ax, ap) = sum_k M_{k:0}^T H_k^T z_k`` is the gradient of ``Jo`` w.r.t.
-        ``(dx0, dp)``, fresh arrays, and ``aeta`` (``None`` when the model error is
-        not in the control) the gradient w.r.t. ``d eta``; :meth:`_add_control_gradient`
+        ``adjoints`` are the gradients of ``Jo`` w.r.t. the increments of the blocks in
+        the control (``sum_k M_{k:0}^T H_k^T z_k`` for ``dx0`` and ``dp``, each
+        sub-window's sum for ``d eta``), fresh arrays; :meth:`ControlSpace.add_adjoint`
         takes them to ``u``.  With ``innovations=False`` the ``d_k`` are left out (the Hessian's sweep).
         """
-        dx0, dp = self._tl_increments(u)
-        deta = self.model_error_increment(u)
-        dx = self.window.tl(dx0, dp) if deta is None else self.window.tl(dx0, dp, deta=deta)
+        dx0, dp, deta = self._increments(u)
+        dx = self.window.tl(dx0, dp) if deta is None else self.window.tl(dx0, dp, de=sub_window_forcing(deta, self.cost.every, self.window.n_steps))
         Jo, forcings = 0.0, {}
         for slot, H, d in self.observations:
             r = H.tl(dx[slot.step])
@@ -511,11 +403,16 @@ class IncrementalCost:
             J_k, z = _quadratic_term(slot.covariance, r)
             Jo += J_k
             _add_forcing(forcings, slot.step, H.ad(z))
-        if deta is None:
-            ax, ap = self.window.ad(forcings)
-            return Jo, ax, ap, None
-        ax, ap, aeta = self.window.ad_eta(forcings)
-        return Jo, ax, ap, aeta
+        return Jo, self._adjoints(*self._ad(self.window.ad, forcings, deta is not None, ()))
+
+    def _ad(self, ad, forcings: dict, model_error: bool, block: tuple) -> tuple:
+        """``(ax, ap, aeta)`` of the window's AD ``ad`` (``aeta``, each sub-window's sum of ``ae_k``, ``None``
+        without the model error in the control)."""
+        if not model_error:
+            return (*ad(forcings), None)
+        ae = np.empty((self.window.n_steps, self.cost.model.n_state) + block)
+        ax, ap = ad(forcings, ae=ae)
+        return ax, ap, sub_window_sums(ae, self.cost.every, self.cost.n_sub)
 
     def value_and_gradient(self, u: np.ndarray) -> tuple[CostTerms, np.ndarray]:
         """``(Jq(u) and its terms, grad_u Jq)``, the gradient a fresh array.
@@ -530,11 +427,10 @@ class IncrementalCost:
         and without it ``[B^-1 (x0^i - xb + dx0) + ax; P^-1 (p^i - pb + dp) + ap; Q^-1 (eta^i_j + d eta_j) + aeta_j]``.
         """
         u = np.asarray(u, dtype=float)
-        Jo, ax, ap, aeta = self._observation_sweep(u, innovations=True)
+        Jo, adjoints = self._observation_sweep(u, innovations=True)
         gradient = np.empty(self.size)
-        Jb, Jp = self._background_into(u, out=gradient)
-        Jm = self._model_error_into(u, out=gradient)
-        self._add_control_gradient(ax, ap, out=gradient, aeta=aeta)
+        Jb, Jp, Jm = self._background_into(u, out=gradient)
+        self.space.add_adjoint(adjoints, out=gradient)
         terms = CostTerms(Jb, Jp, Jo, Jm)
         if not np.isfinite(terms.J):
             raise DivergenceError(f"{self.context}: the incremental cost is not finite")
@@ -548,19 +444,8 @@ class IncrementalCost:
         from the sweep without innovations.
         """
         u = np.asarray(u, dtype=float)
-        _, ax, ap, aeta = self._observation_sweep(u, innovations=False)
-        if self.transform:
-            Au = u.copy()
-        else:  # dx0 = v, dp = w
-            Au = np.empty(self.size)
-            (v, w), (Au_x, Au_p) = self.split(u), self.split(Au)
-            if self.n_x:
-                _into(self.cost.B.solve, v, out=Au_x)
-            if self.n_p:
-                _into(self.cost.P.solve, w, out=Au_p)
-            if self.n_e:
-                self.split_model_error(Au)[...] = _rows(self.cost.Q.solve, self.split_model_error(u))
-        return self._add_control_gradient(ax, ap, out=Au, aeta=aeta)
+        _, adjoints = self._observation_sweep(u, innovations=False)
+        return self.space.add_adjoint(adjoints, out=self.space.prior_hessian(u))
 
     def hessian_matrix(self, block_size: int = 512) -> np.ndarray:
         """The Hessian ``A`` of ``Jq`` as a dense ``(size, size)`` matrix, column ``i`` = ``A e_i``.
@@ -570,15 +455,13 @@ class IncrementalCost:
         column by column for a model without blocks), the same algebra as
         :meth:`hessian_vector` on ``k`` columns::
 
-            (dX0, dP) = (B^1/2 V, P^1/2 W)        F_k = H_k^T R_k^-1 H_k dX_k
-            A U = U + [B^T/2 AX; P^T/2 AP]        (AX, AP) = sum_k M_{k:0}^T F_k
+            (dX0, dP, dE) = (B^1/2 V, P^1/2 W, Q^1/2 W_eta)        F_k = H_k^T R_k^-1 H_k dX_k
+            A U = U + [B^T/2 AX; P^T/2 AP; Q^T/2 AE]               (AX, AP, AE) = the blocked AD of the F_k
 
         ``H_k^T R_k^-1 H_k`` goes through the operator and covariance one column at a
         time: applied to the ``n_state`` unit vectors once (then one matrix product)
         when the state is smaller than the block.  Symmetrised, which it is up to round-off.
         """
-        if self.n_e:  # the blocked sweeps carry no forcing: one Hessian-vector product per column
-            return self._hessian_matrix_by_columns()
         A = np.empty((self.size, self.size))
         for start in range(0, self.size, block_size):
             k = min(block_size, self.size - start)
@@ -587,53 +470,30 @@ class IncrementalCost:
             A[:, start : start + k] = self._hessian_columns(U)
         return 0.5 * (A + A.T)
 
-    def _hessian_matrix_by_columns(self) -> np.ndarray:
-        """:meth:`hessian_matrix` one column ``A e_i`` at a time (:meth:`hessian_vector`), for a
-        control that holds the model-error forcing."""
-        A = np.empty((self.size, self.size))
-        unit = np.zeros(self.size)
-        for i in range(self.size):
-            unit[i] = 1.0
-            A[:, i] = self.hessian_vector(unit)
-            unit[i] = 0.0
-        return 0.5 * (A + A.T)
-
     def _hessian_columns(self, U: np.ndarray) -> np.ndarray:
         """``A U`` for a block ``U`` of shape ``(size, k)``."""
         model, k = self.cost.model, U.shape[1]
-        (V, W), transform = (U[: self.n_x], U[self.n_x :]), self.transform
-        dX0, dP = np.zeros((model.n_state, k)), np.zeros((model.n_params, k))
-        if self.n_x:
-            dX0[:] = _each_column(self.cost.B.sqrt, V) if transform else V
-        if self.n_p:
-            dP[:] = _each_column(self.cost.P.sqrt, W) if transform else W
-        dX = tl_block(self.window, dX0, dP)
+        d = dict(zip(self.space.index, self.space.column_increments(U)))
+        dX0 = d["x0"][0] if "x0" in d else np.zeros((model.n_state, k))
+        dP = d["p"][0] if "p" in d else np.zeros((model.n_params, k))
+        dX = tl_block(self.window, dX0, dP, de=None if "eta" not in d else sub_window_forcing(d["eta"], self.cost.every, self.window.n_steps))
         forcings = {}
         for slot, H, _ in self.observations:
             def gauss_newton(dx, H=H, R=slot.covariance):
                 return H.ad(R.solve(H.tl(dx)))  # H^T R^-1 H dx
 
             if model.n_state < k:
-                F = _each_column(gauss_newton, np.eye(model.n_state)) @ dX[slot.step]
+                F = each_column(gauss_newton, np.eye(model.n_state)) @ dX[slot.step]
             else:
-                F = _each_column(gauss_newton, dX[slot.step])
+                F = each_column(gauss_newton, dX[slot.step])
             _add_forcing(forcings, slot.step, F)
-        aX, aP = ad_block(self.window, forcings) if forcings else (np.zeros((model.n_state, k)), np.zeros((model.n_params, k)))
-        AU = U.copy() if transform else np.zeros_like(U)
-        AU_x, AU_p = AU[: self.n_x], AU[self.n_x :]
-        if self.n_x:
-            AU_x += _each_column(self.cost.B.sqrt_t, aX) if transform else aX
-            if not transform:
-                AU_x += _each_column(self.cost.B.solve, V)
-        if self.n_p:
-            AU_p += _each_column(self.cost.P.sqrt_t, aP) if transform else aP
-            if not transform:
-                AU_p += _each_column(self.cost.P.solve, W)
-        return AU
+        if not forcings:
+            forcings = {0: np.zeros((model.n_state, k))}
+        aX, aP, aE = self._ad(lambda f, **ae: ad_block(self.window, f, **ae), forcings, "eta" in d, (k,))
+        return self.space.add_adjoint(self._adjoints(aX, aP, aE), out=self.space.prior_hessian(U))
 
     def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(x0^i + dx0, p^i + dp, eta^i + d eta)``: the next outer loop's guess (``eta`` is ``None`` in strong constraint)."""
-        dx0, dp = self.increments(u)
-        deta = self.model_error_increment(u)
+        dx0, dp, deta = self._increments(u)
         eta = self.eta if deta is None else self.eta + deta
         return self.x0 + dx0, self.p + dp, (None if eta is None else eta.copy())

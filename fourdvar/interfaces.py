@@ -6,7 +6,10 @@ parameter vector ``(n_params,)``.  A model with no parameters has
 
 These are :class:`typing.Protocol` classes: a model or operator does not inherit
 from them, it only has the methods.  :func:`fourdvar.checks` verifies that the
-methods are each other's tangent-linear and adjoint.
+methods are each other's tangent-linear and adjoint.  Optional capabilities are
+declared as attributes, their defaults in one base class each
+(:class:`fourdvar.model.ModelBase` for a model, :class:`fourdvar.window.Window` for a
+window), and read through :func:`fourdvar.window.declared`, never guessed.
 """
 
 from __future__ import annotations
@@ -38,8 +41,32 @@ class StepLinearization(Protocol):
 
 
 @runtime_checkable
+class Window(Protocol):
+    """The nonlinear run over a window with its TL and AD (the contract in :mod:`fourdvar.window`).
+
+    ``x_k = M(x_{k-1}, p) + e_k``, the forcing ``e_k`` of weak constraint (zero in strong).
+    Optional: ``blocked`` (default ``False``), ``tl`` and ``ad`` take ``k`` directions as columns.
+    """
+
+    states: np.ndarray
+    n_steps: int
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[dx_0, .., dx_K]``: ``dx_k = M_{k:k-1}(dp, dx_{k-1}) + de_k``."""
+
+    def ad(self, forcings, ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}``; ``ae_k``, the adjoint of ``e_k``, into ``ae``."""
+
+
+@runtime_checkable
 class Model(Protocol):
-    """One forecast step ``x_{k+1} = M_{k+1:k}(p, x_k)``."""
+    """One forecast step ``x_{k+1} = M_{k+1:k}(p, x_k)``.
+
+    Optional capabilities, with their defaults in :class:`fourdvar.model.ModelBase`:
+    ``blocked_linearization`` (``False``: the step linearisations take one vector),
+    ``linearize_window(x0, p, n_steps) -> Window`` (``None``: the engine chains the
+    steps) and ``window_forcing`` (``False``: that window takes no ``forcing=``).
+    """
 
     n_state: int
     n_params: int
@@ -83,7 +110,11 @@ class ObservationOperator(Protocol):
 
 @runtime_checkable
 class Covariance(Protocol):
-    """A symmetric positive-definite covariance matrix ``C``, applied matrix-free."""
+    """A symmetric positive-definite covariance matrix ``C``, applied matrix-free.
+
+    In the control space (:mod:`fourdvar.control`) each block's increment is ``C^1/2 v``;
+    a square root from a larger space (an ensemble's) says so with ``control_size``.
+    """
 
     size: int
 

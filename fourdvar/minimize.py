@@ -299,12 +299,7 @@ def minimize_inner(
 
 def _control_gradient_norm(jq: IncrementalCost, gradient: np.ndarray) -> float:
     """``|grad_u J|`` in the transformed control variables ``[B^T/2 g_x; P^T/2 g_p; Q^T/2 g_eta_j]``, whatever ``jq.transform``."""
-    if jq.transform:
-        return float(np.linalg.norm(gradient))
-    v, w = jq.split(gradient)
-    parts = [np.linalg.norm(jq.cost.B.sqrt_t(v)) if jq.n_x else 0.0, np.linalg.norm(jq.cost.P.sqrt_t(w)) if jq.n_p else 0.0]
-    parts += [np.linalg.norm(jq.cost.Q.sqrt_t(w_j)) for w_j in jq.split_model_error(gradient)] if jq.n_e else []
-    return float(np.linalg.norm(parts))
+    return jq.space.transformed_norm(gradient)
 
 
 def _next_linearisation(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):

@@ -3,8 +3,10 @@
 A concrete model writes ``step`` (the nonlinear step), ``linearize`` (the step
 run once, keeping what TL and AD need) and ``init_params``.  ``step_tl`` and
 ``step_ad`` are defined here through ``linearize``, so each derivative has one
-implementation.  Subclassing is optional: any object with the methods of
-:class:`fourdvar.interfaces.Model` works with the engine.
+implementation.  The optional capabilities of :class:`fourdvar.interfaces.Model`
+are declared here with their defaults.  Subclassing is optional: any object with
+the methods of the protocol works with the engine, which reads its capabilities
+through :func:`fourdvar.window.declared` (these defaults for one it does not declare).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class ModelBase:
     n_params: int
     #: True when ``linearize(x, p).tl`` and ``.ad`` also take blocks of directions (see :mod:`fourdvar.window`)
     blocked_linearization: bool = False
+    #: the model's own window, ``linearize_window(x0, p, n_steps) -> Window`` (see :mod:`fourdvar.window`); ``None``: the per-step chain
+    linearize_window = None
+    #: True when ``linearize_window`` also takes ``forcing=`` (weak constraint) and its window ``de``/``ae``
+    window_forcing: bool = False
 
     def _inputs(self, x, p) -> tuple[np.ndarray, np.ndarray]:
         """``(x, p)`` as float64 vectors of the model's sizes, or a ``ValueError`` naming the wrong one."""

@@ -1,110 +1,72 @@
 """The nonlinear run over an assimilation window and its tangent-linear and adjoint.
 
-``WindowLinearization(model, x0, p, n_steps)`` runs ``x_{k+1} = M(x_k, p)`` once,
-keeping each step's linearisation (so the inner loop never reruns the nonlinear
-model), and gives the window's TL and AD::
+One window serves strong and weak constraint.  A forcing ``e_k`` may be added after
+each step (the model error of weak constraint; absent, i.e. zero, in strong)::
 
-    TL   dx_0 given;  dx_k = M_{k:k-1}(dp, dx_{k-1})             k = 1 .. K
+    NL   x_k = M(x_{k-1}, p) + e_k                                  k = 1 .. K
+    TL   dx_0 given;  dx_k = M_{k:k-1}(dp, dx_{k-1}) + de_k
     AD   ax = f_K, ap = 0
-         for k = K .. 1:  (ax, ap_k) = M_{k:k-1}^T ax ;  ap += ap_k ;  ax += f_{k-1}
+         for k = K .. 1:  ae_k = ax ;  (ax, ap_k) = M_{k:k-1}^T ax ;  ap += ap_k ;  ax += f_{k-1}
 
-where ``f_k`` is an adjoint forcing injected at step ``k`` (for the 4D-Var
-gradient, ``H_k^T R_k^-1 (H_k dx_k - d_k)``).  The parameter adjoint of every
-step is accumulated over the window here, not in the model.
+where ``f_k`` is an adjoint forcing injected at step ``k`` (for the 4D-Var gradient,
+``H_k^T R_k^-1 (H_k dx_k - d_k)``) and ``ae_k`` the adjoint of ``e_k`` (of ``x_k``).
+The parameter adjoint of every step is accumulated here, not in the model.
+:class:`WindowLinearization` runs the NL once, keeping each step's linearisation, so
+the inner loop never reruns the nonlinear model.
 
-Small models: the step Jacobians, stored
-----------------------------------------
-
-On a small grid (Lorenz-96 or a local network at ``n = 40``) a step's TL or AD
-is some tens of numpy calls on short vectors: their overhead, not arithmetic,
-is the cost.  There the step's Jacobian ``[M_x | M_p]`` (``n x (n + n_params)``)
-is cheaper to apply, two matrix-vector products.  A :class:`WindowLinearization`
-of a model with blocked TL/AD (see below) whose step Jacobian has at most
-``DENSE_STEP_SIZE`` elements (``DENSE_WINDOW_SIZE`` over the window) builds them
-on its third sweep (an inner loop makes tens; a single gradient makes one, and
-pays nothing), from one blocked AD per step::
-
-    [M_x^T; M_p^T] = AD(I_n)        then   TL  dx_next = M_x dx + M_p dp
-                                           AD  (ax_prev, ap) = (M_x^T ax, M_p^T ax)
-
-(:class:`DenseStepLinearization`), the same derivative to round-off.
-
-A model may do the whole window at once
----------------------------------------
-
-The per-step chain above is the default.  Some models can do better over a whole
-window than step by step: a dense network's parameter adjoint is a sum over
-the steps of rank-1 weight updates ``az_k a_k^T``, which is one matrix product
-over all steps once the sweep has stored the ``az_k`` (and likewise the TL's
-``dW a_k`` terms).  A model offers this through an optional method::
-
-    model.linearize_window(x0, p, n_steps) -> window
-
-:func:`linearize_window` (what :meth:`fourdvar.cost.FourDVarCost.window` calls)
-uses it when the model has it and :class:`WindowLinearization` otherwise.  The
-returned ``window`` must provide, with exactly the meaning they have in
-:class:`WindowLinearization`:
+The window contract (:class:`Window`, what :func:`linearize_window` returns):
 
 ``states``
-    array ``(n_steps + 1, n_state)``: ``x_0 = x0, x_1 .. x_K``, the nonlinear
-    trajectory, equal to :func:`forecast` (to rounding).
+    ``(K + 1, n_state)``: ``x_0 .. x_K``, equal to :func:`forecast` (to rounding).
 ``n_steps``
-    ``K``, the number of steps linearised.
-``tl(dx0, dp, last_step=None) -> [dx_0, dx_1, ..., dx_k]``
-    a list of ``k + 1`` arrays ``(n_state,)`` with ``k = last_step`` (default
-    ``K``), ``dx_0`` being ``dx0`` itself.
-``ad(forcings) -> (ax_0, ap)``
-    ``forcings`` maps steps ``0 .. K`` to arrays ``(n_state,)`` (steps absent
-    from it have no forcing; it may be empty); ``ax_0`` has shape ``(n_state,)``
-    and ``ap``, shape ``(n_params,)``, is the parameter adjoint summed over the
-    steps ``1 .. K``, exactly the ``ap`` of the AD sweep above: ``ad`` is the
-    adjoint of ``tl``, ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap>``.  Both
-    arrays are fresh (the caller may modify them).
+    ``K``.
+``tl(dx0, dp, last_step=None, de=None) -> [dx_0, .., dx_k]``
+    ``k = last_step`` (default ``K``), ``dx_0`` being ``dx0``; ``de`` ``(K, n_state)``
+    the increments of the forcing (row ``k - 1`` added after step ``k``), absent = 0.
+``ad(forcings, ae=None) -> (ax_0, ap)``
+    ``forcings`` maps steps ``0 .. K`` to ``(n_state,)`` arrays (absent steps have no
+    forcing); ``ap`` ``(n_params,)`` is summed over the steps; ``ae``, when given, a
+    ``(K, n_state)`` array that receives ``ae_k`` in row ``k - 1``.  ``ad`` is the
+    adjoint of ``tl``: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_k <de_k, ae_k>``.
+    Both results are fresh.
+``blocked``
+    Whether ``tl`` and ``ad`` also take ``k`` directions as the columns of
+    ``(n_state, k)`` and ``(n_params, k)`` matrices (``de``, ``ae``: ``(K, n_state, k)``),
+    column ``d`` of every result being what the one-vector call gives for column ``d``.
+    :func:`tl_block` and :func:`ad_block` apply any window to a block, column by column
+    when it is not blocked.
 
-``steps`` (the per-step linearisations) may be absent.  The hook need not check
-that the trajectory stays finite: :func:`linearize_window` runs it with
-overflow/invalid warnings silenced, then checks ``states`` and raises
-:class:`DivergenceError` naming the first step that is not finite, as
-:class:`WindowLinearization` does (which stops at that step), with the same
-message.  It also checks the shape of ``states``, so a plug-in's mistake is
-reported there.  ``tests/test_window_batching.py`` holds the checks a hook
-should pass against the per-step chain; :class:`PerStepModel` gives that chain
-for the same model.
+A model's own window.  A model may do better over a whole window than step by step
+(a dense network's weight adjoint as one matrix product over the steps, a compiled
+sweep).  It offers this as ``model.linearize_window(x0, p, n_steps)`` (``None`` in
+:class:`~fourdvar.model.ModelBase`: the per-step chain), returning a window with the
+contract above; with ``window_forcing = True`` it also takes ``forcing=`` ``(K, n_state)``
+and its ``tl``/``ad`` take ``de``/``ae``.  Without that, a forced window is the per-step
+chain.  :func:`linearize_window` checks the states it returns (shape; finite, else a
+:class:`DivergenceError` naming the first step that is not, with ``context``).
+:class:`PerStepModel` hides the hook: the reference it is checked against.
 
-Many directions at once (blocked TL/AD)
----------------------------------------
-
-A Hessian matrix, a block Lanczos or an ensemble of increments applies the
-window's TL and AD to many directions.  Done one by one that is one sweep per
-direction; blocked it is one sweep for all ``k`` of them, each statement acting
-on ``k`` columns.  The blocked contract, for a step linearisation (``tl``, ``ad``
-of :class:`fourdvar.interfaces.StepLinearization`) and for a window alike:
-
-* ``dx`` of shape ``(n_state, k)`` and ``dp`` of shape ``(n_params, k)`` (column
-  ``d`` is direction ``d``) give ``dx_next`` (each ``dx_k``) of shape ``(n_state, k)``;
-* ``ax`` (each forcing ``f_k``) of shape ``(n_state, k)`` gives ``ax_prev`` (``ax_0``)
-  of shape ``(n_state, k)`` and ``ap`` of shape ``(n_params, k)``;
-* column ``d`` of every result is exactly what the one-vector call gives for
-  column ``d`` of the inputs.
-
-A model says its step linearisations follow it with a true attribute
-``blocked_linearization`` (every shipped model does); :class:`WindowLinearization`
-is then blocked too (its ``blocked`` attribute).  A window returned by a
-``linearize_window`` hook says so with its own ``blocked`` attribute.
-:func:`tl_block` and :func:`ad_block` apply a window to a block, in one sweep
-when the window is blocked and column by column otherwise, so a user's model
-without blocks still works wherever blocks are used.
+Small models: on a small grid a step's TL or AD is tens of numpy calls on short
+vectors, whose overhead is the cost.  A :class:`WindowLinearization` of a model with
+blocked TL/AD whose step Jacobian has at most ``DENSE_STEP_SIZE`` elements
+(``DENSE_WINDOW_SIZE`` over the window) stores the Jacobians on its third sweep (an
+inner loop makes tens; a single gradient one) from one blocked AD per step,
+``[M_x^T; M_p^T] = AD(I_n)`` (:class:`DenseStepLinearization`).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Mapping
 
 import numpy as np
 
+from .model import ModelBase
+
 __all__ = [
-    "DivergenceError", "ForcedWindowLinearization", "PerStepModel", "WindowLinearization", "ad_block", "forced_forecast",
-    "forecast", "linearize_window", "n_sub_windows", "tl_block",
+    "DivergenceError", "ForcedWindowLinearization", "declared", "PerStepModel", "Window", "WindowLinearization", "ad_block", "forced_forecast",
+    "forecast", "linearize_window", "n_sub_windows", "sub_window_forcing", "sub_window_sums", "tl_block",
 ]
 
 
@@ -118,16 +80,77 @@ def _require_finite(x: np.ndarray, step: int, context: str) -> None:
         raise DivergenceError(f"{where}the model state is not finite at step {step} (the forecast diverged)")
 
 
-def forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = "") -> np.ndarray:
-    """The nonlinear trajectory ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``."""
+def forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = "", forcing: np.ndarray | None = None) -> np.ndarray:
+    """The nonlinear trajectory ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``; ``forcing`` ``(n_steps, n_state)``
+    adds ``e_k`` (row ``k - 1``) after step ``k``."""
     trajectory = np.empty((n_steps + 1, model.n_state))
     trajectory[0] = x0
     _require_finite(trajectory[0], 0, context)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
         for k in range(n_steps):
             trajectory[k + 1] = model.step(trajectory[k], p)
+            if forcing is not None:
+                trajectory[k + 1] += forcing[k]
             _require_finite(trajectory[k + 1], k + 1, context)
     return trajectory
+
+
+# --- weak constraint's sub-windows: one forcing eta_j for the steps k with (k - 1) // every == j ---
+
+
+def n_sub_windows(n_steps: int, every: int) -> int:
+    """The number of sub-windows of ``every`` steps (the last one possibly shorter) in ``n_steps``."""
+    return -(-int(n_steps) // int(every))
+
+
+def sub_window_forcing(eta: np.ndarray, every: int, n_steps: int) -> np.ndarray:
+    """``e_k = eta_{j(k)}``, ``j(k) = (k - 1) // every``, ``k = 1 .. n_steps``: ``(n_steps, ...)`` from ``eta`` ``(n_sub, ...)``."""
+    return np.repeat(eta, every, axis=0)[:n_steps]
+
+
+def sub_window_sums(ae: np.ndarray, every: int, n_sub: int) -> np.ndarray:
+    """The adjoint of :func:`sub_window_forcing`: ``aeta_j = sum_{k in j} ae_k``, ``(n_sub, ...)`` (zero for a
+    sub-window past ``ae``'s steps), as one matrix product with the 0/1 matrix of the sub-windows."""
+    S = _sub_window_matrix(n_sub, int(every), ae.shape[0])
+    return (S @ ae.reshape(ae.shape[0], -1)).reshape((n_sub,) + ae.shape[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _sub_window_matrix(n_sub: int, every: int, n_steps: int) -> np.ndarray:
+    """``S[j, k - 1] = 1`` where ``j(k) = j``, ``(n_sub, n_steps)``."""
+    S = np.zeros((n_sub, n_steps))
+    steps = np.arange(n_steps)
+    S[steps // every, steps] = 1.0
+    S.flags.writeable = False
+    return S
+
+
+# --- windows ------------------------------------------------------------------------------
+
+
+def declared(obj, capability: str):
+    """``obj``'s optional ``capability``, a model's (:class:`~fourdvar.model.ModelBase`) or a window's
+    (:class:`Window`), with the base class's default for an object written without subclassing it."""
+    base = ModelBase if capability in vars(ModelBase) else Window
+    return getattr(obj, capability, vars(base)[capability])
+
+
+class Window:
+    """The window contract (module docstring) and the defaults of its optional capabilities."""
+
+    #: ``tl`` and ``ad`` take blocks of directions
+    blocked: bool = False
+    states: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return self.states.shape[0] - 1
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def ad(self, forcings: Mapping[int, np.ndarray], ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
 
 class DenseStepLinearization:
@@ -152,8 +175,9 @@ class DenseStepLinearization:
         return self.MxT @ ax, self.MpT @ ax
 
 
-class WindowLinearization:
-    """``x_0 .. x_K`` and the linearisations of ``M_{k:k-1}``, ``k = 1 .. K``."""
+class WindowLinearization(Window):
+    """``x_0 .. x_K`` and the linearisations of ``M_{k:k-1}``, ``k = 1 .. K``, with the forcing ``e_k``
+    (``forcing`` ``(K, n_state)``) added after each step when given."""
 
     #: the largest step Jacobian ``n_state * (n_state + n_params)`` stored (module docstring)
     DENSE_STEP_SIZE = 1 << 15
@@ -162,10 +186,10 @@ class WindowLinearization:
     #: the sweep (TL or AD call) on which the step Jacobians are built
     DENSE_AFTER_SWEEPS = 3
 
-    def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):
+    def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = "", forcing: np.ndarray | None = None):
         self.n_state = model.n_state
         self.n_params = model.n_params
-        self.blocked = bool(getattr(model, "blocked_linearization", False))
+        self.blocked = bool(declared(model, "blocked_linearization"))
         self.sweeps = 0
         self.states = np.empty((n_steps + 1, model.n_state))
         self.states[0] = x0
@@ -175,12 +199,8 @@ class WindowLinearization:
             for k in range(n_steps):
                 lin = model.linearize(self.states[k], p)
                 self.steps.append(lin)
-                self.states[k + 1] = lin.output
+                self.states[k + 1] = lin.output if forcing is None else lin.output + forcing[k]
                 _require_finite(self.states[k + 1], k + 1, context)
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.steps)
 
     @property
     def dense(self) -> bool:
@@ -195,25 +215,28 @@ class WindowLinearization:
         if self.sweeps == self.DENSE_AFTER_SWEEPS and self.blocked and small:
             self.steps = [DenseStepLinearization(lin, self.n_state) for lin in self.steps]
 
-    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
         """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window)."""
         self._count_sweep()
         last_step = self.n_steps if last_step is None else last_step
         dx = [dx0]
-        for lin in self.steps[:last_step]:
-            dx.append(lin.tl(dx[-1], dp))
+        for k, lin in enumerate(self.steps[:last_step]):
+            dx.append(lin.tl(dx[-1], dp) if de is None else lin.tl(dx[-1], dp) + de[k])
         return dx
 
-    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``."""
+    def ad(self, forcings: Mapping[int, np.ndarray], ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ae_k`` into ``ae``."""
         self._count_sweep()
         block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
         ap = np.zeros((self.n_params,) + block)
-        last_step = max(forcings, default=0)
         ax = np.zeros((self.n_state,) + block)
-        for k in range(last_step, 0, -1):
+        if ae is not None:
+            ae[...] = 0.0
+        for k in range(max(forcings, default=0), 0, -1):
             if k in forcings:
                 ax = ax + forcings[k]
+            if ae is not None:
+                ae[k - 1] = ax
             ax, ap_k = self.steps[k - 1].ad(ax)
             ap += ap_k
         if 0 in forcings:
@@ -221,43 +244,38 @@ class WindowLinearization:
         return ax, ap
 
 
-def tl_block(window, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
-    """``window.tl`` for ``k`` directions, ``dx0`` ``(n_state, k)`` and ``dp`` ``(n_params, k)``.
+def tl_block(window, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
+    """``window.tl`` for ``k`` directions, ``dx0`` ``(n_state, k)``, ``dp`` ``(n_params, k)``, ``de`` ``(K, n_state, k)``.
 
     One blocked sweep when ``window.blocked``, else one sweep per column, stacked.
     """
-    if getattr(window, "blocked", False):
-        return window.tl(dx0, dp, last_step)
-    columns = [window.tl(dx0[:, d], dp[:, d], last_step) for d in range(dx0.shape[1])]
+    if declared(window, "blocked"):
+        return window.tl(dx0, dp, last_step) if de is None else window.tl(dx0, dp, last_step, de=de)
+    columns = [window.tl(dx0[:, d], dp[:, d], last_step) if de is None else window.tl(dx0[:, d], dp[:, d], last_step, de=de[..., d])
+               for d in range(dx0.shape[1])]
     return [np.stack(dx_k, axis=1) for dx_k in zip(*columns)] if columns else [dx0]
 
 
-def ad_block(window, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``window.ad`` for forcings of ``k`` columns each, ``(n_state, k)``: ``(ax_0, ap)``, ``(., k)`` each.
-
-    One blocked sweep when ``window.blocked``, else one sweep per column, stacked.
-    """
-    if getattr(window, "blocked", False) or not forcings:
-        return window.ad(forcings)
+def ad_block(window, forcings: Mapping[int, np.ndarray], ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``window.ad`` for forcings of ``k`` columns each, ``(n_state, k)``: ``(ax_0, ap)``, ``(., k)`` each
+    (``ae`` ``(K, n_state, k)``).  One blocked sweep when ``window.blocked``, else one sweep per column, stacked."""
+    if declared(window, "blocked") or not forcings:
+        return window.ad(forcings) if ae is None else window.ad(forcings, ae=ae)
     k = next(iter(forcings.values())).shape[1]
-    columns = [window.ad({step: f[:, d] for step, f in forcings.items()}) for d in range(k)]
+    columns = [window.ad({step: f[:, d] for step, f in forcings.items()}, *(() if ae is None else (ae[..., d],))) for d in range(k)]
     return np.stack([ax for ax, _ in columns], axis=1), np.stack([ap for _, ap in columns], axis=1)
 
 
-def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = ""):
-    """The window ``x_0 .. x_K`` linearised: the model's own ``linearize_window`` if it has one.
-
-    Without the hook this is ``WindowLinearization(model, x0, p, n_steps, context)``.
-    With it, the returned object's ``states`` are checked here: their shape, and
-    that every state is finite (a :class:`DivergenceError` naming the first step
-    that is not, with ``context``).  See the module docstring for the contract.
-    """
-    hook = getattr(model, "linearize_window", None)
-    if hook is None:
-        return WindowLinearization(model, x0, p, n_steps, context=context)
+def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = "", forcing: np.ndarray | None = None):
+    """The window ``x_0 .. x_K`` linearised (with the forcing ``e_k`` after each step when given):
+    the model's own ``linearize_window`` when it has one (and takes the forcing, if one is given),
+    else :class:`WindowLinearization`.  A model's window has its ``states`` checked here."""
+    hook = declared(model, "linearize_window")
+    if hook is None or (forcing is not None and not declared(model, "window_forcing")):
+        return WindowLinearization(model, x0, p, n_steps, context=context, forcing=forcing)
     _require_finite(np.asarray(x0), 0, context)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
-        window = hook(x0, p, n_steps)
+        window = hook(x0, p, n_steps) if forcing is None else hook(x0, p, n_steps, forcing=forcing)
     states = window.states
     if states.shape != (n_steps + 1, model.n_state):
         raise ValueError(
@@ -271,114 +289,45 @@ def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context
 
 
 class PerStepModel:
-    """``model`` with its ``linearize_window`` hook hidden, everything else passed through.
+    """``model`` without its own window (``linearize_window = None``), everything else passed through:
+    the per-step chain a model's window is checked against and timed against."""
 
-    :func:`linearize_window` (and so the cost functions) then linearise it step by
-    step with :class:`WindowLinearization`: the reference a batched window is checked
-    against, and the baseline it is timed against.
-    """
+    linearize_window = None
+    window_forcing = False
 
     def __init__(self, model):
         self._model = model
 
     def __getattr__(self, name):
-        if name == "linearize_window":
-            raise AttributeError(name)
         return getattr(self._model, name)
 
 
-# --- weak constraint: a model-error forcing added after every step ------------------------
+# --- deprecated forms of the forced window ------------------------------------------------------
 
 
-def n_sub_windows(n_steps: int, every: int) -> int:
-    """The number of sub-windows of ``every`` steps (the last one possibly shorter) in ``n_steps``."""
-    return -(-int(n_steps) // int(every))
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
 
 
 def forced_forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, eta: np.ndarray, every: int, context: str = "") -> np.ndarray:
-    """The forced trajectory ``x_k = M(x_{k-1}, p) + eta_{j(k)}``, ``j(k) = (k - 1) // every``.
-
-    ``eta`` has shape ``(n_sub, n_state)``; returns ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``.
-    """
-    trajectory = np.empty((n_steps + 1, model.n_state))
-    trajectory[0] = x0
-    _require_finite(trajectory[0], 0, context)
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
-        for k in range(1, n_steps + 1):
-            trajectory[k] = model.step(trajectory[k - 1], p) + eta[(k - 1) // every]
-            _require_finite(trajectory[k], k, context)
-    return trajectory
+    """Deprecated: ``forecast(model, x0, p, n_steps, context, forcing=sub_window_forcing(eta, every, n_steps))``."""
+    _deprecated("forced_forecast", "forecast(..., forcing=sub_window_forcing(eta, every, n_steps))")
+    return forecast(model, x0, p, n_steps, context, forcing=sub_window_forcing(np.asarray(eta, dtype=float), every, n_steps))
 
 
-class ForcedWindowLinearization:
-    """The weak-constraint window: ``x_k = M(x_{k-1}, p) + eta_{j(k)}``, linearised step by step.
-
-    ``eta`` is ``(n_sub, n_state)``, one forcing per sub-window of ``every`` steps,
-    ``j(k) = (k - 1) // every``.  The forcing is additive, so each step's
-    linearisation is the model's, taken on the forced trajectory, and::
-
-        TL   dx_k = M_{k:k-1}(dp, dx_{k-1}) + deta_{j(k)}                      k = 1 .. K
-        AD   ax = f_K, ap = 0, aeta = 0
-             for k = K .. 1:  aeta_{j(k)} += ax ;  (ax, ap_k) = M_{k:k-1}^T ax ;  ap += ap_k ;  ax += f_{k-1}
-
-    the forcing's adjoint accumulated over its sub-window as ``ap`` is over the
-    window.  With ``deta`` absent, :meth:`tl` and :meth:`ad` are exactly the
-    contract of :class:`WindowLinearization` (see the module docstring).  A
-    model's ``linearize_window`` hook runs a free trajectory, so it is not used here.
-    """
+class ForcedWindowLinearization(WindowLinearization):
+    """Deprecated: :class:`WindowLinearization` with ``forcing=sub_window_forcing(eta, every, n_steps)``;
+    ``tl(..., deta=)`` and ``ad_eta`` take and give the sub-windows' ``(n_sub, n_state)`` forcing."""
 
     def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, eta: np.ndarray, every: int, context: str = ""):
-        self.n_state = model.n_state
-        self.n_params = model.n_params
-        self.every = int(every)
-        self.eta = np.asarray(eta, dtype=float)
-        self.states = np.empty((n_steps + 1, model.n_state))
-        self.states[0] = x0
-        _require_finite(self.states[0], 0, context)
-        self.steps = []
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
-            for k in range(1, n_steps + 1):
-                lin = model.linearize(self.states[k - 1], p)
-                self.steps.append(lin)
-                self.states[k] = lin.output + self.eta[self.sub_window(k)]
-                _require_finite(self.states[k], k, context)
+        _deprecated("ForcedWindowLinearization", "WindowLinearization(..., forcing=sub_window_forcing(eta, every, n_steps))")
+        self.every, self.eta = int(every), np.asarray(eta, dtype=float)
+        super().__init__(model, x0, p, n_steps, context, forcing=sub_window_forcing(self.eta, self.every, n_steps))
 
-    @property
-    def n_steps(self) -> int:
-        return len(self.steps)
+    def tl(self, dx0, dp, last_step=None, de=None, deta=None):
+        return super().tl(dx0, dp, last_step, de if deta is None else sub_window_forcing(deta, self.every, self.n_steps))
 
-    def sub_window(self, k: int) -> int:
-        """``j(k) = (k - 1) // every``: the sub-window whose forcing is added after step ``k``."""
-        return (k - 1) // self.every
-
-    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, deta: np.ndarray | None = None) -> list[np.ndarray]:
-        """``[dx_0, dx_1, ..., dx_K]``; ``deta`` (``(n_sub, n_state)``, default 0) the forcing's increment."""
-        last_step = self.n_steps if last_step is None else last_step
-        dx = [dx0]
-        for k, lin in enumerate(self.steps[:last_step], start=1):
-            dx_k = lin.tl(dx[-1], dp)
-            if deta is not None:
-                dx_k = dx_k + deta[self.sub_window(k)]
-            dx.append(dx_k)
-        return dx
-
-    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}``, as :meth:`WindowLinearization.ad`."""
-        ax, ap, _ = self.ad_eta(forcings)
-        return ax, ap
-
-    def ad_eta(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(ax_0, ap, aeta)``, ``aeta`` of shape ``(n_sub, n_state)``: the adjoint of ``tl(dx0, dp, deta=deta)``."""
-        ap = np.zeros(self.n_params)
-        aeta = np.zeros_like(self.eta)
-        last_step = max(forcings, default=0)
-        ax = np.zeros(self.n_state)
-        for k in range(last_step, 0, -1):
-            if k in forcings:
-                ax = ax + forcings[k]
-            aeta[self.sub_window(k)] += ax
-            ax, ap_k = self.steps[k - 1].ad(ax)
-            ap += ap_k
-        if 0 in forcings:
-            ax = ax + forcings[0]
-        return ax, ap, aeta
+    def ad_eta(self, forcings):
+        ae = np.empty((self.n_steps, self.n_state))
+        ax, ap = self.ad(forcings, ae=ae)
+        return ax, ap, sub_window_sums(ae, self.every, len(self.eta))

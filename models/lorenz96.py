@@ -192,21 +192,21 @@ class Lorenz96(IntegratedModel):
         tendency = self.tendency
         return kernels().step(x, tendency.forcing_of(p), self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
 
+    window_forcing = True  # the compiled window takes the forcing of weak constraint
+
     @property
     def linearize_window(self):
-        """The engine's window hook, present only with the compiled kernels: ``linearize_window(x0, p, n_steps)``
-        gives the window run and linearised by them (a :class:`CompiledWindow`).  Without them
-        the engine chains the numpy step linearisations (:class:`fourdvar.window.WindowLinearization`)."""
-        if not self.compiled:
-            raise AttributeError("linearize_window")
-        return self._compiled_window
+        """The engine's window hook with the compiled kernels: ``linearize_window(x0, p, n_steps, forcing=None)``
+        gives the window run and linearised by them (a :class:`CompiledWindow`).  Without them it is
+        ``None``: the engine chains the numpy step linearisations (:class:`fourdvar.window.WindowLinearization`)."""
+        return self._compiled_window if self.compiled else None
 
-    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "CompiledWindow":
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int, forcing: np.ndarray | None = None) -> "CompiledWindow":
         x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
         k, tendency = kernels(), self.tendency
         lin_args = (self.dt, tendency.extra_amplitude, tendency.extra_wavenumber)
         return CompiledWindow((k.forecast_window, k.tl_window, k.ad_window), (tendency.forcing_of(p),) + lin_args, lin_args,
-                              x0, self.n_params, int(n_steps))
+                              x0, self.n_params, int(n_steps), forcing)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""
@@ -226,14 +226,15 @@ class CompiledWindow:
     The NL sweep stores the trajectory and every step's RK4 stage states; ``tl`` and
     ``ad`` are the compiled sweeps, blocked (``k`` directions as columns) as well as
     on one vector.  ``kernels`` is ``(forecast, tl, ad)`` of :mod:`models.lorenz96_kernels`
-    (called as ``forecast(x0, *nl_args, states, stages)``, ``tl(stages, *lin_args, dx0, dF, K, dx)``
-    and ``ad(stages, *lin_args, forcings, forced, ax, aF)``).  The only parameter a
-    compiled model may have is its forcing ``F``, so ``dp`` and ``ap`` have one row or none.
+    (called as ``forecast(x0, *nl_args, forcing, states, stages)``, ``tl(stages, *lin_args, dx0, dF, K, de, dx)``
+    and ``ad(stages, *lin_args, forcings, forced, ae, ax, aF)``; the weak constraint's ``forcing``, ``de``
+    and ``ae`` are ``(K, ...)`` arrays, or ``(0, ...)`` for none).  The only parameter a compiled
+    model may have is its forcing ``F``, so ``dp`` and ``ap`` have one row or none.
     """
 
     blocked = True
 
-    def __init__(self, kernels, nl_args: tuple, lin_args: tuple, x0: np.ndarray, n_params: int, n_steps: int):
+    def __init__(self, kernels, nl_args: tuple, lin_args: tuple, x0: np.ndarray, n_params: int, n_steps: int, forcing: np.ndarray | None = None):
         if n_steps < 0:
             raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
         self.forecast_kernel, self.tl_kernel, self.ad_kernel = kernels
@@ -241,22 +242,24 @@ class CompiledWindow:
         self.n_state, self.n_params, self.n_steps = x0.size, n_params, n_steps
         self.states = np.empty((n_steps + 1, x0.size))
         self.stages = np.empty((n_steps, 4, x0.size))
-        self.forecast_kernel(x0, *nl_args, self.states, self.stages)
+        forcing = np.zeros((0, x0.size)) if forcing is None else np.ascontiguousarray(forcing, dtype=float)
+        self.forecast_kernel(x0, *nl_args, forcing, self.states, self.stages)
 
     def _forcing_increments(self, dp: np.ndarray, m: int) -> np.ndarray:
         """``dF`` of each direction, zero when the forcing is not estimated."""
         return np.ascontiguousarray(dp[0], dtype=float).reshape(m) if self.n_params else np.zeros(m)
 
-    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
-        """``[dx_0, .., dx_k]``, ``k = last_step`` (default ``K``); ``dx0`` ``(n,)`` or a block ``(n, m)``."""
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[dx_0, .., dx_k]``, ``k = last_step`` (default ``K``); ``dx0`` ``(n,)`` or a block ``(n, m)``, ``de`` ``(K, n[, m])``."""
         K = self.n_steps if last_step is None else min(last_step, self.n_steps)
         rows = np.ascontiguousarray(np.atleast_2d(dx0.T))  # (m, n): one direction per row
         dx = np.empty((K + 1,) + rows.shape)
-        self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, dx)
+        de_rows = np.zeros((0,) + rows.shape) if de is None else np.ascontiguousarray(de.transpose(0, 2, 1) if dx0.ndim == 2 else de[:, None, :])
+        self.tl_kernel(self.stages, *self.lin_args, rows, self._forcing_increments(dp, rows.shape[0]), K, de_rows, dx)
         return list(dx.transpose(0, 2, 1)) if dx0.ndim == 2 else list(dx[:, 0])
 
-    def ad(self, forcings) -> tuple[np.ndarray, np.ndarray]:
-        """``(ax_0, ap)`` for forcings ``{k: f_k}``, each ``(n,)`` or a block ``(n, m)``."""
+    def ad(self, forcings, ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for forcings ``{k: f_k}``, each ``(n,)`` or a block ``(n, m)``; ``ae_k`` into ``ae`` ``(K, n[, m])``."""
         K = max(forcings, default=0)
         block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
         m = block[0] if block else 1
@@ -266,7 +269,11 @@ class CompiledWindow:
             forcing_rows[k] = f.T if block else f
             forced[k] = True
         ax, aF = np.empty((m, self.n_state)), np.empty(m)
-        self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, ax, aF)
+        direct = ae is not None and not block and ae.flags.c_contiguous  # the kernel writes into ae itself
+        ae_rows = ae.reshape(self.n_steps, 1, self.n_state) if direct else np.empty((0 if ae is None else self.n_steps, m, self.n_state))
+        ae_rows[...] = 0.0
+        self.ad_kernel(self.stages, *self.lin_args, forcing_rows, forced, ae_rows, ax, aF)
+        if ae is not None and not direct:
+            ae[...] = ae_rows.transpose(0, 2, 1) if block else ae_rows[:, 0]
         ap = aF.reshape((1,) + block) if self.n_params else np.zeros((0,) + block)
         return (ax.T.copy() if block else ax[0]), ap
-

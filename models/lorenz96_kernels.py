@@ -118,14 +118,18 @@ def _rk4_step(x, F, dt, amplitude, wavenumber, stages, x_next, xp, k):
 
 
 @_compile
-def forecast_window(x0, F, dt, amplitude, wavenumber, states, stages):
-    """The NL sweep: ``states`` (K + 1, n) with ``states[0] = x0``, ``stages`` (K, 4, n)."""
+def forecast_window(x0, F, dt, amplitude, wavenumber, forcing, states, stages):
+    """The NL sweep: ``states`` (K + 1, n) with ``states[0] = x0``, ``stages`` (K, 4, n); ``forcing``
+    (K, n) or (0, n) (none): ``e_k`` added after step ``k``."""
     n = x0.size
     xp = np.empty(n + 3)
     k = np.empty((4, n))
     states[0] = x0
     for step in range(stages.shape[0]):
         _rk4_step(states[step], F, dt, amplitude, wavenumber, stages[step], states[step + 1], xp, k)
+        if forcing.shape[0]:
+            for i in range(n):
+                states[step + 1, i] += forcing[step, i]
 
 
 @_compile
@@ -138,8 +142,9 @@ def step(x, F, dt, amplitude, wavenumber):
 
 
 @_compile
-def tl_window(stages, dt, amplitude, wavenumber, dx0, dF, n_steps, dx):
-    """The TL sweep for ``m`` directions: ``dx`` (n_steps + 1, m, n) from ``dx0`` (m, n) and ``dF`` (m,).
+def tl_window(stages, dt, amplitude, wavenumber, dx0, dF, n_steps, de, dx):
+    """The TL sweep for ``m`` directions: ``dx`` (n_steps + 1, m, n) from ``dx0`` (m, n), ``dF`` (m,) and
+    the forcing's increments ``de`` (K, m, n) added after each step (or (0, m, n): none).
 
     Per step, per direction::
 
@@ -164,14 +169,18 @@ def tl_window(stages, dt, amplitude, wavenumber, dx0, dF, n_steps, dx):
                 _tendency_tl(xp, dxp, dF[d], amplitude, wavenumber, dk[s])  # dk_s
             for i in range(n):
                 dx[step + 1, d, i] = dx_prev[i] + dt * (b[0] * dk[0, i] + b[1] * dk[1, i] + b[2] * dk[2, i] + b[3] * dk[3, i])
+            if de.shape[0]:
+                for i in range(n):
+                    dx[step + 1, d, i] += de[step, d, i]
 
 
 @_compile
-def ad_window(stages, dt, amplitude, wavenumber, forcings, forced, ax, aF):
+def ad_window(stages, dt, amplitude, wavenumber, forcings, forced, ae, ax, aF):
     """The AD sweep for ``m`` directions, the TL's statements in reverse order.
 
     ``forcings`` (K + 1, m, n) holds ``f_k`` where ``forced[k]``; on return ``ax``
-    (m, n) is ``ax_0`` and ``aF`` (m,) the forcing adjoint summed over the steps.
+    (m, n) is ``ax_0``, ``aF`` (m,) the forcing adjoint summed over the steps and,
+    unless ``ae`` is (0, m, n), ``ae[k - 1]`` the adjoint ``ae_k`` of ``x_k``.
     Per step, from ``ax = ax_next``::
 
         ak_s = dt b_s ax_next  (all s) ;  ax = ax_next
@@ -193,6 +202,9 @@ def ad_window(stages, dt, amplitude, wavenumber, forcings, forced, ax, aF):
             if forced[step]:
                 for i in range(n):
                     a[i] += forcings[step, d, i]
+            if ae.shape[0]:
+                for i in range(n):
+                    ae[step - 1, d, i] = a[i]  # ae_k
             for s in range(4):
                 for i in range(n):
                     ak[s, i] = dt * b[s] * a[i]  # ak_s
@@ -343,8 +355,9 @@ def _two_scale_tendency_ad(x, K, J, coefficients, Xp, Yp, af, aXp, aYp, ax):
 
 
 @_compile
-def two_scale_forecast_window(x0, K, J, coefficients, dt, states, stages):
-    """The NL sweep of RK4 (as :func:`forecast_window`): ``states`` (S + 1, n), stage states ``stages`` (S, 4, n)."""
+def two_scale_forecast_window(x0, K, J, coefficients, dt, forcing, states, stages):
+    """The NL sweep of RK4 (as :func:`forecast_window`): ``states`` (S + 1, n), stage states ``stages`` (S, 4, n),
+    ``forcing`` (S, n) or (0, n) added after each step."""
     n = x0.size
     c = (0.0, 0.5, 0.5, 1.0)
     b = (1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0)
@@ -361,11 +374,14 @@ def two_scale_forecast_window(x0, K, J, coefficients, dt, states, stages):
             states[step + 1, i] = x[i] + (dt * b[0]) * k[0, i]
             for s in range(1, 4):
                 states[step + 1, i] += (dt * b[s]) * k[s, i]
+        if forcing.shape[0]:
+            for i in range(n):
+                states[step + 1, i] += forcing[step, i]
 
 
 @_compile
-def two_scale_tl_window(stages, K, J, coefficients, dt, dx0, dF, n_steps, dx):
-    """The TL sweep (as :func:`tl_window`): ``dx`` (n_steps + 1, m, n) from ``dx0`` (m, n), ``dF`` (m,)."""
+def two_scale_tl_window(stages, K, J, coefficients, dt, dx0, dF, n_steps, de, dx):
+    """The TL sweep (as :func:`tl_window`): ``dx`` (n_steps + 1, m, n) from ``dx0`` (m, n), ``dF`` (m,), ``de`` (K or 0, m, n)."""
     n = dx0.shape[1]
     c = (0.0, 0.5, 0.5, 1.0)
     b = (1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0)
@@ -385,11 +401,14 @@ def two_scale_tl_window(stages, K, J, coefficients, dt, dx0, dF, n_steps, dx):
                 _two_scale_tendency_tl(X, K, J, coefficients, Xp, Yp, dX, dF[d], dXp, dYp, dk[s])  # dk_s
             for i in range(n):
                 dx[step + 1, d, i] = dx_prev[i] + dt * (b[0] * dk[0, i] + b[1] * dk[1, i] + b[2] * dk[2, i] + b[3] * dk[3, i])
+            if de.shape[0]:
+                for i in range(n):
+                    dx[step + 1, d, i] += de[step, d, i]
 
 
 @_compile
-def two_scale_ad_window(stages, K, J, coefficients, dt, forcings, forced, ax, aF):
-    """The AD sweep (as :func:`ad_window`), the TL's statements in reverse order."""
+def two_scale_ad_window(stages, K, J, coefficients, dt, forcings, forced, ae, ax, aF):
+    """The AD sweep (as :func:`ad_window`, ``ae`` included), the TL's statements in reverse order."""
     n = ax.shape[1]
     S = forcings.shape[0] - 1
     c = (0.0, 0.5, 0.5, 1.0)
@@ -405,6 +424,9 @@ def two_scale_ad_window(stages, K, J, coefficients, dt, forcings, forced, ax, aF
             if forced[step]:
                 for i in range(n):
                     a[i] += forcings[step, d, i]
+            if ae.shape[0]:
+                for i in range(n):
+                    ae[step - 1, d, i] = a[i]  # ae_k
             for s in range(4):
                 for i in range(n):
                     ak[s, i] = dt * b[s] * a[i]  # ak_s

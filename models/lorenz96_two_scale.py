@@ -191,6 +191,7 @@ class Lorenz96TwoScale(IntegratedModel):
     """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+    window_forcing = True  # the compiled window takes the forcing of weak constraint
 
     def __init__(
         self,
@@ -233,22 +234,20 @@ class Lorenz96TwoScale(IntegratedModel):
             return super().step(x, p)
         x, p = self._inputs(x, p)
         states = np.empty((2, self.n_state))
-        kernels().two_scale_forecast_window(x, *self._kernel_arguments(p), states, np.empty((1, 4, self.n_state)))
+        kernels().two_scale_forecast_window(x, *self._kernel_arguments(p), np.zeros((0, self.n_state)), states, np.empty((1, 4, self.n_state)))
         return states[1]
 
     @property
     def linearize_window(self):
-        """The engine's window hook, present only with the compiled kernels (a
-        :class:`models.lorenz96.CompiledWindow`); without them the engine chains the numpy steps."""
-        if not self.compiled:
-            raise AttributeError("linearize_window")
-        return self._compiled_window
+        """The engine's window hook with the compiled kernels (a :class:`models.lorenz96.CompiledWindow`);
+        without them ``None``: the engine chains the numpy steps."""
+        return self._compiled_window if self.compiled else None
 
-    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> CompiledWindow:
+    def _compiled_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int, forcing: np.ndarray | None = None) -> CompiledWindow:
         x0, p = as_vector(x0, self.n_state, "state x0"), as_vector(p, self.n_params, "parameters p")
         k, arguments = kernels(), self._kernel_arguments(p)
         return CompiledWindow((k.two_scale_forecast_window, k.two_scale_tl_window, k.two_scale_ad_window), arguments, arguments,
-                              x0, self.n_params, int(n_steps))
+                              x0, self.n_params, int(n_steps), forcing)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """``[forcing]`` when the forcing is estimated, else empty."""

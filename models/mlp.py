@@ -31,6 +31,7 @@ class MLP(ModelBase):
     """``MLP(layer_sizes=[n, h1, ..., n], activations=["tanh", ..., "identity"], residual=False)``."""
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+    window_forcing = True  # linearize_window takes the forcing of weak constraint
 
     def __init__(self, layer_sizes: Sequence[int], activations: Sequence[str], residual: bool = False):
         self.network = Network(layer_sizes, activations)
@@ -52,10 +53,10 @@ class MLP(ModelBase):
         x = as_vector(x, self.n_state, "state x")
         return MLPLinearization(self, x, as_vector(p, self.n_params, "parameters p"))
 
-    def linearize_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "MLPWindowLinearization":
+    def linearize_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int, forcing: np.ndarray | None = None) -> "MLPWindowLinearization":
         """The window ``x_0 .. x_K`` linearised, weight terms batched over the steps (see the class)."""
         x0 = as_vector(x0, self.n_state, "state x0")
-        return MLPWindowLinearization(self, x0, as_vector(p, self.n_params, "parameters p"), int(n_steps))
+        return MLPWindowLinearization(self, x0, as_vector(p, self.n_params, "parameters p"), int(n_steps), forcing)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """Glorot-uniform weights and zero biases; a residual network starts at zero output."""
@@ -125,12 +126,13 @@ class MLPWindowLinearization:
     same ``states``, ``tl`` and ``ad`` (see :mod:`fourdvar.window` for the contract),
     blocked as well: with ``k`` directions (``dx0`` ``(n, k)``, ``dp`` ``(n_params, k)``,
     forcings ``(n, k)``) ``dWA_i`` and ``AZ_i`` gain a last axis of ``k`` and the
-    sweeps above run on ``(n_i, k)`` columns.
+    sweeps above run on ``(n_i, k)`` columns.  With the forcing of weak constraint ``e_k``
+    is added to ``x_k`` after step ``k``, ``de_k`` to ``dx_k``, and ``ae_k`` is ``ax`` there.
     """
 
     blocked = True
 
-    def __init__(self, model: MLP, x0: np.ndarray, p: np.ndarray, n_steps: int):
+    def __init__(self, model: MLP, x0: np.ndarray, p: np.ndarray, n_steps: int, forcing: np.ndarray | None = None):
         if n_steps < 0:
             raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
         network = model.network
@@ -161,9 +163,11 @@ class MLPWindowLinearization:
                 if i + 1 < network.n_layers:
                     self.A_prev[i + 1][:-1, k] = a
             self.states[k + 1] = x + a if self.residual else a
+            if forcing is not None:
+                self.states[k + 1] += forcing[k]
 
-    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
-        """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window)."""
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window); ``de_k`` added after step ``k``."""
         K = self.n_steps if last_step is None else min(last_step, self.n_steps)
         dWA = self.weights_tl(dp, K)
         dx = [dx0]
@@ -174,17 +178,24 @@ class MLPWindowLinearization:
                 dz += dWA_i[:, k]
                 da = dz if F is None else np.multiply(_columns(F, k, dz), dz, out=dz)
             dx.append(dx[k] + da if self.residual else da)
+            if de is not None:
+                dx[-1] += de[k]
         return dx
 
-    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ap`` summed over the window."""
+    def ad(self, forcings: Mapping[int, np.ndarray], ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ap`` summed over the window;
+        ``ae_k`` (the adjoint of the forcing after step ``k``) into ``ae``."""
         K = max(forcings, default=0)
         block = next(iter(forcings.values())).shape[1:] if forcings else ()
         AZ = [np.empty((W_in.shape[0], K) + block, order="F") for W_in in self.W_in]
         ax = np.zeros((self.n_state,) + block)
+        if ae is not None:
+            ae[...] = 0.0
         for k in range(K, 0, -1):
             if k in forcings:
                 ax = ax + forcings[k]
+            if ae is not None:
+                ae[k - 1] = ax
             aa = ax
             for W_in, AZ_i, F in zip(self.W_in[::-1], AZ[::-1], self.F[::-1]):
                 az = AZ_i[:, k - 1]

@@ -13,7 +13,7 @@ from fourdvar.cost import Control, FourDVarCost, IncrementalCost
 from fourdvar.covariances import Diagonal, PeriodicCorrelation
 from fourdvar.lanczos import SpectralPreconditioner, lanczos
 from fourdvar.posterior import Posterior
-from fourdvar.window import ForcedWindowLinearization, forced_forecast, n_sub_windows
+from fourdvar.window import ForcedWindowLinearization, WindowLinearization, forced_forecast, n_sub_windows
 from models import Hybrid, Lorenz96
 from observations import Identity, Square, Subset, synthetic_observations
 
@@ -246,25 +246,26 @@ def test_one_forcing_with_vanishing_Q_reproduces_strong_constraint(method):
 # --- negative control ---------------------------------------------------------------------------
 
 
-class DropsOneSubWindowAdjoint(ForcedWindowLinearization):
-    """A wrong adjoint: the forcing adjoint of sub-window 1 is lost."""
+class DropsOneStepsForcingAdjoint(WindowLinearization):
+    """A wrong adjoint: the forcing adjoint ae_k of step 7 (in sub-window 1) is lost."""
 
-    def ad_eta(self, forcings):
-        ax, ap, aeta = super().ad_eta(forcings)
-        aeta[1] = 0.0
-        return ax, ap, aeta
+    def ad(self, forcings, ae=None):
+        ax, ap = super().ad(forcings, ae=ae)
+        if ae is not None:
+            ae[6] = 0.0
+        return ax, ap
 
 
-def test_negative_control_dropping_one_sub_windows_eta_adjoint_is_caught(monkeypatch):
-    monkeypatch.setattr("fourdvar.cost.ForcedWindowLinearization", DropsOneSubWindowAdjoint)
+def test_negative_control_dropping_one_steps_forcing_adjoint_is_caught(monkeypatch):
+    monkeypatch.setattr("fourdvar.cost.linearize_window", DropsOneStepsForcingAdjoint)
     cost, p = weak_case("lorenz96", 5)
     rng = np.random.default_rng(10)
     eta = np.array([cost.Q.sample(rng) for _ in range(cost.n_sub)])
-    results = {r.name: r for r in checks.check_weak_cost(cost, cost.xb, p, eta, ["state", "model_error"], np.random.default_rng(11))}
-    assert results["forced window adjoint, forcings at steps [0, 5, 10]"].value > 1e-3
-    assert results["gradient of weak-constraint J (Taylor)"].failed
-    assert results["gradient of weak-constraint Jq (Taylor)"].failed
-    assert results["Hessian of weak-constraint Jq symmetric"].failed
+    results = {r.name: r for r in checks.check_cost(cost, cost.xb, p, ["state", "model_error"], np.random.default_rng(11), eta=eta)}
+    assert results["window adjoint, forcings at steps [0, 5, 10]"].value > 1e-3
+    assert results["gradient of J (Taylor)"].failed
+    assert results["gradient of Jq (Taylor)"].failed
+    assert results["Hessian of Jq symmetric"].failed
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The model at the first background (one step, the chain and the window, the batch
 window against the per-step chain when the model has ``linearize_window``), each
 observation operator of the first window, ``B``, ``P``, ``Q``, the first ``R``, and the cost
 of the first window (in weak constraint the forced window and the gradients with the
-forcing, :func:`fourdvar.checks.check_weak_cost`); one table per object, the legend of
+forcing, :func:`fourdvar.checks.check_cost` with ``eta``); one table per object, the legend of
 the columns and the counts.
 """
 
@@ -59,7 +59,7 @@ def check_plan(plan, config: dict, n_steps: int | None = None, directions: int =
         cost = FourDVarCost(model, slots, x, B=plan.B0, pb=p, P=P, n_steps=n_steps, Q=plan.Q0,
                             model_error_every=plan.model_error_every)
         eta = np.array([plan.Q0.sample(rng) for _ in range(cost.n_sub)])
-        cost_checks = checks.check_weak_cost(cost, x, p, eta, plan.control, rng, transform=transform)
+        cost_checks = checks.check_cost(cost, x, p, plan.control, rng, transform=transform, eta=eta)
     sections.append((f"cost of the first {n_steps} steps (control: {', '.join(plan.control)})", cost_checks))
 
     for title, results in sections:

@@ -29,7 +29,7 @@ from ..cost import FourDVarCost
 from ..covariances import Diagonal, PeriodicCorrelation
 from ..covariances2d import PeriodicCorrelation2D
 from ..registry import RegistryError, build_model, build_operator, observation_set_class, operator_class
-from ..window import DivergenceError, forced_forecast, forecast, n_sub_windows
+from ..window import DivergenceError, forecast, n_sub_windows, sub_window_forcing
 from .config import FIT_KEYS, STD_RANGE, ConfigError, comparison_config, short
 
 __all__ = ["Plan", "Comparison", "build_component", "check_output", "MAX_COST", "MEMORY_FRACTION"]
@@ -290,7 +290,7 @@ class Plan:
             if eta is None:
                 full = forecast(model, x, params, n_run, context="truth run")[::substeps]
             else:  # substeps == 1 (checked with the configuration)
-                full = forced_forecast(model, x, params, n_run, eta, every, context="truth run")
+                full = forecast(model, x, params, n_run, context="truth run", forcing=sub_window_forcing(eta, every, n_run))
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
         same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
