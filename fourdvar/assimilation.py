@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from .cost import Control, FourDVarCost, IncrementalCost
-from .minimize import DEFAULT_TOLERANCE, AssimilationResult, minimize_4dvar
+from .minimize import DEFAULT_OUTER_LOOPS, DEFAULT_TOLERANCE, POSTERIOR_ACCURACY, AssimilationResult, minimize_4dvar
 
 __all__ = ["FourDVar"]
 
@@ -102,7 +102,7 @@ class FourDVar:
         self,
         x0=None,
         p=None,
-        outer_loops: int = 10,
+        outer_loops: int = DEFAULT_OUTER_LOOPS,
         method: str = "lanczos",
         max_iterations: int = 50,
         gradient_reduction: float = 1e-2,
@@ -112,6 +112,9 @@ class FourDVar:
         tolerance: float = DEFAULT_TOLERANCE,
         preconditioner: str | None = None,
         posterior_rank: int | None = None,
+        posterior_method: str = "auto",
+        posterior_accuracy: float = POSTERIOR_ACCURACY,
+        posterior_iterations: int | None = None,
     ) -> AssimilationResult:
         """Run at most ``outer_loops`` outer loops from the first guess ``(x0, p)`` (default:
         the background), until ``1/2 |grad_u J|^2 <= tolerance * J``.
@@ -123,5 +126,6 @@ class FourDVar:
             self.cost, x0, p, control=self.control, outer_loops=outer_loops, method=method,
             max_iterations=max_iterations, gradient_reduction=gradient_reduction, transform=transform,
             callback=callback, backtracking=backtracking, tolerance=tolerance, preconditioner=preconditioner,
-            posterior_rank=posterior_rank,
+            posterior_rank=posterior_rank, posterior_method=posterior_method, posterior_accuracy=posterior_accuracy,
+            posterior_iterations=posterior_iterations,
         )

@@ -55,7 +55,7 @@ import scipy.optimize
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
 from .lanczos import STALE, LanczosRun, SpectralPreconditioner, lanczos
-from .posterior import Posterior
+from .posterior import POSTERIOR_METHODS, Posterior
 from .window import DivergenceError
 
 __all__ = [
@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 DEFAULT_TOLERANCE = 1e-8  # the relative accuracy of J the outer loops stop at
+DEFAULT_OUTER_LOOPS = 50  # the most outer loops a solve runs by default
+POSTERIOR_ACCURACY = 0.01  # the relative error of the posterior std a posterior Lanczos is run to
 ROUNDOFF = 10.0  # the round-off floor of |grad Jq|, in units of eps * sqrt(n) * (size of its terms)
 ROUNDOFF_DECREASE = 1e3  # a predicted decrease of J below this * eps * J is lost in J's round-off
 OUTER_SAFETY = 0.1  # an inner loop need not reduce |grad Jq| below this fraction of the outer target
@@ -369,7 +371,7 @@ def minimize_4dvar(
     x0: np.ndarray,
     p: np.ndarray,
     control="state",
-    outer_loops: int = 10,
+    outer_loops: int = DEFAULT_OUTER_LOOPS,
     method: str = "lanczos",
     max_iterations: int = 50,
     gradient_reduction: float = 1e-2,
@@ -380,6 +382,9 @@ def minimize_4dvar(
     tolerance: float = DEFAULT_TOLERANCE,
     preconditioner: str | None = None,
     posterior_rank: int | None = None,
+    posterior_method: str = "auto",
+    posterior_accuracy: float = POSTERIOR_ACCURACY,
+    posterior_iterations: int | None = None,
 ) -> AssimilationResult:
     """Incremental 4D-Var: at most ``outer_loops`` relinearisations, each with an inner
     minimisation, until ``1/2 |grad_u J|^2 <= tolerance * J`` (see the module docstring).
@@ -388,8 +393,11 @@ def minimize_4dvar(
     cost (default 0).
     ``preconditioner="spectral"`` (``lanczos`` only; the default with it, else ``"none"``)
     preconditions each inner loop by the Ritz pairs of the previous ones; ``posterior_rank`` caps the Ritz pairs kept per outer
-    loop, the largest first, for the preconditioner (default: all, converged or not) and the posterior
-    (default: all that have converged).
+    loop, the largest first, for the preconditioner (default: all, converged or not).
+    With ``lanczos``, ``result.posterior`` is the Gauss-Newton posterior at the analysis
+    (:meth:`fourdvar.posterior.Posterior.at_analysis`): ``posterior_method`` ``"auto"``, ``"dense"``,
+    ``"lanczos"`` or ``"none"`` (no posterior), ``posterior_accuracy`` the relative error of its
+    std a posterior Lanczos is run to, in at most ``posterior_iterations`` Hessian products.
     ``gradient_reduction`` defaults to ``1e-2``: inexact Gauss-Newton, each inner loop solved
     only as far as the next relinearisation can use (near the end the outer tolerance sets
     the inner target instead).
@@ -409,6 +417,10 @@ def minimize_4dvar(
         raise ValueError("method 'lanczos' works in the transformed control variables: it needs transform=True")
     if posterior_rank is not None and posterior_rank < 1:
         raise ValueError(f"posterior_rank must be at least 1, got {posterior_rank}")
+    if posterior_method not in POSTERIOR_METHODS + ("none",):
+        raise ValueError(f"unknown posterior method {posterior_method!r}; choose one of {', '.join(POSTERIOR_METHODS + ('none',))}")
+    if not posterior_accuracy > 0:
+        raise ValueError(f"posterior_accuracy must be > 0, got {posterior_accuracy}")
 
     def linearise(x, q, e, outer_loop=0):
         return IncrementalCost(cost, x, q, control=control, transform=transform, outer_loop=outer_loop, eta=e)
@@ -416,7 +428,7 @@ def minimize_4dvar(
     jq = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
     start = jq.value_and_gradient(np.zeros(jq.size))
     S = SpectralPreconditioner(jq.size)
-    last_factor, outer, status, criterion = None, [], 1, ""
+    outer, status, criterion = [], 1, ""
     for i in range(outer_loops + 1):
         terms, gradient = start
         gradient_norm = _control_gradient_norm(jq, gradient)
@@ -434,7 +446,6 @@ def minimize_4dvar(
         outer.append(record)
         if inner.lanczos is not None:
             used = inner.lanczos.preconditioner or SpectralPreconditioner(jq.size)
-            last_factor = (used, inner.lanczos.factor(posterior_rank))
             if preconditioner == "spectral" and i > 0:  # not the background's pairs: see the module docstring
                 S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
         step, jq_next, start_next = _next_linearisation(
@@ -454,8 +465,8 @@ def minimize_4dvar(
     final, gradient = start
     final_gradient_norm = _control_gradient_norm(jq, gradient)
     posterior = None
-    if last_factor is not None:
-        posterior = Posterior(cost, jq.control, last_factor[0].extended(last_factor[1]))
+    if method == "lanczos" and posterior_method != "none" and outer:
+        posterior = Posterior.at_analysis(jq, S, accuracy=posterior_accuracy, method=posterior_method, max_iterations=posterior_iterations)
     loops = f"{len(outer)} outer loop(s)"
     message = {
         (0, "gradient"): f"converged after {loops}: 1/2 |grad J|^2 <= {tolerance:.0e} J, so J is within that (relative) of its minimum",
