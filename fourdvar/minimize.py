@@ -56,6 +56,7 @@ import scipy.optimize
 from .cost import CostTerms, FourDVarCost, IncrementalCost
 from .lanczos import STALE, LanczosRun, SpectralPreconditioner, lanczos
 from .posterior import POSTERIOR_METHODS, Posterior
+from .qc import HuberNorm
 from .window import DivergenceError
 
 __all__ = [
@@ -309,7 +310,23 @@ def _control_gradient_norm(jq: IncrementalCost, gradient: np.ndarray) -> float:
     return float(np.linalg.norm(parts))
 
 
-def _next_linearisation(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):
+class _Quadratic:
+    """The nonlinear cost with the quadratic ``Jo`` and its linearisations (the VarQC one is
+    :class:`fourdvar.qc.HuberNorm`)."""
+
+    def __init__(self, cost: FourDVarCost):
+        self.cost = cost
+
+    def evaluate(self, x0, p, eta=None) -> CostTerms:
+        return self.cost.evaluate(x0, p, eta)
+
+    def linearise(self, x0, p, eta=None, **options) -> tuple[IncrementalCost, tuple]:
+        """``(Jq, (terms, gradient) of Jq at 0)`` linearised at ``(x0, p, eta)``."""
+        jq = IncrementalCost(self.cost, x0, p, eta=eta, **options)
+        return jq, jq.value_and_gradient(np.zeros(jq.size))
+
+
+def _next_linearisation(objective, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):
     """``(step, jq_next, start)``: the outer loop's step length, ``Jq`` linearised there and its ``(terms, gradient)`` at 0.
 
     The full increment is tried by linearising at it (needed anyway when it is kept);
@@ -321,19 +338,17 @@ def _next_linearisation(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, 
     for halving in range(MAX_HALVINGS + 1 if backtracking else 1):
         try:
             if halving == 0:
-                jq_next = linearise(*jq.analysis(u))
-                start = jq_next.value_and_gradient(np.zeros(jq_next.size))
+                jq_next, start = linearise(*jq.analysis(u))
                 J_trial = start[0].J
             else:
-                J_trial = cost.evaluate(*jq.analysis(step * u)).J
+                J_trial = objective.evaluate(*jq.analysis(step * u)).J
         except DivergenceError:
             if not backtracking:
                 raise
             J_trial = np.inf
         if not backtracking or J_trial < J_current:
             if halving:
-                jq_next = linearise(*jq.analysis(step * u))
-                start = jq_next.value_and_gradient(np.zeros(jq_next.size))
+                jq_next, start = linearise(*jq.analysis(step * u))
             return step, jq_next, start
         step *= 0.5
     return 0.0, None, None
@@ -385,6 +400,7 @@ def minimize_4dvar(
     posterior_method: str = "auto",
     posterior_accuracy: float = POSTERIOR_ACCURACY,
     posterior_iterations: int | None = None,
+    huber: float | None = None,
 ) -> AssimilationResult:
     """Incremental 4D-Var: at most ``outer_loops`` relinearisations, each with an inner
     minimisation, until ``1/2 |grad_u J|^2 <= tolerance * J`` (see the module docstring).
@@ -401,6 +417,8 @@ def minimize_4dvar(
     ``gradient_reduction`` defaults to ``1e-2``: inexact Gauss-Newton, each inner loop solved
     only as far as the next relinearisation can use (near the end the outer tolerance sets
     the inner target instead).
+    ``huber``: variational QC, ``Jo`` the Huber norm of the normalised departures with that
+    threshold (:class:`fourdvar.qc.HuberNorm`); its weights at the analysis are ``result.varqc_weights``.
     ``callback(outer_loop, record)`` is called after each outer loop (for progress).
     """
     if outer_loops < 1:
@@ -422,11 +440,12 @@ def minimize_4dvar(
     if not posterior_accuracy > 0:
         raise ValueError(f"posterior_accuracy must be > 0, got {posterior_accuracy}")
 
-    def linearise(x, q, e, outer_loop=0):
-        return IncrementalCost(cost, x, q, control=control, transform=transform, outer_loop=outer_loop, eta=e)
+    objective = _Quadratic(cost) if huber is None else HuberNorm(cost, huber)
 
-    jq = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
-    start = jq.value_and_gradient(np.zeros(jq.size))
+    def linearise(x, q, e, outer_loop=0):
+        return objective.linearise(x, q, e, control=control, transform=transform, outer_loop=outer_loop)
+
+    jq, start = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
     S = SpectralPreconditioner(jq.size)
     outer, status, criterion = [], 1, ""
     for i in range(outer_loops + 1):
@@ -449,7 +468,7 @@ def minimize_4dvar(
             if preconditioner == "spectral" and i > 0:  # not the background's pairs: see the module docstring
                 S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
         step, jq_next, start_next = _next_linearisation(
-            cost, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
+            objective, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
         record["step_length"] = step
         if callback is not None:
             callback(i, record)
@@ -480,4 +499,5 @@ def minimize_4dvar(
         nit=sum(r["inner"].nit for r in outer), nfev=sum(r["inner"].nfev for r in outer) + len(outer) + 1,
         outer=outer, final=final, final_gradient_norm=final_gradient_norm, control=jq.control.names(), posterior=posterior,
         model_error=np.zeros((0, cost.model.n_state)) if jq.eta is None else jq.eta,
+        varqc_weights=[] if huber is None else objective.weights(jq.x0, jq.p, jq.eta)[0],
     )
