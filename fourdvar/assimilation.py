@@ -30,6 +30,8 @@ from .minimize import DEFAULT_OUTER_LOOPS, DEFAULT_TOLERANCE, POSTERIOR_ACCURACY
 
 __all__ = ["FourDVar"]
 
+AS_BUILT = object()  # solve(qc=...) left out: the quality control the problem was built with
+
 
 class FourDVar:
     """Incremental 4D-Var over one window of ``n_steps`` model steps.
@@ -49,8 +51,8 @@ class FourDVar:
         sub-window added after each of its steps (see :mod:`fourdvar.cost`); used
         when ``"model_error"`` is in the control.  ``result.model_error`` is then
         the analysed forcing, shape ``(n_sub, n_state)``.
-    qc : a :class:`fourdvar.qc.QualityControl` (default: the background and analysis checks at
-        5 std, no VarQC; ``None``: none of them).  Non-finite values are always left out.  The
+    qc : a :class:`fourdvar.qc.QualityControl` (default: the background check at 20 and
+        the analysis check at 5 std, no VarQC; ``None``: none of them).  Non-finite values are always left out.  The
         observations rejected are left out of ``problem.cost`` (by the analysis check, from the
         solve that rejected them on); ``problem.qc_record`` (and each result's ``qc``) says which.
     """
@@ -65,8 +67,13 @@ class FourDVar:
         weak = self.control.model_error
         cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps,
                             Q=Q if weak else None, model_error_every=model_error_every if weak else None)
-        self.cost, self.model, self.qc = cost, model, qc
-        kept, self.qc_record = screen(cost, qc)
+        self.model, self._unscreened = model, cost
+        self._screen(qc)
+
+    def _screen(self, qc: QualityControl | None) -> None:
+        """``self.cost``: the observations less those ``qc`` rejects before any solve."""
+        self.cost, self.qc = self._unscreened, qc
+        kept, self.qc_record = screen(self.cost, qc)
         if self.qc_record.n_rejected:
             self._rebuild(kept)
 
@@ -129,12 +136,16 @@ class FourDVar:
         posterior_method: str = "auto",
         posterior_accuracy: float = POSTERIOR_ACCURACY,
         posterior_iterations: int | None = None,
+        qc=AS_BUILT,
     ) -> AssimilationResult:
         """Run at most ``outer_loops`` outer loops from the first guess ``(x0, p)`` (default:
         the background), until ``1/2 |grad_u J|^2 <= tolerance * J``.
 
-        See :func:`fourdvar.minimize.minimize_4dvar` for the options.
+        See :func:`fourdvar.minimize.minimize_4dvar` for the options; ``qc``: quality control
+        other than the problem was built with (the observations screened again, from all of them).
         """
+        if qc is not AS_BUILT and qc != self.qc:
+            self._screen(qc)
         x0, p = self._first_guess(x0, p)
         options = dict(
             control=self.control, outer_loops=outer_loops, method=method, max_iterations=max_iterations,
@@ -145,7 +156,7 @@ class FourDVar:
         )
         result = minimize_4dvar(self.cost, x0, p, **options)
         k = None if self.qc is None else self.qc.analysis_check
-        while k is not None and self.cost.slots:
+        while k is not None and result.success and self.cost.slots:  # the departures of an unconverged analysis say little
             eta = result.model_error if result.model_error.shape[0] else None
             kept, record = analysis_check(self.cost, result.x0, result.p, eta, k)
             if not record.n_rejected:
