@@ -37,10 +37,11 @@ preconditioner the outer loops built (``A^-1 = S (S^T A S)^-1 S^T`` for any ``S`
 is near the identity where the earlier Hessians were explored), from a random start, the
 iterations doubled until the estimated error of the std (below) is within ``accuracy``.
 Its posterior is ``S (I + V (Theta^-1 - I) V^T) S^T`` with every Ritz pair ``(Theta, V)``;
-the part of each variance that rests on the pairs not converged
-(``|Â v - theta v| > RITZ_TOLERANCE theta``), ``sum_j (1/theta_j - 1) (G S v_j)_i^2``, relative
-to the variance and halved for the std, is the error estimate ``std_error`` (for the dense
-Hessian, ``eps cond(A)``).
+its error estimate ``std_error`` is, relative to each variance and halved for the std, the
+larger of the part that rests on the pairs not converged (``|Â v - theta v| > RITZ_TOLERANCE
+theta``), ``sum_j (1/theta_j - 1) (G S v_j)_i^2``, and the change of the variance since the run
+half as long (infinite for the first run); a run that fills the space (or whose Krylov
+space is invariant) is exact, ``eps cond``, as is the dense Hessian's, ``eps cond(A)``.
 """
 
 from __future__ import annotations
@@ -258,23 +259,31 @@ class Posterior:
         S = preconditioner if preconditioner is not None else SpectralPreconditioner(jq.size)
         limit = jq.size if max_iterations is None else min(int(max_iterations), jq.size)
         start = np.random.default_rng(seed).standard_normal(jq.size)
-        iterations = min(FIRST_POSTERIOR_ITERATIONS, limit)
+        iterations, previous = min(FIRST_POSTERIOR_ITERATIONS, limit), None
         while True:
             run = lanczos(jq.hessian_vector, start, iterations, lambda j, u, norm: False, S)
-            posterior = cls._from_run(jq, S, run)
-            if posterior.std_error <= accuracy or run.breakdown or iterations >= limit:
+            posterior = cls._from_run(jq, S, run, previous)
+            if posterior.std_error <= accuracy or iterations >= limit:
                 return posterior
-            iterations = min(2 * iterations, limit)
+            iterations, previous = min(2 * iterations, limit), posterior
 
     @classmethod
-    def _from_run(cls, jq, S: SpectralPreconditioner, run) -> "Posterior":
-        """``S (I + V (Theta^-1 - I) V^T) S^T`` from every Ritz pair of ``run`` (of ``S^T A S``), and its error estimate."""
+    def _from_run(cls, jq, S: SpectralPreconditioner, run, previous: "Posterior | None" = None) -> "Posterior":
+        """``S (I + V (Theta^-1 - I) V^T) S^T`` from every Ritz pair of ``run`` (of ``S^T A S``), and
+        its error estimate (module docstring); ``previous``: the posterior of the run half as long."""
         self = cls(jq.cost, jq.control, S.extended(SpectralFactor(run.ritz_vectors, run.ritz_values)))
         unconverged = run.ritz_residuals > RITZ_TOLERANCE * run.ritz_values
-        GSV = self._G_columns(S.apply(run.ritz_vectors[:, unconverged]))
-        uncertain = (GSV**2) @ (1.0 / run.ritz_values[unconverged] - 1.0)
         self.method, self.pairs, self.converged = "lanczos", run.ritz_values.size, int(np.sum(~unconverged))
-        self.std_error = 0.5 * float(np.max(np.abs(uncertain) / np.maximum(self._variance, np.finfo(float).tiny), initial=0.0))
+        if run.breakdown or run.nit == jq.size:  # the Krylov space is invariant: A^-1 exactly
+            self.std_error = float(np.finfo(float).eps * run.ritz_values.max() / run.ritz_values.min())
+            return self
+        GSV = self._G_columns(S.apply(run.ritz_vectors[:, unconverged]))
+        uncertain = np.abs((GSV**2) @ (1.0 / run.ritz_values[unconverged] - 1.0))
+        if previous is None:
+            self.std_error = float("inf")
+        else:
+            uncertain = np.maximum(uncertain, np.abs(self._variance - previous._variance))
+            self.std_error = 0.5 * float(np.max(uncertain / np.maximum(self._variance, np.finfo(float).tiny), initial=0.0))
         return self
 
     @property
