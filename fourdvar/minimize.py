@@ -6,8 +6,9 @@ Hessian-vector product, i.e. one TL and one AD sweep, per iteration), or the sam
 Lanczos form (``lanczos``, :mod:`fourdvar.lanczos`), which keeps its vectors and so gives
 the Ritz pairs of ``A``: all of them precondition the next outer loop (``preconditioner=
 "spectral"``: the limited-memory preconditioner of the whole Krylov space, multiplied onto
-the previous ones, dropped by the next inner loop's first product when the Hessian moved),
-the converged ones give the posterior covariance (:mod:`fourdvar.posterior`).  The pairs of
+the previous ones, dropped by the next inner loop's first product when the Hessian moved);
+the posterior covariance is that of the Hessian at the analysis, built after the outer loops
+(:meth:`fourdvar.posterior.Posterior.at_analysis`).  The pairs of
 the first outer loop, linearised at the background, are not carried: its increment is the
 largest, so the second outer loop's Hessian is the furthest from them, often without the
 stale test seeing it (measured: ``configs/README.md``); the chain starts from the second
@@ -365,8 +366,10 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     loop: the nonlinear ``J``, ``Jb``, ``Jp``, ``Jo`` and control-space gradient norm at its
     linearisation point, its ``inner`` :class:`InnerLoopResult` and ``step_length``);
     ``final`` (the nonlinear cost terms at the analysis) with ``final_gradient_norm``
-    (control space); ``posterior`` (a :class:`fourdvar.posterior.Posterior` from the
-    Ritz pairs, with the ``lanczos`` method; else ``None``).
+    (control space); ``posterior`` (with the ``lanczos`` method, a :class:`fourdvar.posterior.Posterior`:
+    the Gauss-Newton inverse Hessian at the analysis, saying how many pairs it has, how many
+    converged and its estimated std error; else ``None``); ``varqc_weights`` (with VarQC, the
+    Huber weights of each slot's observations at the analysis).
     """
 
     def __repr__(self) -> str:
