@@ -8,7 +8,11 @@
     problem = FourDVar(model, observations, xb=xb, B=PeriodicCorrelation(40, 2.0, std=1.0),
                        pb=pb, P=Diagonal(0.5, size=model.n_params), control="both")
     result = problem.solve(outer_loops=3, max_iterations=50, gradient_reduction=1e-6)
-    result.x0, result.p, result.final.J
+    result.x0, result.p, result.final.J, result.qc.summary(), result.posterior.std_x0
+
+Quality control (:mod:`fourdvar.qc`) runs when the problem is built: the observations it
+rejects (non-finite values; the background check) are left out of ``problem.cost``, and
+``qc.huber`` makes ``Jo`` the Huber norm in :meth:`FourDVar.solve`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
+from dataclasses import replace
+
 from .cost import Control, FourDVarCost, IncrementalCost
-from .minimize import DEFAULT_TOLERANCE, AssimilationResult, minimize_4dvar
+from .qc import QualityControl, analysis_check, screen
+from .minimize import DEFAULT_OUTER_LOOPS, DEFAULT_TOLERANCE, POSTERIOR_ACCURACY, AssimilationResult, minimize_4dvar
 
 __all__ = ["FourDVar"]
+
+AS_BUILT = object()  # solve(qc=...) left out: the quality control the problem was built with
 
 
 class FourDVar:
@@ -42,19 +51,31 @@ class FourDVar:
         sub-window added after each of its steps (see :mod:`fourdvar.cost`); used
         when ``"model_error"`` is in the control.  ``result.model_error`` is then
         the analysed forcing, shape ``(n_sub, n_state)``.
+    qc : a :class:`fourdvar.qc.QualityControl` (default: the background check at 20 and
+        the analysis check at 5 std, no VarQC; ``None``: none of them).  Non-finite values are always left out.  The
+        observations rejected are left out of ``problem.cost`` (by the analysis check, from the
+        solve that rejected them on); ``problem.qc_record`` (and each result's ``qc``) says which.
     """
 
     def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None,
-                 Q=None, model_error_every: int | None = None):
+                 Q=None, model_error_every: int | None = None, qc: QualityControl | None = QualityControl()):
         self.control = Control.parse(control)
         if model.n_params and pb is None:
             raise ValueError(f"the model has {model.n_params} parameters: give their background/fixed values pb")
         if self.control.model_error and Q is None:
             raise ValueError("the model error is in the control: give its covariance Q")
         weak = self.control.model_error
-        self.cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps,
-                                 Q=Q if weak else None, model_error_every=model_error_every if weak else None)
-        self.model = model
+        cost = FourDVarCost(model, observations, xb, B=B, pb=pb, P=P if self.control.params else None, n_steps=n_steps,
+                            Q=Q if weak else None, model_error_every=model_error_every if weak else None)
+        self.model, self._unscreened = model, cost
+        self._screen(qc)
+
+    def _screen(self, qc: QualityControl | None) -> None:
+        """``self.cost``: the observations less those ``qc`` rejects before any solve."""
+        self.cost, self.qc = self._unscreened, qc
+        kept, self.qc_record = screen(self.cost, qc)
+        if self.qc_record.n_rejected:
+            self._rebuild(kept)
 
     def incremental_cost(self, x0=None, p=None, transform: bool = True, eta=None) -> IncrementalCost:
         """``Jq`` linearised at ``(x0, p)`` (default: the background) and, in weak constraint, ``eta`` (default 0)."""
@@ -102,7 +123,7 @@ class FourDVar:
         self,
         x0=None,
         p=None,
-        outer_loops: int = 10,
+        outer_loops: int = DEFAULT_OUTER_LOOPS,
         method: str = "lanczos",
         max_iterations: int = 50,
         gradient_reduction: float = 1e-2,
@@ -112,16 +133,45 @@ class FourDVar:
         tolerance: float = DEFAULT_TOLERANCE,
         preconditioner: str | None = None,
         posterior_rank: int | None = None,
+        posterior_method: str = "auto",
+        posterior_accuracy: float = POSTERIOR_ACCURACY,
+        posterior_iterations: int | None = None,
+        qc=AS_BUILT,
     ) -> AssimilationResult:
         """Run at most ``outer_loops`` outer loops from the first guess ``(x0, p)`` (default:
         the background), until ``1/2 |grad_u J|^2 <= tolerance * J``.
 
-        See :func:`fourdvar.minimize.minimize_4dvar` for the options.
+        See :func:`fourdvar.minimize.minimize_4dvar` for the options; ``qc``: quality control
+        other than the problem was built with (the observations screened again, from all of them).
         """
+        if qc is not AS_BUILT and qc != self.qc:
+            self._screen(qc)
         x0, p = self._first_guess(x0, p)
-        return minimize_4dvar(
-            self.cost, x0, p, control=self.control, outer_loops=outer_loops, method=method,
-            max_iterations=max_iterations, gradient_reduction=gradient_reduction, transform=transform,
-            callback=callback, backtracking=backtracking, tolerance=tolerance, preconditioner=preconditioner,
-            posterior_rank=posterior_rank,
+        options = dict(
+            control=self.control, outer_loops=outer_loops, method=method, max_iterations=max_iterations,
+            gradient_reduction=gradient_reduction, transform=transform, callback=callback, backtracking=backtracking,
+            tolerance=tolerance, preconditioner=preconditioner, posterior_rank=posterior_rank, posterior_method=posterior_method,
+            posterior_accuracy=posterior_accuracy, posterior_iterations=posterior_iterations,
+            huber=None if self.qc is None else self.qc.huber,
         )
+        result = minimize_4dvar(self.cost, x0, p, **options)
+        k = None if self.qc is None else self.qc.analysis_check
+        while k is not None and result.success and self.cost.slots:  # the departures of an unconverged analysis say little
+            eta = result.model_error if result.model_error.shape[0] else None
+            kept, record = analysis_check(self.cost, result.x0, result.p, eta, k)
+            if not record.n_rejected:
+                break
+            self._rebuild(kept)
+            self.qc_record = self.qc_record.merged(record)
+            earlier = result
+            result = minimize_4dvar(self.cost, result.x0, result.p, eta=eta, **options)
+            result.update(outer=earlier.outer + result.outer, nit=earlier.nit + result.nit, nfev=earlier.nfev + result.nfev,
+                          message=f"{result.message} (after the analysis check rejected {record.n_rejected} observation(s))")
+        result["qc"] = replace(self.qc_record, weights=result["varqc_weights"])
+        return result
+
+    def _rebuild(self, slots) -> None:
+        """``self.cost`` with these observation slots, all else the same."""
+        cost = self.cost
+        self.cost = FourDVarCost(self.model, slots, cost.xb, B=cost.B, pb=cost.pb, P=cost.P, n_steps=cost.n_steps, Q=cost.Q,
+                                 model_error_every=cost.every)

@@ -27,7 +27,10 @@ the parameters: with ``max_cost_per_obs`` set, a joint analysis whose nonlinear
 cost exceeds ``max_cost_per_obs * n_obs`` (at the minimum ``J`` is about
 ``n_obs / 2``) is redone with the parameters fixed at ``pb``, and ``pb`` carries
 over unchanged.  Such a window has usually stopped in a secondary minimum where
-the parameters absorbed an error of the initial state.
+the parameters absorbed an error of the initial state.  With ``cost_spike`` set, from the
+fourth window on the limit is also ``cost_spike`` times the median ``J / n_obs`` of the
+earlier windows kept: a window far worse than the run so far is kept from the parameters
+even when the run as a whole fits poorly (a network still learning).
 
 With ``params_noise_std = q`` set, ``P`` is propagated instead of prescribed, as
 a Kalman filter would for parameters that follow a random walk::
@@ -127,9 +130,9 @@ def assimilate_window(
             fixed_params = Control(state=True, model_error=control.model_error)
             result = FourDVar(model, observations, xb=xb, B=B, pb=pb, control=fixed_params, n_steps=n_steps, **weak).solve(**solve_options)
     if params_posterior and control.params and rejected_cost is None:
-        if result.posterior is not None:  # low rank, from every outer loop's Lanczos run
+        runs = [record["inner"].lanczos for record in result.outer if record["inner"].lanczos is not None]
+        if runs:  # low rank, from every outer loop's Lanczos run
             rank = solve_options.get("posterior_rank")
-            runs = [record["inner"].lanczos for record in result.outer]
             posterior = Posterior.from_lanczos_runs(problem.cost, problem.control, runs, max_rank=rank).params_covariance(max_rank=rank)
         else:
             posterior = problem.params_posterior_covariance(result.x0, result.p, _model_error_or_none(result))
@@ -156,6 +159,14 @@ def _with_noise(posterior, noise_std: float, max_rank: int | None):
             return posterior.with_noise(noise_std, max_rank=max_rank)
         posterior = np.column_stack([posterior.apply(unit) for unit in np.eye(posterior.size)])
     return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
+
+
+def _cost_limit(max_cost_per_obs: float | None, cost_spike: float | None, history: list) -> float | None:
+    """The ``J / n_obs`` above which a joint analysis is redone with the parameters fixed (module docstring)."""
+    if cost_spike is None or len(history) < 3:
+        return max_cost_per_obs
+    spike = cost_spike * float(np.median(history))
+    return spike if max_cost_per_obs is None else min(max_cost_per_obs, spike)
 
 
 def window_shift(shift: int | None, n_steps: int) -> int:
@@ -185,6 +196,8 @@ def cycle(
     model_error_every: int | None = None,
     quasi_static_steps: int | None = None,
     shift: int | None = None,
+    cost_spike: float | None = None,
+    cost_history: Sequence[float] = (),
     **solve_options,
 ) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``.
@@ -204,24 +217,29 @@ def cycle(
     ``shift``: steps from one window's start to the next, ``1 <= shift <= n_steps``
     (default ``n_steps``: windows end to end); the next background is the analysis
     trajectory at step ``shift``.
+    ``cost_spike``: see the module docstring; ``cost_history``: ``J / n_obs`` of the windows
+    kept before ``start_cycle`` (a resumed run).
     """
     control = Control.parse(control)
     shift = window_shift(shift, n_steps)
     xb = np.asarray(xb, dtype=float)
     pb = np.asarray(pb, dtype=float)
+    history = list(cost_history)
     for c, slots in enumerate(windows, start=start_cycle):
         if background_policy is not None:
             B = background_policy(c, xb, pb, slots, B)
         if params_policy is not None and P is not None:
             P = params_policy(c, P)
         outcome = assimilate_window(
-            model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=max_cost_per_obs,
+            model, slots, xb, B, pb, P, control, n_steps, cycle=c, max_cost_per_obs=_cost_limit(max_cost_per_obs, cost_spike, history),
             params_posterior=params_noise_std is not None, Q=Q, model_error_every=model_error_every,
             quasi_static_steps=quasi_static_steps, **solve_options,
         )
         if outcome.params_posterior is not None:
             P = _with_noise(outcome.params_posterior, params_noise_std, solve_options.get("posterior_rank"))
         outcome.P_next = P
+        if outcome.rejected_cost is None:
+            history.append(0.5 * outcome.departures.chi2)
         yield outcome
         xb = outcome.analysis_trajectory[shift].copy()
         pb = outcome.p.copy() if control.params else pb

@@ -6,8 +6,9 @@ Hessian-vector product, i.e. one TL and one AD sweep, per iteration), or the sam
 Lanczos form (``lanczos``, :mod:`fourdvar.lanczos`), which keeps its vectors and so gives
 the Ritz pairs of ``A``: all of them precondition the next outer loop (``preconditioner=
 "spectral"``: the limited-memory preconditioner of the whole Krylov space, multiplied onto
-the previous ones, dropped by the next inner loop's first product when the Hessian moved),
-the converged ones give the posterior covariance (:mod:`fourdvar.posterior`).  The pairs of
+the previous ones, dropped by the next inner loop's first product when the Hessian moved);
+the posterior covariance is that of the Hessian at the analysis, built after the outer loops
+(:meth:`fourdvar.posterior.Posterior.at_analysis`).  The pairs of
 the first outer loop, linearised at the background, are not carried: its increment is the
 largest, so the second outer loop's Hessian is the furthest from them, often without the
 stale test seeing it (measured: ``configs/README.md``); the chain starts from the second
@@ -55,7 +56,8 @@ import scipy.optimize
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
 from .lanczos import STALE, LanczosRun, SpectralPreconditioner, lanczos
-from .posterior import Posterior
+from .posterior import POSTERIOR_METHODS, Posterior
+from .qc import HuberNorm
 from .window import DivergenceError
 
 __all__ = [
@@ -64,6 +66,8 @@ __all__ = [
 ]
 
 DEFAULT_TOLERANCE = 1e-8  # the relative accuracy of J the outer loops stop at
+DEFAULT_OUTER_LOOPS = 50  # the most outer loops a solve runs by default
+POSTERIOR_ACCURACY = 0.01  # the relative error of the posterior std a posterior Lanczos is run to
 ROUNDOFF = 10.0  # the round-off floor of |grad Jq|, in units of eps * sqrt(n) * (size of its terms)
 ROUNDOFF_DECREASE = 1e3  # a predicted decrease of J below this * eps * J is lost in J's round-off
 OUTER_SAFETY = 0.1  # an inner loop need not reduce |grad Jq| below this fraction of the outer target
@@ -302,7 +306,23 @@ def _control_gradient_norm(jq: IncrementalCost, gradient: np.ndarray) -> float:
     return jq.space.transformed_norm(gradient)
 
 
-def _next_linearisation(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):
+class _Quadratic:
+    """The nonlinear cost with the quadratic ``Jo`` and its linearisations (the VarQC one is
+    :class:`fourdvar.qc.HuberNorm`)."""
+
+    def __init__(self, cost: FourDVarCost):
+        self.cost = cost
+
+    def evaluate(self, x0, p, eta=None) -> CostTerms:
+        return self.cost.evaluate(x0, p, eta)
+
+    def linearise(self, x0, p, eta=None, **options) -> tuple[IncrementalCost, tuple]:
+        """``(Jq, (terms, gradient) of Jq at 0)`` linearised at ``(x0, p, eta)``."""
+        jq = IncrementalCost(self.cost, x0, p, eta=eta, **options)
+        return jq, jq.value_and_gradient(np.zeros(jq.size))
+
+
+def _next_linearisation(objective, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):
     """``(step, jq_next, start)``: the outer loop's step length, ``Jq`` linearised there and its ``(terms, gradient)`` at 0.
 
     The full increment is tried by linearising at it (needed anyway when it is kept);
@@ -314,19 +334,17 @@ def _next_linearisation(cost: FourDVarCost, jq: IncrementalCost, u: np.ndarray, 
     for halving in range(MAX_HALVINGS + 1 if backtracking else 1):
         try:
             if halving == 0:
-                jq_next = linearise(*jq.analysis(u))
-                start = jq_next.value_and_gradient(np.zeros(jq_next.size))
+                jq_next, start = linearise(*jq.analysis(u))
                 J_trial = start[0].J
             else:
-                J_trial = cost.evaluate(*jq.analysis(step * u)).J
+                J_trial = objective.evaluate(*jq.analysis(step * u)).J
         except DivergenceError:
             if not backtracking:
                 raise
             J_trial = np.inf
         if not backtracking or J_trial < J_current:
             if halving:
-                jq_next = linearise(*jq.analysis(step * u))
-                start = jq_next.value_and_gradient(np.zeros(jq_next.size))
+                jq_next, start = linearise(*jq.analysis(step * u))
             return step, jq_next, start
         step *= 0.5
     return 0.0, None, None
@@ -343,8 +361,10 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     loop: the nonlinear ``J``, ``Jb``, ``Jp``, ``Jo`` and control-space gradient norm at its
     linearisation point, its ``inner`` :class:`InnerLoopResult` and ``step_length``);
     ``final`` (the nonlinear cost terms at the analysis) with ``final_gradient_norm``
-    (control space); ``posterior`` (a :class:`fourdvar.posterior.Posterior` from the
-    Ritz pairs, with the ``lanczos`` method; else ``None``).
+    (control space); ``posterior`` (with the ``lanczos`` method, a :class:`fourdvar.posterior.Posterior`:
+    the Gauss-Newton inverse Hessian at the analysis, saying how many pairs it has, how many
+    converged and its estimated std error; else ``None``); ``varqc_weights`` (with VarQC, the
+    Huber weights of each slot's observations at the analysis).
     """
 
     def __repr__(self) -> str:
@@ -364,7 +384,7 @@ def minimize_4dvar(
     x0: np.ndarray,
     p: np.ndarray,
     control="state",
-    outer_loops: int = 10,
+    outer_loops: int = DEFAULT_OUTER_LOOPS,
     method: str = "lanczos",
     max_iterations: int = 50,
     gradient_reduction: float = 1e-2,
@@ -375,6 +395,10 @@ def minimize_4dvar(
     tolerance: float = DEFAULT_TOLERANCE,
     preconditioner: str | None = None,
     posterior_rank: int | None = None,
+    posterior_method: str = "auto",
+    posterior_accuracy: float = POSTERIOR_ACCURACY,
+    posterior_iterations: int | None = None,
+    huber: float | None = None,
 ) -> AssimilationResult:
     """Incremental 4D-Var: at most ``outer_loops`` relinearisations, each with an inner
     minimisation, until ``1/2 |grad_u J|^2 <= tolerance * J`` (see the module docstring).
@@ -383,11 +407,16 @@ def minimize_4dvar(
     cost (default 0).
     ``preconditioner="spectral"`` (``lanczos`` only; the default with it, else ``"none"``)
     preconditions each inner loop by the Ritz pairs of the previous ones; ``posterior_rank`` caps the Ritz pairs kept per outer
-    loop, the largest first, for the preconditioner (default: all, converged or not) and the posterior
-    (default: all that have converged).
+    loop, the largest first, for the preconditioner (default: all, converged or not).
+    With ``lanczos``, ``result.posterior`` is the Gauss-Newton posterior at the analysis
+    (:meth:`fourdvar.posterior.Posterior.at_analysis`): ``posterior_method`` ``"auto"``, ``"dense"``,
+    ``"lanczos"`` or ``"none"`` (no posterior), ``posterior_accuracy`` the relative error of its
+    std a posterior Lanczos is run to, in at most ``posterior_iterations`` Hessian products.
     ``gradient_reduction`` defaults to ``1e-2``: inexact Gauss-Newton, each inner loop solved
     only as far as the next relinearisation can use (near the end the outer tolerance sets
     the inner target instead).
+    ``huber``: variational QC, ``Jo`` the Huber norm of the normalised departures with that
+    threshold (:class:`fourdvar.qc.HuberNorm`); its weights at the analysis are ``result.varqc_weights``.
     ``callback(outer_loop, record)`` is called after each outer loop (for progress).
     """
     if outer_loops < 1:
@@ -404,14 +433,19 @@ def minimize_4dvar(
         raise ValueError("method 'lanczos' works in the transformed control variables: it needs transform=True")
     if posterior_rank is not None and posterior_rank < 1:
         raise ValueError(f"posterior_rank must be at least 1, got {posterior_rank}")
+    if posterior_method not in POSTERIOR_METHODS + ("none",):
+        raise ValueError(f"unknown posterior method {posterior_method!r}; choose one of {', '.join(POSTERIOR_METHODS + ('none',))}")
+    if not posterior_accuracy > 0:
+        raise ValueError(f"posterior_accuracy must be > 0, got {posterior_accuracy}")
+
+    objective = _Quadratic(cost) if huber is None else HuberNorm(cost, huber)
 
     def linearise(x, q, e, outer_loop=0):
-        return IncrementalCost(cost, x, q, control=control, transform=transform, outer_loop=outer_loop, eta=e)
+        return objective.linearise(x, q, e, control=control, transform=transform, outer_loop=outer_loop)
 
-    jq = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
-    start = jq.value_and_gradient(np.zeros(jq.size))
+    jq, start = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
     S = SpectralPreconditioner(jq.size)
-    last_factor, outer, status, criterion = None, [], 1, ""
+    outer, status, criterion = [], 1, ""
     for i in range(outer_loops + 1):
         terms, gradient = start
         gradient_norm = _control_gradient_norm(jq, gradient)
@@ -429,11 +463,10 @@ def minimize_4dvar(
         outer.append(record)
         if inner.lanczos is not None:
             used = inner.lanczos.preconditioner or SpectralPreconditioner(jq.size)
-            last_factor = (used, inner.lanczos.factor(posterior_rank))
             if preconditioner == "spectral" and i > 0:  # not the background's pairs: see the module docstring
                 S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
         step, jq_next, start_next = _next_linearisation(
-            cost, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
+            objective, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
         record["step_length"] = step
         if callback is not None:
             callback(i, record)
@@ -449,8 +482,8 @@ def minimize_4dvar(
     final, gradient = start
     final_gradient_norm = _control_gradient_norm(jq, gradient)
     posterior = None
-    if last_factor is not None:
-        posterior = Posterior(cost, jq.control, last_factor[0].extended(last_factor[1]))
+    if method == "lanczos" and posterior_method != "none" and outer:
+        posterior = Posterior.at_analysis(jq, S, accuracy=posterior_accuracy, method=posterior_method, max_iterations=posterior_iterations)
     loops = f"{len(outer)} outer loop(s)"
     message = {
         (0, "gradient"): f"converged after {loops}: 1/2 |grad J|^2 <= {tolerance:.0e} J, so J is within that (relative) of its minimum",
@@ -464,4 +497,5 @@ def minimize_4dvar(
         nit=sum(r["inner"].nit for r in outer), nfev=sum(r["inner"].nfev for r in outer) + len(outer) + 1,
         outer=outer, final=final, final_gradient_norm=final_gradient_norm, control=jq.control.names(), posterior=posterior,
         model_error=np.zeros((0, cost.model.n_state)) if jq.eta is None else jq.eta,
+        varqc_weights=[] if huber is None else objective.weights(jq.x0, jq.p, jq.eta)[0],
     )

@@ -27,6 +27,21 @@ own, and many more directions than the last run's converged Ritz pairs (on a
 ``configs/l96_surrogate.yaml`` window all 265 against 29: the weights' posterior std within
 3 % of the dense one instead of 5 %, the mean 0.422 and 0.472 against 0.430).  Cycling uses
 it for ``update: posterior``.
+
+:meth:`Posterior.at_analysis` gives the posterior of a solve: ``A^-1`` of the Hessian at the
+last linearisation (the analysis), from pairs of that Hessian alone.  A small control (at
+most :data:`DENSE_POSTERIOR_SIZE` values) has ``A`` assembled whole by blocked TL/AD sweeps
+(:meth:`~fourdvar.cost.IncrementalCost.hessian_matrix`), a few Hessian products' worth, and
+inverted: exact to round-off.  A larger one runs a Lanczos of its own on ``S^T A S``, ``S`` the
+preconditioner the outer loops built (``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``, and ``S^T A S``
+is near the identity where the earlier Hessians were explored), from a random start, the
+iterations doubled until the estimated error of the std (below) is within ``accuracy``.
+Its posterior is ``S (I + V (Theta^-1 - I) V^T) S^T`` with every Ritz pair ``(Theta, V)``;
+its error estimate ``std_error`` is, relative to each variance and halved for the std, the
+larger of the part that rests on the pairs not converged (``|Â v - theta v| > RITZ_TOLERANCE
+theta``), ``sum_j (1/theta_j - 1) (G S v_j)_i^2``, and the change of the variance since the run
+half as long (infinite for the first run); a run that fills the space (or whose Krylov
+space is invariant) is exact, ``eps cond``, as is the dense Hessian's, ``eps cond(A)``.
 """
 
 from __future__ import annotations
@@ -37,9 +52,13 @@ import numpy as np
 import scipy.linalg
 
 from .covariances import Dense, Diagonal
-from .lanczos import SpectralPreconditioner, largest_first
+from .lanczos import RITZ_TOLERANCE, SpectralFactor, SpectralPreconditioner, largest_first, lanczos
 
-__all__ = ["Posterior", "LowRankCovariance", "variance"]
+__all__ = ["Posterior", "LowRankCovariance", "variance", "DENSE_POSTERIOR_SIZE", "POSTERIOR_METHODS"]
+
+DENSE_POSTERIOR_SIZE = 200  # at most this many control values: the posterior from the dense Hessian
+POSTERIOR_METHODS = ("auto", "dense", "lanczos")
+FIRST_POSTERIOR_ITERATIONS = 10  # the posterior Lanczos starts with this many, doubled until accurate
 
 
 def _sqrt_columns(covariance, W: np.ndarray) -> np.ndarray:
@@ -148,6 +167,11 @@ class Posterior:
     larger space, as an ensemble's does) to them.
     """
 
+    method = "ritz"  # how it was built: "ritz" (the factors given), "dense", "lanczos", "bfgs"
+    pairs = 0  # Hessian pairs behind it (columns of the dense Hessian, or Ritz pairs)
+    converged = 0  # of which converged (all, for the dense Hessian)
+    std_error = float("nan")  # estimated largest relative error of the standard deviations
+
     def __init__(self, cost, control, factors: SpectralPreconditioner):
         self._set_parts(cost, control)
         blocks = [factor.vectors for factor in factors.factors]
@@ -202,11 +226,74 @@ class Posterior:
         for run in runs:  # one run's (s, y) in memory at a time
             W, K = _bfgs_inverse_update(W, K, *_secant_pair(run, max_rank), max_rank)
         self.W, self.K = W, K
+        self.method, self.pairs = "bfgs", sum(run.ritz_values.size for run in runs)
+        return self
+
+    @classmethod
+    def from_hessian(cls, cost, control, A: np.ndarray) -> "Posterior":
+        """``A^-1 = I + K`` (``W = I``) from the dense Hessian ``A`` in control variables; its
+        ``std_error`` is ``eps cond(A)``, the round-off of the inverse."""
+        self = cls.__new__(cls)
+        self._set_parts(cost, control)
+        lam, E = np.linalg.eigh(0.5 * (A + A.T))
+        if not lam.min(initial=1.0) > 0.0:
+            raise np.linalg.LinAlgError(f"the Hessian at the analysis is not positive-definite (smallest eigenvalue {lam.min():.3e})")
+        self.W, self.K = np.eye(A.shape[0]), (E / lam) @ E.T - np.eye(A.shape[0])
+        self.method, self.pairs, self.converged = "dense", A.shape[0], A.shape[0]
+        self.std_error = float(np.finfo(float).eps * lam.max(initial=1.0) / lam.min(initial=1.0))
+        return self
+
+    @classmethod
+    def at_analysis(cls, jq, preconditioner: SpectralPreconditioner | None = None, accuracy: float = 0.01,
+                    method: str = "auto", max_iterations: int | None = None, seed: int = 0) -> "Posterior":
+        """The posterior at ``jq``'s linearisation point (see the module docstring): ``method``
+        ``"dense"``, ``"lanczos"`` or ``"auto"`` (dense up to :data:`DENSE_POSTERIOR_SIZE` control
+        values); ``accuracy``: the relative error of the std the Lanczos is run to, within
+        ``max_iterations`` (default: the control size) Hessian products."""
+        if method not in POSTERIOR_METHODS:
+            raise ValueError(f"unknown posterior method {method!r}; choose one of {', '.join(POSTERIOR_METHODS)}")
+        if not accuracy > 0:
+            raise ValueError(f"posterior accuracy must be > 0, got {accuracy}")
+        if method == "dense" or (method == "auto" and jq.size <= DENSE_POSTERIOR_SIZE):
+            return cls.from_hessian(jq.cost, jq.control, jq.hessian_matrix())
+        S = preconditioner if preconditioner is not None else SpectralPreconditioner(jq.size)
+        limit = jq.size if max_iterations is None else min(int(max_iterations), jq.size)
+        start = np.random.default_rng(seed).standard_normal(jq.size)
+        iterations, previous = min(FIRST_POSTERIOR_ITERATIONS, limit), None
+        while True:
+            run = lanczos(jq.hessian_vector, start, iterations, lambda j, u, norm: False, S)
+            posterior = cls._from_run(jq, S, run, previous)
+            if posterior.std_error <= accuracy or iterations >= limit:
+                return posterior
+            iterations, previous = min(2 * iterations, limit), posterior
+
+    @classmethod
+    def _from_run(cls, jq, S: SpectralPreconditioner, run, previous: "Posterior | None" = None) -> "Posterior":
+        """``S (I + V (Theta^-1 - I) V^T) S^T`` from every Ritz pair of ``run`` (of ``S^T A S``), and
+        its error estimate (module docstring); ``previous``: the posterior of the run half as long."""
+        self = cls(jq.cost, jq.control, S.extended(SpectralFactor(run.ritz_vectors, run.ritz_values)))
+        unconverged = run.ritz_residuals > RITZ_TOLERANCE * run.ritz_values
+        self.method, self.pairs, self.converged = "lanczos", run.ritz_values.size, int(np.sum(~unconverged))
+        if run.breakdown or run.nit == jq.size:  # the Krylov space is invariant: A^-1 exactly
+            self.std_error = float(np.finfo(float).eps * run.ritz_values.max() / run.ritz_values.min())
+            return self
+        GSV = self._G_columns(S.apply(run.ritz_vectors[:, unconverged]))
+        uncertain = np.abs((GSV**2) @ (1.0 / run.ritz_values[unconverged] - 1.0))
+        if previous is None:
+            self.std_error = float("inf")
+        else:
+            uncertain = np.maximum(uncertain, np.abs(self._variance - previous._variance))
+            self.std_error = 0.5 * float(np.max(uncertain / np.maximum(self._variance, np.finfo(float).tiny), initial=0.0))
         return self
 
     @property
     def rank(self) -> int:
         return int(self.W.shape[1])
+
+    def summary(self) -> str:
+        """One line: how it was built, from how many pairs, and how accurate its std is."""
+        return (f"posterior ({self.method}): {self.pairs} Hessian pairs, {self.converged} converged, "
+                f"std within ~{self.std_error:.1e} (relative, estimated)")
 
     @functools.cached_property
     def F(self) -> np.ndarray:

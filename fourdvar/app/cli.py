@@ -102,6 +102,18 @@ def _open_dataset(path: Path, what: str):
 # --- progress ------------------------------------------------------------------------------------
 
 
+def quality_note(row: dict, params_kept: bool) -> str:
+    """What the progress line says about a window's observations: how many quality control
+    rejected, and, loudly, a chi2 = 2 J / n_obs far above 1."""
+    from .diagnostics import CHI2_FAR_ABOVE_1
+
+    note = f" qc_rejected={row['qc']['reason'].size}" if row.get("qc") is not None and row["qc"]["reason"].size else ""
+    chi2 = row["departures"]["chi2"]
+    if chi2 > CHI2_FAR_ABOVE_1:
+        note += f" !! chi2={chi2:.1f} FAR ABOVE 1" + (": parameter update not taken" if params_kept else "")
+    return note
+
+
 class Progress:
     """A progress bar on a terminal, plain lines otherwise, nothing with ``--quiet``."""
 
@@ -132,6 +144,7 @@ class Progress:
             text += f" rmse_a={rmse:.3f}"
         if outcome.p.size == 1:
             text += f" p={outcome.p[0]:.4f}"
+        text += quality_note(ds_row, outcome.rejected_cost is not None)
         timing = f"{elapsed:.0f}s, eta {eta:.0f}s"
         if self.tty:
             width = 24

@@ -20,6 +20,8 @@ import numpy as np
 
 from ..window import DivergenceError, forecast
 
+CHI2_FAR_ABOVE_1 = 4.0  # a window whose 2 J / n_obs exceeds this is reported loudly
+
 __all__ = ["ForecastSkill", "forecast_skill", "comparison_variables", "headlines", "diagnostics", "correction_variables", "independent_truth"]
 
 
@@ -98,6 +100,10 @@ def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
         headline.update(skill_headlines(plan, plan, dataset, "", curves))
     if "J_rejected" in dataset:
         headline["windows_rejected"] = int(np.isfinite(dataset["J_rejected"].values).sum())
+    if "qc_reason" in dataset:
+        headline["observations_rejected"] = int(dataset.sizes.get("rejection", 0))
+    if "chi2" in dataset:
+        headline[f"windows_chi2_above_{CHI2_FAR_ABOVE_1:g}"] = int(np.sum(dataset["chi2"].values > CHI2_FAR_ABOVE_1))
     for name, (other, result) in comparisons.items():
         if "rmse_analysis" in result:
             headline[f"rmse_analysis_last_half_{name}"] = float(result["rmse_analysis"].values[half].mean())

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cost import FourDVarCost
+from ..qc import QualityControl
 from ..covariances import Diagonal, PeriodicCorrelation
 from ..covariances2d import PeriodicCorrelation2D
 from ..registry import RegistryError, build_model, build_operator, observation_set_class, operator_class
@@ -161,6 +162,8 @@ class Plan:
             "gradient_reduction": inner["gradient_reduction"], "transform": assimilation["transform"],
             "backtracking": assimilation["backtracking"], "tolerance": assimilation["tolerance"],
             "preconditioner": assimilation["preconditioner"], "posterior_rank": assimilation["posterior_rank"],
+            "qc": QualityControl(**assimilation["qc"]), "posterior_method": "none" if assimilation["posterior_accuracy"] is None else "auto",
+            **({} if assimilation["posterior_accuracy"] is None else {"posterior_accuracy": assimilation["posterior_accuracy"]}),
         }
 
     def with_initial_params(self, pb0: np.ndarray, **attributes) -> "Plan":

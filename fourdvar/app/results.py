@@ -101,6 +101,8 @@ class ResultRecorder:
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
             "model_error": outcome.model_error,
             "departures": {key: float(getattr(outcome.departures, key)) for key in DEPARTURE_VARIABLES},
+            "qc": qc_row(result.get("qc")),
+            **({} if result.get("posterior") is None else {"analysis_std": result.posterior.std_x0}),
         })
         self.P_next = outcome.P_next
         return self.rows[-1]
@@ -110,7 +112,7 @@ class ResultRecorder:
     def dataset(self, complete: bool) -> xr.Dataset:
         exp = self.plan
         n_cycles, L = len(self.rows), exp.n_steps
-        n_outer = exp.config["assimilation"]["outer_loops"]
+        n_outer = max(exp.config["assimilation"]["outer_loops"], max((len(row["outer"]) for row in self.rows), default=0))
         n_iter = 1 + max((len(o["J"]) - 1 for row in self.rows for o in row["outer"]), default=0)
         data = {}
 
@@ -175,8 +177,12 @@ class ResultRecorder:
             forcing = np.stack([exp.truth["model_error"][exp.window_start(c) : exp.window_start(c) + L + 1] for c in range(n_cycles)])
             forcing[:, 0] = np.nan  # no forcing of this window before its first step
             var("model_error_truth", ("cycle", "step", "x"), forcing, "the truth's model-error forcing added after each step", state_units)
-        if exp.config["assimilation"]["max_cost_per_obs"] is not None:
-            var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs (NaN: accepted)")
+        assimilation = exp.config["assimilation"]
+        if {"state", "params"} <= set(exp.control) and (assimilation["max_cost_per_obs"] is not None or assimilation["cost_spike"] is not None):
+            var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs or cost_spike (NaN: accepted)")
+        if all("analysis_std" in r for r in self.rows) and self.rows:
+            var("analysis_std", ("cycle", "x"), [r["analysis_std"] for r in self.rows], "analysis-error std of the initial state (Gauss-Newton posterior at the analysis)", state_units)
+        data.update(qc_variables(self.rows))
 
         at_end = exp.config["window"]["observations_at_end"]
         obs = exp.observations.window(0, exp.window_start(n_cycles - 1) + L if n_cycles else 0, include_end=at_end)
@@ -228,6 +234,43 @@ _COST_KEYS = ("J", "Jb", "Jp", "Jo", "gradient_norm")
 MEMBER_KEYS = ("member_background", "member_analysis", "member_forecast_end")
 
 
+QC_KEYS = ("step", "index", "value", "departure", "reason")
+
+
+def qc_row(record) -> dict:
+    """A window's quality-control record (:class:`fourdvar.qc.QCRecord`) as arrays: one entry per
+    observation rejected, and the number VarQC down-weighted."""
+    if record is None:
+        return {"step": np.zeros(0, dtype=np.int64), "index": np.zeros(0, dtype=np.int64), "value": np.zeros(0),
+                "departure": np.zeros(0), "reason": np.zeros(0, dtype=str), "downweighted": 0}
+    return {"step": record.step.astype(np.int64), "index": record.index.astype(np.int64), "value": record.value,
+            "departure": record.departure, "reason": record.reason.astype(str), "downweighted": record.n_downweighted}
+
+
+def qc_variables(rows: list[dict]) -> dict:
+    """The observations quality control rejected, window by window: a ``rejection`` dimension
+    (cycle, step, index in the slot, value, departure, reason) and the counts per cycle."""
+    qc = [row.get("qc") or qc_row(None) for row in rows]
+    reasons = np.concatenate([q["reason"] for q in qc]).astype(str) if qc else np.zeros(0, dtype=str)
+
+    def attrs(long_name):
+        return {"long_name": long_name, "units": "1"}
+
+    data = {
+        "qc_cycle": (("rejection",), np.concatenate([np.full(q["reason"].size, c, dtype=np.int64) for c, q in enumerate(qc)] or [np.zeros(0, dtype=np.int64)]), attrs("window of each observation rejected by quality control")),
+        "qc_step": (("rejection",), np.concatenate([q["step"] for q in qc] or [np.zeros(0, dtype=np.int64)]), attrs("its step in the window")),
+        "qc_index": (("rejection",), np.concatenate([q["index"] for q in qc] or [np.zeros(0, dtype=np.int64)]), attrs("its index among the observations of that step")),
+        "qc_value": (("rejection",), np.concatenate([q["value"] for q in qc] or [np.zeros(0)]), attrs("its value")),
+        "qc_departure": (("rejection",), np.concatenate([q["departure"] for q in qc] or [np.zeros(0)]), attrs("its departure (background or analysis) over its expected std; NaN for a non-finite value")),
+        "qc_reason": (("rejection",), reasons, attrs("why: non-finite, background (check) or analysis (check)")),
+        "qc_downweighted": (("cycle",), np.array([q["downweighted"] for q in qc], dtype=np.int64), attrs("observations variational QC down-weighted at the analysis")),
+    }
+    for reason in ("non-finite", "background", "analysis"):
+        name = f"qc_rejected_{reason.replace('-', '')}"
+        data[name] = (("cycle",), np.array([int(np.sum(q["reason"] == reason)) for q in qc], dtype=np.int64), attrs(f"observations rejected ({reason})"))
+    return data
+
+
 def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) -> xr.Dataset:
     """One recorded window and the cycling state after it, exactly (a checkpoint file)."""
     n_outer = len(row["outer"])
@@ -252,6 +295,9 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         "rejected_cost": ((), row["rejected_cost"]),
         **{key: (("member", "x"), row[key]) for key in MEMBER_KEYS if key in row},  # an ensemble's members
         **{f"departures_{key}": ((), row["departures"][key]) for key in DEPARTURE_VARIABLES},
+        **{f"qc_{key}": (("rejection",), row["qc"][key]) for key in QC_KEYS},
+        "qc_downweighted": ((), row["qc"]["downweighted"]),
+        **({"analysis_std": (("x",), row["analysis_std"])} if "analysis_std" in row else {}),
         **state_variables,
     }
     return xr.Dataset(data, attrs={"cycle": cycle, "config": config, "fourdvar_version": __version__})
@@ -278,6 +324,8 @@ def window_row(dataset: xr.Dataset) -> dict:
         "rejected_cost": float(dataset["rejected_cost"].values),
         **{key: dataset[key].values for key in MEMBER_KEYS if key in dataset},
         "departures": {key: float(dataset[f"departures_{key}"].values) for key in DEPARTURE_VARIABLES},
+        "qc": {**{key: dataset[f"qc_{key}"].values for key in QC_KEYS}, "downweighted": int(dataset["qc_downweighted"].values)},
+        **({"analysis_std": dataset["analysis_std"].values} if "analysis_std" in dataset else {}),
     }
 
 

@@ -201,6 +201,8 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
             params_policy=None if posterior else plan.params_policy,
             params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
             max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"],
+            cost_spike=plan.config["assimilation"]["cost_spike"],
+            cost_history=[0.5 * row["departures"]["chi2"] for row in recorder.rows if not np.isfinite(row["rejected_cost"])],
             shift=plan.shift, **solve_options,
             Q=plan.Q0, model_error_every=plan.model_error_every,
         ))
