@@ -147,7 +147,7 @@ def _window_problem(dataset: xr.Dataset, position: int) -> str | None:
     """What makes a checkpoint window unfit to resume from, or ``None``."""
     cycle = dataset.attrs.get("cycle")
     if not (isinstance(cycle, (int, np.integer)) and int(cycle) == position):
-        return f"its 'cycle' attribute is {_cut(repr(cycle), 40)}, but it is window {position} of the checkpoint"
+        return f"its 'cycle' attribute is {_cut(str(cycle), 40)}, but it is window {position} of the checkpoint"
     for name in ("state_xb", "analysis", "background"):
         if name not in dataset:
             return f"it has no variable '{name}'"

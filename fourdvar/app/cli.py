@@ -314,6 +314,7 @@ def command_sweep(args) -> int:
     sweep = Sweep.from_file(args.config, args.output)
     try:
         check_directory(sweep.directory, "--output" if args.output else f"{args.config}: sweep directory")
+        sweep.check_summary(inputs=[args.config])
     except ConfigError as error:
         raise CommandError(str(error)) from None
     finished = [member.output for member in sweep.members if member.output.exists()]
@@ -360,11 +361,26 @@ def command_check(args) -> int:
     config = _load(args)
     output, what = _output(args, config)
     plan = _plan(args, config, output, what)
+    if args.window_steps is not None:
+        _check_window_memory(plan, args.window_steps)
     args.threads_in_use.fit(plan.model.n_state)
     counts = check_plan(plan, config, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
     return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK
+
+
+#: Trajectories of a window the checks hold at once (forecasts, linearisations, perturbed runs).
+CHECK_TRAJECTORIES = 16
+
+
+def _check_window_memory(plan, n_steps: int) -> None:
+    from .plan import memory_available
+
+    needed = 8.0 * CHECK_TRAJECTORIES * (n_steps + 1) * plan.model.n_state
+    if needed > memory_available():
+        raise CommandError(f"--window-steps: a window of {n_steps} steps needs about {needed / 2**30:.3g} GiB for the checks; "
+                           f"this machine allows {memory_available() / 2**30:.3g} GiB")
 
 
 def command_generate(args) -> int:

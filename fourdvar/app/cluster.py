@@ -54,6 +54,9 @@ SINGLE_THREAD_ENVIRONMENT = {
 #: Modules an embedded worker needs before its first member, imported once by the server the workers are forked from.
 WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "dask.array", "netCDF4", "yaml", "fourdvar.app.run", "fourdvar.app.cluster")
 
+#: How long a client tries to reach an existing scheduler before giving up.
+CONNECT_TIMEOUT = "10s"
+
 #: Result-file attributes that say when and how fast a run went, not what it computed.
 PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
 
@@ -223,7 +226,7 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = N
     if scheduler is not None:
         from distributed import Client
 
-        with Client(scheduler, timeout="10s") as connected:
+        with Client(scheduler, timeout=CONNECT_TIMEOUT) as connected:
             yield connected
         return
     with embedded_cluster(n_workers) as embedded:

@@ -515,7 +515,8 @@ def read_text(path: Path, what: str = "") -> str:
     except OSError as error:
         raise ConfigError(f"{prefix}{path}: cannot read ({error.strerror})") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{prefix}{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB; not a configuration file")
+        raise ConfigError(f"{prefix}{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, the limit of a configuration file; "
+                          "large data belong in files it names (observations.file, model.params_from)")
     if b"\0" in data:
         raise ConfigError(f"{prefix}{path}: a binary file (it contains NUL bytes), not a YAML configuration")
     try:

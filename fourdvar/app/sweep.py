@@ -154,10 +154,9 @@ class Sweep:
         """Every member's :class:`~fourdvar.app.plan.Plan`, as its run builds it first (its output
         checked against ``inputs`` and the files it reads), and the summary file against all of them."""
         from ..registry import search_directories
-        from .plan import Plan, check_output
+        from .plan import Plan
 
-        read = [*inputs, *(path for member in self.members for path in Plan.declared_inputs(member.config, self.base_dir))]
-        check_output(self.directory / SUMMARY_FILE, read, what="the sweep summary")
+        self.check_summary(inputs)
         for member in self.members:
             try:
                 with search_directories(self.directories):
@@ -165,6 +164,13 @@ class Sweep:
             except ConfigError as error:
                 where = ", ".join(f"{key}={short(value, 30)}" for key, value in member.settings.items())
                 raise ConfigError(f"sweep member {where}: {error}") from None
+
+    def check_summary(self, inputs=()) -> None:
+        """The summary file must be none of ``inputs`` and of the files the members read."""
+        from .plan import Plan, check_output
+
+        read = [*inputs, *(path for member in self.members for path in Plan.declared_inputs(member.config, self.base_dir))]
+        check_output(self.directory / SUMMARY_FILE, read, what="the sweep summary")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -255,7 +261,7 @@ def summary_table(summary: xr.Dataset, width: int = TABLE_WIDTH) -> str:
     return "\n".join([lines[0], "-" * min(len(lines[0]), width), *lines[1:], *(f"({note})" for note in notes)])
 
 
-def _clip(text: str, limit: int = 24) -> str:
+def _clip(text: str, limit: int = 32) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
