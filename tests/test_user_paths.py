@@ -3,12 +3,11 @@ files, their own model, bounded inputs and output streams.
 
 Most cases run in-process through :func:`fourdvar.app.cli.main` (no interpreter start
 per command); a Ctrl-C/SIGTERM case runs a real process.  The experiments are tiny:
-Lorenz-96 with 8 variables, windows of 4 steps, 2 cycles.
+Lorenz-96 with 8 variables, windows of 4 steps, 2 cycles (``test_cli.BASE_CONFIG``).
 """
 
 from __future__ import annotations
 
-import copy
 import errno
 import os
 import signal
@@ -26,30 +25,10 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from fourdvar.app import cli
 from fourdvar.app.atomic import temporary_name
 from fourdvar.app.sweep import summary_table
+from test_cli import BASE_CONFIG, write_config
 
-BASE = {
-    "seed": 1,
-    "model": {"type": "lorenz96", "n_state": 8},
-    "truth": {"spinup_steps": 50},
-    "window": {"steps": 4, "cycles": 2},
-    "assimilation": {"outer_loops": 2, "inner": {"max_iterations": 10}},
-    "output": {"file": "out/result.nc"},
-}
 FROM_FILE = {"observations.file": "obs.nc", "background.state.initial": "free_run"}
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-
-
-def write_config(directory: Path, overrides: dict | None = None, name: str = "experiment.yaml") -> Path:
-    config = copy.deepcopy(BASE)
-    for dotted, value in (overrides or {}).items():
-        *parents, last = dotted.split(".")
-        node = config
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = copy.deepcopy(value)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / name).write_text(yaml.safe_dump(config, sort_keys=False))
-    return directory / name
 
 
 @pytest.fixture
@@ -71,7 +50,7 @@ def one_line(err: str) -> str:
 
 
 def observation_file(path: Path, **variables) -> None:
-    """A valid observation file for :data:`BASE` (steps 0..7, points 0 and 4), ``variables`` replaced."""
+    """A valid observation file for ``BASE_CONFIG`` (steps 0..7, points 0 and 4), ``variables`` replaced."""
     data = {
         "value": ("obs", np.tile([1.0, -1.0], 8)), "step": ("obs", np.repeat(np.arange(8), 2)),
         "index": ("obs", np.tile([0, 4], 8)), "error_std": ("obs", np.ones(16)), "operator": ("obs", np.array(["subset"] * 16)),
@@ -151,7 +130,7 @@ def test_the_next_run_removes_every_temporary_killed_writers_left(tmp_path, run_
 
 
 def test_sigterm_ends_a_sweep_in_one_line_keeping_finished_members(tmp_path):
-    config = write_config(tmp_path, {"sweep": {"seed": [1, 2, 3, 4, 5, 6]}})
+    config = write_config(tmp_path, {"sweep": {"seed": list(range(1, 9))}})
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
     process = subprocess.Popen([sys.executable, "-m", "fourdvar", "sweep", str(config), "--output", "out", "--workers", "1", "-q"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,8 +142,8 @@ def test_sigterm_ends_a_sweep_in_one_line_keeping_finished_members(tmp_path):
     finished = list((tmp_path / "out").glob("0*.nc"))
     assert process.returncode == 130, err
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
-    assert f"{len(finished)} of 6 member results are kept" in err and "--resume" in err
-    assert 1 <= len(finished) < 6 and all(xr.load_dataset(path).attrs["complete"] == 1 for path in finished)
+    assert f"{len(finished)} of 8 member results are kept" in err and "--resume" in err
+    assert 1 <= len(finished) < 8 and all(xr.load_dataset(path).attrs["complete"] == 1 for path in finished)
 
 
 # --- threads ----------------------------------------------------------------------------------------------
@@ -388,7 +367,7 @@ def test_plot_onto_a_full_disk_leaves_no_directory(tmp_path, run_cli, monkeypatc
 
 
 def test_a_large_configuration_is_refused_naming_the_limit(tmp_path, run_cli):
-    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(BASE) + "# padding\n" * 600_000)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(BASE_CONFIG) + "# padding\n" * 600_000)
     status, out, err = run_cli("run", "experiment.yaml")
     line = one_line(err)
     assert status == 2 and "1 MiB" in line and "observations.file" in line
