@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few short batches: a smoke test, not a measurement (nothing recorded)")
     args = parser.parse_args(argv)
-    n_batches, batch_seconds = (3, 0.02) if args.quick else (9, 0.3)
+    n_batches, batch_seconds = (3, 0.02) if args.quick else (15, 0.3)
     import jax
 
     header = [timing.machine_header(), timing.fix_malloc_thresholds(),
