@@ -13,7 +13,7 @@ On a doubly periodic ``L x W`` domain, layers 1 (upper, thickness ``H1``) and 2
 with ``u = -dpsi/dy``, ``v = dpsi/dx`` and the advection in flux form,
 ``J(psi, q) + U dq/dx = d/dx((u + U) q) + d/dy(v q)``; the bottom drag ``rek``
 acts on the lower layer only.  pyqg evaluates it pseudo-spectrally (``^`` is
-``rfft2``, ``k, l`` the wavenumbers, ``kappa^2 = k^2 + l^2``):
+``rfft2``, ``k, l`` the wavenumbers, ``kappa^2 = k^2 + l^2``)::
 
     inversion   [ -(kappa^2 + F1)   F1             ] [psi1^]   [q1^]
                 [  F2              -(kappa^2 + F2) ] [psi2^] = [q2^]        psi^ = 0 at kappa = 0
@@ -82,7 +82,7 @@ and the constants' chain ``Qy1 = beta + F1 (U1 - U2)``, ``Qy2 = beta - delta F1 
 ``F1 = rd^-2 / (1 + delta)`` (:meth:`QGPhysics.increments` and its adjoint).
 
 Parameters: ``estimate`` is any subset of ``rek, beta, U1, U2, rd``; ``p`` holds
-them in that order, the others are the constructor's values.  TL and AD are
+them in the order of that list (``param_names``), the others are the constructor's values.  TL and AD are
 blocked: ``dx`` ``(n_state, k)`` and ``dp`` ``(n_params, k)`` run as ``k`` fields at once.
 
 The FFTs are scipy's real transforms on all layers (and directions) in one call;
@@ -437,11 +437,18 @@ class QGStepLinearization:
         return self.rk.ad(self.model.spectral_filter_ad(ax))
 
 
-def _positive(name: str, value) -> float:
+def _number(name: str, value) -> float:
     try:
-        value = float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"QG: {name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(number):
+        raise ValueError(f"QG: {name} must be a finite number, got {value!r}")
+    return number
+
+
+def _positive(name: str, value) -> float:
+    value = _number(name, value)
     if not value > 0:
         raise ValueError(f"QG: {name} must be positive, got {value}")
     return value
@@ -484,10 +491,10 @@ class QG(ModelBase):
         self.L = _positive("L", L)
         self.W = _positive("W", L if W is None else W)
         self.rd, self.delta, self.H1, self.dt = (_positive(n, v) for n, v in (("rd", rd), ("delta", delta), ("H1", H1), ("dt", dt)))
-        self.filterfac = float(filterfac)
+        self.filterfac = _number("filterfac", filterfac)
         if not self.filterfac >= 0:
             raise ValueError(f"QG: filterfac must be >= 0, got {filterfac}")
-        self.rek, self.beta, self.U1, self.U2 = float(rek), float(beta), float(U1), float(U2)
+        self.rek, self.beta, self.U1, self.U2 = (_number(n, v) for n, v in (("rek", rek), ("beta", beta), ("U1", U1), ("U2", U2)))
         self.estimate = _estimate(estimate)
         self.param_names = list(self.estimate)
         self.n_params = len(self.estimate)

@@ -340,6 +340,9 @@ def test_the_model_pickles_and_steps_alike_after():
     (dict(rd=-1.0), "rd must be positive"),
     (dict(L="big"), "L must be a number, got 'big'"),
     (dict(filterfac=-1), "filterfac must be >= 0"),
+    (dict(beta="1.5e-11x"), "beta must be a number, got '1.5e-11x'"),
+    (dict(U1=float("nan")), "U1 must be a finite number, got nan"),
+    (dict(rek=True), "rek must be a finite number, got True"),
 ])
 def test_bad_arguments_are_refused_with_one_line_naming_them(kwargs, message):
     with pytest.raises(ValueError) as error:
