@@ -222,7 +222,8 @@ class FourDVarCost:
         Every gradient is returned whatever the control; ``grad_p`` has no ``Jp`` part when ``P`` is ``None``.
         """
         eta = self.checked_model_error(eta)
-        window = self.window(x0, p, context="cost gradient", eta=eta)
+        K = self.last_observed_step
+        window = linearize_window(self.model, x0, p, K, "cost gradient", None if eta is None else sub_window_forcing(eta, self.every, K))
         Jo, forcings = 0.0, {}
         for slot in self.slots:
             H = slot.operator.linearize(window.states[slot.step])
@@ -238,8 +239,9 @@ class FourDVarCost:
         gp += ap
         if eta is None:
             return CostTerms(Jb, Jp, Jo), gb, gp
-        Jm, geta = self.model_error_terms(eta)
-        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, geta + sub_window_sums(ae, self.every, self.n_sub)
+        geta = apply_rows(self.Q.solve, eta)  # Q^-1 eta_j, then + aeta_j
+        Jm = 0.5 * float(np.vdot(eta, geta))
+        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, np.add(geta, sub_window_sums(ae, self.every, self.n_sub), out=geta)
 
     def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None):
         """Deprecated: :meth:`gradient`, with ``grad_eta J`` (``(0, n_state)`` in strong constraint)."""
