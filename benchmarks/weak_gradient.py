@@ -76,8 +76,7 @@ def interleaved(strong, weak, n_batches: int, batch_seconds: float) -> tuple[flo
 def measure(model, n_batches: int, batch_seconds: float) -> dict:
     strong, weak, xb, p = costs(model)
     eta = np.zeros((weak.n_sub, model.n_state))
-    _, gx_strong, _ = strong.gradient(xb, p)
-    _, gx_weak, _, _ = weak.gradient(xb, p, eta)
+    gx_strong, gx_weak = strong.gradient(xb, p)[1], weak.gradient(xb, p, eta)[1]
     jq_strong = IncrementalCost(strong, xb, p, control=["state"])
     jq_weak = IncrementalCost(weak, xb, p, control=["state", "model_error"], eta=eta)
     rng = np.random.default_rng(1)
@@ -101,7 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-seconds", type=float, default=0.02)
     parser.add_argument("--no-record", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
     args = parser.parse_args(argv)
-    lines = [timing.machine_header(), f"window {N_STEPS} steps, forcing per {EVERY} steps at zero, target weak / strong <= {TARGET}", "",
+    lines = [timing.machine_header(), "load average over 1 / 5 / 15 min at the start: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+             f"window {N_STEPS} steps, forcing per {EVERY} steps at zero, target weak / strong <= {TARGET}", "",
              f"{'model':<24} {'n':>4}  {'gradient':<11} {'strong ms':>9} {'weak ms':>9} {'weak/strong':>11}  verdict   |g_weak - g_strong| / |g_strong|"]
     worst = 0.0
     for label, n, make in CASES:
