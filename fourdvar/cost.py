@@ -84,6 +84,10 @@ class Control:
         return [name for name, on in (("state", self.state), ("params", self.params), ("model_error", self.model_error)) if on]
 
 
+#: the control's names (``Control``) and the blocks they put in the control space
+_BLOCKS = (("state", "x0"), ("params", "p"), ("model_error", "eta"))
+
+
 def _quadratic_term(covariance, departure: np.ndarray) -> tuple[float, np.ndarray]:
     """``(1/2 e^T C^-1 e, C^-1 e)``."""
     weighted = covariance.solve(departure)
@@ -193,6 +197,13 @@ class FourDVarCost:
         terms = (("x0", self.B, x0 - self.xb), ("p", self.P, p - self.pb), ("eta", self.Q, eta))
         return [Block(name, C, np.reshape(departure, (-1, np.shape(departure)[-1]))) for name, C, departure in terms if C is not None]
 
+    def control_blocks(self, control, x0: np.ndarray | None = None, p: np.ndarray | None = None, eta: np.ndarray | None = None) -> list[Block]:
+        """The non-empty :meth:`blocks` that ``control`` (a :class:`Control` or its names) puts in the control
+        vector, in its order, at ``(x0, p, eta)`` (the background by default)."""
+        names = {block for flag, block in _BLOCKS if flag in Control.parse(control).names()}
+        blocks = self.blocks(self.xb if x0 is None else x0, self.pb if p is None else p, eta)
+        return [block for block in blocks if block.name in names and block.size]
+
     def model_error_terms(self, eta: np.ndarray | None) -> tuple[float, np.ndarray]:
         """``(Jm, Q^-1 eta)``, ``Q^-1`` applied to each sub-window's ``eta_j``; ``(0, (0, n_state) array)`` without ``Q``."""
         eta = self.checked_model_error(eta)
@@ -254,10 +265,6 @@ def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
     forcings[step] = forcings[step] + forcing if step in forcings else forcing
 
 
-#: the control's names (``Control``) and the blocks they put in the control space
-_BLOCKS = (("state", "x0"), ("params", "p"), ("model_error", "eta"))
-
-
 class IncrementalCost:
     """``Jq`` around ``(p^i, x0^i)`` (and ``eta^i``, with model error) as a function of the control vector ``u``.
 
@@ -301,9 +308,7 @@ class IncrementalCost:
 
         Jb, Jp, _, _ = cost.background_terms(self.x0, self.p)
         Jm, _ = cost.model_error_terms(self.eta)
-        blocks = cost.blocks(self.x0, self.p, self.eta)
-        on = {name for flag, name in _BLOCKS if flag in self.control.names()}
-        self.space = ControlSpace([block for block in blocks if block.name in on], self.transform)
+        self.space = ControlSpace(cost.control_blocks(self.control, self.x0, self.p, self.eta), self.transform)
         # a part not in the control keeps its (constant) background term, so Jq(0) == J(p^i, x0^i)
         self.fixed = {name: (0.0 if name in self.space else J) for name, J in (("x0", Jb), ("p", Jp), ("eta", Jm))}
         self.size = self.space.size
