@@ -11,11 +11,11 @@ trajectory and the same ``J``.  Timed, interleaved, medians of batches:
                   [state, model_error] (one TL and one AD sweep; warmed up, so a
                   window that stores its step Jacobians has them)
 
-The target: the weak gradient within 1.3x of the strong one (the median of the
-per-batch ratios; the times are the medians of each side).  The script also
+The target: the weak gradient within 1.3x of the strong one (the ratio of the
+medians of single calls, strong and weak alternated).  The script also
 checks that the two give the same state gradient (to round-off).
 
-    taskset -c 1 python benchmarks/weak_gradient.py [--batches 41] [--no-record]
+    taskset -c 1 python benchmarks/weak_gradient.py [--seconds 4] [--no-record]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ timing = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(timing)
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -65,19 +66,28 @@ def costs(model, seed: int = 0):
     return strong, weak, xb, p
 
 
-def interleaved(strong, weak, n_batches: int, batch_seconds: float) -> tuple[float, float, float]:
-    """``(median strong s, median weak s, median of the per-batch ratios weak / strong)``: batches of
-    both interleaved, so that a slow patch of the shared machine hits a pair, not one side."""
-    calls = timing._calls_per_batch(strong, batch_seconds)
-    pairs = [(timing._batch_time(strong, calls), timing._batch_time(weak, calls)) for _ in range(n_batches)]
-    return (float(np.median([a for a, _ in pairs])), float(np.median([b for _, b in pairs])), float(np.median([b / a for a, b in pairs])))
+def interleaved(strong, weak, seconds: float) -> tuple[float, float, float]:
+    """``(median strong s, median weak s, their ratio)`` over single calls alternated for about
+    ``seconds``: each pair runs back to back, so that the load of the shared machine hits both
+    sides alike, and the medians leave out the calls a preemption lengthened."""
+    start = time.perf_counter()
+    strong(), weak()
+    pairs = max(31, int(seconds / max(time.perf_counter() - start, 1e-9)))
+    times = np.empty((pairs, 2))
+    for i in range(pairs):
+        t0 = time.perf_counter()
+        strong()
+        t1 = time.perf_counter()
+        weak()
+        times[i] = t1 - t0, time.perf_counter() - t1
+    t_strong, t_weak = np.median(times, axis=0)
+    return float(t_strong), float(t_weak), float(t_weak / t_strong)
 
 
-def measure(model, n_batches: int, batch_seconds: float) -> dict:
+def measure(model, seconds: float) -> dict:
     strong, weak, xb, p = costs(model)
     eta = np.zeros((weak.n_sub, model.n_state))
-    _, gx_strong, _ = strong.gradient(xb, p)
-    _, gx_weak, _, _ = weak.gradient(xb, p, eta)
+    gx_strong, gx_weak = strong.gradient(xb, p)[1], weak.gradient(xb, p, eta)[1]
     jq_strong = IncrementalCost(strong, xb, p, control=["state"])
     jq_weak = IncrementalCost(weak, xb, p, control=["state", "model_error"], eta=eta)
     rng = np.random.default_rng(1)
@@ -85,9 +95,8 @@ def measure(model, n_batches: int, batch_seconds: float) -> dict:
     u_weak = np.concatenate([u_strong, np.zeros(jq_weak.size - jq_strong.size)])
     for _ in range(5):  # past the sweep on which a window stores its step Jacobians
         g_strong, g_weak = jq_strong.value_and_gradient(u_strong)[1], jq_weak.value_and_gradient(u_weak)[1]
-    nonlinear = interleaved(lambda: strong.gradient(xb, p), lambda: weak.gradient(xb, p, eta), n_batches, batch_seconds)
-    incremental = interleaved(lambda: jq_strong.value_and_gradient(u_strong), lambda: jq_weak.value_and_gradient(u_weak),
-                              n_batches, batch_seconds)
+    nonlinear = interleaved(lambda: strong.gradient(xb, p), lambda: weak.gradient(xb, p, eta), seconds)
+    incremental = interleaved(lambda: jq_strong.value_and_gradient(u_strong), lambda: jq_weak.value_and_gradient(u_weak), seconds)
     return {
         "nonlinear": nonlinear, "incremental": incremental,
         "difference": max(float(np.linalg.norm(gx_weak - gx_strong) / np.linalg.norm(gx_strong)),
@@ -97,15 +106,15 @@ def measure(model, n_batches: int, batch_seconds: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, default=41)
-    parser.add_argument("--batch-seconds", type=float, default=0.02)
+    parser.add_argument("--seconds", type=float, default=4.0, help="time spent on each comparison")
     parser.add_argument("--no-record", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
     args = parser.parse_args(argv)
-    lines = [timing.machine_header(), f"window {N_STEPS} steps, forcing per {EVERY} steps at zero, target weak / strong <= {TARGET}", "",
+    lines = [timing.machine_header(), "load average over 1 / 5 / 15 min at the start: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+             f"window {N_STEPS} steps, forcing per {EVERY} steps at zero, target weak / strong <= {TARGET}", "",
              f"{'model':<24} {'n':>4}  {'gradient':<11} {'strong ms':>9} {'weak ms':>9} {'weak/strong':>11}  verdict   |g_weak - g_strong| / |g_strong|"]
     worst = 0.0
     for label, n, make in CASES:
-        result = measure(make(), args.batches, args.batch_seconds)
+        result = measure(make(), args.seconds)
         for kind in ("nonlinear", "incremental"):
             t_strong, t_weak, ratio = result[kind]
             worst = max(worst, ratio)

@@ -84,6 +84,10 @@ class Control:
         return [name for name, on in (("state", self.state), ("params", self.params), ("model_error", self.model_error)) if on]
 
 
+#: the control's names (``Control``) and the blocks they put in the control space
+_BLOCKS = (("state", "x0"), ("params", "p"), ("model_error", "eta"))
+
+
 def _quadratic_term(covariance, departure: np.ndarray) -> tuple[float, np.ndarray]:
     """``(1/2 e^T C^-1 e, C^-1 e)``."""
     weighted = covariance.solve(departure)
@@ -193,6 +197,13 @@ class FourDVarCost:
         terms = (("x0", self.B, x0 - self.xb), ("p", self.P, p - self.pb), ("eta", self.Q, eta))
         return [Block(name, C, np.reshape(departure, (-1, np.shape(departure)[-1]))) for name, C, departure in terms if C is not None]
 
+    def control_blocks(self, control, x0: np.ndarray | None = None, p: np.ndarray | None = None, eta: np.ndarray | None = None) -> list[Block]:
+        """The non-empty :meth:`blocks` that ``control`` (a :class:`Control` or its names) puts in the control
+        vector, in its order, at ``(x0, p, eta)`` (the background by default)."""
+        names = {block for flag, block in _BLOCKS if flag in Control.parse(control).names()}
+        blocks = self.blocks(self.xb if x0 is None else x0, self.pb if p is None else p, eta)
+        return [block for block in blocks if block.name in names and block.size]
+
     def model_error_terms(self, eta: np.ndarray | None) -> tuple[float, np.ndarray]:
         """``(Jm, Q^-1 eta)``, ``Q^-1`` applied to each sub-window's ``eta_j``; ``(0, (0, n_state) array)`` without ``Q``."""
         eta = self.checked_model_error(eta)
@@ -222,7 +233,8 @@ class FourDVarCost:
         Every gradient is returned whatever the control; ``grad_p`` has no ``Jp`` part when ``P`` is ``None``.
         """
         eta = self.checked_model_error(eta)
-        window = self.window(x0, p, context="cost gradient", eta=eta)
+        K = self.last_observed_step
+        window = linearize_window(self.model, x0, p, K, "cost gradient", None if eta is None else sub_window_forcing(eta, self.every, K))
         Jo, forcings = 0.0, {}
         for slot in self.slots:
             H = slot.operator.linearize(window.states[slot.step])
@@ -238,8 +250,9 @@ class FourDVarCost:
         gp += ap
         if eta is None:
             return CostTerms(Jb, Jp, Jo), gb, gp
-        Jm, geta = self.model_error_terms(eta)
-        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, geta + sub_window_sums(ae, self.every, self.n_sub)
+        geta = apply_rows(self.Q.solve, eta)  # Q^-1 eta_j, then + aeta_j
+        Jm = 0.5 * float(np.vdot(eta, geta))
+        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, np.add(geta, sub_window_sums(ae, self.every, self.n_sub), out=geta)
 
     def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None):
         """Deprecated: :meth:`gradient`, with ``grad_eta J`` (``(0, n_state)`` in strong constraint)."""
@@ -250,10 +263,6 @@ class FourDVarCost:
 
 def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
     forcings[step] = forcings[step] + forcing if step in forcings else forcing
-
-
-#: the control's names (``Control``) and the blocks they put in the control space
-_BLOCKS = (("state", "x0"), ("params", "p"), ("model_error", "eta"))
 
 
 class IncrementalCost:
@@ -299,9 +308,7 @@ class IncrementalCost:
 
         Jb, Jp, _, _ = cost.background_terms(self.x0, self.p)
         Jm, _ = cost.model_error_terms(self.eta)
-        blocks = cost.blocks(self.x0, self.p, self.eta)
-        on = {name for flag, name in _BLOCKS if flag in self.control.names()}
-        self.space = ControlSpace([block for block in blocks if block.name in on], self.transform)
+        self.space = ControlSpace(cost.control_blocks(self.control, self.x0, self.p, self.eta), self.transform)
         # a part not in the control keeps its (constant) background term, so Jq(0) == J(p^i, x0^i)
         self.fixed = {name: (0.0 if name in self.space else J) for name, J in (("x0", Jb), ("p", Jp), ("eta", Jm))}
         self.size = self.space.size

@@ -186,13 +186,8 @@ class Posterior:
         self.K = product @ product.T - I
 
     def _set_parts(self, cost, control) -> None:
-        n_state = cost.model.n_state
-        # (name, covariance, repeats, physical size, control size) of each part in the control
-        self.parts = [part for part in (
-            ("x0", cost.B, 1, n_state, getattr(cost.B, "control_size", n_state)) if control.state else None,
-            ("p", cost.P, 1, cost.model.n_params, cost.model.n_params) if control.params and cost.model.n_params else None,
-            ("eta", getattr(cost, "Q", None), getattr(cost, "n_sub", 0), n_state, n_state) if getattr(control, "model_error", False) else None,
-        ) if part is not None]
+        # (name, covariance, repeats, physical size, control size) of each block of the control space
+        self.parts = [(b.name, b.covariance, b.rows, b.n, b.width) for b in cost.control_blocks(control)]
         self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
         self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
 

@@ -141,10 +141,7 @@ class Window:
     #: ``tl`` and ``ad`` take blocks of directions
     blocked: bool = False
     states: np.ndarray
-
-    @property
-    def n_steps(self) -> int:
-        return self.states.shape[0] - 1
+    n_steps: int
 
     def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -190,6 +187,7 @@ class WindowLinearization(Window):
         self.n_state = model.n_state
         self.n_params = model.n_params
         self.blocked = bool(declared(model, "blocked_linearization"))
+        self.n_steps = n_steps
         self.sweeps = 0
         self.states = np.empty((n_steps + 1, model.n_state))
         self.states[0] = x0

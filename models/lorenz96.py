@@ -43,6 +43,7 @@ import importlib
 import importlib.util
 
 from fourdvar.model import as_vector
+from fourdvar.window import Window
 
 from .integrators import IntegratedModel, RungeKutta
 
@@ -220,7 +221,7 @@ class Lorenz96(IntegratedModel):
         )
 
 
-class CompiledWindow:
+class CompiledWindow(Window):
     """A window run by compiled RK4 kernels: the engine's window contract (:mod:`fourdvar.window`).
 
     The NL sweep stores the trajectory and every step's RK4 stage states; ``tl`` and

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from fourdvar.model import ModelBase, as_vector
+from fourdvar.window import Window
 
 from .network import Network
 
@@ -84,7 +85,7 @@ class MLPLinearization:
         return (ax_prev + ax if self.residual else ax_prev), ap
 
 
-class MLPWindowLinearization:
+class MLPWindowLinearization(Window):
     """The MLP over a window of ``K`` steps, linearised, with the weight terms batched over steps.
 
     Step ``k`` (``k = 0 .. K-1``) is the network on the column ``x_k``; stacking

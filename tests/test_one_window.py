@@ -13,7 +13,10 @@ from fourdvar import checks
 from fourdvar.cost import FourDVarCost, IncrementalCost
 from fourdvar.covariances import Diagonal, PeriodicCorrelation
 from fourdvar.interfaces import ObservationSlot
-from fourdvar.window import WindowLinearization, linearize_window, tl_block, ad_block
+from fourdvar.window import (
+    ForcedWindowLinearization, WindowLinearization, ad_block, forced_forecast, forecast, linearize_window, sub_window_forcing, sub_window_sums,
+    tl_block,
+)
 from models import MLP, Lorenz96, Lorenz96TwoScale
 from models.mlp import MLPWindowLinearization
 from models.lorenz96 import KERNELS_AVAILABLE, CompiledWindow
@@ -140,3 +143,25 @@ def test_blocked_weak_hessian_matrix_equals_hessian_vector_products(transform):
     A = jq.hessian_matrix(block_size=7)
     columns = np.column_stack([jq.hessian_vector(e) for e in np.eye(jq.size)])
     assert np.linalg.norm(A - 0.5 * (columns + columns.T)) <= 1e-13 * np.linalg.norm(A)
+
+
+def test_the_weak_constraint_twins_are_deprecated_aliases_of_the_one_forms():
+    model, p = models()["lorenz96 numpy"]
+    _, weak = pair(model, p)
+    rng = np.random.default_rng(7)
+    eta = 0.1 * rng.standard_normal((weak.n_sub, 10))
+    forcing = sub_window_forcing(eta, EVERY, N_STEPS)
+    with pytest.warns(DeprecationWarning, match="forced_forecast"):
+        assert np.array_equal(forced_forecast(model, weak.xb, p, N_STEPS, eta, EVERY), forecast(model, weak.xb, p, N_STEPS, forcing=forcing))
+    with pytest.warns(DeprecationWarning, match="ForcedWindowLinearization"):
+        old = ForcedWindowLinearization(model, weak.xb, p, N_STEPS, eta, EVERY)
+    forcings = {k: rng.standard_normal(10) for k in (2, N_STEPS)}
+    ae = np.empty((N_STEPS, 10))
+    ax, ap = WindowLinearization(model, weak.xb, p, N_STEPS, forcing=forcing).ad(forcings, ae=ae)
+    ax_old, ap_old, aeta = old.ad_eta(forcings)
+    assert np.array_equal(ax_old, ax) and np.allclose(aeta, sub_window_sums(ae, EVERY, weak.n_sub), rtol=1e-15, atol=0)
+    with pytest.warns(DeprecationWarning, match="full_gradient"):
+        full = weak.full_gradient(weak.xb, p, eta)
+    assert all(np.array_equal(a, b) for a, b in zip(full[1:], weak.gradient(weak.xb, p, eta)[1:]))
+    with pytest.warns(DeprecationWarning, match="check_weak_cost"):
+        assert all(r.passed for r in checks.check_weak_cost(weak, weak.xb, p, eta, ["state", "model_error"], np.random.default_rng(8)))
