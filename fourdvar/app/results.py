@@ -44,8 +44,10 @@ import xarray as xr
 import yaml
 
 from .. import __version__
+from ..assimilation import FourDVar
 from ..cost import CostTerms, FourDVarCost
-from ..covariances import Dense
+from ..covariances import Dense, Diagonal
+from ..eda import ensemble_covariance
 from ..posterior import LowRankCovariance
 
 DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
@@ -69,6 +71,85 @@ def _rms(a: np.ndarray, axis=None) -> np.ndarray:
 
 def _mean_std(covariance) -> float:
     return float(np.mean(covariance.std)) if covariance is not None and covariance.size else np.nan
+
+
+#: What each window used, recorded per cycle: name -> (dimensions after ``cycle``, long_name).
+#: ``B`` and ``Q`` keep the structure the configuration gives them (their correlation) and
+#: record their std; ``P`` is recorded in full when it is not a diagonal (propagated with
+#: ``update: posterior``): limited memory ``C0^1/2 (I + U diag(lam) U^T) C0^1/2`` or dense.
+#: A hybrid ensemble ``B`` is rebuilt from the members' backgrounds (``member_background``).
+RECORDED_COVARIANCES = {
+    "background_error_std": (("x",), "std of the state background error covariance B used in the window (its static part with an ensemble)"),
+    "params_background_std": (("param",), "std of the parameter background error covariance P used in the window"),
+    "params_analysis_std": (("param",), "std of the parameters' posterior error covariance P^a after the window (Gauss-Newton, marginal over the state)"),
+    "params_covariance_base_std": (("param",), "P used in the window, limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2: std of the diagonal C0 (NaN: P diagonal)"),
+    "params_covariance_vectors": (("param", "window_rank"), "P used in the window, limited memory: orthonormal U (NaN columns: beyond this window's rank)"),
+    "params_covariance_values": (("window_rank",), "P used in the window, limited memory: lam (NaN: beyond this window's rank)"),
+    "params_covariance": (("param", "param_"), "P used in the window, dense (NaN: P diagonal)"),
+    "model_error_background_std": (("x",), "std of the model-error covariance Q used in the window"),
+}
+#: At most this many parameters get their posterior std computed for the result when the
+#: cycling does not compute it (n_x + n_p Hessian products per window).
+POSTERIOR_STD_MAX_PARAMS = 8
+
+
+def covariance_record(B, P, Q, posterior=None) -> dict:
+    """The arrays of :data:`RECORDED_COVARIANCES` that rebuild the covariances one window used."""
+    record = {"background_error_std": np.broadcast_to(_static(B).std, (B.size,)).copy()}
+    if P is not None:
+        record["params_background_std"] = np.broadcast_to(P.std, (P.size,)).copy()
+        if isinstance(P, LowRankCovariance):
+            record.update(params_covariance_base_std=P.base.std, params_covariance_vectors=P.U, params_covariance_values=P.lam)
+        elif isinstance(P, Dense):
+            record["params_covariance"] = P.matrix
+    if posterior is not None:
+        variance = posterior.variance() if isinstance(posterior, LowRankCovariance) else np.diag(posterior)
+        record["params_analysis_std"] = np.sqrt(np.maximum(variance, 0.0))
+    if Q is not None:
+        record["model_error_background_std"] = np.broadcast_to(Q.std, (Q.size,)).copy()
+    return record
+
+
+def _static(B):
+    """The static part of a hybrid ensemble covariance, else ``B``."""
+    return getattr(B, "static", B)
+
+
+def recorded_covariances(plan, row: xr.Dataset):
+    """``(B, P, Q)`` of one cycle of a result file (``row``: the dataset at that cycle), rebuilt
+    from what the window recorded (:func:`covariance_record`) on the structures of ``plan``."""
+    std = row["background_error_std"].values if "background_error_std" in row else float(row["background_std"])
+    B = plan.B0.with_std(std)
+    ensemble = plan.config["ensemble"]
+    if ensemble["members"] and "member_background" in row:
+        B = ensemble_covariance(B, row["member_background"].values, ensemble["hybrid_weight"], ensemble["localization"])
+    P = _recorded_P(plan, row) if "params" in plan.control else None
+    Q = plan.Q0
+    if Q is not None and "model_error_background_std" in row:
+        Q = Q.with_std(row["model_error_background_std"].values)
+    return B, P, Q
+
+
+def _recorded_P(plan, row: xr.Dataset):
+    if "params_covariance_base_std" in row and np.isfinite(row["params_covariance_base_std"].values).all():
+        kept = np.isfinite(row["params_covariance_values"].values)
+        return LowRankCovariance(Diagonal(row["params_covariance_base_std"].values), row["params_covariance_vectors"].values[:, kept],
+                                 row["params_covariance_values"].values[kept])
+    if "params_covariance" in row and np.isfinite(row["params_covariance"].values).all():
+        return Dense(row["params_covariance"].values)
+    if "params_background_std" in row:
+        return plan.P0.with_std(row["params_background_std"].values)
+    return plan.params_policy(int(row["cycle"]), plan.P0)  # a file written without the record
+
+
+def _stacked(arrays: list) -> np.ndarray:
+    """The per-cycle arrays (``None``: none that cycle) on a new first axis, NaN-padded to the largest."""
+    present = [np.asarray(a) for a in arrays if a is not None]
+    out = np.full((len(arrays), *np.max([a.shape for a in present], axis=0)), np.nan)
+    for c, a in enumerate(arrays):
+        if a is not None:
+            out[(c, *map(slice, np.shape(a)))] = a
+    return out
 
 
 class ResultRecorder:
@@ -99,9 +180,24 @@ class ResultRecorder:
             "rejected_cost": np.nan if outcome.rejected_cost is None else outcome.rejected_cost,
             "model_error": outcome.model_error,
             "departures": {key: float(getattr(outcome.departures, key)) for key in DEPARTURE_VARIABLES},
+            "recorded": covariance_record(outcome.B, outcome.P if "params" in self.plan.control else None, self.plan.Q0,
+                                          self._posterior(outcome)),
         })
         self.P_next = outcome.P_next
         return self.rows[-1]
+
+    def _posterior(self, outcome):
+        """The parameters' posterior covariance after ``outcome``'s window: the cycling's, else
+        computed here for a few parameters (``None`` for many, a rejected window or no parameters)."""
+        exp = self.plan
+        if outcome.params_posterior is not None or "params" not in exp.control:
+            return outcome.params_posterior
+        if outcome.rejected_cost is not None or not 0 < exp.model.n_params <= POSTERIOR_STD_MAX_PARAMS:
+            return None
+        problem = FourDVar(exp.model, exp.window_slots(outcome.cycle), xb=outcome.xb, B=outcome.B, pb=outcome.pb, P=outcome.P,
+                           control=exp.control, n_steps=exp.n_steps, Q=exp.Q0, model_error_every=exp.model_error_every)
+        eta = outcome.model_error if outcome.model_error.shape[0] else None
+        return problem.params_posterior_covariance(outcome.x0, outcome.p, eta)
 
     # --- the dataset ----------------------------------------------------------------------------
 
@@ -157,6 +253,10 @@ class ResultRecorder:
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
         for key, (name, long_name) in DEPARTURE_VARIABLES.items():
             var(name, ("cycle",), [r["departures"][key] for r in self.rows], long_name)
+        for name, (dims, long_name) in RECORDED_COVARIANCES.items():
+            arrays = [r["recorded"].get(name) for r in self.rows]
+            if any(a is not None for a in arrays):
+                var(name, ("cycle", *dims), _stacked(arrays), long_name, "1" if name.startswith("params") else state_units)
         if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
             long_name = "parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2"
             var("params_covariance_next_base_std", ("param",), self.P_next.base.std, f"{long_name}: std of the diagonal C0")
@@ -242,6 +342,7 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         "rejected_cost": ((), row["rejected_cost"]),
         **{key: (("member", "x"), row[key]) for key in MEMBER_KEYS if key in row},  # an ensemble's members
         **{f"departures_{key}": ((), row["departures"][key]) for key in DEPARTURE_VARIABLES},
+        **{f"recorded_{name}": (RECORDED_COVARIANCES[name][0], a) for name, a in row["recorded"].items()},
         **state_variables,
     }
     return xr.Dataset(data, attrs={"cycle": cycle, "config": config, "fourdvar_version": __version__})
@@ -268,6 +369,7 @@ def window_row(dataset: xr.Dataset) -> dict:
         "rejected_cost": float(dataset["rejected_cost"].values),
         **{key: dataset[key].values for key in MEMBER_KEYS if key in dataset},
         "departures": {key: float(dataset[f"departures_{key}"].values) for key in DEPARTURE_VARIABLES},
+        "recorded": {name: dataset[f"recorded_{name}"].values for name in RECORDED_COVARIANCES if f"recorded_{name}" in dataset},
     }
 
 
@@ -380,7 +482,9 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     cost of the stored analysis of ``cycle``; returns :class:`fourdvar.cost.CostTerms`.
 
     Uses only the file: the configuration (with its seed) regenerates the truth and
-    the observations; the background, the covariances and the analysis are read back.
+    the observations; the background, the analysis and the covariances the window
+    used (:func:`recorded_covariances`: B, P in low-rank or dense form, a hybrid's
+    ensemble, Q) are read back.
     The configuration names the classes to build; only registered and installed
     names are built unless ``allow_imports`` (a file from someone you trust whose
     configuration names ``module:Class``).
@@ -396,10 +500,9 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     row = dataset.isel(cycle=cycle)
     xb = row["background"].values[0]
     pb = row["params_background"].values if "params_background" in dataset else plan.pb0
-    B = plan.B0.with_std(float(row["background_std"]))
-    P = plan.params_policy(cycle, plan.P0) if "params" in plan.control else None
+    B, P, Q = recorded_covariances(plan, row)
     slots = plan.window_slots(cycle)
-    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=plan.Q0, model_error_every=plan.model_error_every)
+    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=Q, model_error_every=plan.model_error_every)
     x0 = row["analysis"].values[0]
     p = row["params_analysis"].values if "params_analysis" in dataset else plan.pb0
     return cost.evaluate(x0, p, row["model_error"].values if "model_error" in dataset else None)
