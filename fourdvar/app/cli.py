@@ -316,17 +316,20 @@ def command_plot(args) -> int:
 
     path = Path(args.result)
     dataset = _open_dataset(path, "RESULT")
-    if "analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]:
+    sweep = "sweep_keys" in dataset.attrs  # a sweep's summary.nc: its settings against their metrics
+    if not sweep and ("analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]):
         raise CommandError(f"RESULT: {path} is not a fourdvar result file (no 'analysis' over cycle, step, x)")
     output = Path(args.output) if args.output is not None else path.with_name(path.stem + "_figures")
     try:
         check_directory(args.output if args.output is not None else output, "--output")
     except ConfigError as error:
         raise CommandError(str(error)) from None
-    from .plotting import plot_results
+    from .plotting import TimeRange, TimeRangeError, plot_results
 
     try:
-        written = plot_results(dataset, output)
+        written = plot_results(dataset, output, None if args.time_range is None else TimeRange.parse(args.time_range))
+    except TimeRangeError as error:
+        raise CommandError(str(error)) from None
     except Exception as error:  # a result file with odd contents: say so in one line
         text = " ".join(str(error).split())[:160] or type(error).__name__
         raise CommandError(f"RESULT: {path}: cannot plot it ({text})") from None
@@ -410,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="write PNG figures of a result file", description="Cost reduction, RMSE per cycle, Hovmoeller diagram and parameter trajectory of a result file, as PNG.")
     plot.add_argument("result", help="a result file written by 'fourdvar run'")
     plot.add_argument("--output", "-o", help="directory for the figures (default: <result name>_figures next to the file)")
+    plot.add_argument("--time-range", help="what the time-axis figures show: START:END (cycles, both included), cycles=START:END or time=START:END (model time)")
     plot.set_defaults(handler=command_plot)
     return parser
 

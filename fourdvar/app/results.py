@@ -7,6 +7,11 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     truth, background, analysis            (cycle, step, x)   trajectories over each window
     params_background, params_analysis     (cycle, param)     (models with parameters)
     params_truth                           (param)            (when the truth model is the same model)
+    param_name                             (param)            the parameters' names (background.params.names, or the model's param_names)
+    params_background_std, params_analysis_std (cycle, param) std of P the window used and of its posterior P^a
+    background_error_std                   (cycle, x)         std of B the window used (its static part with an ensemble)
+    params_covariance_*                    (cycle, ...)       P the window used, limited-memory or dense, when propagated (update: posterior)
+    model_error_background_std             (cycle, x)         std of Q (weak constraint)
     J, Jb, Jp, Jo, gradient_norm           (cycle, outer, iteration)   inner-loop Jq, NaN-padded
     J_outer                                (cycle, outer)     nonlinear J at each linearisation point
     inner_iterations, step_length          (cycle, outer)     (step_length: fraction of the increment kept)
@@ -229,6 +234,9 @@ class ResultRecorder:
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
             if exp.truth is not None and exp.truth["params"] is not None:
                 var("params_truth", ("param",), exp.truth["params"], "parameters of the truth model")
+            names = exp.config["background"]["params"]["names"] or getattr(exp.model, "param_names", None)
+            if names is not None:
+                var("param_name", ("param",), np.array(names, dtype=str), "name of each parameter (background.params.names, else the model's param_names)")
 
         def padded(key):
             array = np.full((n_cycles, n_outer, n_iter), np.nan)
