@@ -225,7 +225,7 @@ def select_time_range(ds: xr.Dataset, time_range: TimeRange | None) -> xr.Datase
     if not keep.any():
         where = f"cycles {time_range.start}-{time_range.end}" if time_range.unit == "cycles" else f"model time {time_range.start:g}-{time_range.end:g}"
         raise TimeRangeError(f"--time-range: no window in {where} (the result has cycles {cycles[0]}-{cycles[-1]})")
-    selected = ds.isel(cycle=np.flatnonzero(keep))
+    selected = ds.assign_coords(cycle=cycles).isel(cycle=np.flatnonzero(keep))
     selected.attrs["plot_cycles"] = (int(cycles[keep][0]), int(cycles[keep][-1]))
     if time_range.unit == "time":
         selected.attrs["plot_time"] = (time_range.start, time_range.end)
@@ -990,10 +990,9 @@ def plot_spread(ds: xr.Dataset) -> Figure | None:
         right.plot([0, top], [0, top], color="grey", ls=":", lw=1.2, label="spread = error")
         right.set_xlim(0, top)
         right.set_ylim(0, top)
-        right.legend(fontsize=8, loc="upper left")
     right.set_xlabel("RMSE of the ensemble-mean background")
     right.set_ylabel("ensemble spread")
-    _title(right, "Spread against error, per cycle")
+    _title(right, "Spread against error, per cycle (dotted: equal)")
     right.grid(True, alpha=0.3)
     _suptitle(fig, ds, "ensemble spread and error")
     return fig
