@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fourdvar.app.config import load_raw, resolve_config
+from fourdvar.app.config import ConfigError, load_raw, resolve_config
 from fourdvar.app.plan import Plan
 from fourdvar.app.results import recompute_cost, write_atomic
 from fourdvar.app.run import execute
@@ -63,3 +63,22 @@ def test_recompute_cost_reads_the_propagated_P_not_the_policy(tmp_path, monkeypa
         stored = float(ds["Jp_final"].values[c])
         assert recompute_cost(ds, c, base_dir=CONFIGS).Jp == pytest.approx(stored, rel=1e-10)
         assert abs(recompute_cost(stripped, c, base_dir=CONFIGS).Jp - stored) > 1e-3 * stored
+
+
+def test_each_window_records_its_parameters_names_and_their_prior_and_posterior_std(tmp_path):
+    """l96_forcing with P on a schedule: the posterior std is computed for the record; with
+    ``update: posterior`` the cycling computes it, and the next window's prior is it plus q^2."""
+    schedule = small("l96_forcing", tmp_path / "a.nc")
+    schedule["background"]["params"]["names"] = ["F"]
+    propagated = small("l96_forcing", tmp_path / "b.nc")
+    propagated["background"]["params"].update(update="posterior", noise_std=0.1)
+    a, b = (execute(Plan.from_config(config, base_dir=CONFIGS)) for config in (schedule, propagated))
+    assert list(a["param_name"].values) == ["F"] and "param_name" not in b
+    np.testing.assert_allclose(a["params_background_std"].values[:, 0], [max(0.8**c, 0.05) for c in range(CYCLES)], rtol=1e-15)
+    posterior = a["params_analysis_std"].values[:, 0]
+    assert np.all((0 < posterior) & (posterior < a["params_background_std"].values[:, 0]))
+    np.testing.assert_allclose(b["params_analysis_std"].values[0], posterior[0], rtol=1e-10)  # the same first window
+    np.testing.assert_allclose(b["params_background_std"].values[1:] ** 2, b["params_analysis_std"].values[:-1] ** 2 + 0.1**2, rtol=1e-12)
+    schedule["background"]["params"]["names"] = ["F", "G"]
+    with pytest.raises(ConfigError, match=r"^background.params.names: the model has 1 parameters, got 2 names$"):
+        Plan.from_config(schedule, base_dir=CONFIGS)

@@ -2,15 +2,18 @@
 
 ::
 
-    from fourdvar.plotting import plot_results
+    from fourdvar.app.plotting import TimeRange, plot_results
     paths = plot_results("result.nc", "figs")   # -> [figs/cost.png, figs/rmse.png, ...]
+    paths = plot_results("result.nc", "figs", TimeRange.parse("time=5:10"))   # model times 5 to 10 only
 
 Each ``plot_*`` function takes the result :class:`xarray.Dataset` and returns a
 :class:`matplotlib.figure.Figure`, or ``None`` when the dataset lacks what that
 figure needs (no truth, no parameters, ...). :func:`plot_results` saves the
 figures that exist as PNG files and returns their paths.  A state of
 ``MAX_LINE_STATE`` variables or fewer is drawn as lines (``timeseries.png``), not as
-a Hovmöller image.
+a Hovmöller image.  Per-cycle axes shade the burn-in (``diagnostics.burn_in_cycles``);
+model-time axes mark the window starts too.  A sweep's ``summary.nc`` gets ``sweep.png``
+(:func:`plot_sweep`).
 
 The figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so
 importing this module never touches pyplot or the global backend.

@@ -53,6 +53,7 @@ from ..assimilation import FourDVar
 from ..cost import CostTerms, FourDVarCost
 from ..covariances import Dense, Diagonal
 from ..eda import ensemble_covariance
+from ..ensemble import HybridEnsembleCovariance
 from ..posterior import LowRankCovariance
 
 DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
@@ -117,7 +118,7 @@ def covariance_record(B, P, Q, posterior=None) -> dict:
 
 def _static(B):
     """The static part of a hybrid ensemble covariance, else ``B``."""
-    return getattr(B, "static", B)
+    return B.static if isinstance(B, HybridEnsembleCovariance) else B
 
 
 def recorded_covariances(plan, row: xr.Dataset):
