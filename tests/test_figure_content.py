@@ -42,7 +42,8 @@ def paper_result(n_cycles=8, n_params=2) -> xr.Dataset:
     ds["rmse_ensemble_mean_background"] = ("cycle", rng.uniform(0.2, 0.4, n_cycles))
     ds["params_background_std"] = (("cycle", "param"), rng.uniform(0.2, 0.5, (n_cycles, n_params)))
     ds["params_analysis_std"] = (("cycle", "param"), rng.uniform(0.05, 0.15, (n_cycles, n_params)))
-    ds["param_name"] = ("param", np.array(["F", "alpha"][:n_params]))
+    if n_params <= 2:
+        ds["param_name"] = ("param", np.array(["F", "alpha"][:n_params]))
     ds.attrs.update(title=LONG_TITLE, config="diagnostics: {burn_in_cycles: 2}\n")
     return ds
 
@@ -184,3 +185,15 @@ def test_plot_command_time_range_and_its_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
         assert not (tmp_path / value).exists()  # nothing written, no directory left
+
+
+def test_a_network_gets_the_median_and_quartiles_of_its_prior_and_posterior_std():
+    ds = paper_result(n_params=30)
+    ax = plot_params(ds).axes[-1]
+    assert ax.get_title() == "Uncertainty of the parameters"
+    for name, what in (("params_background_std", "P (prior)"), ("params_analysis_std", "P^a (posterior)")):
+        std = ds[name].values
+        np.testing.assert_allclose(line(ax, f"std of {what}, median")[1], np.median(std, axis=1))
+        _, low, high = band(ax, f"std of {what}, 25\u201375 %")
+        np.testing.assert_allclose([low, high], np.percentile(std, [25, 75], axis=1))
+    assert len(plot_params(ds.drop_vars(["params_background_std", "params_analysis_std"])).axes) == 4  # without them: no such panel

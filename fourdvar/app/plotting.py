@@ -773,6 +773,20 @@ def _prior_std(ds: xr.Dataset, n_params: int) -> tuple[np.ndarray | None, str]:
     return None, ""
 
 
+def _std_percentiles(ax, cycles: np.ndarray, stds: list) -> None:
+    """Per cycle, the median over the parameters of each ``(cycle, param)`` std in ``stds``
+    (``(std or None, colour, what)``) with its 25-75 % band."""
+    for std, colour, what in stds:
+        if std is None or not _finite(std):
+            continue
+        low, median, high = np.nanpercentile(std, [25, 50, 75], axis=1)
+        ax.fill_between(cycles, low, high, color=colour, alpha=0.25, lw=0, label=f"std of {what}, 25\u201375 %")
+        ax.plot(cycles, median, color=colour, label=f"std of {what}, median", **_per_cycle_marker(len(cycles)))
+    ax.set_yscale("log")
+    ax.set_ylabel("std over the parameters")
+    ax.set_title("Uncertainty of the parameters", fontsize=10)
+
+
 def plot_params(ds: xr.Dataset) -> Figure | None:
     """Parameter estimates per cycle (``None`` when the model has no parameters).
 
@@ -782,8 +796,9 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
     the analysis's +-1 std band of the posterior ``P^a`` (``params_analysis_std``), the
     truth dashed and the burn-in shaded; one legend beside the panels. More (a network): a summary of the weights (their 5/25/50/75/95 %
     percentiles per cycle; their distribution at the first background and the last
-    analysis), the norm of their change (cycle to cycle and analysis increment) and,
-    with a truth, the distance to it.
+    analysis), the norm of their change (cycle to cycle and analysis increment), with a
+    truth the distance to it, and with the recorded stds the median and 25-75 % band over
+    the parameters of the prior and posterior std.
     """
     if not _has(ds, "params_analysis") or int(ds.sizes.get("param", 0)) == 0:
         return None
@@ -837,7 +852,10 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         _suptitle(fig, ds, "parameter estimates")
         return fig
 
-    n_panels = 4 if pt is not None else 3
+    prior, _ = _prior_std(ds, n_params)
+    posterior = _values(ds, "params_analysis_std") if _has(ds, "params_analysis_std") else None
+    uncertain = prior is not None and _has(ds, "params_background_std") or posterior is not None
+    n_panels = 3 + (pt is not None) + uncertain
     fig = _new_figure(4.6 * n_panels, 4.4)
     axes = fig.subplots(1, n_panels)
     ax = axes[0]
@@ -877,6 +895,9 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         ax.set_yscale("log")
         ax.set_ylabel("|p \u2212 p_true|")
         ax.set_title("Distance to the true parameters", fontsize=10)
+
+    if uncertain:
+        _std_percentiles(axes[-1], cycles, [(prior, _BACKGROUND_COLOUR, "P (prior)"), (posterior, _ANALYSIS_COLOUR, "P^a (posterior)")])
 
     for ax in (axes[0], *axes[2:]):
         _plain_log_labels(ax)
