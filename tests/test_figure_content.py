@@ -48,14 +48,15 @@ def paper_result(n_cycles=8, n_params=2) -> xr.Dataset:
     return ds
 
 
-def test_legends_beside_the_data_and_titles_inside_the_figure():
+def test_legends_beside_the_data_and_titles_and_labels_inside_the_figure():
     ds = paper_result()
     figures = {name: fig for name, make in FIGURES.items() if (fig := make(ds)) is not None}
     assert set(figures) == {"cost", "rmse", "obs", "hovmoller", "timeseries", "params", "spread"}
     for name, fig in figures.items():
         renderer = drawn(fig)
-        for title in filter(None, [fig._suptitle] + [ax.title for ax in fig.axes if ax.get_title()]):
-            assert inside(title.get_window_extent(renderer), fig), (name, title.get_text())
+        labels = [text for ax in fig.axes for text in (ax.title, ax.xaxis.label, ax.yaxis.label) if text.get_text()]
+        for text in [fig._suptitle, *labels]:
+            assert inside(text.get_window_extent(renderer), fig), (name, text.get_text())
         if name in ("cost", "hovmoller"):
             continue  # their legends sit in empty corners of inner-loop curves, or above an image
         legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends

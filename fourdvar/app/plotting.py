@@ -1006,7 +1006,7 @@ def plot_spread(ds: xr.Dataset) -> Figure | None:
     _finish_cycle_axis(left, ds)
     left.set_ylabel("state units, window start")
     _title(left, "Spread and error per cycle")
-    _legend_outside(left)
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     left.grid(True, alpha=0.3)
     if error is not None:
         right.scatter(error, spread, s=12, color="tab:purple")
