@@ -54,7 +54,7 @@ CASES = {
                     "window; observation space: O-B and O-A per window, chi2 against its expected 1",
                     changes={"background": {"params": {"names": ["F"]}}}),
     "surrogate": Case("l96_surrogate.yaml", 6, ("params",), "a LocalMLP surrogate learned online: the weights summary "
-                      "instead of a single norm"),
+                      "instead of a single norm, with the std of P (prior) and P^a (posterior) over the weights"),
     "hybrid": Case("l96_hybrid.yaml", 10, ("rmse", "forecast", "correction"), "Lorenz-96 with a missing term and a LocalMLP "
                    "correction learned online, against the two declared comparison runs (physics alone, perfect model): "
                    "RMSE per window, forecast error against lead time, the learned correction against the missing tendency"),
