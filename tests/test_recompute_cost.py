@@ -79,6 +79,10 @@ def test_each_window_records_its_parameters_names_and_their_prior_and_posterior_
     assert np.all((0 < posterior) & (posterior < a["params_background_std"].values[:, 0]))
     np.testing.assert_allclose(b["params_analysis_std"].values[0], posterior[0], rtol=1e-10)  # the same first window
     np.testing.assert_allclose(b["params_background_std"].values[1:] ** 2, b["params_analysis_std"].values[:-1] ** 2 + 0.1**2, rtol=1e-12)
+    assert np.isfinite(b["params_covariance"].values[1:]).all()  # dense P propagated (cg): recorded, and the cost recomputed from it
+    for c in (1, 2):
+        assert b["Jp_final"].values[c] > 0
+        assert recompute_cost(b, c, base_dir=CONFIGS).J == pytest.approx(float(b["J_final"].values[c]), rel=1e-10, abs=0)
     schedule["background"]["params"]["names"] = ["F", "G"]
     with pytest.raises(ConfigError, match=r"^background.params.names: the model has 1 parameters, got 2 names$"):
         Plan.from_config(schedule, base_dir=CONFIGS)
