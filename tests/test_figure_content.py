@@ -172,6 +172,8 @@ def test_a_sweep_summary_draws_each_metric_against_the_setting_with_error_bars_o
     ds.to_netcdf(tmp_path / "summary.nc")
     assert cli.main(["plot", str(tmp_path / "summary.nc"), "--output", str(tmp_path / "figs")]) == 0
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["sweep.png"]
+    with pytest.raises(TimeRangeError, match="^--time-range: the file has no cycles"):
+        select_time_range(ds, TimeRange.parse("1:2"))
     assert plot_sweep(paper_result()) is None
 
 

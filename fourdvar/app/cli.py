@@ -316,20 +316,24 @@ def command_plot(args) -> int:
 
     path = Path(args.result)
     dataset = _open_dataset(path, "RESULT")
-    sweep = "sweep_keys" in dataset.attrs  # a sweep's summary.nc: its settings against their metrics
-    if not sweep and ("analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]):
+    summary = "sweep_keys" in dataset.attrs  # a sweep's summary.nc: its settings against their metrics
+    if not summary and ("analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]):
         raise CommandError(f"RESULT: {path} is not a fourdvar result file (no 'analysis' over cycle, step, x)")
+    from .plotting import TimeRange, TimeRangeError, select_time_range
+
+    try:
+        dataset = select_time_range(dataset, None if args.time_range is None else TimeRange.parse(args.time_range))
+    except TimeRangeError as error:
+        raise CommandError(str(error)) from None
     output = Path(args.output) if args.output is not None else path.with_name(path.stem + "_figures")
     try:
         check_directory(args.output if args.output is not None else output, "--output")
     except ConfigError as error:
         raise CommandError(str(error)) from None
-    from .plotting import TimeRange, TimeRangeError, plot_results
+    from .plotting import plot_results
 
     try:
-        written = plot_results(dataset, output, None if args.time_range is None else TimeRange.parse(args.time_range))
-    except TimeRangeError as error:
-        raise CommandError(str(error)) from None
+        written = plot_results(dataset, output)
     except Exception as error:  # a result file with odd contents: say so in one line
         text = " ".join(str(error).split())[:160] or type(error).__name__
         raise CommandError(f"RESULT: {path}: cannot plot it ({text})") from None

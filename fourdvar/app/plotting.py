@@ -215,9 +215,12 @@ class TimeRange:
 
 def select_time_range(ds: xr.Dataset, time_range: TimeRange | None) -> xr.Dataset:
     """The cycles of ``ds`` whose windows meet ``time_range`` (``ds`` itself for ``None``), with the
-    limits the figures' time axes take (attributes ``plot_cycles``, and ``plot_time`` for model time)."""
-    if time_range is None or "cycle" not in ds.dims:
+    limits the figures' time axes take (attributes ``plot_cycles``, and ``plot_time`` for model time);
+    a :class:`TimeRangeError` when none does or ``ds`` has no cycles."""
+    if time_range is None:
         return ds
+    if "sweep_keys" in ds.attrs or "cycle" not in ds.dims:
+        raise TimeRangeError("--time-range: the file has no cycles (a sweep summary has no time axis)")
     cycles = _cycle_axis(ds)
     if time_range.unit == "cycles":
         keep = (cycles >= time_range.start) & (cycles <= time_range.end)
@@ -1193,13 +1196,9 @@ def plot_results(dataset_or_path, output_dir, time_range: TimeRange | None = Non
     holds no window or the file is a sweep summary).  The directory is created only if a
     figure is written. Returns the paths written, in that order.
     """
-    ds = load_results(dataset_or_path)
-    sweep = "sweep_keys" in ds.attrs
-    if sweep and time_range is not None:
-        raise TimeRangeError("--time-range: a sweep summary has no time axis")
-    ds = select_time_range(ds, time_range)
+    ds = select_time_range(load_results(dataset_or_path), time_range)
     output_dir = Path(output_dir)
-    makers = SWEEP_FIGURES if sweep else FIGURES
+    makers = SWEEP_FIGURES if "sweep_keys" in ds.attrs else FIGURES
     figures = {stem: fig for stem, make in makers.items() if (fig := make(ds)) is not None}  # all drawn before any is written
     if figures:
         output_dir.mkdir(parents=True, exist_ok=True)
