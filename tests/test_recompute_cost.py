@@ -86,3 +86,19 @@ def test_each_window_records_its_parameters_names_and_their_prior_and_posterior_
     schedule["background"]["params"]["names"] = ["F", "G"]
     with pytest.raises(ConfigError, match=r"^background.params.names: the model has 1 parameters, got 2 names$"):
         Plan.from_config(schedule, base_dir=CONFIGS)
+
+
+def test_a_checkpoint_keeps_what_each_window_recorded(tmp_path):
+    """The low-rank P of each window, through a checkpoint file and back (a resumed run's record)."""
+    from fourdvar.app.results import config_text, window_dataset, window_row
+
+    plan = Plan.from_config(small("l96_surrogate", tmp_path / "r.nc"), base_dir=CONFIGS)
+    saved = []
+    execute(plan, on_window=lambda row, state: saved.append((row, state)))
+    for c, (row, state) in enumerate(saved):
+        window_dataset(row, c, state.variables(), config_text(plan.config)).to_netcdf(tmp_path / f"{c}.nc")
+        back = window_row(xr.load_dataset(tmp_path / f"{c}.nc"))["recorded"]
+        assert sorted(back) == sorted(row["recorded"])
+        for name, array in row["recorded"].items():
+            np.testing.assert_array_equal(back[name], array, err_msg=name)
+    assert saved[-1][0]["recorded"]["params_covariance_vectors"].shape[1] > 0

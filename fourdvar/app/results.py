@@ -124,28 +124,32 @@ def _static(B):
 def recorded_covariances(plan, row: xr.Dataset):
     """``(B, P, Q)`` of one cycle of a result file (``row``: the dataset at that cycle), rebuilt
     from what the window recorded (:func:`covariance_record`) on the structures of ``plan``."""
-    std = row["background_error_std"].values if "background_error_std" in row else float(row["background_std"])
-    B = plan.B0.with_std(std)
+    B = plan.B0.with_std(row["background_error_std"].values if _recorded(row, "background_error_std") else float(row["background_std"]))
     ensemble = plan.config["ensemble"]
     if ensemble["members"] and "member_background" in row:
         B = ensemble_covariance(B, row["member_background"].values, ensemble["hybrid_weight"], ensemble["localization"])
     P = _recorded_P(plan, row) if "params" in plan.control else None
     Q = plan.Q0
-    if Q is not None and "model_error_background_std" in row:
+    if Q is not None and _recorded(row, "model_error_background_std"):
         Q = Q.with_std(row["model_error_background_std"].values)
     return B, P, Q
 
 
+def _recorded(row: xr.Dataset, name: str) -> bool:
+    """Whether this window recorded ``name`` (NaN: another form, or a window resumed from an older checkpoint)."""
+    return name in row and bool(np.isfinite(row[name].values).all())
+
+
 def _recorded_P(plan, row: xr.Dataset):
-    if "params_covariance_base_std" in row and np.isfinite(row["params_covariance_base_std"].values).all():
+    if _recorded(row, "params_covariance_base_std"):
         kept = np.isfinite(row["params_covariance_values"].values)
         return LowRankCovariance(Diagonal(row["params_covariance_base_std"].values), row["params_covariance_vectors"].values[:, kept],
                                  row["params_covariance_values"].values[kept])
-    if "params_covariance" in row and np.isfinite(row["params_covariance"].values).all():
+    if _recorded(row, "params_covariance"):
         return Dense(row["params_covariance"].values)
-    if "params_background_std" in row:
+    if _recorded(row, "params_background_std"):
         return plan.P0.with_std(row["params_background_std"].values)
-    return plan.params_policy(int(row["cycle"]), plan.P0)  # a file written without the record
+    return plan.params_policy(int(row["cycle"]), plan.P0)  # a window written without the record
 
 
 def _stacked(arrays: list) -> np.ndarray:
