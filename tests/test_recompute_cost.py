@@ -83,6 +83,9 @@ def test_each_window_records_its_parameters_names_and_their_prior_and_posterior_
     for c in (1, 2):
         assert b["Jp_final"].values[c] > 0
         assert recompute_cost(b, c, base_dir=CONFIGS).J == pytest.approx(float(b["J_final"].values[c]), rel=1e-10, abs=0)
+    named_by_the_model = Plan.from_config(small("l96_forcing", tmp_path / "c.nc"), base_dir=CONFIGS)
+    named_by_the_model.model.param_names = ("forcing",)
+    assert list(execute(named_by_the_model)["param_name"].values) == ["forcing"]
     schedule["background"]["params"]["names"] = ["F", "G"]
     with pytest.raises(ConfigError, match=r"^background.params.names: the model has 1 parameters, got 2 names$"):
         Plan.from_config(schedule, base_dir=CONFIGS)
