@@ -670,8 +670,8 @@ def test_generate_writes_observations_a_run_can_read(generated, runs):
 
 
 @pytest.mark.parametrize("name, figures", [
-    ("base", {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png"}),
-    ("params", {"cost.png", "rmse.png", "hovmoller.png", "timeseries.png", "params.png"}),
+    ("base", {"cost.png", "rmse.png", "obs.png", "hovmoller.png", "timeseries.png"}),
+    ("params", {"cost.png", "rmse.png", "obs.png", "hovmoller.png", "timeseries.png", "params.png"}),
 ])
 def test_plot_writes_pngs(name, figures, plots):
     job = plots[name]

@@ -109,22 +109,22 @@ def test_plot_results_writes_the_time_series(tmp_path):
 
 def test_the_gallery_shows_figures_plot_writes_and_only_existing_files():
     import re
+    import sys
     from pathlib import Path
 
-    from fourdvar.app.plotting import FIGURES
+    from fourdvar.app.plotting import FIGURES, SWEEP_FIGURES
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+    from make_gallery import CASES
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     images = re.findall(r"!\[[^\]]*\]\((gallery/[^)]+)\)", (docs / "gallery.md").read_text())
     assert images and sorted(images) == sorted(f"gallery/{p.name}" for p in (docs / "gallery").glob("*.png"))
-    cases = ("forcing", "surrogate", "hybrid", "small_state")
-    for image in images:
-        stem = Path(image).stem
-        (case,) = [case for case in cases if stem.startswith(case + "_")]
-        assert stem[len(case) + 1 :] in FIGURES, image
-    assert "gallery/small_state_timeseries.png" in images and "gallery/small_state_hovmoller.png" not in images
-    assert "gallery/surrogate_params.png" in images and "gallery/forcing_params.png" in images
-    assert "gallery/hybrid_forecast.png" in images and "gallery/hybrid_correction.png" in images
-    assert "gallery/forcing_correction.png" not in images  # no correction: no figure of it
+    assert sorted(images) == sorted(f"gallery/{name}_{stem}.png" for name, case in CASES.items() for stem in case.figures)
+    assert all(stem in {**FIGURES, **SWEEP_FIGURES} for case in CASES.values() for stem in case.figures)
+    assert "gallery/small_state_timeseries.png" in images and "gallery/forcing_params.png" in images
+    assert "gallery/sweep_sweep.png" in images and "gallery/forcing_obs.png" in images
+    assert sum((docs / image).stat().st_size for image in images) < 2_000_000  # few images, small in bytes
 
 
 def test_an_analysis_alone_gets_no_time_series():

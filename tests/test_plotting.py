@@ -144,16 +144,24 @@ def test_figure_functions_skip_missing_data(make):
     assert make(empty) is None
 
 
-def test_rmse_figure_draws_each_comparison_run():
+def test_rmse_figure_draws_the_declared_comparison_runs_only():
+    """Runs declared under ``compare:``: one line each; rmse_analysis_end, ..._end_strong and
+    ..._window_strong are variables of runs, not runs (no "end run", "end_strong run")."""
     ds = synthetic_result()
     base = plot_rmse(ds)
     n_lines = len(base.axes[0].get_lines())
-    ds["rmse_analysis_physics"] = ds["rmse_analysis"] * 2
-    ds["rmse_analysis_perfect"] = ds["rmse_analysis"] / 2
+    ds.attrs["config"] = "compare:\n- {name: physics}\n- {name: strong}\n"
+    for name in ("physics", "strong", "end", "end_strong", "window_strong"):
+        ds[f"rmse_analysis_{name}"] = ds["rmse_analysis"] * 2
     fig = plot_rmse(ds)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert len(labels) == n_lines + 2
-    assert any("physics run" in label for label in labels) and any("perfect run" in label for label in labels)
+    runs = sorted(label.split(", ")[1].split(" (")[0] for label in labels if " run (" in label)
+    assert runs == ["physics run", "strong run"]
+    del ds.attrs["config"]  # without the configuration: the runs the file names in model_<name> attributes
+    ds.attrs["model_physics"] = "Lorenz96(...)"
+    labels = [line.get_label() for line in plot_rmse(ds).axes[0].get_lines()]
+    assert [label for label in labels if " run (" in label] == [next(label for label in labels if "physics run" in label)]
 
 
 def test_overlapping_windows_are_joined_at_their_shift():

@@ -436,8 +436,15 @@ def command_plot(args) -> int:
 
     path = Path(args.result)
     dataset = _open_dataset(path, "RESULT")
-    if "analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]:
+    summary = "sweep_keys" in dataset.attrs  # a sweep's summary.nc: its settings against their metrics
+    if not summary and ("analysis" not in dataset or dataset["analysis"].dims != ("cycle", "step", "x") or not dataset.sizes["cycle"]):
         raise CommandError(f"RESULT: {path} is not a fourdvar result file (no 'analysis' over cycle, step, x)")
+    from .plotting import TimeRange, TimeRangeError, select_time_range
+
+    try:
+        dataset = select_time_range(dataset, None if args.time_range is None else TimeRange.parse(args.time_range))
+    except TimeRangeError as error:
+        raise CommandError(str(error)) from None
     output = Path(args.output) if args.output is not None else path.with_name(path.stem + "_figures")
     try:
         check_directory(args.output if args.output is not None else output, "--output")
@@ -561,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="write PNG figures of a result file", description="Cost reduction, RMSE per cycle, Hovmoeller diagram and parameter trajectory of a result file, as PNG.")
     plot.add_argument("result", help="a result file written by 'fourdvar run'")
     plot.add_argument("--output", "-o", help="directory for the figures (default: <result name>_figures next to the file)")
+    plot.add_argument("--time-range", help="what the time-axis figures show: START:END (cycles, both included), cycles=START:END or time=START:END (model time)")
     plot.set_defaults(handler=command_plot)
     return parser
 

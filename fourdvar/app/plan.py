@@ -430,6 +430,9 @@ class Plan:
     def _params_covariance(self):
         std = np.asarray(self.config["background"]["params"]["error_std"], dtype=float)
         n = self.model.n_params
+        names = self.config["background"]["params"]["names"]
+        if names is not None and len(names) != n:
+            raise ConfigError(f"background.params.names: the model has {n} parameters, got {len(names)} names")
         if std.ndim == 1 and std.shape != (n,):
             raise ConfigError(f"background.params.error_std: the model has {n} parameters, got {std.size} values")
         return Diagonal(np.broadcast_to(std, (n,)).copy())

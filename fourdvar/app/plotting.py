@@ -2,15 +2,18 @@
 
 ::
 
-    from fourdvar.plotting import plot_results
+    from fourdvar.app.plotting import TimeRange, plot_results
     paths = plot_results("result.nc", "figs")   # -> [figs/cost.png, figs/rmse.png, ...]
+    paths = plot_results("result.nc", "figs", TimeRange.parse("time=5:10"))   # model times 5 to 10 only
 
 Each ``plot_*`` function takes the result :class:`xarray.Dataset` and returns a
 :class:`matplotlib.figure.Figure`, or ``None`` when the dataset lacks what that
 figure needs (no truth, no parameters, ...). :func:`plot_results` saves the
 figures that exist as PNG files and returns their paths.  A state of
 ``MAX_LINE_STATE`` variables or fewer is drawn as lines (``timeseries.png``), not as
-a Hovmöller image.
+a Hovmöller image.  Per-cycle axes shade the burn-in (``diagnostics.burn_in_cycles``);
+model-time axes mark the window starts too.  A sweep's ``summary.nc`` gets ``sweep.png``
+(:func:`plot_sweep`).
 
 The figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so
 importing this module never touches pyplot or the global backend.
@@ -20,11 +23,14 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import xarray as xr
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -40,11 +46,16 @@ __all__ = [
     "plot_forecast",
     "plot_hovmoller",
     "plot_model_error",
+    "plot_observations",
     "plot_params",
     "plot_results",
     "plot_rmse",
     "plot_spread",
+    "plot_sweep",
     "plot_timeseries",
+    "select_time_range",
+    "TimeRange",
+    "TimeRangeError",
 ]
 
 DPI = 110
@@ -52,10 +63,12 @@ MAX_TIME_POINTS = 4000  # Hovmöller: subsample in time beyond this many columns
 MAX_INDIVIDUAL_PARAMS = 4  # up to this many parameters are plotted one by one, beyond it as a weights summary
 MAX_LINE_STATE = 5  # states of up to this many variables are drawn as lines, not as a Hovmöller image
 TIMESERIES_VARIABLES = 3  # variables shown as time series for a larger state
+MAX_WINDOW_LINES = 60  # window starts are drawn on time axes showing up to this many windows
 
 _CYCLE_COLOURS = ["tab:blue", "tab:orange", "tab:green"]
 _BACKGROUND_COLOUR = "tab:orange"
 _ANALYSIS_COLOUR = "tab:blue"
+_RUN_COLOURS = ["tab:red", "tab:green", "tab:purple", "tab:brown"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -89,12 +102,142 @@ def _heading(ds: xr.Dataset, what: str) -> str:
     return f"{label}: {what}" if label else what[:1].upper() + what[1:]
 
 
+#: width of an average character in ems, for wrapping titles to the space they have
+_CHARACTER_EMS = 0.6
+
+
+def _wrapped(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` broken into lines of at most the characters ``width_inches`` holds at ``fontsize`` points."""
+    return textwrap.fill(text, max(16, int(width_inches * 72 / (_CHARACTER_EMS * fontsize))))
+
+
+def _suptitle(fig: Figure, ds: xr.Dataset, what: str, fontsize: float = 12.0) -> None:
+    """The figure's heading (:func:`_heading`), wrapped to the figure's width."""
+    fig.suptitle(_wrapped(_heading(ds, what), 0.95 * fig.get_figwidth(), fontsize), fontsize=fontsize)
+
+
+def _title(ax, text: str, fontsize: float = 10.0) -> None:
+    """An axes title wrapped to the axes' width."""
+    ax.set_title(_wrapped(text, ax.get_position().width * ax.figure.get_figwidth(), fontsize), fontsize=fontsize)
+
+
+def _legend_outside(ax, **options) -> None:
+    """The axes' legend to the right of its frame, off the data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **options)
+
+
 def _n_cycles(ds: xr.Dataset) -> int:
     return int(ds.sizes.get("cycle", 0))
 
 
 def _cycle_axis(ds: xr.Dataset) -> np.ndarray:
+    """The cycle numbers (the ``cycle`` coordinate: a time range keeps its cycles' numbers)."""
+    if "cycle" in ds.coords:
+        return np.asarray(ds["cycle"].values)
     return np.arange(_n_cycles(ds))
+
+
+def _config(ds: xr.Dataset) -> dict:
+    """The resolved configuration stored in the result (empty when absent or unreadable)."""
+    try:
+        config = yaml.safe_load(str(ds.attrs.get("config", "")))
+    except yaml.YAMLError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _burn_in(ds: xr.Dataset) -> int:
+    """``diagnostics.burn_in_cycles`` of the run (0 without)."""
+    value = (_config(ds).get("diagnostics") or {}).get("burn_in_cycles", 0)
+    return int(value) if isinstance(value, int) and value > 0 else 0
+
+
+def _finish_cycle_axis(ax, ds: xr.Dataset) -> None:
+    """A per-cycle x axis: its label, whole-cycle ticks, the burn-in shaded, the time range's limits."""
+    ax.set_xlabel("cycle (assimilation window)")
+    _cycle_ticks(ax)
+    cycles = _cycle_axis(ds)
+    burn_in = _burn_in(ds)
+    if cycles.size and burn_in > cycles[0]:
+        ax.axvspan(cycles[0] - 0.5, min(burn_in, cycles[-1] + 1) - 0.5, color="grey", alpha=0.15, lw=0, label=f"burn-in ({burn_in} cycles)")
+    if "plot_cycles" in ds.attrs:
+        first, last = ds.attrs["plot_cycles"]
+        ax.set_xlim(first - 0.5, last + 0.5)
+
+
+def _finish_time_axis(ax, ds: xr.Dataset, cycles: np.ndarray, boundaries: bool = True) -> None:
+    """A model-time x axis over the windows ``cycles``: window starts as thin lines (up to
+    ``MAX_WINDOW_LINES`` of them), the burn-in shaded, the time range's limits."""
+    dt, _ = _time_unit(ds)
+    S = _window_shift(ds)
+    if boundaries and 1 < cycles.size <= MAX_WINDOW_LINES:
+        for k, c in enumerate(cycles[1:]):
+            ax.axvline(c * S * dt, color="black", lw=0.5, alpha=0.35, label="window start" if k == 0 else None)
+    burn_in = _burn_in(ds)
+    if cycles.size and burn_in > cycles[0]:
+        ax.axvspan(cycles[0] * S * dt, min(burn_in, cycles[-1] + 1) * S * dt, color="grey", alpha=0.15, lw=0,
+                   label=f"burn-in ({burn_in} cycles)")
+    if "plot_time" in ds.attrs:
+        ax.set_xlim(*ds.attrs["plot_time"])
+
+
+# --------------------------------------------------------------------------- time range
+
+
+class TimeRangeError(ValueError):
+    """A time range that is malformed or holds no window; ``str()`` is one line naming ``--time-range``."""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """The cycles (``unit = "cycles"``, both ends included) or the model time (``"time"``)
+    the time-axis figures show: ``START:END``, ``cycles=START:END`` or ``time=START:END``."""
+
+    unit: str
+    start: float
+    end: float
+
+    @classmethod
+    def parse(cls, text: str) -> "TimeRange":
+        """The range ``text`` names; a :class:`TimeRangeError` saying what was expected otherwise."""
+        unit, _, span = text.rpartition("=")
+        unit = unit.strip() or "cycles"
+        expected = f"--time-range: expected START:END (cycles), cycles=START:END or time=START:END, got {text[:40]!r}"
+        parts = span.split(":")
+        if unit not in ("cycles", "time") or len(parts) != 2:
+            raise TimeRangeError(expected)
+        try:
+            start, end = (int(v) if unit == "cycles" else float(v) for v in parts)
+        except ValueError:
+            raise TimeRangeError(expected) from None
+        if not (math.isfinite(start) and math.isfinite(end) and start <= end):
+            raise TimeRangeError(f"--time-range: expected START <= END, both finite, got {text[:40]!r}")
+        return cls(unit, start, end)
+
+
+def select_time_range(ds: xr.Dataset, time_range: TimeRange | None) -> xr.Dataset:
+    """The cycles of ``ds`` whose windows meet ``time_range`` (``ds`` itself for ``None``), with the
+    limits the figures' time axes take (attributes ``plot_cycles``, and ``plot_time`` for model time);
+    a :class:`TimeRangeError` when none does or ``ds`` has no cycles."""
+    if time_range is None:
+        return ds
+    if "sweep_keys" in ds.attrs or "cycle" not in ds.dims:
+        raise TimeRangeError("--time-range: the file has no cycles (a sweep summary has no time axis)")
+    cycles = _cycle_axis(ds)
+    if time_range.unit == "cycles":
+        keep = (cycles >= time_range.start) & (cycles <= time_range.end)
+    else:
+        dt, _ = _time_unit(ds)
+        start = cycles * _window_shift(ds) * dt
+        keep = (start <= time_range.end) & (start + _window_steps(ds) * dt >= time_range.start)
+    if not keep.any():
+        where = f"cycles {time_range.start}-{time_range.end}" if time_range.unit == "cycles" else f"model time {time_range.start:g}-{time_range.end:g}"
+        raise TimeRangeError(f"--time-range: no window in {where} (the result has cycles {cycles[0]}-{cycles[-1]})")
+    selected = ds.assign_coords(cycle=cycles).isel(cycle=np.flatnonzero(keep))
+    selected.attrs["plot_cycles"] = (int(cycles[keep][0]), int(cycles[keep][-1]))
+    if time_range.unit == "time":
+        selected.attrs["plot_time"] = (time_range.start, time_range.end)
+    return selected
 
 
 def _window_steps(ds: xr.Dataset) -> int:
@@ -303,8 +446,7 @@ def plot_cost(ds: xr.Dataset) -> Figure | None:
         if J_final is not None:
             ax_c.plot(cycles, _positive(J_final), color=_ANALYSIS_COLOUR, label="at analysis", **mk)
         ax_c.set_yscale("log")
-        ax_c.set_xlabel("cycle")
-        _cycle_ticks(ax_c)
+        _finish_cycle_axis(ax_c, ds)
         ax_c.set_ylabel("nonlinear cost J")
         ax_c.set_title("Cost per cycle")
         ax_c.legend(fontsize=8, loc="best")
@@ -312,7 +454,7 @@ def plot_cost(ds: xr.Dataset) -> Figure | None:
 
     for ax in fig.axes:
         _plain_log_labels(ax)
-    fig.suptitle(_heading(ds, "cost reduction"))
+    _suptitle(fig, ds, "cost reduction")
     return fig
 
 
@@ -341,18 +483,22 @@ def _rmse(ds: xr.Dataset, kind: str, window: bool) -> np.ndarray | None:
 
 
 def _comparison_names(ds: xr.Dataset) -> list[str]:
-    """Names of the comparison runs stored as ``rmse_analysis_<name>``."""
-    prefix = "rmse_analysis_"
-    return [name[len(prefix):] for name in ds.data_vars if name.startswith(prefix) and name != "rmse_analysis_window"]
+    """Names of the comparison runs the configuration declares (``compare:``), else those the
+    result names in ``model_<name>`` attributes; only those with ``rmse_analysis_<name>``."""
+    declared = [entry.get("name") for entry in _config(ds).get("compare") or [] if isinstance(entry, dict)]
+    if not declared:
+        declared = [key.removeprefix("model_") for key in ds.attrs if key.startswith("model_")]
+    return [name for name in declared if isinstance(name, str) and _has(ds, f"rmse_analysis_{name}")]
 
 
 def plot_rmse(ds: xr.Dataset) -> Figure | None:
     """Background and analysis RMSE against the truth per cycle (``None`` without truth).
 
     Solid lines: at the window start; dashed: averaged over the window. Legend entries
-    give the mean over the second half of the cycles; the mean observation-error
-    standard deviation is drawn as a grey reference line.  Comparison runs
-    (``rmse_analysis_<name>``) are drawn as thin lines of their own.
+    (beside the axes) give the mean over the second half of the cycles; the mean
+    observation-error standard deviation is drawn as a grey reference line, the burn-in
+    shaded.  The comparison runs the configuration declares are drawn as thin lines of
+    their own.
     """
     curves = []
     for window in (False, True):
@@ -363,7 +509,7 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
     if not curves:
         return None
 
-    fig = _new_figure(8.5, 4.6)
+    fig = _new_figure(10.0, 4.6)
     ax = fig.subplots()
     cycles = _cycle_axis(ds)
     mk = _per_cycle_marker(len(cycles))
@@ -376,7 +522,7 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
             ls="--" if window else "-", lw=1.6 if not window else 1.3,
             label=f"{kind}, {where} (mean {span}: {_fmt(mean)})", **mk,
         )
-    for colour, name in zip(("tab:red", "tab:green", "tab:purple", "tab:brown"), _comparison_names(ds)):
+    for colour, name in zip(_RUN_COLOURS, _comparison_names(ds)):
         values = _values(ds, f"rmse_analysis_{name}")
         mean, span = _second_half_mean(values)
         ax.plot(cycles[: len(values)], values, color=colour, lw=1.1, label=f"analysis, {name} run (mean {span}: {_fmt(mean)})")
@@ -393,12 +539,58 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
     else:
         ax.set_ylim(bottom=0)
     _plain_log_labels(ax)
-    ax.set_xlabel("cycle (assimilation window)")
-    _cycle_ticks(ax)
+    _finish_cycle_axis(ax, ds)
     ax.set_ylabel("RMSE against truth (state units)")
-    ax.set_title(_heading(ds, "RMSE against the truth"))
-    ax.legend(fontsize=8, loc="best")
+    _suptitle(fig, ds, "RMSE against the truth")
+    _legend_outside(ax)
     ax.grid(True, alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- observation space
+
+
+def _departure_std(ds: xr.Dataset, kind: str) -> np.ndarray:
+    """Std over a window's observations of its departures: ``sqrt(rms^2 - mean^2)`` (``kind``: ``omb`` or ``oma``)."""
+    return np.sqrt(np.maximum(_values(ds, f"{kind}_rms") ** 2 - _values(ds, f"{kind}_mean") ** 2, 0.0))
+
+
+def plot_observations(ds: xr.Dataset) -> Figure | None:
+    """Observation space per cycle (``None`` without the departures).
+
+    Left: the mean over each window's observations of O-B (observation minus background
+    forecast) and O-A (minus analysis forecast), each with its +-1 std band,
+    ``std = sqrt(rms^2 - mean^2)``.  Right: ``chi2 = 2 J_min / m`` per window with its
+    expected value 1 (B, R and the model consistent).
+    """
+    if not _has(ds, "omb_mean", "omb_rms", "oma_mean", "oma_rms") or not _finite(_values(ds, "omb_rms")):
+        return None
+    cycles = _cycle_axis(ds)
+    mk = _per_cycle_marker(len(cycles))
+    fig = _new_figure(14.0, 4.4)
+    left, right = fig.subplots(1, 2)
+    for kind, colour, what in (("omb", _BACKGROUND_COLOUR, "O\u2212B"), ("oma", _ANALYSIS_COLOUR, "O\u2212A")):
+        mean, std = _values(ds, f"{kind}_mean"), _departure_std(ds, kind)
+        left.fill_between(cycles, mean - std, mean + std, color=colour, alpha=0.2, lw=0, label=f"{what} mean \u00b1 1 std")
+        average, span = _second_half_mean(std)
+        left.plot(cycles, mean, color=colour, lw=1.5, label=f"{what} mean (std, {span}: {_fmt(average)})", **mk)
+    left.axhline(0.0, color="black", lw=0.8)
+    left.set_ylabel("departure (observation units)")
+    _title(left, "Departures per window: mean and std over its observations")
+    if _has(ds, "chi2"):
+        chi2 = _values(ds, "chi2")
+        average, span = _second_half_mean(chi2)
+        right.plot(cycles, chi2, color="tab:purple", lw=1.5, label=f"2 J_min / m (mean {span}: {_fmt(average)})", **mk)
+        right.axhline(1.0, color="black", ls="--", lw=1.2, label="expected: 1")
+        right.set_ylim(bottom=0)
+    right.set_ylabel("chi2 = 2 J_min / m")
+    _title(right, "chi2 per window")
+    for ax in (left, right):
+        _finish_cycle_axis(ax, ds)
+        if ax.get_legend_handles_labels()[0]:
+            _legend_outside(ax)
+        ax.grid(True, alpha=0.3)
+    _suptitle(fig, ds, "observation space")
     return fig
 
 
@@ -406,17 +598,23 @@ def plot_rmse(ds: xr.Dataset) -> Figure | None:
 
 
 def _continuous(ds: xr.Dataset, name: str, cycles: np.ndarray) -> np.ndarray:
-    """``name(cycle, step, x)`` as (time, x): steps 0..S-1 of each cycle, concatenated
-    (S = the shift between window starts, L for windows end to end)."""
+    """``name(cycle, step, x)`` as (time, x): steps 0..S-1 of each cycle (positions along the
+    ``cycle`` dimension), concatenated (S = the shift between window starts, L for windows end to end)."""
     S = _window_shift(ds)
     values = _values(ds, name)[cycles][:, :S, :]
     return values.reshape(-1, values.shape[-1])
 
 
 def _analysed_cycles(ds: xr.Dataset) -> np.ndarray:
-    """The cycles whose analysis holds a finite value (a run stopped early has NaN rows)."""
+    """The positions of the cycles whose analysis holds a finite value (a run stopped early has NaN rows)."""
     analysis = _values(ds, "analysis")
     return np.flatnonzero(np.isfinite(analysis.reshape(analysis.shape[0], -1)).any(axis=1))
+
+
+def _joined_steps(ds: xr.Dataset, positions: np.ndarray) -> np.ndarray:
+    """The model steps (from cycle 0's start) of :func:`_continuous` over the cycles at ``positions``."""
+    S = _window_shift(ds)
+    return (_cycle_axis(ds)[positions][:, None] * S + np.arange(S)[None, :]).reshape(-1)
 
 
 def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
@@ -440,8 +638,7 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
     dt, time_label = _time_unit(ds)
     ref = _continuous(ds, reference, cycles)
     ana = _continuous(ds, "analysis", cycles)
-    S = _window_shift(ds)
-    steps = (cycles[:, None] * S + np.arange(S)[None, :]).reshape(-1)
+    steps = _joined_steps(ds, cycles)
     stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
     ref, ana, steps = ref[::stride], ana[::stride], steps[::stride]
     err = ana - ref
@@ -475,14 +672,17 @@ def plot_hovmoller(ds: xr.Dataset) -> Figure | None:
         fig.colorbar(image, ax=ax, label=f"{unit} (state units)", extend=extend, pad=0.01, fraction=0.04)
         ax.set_title(name[:1].upper() + name[1:], loc="left", fontsize=10)
         ax.set_ylabel("grid index x")
-    if len(cycles) <= 30:  # window boundaries, where they do not clutter
-        for c in cycles[1:]:
-            axes[2].axvline((c * S - 0.5) * dt, color="black", lw=0.5, alpha=0.35)
+    labels = _cycle_axis(ds)[cycles]
+    _finish_time_axis(axes[2], ds, labels)
+    if axes[2].get_legend_handles_labels()[0]:
+        axes[2].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False, borderaxespad=0.2)
+    for ax in axes[:2]:
+        _finish_time_axis(ax, ds, labels, boundaries=False)
     axes[-1].set_xlabel(time_label)
     what = "space\u2013time evolution"
     if stride > 1:
         what += f" (1 step in {stride} shown)"
-    fig.suptitle(_heading(ds, what))
+    _suptitle(fig, ds, what)
     return fig
 
 
@@ -520,8 +720,7 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
     if cycles.size == 0:
         return None
     dt, time_label = _time_unit(ds)
-    S = _window_shift(ds)
-    steps = (cycles[:, None] * S + np.arange(S)[None, :]).reshape(-1)
+    steps = _joined_steps(ds, cycles)
     stride = max(1, math.ceil(len(steps) / MAX_TIME_POINTS))
     fields = {name: _continuous(ds, name, cycles)[::stride] for name in ("truth", "background", "analysis")
               if _has(ds, name) and _finite(_values(ds, name))}
@@ -545,11 +744,12 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
             if mine.any():
                 ax.plot(step[mine] * dt, value[mine], "o", ls="none", ms=3.5, mfc="white", mec="tab:red", label="observations")
         ax.set_ylabel(f"x[{i}]")
+        _finish_time_axis(ax, ds, _cycle_axis(ds)[cycles])
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, frameon=False, borderaxespad=0.2)
+    _legend_outside(axes[0])
     axes[-1].set_xlabel(time_label)
     what = "state variables against time" if len(shown) == n_x else f"{len(shown)} of {n_x} state variables against time"
-    fig.suptitle(_heading(ds, what))
+    _suptitle(fig, ds, what)
     return fig
 
 
@@ -557,22 +757,53 @@ def plot_timeseries(ds: xr.Dataset) -> Figure | None:
 
 
 def _param_labels(ds: xr.Dataset, n: int) -> list[str]:
-    if "param" in ds.coords:
-        values = ds["param"].values
-        if values.dtype.kind in "OUS":
-            return [str(v) for v in values]
+    """The parameters' names (``param_name``, from the model or ``background.params.names``), else ``p[i]``."""
+    for name in ("param_name", "param"):
+        if name in ds.variables and ds[name].dims == ("param",) and ds[name].values.dtype.kind in "OUS":
+            return [str(v) for v in ds[name].values]
     return [f"p[{i}]" for i in range(n)]
+
+
+POSTERIOR_BAND = "analysis \u00b1 1 std of P^a (posterior)"
+
+
+def _prior_std(ds: xr.Dataset, n_params: int) -> tuple[np.ndarray | None, str]:
+    """``(cycle, param)`` std of ``P`` each window used, and its band's label: per parameter
+    (``params_background_std``), else the mean std of ``P`` (``params_std``) on every parameter."""
+    if _has(ds, "params_background_std"):
+        return _values(ds, "params_background_std"), "background \u00b1 1 std of P (prior)"
+    if _has(ds, "params_std"):
+        std = _values(ds, "params_std")[:, None] * np.ones(n_params)
+        return std, "background \u00b1 1 std of P" if n_params == 1 else "background \u00b1 mean std of P"
+    return None, ""
+
+
+def _std_percentiles(ax, cycles: np.ndarray, stds: list) -> None:
+    """Per cycle, the median over the parameters of each ``(cycle, param)`` std in ``stds``
+    (``(std or None, colour, what)``) with its 25-75 % band."""
+    for std, colour, what in stds:
+        if std is None or not _finite(std):
+            continue
+        low, median, high = np.nanpercentile(std, [25, 50, 75], axis=1)
+        ax.fill_between(cycles, low, high, color=colour, alpha=0.25, lw=0, label=f"std of {what}, 25\u201375 %")
+        ax.plot(cycles, median, color=colour, label=f"std of {what}, median", **_per_cycle_marker(len(cycles)))
+    ax.set_yscale("log")
+    ax.set_ylabel("std over the parameters")
+    ax.set_title("Uncertainty of the parameters", fontsize=10)
 
 
 def plot_params(ds: xr.Dataset) -> Figure | None:
     """Parameter estimates per cycle (``None`` when the model has no parameters).
 
-    Up to ``MAX_INDIVIDUAL_PARAMS`` parameters: one panel each, analysis and background
-    value per cycle, the background's +-1 std band of ``P`` (``params_std``) and the
-    truth dashed. More (a network): a summary of the weights (their 5/25/50/75/95 %
+    Up to ``MAX_INDIVIDUAL_PARAMS`` parameters: one panel each, named by ``param_name``,
+    analysis and background value per cycle, the background's +-1 std band of the ``P``
+    the window used (``params_background_std``; older files: the mean std ``params_std``),
+    the analysis's +-1 std band of the posterior ``P^a`` (``params_analysis_std``), the
+    truth dashed and the burn-in shaded; one legend beside the panels. More (a network): a summary of the weights (their 5/25/50/75/95 %
     percentiles per cycle; their distribution at the first background and the last
-    analysis), the norm of their change (cycle to cycle and analysis increment) and,
-    with a truth, the distance to it.
+    analysis), the norm of their change (cycle to cycle and analysis increment), with a
+    truth the distance to it, and with the recorded stds the median and 25-75 % band over
+    the parameters of the prior and posterior std.
     """
     if not _has(ds, "params_analysis") or int(ds.sizes.get("param", 0)) == 0:
         return None
@@ -594,34 +825,42 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         if pb is None:
             return
         if cycled:
-            ax.plot(cycles[:1], values[:1], "s", color=_BACKGROUND_COLOUR, ms=7, label="initial background (later: previous analysis)")
+            ax.plot(cycles[:1], values[:1], "s", color=_BACKGROUND_COLOUR, ms=7, label=f"background of cycle {cycles[0]} (later: the previous analysis)")
         else:
             ax.plot(cycles, values, color=_BACKGROUND_COLOUR, label="background", **mk)
 
     if n_params <= MAX_INDIVIDUAL_PARAMS:
         labels = _param_labels(ds, n_params)
-        fig = _new_figure(min(5.2 * n_params, 16.0) if n_params > 1 else 7.5, 4.4)
+        fig = _new_figure(max(min(4.6 * n_params, 14.0), 7.0), 5.0)
         axes = np.atleast_1d(fig.subplots(1, n_params, squeeze=False)[0])
-        std = _values(ds, "params_std")[: len(cycles)] if _has(ds, "params_std") else None
-        band_label = "background \u00b1 1 std of P" if n_params == 1 else "background \u00b1 mean std of P"
+        prior, prior_label = _prior_std(ds, n_params)
+        posterior = _values(ds, "params_analysis_std") if _has(ds, "params_analysis_std") else None
         for i, ax in enumerate(axes):
             if pb is not None:
                 background(ax, pb[:, i])
-                if std is not None and _finite(std):
-                    ax.fill_between(cycles, pb[:, i] - std, pb[:, i] + std, color=_BACKGROUND_COLOUR, alpha=0.2, lw=0, label=band_label)
+                if prior is not None and _finite(prior[:, i]):
+                    ax.fill_between(cycles, pb[:, i] - prior[:, i], pb[:, i] + prior[:, i], color=_BACKGROUND_COLOUR, alpha=0.2, lw=0, label=prior_label)
             ax.plot(cycles, pa[:, i], color=_ANALYSIS_COLOUR, label="analysis", **mk)
+            if posterior is not None and _finite(posterior[:, i]):
+                ax.fill_between(cycles, pa[:, i] - posterior[:, i], pa[:, i] + posterior[:, i], color=_ANALYSIS_COLOUR, alpha=0.3, lw=0,
+                                label=POSTERIOR_BAND)
+            title = f"Estimate of {labels[i]}"
             if pt is not None and np.isfinite(pt[i]):
-                ax.axhline(pt[i], color="black", ls="--", lw=1.2, label=f"truth ({_fmt(pt[i])})")
-            ax.set_xlabel("cycle (assimilation window)")
-            _cycle_ticks(ax)
+                ax.axhline(pt[i], color="black", ls="--", lw=1.2, label="truth")
+                title += f" (truth {_fmt(pt[i])})"
+            _finish_cycle_axis(ax, ds)
             ax.set_ylabel(f"parameter {labels[i]}")
-            ax.set_title(f"Estimate of {labels[i]}", fontsize=10)
-            ax.legend(fontsize=8, loc="best")
+            _title(ax, title)
             ax.grid(True, alpha=0.3)
-        fig.suptitle(_heading(ds, "parameter estimates"))
+        handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 3), fontsize=8)
+        _suptitle(fig, ds, "parameter estimates")
         return fig
 
-    n_panels = 4 if pt is not None else 3
+    prior, _ = _prior_std(ds, n_params)
+    posterior = _values(ds, "params_analysis_std") if _has(ds, "params_analysis_std") else None
+    uncertain = prior is not None and _has(ds, "params_background_std") or posterior is not None
+    n_panels = 3 + (pt is not None) + uncertain
     fig = _new_figure(4.6 * n_panels, 4.4)
     axes = fig.subplots(1, n_panels)
     ax = axes[0]
@@ -662,14 +901,16 @@ def plot_params(ds: xr.Dataset) -> Figure | None:
         ax.set_ylabel("|p \u2212 p_true|")
         ax.set_title("Distance to the true parameters", fontsize=10)
 
+    if uncertain:
+        _std_percentiles(axes[-1], cycles, [(prior, _BACKGROUND_COLOUR, "P (prior)"), (posterior, _ANALYSIS_COLOUR, "P^a (posterior)")])
+
     for ax in (axes[0], *axes[2:]):
         _plain_log_labels(ax)
-        ax.set_xlabel("cycle (assimilation window)")
-        _cycle_ticks(ax)
+        _finish_cycle_axis(ax, ds)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
         ax.grid(True, alpha=0.3)
-    fig.suptitle(_heading(ds, "parameter estimates"))
+    _suptitle(fig, ds, "parameter estimates")
     return fig
 
 
@@ -705,14 +946,16 @@ def plot_model_error(ds: xr.Dataset) -> Figure | None:
     if true is not None and true.shape != analysed.shape:
         true = None
     dt, time_label = _time_unit(ds)
-    time = (np.arange(n_cycles)[:, None] * L + np.arange(1, L + 1)[None, :]).ravel() * dt
+    cycles = _cycle_axis(ds)
+    time = (cycles[:, None] * L + np.arange(1, L + 1)[None, :]).ravel() * dt
     point = 0
-    fig = _new_figure(12.0, 4.4)
+    fig = _new_figure(14.0, 4.4)
     left, right = fig.subplots(1, 2)
     if true is not None:
         left.step(time, true[:, :, point].ravel(), where="pre", color="black", lw=1.0, label="truth")
     left.step(time, analysed[:, :, point].ravel(), where="pre", color=_ANALYSIS_COLOUR, lw=1.4, label="analysis")
     left.set_xlabel(time_label)
+    _finish_time_axis(left, ds, cycles)
     left.set_ylabel(f"forcing added after each step, x[{point}]")
     left.set_title(f"Model-error forcing at grid point {point}", fontsize=10)
     if true is not None:
@@ -724,9 +967,9 @@ def plot_model_error(ds: xr.Dataset) -> Figure | None:
         right.set_ylabel("analysed forcing")
         right.set_title(f"Every step and grid point (correlation {_fmt(r)})", fontsize=10)
     else:
-        right.plot(np.arange(n_cycles), np.sqrt(np.mean(analysed**2, axis=(1, 2))), color=_ANALYSIS_COLOUR,
+        right.plot(cycles, np.sqrt(np.mean(analysed**2, axis=(1, 2))), color=_ANALYSIS_COLOUR,
                    label="RMS of the analysed forcing", **_per_cycle_marker(n_cycles))
-        right.set_xlabel("cycle (assimilation window)")
+        _finish_cycle_axis(right, ds)
         right.set_ylabel("RMS forcing")
         right.set_title("Size of the analysed forcing", fontsize=10)
     for ax in (left, right):
@@ -754,7 +997,7 @@ def plot_spread(ds: xr.Dataset) -> Figure | None:
     error = _values(ds, "rmse_ensemble_mean_background") if _has(ds, "rmse_ensemble_mean_background") else None
     cycles = _cycle_axis(ds)
     mk = _per_cycle_marker(len(cycles))
-    fig = _new_figure(11.0, 4.4)
+    fig = _new_figure(13.0, 4.6)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     mean, span = _second_half_mean(spread)
     left.plot(cycles, spread, color="tab:purple", lw=1.6, label=f"ensemble spread, backgrounds (mean {span}: {_fmt(mean)})", **mk)
@@ -765,10 +1008,10 @@ def plot_spread(ds: xr.Dataset) -> Figure | None:
         if _has(ds, f"rmse_{kind}"):
             left.plot(cycles, _values(ds, f"rmse_{kind}"), color=colour, lw=1.0, ls="--", label=f"control {kind} RMSE")
     left.set_ylim(bottom=0)
-    left.set_xlabel("cycle (assimilation window)")
+    _finish_cycle_axis(left, ds)
     left.set_ylabel("state units, window start")
-    left.set_title(_heading(ds, "ensemble spread and error"))
-    left.legend(fontsize=8, loc="best")
+    _title(left, "Spread and error per cycle")
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     left.grid(True, alpha=0.3)
     if error is not None:
         right.scatter(error, spread, s=12, color="tab:purple")
@@ -776,18 +1019,15 @@ def plot_spread(ds: xr.Dataset) -> Figure | None:
         right.plot([0, top], [0, top], color="grey", ls=":", lw=1.2, label="spread = error")
         right.set_xlim(0, top)
         right.set_ylim(0, top)
-        right.legend(fontsize=8, loc="upper left")
     right.set_xlabel("RMSE of the ensemble-mean background")
     right.set_ylabel("ensemble spread")
-    right.set_title("spread against error, per cycle", fontsize=10)
+    _title(right, "Spread against error, per cycle (dotted: equal)")
     right.grid(True, alpha=0.3)
+    _suptitle(fig, ds, "ensemble spread and error")
     return fig
 
 
 # --------------------------------------------------------------------------- forecast error against lead time
-
-
-_RUN_COLOURS = ["tab:red", "tab:green", "tab:purple", "tab:brown"]
 
 
 def _forecast_runs(ds: xr.Dataset, source: str) -> list[tuple[str, np.ndarray]]:
@@ -830,7 +1070,7 @@ def plot_forecast(ds: xr.Dataset) -> Figure | None:
             top.set_xlabel("lead (Lyapunov times)")
         ax.legend(fontsize=8, loc="best")
         ax.grid(True, alpha=0.3)
-    fig.suptitle(_heading(ds, "forecast error against lead time"))
+    _suptitle(fig, ds, "forecast error against lead time")
     return fig
 
 
@@ -872,7 +1112,55 @@ def plot_correction(ds: xr.Dataset) -> Figure | None:
     for ax in (left, right):
         ax.legend(fontsize=8, loc="best", markerscale=3)
         ax.grid(True, alpha=0.3)
-    fig.suptitle(_heading(ds, "learned correction against the missing tendency"))
+    _suptitle(fig, ds, "learned correction against the missing tendency")
+    return fig
+
+
+# --------------------------------------------------------------------------- sweep summary
+
+
+def _sweep_metrics(ds: xr.Dataset) -> list[str]:
+    return [name for name in ds.data_vars if ds[name].dtype.kind in "iuf" and _finite(_values(ds, name))]
+
+
+def plot_sweep(ds: xr.Dataset) -> Figure | None:
+    """A sweep's ``summary.nc`` (``None`` for anything else): each headline number against
+    the first swept setting other than ``seed``, one line per combination of the other
+    settings; with several seeds, the mean over them with +-1 std (sample) error bars.
+    """
+    keys = str(ds.attrs.get("sweep_keys", "")).split()
+    metrics = _sweep_metrics(ds)
+    if not keys or not metrics or not all(key in ds.dims for key in keys):
+        return None
+    seeds = "seed" in keys and len(keys) > 1
+    x_key = next(key for key in keys if key != "seed") if seeds else keys[0]
+    others = [key for key in keys if key not in (x_key, "seed")] if seeds else [key for key in keys if key != x_key]
+    settings = ds[x_key].values
+    x = settings.astype(float) if settings.dtype.kind in "iuf" else np.arange(settings.size, dtype=float)
+    n_cols = min(3, len(metrics))
+    n_rows = math.ceil(len(metrics) / n_cols)
+    fig = _new_figure(4.4 * n_cols, 1.2 + 3.2 * n_rows)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    combinations = list(np.ndindex(*(ds.sizes[key] for key in others)))
+    for ax, name in zip(axes, metrics):
+        values = ds[name].transpose(x_key, *others, *(["seed"] if seeds else [])).values.reshape(x.size, len(combinations), -1)
+        for k, position in enumerate(combinations):
+            label = ", ".join(f"{key} = {ds[key].values[i]}" for key, i in zip(others, position)) or name
+            mean = np.nanmean(values[:, k], axis=1)
+            error = np.nanstd(values[:, k], axis=1, ddof=1) if seeds and values.shape[2] > 1 else None
+            ax.errorbar(x, mean, yerr=error, marker="o", ms=4, capsize=3, lw=1.3, color=_RUN_COLOURS[k % len(_RUN_COLOURS)] if k else _ANALYSIS_COLOUR, label=label)
+        if settings.dtype.kind not in "iuf":
+            ax.set_xticks(x, [str(v) for v in settings])
+        ax.set_xlabel(x_key)
+        _title(ax, name.replace("_", " "))
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    if others:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=8)
+    what = f"mean \u00b1 std over {ds.sizes['seed']} seeds" if seeds else "one run each"
+    _suptitle(fig, ds, f"headline numbers against {x_key} ({what})")
     return fig
 
 
@@ -882,6 +1170,7 @@ def plot_correction(ds: xr.Dataset) -> Figure | None:
 FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "cost": plot_cost,
     "rmse": plot_rmse,
+    "obs": plot_observations,
     "hovmoller": plot_hovmoller,
     "timeseries": plot_timeseries,
     "params": plot_params,
@@ -891,23 +1180,29 @@ FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {
     "correction": plot_correction,
     "maps": plot_maps,  # a model on a 2-D grid
 }
+#: the figures of a sweep's ``summary.nc``
+SWEEP_FIGURES: dict[str, Callable[[xr.Dataset], Figure | None]] = {"sweep": plot_sweep}
 
 
-def plot_results(dataset_or_path, output_dir) -> list[Path]:
-    """Write ``cost.png``, ``rmse.png``, ``hovmoller.png``, ``timeseries.png``, ``params.png``,
-    ``model_error.png``, ``spread.png``, ``forecast.png`` and ``correction.png`` to ``output_dir``.
+def plot_results(dataset_or_path, output_dir, time_range: TimeRange | None = None) -> list[Path]:
+    """Write ``cost.png``, ``rmse.png``, ``obs.png``, ``hovmoller.png``, ``timeseries.png``,
+    ``params.png``, ``model_error.png``, ``spread.png``, ``forecast.png`` and ``correction.png``
+    to ``output_dir``; for a sweep's ``summary.nc``, ``sweep.png``.
 
     ``dataset_or_path`` is a result :class:`xarray.Dataset` or the path of its NetCDF
-    file. Figures whose data are missing (no truth: no ``rmse.png``; no parameters: no
-    ``params.png``; a small state: no ``hovmoller.png``; strong constraint: no
-    ``model_error.png``; no ensemble: no ``spread.png``; no skill diagnostics: no
-    ``forecast.png``; no learned correction against a known missing term: no
-    ``correction.png``) are skipped silently; the directory
-    is created only if a figure is written. Returns the paths written, in that order.
+    file. Figures whose data are missing (no truth: no ``rmse.png``; no departures: no
+    ``obs.png``; no parameters: no ``params.png``; a small state: no ``hovmoller.png``;
+    strong constraint: no ``model_error.png``; no ensemble: no ``spread.png``; no skill
+    diagnostics: no ``forecast.png``; no learned correction against a known missing term:
+    no ``correction.png``) are skipped silently.  ``time_range``: the cycles or model time
+    every time-axis figure shows (:func:`select_time_range`; a :class:`TimeRangeError` when it
+    holds no window or the file is a sweep summary).  The directory is created only if a
+    figure is written. Returns the paths written, in that order.
     """
-    ds = load_results(dataset_or_path)
+    ds = select_time_range(load_results(dataset_or_path), time_range)
     output_dir = Path(output_dir)
-    figures = {stem: fig for stem, make in FIGURES.items() if (fig := make(ds)) is not None}  # all drawn before any is written
+    makers = SWEEP_FIGURES if "sweep_keys" in ds.attrs else FIGURES
+    figures = {stem: fig for stem, make in makers.items() if (fig := make(ds)) is not None}  # all drawn before any is written
     if figures:
         output_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -7,6 +7,11 @@ Dimensions: ``cycle``, ``step`` (0 .. L within a window), ``x`` (grid index),
     truth, background, analysis            (cycle, step, x)   trajectories over each window
     params_background, params_analysis     (cycle, param)     (models with parameters)
     params_truth                           (param)            (when the truth model is the same model)
+    param_name                             (param)            the parameters' names (background.params.names, or the model's param_names)
+    params_background_std, params_analysis_std (cycle, param) std of P the window used and of its posterior P^a
+    background_error_std                   (cycle, x)         std of B the window used (its static part with an ensemble)
+    params_covariance_*                    (cycle, ...)       P the window used, limited-memory or dense, when propagated (update: posterior)
+    model_error_background_std             (cycle, x)         std of Q (weak constraint)
     J, Jb, Jp, Jo, gradient_norm           (cycle, outer, iteration)   inner-loop Jq, NaN-padded
     J_outer                                (cycle, outer)     nonlinear J at each linearisation point
     inner_iterations, step_length          (cycle, outer)     (step_length: fraction of the increment kept)
@@ -38,8 +43,11 @@ import xarray as xr
 import yaml
 
 from .. import __version__
+from ..assimilation import FourDVar
 from ..cost import CostTerms, FourDVarCost
-from ..covariances import Dense
+from ..covariances import Dense, Diagonal
+from ..eda import ensemble_covariance
+from ..ensemble import HybridEnsembleCovariance
 from ..posterior import LowRankCovariance
 
 DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
@@ -64,6 +72,89 @@ def _rms(a: np.ndarray, axis=None) -> np.ndarray:
 
 def _mean_std(covariance) -> float:
     return float(np.mean(covariance.std)) if covariance is not None and covariance.size else np.nan
+
+
+#: What each window used, recorded per cycle: name -> (dimensions after ``cycle``, long_name).
+#: ``B`` and ``Q`` keep the structure the configuration gives them (their correlation) and
+#: record their std; ``P`` is recorded in full when it is not a diagonal (propagated with
+#: ``update: posterior``): limited memory ``C0^1/2 (I + U diag(lam) U^T) C0^1/2`` or dense.
+#: A hybrid ensemble ``B`` is rebuilt from the members' backgrounds (``member_background``).
+RECORDED_COVARIANCES = {
+    "background_error_std": (("x",), "std of the state background error covariance B used in the window (its static part with an ensemble)"),
+    "params_background_std": (("param",), "std of the parameter background error covariance P used in the window"),
+    "params_analysis_std": (("param",), "std of the parameters' posterior error covariance P^a after the window (Gauss-Newton, marginal over the state)"),
+    "params_covariance_base_std": (("param",), "P used in the window, limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2: std of the diagonal C0 (NaN: P diagonal)"),
+    "params_covariance_vectors": (("param", "window_rank"), "P used in the window, limited memory: orthonormal U (NaN columns: beyond this window's rank)"),
+    "params_covariance_values": (("window_rank",), "P used in the window, limited memory: lam (NaN: beyond this window's rank)"),
+    "params_covariance": (("param", "param_"), "P used in the window, dense (NaN: P diagonal)"),
+    "model_error_background_std": (("x",), "std of the model-error covariance Q used in the window"),
+}
+#: At most this many parameters get their posterior std computed for the result when the
+#: cycling does not compute it (n_x + n_p Hessian products per window).
+POSTERIOR_STD_MAX_PARAMS = 8
+
+
+def covariance_record(B, P, Q, posterior=None) -> dict:
+    """The arrays of :data:`RECORDED_COVARIANCES` that rebuild the covariances one window used."""
+    record = {"background_error_std": np.broadcast_to(_static(B).std, (B.size,)).copy()}
+    if P is not None:
+        record["params_background_std"] = np.broadcast_to(P.std, (P.size,)).copy()
+        if isinstance(P, LowRankCovariance):
+            record.update(params_covariance_base_std=P.base.std, params_covariance_vectors=P.U, params_covariance_values=P.lam)
+        elif isinstance(P, Dense):
+            record["params_covariance"] = P.matrix
+    if posterior is not None:
+        variance = posterior.variance() if isinstance(posterior, LowRankCovariance) else np.diag(posterior)
+        record["params_analysis_std"] = np.sqrt(np.maximum(variance, 0.0))
+    if Q is not None:
+        record["model_error_background_std"] = np.broadcast_to(Q.std, (Q.size,)).copy()
+    return record
+
+
+def _static(B):
+    """The static part of a hybrid ensemble covariance, else ``B``."""
+    return B.static if isinstance(B, HybridEnsembleCovariance) else B
+
+
+def recorded_covariances(plan, row: xr.Dataset):
+    """``(B, P, Q)`` of one cycle of a result file (``row``: the dataset at that cycle), rebuilt
+    from what the window recorded (:func:`covariance_record`) on the structures of ``plan``."""
+    B = plan.B0.with_std(row["background_error_std"].values if _recorded(row, "background_error_std") else float(row["background_std"]))
+    ensemble = plan.config["ensemble"]
+    if ensemble["members"] and "member_background" in row:
+        B = ensemble_covariance(B, row["member_background"].values, ensemble["hybrid_weight"], ensemble["localization"])
+    P = _recorded_P(plan, row) if "params" in plan.control else None
+    Q = plan.Q0
+    if Q is not None and _recorded(row, "model_error_background_std"):
+        Q = Q.with_std(row["model_error_background_std"].values)
+    return B, P, Q
+
+
+def _recorded(row: xr.Dataset, name: str) -> bool:
+    """Whether this window recorded ``name`` (NaN: another form, or a window resumed from an older checkpoint)."""
+    return name in row and bool(np.isfinite(row[name].values).all())
+
+
+def _recorded_P(plan, row: xr.Dataset):
+    if _recorded(row, "params_covariance_base_std"):
+        kept = np.isfinite(row["params_covariance_values"].values)
+        return LowRankCovariance(Diagonal(row["params_covariance_base_std"].values), row["params_covariance_vectors"].values[:, kept],
+                                 row["params_covariance_values"].values[kept])
+    if _recorded(row, "params_covariance"):
+        return Dense(row["params_covariance"].values)
+    if _recorded(row, "params_background_std"):
+        return plan.P0.with_std(row["params_background_std"].values)
+    return plan.params_policy(int(row["cycle"]), plan.P0)  # a window written without the record
+
+
+def _stacked(arrays: list) -> np.ndarray:
+    """The per-cycle arrays (``None``: none that cycle) on a new first axis, NaN-padded to the largest."""
+    present = [np.asarray(a) for a in arrays if a is not None]
+    out = np.full((len(arrays), *np.max([a.shape for a in present], axis=0)), np.nan)
+    for c, a in enumerate(arrays):
+        if a is not None:
+            out[(c, *map(slice, np.shape(a)))] = a
+    return out
 
 
 class ResultRecorder:
@@ -96,9 +187,24 @@ class ResultRecorder:
             "departures": {key: float(getattr(outcome.departures, key)) for key in DEPARTURE_VARIABLES},
             "qc": qc_row(result.get("qc")),
             **({} if result.get("posterior") is None else {"analysis_std": result.posterior.std_x0}),
+            "recorded": covariance_record(outcome.B, outcome.P if "params" in self.plan.control else None, self.plan.Q0,
+                                          self._posterior(outcome)),
         })
         self.P_next = outcome.P_next
         return self.rows[-1]
+
+    def _posterior(self, outcome):
+        """The parameters' posterior covariance after ``outcome``'s window: the cycling's, else
+        computed here for a few parameters (``None`` for many, a rejected window or no parameters)."""
+        exp = self.plan
+        if outcome.params_posterior is not None or "params" not in exp.control:
+            return outcome.params_posterior
+        if outcome.rejected_cost is not None or not 0 < exp.model.n_params <= POSTERIOR_STD_MAX_PARAMS:
+            return None
+        problem = FourDVar(exp.model, exp.window_slots(outcome.cycle), xb=outcome.xb, B=outcome.B, pb=outcome.pb, P=outcome.P,
+                           control=exp.control, n_steps=exp.n_steps, Q=exp.Q0, model_error_every=exp.model_error_every)
+        eta = outcome.model_error if outcome.model_error.shape[0] else None
+        return problem.params_posterior_covariance(outcome.x0, outcome.p, eta)
 
     # --- the dataset ----------------------------------------------------------------------------
 
@@ -130,6 +236,9 @@ class ResultRecorder:
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
             if exp.truth is not None and exp.truth["params"] is not None:
                 var("params_truth", ("param",), exp.truth["params"], "parameters of the truth model")
+            names = exp.config["background"]["params"]["names"] or getattr(exp.model, "param_names", None)
+            if names is not None:
+                var("param_name", ("param",), np.array(names, dtype=str), "name of each parameter (background.params.names, else the model's param_names)")
 
         def padded(key):
             array = np.full((n_cycles, n_outer, n_iter), np.nan)
@@ -154,6 +263,10 @@ class ResultRecorder:
         var("params_std", ("cycle",), [r["params_std"] for r in self.rows], "mean parameter error std (P)")
         for key, (name, long_name) in DEPARTURE_VARIABLES.items():
             var(name, ("cycle",), [r["departures"][key] for r in self.rows], long_name)
+        for name, (dims, long_name) in RECORDED_COVARIANCES.items():
+            arrays = [r["recorded"].get(name) for r in self.rows]
+            if any(a is not None for a in arrays):
+                var(name, ("cycle", *dims), _stacked(arrays), long_name, "1" if name.startswith("params") else state_units)
         if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
             long_name = "parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2"
             var("params_covariance_next_base_std", ("param",), self.P_next.base.std, f"{long_name}: std of the diagonal C0")
@@ -291,6 +404,7 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         **{f"qc_{key}": (("rejection",), row["qc"][key]) for key in QC_KEYS},
         "qc_downweighted": ((), row["qc"]["downweighted"]),
         **({"analysis_std": (("x",), row["analysis_std"])} if "analysis_std" in row else {}),
+        **{f"recorded_{name}": (RECORDED_COVARIANCES[name][0], a) for name, a in row["recorded"].items()},
         **state_variables,
     }
     return xr.Dataset(data, attrs={"cycle": cycle, "config": config, "fourdvar_version": __version__})
@@ -319,6 +433,7 @@ def window_row(dataset: xr.Dataset) -> dict:
         "departures": {key: float(dataset[f"departures_{key}"].values) for key in DEPARTURE_VARIABLES},
         "qc": {**{key: dataset[f"qc_{key}"].values for key in QC_KEYS}, "downweighted": int(dataset["qc_downweighted"].values)},
         **({"analysis_std": dataset["analysis_std"].values} if "analysis_std" in dataset else {}),
+        "recorded": {name: dataset[f"recorded_{name}"].values for name in RECORDED_COVARIANCES if f"recorded_{name}" in dataset},
     }
 
 
@@ -340,7 +455,9 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     cost of the stored analysis of ``cycle``; returns :class:`fourdvar.cost.CostTerms`.
 
     Uses only the file: the configuration (with its seed) regenerates the truth and
-    the observations; the background, the covariances and the analysis are read back.
+    the observations; the background, the analysis and the covariances the window
+    used (:func:`recorded_covariances`: B, P in low-rank or dense form, a hybrid's
+    ensemble, Q) are read back.
     The configuration names the classes to build; only registered and installed
     names are built unless ``allow_imports`` (a file from someone you trust whose
     configuration names ``module:Class``).
@@ -356,10 +473,9 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     row = dataset.isel(cycle=cycle)
     xb = row["background"].values[0]
     pb = row["params_background"].values if "params_background" in dataset else plan.pb0
-    B = plan.B0.with_std(float(row["background_std"]))
-    P = plan.params_policy(cycle, plan.P0) if "params" in plan.control else None
+    B, P, Q = recorded_covariances(plan, row)
     slots = plan.window_slots(cycle)
-    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=plan.Q0, model_error_every=plan.model_error_every)
+    cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=Q, model_error_every=plan.model_error_every)
     x0 = row["analysis"].values[0]
     p = row["params_analysis"].values if "params_analysis" in dataset else plan.pb0
     return cost.evaluate(x0, p, row["model_error"].values if "model_error" in dataset else None)
