@@ -67,7 +67,7 @@ def _sqrt_columns(covariance, W: np.ndarray) -> np.ndarray:
         return covariance.std[:, None] * W
     if hasattr(covariance, "sqrt_columns"):  # a limited-memory or a 2-D correlation covariance
         return covariance.sqrt_columns(W)
-    return np.column_stack([covariance.sqrt(column) for column in W.T]) if W.shape[1] else np.zeros_like(W)
+    return np.column_stack([covariance.sqrt(column) for column in W.T]) if W.shape[1] else np.zeros((covariance.size, 0))
 
 
 def variance(covariance) -> np.ndarray:
