@@ -27,9 +27,11 @@ Parameters: those of the network ``[2h+1, *hidden, 1]``, layout as in
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from fourdvar.window import DenseStepLinearization, WindowLinearization
 
 from .integrators import IntegratedModel, RungeKutta
 from .network import Network
@@ -154,6 +156,11 @@ class LocalMLP(IntegratedModel):
         self.tendency = LocalNetworkTendency(self.stencil, self.network, self.state_offset, self.state_scale)
         self.integrator = RungeKutta(integrator, self.dt)
 
+    def linearize_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "LocalMLPWindowLinearization":
+        """The window ``x_0 .. x_K`` linearised, weight terms batched over steps, stages and points (see the class)."""
+        x0, p = self._inputs(x0, p)
+        return LocalMLPWindowLinearization(self, x0, p, int(n_steps))
+
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         return self.network.init_params(rng, output_scale=self.init_output_scale)
 
@@ -163,3 +170,212 @@ class LocalMLP(IntegratedModel):
             f"activation={self.activation!r}, dt={self.dt}, integrator={self.integrator.scheme!r}"
             + (f", state_offset={self.state_offset}, state_scale={self.state_scale})" if (self.state_offset, self.state_scale) != (0.0, 1.0) else ")")
         )
+
+
+class LocalMLPWindowLinearization:
+    """The LocalMLP over a window of ``K`` steps, linearised, with the weight terms batched.
+
+    Every tendency evaluation of the window (step ``k``, Runge-Kutta stage ``i``,
+    grid point ``j``) is one column of the network's batch, column
+    ``((k s) + i) n + j`` for ``s`` stages on ``n`` points.  The NL sweep writes each
+    stage's layer inputs into the columns of window-wide matrices::
+
+        A_{l-1} = [a_{l-1} of every column]      (n_{l-1} + 1, K s n), bias row included
+        F_l     = f_l'(Z_l) of every column        (n_l, K s n), one call per layer after the sweep
+
+    so that the terms of the TL and AD that do not depend on the propagated
+    increment leave the sequential sweep and become one matrix product per layer::
+
+        TL   dWA_l = dW_l A_{l-1}                         all columns (weights_tl)
+             for k, i:  dX_i = dx_k + dt sum_{j<i} A_ij dk_j ;   da_0 = gather(dX_i) / c
+                        dz_l = W_l[:, :-1] da_{l-1} + dWA_l[:, cols] ;  da_l = F_l[:, cols] * dz_l
+                        dk_i = c da_L ;   dx_{k+1} = dx_k + dt sum_i b_i dk_i
+
+        AD   for k = K .. 1, i = s .. 1 (ak_i = dt b_i ax, as in :mod:`models.integrators`):
+                        aa_L = c ak_i ;  AZ_l[:, cols] = F_l[:, cols] * aa_l ;  aa_{l-1} = W_l[:, :-1]^T AZ_l[:, cols]
+                        aX_i = scatter_add(aa_0) / c ;  ax += aX_i ;  ak_j += dt A_ij aX_i
+             aW_l = AZ_l A_{l-1}^T                        all columns (weights_ad)
+
+    the statements of :class:`LocalNetworkTendencyLinearization` and
+    :class:`models.integrators.RungeKuttaLinearization`, with ``ap`` summed over the
+    window as one product instead of one per stage.  Blocked like the per-step
+    chain (``(n, k)`` directions, ``dWA_l`` and ``AZ_l`` with a last axis of ``k``).
+
+    On a small grid the inner loop is faster on stored step Jacobians, as for the
+    per-step chain (:class:`fourdvar.window.WindowLinearization`, same thresholds):
+    on its third sweep the window builds ``[M_x | M_p]`` of each step from one
+    blocked step AD (:meth:`step_ad`) and sweeps over them from then on.
+    """
+
+    blocked = True
+
+    def __init__(self, model: LocalMLP, x0: np.ndarray, p: np.ndarray, n_steps: int):
+        if n_steps < 0:
+            raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
+        self.rk, self.stencil, self.network = model.integrator, model.stencil, model.network
+        self.offset, self.scale = model.state_offset, model.state_scale
+        self.n_state, self.n_params, self.n_steps = model.n_state, model.n_params, n_steps
+        self.n_stages, n = len(self.rk.b), model.n_state
+        self.sweeps, self.dense_steps = 0, None
+        self.W = self.network.weights(p)
+        self.W_in = [W[:, :-1] for W in self.W]
+        columns = n_steps * self.n_stages * n
+        self.A_prev = []  # A_{l-1}, (n_{l-1} + 1, K s n)
+        for n_in in self.network.layer_sizes[:-1]:
+            A = np.empty((n_in + 1, columns))
+            A[-1] = 1.0
+            self.A_prev.append(A)
+        self.output = np.empty((self.network.layer_sizes[-1], columns))  # a_L of every column
+        self.states = np.empty((n_steps + 1, n))
+        self.states[0] = x0
+        for k in range(n_steps):
+            k_stages: list[np.ndarray] = []
+            for i, terms in enumerate(self.rk.stage_terms):
+                k_stages.append(self.scale * self._network_forward(self.rk._combine(self.states[k], terms, k_stages), self.columns(k, i))[0])
+            self.states[k + 1] = self.rk._combine(self.states[k], self.rk.output_terms, k_stages)
+        self.F = [None if f.derivative is None else f.derivative(a[:-1] if l + 1 < len(self.A_prev) else a)
+                  for l, (f, a) in enumerate(zip(self.network.activations, self.A_prev[1:] + [self.output]))]
+
+    def columns(self, k: int, i: int) -> slice:
+        """The columns of step ``k``, stage ``i``."""
+        start = (k * self.n_stages + i) * self.n_state
+        return slice(start, start + self.n_state)
+
+    def _network_forward(self, X: np.ndarray, cols: slice) -> np.ndarray:
+        """NL of one stage: ``a_0 = (gather(X) - m) / c``, ``a_l = f_l(W_l [a_{l-1}; 1])`` into the columns ``cols``."""
+        a0 = self.A_prev[0][:-1, cols]
+        np.subtract(self.stencil.gather(X), self.offset, out=a0)
+        np.divide(a0, self.scale, out=a0)
+        for l, (W, f) in enumerate(zip(self.W, self.network.activations)):
+            a = f.f(W @ self.A_prev[l][:, cols])
+            if l + 1 < len(self.A_prev):
+                self.A_prev[l + 1][:-1, cols] = a
+        self.output[:, cols] = a
+        return a
+
+    # --- TL --------------------------------------------------------------------------------
+
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
+        """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window)."""
+        self._count_sweep()
+        K = self.n_steps if last_step is None else min(last_step, self.n_steps)
+        dx = [dx0]
+        if self.dense_steps is not None:
+            for step in self.dense_steps[:K]:
+                dx.append(step.tl(dx[-1], dp))
+            return dx
+        dWA = self.weights_tl(dp, K)
+        for k in range(K):
+            dk: list[np.ndarray] = []
+            for i, terms in enumerate(self.rk.stage_terms):
+                dk.append(self.scale * self._network_tl(self.rk._combine(dx[k], terms, dk), dWA, self.columns(k, i))[0])
+            dx.append(self.rk._combine(dx[k], self.rk.output_terms, dk))
+        return dx
+
+    def _network_tl(self, dX: np.ndarray, dWA: list[np.ndarray], cols: slice) -> np.ndarray:
+        """``da_L`` of one stage: ``da_0 = gather(dX) / c``, ``dz_l = W_l[:, :-1] da_{l-1} + dWA_l``, ``da_l = F_l dz_l``."""
+        da = self.stencil.gather(dX) / self.scale
+        for W_in, dWA_l, F in zip(self.W_in, dWA, self.F):
+            dz = (W_in @ da.reshape(da.shape[0], -1)).reshape((W_in.shape[0],) + da.shape[1:])
+            dz += dWA_l[:, cols]
+            da = dz if F is None else np.multiply(_columns(F, cols, dz), dz, out=dz)
+        return da
+
+    def weights_tl(self, dp: np.ndarray, K: int) -> list[np.ndarray]:
+        """``dWA_l = dW_l A_{l-1}`` over the columns of steps ``0 .. K-1``: one matrix product per layer.
+
+        Blocked (``dp`` ``(n_params, k)``): ``dWA_l[r] = A_{l-1}^T dW_l[r]`` for each unit ``r``, shape ``(n_l, K s n, k)``."""
+        end = K * self.n_stages * self.n_state
+        if dp.ndim == 2:
+            return [np.matmul(A[:, :end].T, dW_l) for dW_l, A in zip(self.network.weights(dp), self.A_prev)]
+        return [dW_l @ A[:, :end] for dW_l, A in zip(self.network.weights(dp), self.A_prev)]
+
+    # --- AD --------------------------------------------------------------------------------
+
+    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ap`` summed over the window."""
+        self._count_sweep()
+        K = max(forcings, default=0)
+        block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
+        ax = np.zeros((self.n_state,) + block)
+        if self.dense_steps is not None:
+            ap = np.zeros((self.n_params,) + block)
+        else:
+            AZ = [np.empty((n_out, K * self.n_stages * self.n_state) + block) for n_out in self.network.layer_sizes[1:]]
+        for k in range(K, 0, -1):
+            if k in forcings:
+                ax = ax + forcings[k]
+            if self.dense_steps is None:
+                ax = self.step_ad(k - 1, ax, AZ, (k - 1) * self.n_stages * self.n_state)
+            else:
+                ax, ap_k = self.dense_steps[k - 1].ad(ax)
+                ap += ap_k
+        if 0 in forcings:
+            ax = ax + forcings[0]
+        return ax, (ap if self.dense_steps is not None else self.weights_ad(AZ, 0, K * self.n_stages * self.n_state))
+
+    def step_ad(self, k: int, ax_next: np.ndarray, AZ: list[np.ndarray], start: int) -> np.ndarray:
+        """``ax`` from ``ax_next`` through step ``k``, its stages' ``az_l`` written to the columns of ``AZ`` from ``start``."""
+        rk, n = self.rk, self.n_state
+        ak = [(rk.dt * b_i) * ax_next for b_i in rk.b]
+        ax = ax_next.copy()
+        for i in reversed(range(self.n_stages)):
+            aX_i = self._network_ad(ak[i], AZ, self.columns(k, i), slice(start + i * n, start + (i + 1) * n))
+            ax += aX_i
+            for j, c in rk.stage_terms[i]:
+                ak[j] += c * aX_i
+        return ax
+
+    def _network_ad(self, ak: np.ndarray, AZ: list[np.ndarray], cols: slice, out: slice) -> np.ndarray:
+        """``aX`` of one stage: ``aa_L = c ak``, ``AZ_l = F_l aa_l``, ``aa_{l-1} = W_l[:, :-1]^T AZ_l``, ``aX = scatter_add(aa_0) / c``."""
+        aa = self.scale * ak[None]
+        for W_in, AZ_l, F in zip(self.W_in[::-1], AZ[::-1], self.F[::-1]):
+            az = AZ_l[:, out]
+            if F is None:
+                az[...] = aa
+            else:
+                np.multiply(_columns(F, cols, aa), aa, out=az)
+            aa = (W_in.T @ az.reshape(az.shape[0], -1)).reshape((W_in.shape[1],) + az.shape[1:])
+        return self.stencil.scatter_add(aa) / self.scale
+
+    def weights_ad(self, AZ: list[np.ndarray], start: int, end: int) -> np.ndarray:
+        """``ap`` holding ``aW_l = AZ_l A_{l-1}^T`` over the columns ``start .. end`` of ``A``: one product per layer.
+
+        Blocked (``AZ_l`` ``(n_l, columns, k)``): ``aW_l[r] = A_{l-1} AZ_l[r]`` for each unit ``r``, ``ap`` ``(n_params, k)``."""
+        ap = np.empty((self.n_params,) + AZ[0].shape[2:])
+        for aW_l, AZ_l, A in zip(self.network.weights(ap), AZ, self.A_prev):
+            if ap.ndim == 2:
+                np.matmul(A[:, start:end], AZ_l, out=aW_l)
+            else:
+                np.matmul(AZ_l, A[:, start:end].T, out=aW_l)
+        return ap
+
+    # --- stored step Jacobians -------------------------------------------------------------
+
+    def _count_sweep(self) -> None:
+        """Count a TL or AD sweep; on the ``DENSE_AFTER_SWEEPS``-th, store the step Jacobians if that pays."""
+        self.sweeps += 1
+        step_size = self.n_state * (self.n_state + self.n_params)
+        small = step_size <= WindowLinearization.DENSE_STEP_SIZE and step_size * self.n_steps <= WindowLinearization.DENSE_WINDOW_SIZE
+        if self.sweeps == WindowLinearization.DENSE_AFTER_SWEEPS and small:
+            self.dense_steps = [DenseStepLinearization(_WindowStep(self, k), self.n_state) for k in range(self.n_steps)]
+
+
+class _WindowStep:
+    """Step ``k`` of a :class:`LocalMLPWindowLinearization` as a step linearisation (``output`` and a blocked ``ad``)."""
+
+    def __init__(self, window: LocalMLPWindowLinearization, k: int):
+        self.window, self.k = window, k
+        self.output = window.states[k + 1]
+
+    def ad(self, ax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        window, width = self.window, self.window.n_stages * self.window.n_state
+        AZ = [np.empty((n_out, width) + ax.shape[1:]) for n_out in window.network.layer_sizes[1:]]
+        ax_prev = window.step_ad(self.k, ax, AZ, 0)
+        start = self.k * width
+        return ax_prev, window.weights_ad(AZ, start, start + width)
+
+
+def _columns(F: np.ndarray, cols: slice, like: np.ndarray) -> np.ndarray:
+    """``F[:, cols]`` shaped to multiply ``like`` (``(n_l, n)`` or a block ``(n_l, n, k)``)."""
+    return F[:, cols] if like.ndim == 2 else F[:, cols, None]
