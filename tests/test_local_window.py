@@ -37,11 +37,12 @@ def relative(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_window_equals_the_per_step_chain_before_and_after_storing_step_jacobians(case):
+def test_window_equals_the_per_step_chain_before_and_after_storing_step_jacobians(case, compiled):
     model, x0, p, rng = make(*case)
-    window, per_step = model.linearize_window(x0, p, K), WindowLinearization(model, x0, p, K)
-    assert isinstance(window, LocalMLPWindowLinearization)
+    window, per_step = LocalMLPWindowLinearization(model, x0, p, K, compiled=compiled), WindowLinearization(model, x0, p, K)
+    assert isinstance(model.linearize_window(x0, p, K), LocalMLPWindowLinearization)
     assert relative(window.states, forecast(model, x0, p, K)) < 1e-14
     dx0, dp = rng.standard_normal(N), rng.standard_normal(model.n_params)
     forcings = {k: rng.standard_normal(N) for k in range(0, K + 1, 2)}
@@ -67,13 +68,27 @@ def test_blocked_window_equals_its_columns(case):
         assert relative(ax[:, d], ax_d) < 1e-13 and relative(ap[:, d], ap_d) < 1e-13
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_window_passes_the_dot_product_test(case):
+def test_window_passes_the_dot_product_test(case, compiled):
     model, x0, p, rng = make(*case)
-    window = model.linearize_window(x0, p, K)
+    window = LocalMLPWindowLinearization(model, x0, p, K, compiled=compiled)
     dx0, dp = rng.standard_normal(N), rng.standard_normal(model.n_params)
     forcings = {k: rng.standard_normal(N) for k in range(K + 1)}
     assert checks.window_adjoint_test(window, dx0, dp, forcings).value < 1e-12
+    assert window.dense_steps is None  # the test's two sweeps ran on the window's own TL and AD
+
+
+def test_compiled_and_numpy_windows_agree():
+    model, x0, p, rng = make(*CASES[2])
+    compiled, plain = (LocalMLPWindowLinearization(model, x0, p, K, compiled=flag) for flag in (True, False))
+    assert relative(compiled.states, plain.states) < 1e-14
+    for F, F_ref in zip(compiled.F, plain.F):
+        assert (F is None and F_ref is None) or relative(F, F_ref) < 1e-13
+    dx0, dp, f = rng.standard_normal(N), rng.standard_normal(model.n_params), {K: rng.standard_normal(N)}
+    assert relative(compiled.tl(dx0, dp)[-1], plain.tl(dx0, dp)[-1]) < 1e-13
+    (ax, ap), (ax_ref, ap_ref) = compiled.ad(f), plain.ad(f)
+    assert relative(ax, ax_ref) < 1e-13 and relative(ap, ap_ref) < 1e-13
 
 
 def twin_costs(case, n_steps=K):
@@ -106,8 +121,7 @@ class ForgetsOneStepInAD(LocalMLPWindowLinearization):
     """The batched weight adjoint without the columns of step 2."""
 
     def weights_ad(self, AZ, start, end):
-        for AZ_l in AZ:
-            AZ_l[:, self.columns(2, 0).start - start : self.columns(2, self.n_stages - 1).stop - start] = 0.0
+        AZ[:, self.columns(2, 0).start - start : self.columns(2, self.n_stages - 1).stop - start] = 0.0
         return super().weights_ad(AZ, start, end)
 
 
@@ -116,19 +130,19 @@ class ForgetsOneStepInTL(LocalMLPWindowLinearization):
 
     def weights_tl(self, dp, K):
         dWA = super().weights_tl(dp, K)
-        for dWA_l in dWA:
-            dWA_l[:, self.columns(2, 0).start : self.columns(2, self.n_stages - 1).stop] = 0.0
+        dWA[:, self.columns(2, 0).start : self.columns(2, self.n_stages - 1).stop] = 0.0
         return dWA
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("wrong", [ForgetsOneStepInAD, ForgetsOneStepInTL])
-def test_negative_control_a_dropped_step_fails_the_checks(wrong):
+def test_negative_control_a_dropped_step_fails_the_checks(wrong, compiled):
     model, x0, p, rng = make(*CASES[2])
-    window, per_step = wrong(model, x0, p, K), WindowLinearization(model, x0, p, K)
+    window, per_step = wrong(model, x0, p, K, compiled=compiled), WindowLinearization(model, x0, p, K)
     dx0, dp = rng.standard_normal(N), rng.standard_normal(model.n_params)
     forcings = {k: rng.standard_normal(N) for k in range(K + 1)}
     if wrong is ForgetsOneStepInAD:
         assert relative(window.ad(forcings)[1], per_step.ad(forcings)[1]) > 1e-6
     else:
         assert relative(window.tl(dx0, dp)[-1], per_step.tl(dx0, dp)[-1]) > 1e-6
-    assert checks.window_adjoint_test(wrong(model, x0, p, K), dx0, dp, forcings).value > 1e-6
+    assert checks.window_adjoint_test(wrong(model, x0, p, K, compiled=compiled), dx0, dp, forcings).value > 1e-6
