@@ -134,6 +134,8 @@ class LocalMLP(IntegratedModel):
     """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+    #: the largest grid given the batched window hook (:attr:`linearize_window`)
+    WINDOW_MAX_POINTS = 128
 
     def __init__(
         self,
@@ -166,8 +168,18 @@ class LocalMLP(IntegratedModel):
         self.tendency = LocalNetworkTendency(self.stencil, self.network, self.state_offset, self.state_scale)
         self.integrator = RungeKutta(integrator, self.dt)
 
-    def linearize_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "LocalMLPWindowLinearization":
-        """The window ``x_0 .. x_K`` linearised, weight terms batched over steps, stages and points (see the class)."""
+    @property
+    def linearize_window(self):
+        """The engine's window hook, present only on a small grid (``n_state <= WINDOW_MAX_POINTS``):
+        ``linearize_window(x0, p, n_steps)`` gives the window linearised with the weight terms batched
+        over steps, stages and points (:class:`LocalMLPWindowLinearization`).  On a larger grid the
+        per-stage statements are no longer dominated by call overhead and the engine's per-step
+        chain (:class:`fourdvar.window.WindowLinearization`) is faster (``benchmarks/machine.py``)."""
+        if self.n_state > self.WINDOW_MAX_POINTS:
+            raise AttributeError("linearize_window")
+        return self._batched_window
+
+    def _batched_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "LocalMLPWindowLinearization":
         x0, p = self._inputs(x0, p)
         return LocalMLPWindowLinearization(self, x0, p, int(n_steps))
 
@@ -415,6 +427,11 @@ class LocalMLPWindowLinearization:
         return ap
 
     # --- stored step Jacobians -------------------------------------------------------------
+
+    @property
+    def dense(self) -> bool:
+        """Whether the steps are stored as Jacobians (as :attr:`fourdvar.window.WindowLinearization.dense`)."""
+        return self.dense_steps is not None
 
     def _count_sweep(self) -> None:
         """Count a TL or AD sweep; on the ``DENSE_AFTER_SWEEPS``-th, store the step Jacobians if that pays."""

@@ -146,3 +146,11 @@ def test_negative_control_a_dropped_step_fails_the_checks(wrong, compiled):
     else:
         assert relative(window.tl(dx0, dp)[-1], per_step.tl(dx0, dp)[-1]) > 1e-6
     assert checks.window_adjoint_test(wrong(model, x0, p, K, compiled=compiled), dx0, dp, forcings).value > 1e-6
+
+
+def test_a_large_grid_has_no_window_hook_and_runs_the_per_step_chain():
+    model = LocalMLP(n_state=LocalMLP.WINDOW_MAX_POINTS + 1, hidden=[3])
+    assert not hasattr(model, "linearize_window")
+    x0, p = np.ones(model.n_state), model.init_params(np.random.default_rng(0))
+    cost = FourDVarCost(model, [], x0, B=Diagonal(1.0, size=model.n_state), pb=p, n_steps=2)
+    assert isinstance(cost.window(x0, p), WindowLinearization)
