@@ -369,24 +369,26 @@ class LocalMLPWindowLinearization:
         self._count_sweep()
         K = max(forcings, default=0)
         block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
-        if self.dense_steps is not None:
-            return self._dense_ad(forcings, K, block)
         end = K * self.n_stages * self.n_state
-        AZ = np.empty((self.unit_starts[-1], end) + block)
-        if self.compiled and not block:
+        AZ = np.empty((self.unit_starts[-1], end if self.dense_steps is None else 0) + block)
+        if self.compiled and not block and self.dense_steps is None:
             rows, forced = np.zeros((K + 1, self.n_state)), np.zeros(K + 1, dtype=np.bool_)
             for k, f in forcings.items():
                 rows[k], forced[k] = f, True
             ax = kernels().adjoint(rows, forced, *self._kernel_arguments(), AZ)
             return ax, self.weights_ad(AZ, 0, end)
-        ax = np.zeros((self.n_state,) + block)
+        ax, ap = np.zeros((self.n_state,) + block), np.zeros((self.n_params,) + block)
         for k in range(K, 0, -1):
             if k in forcings:
                 ax = ax + forcings[k]
-            ax = self.step_ad(k - 1, ax, AZ, (k - 1) * self.n_stages * self.n_state)
+            if self.dense_steps is None:  # the weight adjoint after the sweep, below
+                ax = self.step_ad(k - 1, ax, AZ, (k - 1) * self.n_stages * self.n_state)
+            else:  # over the stored step Jacobians
+                ax, ap_k = self.dense_steps[k - 1].ad(ax)
+                ap += ap_k
         if 0 in forcings:
             ax = ax + forcings[0]
-        return ax, self.weights_ad(AZ, 0, end)
+        return ax, (ap if self.dense_steps is not None else self.weights_ad(AZ, 0, end))
 
     def step_ad(self, k: int, ax_next: np.ndarray, AZ: np.ndarray, start: int) -> np.ndarray:
         """``ax`` from ``ax_next`` through step ``k``, its stages' ``az_l`` written to the columns of ``AZ`` from ``start``."""
@@ -440,19 +442,6 @@ class LocalMLPWindowLinearization:
         small = step_size <= WindowLinearization.DENSE_STEP_SIZE and step_size * self.n_steps <= WindowLinearization.DENSE_WINDOW_SIZE
         if self.sweeps == WindowLinearization.DENSE_AFTER_SWEEPS and small:
             self.dense_steps = [DenseStepLinearization(_WindowStep(self, k), self.n_state) for k in range(self.n_steps)]
-
-    def _dense_ad(self, forcings: Mapping[int, np.ndarray], K: int, block: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """The AD sweep over the stored step Jacobians."""
-        ap = np.zeros((self.n_params,) + block)
-        ax = np.zeros((self.n_state,) + block)
-        for k in range(K, 0, -1):
-            if k in forcings:
-                ax = ax + forcings[k]
-            ax, ap_k = self.dense_steps[k - 1].ad(ax)
-            ap += ap_k
-        if 0 in forcings:
-            ax = ax + forcings[0]
-        return ax, ap
 
 
 class _WindowStep:
