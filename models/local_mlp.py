@@ -21,6 +21,11 @@ The step integrates the tendency over ``dt`` with the chosen explicit scheme
 (:mod:`models.integrators`): ``integrator="euler"`` is ``x + dt * NN(S)``; ``"rk2"``
 and ``"rk4"`` learn far better-behaved dynamics for the same network.
 
+Over a whole window on a small grid, :class:`LocalMLPWindowLinearization` (the
+engine's ``linearize_window`` hook) does the same TL and AD with every tendency
+evaluation of the window one column of the network's batch, the weight terms one
+matrix product per layer, and the sweeps compiled (:mod:`models.local_mlp_kernels`).
+
 Parameters: those of the network ``[2h+1, *hidden, 1]``, layout as in
 :mod:`models.network` (each ``W_i`` row-major, bias last column).
 """
@@ -203,7 +208,7 @@ class LocalMLPWindowLinearization:
     column's layer inputs into window-wide matrices::
 
         A_{l-1} = [a_{l-1} of every column]      (n_{l-1} + 1, K s n), bias row included
-        F_l     = f_l'(Z_l) of every column        (n_l, K s n), one call per layer after the sweep
+        F_l     = f_l'(Z_l) of every column        (n_l, K s n), from the activations
 
     so that the terms of the TL and AD that do not depend on the propagated
     increment leave the sequential sweep and become one matrix product per layer::
@@ -222,8 +227,8 @@ class LocalMLPWindowLinearization:
     :class:`models.integrators.RungeKuttaLinearization`, with ``ap`` summed over the
     window as one product instead of one per stage.  The layer matrices of all
     layers are stacked in one array each (``A`` ``(sum (n_{l-1} + 1), K s n)``, ``F``,
-    ``dWA`` and ``AZ`` ``(sum n_l, K s n)``); the ``A_prev[l]`` and ``F[l]`` above are their row blocks.  With numba the NL sweep, and the TL and
-    AD of one vector, run compiled (:mod:`models.local_mlp_kernels`), the same
+    ``dWA`` and ``AZ`` ``(sum n_l, K s n)``); ``A_prev[l]`` and ``F[l]`` are their row
+    blocks.  With numba the NL sweep, and the TL and AD of one vector, run compiled (:mod:`models.local_mlp_kernels`), the same
     statements point by point; blocks of directions (``(n, k)``, ``dWA`` and ``AZ``
     with a last axis of ``k``) go through the numpy statements stage by stage.
 
@@ -246,8 +251,8 @@ class LocalMLPWindowLinearization:
         self.W = self.network.weights(p)
         self.W_in = [W[:, :-1] for W in self.W]
         sizes = self.network.layer_sizes
-        self.input_starts = np.cumsum([0] + [n_in + 1 for n_in in sizes[:-1]])  # A_{l-1}'s columns in A
-        self.unit_starts = np.cumsum([0] + sizes[1:])  # layer l's columns in F, dWA, AZ
+        self.input_starts = np.cumsum([0] + [n_in + 1 for n_in in sizes[:-1]])  # A_{l-1}'s rows in A
+        self.unit_starts = np.cumsum([0] + sizes[1:])  # layer l's rows in F, dWA, AZ
         self.A = np.empty((self.input_starts[-1], n_steps * self.n_stages * self.n_state))
         self.A_prev = self.layers(self.A, self.input_starts)
         self.states = np.empty((n_steps + 1, self.n_state))
