@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 from fourdvar.cost import FourDVarCost, IncrementalCost  # noqa: E402
 from fourdvar.covariances import Diagonal  # noqa: E402
 from fourdvar.interfaces import ObservationSlot  # noqa: E402
-from fourdvar.window import PerStepModel, forecast  # noqa: E402
+from fourdvar.window import PerStepModel, forecast, linearize_window  # noqa: E402
 from models import MLP, LocalMLP, Lorenz96  # noqa: E402
 from models.lorenz96 import KERNELS_AVAILABLE  # noqa: E402
 from observations import Identity  # noqa: E402
@@ -382,13 +382,14 @@ def linearisation_table(n_batches, batch_seconds):
         ratio = t_linearize / t_step
         print(f"   n = {n:>4}: step {t_step * 1e3:8.3f} ms  linearize {t_linearize * 1e3:8.3f} ms  ratio {ratio:5.2f}"
               f"  target <=1.5x  {'yes' if ratio <= 1.5 else 'NO'}   kept {kept / 1e6:7.3f} MB, activations {activations / 1e6:7.3f} MB")
-    print(f"   each network's window linearisation ({WINDOW} steps, linearize_window) against its forecast, ms")
+    print(f"   each network's window linearisation ({WINDOW} steps, fourdvar.window.linearize_window: the model's own window,")
+    print("   or the per-step chain where it has none) against its forecast, ms")
     for label, make in (("local_mlp [5,32,1] rk4 n = 40", lambda: LocalMLP(n_state=40, hidden=[32], integrator="rk4", init_output_scale=1.0)),
                         ("local_mlp [5,32,1] rk4 n = 4000", lambda: LocalMLP(n_state=4000, hidden=[32], integrator="rk4", init_output_scale=1.0)),
                         ("mlp residual [400,400,400]", lambda: MLP([400, 400, 400], ["tanh", "identity"], residual=True))):
         model = make()
         x0, p = gradient_benchmark.initial_point(model, np.random.default_rng(0))
-        t_forecast, t_window = timing.time_pair(lambda: forecast(model, x0, p, WINDOW), lambda: model.linearize_window(x0, p, WINDOW),
+        t_forecast, t_window = timing.time_pair(lambda: forecast(model, x0, p, WINDOW), lambda: linearize_window(model, x0, p, WINDOW),
                                                 n_batches, batch_seconds)
         ratio = t_window / t_forecast
         print(f"   {label:<32} forecast {t_forecast * 1e3:8.3f}  window {t_window * 1e3:8.3f}  ratio {ratio:5.2f}"
