@@ -13,6 +13,10 @@ a slow patch of a shared machine hits both sides of a ratio):
    same cost with the trajectory linearised by ``jax.linearize`` beforehand.
    Targets: Lorenz-96 <= 2x JAX at n = 40 and faster at 400 and 4000; LocalMLP
    <= 2x at n = 40; the dense residual MLPs faster.
+   Then the **nonlinear gradient**, what each outer loop pays: ``FourDVarCost.gradient``
+   (the window linearised, then one adjoint sweep) against ``jax.jit(jax.grad(J))`` of
+   the nonlinear cost (the trajectory a ``lax.scan`` of the same step).  Targets:
+   LocalMLP n = 40 <= 2x, residual MLP 400 <= 1x.
 2. **One Lorenz-96 RK4 step at n = 4000** (F = 8): ``Lorenz96.step`` (compiled
    kernel), the numpy reference path (``compiled=False``), and a C loop compiled
    here with ``gcc -O3`` (if gcc is there).  Target: within 2x of the C loop.
@@ -26,7 +30,11 @@ a slow patch of a shared machine hits both sides of a ratio):
 5. **LocalMLP linearisation vs its forward step** (``[5,32,1]``, RK4, n = 40 and
    4000): time ratio (target <= 1.5x) and the memory a linearisation keeps
    (``tracemalloc``) against the activations its TL/AD need, the layer inputs
-   ``a_{i-1}`` (bias rows included) and the output of each RK4 stage.
+   ``a_{i-1}`` (bias rows included) and the output of each RK4 stage.  Then each
+   network's window linearisation (``linearize_window``, 50 steps) against its
+   forecast over the same steps (target <= 1.5x).
+
+The full run writes its output to its section of ``benchmarks/RESULTS.md``.
 
 JAX must be pinned to one core by ``taskset``; its thread flags do not keep it there.
 """
@@ -48,7 +56,9 @@ import sys  # noqa: E402
 sys.modules[_spec.name] = gradient_benchmark  # its dataclasses look their module up there
 _spec.loader.exec_module(gradient_benchmark)
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import ctypes  # noqa: E402
+import io  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -57,10 +67,15 @@ import numpy as np  # noqa: E402
 from fourdvar.cost import FourDVarCost, IncrementalCost  # noqa: E402
 from fourdvar.covariances import Diagonal  # noqa: E402
 from fourdvar.interfaces import ObservationSlot  # noqa: E402
-from fourdvar.window import PerStepModel, forecast  # noqa: E402
+from fourdvar.window import PerStepModel, forecast, linearize_window  # noqa: E402
 from models import MLP, LocalMLP, Lorenz96  # noqa: E402
 from models.lorenz96 import KERNELS_AVAILABLE  # noqa: E402
 from observations import Identity  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results import record  # noqa: E402
+
+sys.path.pop(0)
 
 WINDOW = 50
 
@@ -95,12 +110,17 @@ def gradient_table(jax_modules, n_batches, batch_seconds, window, only):
             print(f"{label:<30} {n:>5} {t_ours * 1e3:>9.3f} {'-':>9}", flush=True)
             continue
         t_ours, t_jax, error = measure_against_jax(problem, jax_modules, n_batches, batch_seconds)
-        ratio = t_ours / t_jax
-        verdict = "-" if target is None else ("yes" if ratio <= target else "NO")
-        target_text = "-" if target is None else (f"<={target:.0f}x" if target > 1 else "faster")
-        print(f"{label:<30} {n:>5} {t_ours * 1e3:>9.3f} {t_jax * 1e3:>9.3f} {ratio:>6.2f} {target_text:>7}  {verdict}"
-              f"   (gradients agree to {error:.0e})", flush=True)
+        print_ratio(f"{label:<30}", n, t_ours, t_jax, target, error)
     print()
+
+
+def print_ratio(label: str, n: int, t_ours: float, t_jax: float, target: float | None, error: float) -> None:
+    """One row of a table against JAX: times in ms, their ratio, the target and whether it is met."""
+    ratio = t_ours / t_jax
+    verdict = "-" if target is None else ("yes" if ratio <= target else "NO")
+    target_text = "-" if target is None else (f"<={target:.0f}x" if target > 1 else "faster")
+    print(f"{label} {n:>5} {t_ours * 1e3:>9.3f} {t_jax * 1e3:>9.3f} {ratio:>6.2f} {target_text:>7}  {verdict}"
+          f"   (gradients agree to {error:.0e})", flush=True)
 
 
 def measure_against_jax(problem, jax_modules, n_batches, batch_seconds):
@@ -136,6 +156,71 @@ def measure_against_jax(problem, jax_modules, n_batches, batch_seconds):
     t_ours, t_jax = timing.time_pair(lambda: jq.value_and_gradient(problem.u),
                                      lambda: gradient_jit(u_jax, trajectory_tl).block_until_ready(), n_batches, batch_seconds)
     return t_ours, t_jax, error
+
+
+def nonlinear_gradient_cases():
+    """``(label, n, make model, target of fourdvar / JAX, model's own window)`` for the nonlinear gradient;
+    without its own window a model is linearised step by step (:class:`fourdvar.window.PerStepModel`)."""
+    def local_mlp():
+        return LocalMLP(n_state=40, hidden=[32], integrator="rk4", init_output_scale=1.0)
+
+    def mlp():
+        return MLP([400, 400, 400], ["tanh", "identity"], residual=True)
+
+    return [
+        ("lorenz96 (rk4, F estimated)", 40, lambda: Lorenz96(n_state=40, estimate_forcing=True), None, True),
+        ("local_mlp [5,32,1] rk4", 40, local_mlp, 2.0, True),
+        ("local_mlp [5,32,1] rk4 per-step", 40, local_mlp, None, False),
+        ("mlp residual [400,400,400]", 400, mlp, 1.0, True),
+        ("mlp residual [400,400,400] per-step", 400, mlp, None, False),
+    ]
+
+
+def nonlinear_gradient_table(jax_modules, n_batches, batch_seconds, window, only):
+    print(f"1b. nonlinear gradient of J over a {window}-step window (linearise + adjoint, what each outer loop pays):")
+    print("    FourDVarCost.gradient vs jax.jit(jax.grad(J)), ms per call")
+    columns = f"{'model':<36} {'n':>5} {'fourdvar':>9} {'jax':>9} {'ratio':>6} {'target':>7}  met"
+    print(columns)
+    print("-" * len(columns))
+    for label, n, make, target, hook in nonlinear_gradient_cases():
+        if only not in label:
+            continue
+        problem = gradient_benchmark.build_problem(make(), window, hook=hook)
+        cost, x0, p = problem.cost, problem.x0, problem.p
+        if jax_modules is None:
+            t_ours = timing.time_pair(lambda: cost.gradient(x0, p), lambda: None, n_batches, batch_seconds)[0]
+            print(f"{label:<36} {n:>5} {t_ours * 1e3:>9.3f} {'-':>9}", flush=True)
+            continue
+        gradient_jit, arguments = jax_nonlinear_gradient(problem, *jax_modules)
+        ours = np.concatenate(cost.gradient(x0, p)[1:])
+        theirs = np.concatenate([np.asarray(g) for g in gradient_jit(*arguments)])
+        error = float(np.max(np.abs(theirs - ours)) / np.max(np.abs(ours)))
+        t_ours, t_jax = timing.time_pair(lambda: cost.gradient(x0, p),
+                                         lambda: [g.block_until_ready() for g in gradient_jit(*arguments)], n_batches, batch_seconds)
+        print_ratio(f"{label:<36}", n, t_ours, t_jax, target, error)
+    print()
+
+
+def jax_nonlinear_gradient(problem, jax, jnp):
+    """``(jax.jit(jax.grad(J)), (x0, p))``: ``J`` the nonlinear cost of ``problem`` (diagonal ``B``, ``P``, ``R``,
+    identity observations at every step) over the trajectory of ``gradient_benchmark.jax_step``."""
+    cost, L = problem.cost, problem.n_steps
+    step = gradient_benchmark.jax_step(problem.model, jnp)
+    y = jnp.stack([jnp.asarray(slot.values) for slot in cost.slots])
+    R_std = jnp.stack([jnp.asarray(slot.covariance.std * np.ones(slot.operator.n_obs)) for slot in cost.slots])
+    xb, pb = jnp.asarray(cost.xb), jnp.asarray(cost.pb)
+    B_std, P_std = jnp.asarray(cost.B.std * np.ones(cost.xb.size)), jnp.asarray(cost.P.std * np.ones(cost.pb.size))
+
+    def J(x0, p):
+        def body(x, _):
+            x_next = step(x, p)
+            return x_next, x_next
+
+        _, xs = jax.lax.scan(body, x0, None, length=L)
+        x = jnp.concatenate([x0[None, :], xs])
+        return 0.5 * jnp.sum(((x0 - xb) / B_std) ** 2) + 0.5 * jnp.sum(((p - pb) / P_std) ** 2) + 0.5 * jnp.sum(((x - y) / R_std) ** 2)
+
+    return jax.jit(jax.grad(J, argnums=(0, 1))), (jnp.asarray(problem.x0), jnp.asarray(problem.p))
 
 
 # --- 2. one Lorenz-96 step against a compiled loop ------------------------------------------------
@@ -297,6 +382,18 @@ def linearisation_table(n_batches, batch_seconds):
         ratio = t_linearize / t_step
         print(f"   n = {n:>4}: step {t_step * 1e3:8.3f} ms  linearize {t_linearize * 1e3:8.3f} ms  ratio {ratio:5.2f}"
               f"  target <=1.5x  {'yes' if ratio <= 1.5 else 'NO'}   kept {kept / 1e6:7.3f} MB, activations {activations / 1e6:7.3f} MB")
+    print(f"   each network's window linearisation ({WINDOW} steps, fourdvar.window.linearize_window: the model's own window,")
+    print("   or the per-step chain where it has none) against its forecast, ms")
+    for label, make in (("local_mlp [5,32,1] rk4 n = 40", lambda: LocalMLP(n_state=40, hidden=[32], integrator="rk4", init_output_scale=1.0)),
+                        ("local_mlp [5,32,1] rk4 n = 4000", lambda: LocalMLP(n_state=4000, hidden=[32], integrator="rk4", init_output_scale=1.0)),
+                        ("mlp residual [400,400,400]", lambda: MLP([400, 400, 400], ["tanh", "identity"], residual=True))):
+        model = make()
+        x0, p = gradient_benchmark.initial_point(model, np.random.default_rng(0))
+        t_forecast, t_window = timing.time_pair(lambda: forecast(model, x0, p, WINDOW), lambda: linearize_window(model, x0, p, WINDOW),
+                                                n_batches, batch_seconds)
+        ratio = t_window / t_forecast
+        print(f"   {label:<32} forecast {t_forecast * 1e3:8.3f}  window {t_window * 1e3:8.3f}  ratio {ratio:5.2f}"
+              f"  target <=1.5x  {'yes' if ratio <= 1.5 else 'NO'}")
     print()
 
 
@@ -308,7 +405,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n_batches, batch_seconds = (3, 0.01) if args.quick else (7, 0.2)
     jax_modules = None if args.no_jax else gradient_benchmark.import_jax()
+    output = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, output)):
+        run_tables(args, jax_modules, n_batches, batch_seconds)
+    if not (args.quick or args.only):
+        record("How close to the machine", f"```\n{output.getvalue()}```", command="taskset -c 1 python benchmarks/machine.py")
+    return 0
+
+
+class _Tee(io.TextIOBase):
+    """Writes to several streams: the terminal and the text recorded in RESULTS.md."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def run_tables(args, jax_modules, n_batches, batch_seconds) -> None:
     print(timing.machine_header())
+    print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(timing.fix_malloc_thresholds())
     print(f"jax: {jax_modules[0].__version__ if jax_modules else 'not installed (pip install -e .[bench])'}; "
           f"numba kernels: {'yes' if KERNELS_AVAILABLE else 'no (numpy path)'}; "
@@ -316,11 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"medians of {n_batches} interleaved batches of ~{batch_seconds} s each")
     print()
     gradient_table(jax_modules, n_batches, batch_seconds, 5 if args.quick else WINDOW, args.only)
+    nonlinear_gradient_table(jax_modules, n_batches, batch_seconds, 5 if args.quick else WINDOW, args.only)
+    if args.only:
+        return
     step_table(n_batches, batch_seconds)
     hessian_table(3 if args.quick else 5)
     compile_table()
     linearisation_table(n_batches, batch_seconds)
-    return 0
+    print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
