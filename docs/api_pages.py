@@ -82,3 +82,11 @@ def summary(value) -> str:
     """The first line of the object's own docstring."""
     text = own_docstring(value)
     return text.splitlines()[0] if text else ""
+
+
+def undocumented(module: ModuleType) -> list[str]:
+    """The public names of ``module`` (classes, functions, modules) without a docstring of their own."""
+    return [
+        f"{module.__name__}.{name}" for name in public_names(module)
+        if needs_docstring(getattr(module, name)) and not own_docstring(getattr(module, name))
+    ]

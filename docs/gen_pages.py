@@ -17,7 +17,7 @@ from pathlib import Path
 import mkdocs_gen_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_pages import PAGES, home_module, needs_docstring, own_docstring, page_modules, public_names, summary  # noqa: E402
+from api_pages import PAGES, home_module, needs_docstring, page_modules, public_names, summary, undocumented  # noqa: E402
 
 log = logging.getLogger("mkdocs.plugins.fourdvar_reference")
 
@@ -28,8 +28,6 @@ def exports_table(package: str) -> list[str]:
     for name in public_names(module):
         value = getattr(module, name)
         home = home_module(value, package)
-        if needs_docstring(value) and not own_docstring(value):
-            log.warning("API reference: %s.%s (defined in %s) has no docstring", package, name, home)
         if inspect.ismodule(value):
             link = f"[`{name}`][{value.__name__}]"
         elif needs_docstring(value):
@@ -42,10 +40,8 @@ def exports_table(package: str) -> list[str]:
 
 def module_warnings(name: str) -> None:
     module = importlib.import_module(name)
-    for public in public_names(module):
-        value = getattr(module, public, None)
-        if needs_docstring(value) and not own_docstring(value):
-            log.warning("API reference: %s.%s has no docstring", name, public)
+    for missing in undocumented(module):
+        log.warning("API reference: %s has no docstring", missing)
     if not (module.__doc__ or "").strip():
         log.warning("API reference: module %s has no docstring", name)
 
