@@ -53,8 +53,9 @@ timing = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(timing)
 
 from fourdvar.app.cluster import (  # noqa: E402
-    SINGLE_THREAD_ENVIRONMENT, Member, MemberOutcome, _write_atomic, embedded_cluster, execute_member, run_config,
+    SINGLE_THREAD_ENVIRONMENT, Member, MemberOutcome, embedded_cluster, execute_member, run_config,
 )
+from fourdvar.app.atomic import write_atomic  # noqa: E402
 from fourdvar.app.config import resolve_config  # noqa: E402
 
 WAYS = ("spawn", "forkserver")
@@ -74,7 +75,7 @@ def execute_with_default_lock(member: Member) -> MemberOutcome:
     """:func:`execute_member` as it would run under dask's defaults (xarray picks its write lock from the active scheduler)."""
     started = time.perf_counter()
     dataset = member.run()
-    _write_atomic(dataset, Path(member.output))
+    write_atomic(dataset, Path(member.output))
     return MemberOutcome(member.name, Path(member.output), seconds=time.perf_counter() - started)
 
 

@@ -8,7 +8,9 @@ classes reach it in one of three ways, tried in this order:
    installed distribution (this project's own models are found this way, and a
    user's package can add entries to the same groups);
 3. a dotted reference ``"package.module:ClassName"``, imported on demand, so a
-   model in a user's own module works from YAML without registering anything.
+   model in a user's own module works from YAML without registering anything: the
+   module is looked for on ``sys.path`` and then in the directories of
+   :func:`search_directories` (the command line gives the configuration's own).
 
 A component is built from a mapping whose ``type`` names the class and whose
 other keys are the constructor's keyword arguments.
@@ -38,6 +40,7 @@ __all__ = [
     "available_operators",
     "observation_set_class",
     "registered_names_only",
+    "search_directories",
 ]
 
 _GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators"}
@@ -49,6 +52,26 @@ _METHODS = {
 }
 _REGISTERED: dict[str, dict[str, type]] = {"model": {}, "operator": {}}
 _IMPORTS_ALLOWED = contextvars.ContextVar("fourdvar_registry_imports_allowed", default=True)
+_SEARCHED = contextvars.ContextVar("fourdvar_registry_searched", default=())
+#: Directories a "cannot import" message lists before it says how many more it looked in.
+_LISTED = 3
+
+
+@contextlib.contextmanager
+def search_directories(directories):
+    """Within this block, a ``module:Class`` whose module is not on ``sys.path`` is also looked
+    for in ``directories`` (``module.py`` or a package ``module/``); the one holding it is
+    added to ``sys.path``."""
+    token = _SEARCHED.set(tuple(os.path.abspath(directory) for directory in directories))
+    try:
+        yield
+    finally:
+        _SEARCHED.reset(token)
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 class RegistryError(LookupError):
@@ -91,20 +114,40 @@ def available_operators() -> list[str]:
 
 def _import_reference(reference: str, kind: str) -> type:
     module_name, _, attribute = reference.partition(":")
+    top = module_name.split(".")[0]
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name, top)
     except ImportError as error:
         interpreter = tuple(os.path.abspath(prefix) for prefix in {sys.prefix, sys.base_prefix})
-        looked = [path for path in dict.fromkeys(os.path.abspath(entry or os.curdir) for entry in sys.path) if not path.startswith(interpreter)]
+        looked = list(dict.fromkeys([*_SEARCHED.get(), *(os.path.abspath(entry or os.curdir) for entry in sys.path)]))
+        looked = [path for path in looked if not path.startswith(interpreter)]
+        listed = ", ".join(looked[:_LISTED]) + (f" and {len(looked) - _LISTED} more" if len(looked) > _LISTED else "")
+        cause = "" if isinstance(error, ModuleNotFoundError) and error.name == top else f" ({' '.join(str(error).split())[:160]})"
         raise RegistryError(
-            f"{kind} type {reference!r}: cannot import module {module_name!r} ({error}); looked in "
-            f"{', '.join(looked) or 'no directory of yours'} and the installed packages; add the directory holding "
-            f"{module_name.split('.')[0]}.py to PYTHONPATH, or install it as a package"
+            f"{kind} type {_shown(reference)}: cannot import module {_shown(module_name)}{cause}; looked in "
+            f"{listed or 'no directory of yours'} and the installed packages; put {top}.py beside the configuration, "
+            f"or add the directory holding {top}.py to PYTHONPATH, or install it as a package"
         ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise RegistryError(f"{kind} type {reference!r}: module {module_name!r} has no attribute {attribute!r}") from None
+        raise RegistryError(f"{kind} type {_shown(reference)}: module {_shown(module_name)} has no attribute {_shown(attribute)}") from None
+
+
+def _import(module_name: str, top: str):
+    """Import ``module_name``; if its top-level package is missing, from a directory of :func:`search_directories`."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != top:
+            raise
+        for directory in _SEARCHED.get():
+            if os.path.isfile(os.path.join(directory, top + ".py")) or os.path.isfile(os.path.join(directory, top, "__init__.py")):
+                if directory not in sys.path:
+                    sys.path.insert(0, directory)
+                importlib.invalidate_caches()
+                return importlib.import_module(module_name)
+        raise
 
 
 def _article(word: str) -> str:
@@ -114,10 +157,10 @@ def _article(word: str) -> str:
 def _checked(kind: str, name: str, cls) -> type:
     """``cls`` if it is a class implementing the ``kind`` interface; refused otherwise."""
     if not isinstance(cls, type):
-        raise RegistryError(f"{kind} type {name!r} is not a class (a {type(cls).__name__}); it must name {_article(kind)} {kind} class")
+        raise RegistryError(f"{kind} type {_shown(name)} is not a class (a {type(cls).__name__}); it must name {_article(kind)} {kind} class")
     missing = [method for method in _METHODS[kind] if not callable(getattr(cls, method, None))]
     if missing:
-        raise RegistryError(f"{kind} type {name!r} is not {_article(kind)} {kind} class: it has no {', '.join(missing)}")
+        raise RegistryError(f"{kind} type {_shown(name)} is not {_article(kind)} {kind} class: it has no {', '.join(missing)}")
     return cls
 
 
@@ -139,10 +182,10 @@ def _lookup(kind: str, name: str) -> type:
 
 def _find(kind: str, name: str) -> type:
     if not isinstance(name, str) or not name:
-        raise RegistryError(f"{kind} type must be a non-empty string, got {name!r}")
+        raise RegistryError(f"{kind} type must be a non-empty string, got {_shown(name)}")
     if ":" in name:
         if not _IMPORTS_ALLOWED.get():
-            raise RegistryError(f"{kind} type {name!r}: importing modules named in this input is not allowed here")
+            raise RegistryError(f"{kind} type {_shown(name)}: importing modules named in this input is not allowed here")
         return _import_reference(name, kind)
     if name in _REGISTERED[kind]:
         return _REGISTERED[kind][name]
@@ -153,7 +196,7 @@ def _find(kind: str, name: str) -> type:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise RegistryError(
-        f"unknown {kind} type {name!r}{hint} (known: {', '.join(known) or 'none'}; "
+        f"unknown {kind} type {_shown(name)}{hint} (known: {', '.join(known) or 'none'}; "
         f"or give 'package.module:ClassName')"
     )
 
@@ -232,4 +275,4 @@ def _load(point, what: str) -> type:
                 f"{what}: your file {getattr(module, '__file__', package)} shadows the installed package "
                 f"{package!r}; rename it (or run from another directory)"
             ) from None
-        raise RegistryError(f"{what}: cannot load {point.value!r} ({error})") from None
+        raise RegistryError(f"{what}: cannot load {point.value!r} ({' '.join(str(error).split())[:160]})") from None

@@ -6,26 +6,33 @@ An :class:`ObservationSet` is a sorted list of
 irregular; each slot may use its own operator and number of observations.  The cost
 functions take the slots directly.
 
-File format (one flat dimension ``obs``, one row per observation)::
+File format (one flat dimension ``obs``, one row per observation; specified in
+``docs/observation_files.md``)::
 
     value(obs)      float64  observed value y
-    step(obs)       int64    model step of the observation (>= 0)
+    step(obs)       int64    model step of the observation (>= 0, from the start of cycle 0)
+      or time(obs)  float64  model time t = step * dt of the observation (mapped to the step)
     index(obs)      int64    observed grid point, 0-based, in [0, n_state)
     error_std(obs)  float64  observation error standard deviation (R = diag(error_std**2))
     operator(obs)   str      registry name of the slot's operator: identity | subset | square | tanh
     scale(obs)      float64  tanh scale s (NaN for other operators); only present if some slot uses tanh
-    global attribute n_state
+    global attribute n_state (optional: one integer)
 
 Every observation of one step shares that step's operator; within a step the rows
 are in the operator's index order.  Only pointwise operators with diagonal ``R``
 can be written: a ``Linear`` operator or a non-diagonal ``R`` raises ``ValueError``.
+The same table can be a CSV file (:meth:`ObservationSet.from_csv`): a header line
+naming the columns ``time`` or ``step``, ``location`` or ``index``, ``value``,
+``error`` or ``error_std``, ``operator`` (optional, default ``subset``) and ``scale``.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import numbers
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -36,11 +43,15 @@ from fourdvar.interfaces import ObservationSlot
 
 from .operators import Identity, Square, Subset, Tanh, operator_from_spec
 
-__all__ = ["ObservationSet", "synthetic_observations", "FILE_OPERATORS"]
+__all__ = ["ObservationSet", "synthetic_observations", "file_format", "FILE_OPERATORS"]
 
 #: Operators that can be stored in an observation file, by exact class.
 FILE_OPERATORS: dict[type, str] = {Identity: "identity", Subset: "subset", Square: "square", Tanh: "tanh"}
 _REQUIRED_VARIABLES = ("value", "step", "index", "error_std", "operator")
+#: CSV column names read as the file variables they stand for.
+_CSV_ALIASES = {"location": "index", "error": "error_std"}
+#: A time whose step ``t / dt`` is farther than this (relative) from an integer is off the model's grid.
+TIME_TOLERANCE = 1e-6
 
 
 def _step_int(step: Any, what: str = "step") -> int:
@@ -67,6 +78,19 @@ def _check_slot(slot: Any) -> ObservationSlot:
         raise ValueError(f"observation slot at step {step}: R has size {slot.covariance.size} but the operator has n_obs={n_obs}")
     values.setflags(write=False)
     return ObservationSlot(step=step, values=values, operator=slot.operator, covariance=slot.covariance)
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """``"netcdf"`` (NetCDF-3 or HDF5 signature), ``"csv"`` (text whose first line has a comma) or ``"unknown"``."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return "unknown"
+    if head.startswith((b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")):
+        return "netcdf"
+    first = head.split(b"\n", 1)[0]
+    return "csv" if b"\0" not in head and b"," in first else "unknown"
 
 
 class ObservationSet:
@@ -238,16 +262,24 @@ class ObservationSet:
         return xr.Dataset(variables, attrs=attrs)
 
     @classmethod
-    def from_dataset(cls, ds: xr.Dataset, n_state: int | None = None) -> "ObservationSet":
+    def from_dataset(cls, ds: xr.Dataset, n_state: int | None = None, dt: float | None = None,
+                     nearest_step: bool = False) -> "ObservationSet":
         """Rebuild a set from :meth:`to_dataset`'s layout, validating every field.
 
         ``n_state`` defaults to the ``n_state`` attribute; when both are given they must agree.
-        Each slot's ``R`` is ``Diagonal(error_std)``.
+        Each slot's ``R`` is ``Diagonal(error_std)``.  A ``time`` variable instead of
+        ``step`` is mapped to the steps ``k = t / dt`` of the model's time step ``dt``; a
+        time off that grid is refused unless ``nearest_step`` (then ``k = round(t / dt)``).
         """
         n_state = _resolve_n_state(ds, n_state)
-        for name in _REQUIRED_VARIABLES:
+        if "step" not in ds.variables and "time" in ds.variables:
+            ds = ds.assign(step=("obs", _steps_of_times(ds["time"], dt, nearest_step)))
+        for name in (*_REQUIRED_VARIABLES, "scale"):
             if name not in ds.variables:
-                raise ValueError(f"observation data set has no variable {name!r} (required: {', '.join(_REQUIRED_VARIABLES)})")
+                if name == "scale":
+                    continue
+                also = " (or 'time')" if name == "step" else ""
+                raise ValueError(f"observation data set has no variable {name!r}{also} (required: {', '.join(_REQUIRED_VARIABLES)})")
             if ds[name].dims != ("obs",):
                 raise ValueError(f"variable {name!r} must have the single dimension ('obs',), got {ds[name].dims}")
         value = _finite(ds, "value")
@@ -312,19 +344,102 @@ class ObservationSet:
         self.to_dataset(units=units).to_netcdf(path, engine="netcdf4")
 
     @classmethod
-    def from_netcdf(cls, path: str | os.PathLike, n_state: int | None = None) -> "ObservationSet":
+    def from_netcdf(cls, path: str | os.PathLike, n_state: int | None = None, dt: float | None = None,
+                    nearest_step: bool = False) -> "ObservationSet":
         """Read a file written by :meth:`to_netcdf`; a ``ValueError`` names the file and the problem."""
+        if file_format(path) == "csv":
+            raise ValueError(f"observation file {os.fspath(path)!r}: a CSV (text) file, read by from_csv, not NetCDF")
         with xr.open_dataset(path, engine="netcdf4") as ds:
             ds = ds.load()
         try:
-            return cls.from_dataset(ds, n_state)
+            return cls.from_dataset(ds, n_state, dt, nearest_step)
         except ValueError as error:
             raise ValueError(f"observation file {os.fspath(path)!r}: {error}") from None
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, n_state: int, dt: float | None = None, nearest_step: bool = False) -> "ObservationSet":
+        """Read a CSV table of the file format's columns (one observation a line, a header
+        line first; ``location`` and ``error`` may stand for ``index`` and ``error_std``,
+        ``operator`` defaults to ``subset``); a ``ValueError`` names the file, line and column."""
+        try:
+            return cls.from_dataset(_csv_dataset(Path(path)), n_state, dt, nearest_step)
+        except ValueError as error:
+            raise ValueError(f"observation file {os.fspath(path)!r}: {error}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, n_state: int, dt: float | None = None, nearest_step: bool = False) -> "ObservationSet":
+        """:meth:`from_csv` or :meth:`from_netcdf`, by the file's contents (:func:`file_format`)."""
+        kind = file_format(path)
+        if kind == "unknown" and os.path.isfile(path):
+            raise ValueError(f"observation file {os.fspath(path)!r}: neither NetCDF nor CSV (a first line of comma-separated column names)")
+        read = cls.from_csv if kind == "csv" else cls.from_netcdf
+        return read(path, n_state=n_state, dt=dt, nearest_step=nearest_step)
+
+    file_format = staticmethod(file_format)
+
+
+def _csv_dataset(path: Path) -> xr.Dataset:
+    """The CSV table at ``path`` as the file format's variables along ``obs``."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        lines = [(number, row) for number, row in enumerate(csv.reader(handle), start=1) if any(cell.strip() for cell in row)]
+    if not lines:
+        raise ValueError("the file is empty (expected a header line: time, location, value, error, operator)")
+    header = [_CSV_ALIASES.get(name.strip().lower(), name.strip().lower()) for name in lines[0][1]]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"the header names the column {repeated[0]!r} twice (location and index, error and error_std, time and step are one column each)")
+    known = {*_REQUIRED_VARIABLES, "time", "scale"}
+    unknown = [name for name in header if name not in known]
+    if unknown:
+        raise ValueError(f"unknown column {unknown[0][:40]!r} in the header (columns: time or step, location or index, value, error, operator, scale)")
+    for number, row in lines[1:]:
+        if len(row) != len(header):
+            raise ValueError(f"line {number} has {len(row)} fields, the header {len(header)}")
+    table = np.array([row for _, row in lines[1:]], dtype=str).reshape(-1, len(header))
+    columns = {name: np.char.strip(table[:, i]) for i, name in enumerate(header)}
+    columns.setdefault("operator", np.full(table.shape[0], "subset"))
+    numbers_at = {name: _numbers(values, name, [number for number, _ in lines[1:]]) for name, values in columns.items() if name != "operator"}
+    return xr.Dataset({name: ("obs", values) for name, values in {**numbers_at, "operator": columns["operator"].astype(object)}.items()})
+
+
+def _numbers(cells: np.ndarray, name: str, line_numbers: list[int]) -> np.ndarray:
+    """The column ``name`` as float64; a cell that is no number is named with its line."""
+    try:
+        return cells.astype(float)
+    except ValueError:
+        for cell, number in zip(cells, line_numbers):
+            try:
+                float(cell)
+            except ValueError:
+                raise ValueError(f"line {number}, column {name!r}: {cell[:40]!r} is not a number") from None
+        raise
+
+
+def _steps_of_times(time: xr.DataArray, dt: float | None, nearest_step: bool) -> np.ndarray:
+    """The model steps ``k = t / dt`` of the times ``t`` (from the start of cycle 0)."""
+    if dt is None:
+        raise ValueError("the observations are given by 'time' but the model has no time step 'dt'; give 'step' instead")
+    if time.dims != ("obs",):
+        raise ValueError(f"variable 'time' must have the single dimension ('obs',), got {time.dims}")
+    t = np.asarray(time.values, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+    if bad.size:
+        raise ValueError(f"variable 'time': {t[bad[0]]} at obs position {bad[0]} is not a time >= 0 (the start of cycle 0)")
+    steps = t / dt
+    nearest = np.round(steps)
+    off = np.flatnonzero(np.abs(steps - nearest) > TIME_TOLERANCE * np.maximum(1.0, np.abs(steps)))
+    if off.size and not nearest_step:
+        i = off[0]
+        raise ValueError(f"variable 'time': {t[i]:.6g} at obs position {i} is not a multiple of the model time step dt = {dt:g} "
+                         f"(step {steps[i]:.4g}); set observations.nearest_step: true to use the nearest step")
+    return nearest.astype(np.int64)
 
 
 def _resolve_n_state(ds: xr.Dataset, n_state: int | None) -> int:
     stored = ds.attrs.get("n_state")
     if stored is not None:
+        if np.ndim(stored) != 0 or isinstance(stored, (bool, np.bool_, str)) or not float(stored).is_integer() or stored < 1:
+            raise ValueError(f"attribute 'n_state' must be one positive integer, got {np.array2string(np.asarray(stored), threshold=5)}")
         stored = int(stored)
     if n_state is None:
         if stored is None:

@@ -430,7 +430,7 @@ def test_bad_command_line_argument_exits_2(argument_runs):
 def test_run_writes_documented_result(runs):
     job = runs["base"]
     assert_ok(job.result)
-    assert "wrote out/result.nc" in job.result.stderr
+    assert "wrote out/result.nc" in job.result.stdout and "cycle 2/2" in job.result.stderr
     assert not (job.cwd / "out" / "result.checkpoint").exists(), "the checkpoint is removed after a complete run"
     assert not list((job.cwd / "out").glob(".*.tmp")), "no temporary files are left"
     ds = xr.load_dataset(job.cwd / RESULT)

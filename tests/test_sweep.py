@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from fourdvar.app.atomic import temporary_name
 from fourdvar.app.config import ConfigError
 from fourdvar.app.sweep import SUMMARY_FILE, Sweep, run_sweep, summary_table
 from test_cluster import assert_same_result
@@ -91,7 +92,7 @@ def test_resume_of_a_half_finished_sweep_runs_only_the_missing_members(tmp_path)
     complete = {p.name: p.read_bytes() for p in files}
     for path in files[1::2]:  # half the members "never finished": no file, a killed attempt's temporary
         path.unlink()
-        (out / f".{path.name}.999.1.tmp").write_bytes(b"half")
+        temporary_name(path).write_bytes(b"half")
     stamps = {p.name: p.stat().st_mtime_ns for p in files[::2]}
 
     refused = fourdvar_command("sweep", str(config), "--output", "out", cwd=tmp_path)

@@ -20,9 +20,11 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
-from .results import remove_temporaries, window_dataset, window_row, write_atomic
+from .atomic import remove_temporaries, write_atomic
+from .results import window_dataset, window_row
 
 __all__ = ["Checkpoint", "CheckpointError", "checkpoint_directory"]
 
@@ -70,8 +72,7 @@ class Checkpoint:
             os.close(descriptor)
             return self.acquire()
         self._lock = descriptor
-        for leftover in self.directory.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+        remove_temporaries(self.directory, everything_in=True)
         remove_temporaries(self.output)
 
     def release(self) -> None:
@@ -94,28 +95,39 @@ class Checkpoint:
         files = sorted(path for path in self.directory.glob("cycle_*.nc") if _WINDOW.fullmatch(path.name))
         for expected, path in enumerate(files):
             if int(_WINDOW.fullmatch(path.name).group(1)) != expected:
-                raise CheckpointError(f"{self.directory}: window files are not consecutive (no cycle_{expected:06d}.nc); remove the directory or drop --resume")
+                raise CheckpointError(f"{self.directory}: window files are not consecutive (no cycle_{expected:06d}.nc); remove it, or use --restart to discard it")
         return files
 
     def save(self, row: dict, state_variables: dict, cycle: int, config: str) -> None:
         write_atomic(window_dataset(row, cycle, state_variables, config), self.directory / f"cycle_{cycle:06d}.nc")
 
     def load(self, config: str) -> list[tuple[dict, xr.Dataset]]:
-        """The completed windows as ``(row, dataset)``, each checked to come from ``config``."""
+        """The completed windows as ``(row, dataset)``, each checked before a resume trusts it:
+        written by ``config``, at its position (its ``cycle`` attribute), its state and analysis finite."""
         windows = []
-        for path in self.window_files():
+        for position, path in enumerate(self.window_files()):
             try:
                 dataset = xr.load_dataset(path, engine="netcdf4")
             except Exception as error:  # a damaged or hand-edited file, whatever it breaks
-                raise CheckpointError(f"{path}: not a readable checkpoint window ({_cut(error)}); remove {self.directory} or drop --resume") from None
+                raise self._unusable(path, f"not a readable checkpoint window ({_cut(error)})") from None
             if dataset.attrs.get("config") != config:
-                raise CheckpointError(f"--resume: {self.directory} was written by a different configuration; remove it or drop --resume")
+                raise CheckpointError(f"--resume: {self.directory} was written by a different configuration; remove it, or use --restart to discard it")
             try:
                 row = window_row(dataset)
+                problem = _window_problem(dataset, position)
             except Exception as error:
-                raise CheckpointError(f"{path}: not a readable checkpoint window ({_cut(error)}); remove {self.directory} or drop --resume") from None
+                raise self._unusable(path, f"not a readable checkpoint window ({_cut(error)})") from None
+            if problem:
+                raise self._unusable(path, problem)
             windows.append((row, dataset))
         return windows
+
+    def _unusable(self, path: Path, problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {problem}; remove {self.directory}, or use --restart to discard it")
+
+    def count(self) -> int:
+        """How many window files the checkpoint holds (unchecked)."""
+        return len(self.window_files_unchecked())
 
     def clear(self) -> None:
         """Forget the windows of an earlier run (a fresh start)."""
@@ -129,6 +141,21 @@ class Checkpoint:
         """The run is complete: delete the windows and the directory."""
         self.clear()
         self.release()
+
+
+def _window_problem(dataset: xr.Dataset, position: int) -> str | None:
+    """What makes a checkpoint window unfit to resume from, or ``None``."""
+    cycle = dataset.attrs.get("cycle")
+    if not (isinstance(cycle, (int, np.integer)) and int(cycle) == position):
+        return f"its 'cycle' attribute is {_cut(str(cycle), 40)}, but it is window {position} of the checkpoint"
+    for name in ("state_xb", "analysis", "background"):
+        if name not in dataset:
+            return f"it has no variable '{name}'"
+        if not np.all(np.isfinite(dataset[name].values)):
+            return f"'{name}' holds a non-finite value"
+    if dataset["state_xb"].shape != dataset["analysis"].shape[-1:]:
+        return f"'state_xb' has shape {dataset['state_xb'].shape}, the analysis states {dataset['analysis'].shape[-1:]}"
+    return None
 
 
 def _cut(error: Exception, limit: int = 160) -> str:

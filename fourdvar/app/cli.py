@@ -1,9 +1,10 @@
 """The ``fourdvar`` command line: run, check, generate, plot.
 
-    fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--resume] [--quiet] [--scheduler ADDRESS] [--workers N]
+    fourdvar run CONFIG [--output PATH] [--cycles N] [--seed S] [--overwrite] [--resume | --restart] [--quiet]
+                        [--threads N] [--scheduler ADDRESS] [--workers N]
     fourdvar sweep CONFIG [--output DIR] [--scheduler ADDRESS] [--workers N] [--resume] [--quiet]
-    fourdvar check CONFIG [--seed S] [--window-steps N] [--directions K]
-    fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S]
+    fourdvar check CONFIG [--seed S] [--window-steps N] [--directions K] [--threads N]
+    fourdvar generate CONFIG [--output PATH] [--cycles N] [--seed S] [--overwrite] [--threads N]
     fourdvar plot RESULT.nc [--output DIR]
 
 ``python -m fourdvar`` is the same command.  Relative paths in a configuration are
@@ -15,6 +16,17 @@ consistency check exits 1 (3 when none fails but one stays inconclusive); a
 forecast that diverges exits 1 with the cycle, outer loop and step.  The
 application's modules are imported late, by the commands that need them (``plot``
 alone loads matplotlib).
+
+Nothing is lost without being asked: an existing result is replaced only with
+``--overwrite``, an interrupted run's checkpoint is continued with ``--resume`` or
+discarded with ``--restart``.  Results (the headline numbers, "wrote ...") go to
+stdout, progress to stderr; ``--quiet`` silences the progress only.  Ctrl-C and
+SIGTERM end a command cleanly in one line, keeping what was finished.
+
+BLAS and OpenMP run one thread for problems below :data:`THREADED_STATE_SIZE`
+(small matrix products, where threads only synchronise, and on a shared machine
+spin against the other jobs); ``--threads N`` or the user's own
+``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` take precedence.
 """
 
 from __future__ import annotations
@@ -22,7 +34,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +52,36 @@ class CommandError(Exception):
     def __init__(self, message: str, status: int = EXIT_BAD_INPUT):
         super().__init__(message)
         self.status = status
+
+
+# --- threads ------------------------------------------------------------------------------------------
+
+#: State size from which BLAS/OpenMP keep their own thread count; below it one thread is faster
+#: (benchmarks/threads.py measures the shipped configurations).
+THREADED_STATE_SIZE = 2000
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+class Threads:
+    """The BLAS/OpenMP thread count of a command: ``--threads`` (0: the libraries' own), else the
+    user's environment variables, else one thread until :meth:`fit` sees a state of
+    :data:`THREADED_STATE_SIZE` or more."""
+
+    def __init__(self, given: int | None):
+        self.given, self.limiter = given, None
+        chosen = given if given is not None else (None if any(os.environ.get(name) for name in _THREAD_VARIABLES) else 1)
+        if chosen:
+            import numpy  # noqa: F401  (threadpoolctl limits the thread pools of loaded libraries:
+            import scipy.linalg  # noqa: F401  numpy's and scipy's BLAS)
+            from threadpoolctl import threadpool_limits
+
+            self.limiter = threadpool_limits(limits=chosen)
+
+    def fit(self, n_state: int) -> None:
+        """Give a large problem the libraries' own thread count (unless the user chose one)."""
+        if self.given is None and self.limiter is not None and n_state >= THREADED_STATE_SIZE:
+            self.limiter.restore_original_limits()
+            self.limiter = None
 
 
 # --- shared steps: the plan every command builds the same way ---------------------------------------
@@ -79,8 +123,11 @@ def _plan(args, config: dict, output, what: str):
         check_output(output, [args.config, *Plan.declared_inputs(config)], what=what)
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    from ..registry import search_directories
+
     try:
-        return Plan.from_config(config, output=output, inputs=[args.config])
+        with search_directories([Path(args.config).parent]):
+            return Plan.from_config(config, output=output, inputs=[args.config])
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}") from None
 
@@ -92,11 +139,14 @@ def _open_dataset(path: Path, what: str):
         raise CommandError(f"{what}: {path}: no such file")
     if not path.is_file():
         raise CommandError(f"{what}: {path}: not a file")
+    from ..registry import observation_set_class
+
+    if observation_set_class().file_format(path) == "csv":
+        raise CommandError(f"{what}: {path}: a CSV (text) file; a NetCDF file is expected here")
     try:
         return xr.load_dataset(path, engine="netcdf4")
     except Exception as error:  # whatever a damaged or foreign file makes the reader raise
-        text = " ".join(str(error).split())[:160] or type(error).__name__
-        raise CommandError(f"{what}: {path}: not a readable NetCDF file ({text})") from None
+        raise CommandError(f"{what}: {path}: not a readable NetCDF file ({_one_line(error)})") from None
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -156,8 +206,19 @@ def _members_map(config: dict, args):
         return
     from .cluster import connect, distributed_map
 
-    with connect(scheduler=args.scheduler, n_workers=args.workers) as client:
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(connect(scheduler=args.scheduler, n_workers=args.workers))
+        except OSError as error:
+            if args.scheduler is None:
+                raise
+            raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
         yield distributed_map(client)
+
+
+def _one_line(error: Exception, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def command_run(args) -> int:
@@ -175,12 +236,13 @@ def command_run(args) -> int:
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
     plan = _plan(args, config, output, what)
+    args.threads_in_use.fit(plan.model.n_state)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
         with _members_map(config, args) as map_members:
             dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say,
                                   comparison_progress=lambda name, n_cycles: Progress(n_cycles, quiet=args.quiet, label=f"'{name}'"),
-                                  map_members=map_members)
+                                  map_members=map_members, overwrite=args.overwrite, restart=args.restart)
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
@@ -195,11 +257,25 @@ def command_run(args) -> int:
         saved = output.with_name(output.stem + ".checkpoint")
         hint = f"; the completed windows are kept in {saved}: continue with --resume" if saved.is_dir() else ""
         raise CommandError(f"{error.strerror}{hint}") from None
-    _say(args, f"wrote {output} ({plan.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)")
-    for key, value in dataset.attrs.items():
-        if key.startswith("headline_"):
-            _say(args, f"{key.removeprefix('headline_')}: {value:.4g}")
+    print(f"wrote {output} ({plan.n_cycles} cycles, {dataset.attrs['run_seconds']:.1f} s)", flush=True)
+    for line in headline_lines(dataset):
+        print(line, flush=True)
     return EXIT_OK
+
+
+#: Parameter estimates up to this many are part of the headline.
+HEADLINE_PARAMS = 6
+
+
+def headline_lines(dataset) -> list[str]:
+    """The headline numbers of a result, and its last analysed parameters when there are few."""
+    lines = [f"{key.removeprefix('headline_')}: {value:.4g}" for key, value in dataset.attrs.items() if key.startswith("headline_")]
+    if "params_analysis" in dataset and 0 < dataset.sizes.get("param", 0) <= HEADLINE_PARAMS:
+        names = dataset["param"].values if "param" in dataset.coords and dataset["param"].dtype.kind in "OU" else None
+        values = dataset["params_analysis"].values[-1]
+        estimates = ", ".join(f"{names[i] if names is not None else f'p[{i}]'} = {value:.4g}" for i, value in enumerate(values))
+        lines.append(f"parameters (last analysis): {estimates}")
+    return lines
 
 
 def _say(args, line: str) -> None:
@@ -238,27 +314,38 @@ def command_sweep(args) -> int:
     sweep = Sweep.from_file(args.config, args.output)
     try:
         check_directory(sweep.directory, "--output" if args.output else f"{args.config}: sweep directory")
+        sweep.check_summary(inputs=[args.config])
     except ConfigError as error:
         raise CommandError(str(error)) from None
     finished = [member.output for member in sweep.members if member.output.exists()]
-    if finished and not args.resume:
-        raise CommandError(f"{sweep.directory} already holds {len(finished)} member results of a sweep; add --resume to run only the missing members, or choose another --output")
+    summary_path = sweep.directory / SUMMARY_FILE
+    if (finished or summary_path.exists()) and not args.resume:
+        held = f"{len(finished)} member results of a sweep" if finished else f"the sweep summary {SUMMARY_FILE}"
+        raise CommandError(f"{sweep.directory} already holds {held}; add --resume to run only the missing members, or choose another --output")
     if args.scheduler is None and len(finished) < len(sweep.members):
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plans are validated
-    sweep.validate(inputs=[args.config])
+    try:
+        sweep.validate(inputs=[args.config])
+    except ConfigError as error:
+        raise ConfigError(f"{args.config}: {error}") from None
     if not args.quiet:
         where = args.scheduler or f"an embedded cluster of {args.workers or os.cpu_count()} workers"
         print(f"sweep of {len(sweep.members)} members ({len(finished)} done before) over {', '.join(sweep.keys)} on {where}", file=sys.stderr)
+    progress = MemberProgress(quiet=args.quiet)
     try:
-        outcomes, summary = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, progress=MemberProgress(quiet=args.quiet))
+        outcomes, summary = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
     except OSError as error:
-        raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {error}", EXIT_FAILED) from None
+        raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        kept = sum(member.output.exists() for member in sweep.members)
+        print(f"{chr(10) if progress.stream.isatty() else ''}interrupted; {kept} of {len(sweep.members)} member results are kept in "
+              f"{sweep.directory}; run the rest with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     failed = [outcome for outcome in outcomes if outcome.error]
-    if not args.quiet:
-        print(f"wrote {sweep.directory / SUMMARY_FILE}", file=sys.stderr)
-        print(summary_table(summary))
+    print(f"wrote {summary_path}", flush=True)
+    print(summary_table(summary), flush=True)
     for outcome in failed:
         print(f"fourdvar: member {outcome.name} failed: {outcome.error}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
@@ -274,16 +361,33 @@ def command_check(args) -> int:
     config = _load(args)
     output, what = _output(args, config)
     plan = _plan(args, config, output, what)
+    if args.window_steps is not None:
+        _check_window_memory(plan, args.window_steps)
+    args.threads_in_use.fit(plan.model.n_state)
     counts = check_plan(plan, config, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
     return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK
 
 
+#: Trajectories of a window the checks hold at once (forecasts, linearisations, perturbed runs).
+CHECK_TRAJECTORIES = 16
+
+
+def _check_window_memory(plan, n_steps: int) -> None:
+    from .plan import memory_available
+
+    needed = 8.0 * CHECK_TRAJECTORIES * (n_steps + 1) * plan.model.n_state
+    if needed > memory_available():
+        raise CommandError(f"--window-steps: a window of {n_steps} steps needs about {needed / 2**30:.3g} GiB for the checks; "
+                           f"this machine allows {memory_available() / 2**30:.3g} GiB")
+
+
 def command_generate(args) -> int:
     import numpy as np
 
-    from .results import WriteError, config_text, write_atomic
+    from .atomic import WriteError, remove_temporaries, write_atomic
+    from .results import config_text
 
     config = _load(args)
     if config["observations"]["file"] is not None:
@@ -293,6 +397,8 @@ def command_generate(args) -> int:
     if what != "--output":
         what = f"{args.config}: the observation file derived from output.file"
     plan = _plan(args, config, output, what)
+    if Path(output).exists() and not args.overwrite:
+        raise CommandError(f"{output} exists; add --overwrite to replace it, or choose another --output")
     try:
         dataset = plan.observations.to_dataset()
     except ValueError as error:
@@ -303,10 +409,11 @@ def command_generate(args) -> int:
     dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=plan.n_steps,
                          title=config["title"] or "fourdvar truth and observations")
     try:
+        remove_temporaries(output)
         write_atomic(dataset, output)
     except WriteError as error:
         raise CommandError(str(error.strerror)) from None
-    print(f"wrote {output} ({plan.observations.n_obs} observations at {len(plan.observations)} times, truth of {truth.shape[0]} steps)", file=sys.stderr)
+    print(f"wrote {output} ({plan.observations.n_obs} observations at {len(plan.observations)} times, truth of {truth.shape[0]} steps)")
     return EXIT_OK
 
 
@@ -325,16 +432,34 @@ def command_plot(args) -> int:
         raise CommandError(str(error)) from None
     from .plotting import plot_results
 
-    try:
-        written = plot_results(dataset, output)
-    except Exception as error:  # a result file with odd contents: say so in one line
-        text = " ".join(str(error).split())[:160] or type(error).__name__
-        raise CommandError(f"RESULT: {path}: cannot plot it ({text})") from None
-    if not written:
-        raise CommandError(f"RESULT: {path}: nothing to plot (no variable the figures need)")
+    with _removed_unless_written(output):
+        try:
+            written = plot_results(dataset, output)
+        except Exception as error:  # a result file with odd contents, a full disk: say so in one line
+            raise CommandError(f"RESULT: {path}: cannot plot it ({_one_line(error)})") from None
+        if not written:
+            raise CommandError(f"RESULT: {path}: nothing to plot (no variable the figures need)")
     for figure in written:
         print(figure)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _removed_unless_written(directory: Path):
+    """The directories of ``directory``'s path this block creates are removed if it fails
+    (a failed command leaves no empty or half-filled directory of its own)."""
+    top = None
+    missing = Path(os.path.abspath(directory))
+    while not missing.exists() and missing != missing.parent:
+        top, missing = missing, missing.parent
+    try:
+        yield
+    except BaseException:
+        if top is not None and top.is_dir():
+            import shutil
+
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 # --- the parser ---------------------------------------------------------------------------------------
@@ -354,6 +479,12 @@ def _integer_parser(minimum: int, expected: str):
 
 
 _seed = _integer_parser(0, "an integer >= 0")
+_threads = _integer_parser(0, "an integer >= 0 (0: the BLAS/OpenMP libraries' own count)")
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_threads, help=f"BLAS/OpenMP threads (default: 1 below {THREADED_STATE_SIZE} state variables, "
+                                                         "else the libraries' own; OMP_NUM_THREADS etc. when set; 0: the libraries' own)")
 _positive_int = _integer_parser(1, "a positive integer")
 
 
@@ -374,8 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", help="result file (default: the config's output.file)")
     run.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
     run.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    run.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing result file (refused without it)")
+    restart = run.add_mutually_exclusive_group()
+    restart.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    restart.add_argument("--restart", action="store_true", help="discard an interrupted run's checkpoint and start again (refused without it or --resume)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
+    _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
     run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster (default: one per core)")
     run.set_defaults(handler=command_run)
@@ -389,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
     check.add_argument("--window-steps", type=_positive_int, help="steps of the window checked (default: the config's window length)")
     check.add_argument("--directions", type=_positive_int, default=1, help="random directions per test (default 1; an inconclusive one is retried with up to 4 more)")
+    _threads_option(check)
     check.set_defaults(handler=command_check)
 
     generate = commands.add_parser("generate", help="write the truth run and the observations alone to NetCDF", description="Write the truth run and the synthetic observations of a configuration to one NetCDF file (readable as observations.file).")
@@ -396,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", "-o", help="output file (default: results/<config name>_data.nc)")
     generate.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
     generate.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
+    generate.add_argument("--overwrite", action="store_true", help="replace an existing file (refused without it)")
+    _threads_option(generate)
     generate.set_defaults(handler=command_generate)
 
     sweep = commands.add_parser("sweep", help="run every combination of a config's sweep: block on a Dask cluster", description="Run one ordinary run per combination of the sweep: block (dotted keys mapped to lists) and write summary.nc with their headline numbers along the sweep's dimensions.")
@@ -404,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
     sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: one per core)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
-    sweep.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    sweep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the table still goes to stdout)")
     sweep.set_defaults(handler=command_sweep)
 
     plot = commands.add_parser("plot", help="write PNG figures of a result file", description="Cost reduction, RMSE per cycle, Hovmoeller diagram and parameter trajectory of a result file, as PNG.")
@@ -419,7 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     warnings.simplefilter("ignore", RuntimeWarning)  # overflow on the way to a divergence: the error says where
+    previous = _sigterm_interrupts()
     try:
+        if args.command in ("run", "check", "generate"):
+            args.threads_in_use = Threads(args.threads)
         return args.handler(args)
     except ConfigError as error:
         print(f"fourdvar: error: {error}", file=sys.stderr)
@@ -430,6 +571,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (``| head``)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    except KeyboardInterrupt:  # before a command could say what it keeps
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        limiter = getattr(getattr(args, "threads_in_use", None), "limiter", None)
+        if limiter is not None:
+            limiter.restore_original_limits()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_interrupts():
+    """SIGTERM ends a command as Ctrl-C does (what it finished is kept); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(number, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

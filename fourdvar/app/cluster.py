@@ -2,9 +2,8 @@
 
 A *member* is one ordinary run with its own result file (a sweep's point, an
 ensemble member).  :func:`execute_member` runs it on whichever worker the
-scheduler picks and writes its result file atomically (a temporary file beside
-it, renamed into place), so a worker killed mid-run leaves no half-written file:
-the scheduler reruns that member elsewhere and nothing else is lost.  A member
+scheduler picks and writes its result file atomically (:mod:`fourdvar.app.atomic`),
+so a worker killed mid-run leaves no half-written file: the scheduler reruns that member elsewhere and nothing else is lost.  A member
 depends on nothing but its own description: the same member gives the same
 numbers on any worker, bit for bit, since every worker runs with one thread and
 BLAS limited to one thread.
@@ -39,9 +38,11 @@ from typing import Callable, Iterator, Sequence
 
 import xarray as xr
 
+from .atomic import remove_temporaries, write_atomic
+
 __all__ = [
     "Member", "MemberOutcome", "connect", "distributed_map", "run_config", "embedded_cluster", "execute_member", "run_members",
-    "remove_temporaries", "start_worker_server", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT", "WORKER_PRELOAD",
+    "start_worker_server", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT", "WORKER_PRELOAD",
 ]
 
 #: Environment of every embedded worker process, set before it starts (numpy reads it on import).
@@ -52,6 +53,9 @@ SINGLE_THREAD_ENVIRONMENT = {
 
 #: Modules an embedded worker needs before its first member, imported once by the server the workers are forked from.
 WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "dask.array", "netCDF4", "yaml", "fourdvar.app.run", "fourdvar.app.cluster")
+
+#: How long a client tries to reach an existing scheduler before giving up.
+CONNECT_TIMEOUT = "10s"
 
 #: Result-file attributes that say when and how fast a run went, not what it computed.
 PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
@@ -87,26 +91,6 @@ class MemberOutcome:
         return self.error is None
 
 
-def _write_atomic(dataset: xr.Dataset, path: Path) -> None:
-    """NetCDF into a temporary file beside ``path`` (a name no other attempt uses), then renamed into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        dataset.to_netcdf(temporary, engine="netcdf4")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def remove_temporaries(output: Path) -> int:
-    """Remove what killed attempts left beside ``output`` (their ``.NAME.*.tmp`` files); returns how many."""
-    removed = 0
-    for leftover in Path(output).parent.glob(f".{Path(output).name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
-        removed += 1
-    return removed
-
-
 def execute_member(member: Member) -> MemberOutcome:
     """Run ``member`` and write its result file atomically; skip it when the file exists.
 
@@ -128,18 +112,22 @@ def execute_member(member: Member) -> MemberOutcome:
             dataset = member.run()
             dataset.attrs.update(member.attributes)
             output.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(dataset, output)
+            write_atomic(dataset, output)
         except Exception as error:  # reported per member, in one line (a failed write too)
             return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
     return MemberOutcome(member.name, output, seconds=time.perf_counter() - started, worker=worker)
 
 
-def run_config(config: dict, base_dir: str = ".") -> xr.Dataset:
-    """The result dataset of one resolved configuration: its plan executed as ``fourdvar run`` does, no checkpoints."""
+def run_config(config: dict, base_dir: str = ".", directories: Sequence[str] = ()) -> xr.Dataset:
+    """The result dataset of one resolved configuration: its plan executed as ``fourdvar run`` does, no checkpoints
+    (``directories``: where a ``module:Class`` it names may live, see :func:`fourdvar.registry.search_directories`)."""
+    from ..registry import search_directories
     from .plan import Plan
     from .run import execute
 
-    return execute(Plan.from_config(config, base_dir=base_dir))
+    with search_directories(directories):
+        plan = Plan.from_config(config, base_dir=base_dir)
+    return execute(plan)
 
 
 def _worker_address() -> str:
@@ -238,7 +226,7 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = N
     if scheduler is not None:
         from distributed import Client
 
-        with Client(scheduler, timeout="10s") as connected:
+        with Client(scheduler, timeout=CONNECT_TIMEOUT) as connected:
             yield connected
         return
     with embedded_cluster(n_workers) as embedded:

@@ -179,7 +179,8 @@ SCHEMA: dict[str, Any] = {
         "model_error_every": Field("int", None, "sub-window length of the truth's model error (default: `model_error.every`, else the window length)", _at_least_one, nullable=True),
     },
     "observations": {
-        "file": Field("str", None, "a NetCDF observation file (steps counted from the start of cycle 0); replaces generated observations", nullable=True),
+        "file": Field("str", None, "an observation file, NetCDF or CSV (docs/observation_files.md; steps or times counted from the start of cycle 0); replaces generated observations", nullable=True),
+        "nearest_step": Field("bool", False, "an observation file's times that fall between model steps go to the nearest step (false: refused)"),
         "every": Field("int", 1, "observe every `every` model steps (generated observations)", _at_least_one),
         "offset": Field("int", 0, "the first observation time, in model steps from the start of cycle 0 (generated observations at offset, offset + every, ...)", _non_negative),
         "operator": Field("components", {"type": "identity"}, "the observation operator, or a list of operators used in turn at successive observation times"),
@@ -514,7 +515,8 @@ def read_text(path: Path, what: str = "") -> str:
     except OSError as error:
         raise ConfigError(f"{prefix}{path}: cannot read ({error.strerror})") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{prefix}{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB; not a configuration file")
+        raise ConfigError(f"{prefix}{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, the limit of a configuration file; "
+                          "large data belong in files it names (observations.file, model.params_from)")
     if b"\0" in data:
         raise ConfigError(f"{prefix}{path}: a binary file (it contains NUL bytes), not a YAML configuration")
     try:

@@ -47,8 +47,8 @@ def build_component(spec: dict, path: str, builder=build_model, **extra):
     options = {key: value for key, value in spec.items() if key not in ("params", "params_from")}
     try:
         return builder({**options, **extra})
-    except RegistryError as error:
-        raise ConfigError(f"{path}.type: {_cut(error)}") from None
+    except RegistryError as error:  # bounded by the registry, and never cut where it names the fix
+        raise ConfigError(f"{path}.type: {error}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
     except Exception as error:  # a constructor refusing its arguments, whatever it raises
@@ -123,6 +123,7 @@ class Plan:
         if "params" in self.control and self.model.n_params == 0:
             raise ConfigError(f"assimilation.control: 'params' is in the control but the model {self.model!r} has no parameters")
         self.pb0 = self._initial_params()
+        _probe(self.model, self.pb0, config["truth"]["initial_mean"])
         self.from_file = config["observations"]["file"] is not None
         self.forecast_steps = self._forecast_steps()
         self._check_memory()
@@ -186,25 +187,37 @@ class Plan:
         return p
 
     def _check_memory(self) -> None:
-        """Refuse a plan whose truth run and result arrays would not fit in memory."""
+        """Refuse a plan whose arrays would not fit in memory: the spin-ups, the truth run,
+        the skill forecasts, an ensemble's members and the result arrays."""
         spec, n = self.config["truth"], self.model.n_state
         n_truth = 0
         if not self.from_file:
             self._truth_model = build_component(spec["model"], "truth.model")
             n_truth = self._truth_model.n_state
-        steps = self.span
-        inner = self.config["assimilation"]["inner"]["max_iterations"] + 1
-        needed = 8 * (
-            (steps + self.forecast_steps) * spec["substeps"] * n_truth  # the truth run
-            + 3 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
-            + 5 * self.n_cycles * self.config["assimilation"]["outer_loops"] * inner  # cost per inner iteration
-        )
-        available = MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        needed = 8 * sum(self.memory_terms(n_truth).values())
+        available = memory_available()
         if needed > available:
+            key, _ = max(self.memory_terms(n_truth).items(), key=lambda item: item[1])
             raise ConfigError(
-                f"window.cycles: {self.n_cycles} windows of {self.n_steps} steps need about {needed / 2**30:.3g} GiB "
+                f"{key}: {self.n_cycles} windows of {self.n_steps} steps need about {needed / 2**30:.3g} GiB "
                 f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
             )
+
+    def memory_terms(self, n_truth: int) -> dict[str, float]:
+        """The float64 values the run holds at once, by the configuration key that sets each."""
+        config, n = self.config, self.model.n_state
+        substeps, spinup = config["truth"]["substeps"], config["truth"]["spinup_steps"]
+        inner = config["assimilation"]["inner"]["max_iterations"] + 1
+        diagnostics, members = config["diagnostics"], config["ensemble"]["members"]
+        starts = diagnostics["forecast_starts"] if self.forecast_steps else 0
+        return {
+            "truth.spinup_steps": float(spinup) * max(substeps * n_truth, n),  # the spin-up trajectories
+            "window.cycles": float(self.span + self.forecast_steps) * substeps * n_truth  # the truth run
+            + 3.0 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
+            + 5.0 * self.n_cycles * config["assimilation"]["outer_loops"] * inner,  # cost per inner iteration
+            "diagnostics.forecast_starts": float(starts) * (diagnostics["forecast_spacing"] * substeps * n_truth + 2 * (self.forecast_steps + 1) * n),
+            "ensemble.members": float(members) * (3 * self.n_cycles * n + 4 * (self.n_steps + 1) * n),
+        }
 
     def window_start(self, c: int) -> int:
         """The step at which window ``c`` starts, ``c * shift``."""
@@ -341,19 +354,22 @@ class Plan:
     def _read_observations(self):
         path = self.path(self.config["observations"]["file"])
         try:
-            observations = observation_set_class().from_netcdf(path, n_state=self.model.n_state)
+            observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=getattr(self.model, "dt", None),
+                                                             nearest_step=self.config["observations"]["nearest_step"])
         except FileNotFoundError:
             raise ConfigError(f"observations.file: {path}: no such file") from None
         except (ValueError, OSError) as error:
-            raise ConfigError(f"observations.file: {error}") from None
+            raise ConfigError(f"observations.file: {_cut(error, 300)}") from None
         low, high = STD_RANGE
         for slot in observations:
             std = np.asarray(getattr(slot.covariance, "std", 1.0))
             if not np.all((std >= low) & (std <= high)):
                 raise ConfigError(f"observations.file: {path}: an error_std at step {slot.step} lies outside [{low:g}, {high:g}] (1/std^2 would lose its meaning)")
-        last = self.span
+        at_end = self.config["window"]["observations_at_end"]
+        last = self.span + (1 if at_end else 0)  # the last step a window assimilates, plus one
         if len(observations) and observations.steps[-1] >= last:
-            raise ConfigError(f"observations.file: {path}: step {observations.steps[-1]} lies beyond the {self.n_cycles} windows of {self.n_steps} steps ({self.span} steps in all)")
+            raise ConfigError(f"observations.file: {path}: step {observations.steps[-1]} lies beyond the {self.n_cycles} windows of {self.n_steps} steps "
+                              f"(steps {1 if at_end else 0} to {last - 1} with window.observations_at_end: {str(at_end).lower()})")
         return observations
 
     def _state_covariance(self, std):
@@ -429,6 +445,46 @@ class Plan:
         variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
         std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
         return B.with_std(std)
+
+def memory_available() -> float:
+    """Bytes a plan may use: :data:`MEMORY_FRACTION` of the machine's memory."""
+    return MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _probe(model, p: np.ndarray, level: float) -> None:
+    """One ``step``, ``tl`` and ``ad`` of ``model`` at a constant state: each must return
+    float arrays of the shapes the engine needs; else a :class:`ConfigError` naming the method."""
+    n = model.n_state
+    x = np.full(n, float(level))
+    name = type(model).__name__
+
+    def checked(method: str, call, expected: tuple):
+        try:
+            with np.errstate(all="ignore"):
+                value = call()
+        except DivergenceError:
+            raise
+        except Exception as error:
+            raise ConfigError(f"model: {name}.{method} failed at a constant state: {_cut(error, 160)}") from None
+        array = np.asarray(value) if not isinstance(value, np.ndarray) else value
+        if array.shape != expected:
+            raise ConfigError(f"model: {name}.{method} returned shape {array.shape}, expected {expected}")
+        if array.dtype.kind != "f":
+            raise ConfigError(f"model: {name}.{method} returned dtype {array.dtype}, expected float64")
+        return array
+
+    try:
+        checked("step", lambda: model.step(x, p), (n,))
+        linear = model.linearize(x, p)
+        checked("linearize(...).tl", lambda: linear.tl(np.ones(n), np.ones_like(p)), (n,))
+        adjoint = linear.ad(np.ones(n))
+        if not (isinstance(adjoint, tuple) and len(adjoint) == 2):
+            raise ConfigError(f"model: {name}.linearize(...).ad returned {type(adjoint).__name__}, expected a pair (ax, ap)")
+        checked("linearize(...).ad [ax]", lambda: adjoint[0], (n,))
+        checked("linearize(...).ad [ap]", lambda: adjoint[1], p.shape)
+    except DivergenceError:
+        return  # a model that diverges from a constant state: the runs say where
+
 
 def _per_step(eta: np.ndarray, every: int, n_run: int) -> np.ndarray:
     """The forcing added after each step ``k = 1 .. n_run``, as rows ``k``; row 0 (no forcing) is NaN."""

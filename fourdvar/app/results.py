@@ -28,14 +28,6 @@ experiment and recompute the cost of any analysis (:func:`recompute_cost`).
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import glob
-import os
-import resource
-import secrets
-import signal
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,6 +50,7 @@ DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name
     "background_error_std": ("desroziers_background_std", "Desroziers estimate of the background error std in observation space, sqrt((d_b - d_a) . d_b / m)"),
 }
 from ..registry import registered_names_only
+from .atomic import WriteError, interrupts_deferred, remove_temporaries, temporary_name, write_atomic  # noqa: F401  (re-exported)
 
 __all__ = ["ResultRecorder", "WriteError", "write_atomic", "remove_temporaries", "recompute_cost", "config_of", "config_text",
            "window_dataset", "window_row"]
@@ -271,98 +264,7 @@ def window_row(dataset: xr.Dataset) -> dict:
     }
 
 
-# --- writing files -----------------------------------------------------------------------------------
-
-
-class WriteError(OSError):
-    """A file could not be written; ``str()`` is one line naming the path and why."""
-
-
-def temporary_name(path: Path) -> Path:
-    """A fresh hidden name beside ``path`` for writing it atomically (``.NAME.XXXXXXXX.tmp``)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-def remove_temporaries(path: Path) -> list[Path]:
-    """Delete what killed writers of ``path`` left behind (its ``.NAME.*.tmp`` files)."""
-    removed = []
-    if path.parent.is_dir():
-        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            if len(leftover.name) == len(path.name) + 14:  # ".", name, ".", 8 hex digits, ".tmp"
-                leftover.unlink(missing_ok=True)
-                removed.append(leftover)
-    return removed
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Hold SIGINT and SIGTERM until the block ends, then act on them as usual.
-
-    A KeyboardInterrupt raised in the middle of a NetCDF write can leave the process
-    hung at exit (3 of 20 Ctrl-C's sent at random moments to a loop of writes did):
-    the write finishes first, then the interrupt is raised.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(received):
-            signal.raise_signal(sig)
-
-
-def write_atomic(dataset: xr.Dataset, path: str | Path) -> Path:
-    """Write NetCDF to a temporary file beside ``path``, then rename it into place.
-
-    A crash leaves either the old file or the new one, never half a file.  The file
-    is created with the mode the umask gives; a failed write (a full disk, say) is a
-    :class:`WriteError` naming the path, the space needed and the space free.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
-    try:
-        with interrupts_deferred():
-            dataset.to_netcdf(temporary, engine="netcdf4")
-            os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:
-        temporary.unlink(missing_ok=True)
-        raise _write_error(path, dataset, error) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_error(path: Path, dataset: xr.Dataset, error: Exception) -> WriteError:
-    needed = dataset.nbytes
-    try:
-        status = os.statvfs(path.parent)
-        free = status.f_bavail * status.f_frsize
-    except OSError:
-        free = None
-    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed + (1 << 16))
-    if full:
-        space = f"needs about {_size(needed)}, {_size(free) if free is not None else 'unknown'} free"
-        return WriteError(errno.ENOSPC, f"cannot write {path}: no space left on the device ({space})")
-    reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:200]
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        reason += f" (the file-size limit, ulimit -f, is {_size(limit)})"
-    return WriteError(getattr(error, "errno", None) or errno.EIO, f"cannot write {path}: {reason}")
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+# --- writing files: fourdvar.app.atomic (re-exported here) -------------------------------------------
 
 
 def config_text(config: dict) -> str:

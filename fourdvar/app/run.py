@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..posterior import LowRankCovariance
 from ..cycling import WindowOutcome, cycle
 from ..eda import next_member_backgrounds
 from ..window import DivergenceError, forecast
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, CheckpointError
 from .diagnostics import comparison_variables, correction_variables, diagnostics
 from .ensemble_run import add_member_variables, ensemble_windows, member_row
 from .fitting import fit_tendency
@@ -145,33 +146,29 @@ def execute(
 
 
 def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callable[[str], None] | None = None,
-                map_members: Callable = map, comparison_progress: Callable[[str, int], Callable] | None = None) -> xr.Dataset:
+                map_members: Callable = map, comparison_progress: Callable[[str, int], Callable] | None = None,
+                overwrite: bool = False, restart: bool = False) -> xr.Dataset:
     """Run ``plan`` to its file ``plan.output`` through a checkpoint (what ``fourdvar run`` does).
 
     Holds the output's lock (:class:`~fourdvar.app.checkpoint.Checkpoint`) while it
     runs, saves every window, continues the windows already saved when ``resume``,
     writes the result atomically and removes the checkpoint (``output.checkpoint: false``:
-    saves none).  Raises
-    :class:`~fourdvar.app.checkpoint.CheckpointError` (locked, unreadable, another
-    configuration), :class:`RunDiverged` or :class:`~fourdvar.app.results.WriteError`;
-    an interruption leaves the saved windows for ``resume``.  ``map_members`` and
-    ``comparison_progress``: as for :func:`execute`.
+    saves none).  Nothing is lost without being asked: an existing ``plan.output`` is
+    replaced only with ``overwrite``, the windows of an interrupted run are continued
+    with ``resume`` or discarded with ``restart``, and refused otherwise.  Raises
+    :class:`~fourdvar.app.checkpoint.CheckpointError` (one of those refusals, locked,
+    unreadable, another configuration), :class:`RunDiverged` or
+    :class:`~fourdvar.app.results.WriteError`; an interruption leaves the saved
+    windows for ``resume``.  ``map_members`` and ``comparison_progress``: as for :func:`execute`.
     """
     say = message or (lambda line: None)
     text = config_text(plan.config)
     checkpoint = Checkpoint(plan.output)
     checkpoint.acquire()
     try:
-        saved = None
-        if resume:
-            windows = checkpoint.load(text)
-            if windows:
-                saved = ([row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan))
-                say(f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
-            else:
-                say(f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
-        else:
-            checkpoint.clear()
+        saved = _saved_windows(plan, checkpoint, text, resume, restart, say)
+        if Path(plan.output).exists() and not overwrite:
+            raise CheckpointError(f"{plan.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
         save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.config["output"]["checkpoint"] else None
         dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message,
                           map_members=map_members, comparison_progress=comparison_progress)
@@ -180,6 +177,24 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     finally:
         checkpoint.release()
     return dataset
+
+
+def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, restart: bool, say) -> tuple | None:
+    """The windows to continue from (``resume``), after checking them; ``None`` for a fresh start."""
+    if not resume:
+        if checkpoint.count() and not restart:
+            raise CheckpointError(f"{checkpoint.directory} holds {checkpoint.count()} completed windows of an interrupted run; "
+                                  "add --resume to continue it, or --restart to discard them and start again")
+        checkpoint.clear()
+        return None
+    windows = checkpoint.load(text)
+    if not windows:
+        say(f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
+        return None
+    if len(windows) > plan.n_cycles:
+        raise CheckpointError(f"{checkpoint.directory} holds {len(windows)} windows, more than the {plan.n_cycles} cycles of this run; use --restart to discard them")
+    say(f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
+    return [row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan)
 
 
 def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Dataset:

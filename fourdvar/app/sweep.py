@@ -56,9 +56,29 @@ class SweepMember:
     def name(self) -> str:
         return self.output.stem
 
-    def member(self, base_dir: str = ".") -> Member:
+    def member(self, base_dir: str = ".", directories: tuple = ()) -> Member:
         attributes = {f"sweep_{key}": _attribute(value) for key, value in self.settings.items()}
-        return Member(self.name, self.output, functools.partial(run_config, self.config, base_dir), attributes)
+        return Member(self.name, self.output, functools.partial(run_config, self.config, base_dir, directories), attributes)
+
+
+def _refuse_twins(members: list[SweepMember]) -> None:
+    """Two members with the same resolved configuration (``[1, 1.0]``, say) are one experiment run twice."""
+    seen = {}
+    for member in members:
+        key = repr(_numbers_as_floats({**member.config, "output": {**member.config["output"], "file": None}}))
+        if key in seen:
+            first = ", ".join(f"{k}={short(v, 30)}" for k, v in seen[key].settings.items())
+            second = ", ".join(f"{k}={short(v, 30)}" for k, v in member.settings.items())
+            raise ConfigError(f"sweep: the members {first} and {second} are the same configuration; list each value once")
+        seen[key] = member
+
+
+def _numbers_as_floats(value):
+    if isinstance(value, dict):
+        return {key: _numbers_as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_floats(item) for item in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _attribute(value):
@@ -84,11 +104,16 @@ def _file_name(index: int, settings: dict) -> str:
 class Sweep:
     """The members of a sweep configuration, every one resolved; raises :class:`ConfigError` for any invalid member."""
 
-    def __init__(self, raw: dict, name: str, output: str | Path | None = None, base_dir: str | Path = "."):
+    def __init__(self, raw: dict, name: str, output: str | Path | None = None, base_dir: str | Path = ".", config_dir: str | Path = "."):
         base = resolve_config(raw, name=name)
+        self.directories = (str(Path(config_dir).absolute()),)  # where a module:Class of the configuration may live
         self.keys = list(base["sweep"])
         if not self.keys:
             raise ConfigError("sweep: the configuration has no sweep block (or it is empty); run it with 'fourdvar run'")
+        for key in self.keys:
+            inner = next((other for other in self.keys if other.startswith(key + ".")), None)
+            if inner is not None:
+                raise ConfigError(f"sweep: {key} and {inner} both set {inner}; sweep one of them")
         self.name = name
         # absolute: a worker of an existing cluster runs in a directory of its own
         self.base_dir = str(Path(base_dir).absolute())
@@ -99,12 +124,13 @@ class Sweep:
         for index, combination in enumerate(itertools.product(*self.values)):
             settings = dict(zip(self.keys, combination))
             self.members.append(self._member(raw, index, settings))
+        _refuse_twins(self.members)
 
     @classmethod
     def from_file(cls, path: str | Path, output: str | Path | None = None) -> "Sweep":
         path = Path(path)
         try:
-            return cls(load_raw(path), path.stem, output)
+            return cls(load_raw(path), path.stem, output, config_dir=path.parent)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
 
@@ -126,15 +152,25 @@ class Sweep:
 
     def validate(self, inputs=()) -> None:
         """Every member's :class:`~fourdvar.app.plan.Plan`, as its run builds it first (its output
-        checked against ``inputs`` and the files it reads)."""
+        checked against ``inputs`` and the files it reads), and the summary file against all of them."""
+        from ..registry import search_directories
         from .plan import Plan
 
+        self.check_summary(inputs)
         for member in self.members:
             try:
-                Plan.from_config(member.config, base_dir=self.base_dir, output=member.output, inputs=tuple(inputs))
+                with search_directories(self.directories):
+                    Plan.from_config(member.config, base_dir=self.base_dir, output=member.output, inputs=tuple(inputs))
             except ConfigError as error:
                 where = ", ".join(f"{key}={short(value, 30)}" for key, value in member.settings.items())
                 raise ConfigError(f"sweep member {where}: {error}") from None
+
+    def check_summary(self, inputs=()) -> None:
+        """The summary file must be none of ``inputs`` and of the files the members read."""
+        from .plan import Plan, check_output
+
+        read = [*inputs, *(path for member in self.members for path in Plan.declared_inputs(member.config, self.base_dir))]
+        check_output(self.directory / SUMMARY_FILE, read, what="the sweep summary")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -150,8 +186,7 @@ def run_sweep(
     On the cluster (:func:`fourdvar.app.cluster.run_members`: ``client``, ``scheduler``
     or an embedded cluster of ``n_workers``), or with ``serial`` one after another here.
     """
-    members = [member.member(sweep.base_dir) for member in sweep.members]
-    sweep.directory.mkdir(parents=True, exist_ok=True)
+    members = [member.member(sweep.base_dir, sweep.directories) for member in sweep.members]
     if serial:
         outcomes = []
         for done, member in enumerate(members, start=1):
@@ -195,27 +230,43 @@ def _coordinate(values: list) -> np.ndarray:
     return np.asarray([str(v) for v in values])
 
 
-def summary_table(summary: xr.Dataset) -> str:
-    """Each headline number's mean and spread (sample std) over ``seed`` for each other combination;
-    each member's values when the sweep has no ``seed`` key."""
+#: Width of the table ``fourdvar sweep`` prints; what does not fit stays in the summary file.
+TABLE_WIDTH = 100
+
+
+def summary_table(summary: xr.Dataset, width: int = TABLE_WIDTH) -> str:
+    """Each headline number's mean and spread (sample std) over ``seed`` for each other combination
+    (each member's values when the sweep has no ``seed`` key), as many columns as fit in
+    ``width`` characters, the RMSEs first; a last line names the file holding the rest."""
     names = [name for name in summary.data_vars if name != "member_file"]
     if not names:
         return "no member has headline numbers"
     over_seeds = "seed" in summary.dims and summary.sizes["seed"] > 1
     others = [dim for dim in summary.dims if dim != "seed"] if over_seeds else list(summary.dims)
-    header = others + [f"{name} (mean +- std over {summary.sizes['seed']} seeds)" if over_seeds else name for name in names]
-    rows = []
-    for position in itertools.product(*(range(summary.sizes[dim]) for dim in others)):
-        selection = summary.isel(dict(zip(others, position)))
-        cells = [str(selection[dim].values) for dim in others]
-        for name in names:
-            values = selection[name].values
-            if over_seeds:
-                finite = values[np.isfinite(values)]
-                cells.append(f"{finite.mean():.4g} +- {finite.std(ddof=1):.2g}" if finite.size > 1 else (f"{finite[0]:.4g}" if finite.size else "-"))
-            else:
-                cells.append(f"{float(values):.4g}" if np.isfinite(values) else "-")
-        rows.append(cells)
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+    positions = list(itertools.product(*(range(summary.sizes[dim]) for dim in others)))
+    columns = [[_clip(str(dim))] + [_clip(str(summary[dim].values[p[i]])) for p in positions] for i, dim in enumerate(others)]
+    shown = 0
+    for name in sorted(names, key=lambda name: ("rmse" not in name, names.index(name))):
+        cells = [_cell(summary[name].isel(dict(zip(others, p))).values, over_seeds) for p in positions]
+        column = [name, *cells]
+        if sum(max(map(len, c)) + 2 for c in [*columns, column]) - 2 > width:
+            continue
+        columns.append(column)
+        shown += 1
+    widths = [max(map(len, column)) for column in columns]
+    lines = ["  ".join(column[row].ljust(w) for column, w in zip(columns, widths)).rstrip() for row in range(len(positions) + 1)]
+    notes = [f"mean +- std over {summary.sizes['seed']} seeds"] if over_seeds else []
+    if shown < len(names):
+        notes.append(f"{len(names) - shown} more headline numbers in {SUMMARY_FILE}")
+    return "\n".join([lines[0], "-" * min(len(lines[0]), width), *lines[1:], *(f"({note})" for note in notes)])
+
+
+def _clip(text: str, limit: int = 32) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cell(values: np.ndarray, over_seeds: bool) -> str:
+    if over_seeds:
+        finite = values[np.isfinite(values)]
+        return f"{finite.mean():.4g} +- {finite.std(ddof=1):.2g}" if finite.size > 1 else (f"{finite[0]:.4g}" if finite.size else "-")
+    return f"{float(values):.4g}" if np.isfinite(values) else "-"
