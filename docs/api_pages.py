@@ -13,6 +13,7 @@ part starting with an underscore is on a page.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -68,6 +69,8 @@ def needs_docstring(value) -> bool:
 def own_docstring(value) -> str:
     """The object's own docstring (not one inherited from a base class), stripped."""
     doc = value.__dict__.get("__doc__") if inspect.isclass(value) else getattr(value, "__doc__", None)
+    if inspect.isclass(value) and dataclasses.is_dataclass(value) and (doc or "").startswith(f"{value.__name__}("):
+        return ""  # the signature dataclasses write when the class has no docstring
     return (doc or "").strip()
 
 
