@@ -307,30 +307,29 @@ def test_memory_is_checked_for_spinup_diagnostics_ensembles_and_checks(tmp_path,
     assert time.perf_counter() - started < 10 and not (tmp_path / "out").exists()
 
 
-def checkpoint_window(tmp_path, run_cli, monkeypatch) -> Path:
+CHECKPOINT_EDITS = {
+    "cycle attribute 99": (lambda ds: ds.attrs.update(cycle=99), ("'cycle' attribute is 99", "window 1")),
+    "NaN in state_xb": (lambda ds: ds["state_xb"].values.__setitem__(3, np.nan), ("'state_xb' holds a non-finite value",)),
+    "NaN in the analysis": (lambda ds: ds["analysis"].values.__setitem__((0, 2), np.nan), ("'analysis' holds a non-finite value",)),
+}
+
+
+def test_a_checkpoint_window_is_checked_before_a_resume_trusts_it(tmp_path, run_cli, monkeypatch):
     write_config(tmp_path)
     interrupted_run(run_cli, monkeypatch, 2)
-    return tmp_path / "out/result.checkpoint/cycle_000001.nc"
-
-
-@pytest.mark.parametrize("edit, words", [
-    (lambda ds: ds.attrs.update(cycle=99), ("'cycle' attribute is 99", "window 1")),
-    (lambda ds: ds["state_xb"].values.__setitem__(3, np.nan), ("'state_xb' holds a non-finite value",)),
-    (lambda ds: ds["analysis"].values.__setitem__((0, 2), np.nan), ("'analysis' holds a non-finite value",)),
-    (lambda ds: None, None),  # negative control: the untouched window resumes
-])
-def test_a_checkpoint_window_is_checked_before_a_resume_trusts_it(tmp_path, run_cli, monkeypatch, edit, words):
-    window = checkpoint_window(tmp_path, run_cli, monkeypatch)
-    dataset = xr.load_dataset(window)
-    edit(dataset)
-    dataset.to_netcdf(window)
-    status, out, err = run_cli("run", "experiment.yaml", "--cycles", "3", "--resume")
-    if words is None:
-        assert status == 0 and xr.load_dataset(tmp_path / "out/result.nc").sizes["cycle"] == 3
-        return
-    line = one_line(err)
-    assert status == 2 and "cycle_000001.nc" in line and "--restart" in line and all(word in line for word in words), line
-    assert window.exists() and not (tmp_path / "out/result.nc").exists()
+    window = tmp_path / "out/result.checkpoint/cycle_000001.nc"
+    saved = window.read_bytes()
+    for name, (edit, words) in CHECKPOINT_EDITS.items():
+        dataset = xr.load_dataset(window)
+        edit(dataset)
+        dataset.to_netcdf(window)
+        status, out, err = run_cli("run", "experiment.yaml", "--cycles", "3", "--resume")
+        line = one_line(err)
+        assert status == 2 and "cycle_000001.nc" in line and "--restart" in line and all(word in line for word in words), (name, line)
+        assert not (tmp_path / "out/result.nc").exists()
+        window.write_bytes(saved)
+    status, out, err = run_cli("run", "experiment.yaml", "--cycles", "3", "--resume", "-q")  # negative control: untouched
+    assert status == 0 and xr.load_dataset(tmp_path / "out/result.nc").sizes["cycle"] == 3
 
 
 @pytest.mark.parametrize("sweep, words", [
