@@ -135,6 +135,10 @@ FROM_FILE = {"observations__file": "obs.nc", "background__state__initial": "free
 
 CASES: dict[str, Case] = {
     # data that must never be overwritten
+    "output_exists_without_overwrite": Case(RUN, ("out/result.nc exists", "add --overwrite to replace it")),
+    "generate_output_exists_without_overwrite": Case((*GENERATE, "--output", RESULT), ("out/result.nc exists", "--overwrite")),
+    "checkpoint_without_resume_or_restart": Case((*RUN, "--overwrite"), ("1 completed windows", "--resume", "--restart"),
+                                                 setup=with_files(**{"out__result.checkpoint__cycle_000000.nc": b"a window"})),
     "output_is_the_config": Case((*RUN, "--output", "experiment.yaml"), ("--output", "experiment.yaml", "input of this run")),
     "output_file_key_is_the_config": Case(RUN, ("output.file", "experiment.yaml", "input of this run"), text(output__file="experiment.yaml")),
     "output_is_the_observation_file": Case((*RUN, "--output", "obs.nc"), ("--output", "obs.nc", "input of this run"), text(**FROM_FILE), observation_file),
@@ -222,7 +226,7 @@ CASES: dict[str, Case] = {
     # checkpoints, locks, disks
     "resume_hand_edited_checkpoint": Case((*RUN, "--resume"), ("cycle_000000.nc", "not a readable checkpoint"), setup=hand_edited_checkpoint),
     "resume_other_config": Case((*RUN, "--resume"), ("--resume", "different configuration"), setup=checkpoint_of_another_config),
-    "file_size_limit": Case(RUN, ("cannot write", "result.checkpoint/cycle_000000.nc", "ulimit -f"), limit_file_size=2000),
+    "file_size_limit": Case((*RUN, "--overwrite"), ("cannot write", "result.checkpoint/cycle_000000.nc", "ulimit -f"), limit_file_size=2000),
     # plot
     "plot_text_file": Case(("plot", "experiment.yaml"), ("RESULT", "experiment.yaml", "not a readable NetCDF")),
     "plot_missing_file": Case(("plot", "missing.nc"), ("missing.nc", "no such file")),
@@ -236,10 +240,10 @@ CASES: dict[str, Case] = {
     "plot_output_path_too_long": Case(("plot", "first.nc", "--output", "d" * 300), ("--output", "too long"), setup=lambda d: a_result(d)),
     "plot_output_is_a_file": Case(("plot", "first.nc", "--output", "experiment.yaml"), ("--output", "not a directory"), setup=lambda d: a_result(d)),
     # divergence: exit 1, the place named
-    "divergence_names_the_cycle": Case(RUN, ("the run diverged", "cycle 0", "outer loop 0", "step"),
+    "divergence_names_the_cycle": Case((*RUN, "--overwrite"), ("the run diverged", "cycle 0", "outer loop 0", "step"),
                                        text(model={"type": "lorenz96", "n_state": 8, "dt": 0.5}, truth={"spinup_steps": 50, "model": {"type": "lorenz96", "n_state": 8}}), status=1),
     # valid inputs succeed cleanly
-    "yaml_1_2_floats_run": Case(RUN, config="observations: {error_std: 1e0}\nbackground: {state: {error_std: 1.0e0}}\n" + text(), status=0,
+    "yaml_1_2_floats_run": Case((*RUN, "--overwrite"), config="observations: {error_std: 1e0}\nbackground: {state: {error_std: 1.0e0}}\n" + text(), status=0,
                                 changes_allowed=(RESULT,)),
 }
 
@@ -375,7 +379,7 @@ def test_a_second_run_on_a_locked_output_is_refused(tmp_path):
     assert "another fourdvar run is writing out/result.nc" in result.stderr
     assert snapshot(directory) == before
     # negative control: once the lock is released the same command runs
-    done = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q"], cwd=directory, env=environment(directory),
+    done = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q", "--overwrite"], cwd=directory, env=environment(directory),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, describe(done)
     assert not checkpoint.exists()
@@ -385,7 +389,7 @@ def test_results_are_created_with_the_umask_mode(tmp_path):
     directory, _ = prepare_case("umask", Case(RUN), tmp_path)
     (directory / RESULT).unlink()
     for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
-        result = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q"], cwd=directory, env=environment(directory),
+        result = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q", "--overwrite"], cwd=directory, env=environment(directory),
                                 capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=lambda u=umask: os.umask(u))
         assert result.returncode == 0, describe(result)
         assert (directory / RESULT).stat().st_mode & 0o777 == mode

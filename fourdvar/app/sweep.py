@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
+from .atomic import remove_temporaries, write_atomic
 from .cluster import Member, MemberOutcome, execute_member, run_config, run_members
 from .config import ConfigError, load_raw, resolve_config, short
 
@@ -196,8 +197,7 @@ def run_sweep(
     else:
         outcomes = run_members(members, client=client, scheduler=scheduler, n_workers=n_workers, progress=progress)
     summary = summary_dataset(sweep)
-    from .results import write_atomic
-
+    remove_temporaries(sweep.directory / SUMMARY_FILE)
     write_atomic(summary, sweep.directory / SUMMARY_FILE)
     return outcomes, summary
 
