@@ -5,7 +5,7 @@ Runs ``configs/l96_sakov2008_eda.yaml`` (4 intervals) and ``configs/l96_sakov200
 checkpoint), the members of each window on an embedded Dask cluster (``--workers``, default 2)
 or one after another (``--serial``). Each run carries its own static-B 4D-Var on the same
 observations and windows (``compare: static``, the static B of ``configs/l96_sakov2008.yaml``). Prints one line
-per run, then the table of ``configs/README.md``: filter RMSE (the analysis at each window's
+per run, then the table of ``docs/guide/settings.md``: filter RMSE (the analysis at each window's
 end) over observation times 101-1000, hybrid and static B, and the wall time of each run.
 
 Run: ``python benchmarks/sakov2008_eda.py [--serial | --workers N] [--cycles C] [--seeds 1 2 3] [intervals ...]``

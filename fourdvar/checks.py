@@ -692,6 +692,31 @@ def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10, direct
 
 
 def operator_adjoint_test(operator, x, rng: np.random.Generator, directions: int = 1) -> CheckResult:
+    """Dot-product test of an observation operator linearised at ``x``: ``<H' dx, w> = <dx, H'^T w>``.
+
+    Parameters
+    ----------
+    operator : ObservationOperator
+        With ``linearize(x)`` (``tl``, ``ad``) and ``n_obs``.
+    x : numpy.ndarray
+        The state it is linearised at.
+    rng : numpy.random.Generator
+        Draws the random ``dx`` and ``w``.
+    directions : int, default 1
+        Random pairs tried; the worst decides.
+
+    Returns
+    -------
+    CheckResult
+        PASS when the relative mismatch is below ``ADJOINT_TOLERANCE``.
+
+    Examples
+    --------
+    >>> from observations import Square
+    >>> result = operator_adjoint_test(Square(4), np.arange(4.0), np.random.default_rng(0))
+    >>> result.status, bool(result.error < ADJOINT_TOLERANCE)
+    ('PASS', True)
+    """
     lin = operator.linearize(x)
     runs = [dot_product_test(lin.tl, lambda w: [lin.ad(w)], [rng.standard_normal(np.size(x))], rng.standard_normal(operator.n_obs),
                              inspect=".ad of operator.linearize(x)") for _ in range(directions)]
@@ -699,6 +724,32 @@ def operator_adjoint_test(operator, x, rng: np.random.Generator, directions: int
 
 
 def operator_taylor_test(operator, x, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, directions: int = 1) -> CheckResult:
+    """Taylor test of an observation operator's TL at ``x``: ``|H(x + a h) - H(x) - a H' h|`` falls as ``a^2``.
+
+    Parameters
+    ----------
+    operator : ObservationOperator
+        With ``apply(x)`` and ``linearize(x).tl``.
+    x : numpy.ndarray
+        The state it is linearised at.
+    rng : numpy.random.Generator
+        Draws the directions ``h``, scaled like ``x``.
+    amplitudes : numpy.ndarray, default DEFAULT_AMPLITUDES
+        The ``a`` of the sweep, decreasing.
+    directions : int, default 1
+        Random directions tried before a verdict (an inconclusive one is retried).
+
+    Returns
+    -------
+    CheckResult
+        PASS when the remainder falls as ``a^2`` (or is at round-off: a linear operator).
+
+    Examples
+    --------
+    >>> from observations import Tanh
+    >>> operator_taylor_test(Tanh(4, scale=2.0), np.arange(4.0), np.random.default_rng(0)).status
+    'PASS'
+    """
     x = np.asarray(x, dtype=float)
     lin = operator.linearize(x)
     scale = np.sqrt(np.mean(x**2)) or 1.0

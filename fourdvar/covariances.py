@@ -118,6 +118,26 @@ class Diagonal(_CovarianceBase):
     the result into and return, as numpy's ufuncs do; without it they return a
     fresh array.  The cost function uses it for parameter-sized vectors (see
     :mod:`fourdvar.cost`), where a fresh temporary costs more than the product.
+
+    Parameters
+    ----------
+    std : float or array_like
+        The standard deviations: positive and finite.
+    size : int, optional
+        The size, needed when ``std`` is a scalar.
+
+    Raises
+    ------
+    ValueError
+        A std that is not positive and finite, or of the wrong shape.
+
+    Examples
+    --------
+    >>> B = Diagonal([1.0, 2.0])
+    >>> B.apply(np.array([1.0, 1.0])), B.solve(np.array([1.0, 4.0])), B.sqrt(np.array([1.0, 1.0]))
+    (array([1., 4.]), array([1., 1.]), array([1., 2.]))
+    >>> Diagonal(0.5, size=3).std
+    array([0.5, 0.5, 0.5])
     """
 
     def __init__(self, std, size: int | None = None):
@@ -174,8 +194,25 @@ class Dense(_CovarianceBase):
     """A given symmetric positive-definite ``C = L L^T`` (``L`` lower Cholesky factor).
 
     ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.
-    The matrix must be square, finite, symmetric to a relative tolerance of
-    ``1e-10`` (it is then symmetrised) and positive-definite.
+
+    Parameters
+    ----------
+    matrix : array_like, shape (n, n)
+        ``C``: square, finite, symmetric to a relative tolerance of ``1e-10`` (it is
+        then symmetrised) and positive-definite.
+
+    Raises
+    ------
+    ValueError
+        A matrix that is not square, not finite, not symmetric or not positive-definite.
+
+    Examples
+    --------
+    >>> C = Dense([[4.0, 2.0], [2.0, 2.0]])
+    >>> C.sqrt(np.array([1.0, 0.0]))             # the first column of L
+    array([2., 1.])
+    >>> C.solve(C.apply(np.array([1.0, -1.0])))
+    array([ 1., -1.])
     """
 
     SYMMETRY_TOLERANCE = 1e-10
@@ -340,6 +377,17 @@ class BlockDiagonal(_CovarianceBase):
     may have size 0 (a model without parameters).  ``blocks`` and ``slices``
     (``v[slices[j]]`` is the part of ``v`` that block ``j`` acts on) are public.
     ``std`` and ``with_std`` need them on every block.
+
+    Parameters
+    ----------
+    blocks : sequence of covariances
+        ``C_1, ..., C_m``, at least one.
+
+    Examples
+    --------
+    >>> C = BlockDiagonal([Diagonal(1.0, size=2), Diagonal(3.0, size=1)])
+    >>> C.size, C.apply(np.ones(3)), C.std
+    (3, array([1., 1., 9.]), array([1., 1., 3.]))
     """
 
     def __init__(self, blocks: Sequence):

@@ -22,6 +22,24 @@ __all__ = ["WindowDepartures", "window_departures"]
 
 @dataclass(frozen=True)
 class WindowDepartures:
+    """The observation-space statistics of one window (the module docstring has the formulas).
+
+    Attributes
+    ----------
+    n_obs : int
+        ``m``, the observations of the window.
+    chi2 : float
+        ``2 J_min / m``.
+    omb_mean, omb_rms : float
+        Mean and root-mean-square of ``d_b = y - H(x^b)``.
+    oma_mean, oma_rms : float
+        The same for ``d_a = y - H(x^a)``.
+    obs_error_std : float
+        Desroziers' estimate ``sqrt(d_a . d_b / m)``.
+    background_error_std : float
+        Desroziers' estimate ``sqrt((d_b - d_a) . d_b / m)``, in observation space.
+    """
+
     n_obs: int
     chi2: float  # 2 J_min / n_obs
     omb_mean: float
@@ -33,8 +51,35 @@ class WindowDepartures:
 
 
 def window_departures(cost, background_trajectory: np.ndarray, analysis_trajectory: np.ndarray, J_min: float) -> WindowDepartures:
-    """The statistics of the module docstring for the observation slots of ``cost``
-    (NaN for a window without observations)."""
+    """The statistics of the module docstring for the observation slots of ``cost``.
+
+    Parameters
+    ----------
+    cost : FourDVarCost
+        Its ``slots`` are the window's observations ``(step, y, H, R)``.
+    background_trajectory, analysis_trajectory : numpy.ndarray, shape (L + 1, n)
+        The background and analysis forecasts over the window.
+    J_min : float
+        The cost at the analysis.
+
+    Returns
+    -------
+    WindowDepartures
+        NaN statistics (and ``n_obs = 0``) for a window without observations.
+
+    Examples
+    --------
+    One observation of a scalar state, ``y = 1``, background ``0``, analysis ``0.5``:
+
+    >>> from types import SimpleNamespace
+    >>> from fourdvar.covariances import Diagonal
+    >>> from fourdvar.interfaces import ObservationSlot
+    >>> from observations import Identity
+    >>> slot = ObservationSlot(0, np.array([1.0]), Identity(1), Diagonal(1.0, size=1))
+    >>> d = window_departures(SimpleNamespace(slots=[slot]), np.zeros((1, 1)), np.full((1, 1), 0.5), J_min=0.25)
+    >>> d.chi2, d.omb_rms, d.oma_rms, d.obs_error_std
+    (0.5, 1.0, 0.5, 0.7071067811865476)
+    """
     if not cost.slots:
         return WindowDepartures(0, *([np.nan] * 7))
     d_b = np.concatenate([slot.values - slot.operator.apply(background_trajectory[slot.step]) for slot in cost.slots])

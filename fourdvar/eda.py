@@ -59,7 +59,16 @@ def _rng(seed: int, purpose: int, cycle: int, member: int) -> np.random.Generato
 
 
 def perturb_observations(slots: Sequence, rng: np.random.Generator) -> list[ObservationSlot]:
-    """``y_k + R_k^1/2 eps_k``, ``eps_k ~ N(0, I)``, slot by slot in step order."""
+    """``y_k + R_k^1/2 eps_k``, ``eps_k ~ N(0, I)``, slot by slot in step order.
+
+    Examples
+    --------
+    >>> from fourdvar.covariances import Diagonal
+    >>> from observations import Identity
+    >>> slots = [ObservationSlot(4, np.zeros(3), Identity(3), Diagonal(1e-6, size=3))]
+    >>> [(slot.step, bool(np.all(np.abs(slot.values) < 1e-4))) for slot in perturb_observations(slots, np.random.default_rng(0))]
+    [(4, True)]
+    """
     return [ObservationSlot(slot.step, np.asarray(slot.values, dtype=float) + slot.covariance.sample(rng), slot.operator, slot.covariance)
             for slot in sorted(slots, key=lambda slot: slot.step)]
 
@@ -123,7 +132,14 @@ def initial_member_backgrounds(xb: np.ndarray, B_static, n_members: int, seed: i
 
 
 def inflate(states: np.ndarray, factor: float) -> np.ndarray:
-    """``mean_m(x^m) + rho (x^m - mean_m(x^m))`` for the rows ``x^m`` of ``states`` (unchanged for ``rho = 1``)."""
+    """``mean_m(x^m) + rho (x^m - mean_m(x^m))`` for the rows ``x^m`` of ``states`` (unchanged for ``rho = 1``).
+
+    Examples
+    --------
+    >>> inflate(np.array([[0.0, 1.0], [2.0, 3.0]]), 1.5)
+    array([[-0.5,  0.5],
+           [ 2.5,  3.5]])
+    """
     if factor == 1.0:
         return states
     mean = states.mean(axis=0)

@@ -37,7 +37,19 @@ __all__ = ["HybridEnsembleCovariance", "ensemble_perturbations"]
 
 
 def ensemble_perturbations(states) -> np.ndarray:
-    """``X``: the rows ``x_m = x^f_m - mean_m(x^f_m)`` of the member states ``(N, n)``."""
+    """``X``: the rows ``x_m = x^f_m - mean_m(x^f_m)`` of the member states ``(N, n)``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two members, a state array that is not 2-D, or non-finite values.
+
+    Examples
+    --------
+    >>> ensemble_perturbations([[1.0, 2.0], [3.0, 6.0]])
+    array([[-1., -2.],
+           [ 1.,  2.]])
+    """
     states = np.asarray(states, dtype=float)
     if states.ndim != 2 or states.shape[0] < 2:
         raise ValueError(f"ensemble: expected the member states as an (N >= 2, n) array, got shape {states.shape}")
@@ -49,17 +61,38 @@ def ensemble_perturbations(states) -> np.ndarray:
 class HybridEnsembleCovariance(_CovarianceBase):
     """``B = (1 - beta) B_s + beta (X^T X / (N - 1)) o C``, applied through its extended square root.
 
-    Parameters
-    ----------
-    static : the static covariance ``B_s`` (any covariance of size ``n``)
-    perturbations : ``X``, the member perturbations, shape ``(N, n)``, ``N >= 2``
-        (see :func:`ensemble_perturbations`)
-    weight : ``beta`` in ``[0, 1)``
-    localization : the length scale (grid points) of the Gaussian localising
-        correlation ``C`` (a :class:`PeriodicCorrelation` with unit std)
-
     ``size`` is ``n``; ``control_size = B_s.size + N n`` is the size of the space
     ``sqrt`` maps from and ``sqrt_t`` maps to.
+
+    Parameters
+    ----------
+    static : covariance
+        The static covariance ``B_s`` (any covariance of size ``n``).
+    perturbations : numpy.ndarray, shape (N, n)
+        ``X``, the member perturbations, ``N >= 2`` (see :func:`ensemble_perturbations`).
+    weight : float
+        ``beta`` in ``[0, 1)``.
+    localization : float
+        The length scale (grid points) of the Gaussian localising correlation ``C``
+        (a :class:`~fourdvar.covariances.PeriodicCorrelation` with unit std).
+
+    Raises
+    ------
+    ValueError
+        Perturbations of the wrong shape or with non-finite values, a weight outside
+        ``[0, 1)``, a length scale that is not positive.
+
+    Examples
+    --------
+    >>> from fourdvar.covariances import Diagonal
+    >>> X = ensemble_perturbations(np.random.default_rng(0).standard_normal((5, 8)))
+    >>> B = HybridEnsembleCovariance(Diagonal(1.0, size=8), X, weight=0.5, localization=2.0)
+    >>> B.size, B.control_size
+    (8, 48)
+    >>> u = np.random.default_rng(1).standard_normal(B.control_size)
+    >>> w = np.random.default_rng(2).standard_normal(B.size)
+    >>> bool(np.isclose(B.sqrt(u) @ w, u @ B.sqrt_t(w), rtol=1e-12))      # C^T/2 is the transpose of C^1/2
+    True
     """
 
     #: relative residual at which the conjugate-gradient solve stops

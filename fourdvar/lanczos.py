@@ -183,7 +183,13 @@ class LanczosRun:
 
 
 def largest_first(values: np.ndarray, rank: int | None = None) -> np.ndarray:
-    """Indices of the ``rank`` largest ``values`` (all of them when ``rank`` is None), largest first."""
+    """Indices of the ``rank`` largest ``values`` (all of them when ``rank`` is None), largest first.
+
+    Examples
+    --------
+    >>> largest_first(np.array([2.0, 5.0, 1.0, 4.0]), rank=2)
+    array([1, 3])
+    """
     return np.argsort(values)[::-1][: (None if rank is None else int(rank))]
 
 
@@ -226,11 +232,43 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
             stale: float | None = None) -> LanczosRun:
     """Solve ``A u = -g0`` by preconditioned Lanczos (see the module docstring).
 
-    ``hessian_vector(u) -> A u``.  ``stop(j, u_j, gradient_norm) -> bool`` is asked after each
-    iteration ``j`` with the iterate and the gradient norm of ``Jq`` there.  With ``stale``,
-    a preconditioner whose newest factor is stale by that measure (module docstring) is
-    dropped after the first product and the solve restarts without it (``run.stale``).
-    Raises :class:`numpy.linalg.LinAlgError` when ``T_j`` is not positive-definite (``A`` is not).
+    Parameters
+    ----------
+    hessian_vector : callable
+        ``hessian_vector(u) -> A u``, ``A`` symmetric positive-definite.
+    g0 : numpy.ndarray
+        The gradient of ``Jq`` at ``u = 0``.
+    max_iterations : int
+        At most this many Hessian products.
+    stop : callable
+        ``stop(j, u_j, gradient_norm) -> bool``, asked after each iteration ``j`` with the
+        iterate and the gradient norm of ``Jq`` there.
+    preconditioner : SpectralPreconditioner, optional
+        ``S``, from the Ritz pairs of earlier runs.
+    stale : float, optional
+        A preconditioner whose newest factor is stale by this measure (module docstring)
+        is dropped after the first product and the solve restarts without it (``run.stale``).
+
+    Returns
+    -------
+    LanczosRun
+        The solution ``u``, the gradient norm at every iteration and the Ritz pairs.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        When ``T_j`` is not positive-definite (``A`` is not).
+
+    Examples
+    --------
+    ``A = diag(1, 2, 3)``: three iterations solve it exactly and give its eigenvalues.
+
+    >>> A = np.diag([1.0, 2.0, 3.0])
+    >>> run = lanczos(lambda u: A @ u, g0=np.array([-1.0, -2.0, -3.0]), max_iterations=3, stop=lambda j, u, g: g < 1e-12)
+    >>> run.u, run.nit
+    (array([1., 1., 1.]), 3)
+    >>> np.sort(run.ritz_values)
+    array([1., 2., 3.])
     """
     n = g0.size
     S = preconditioner if preconditioner is not None else SpectralPreconditioner(n)

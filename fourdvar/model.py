@@ -25,6 +25,36 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
 
 
 class ModelBase:
+    """Base class of a model: ``step_tl``, ``step_ad`` and ``forecast`` from ``step`` and ``linearize``.
+
+    A subclass sets ``n_state`` and ``n_params`` and writes ``step(x, p)`` (the nonlinear
+    step), ``linearize(x, p)`` (an object with ``output``, ``tl(dx, dp)`` and
+    ``ad(ax) -> (ax_prev, ap)``) and, when it has parameters, ``init_params(rng)``.
+
+    Examples
+    --------
+    The scalar model ``x_next = p x`` (one parameter):
+
+    >>> class Scale(ModelBase):
+    ...     n_state, n_params = 1, 1
+    ...     def step(self, x, p):
+    ...         return p * x
+    ...     def linearize(self, x, p):
+    ...         x, p = self._inputs(x, p)
+    ...         class Linear:
+    ...             output = p * x
+    ...             def tl(self, dx, dp):                # dx_next = p dx + x dp
+    ...                 return p * dx + x * dp
+    ...             def ad(self, ax):                    # (ax_prev, ap) = (p ax, x ax)
+    ...                 return p * ax, x * ax
+    ...         return Linear()
+    >>> model = Scale()
+    >>> model.forecast(np.array([1.0]), np.array([2.0]), 3)[:, 0]
+    array([1., 2., 4., 8.])
+    >>> model.step_ad(np.array([3.0]), np.array([2.0]), np.array([1.0]))
+    (array([2.]), array([3.]))
+    """
+
     n_state: int
     n_params: int
     #: True when ``linearize(x, p).tl`` and ``.ad`` also take blocks of directions (see :mod:`fourdvar.window`)

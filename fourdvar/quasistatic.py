@@ -24,7 +24,18 @@ STAGE_TOLERANCE = 1e-5
 
 
 def stage_lengths(n_steps: int, stage_steps: int) -> list[int]:
-    """``[stage_steps, 2 stage_steps, ..., n_steps]``: the window length of each stage."""
+    """``[stage_steps, 2 stage_steps, ..., n_steps]``: the window length of each stage.
+
+    Raises
+    ------
+    ValueError
+        When ``stage_steps < 1``.
+
+    Examples
+    --------
+    >>> stage_lengths(20, 8)
+    [8, 16, 20]
+    """
     if stage_steps < 1:
         raise ValueError(f"stage_steps must be at least 1, got {stage_steps}")
     return sorted({min(s, n_steps) for s in range(stage_steps, n_steps + stage_steps, stage_steps)} | {n_steps})

@@ -105,10 +105,24 @@ def _available(kind: str) -> list[str]:
 
 
 def available_models() -> list[str]:
+    """The model names ``type:`` can take: registered names and installed entry points, sorted.
+
+    Examples
+    --------
+    >>> "lorenz96" in available_models()
+    True
+    """
     return _available("model")
 
 
 def available_operators() -> list[str]:
+    """The observation-operator names ``type:`` can take, sorted.
+
+    Examples
+    --------
+    >>> "subset" in available_operators()
+    True
+    """
     return _available("operator")
 
 
@@ -202,10 +216,34 @@ def _find(kind: str, name: str) -> type:
 
 
 def model_class(name: str) -> type:
+    """The model class called ``name``: a registered name, an entry point or ``"package.module:Class"``.
+
+    Raises
+    ------
+    RegistryError
+        When ``name`` names no known or importable class with the model interface.
+
+    Examples
+    --------
+    >>> model_class("lorenz96")
+    <class 'models.lorenz96.Lorenz96'>
+    """
     return _lookup("model", name)
 
 
 def operator_class(name: str) -> type:
+    """The observation-operator class called ``name`` (resolved as :func:`model_class` does).
+
+    Raises
+    ------
+    RegistryError
+        When ``name`` names no known or importable class with the operator interface.
+
+    Examples
+    --------
+    >>> operator_class("identity")
+    <class 'observations.operators.Identity'>
+    """
     return _lookup("operator", name)
 
 

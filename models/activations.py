@@ -21,6 +21,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Activation:
+    """An activation ``f`` and its derivative written in terms of the output, ``f'(z) = g(f(z))``.
+
+    Examples
+    --------
+    >>> tanh = get_activation("tanh")
+    >>> a = tanh.f(np.array([0.0, 1.0]))
+    >>> tanh.derivative(a)                       # 1 - tanh(z)^2
+    array([1.        , 0.41997434])
+    """
+
     name: str
     f: Callable[[np.ndarray], np.ndarray]
     derivative: Callable[[np.ndarray], np.ndarray] | None  # f'(z) from a = f(z)
@@ -47,6 +57,22 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def get_activation(name: str) -> Activation:
+    """The activation called ``name``: ``identity``, ``tanh``, ``sigmoid``, ``relu`` or ``softplus``.
+
+    Raises
+    ------
+    ValueError
+        For any other name, listing the valid ones.
+
+    Examples
+    --------
+    >>> get_activation("relu").f(np.array([-1.0, 2.0]))
+    array([0., 2.])
+    >>> get_activation("swish")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown activation 'swish'; choose one of identity, tanh, sigmoid, relu, softplus
+    """
     try:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):

@@ -95,6 +95,8 @@ class Hybrid(ModelBase):
 
 
 class HybridLinearization:
+    """The hybrid step linearised: the physics' and the correction's linearisations, their sum's TL and AD."""
+
     def __init__(self, model: Hybrid, x: np.ndarray, p: np.ndarray):
         self.split = model.split
         p_phys, p_corr = model.split(p)

@@ -41,7 +41,31 @@ def _check_scheme(name: str) -> str:
 
 
 class RungeKutta:
-    """One explicit Runge-Kutta step of length ``dt`` for a given tendency."""
+    """One explicit Runge-Kutta step of length ``dt`` for a given tendency.
+
+    Parameters
+    ----------
+    scheme : {"euler", "rk2", "rk4"}
+        The Butcher tableau.
+    dt : float
+        The step length, positive.
+
+    Raises
+    ------
+    ValueError
+        An unknown scheme or a step that is not positive.
+
+    Examples
+    --------
+    Exponential decay ``dx/dt = -x``, whose RK4 step multiplies by
+    ``1 - dt + dt^2/2 - dt^3/6 + dt^4/24``:
+
+    >>> class Decay:
+    ...     def evaluate(self, x, p):
+    ...         return -x
+    >>> RungeKutta("rk4", 0.1).step(Decay(), np.array([1.0]), np.empty(0))
+    array([0.9048375])
+    """
 
     def __init__(self, scheme: str, dt: float):
         self.scheme = _check_scheme(scheme)
@@ -72,6 +96,12 @@ class RungeKutta:
 
 
 class RungeKuttaLinearization:
+    """One Runge-Kutta step linearised at ``(x, p)``: the stages' tendencies linearised at their inputs.
+
+    ``output`` is the step's value; ``tl(dx, dp)`` and ``ad(ax_next) -> (ax, ap)`` are the
+    exact TL and AD of the discrete step (the module docstring has the statements).
+    """
+
     def __init__(self, rk: RungeKutta, tendency, x: np.ndarray, p: np.ndarray):
         self.rk = rk
         self.stages = []

@@ -132,10 +132,37 @@ class LocalNetworkTendencyLinearization:
 class LocalMLP(IntegratedModel):
     """``LocalMLP(n_state=40, half_width=2, hidden=[32], activation="tanh", dt=0.05, integrator="euler")``.
 
-    ``init_output_scale`` scales the last layer of :meth:`init_params`; the
-    default 0 starts the network at zero tendency (the step is then the identity).
-    ``state_offset`` and ``state_scale`` (defaults 0 and 1) are the fixed ``m`` and
-    ``c`` of the module docstring.
+    One small network on every stencil ``x[i-h .. i+h]`` of a periodic grid gives the
+    tendency at point ``i``, integrated over ``dt`` (the module docstring has the equations).
+
+    Parameters
+    ----------
+    n_state : int, default 40
+        Grid points.
+    half_width : int, default 2
+        ``h``: the network sees ``2h + 1`` points.
+    hidden : sequence of int, default (32,)
+        Hidden layer sizes.
+    activation : str, default "tanh"
+        The hidden layers' activation.
+    dt : float, default 0.05
+        The time step.
+    integrator : {"euler", "rk2", "rk4"}, default "euler"
+        The Runge-Kutta scheme (:class:`models.integrators.RungeKutta`).
+    init_output_scale : float, default 0.0
+        Scales the last layer of :meth:`init_params`; 0 starts the network at zero
+        tendency (the step is then the identity).
+    state_offset, state_scale : float, default 0.0 and 1.0
+        The fixed ``m`` and ``c`` of the module docstring: the network sees ``(x - m) / c``.
+
+    Examples
+    --------
+    >>> model = LocalMLP(n_state=10, half_width=1, hidden=[4])
+    >>> model.n_params                                # 4 x (3 + 1) + 1 x (4 + 1)
+    21
+    >>> x = np.arange(10.0)
+    >>> np.array_equal(model.step(x, model.init_params(np.random.default_rng(0))), x)
+    True
     """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
@@ -189,6 +216,7 @@ class LocalMLP(IntegratedModel):
         return LocalMLPWindowLinearization(self, x0, p, int(n_steps))
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """Glorot-uniform weights, zero biases, the last layer scaled by ``init_output_scale``."""
         return self.network.init_params(rng, output_scale=self.init_output_scale)
 
     def __repr__(self) -> str:

@@ -116,6 +116,8 @@ def forcing_adjoint(af: np.ndarray, estimate_forcing: bool) -> np.ndarray:
 
 
 class Lorenz96TendencyLinearization:
+    """The Lorenz-96 tendency at ``(x, p)``: its value, TL and AD (the module docstring has the statements)."""
+
     def __init__(self, tendency: Lorenz96Tendency, x: np.ndarray, p: np.ndarray):
         self.estimate_forcing = tendency.estimate_forcing
         xp = periodic_pad(x)
@@ -155,8 +157,32 @@ class Lorenz96TendencyLinearization:
 class Lorenz96(IntegratedModel):
     """``Lorenz96(n_state=40, forcing=8.0, dt=0.05, estimate_forcing=False)``: one RK4 step of length ``dt``.
 
-    ``extra_amplitude`` (default 0) and ``extra_wavelength`` add the extra tendency
-    ``A sin(2 pi x_i / lam)`` of the module docstring.
+    ``dx_i/dt = (x_{i+1} - x_{i-2}) x_{i-1} - x_i + F`` on a periodic grid; with
+    ``estimate_forcing`` the forcing is the parameter vector, ``p = [F]``.
+
+    Parameters
+    ----------
+    n_state : int, default 40
+        Grid points, at least 4.
+    forcing : float, default 8.0
+        ``F`` (the value used when it is not estimated).
+    dt : float, default 0.05
+        The time step.
+    estimate_forcing : bool, default False
+        ``p = [F]`` (``n_params = 1``) instead of no parameters.
+    extra_amplitude, extra_wavelength : float, default 0.0 and 10.0
+        The extra tendency ``A sin(2 pi x_i / lam)`` of the module docstring.
+    compiled : bool, default True
+        Use the compiled kernels when numba is installed (the same numbers as numpy).
+
+    Examples
+    --------
+    >>> model = Lorenz96(8, estimate_forcing=True)
+    >>> model.n_state, model.n_params
+    (8, 1)
+    >>> x = np.full(8, 8.0)                              # the fixed point x_i = F
+    >>> bool(np.allclose(model.step(x, np.array([8.0])), x))
+    True
     """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions

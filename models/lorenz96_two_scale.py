@@ -105,6 +105,8 @@ class Lorenz96TwoScaleTendency:
 
 
 class Lorenz96TwoScaleTendencyLinearization:
+    """The two-scale tendency at ``(x, p)``: its value, TL and AD (the module docstring has the statements)."""
+
     def __init__(self, tendency: Lorenz96TwoScaleTendency, x: np.ndarray, p: np.ndarray):
         self.n_slow = K = tendency.n_slow
         self.n_fast_per_slow = J = tendency.n_fast_per_slow

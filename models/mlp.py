@@ -29,7 +29,38 @@ from .network import Network
 
 
 class MLP(ModelBase):
-    """``MLP(layer_sizes=[n, h1, ..., n], activations=["tanh", ..., "identity"], residual=False)``."""
+    """``MLP(layer_sizes=[n, h1, ..., n], activations=["tanh", ..., "identity"], residual=False)``.
+
+    One step is the network (the module docstring has its NL, TL and AD)::
+
+        a_0 = [x; 1],   z_i = W_i a_{i-1},   a_i = f_i(z_i),   x_next = a_L  (or x + a_L)
+
+    with ``p = [vec(W_1); ...; vec(W_L)]``, each ``W_i`` of shape ``(n_i, n_{i-1} + 1)``
+    flattened row-major with the bias as its last column.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n, h_1, ..., n]``: the state size first and last.
+    activations : sequence of str
+        One per layer (:func:`models.activations.get_activation`).
+    residual : bool, default False
+        ``x_next = x + a_L`` instead of ``a_L``; :meth:`init_params` then starts at zero output.
+
+    Raises
+    ------
+    ValueError
+        Layer sizes that do not start and end with the same size, or an unknown activation.
+
+    Examples
+    --------
+    >>> model = MLP([3, 8, 3], ["tanh", "identity"], residual=True)
+    >>> model.n_state, model.n_params                 # 8 x (3 + 1) + 3 x (8 + 1)
+    (3, 59)
+    >>> p = model.init_params(np.random.default_rng(0))
+    >>> model.step(np.array([1.0, 2.0, 3.0]), p)      # a residual network starts as the identity
+    array([1., 2., 3.])
+    """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
     window_forcing = True  # linearize_window takes the forcing of weak constraint
@@ -69,6 +100,12 @@ class MLP(ModelBase):
 
 
 class MLPLinearization:
+    """One MLP step linearised at ``(x, p)``: the network's activations kept for ``tl`` and ``ad``.
+
+    ``output`` is the step's value, ``tl(dx, dp)`` its TL and ``ad(ax) -> (ax_prev, ap)`` its AD
+    (with the residual's identity added when ``residual``).
+    """
+
     def __init__(self, model: MLP, x: np.ndarray, p: np.ndarray):
         self.residual = model.residual
         self.net = model.network.linearize(x[:, None], p)

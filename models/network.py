@@ -76,7 +76,29 @@ def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 
 class Network:
-    """Shapes, parameter layout and the nonlinear pass of an L-layer network."""
+    """Shapes, parameter layout and the nonlinear pass of an L-layer network.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``n_0, n_1, ..., n_L``.
+    activations : sequence of str
+        ``f_1 .. f_L``, one per layer (:func:`models.activations.get_activation`).
+
+    Examples
+    --------
+    >>> net = Network([2, 3, 1], ["relu", "identity"])
+    >>> net.n_params                                  # 3 x (2 + 1) + 1 x (3 + 1)
+    13
+    >>> p = np.arange(13.0)
+    >>> W1, W2 = net.weights(p)                       # views into p, bias last column
+    >>> W1
+    array([[0., 1., 2.],
+           [3., 4., 5.],
+           [6., 7., 8.]])
+    >>> net.forward(np.array([[1.0], [1.0]]), p)      # W_2 [relu(W_1 [1; 1; 1]); 1] = W_2 [3; 12; 21; 1]
+    array([[390.]])
+    """
 
     def __init__(self, layer_sizes: Sequence[int], activations: Sequence[str]):
         sizes = [int(n) for n in layer_sizes]

@@ -15,6 +15,31 @@ import numpy as np
 
 
 class PeriodicStencil:
+    """The stencils of half-width ``h`` around every point of a periodic grid of ``n`` points.
+
+    Parameters
+    ----------
+    n : int
+        Grid points.
+    half_width : int
+        ``h``, in ``[0, (n - 1) // 2]``.
+
+    Raises
+    ------
+    ValueError
+        When the stencil does not fit the grid.
+
+    Examples
+    --------
+    >>> stencil = PeriodicStencil(5, 1)
+    >>> stencil.gather(np.arange(5.0))
+    array([[4., 0., 1., 2., 3.],
+           [0., 1., 2., 3., 4.],
+           [1., 2., 3., 4., 0.]])
+    >>> stencil.scatter_add(np.ones((3, 5)))      # each point is in three stencils
+    array([3., 3., 3., 3., 3.])
+    """
+
     def __init__(self, n: int, half_width: int):
         if half_width < 0 or 2 * half_width + 1 > n:
             raise ValueError(f"half_width must be in [0, {(n - 1) // 2}] for {n} grid points, got {half_width}")

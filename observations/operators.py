@@ -79,10 +79,36 @@ def _integral_int(value: Any, what: str) -> int:
 def resolve_indices(indices: Any, n_state: int) -> np.ndarray:
     """The observed grid points as a read-only 1-D int array.
 
-    ``indices`` is ``"all"`` (every grid point), a list/array of integers, or a
-    mapping ``{start: 0, stop: n_state, step: 1}`` (any key may be left out) meaning
-    ``range(start, stop, step)``.  Indices must lie in ``[0, n_state)`` (no negative
-    wrap-around) and be distinct; otherwise a ``ValueError`` names the bad index.
+    Parameters
+    ----------
+    indices : "all", sequence of int or mapping
+        ``"all"`` (every grid point), a list/array of integers, or a mapping
+        ``{start: 0, stop: n_state, step: 1}`` (any key may be left out) meaning
+        ``range(start, stop, step)``.
+    n_state : int
+        The size of the state the indices refer to.
+
+    Returns
+    -------
+    numpy.ndarray
+        The indices, ``int64``, read-only, in the order given.
+
+    Raises
+    ------
+    ValueError
+        An index outside ``[0, n_state)`` (no negative wrap-around), a repeated index,
+        a non-integer or an empty selection, naming the bad index.
+
+    Examples
+    --------
+    >>> resolve_indices({"start": 1, "step": 2}, 8)
+    array([1, 3, 5, 7])
+    >>> resolve_indices([3, 0], 4)
+    array([3, 0])
+    >>> resolve_indices([0, 4], 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: index 4 (position 1) is outside the state [0, n_state=4)
     """
     n_state = _check_n_state(n_state, "indices")
     if isinstance(indices, str):
@@ -250,8 +276,21 @@ class Subset(PointwiseOperator):
         TL   dy = dx[i]
         AD   ax = 0;  ax[i] += ay        (the transpose of the gather)
 
-    ``indices``: ``"all"``, a list of distinct integers in ``[0, n_state)`` or
-    ``{start, stop, step}``.
+    Parameters
+    ----------
+    n_state : int
+        The size of the state.
+    indices : "all", sequence of int or mapping
+        The observed grid points: ``"all"``, a list of distinct integers in
+        ``[0, n_state)`` or ``{start, stop, step}`` (:func:`resolve_indices`).
+
+    Examples
+    --------
+    >>> H = Subset(5, [0, 3])
+    >>> H.apply(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    array([1., 4.])
+    >>> H.apply_ad(np.zeros(5), np.array([10.0, 20.0]))
+    array([10.,  0.,  0., 20.,  0.])
     """
 
     name = "subset"
@@ -272,6 +311,17 @@ class Identity(Subset):
     ::
 
         NL   y = x        TL   dy = dx        AD   ax = ay
+
+    Parameters
+    ----------
+    n_state : int
+        The size of the state, and the number of observations.
+
+    Examples
+    --------
+    >>> H = Identity(3)
+    >>> H.n_obs, H.apply(np.array([1.0, -2.0, 3.0]))
+    (3, array([ 1., -2.,  3.]))
     """
 
     name = "identity"
@@ -291,6 +341,20 @@ class Square(PointwiseOperator):
         NL   v  = x[i]            y  = v**2
         TL   dv = dx[i]           dy = 2 v * dv
         AD   av = 2 v * ay        ax = 0;  ax[i] += av
+
+    Parameters
+    ----------
+    n_state : int
+        The size of the state.
+    indices : "all", sequence of int or mapping, default "all"
+        The observed grid points (:func:`resolve_indices`).
+
+    Examples
+    --------
+    >>> H = Square(3, indices=[0, 2])
+    >>> x = np.array([1.0, 2.0, 3.0])
+    >>> H.apply(x), H.apply_tl(x, np.array([1.0, 1.0, 1.0]))
+    (array([1., 9.]), array([2., 6.]))
     """
 
     name = "square"
@@ -310,6 +374,26 @@ class Tanh(PointwiseOperator):
         NL   v  = x[i]            t = tanh(v / s)        y  = s t
         TL   dv = dx[i]           dy = (1 - t**2) * dv
         AD   av = (1 - t**2) * ay                        ax = 0;  ax[i] += av
+
+    Parameters
+    ----------
+    n_state : int
+        The size of the state.
+    indices : "all", sequence of int or mapping, default "all"
+        The observed grid points (:func:`resolve_indices`).
+    scale : float, default 1.0
+        ``s``, the bound of the observed values.
+
+    Raises
+    ------
+    ValueError
+        When ``scale`` is not a positive finite number.
+
+    Examples
+    --------
+    >>> H = Tanh(2, scale=4.0)
+    >>> H.apply(np.array([0.0, 100.0]))
+    array([0., 4.])
     """
 
     name = "tanh"
@@ -359,6 +443,27 @@ class Linear(OperatorBase):
         NL   y = H x        TL   dy = H dx        AD   ax = H^T ay
 
     Not pointwise (``indices is None``), so it cannot be written to an observation file.
+
+    Parameters
+    ----------
+    matrix : array_like, shape (n_obs, n_state)
+        ``H``, finite.
+    n_state : int, optional
+        When given, it must equal the number of columns.
+
+    Raises
+    ------
+    ValueError
+        A matrix that is not 2-D, is empty, has a non-finite entry or the wrong number of
+        columns.
+
+    Examples
+    --------
+    >>> H = Linear([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])     # averages of neighbours
+    >>> H.apply(np.array([1.0, 3.0, 5.0]))
+    array([2., 4.])
+    >>> H.apply_ad(np.zeros(3), np.array([1.0, 1.0]))
+    array([0.5, 1. , 0.5])
     """
 
     name = "linear"
@@ -396,11 +501,35 @@ class Linear(OperatorBase):
 def operator_from_spec(spec: Any, n_state: int):
     """Build an observation operator for a state of ``n_state`` points.
 
-    ``spec`` is a registry type name (``"identity"``), a mapping with ``type`` and
-    the constructor's keywords (``{"type": "subset", "indices": [0, 2]}``), or an
-    operator object, returned as it is after checking its ``n_state``.  Names resolve
-    only through :func:`fourdvar.registry.build_operator` (entry points, registered
-    names or ``"package.module:Class"``), so a user's operator plugs in the same way.
+    Names resolve only through :func:`fourdvar.registry.build_operator` (entry points,
+    registered names or ``"package.module:Class"``), so a user's operator plugs in the
+    same way.
+
+    Parameters
+    ----------
+    spec : str, mapping or operator
+        A registry type name (``"identity"``), a mapping with ``type`` and the
+        constructor's keywords (``{"type": "subset", "indices": [0, 2]}``), or an
+        operator object, returned as it is after checking its ``n_state``.
+    n_state : int
+        The size of the state.
+
+    Returns
+    -------
+    operator
+        An object with the observation-operator interface.
+
+    Raises
+    ------
+    ValueError
+        When the spec's or the operator's ``n_state`` differs from ``n_state``.
+    TypeError
+        When ``spec`` is none of the above.
+
+    Examples
+    --------
+    >>> operator_from_spec({"type": "subset", "indices": [0, 2]}, 4)
+    Subset(n_state=4, indices=[0, 2])
     """
     n_state = _check_n_state(n_state, "operator_from_spec")
     if isinstance(spec, str):

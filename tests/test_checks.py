@@ -470,10 +470,10 @@ def test_the_sweep_table_marks_the_asymptotic_range_and_round_off():
     assert all(abs(q - 2) < 0.2 for q in orders)
 
 
-def test_the_readme_shows_the_table_this_example_prints():
+def test_the_checks_guide_shows_the_table_this_example_prints():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "checks.md").read_text()
     cost, xb, pb, rng = l63_cost(0, Lorenz63(wrong={"parameter adjoint sign"}))
     table = checks.format_table(checks.check_model(cost.model, xb, pb, rng, n_steps=8), show_ratios=False)
     assert f"```text\n{table}\n```" in readme

@@ -24,25 +24,3 @@ def test_readme_opens_with_install_and_test_commands_that_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'python -m pip install --quiet -e ".[test]"' in ci and "\npython -m pytest" in ci
 
-
-def test_readme_application_example_runs(tmp_path, monkeypatch):
-    """The fourdvar.app example, on a shortened copy of the configuration it names."""
-    import yaml
-
-    start = README.index("    from fourdvar.app.config import load_config")
-    lines = []
-    for line in README[start:].splitlines():
-        if line and not line.startswith("    "):
-            break
-        lines.append(line[4:])
-    block = "\n".join(lines)
-    assert "execute(plan)" in block and 'load_config("configs/l96_state.yaml")' in block
-    config = yaml.safe_load((ROOT / "configs" / "l96_state.yaml").read_text())
-    config["window"]["cycles"] = 2
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "l96_state.yaml").write_text(yaml.safe_dump(config))
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["dataset"].sizes["cycle"] == 2
-    assert (tmp_path / "results" / "l96_state.nc").read_bytes()[:4] == b"\x89HDF"

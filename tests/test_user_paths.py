@@ -129,21 +129,37 @@ def test_the_next_run_removes_every_temporary_killed_writers_left(tmp_path, run_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".notes.tmp", "result.nc"]
 
 
-def test_sigterm_ends_a_sweep_in_one_line_keeping_finished_members(tmp_path):
+def _from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background shell job starts with SIGINT ignored
+
+
+def test_ctrl_c_ends_a_sweep_in_one_line_keeping_finished_members(tmp_path):
+    """Ctrl-C at a terminal reaches the whole process group, the embedded cluster's workers included."""
     config = write_config(tmp_path, {"sweep": {"seed": list(range(1, 9))}})
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
     process = subprocess.Popen([sys.executable, "-m", "fourdvar", "sweep", str(config), "--output", "out", "--workers", "1", "-q"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=_from_a_terminal)
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline and not list((tmp_path / "out").glob("0*.nc")):
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     finished = list((tmp_path / "out").glob("0*.nc"))
     assert process.returncode == 130, err
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
     assert f"{len(finished)} of 8 member results are kept" in err and "--resume" in err
     assert 1 <= len(finished) < 8 and all(xr.load_dataset(path).attrs["complete"] == 1 for path in finished)
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path, run_cli, monkeypatch):
+    from fourdvar.app import run as run_module
+
+    write_config(tmp_path)
+    monkeypatch.setattr(run_module, "run_to_file", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    status, out, err = run_cli("run", "experiment.yaml", "-q")
+    assert status == 130 and err.strip() == f"interrupted; completed cycles are saved in {Path('out/result.checkpoint')}; continue with --resume"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
 
 
 # --- threads ----------------------------------------------------------------------------------------------
@@ -277,9 +293,9 @@ def test_a_missing_model_module_names_where_it_looked_and_the_fix_uncut(tmp_path
 
 
 @pytest.mark.parametrize("args, overrides, words", [
-    (("run",), {"truth.spinup_steps": 10**12}, ("truth.spinup_steps", "GiB")),
-    (("run",), {"diagnostics.forecast_skill": True, "diagnostics.forecast_starts": 10**9}, ("diagnostics.forecast_starts", "GiB")),
-    (("run",), {"ensemble.members": 10**9}, ("ensemble.members", "GiB")),
+    (("run",), {"truth.spinup_steps": 1e12}, ("truth.spinup_steps", "GiB")),
+    (("run",), {"diagnostics.forecast_skill": True, "diagnostics.forecast_starts": 1e9}, ("diagnostics.forecast_starts", "GiB")),
+    (("run",), {"ensemble.members": 1e9}, ("ensemble.members", "GiB")),
     (("check", "--window-steps", "1000000000"), {}, ("--window-steps", "GiB")),
 ])
 def test_memory_is_checked_for_spinup_diagnostics_ensembles_and_checks(tmp_path, run_cli, args, overrides, words):
@@ -291,30 +307,29 @@ def test_memory_is_checked_for_spinup_diagnostics_ensembles_and_checks(tmp_path,
     assert time.perf_counter() - started < 10 and not (tmp_path / "out").exists()
 
 
-def checkpoint_window(tmp_path, run_cli, monkeypatch) -> Path:
+CHECKPOINT_EDITS = {
+    "cycle attribute 99": (lambda ds: ds.attrs.update(cycle=99), ("'cycle' attribute is 99", "window 1")),
+    "NaN in state_xb": (lambda ds: ds["state_xb"].values.__setitem__(3, np.nan), ("'state_xb' holds a non-finite value",)),
+    "NaN in the analysis": (lambda ds: ds["analysis"].values.__setitem__((0, 2), np.nan), ("'analysis' holds a non-finite value",)),
+}
+
+
+def test_a_checkpoint_window_is_checked_before_a_resume_trusts_it(tmp_path, run_cli, monkeypatch):
     write_config(tmp_path)
     interrupted_run(run_cli, monkeypatch, 2)
-    return tmp_path / "out/result.checkpoint/cycle_000001.nc"
-
-
-@pytest.mark.parametrize("edit, words", [
-    (lambda ds: ds.attrs.update(cycle=99), ("'cycle' attribute is 99", "window 1")),
-    (lambda ds: ds["state_xb"].values.__setitem__(3, np.nan), ("'state_xb' holds a non-finite value",)),
-    (lambda ds: ds["analysis"].values.__setitem__((0, 2), np.nan), ("'analysis' holds a non-finite value",)),
-    (lambda ds: None, None),  # negative control: the untouched window resumes
-])
-def test_a_checkpoint_window_is_checked_before_a_resume_trusts_it(tmp_path, run_cli, monkeypatch, edit, words):
-    window = checkpoint_window(tmp_path, run_cli, monkeypatch)
-    dataset = xr.load_dataset(window)
-    edit(dataset)
-    dataset.to_netcdf(window)
-    status, out, err = run_cli("run", "experiment.yaml", "--cycles", "3", "--resume")
-    if words is None:
-        assert status == 0 and xr.load_dataset(tmp_path / "out/result.nc").sizes["cycle"] == 3
-        return
-    line = one_line(err)
-    assert status == 2 and "cycle_000001.nc" in line and "--restart" in line and all(word in line for word in words), line
-    assert window.exists() and not (tmp_path / "out/result.nc").exists()
+    window = tmp_path / "out/result.checkpoint/cycle_000001.nc"
+    saved = window.read_bytes()
+    for name, (edit, words) in CHECKPOINT_EDITS.items():
+        dataset = xr.load_dataset(window)
+        edit(dataset)
+        dataset.to_netcdf(window)
+        status, out, err = run_cli("run", "experiment.yaml", "--cycles", "3", "--resume")
+        line = one_line(err)
+        assert status == 2 and "cycle_000001.nc" in line and "--restart" in line and all(word in line for word in words), (name, line)
+        assert not (tmp_path / "out/result.nc").exists()
+        window.write_bytes(saved)
+    status, out, err = run_cli("run", "experiment.yaml", "--cycles", "3", "--resume", "-q")  # negative control: untouched
+    assert status == 0 and xr.load_dataset(tmp_path / "out/result.nc").sizes["cycle"] == 3
 
 
 @pytest.mark.parametrize("sweep, words", [

@@ -36,6 +36,13 @@ class CheckpointError(Exception):
 
 
 def checkpoint_directory(output: Path) -> Path:
+    """The checkpoint directory of the result file ``output``: ``out/result.nc -> out/result.checkpoint``.
+
+    Examples
+    --------
+    >>> checkpoint_directory(Path("out/result.nc")).as_posix()
+    'out/result.checkpoint'
+    """
     return output.with_name(output.stem + ".checkpoint")
 
 

@@ -235,6 +235,7 @@ def _one_line(error: Exception, limit: int = 160) -> str:
 
 
 def command_run(args) -> int:
+    """``fourdvar run``: the experiment of ``args.config`` to its result file; the exit status."""
     from .checkpoint import CheckpointError
     from .results import WriteError
     from .run import RunDiverged, run_to_file
@@ -319,6 +320,7 @@ class MemberProgress:
 
 
 def command_sweep(args) -> int:
+    """``fourdvar sweep``: every member of the configuration's ``sweep:`` block on a Dask cluster, and ``summary.nc``."""
     from .sweep import SUMMARY_FILE, Sweep, run_sweep, summary_table
 
     from .config import ConfigError
@@ -397,6 +399,7 @@ def _check_window_memory(plan, n_steps: int) -> None:
 
 
 def command_generate(args) -> int:
+    """``fourdvar generate``: the truth run and the synthetic observations alone, to one NetCDF file."""
     import numpy as np
 
     from .atomic import WriteError, remove_temporaries, write_atomic
@@ -431,6 +434,7 @@ def command_generate(args) -> int:
 
 
 def command_plot(args) -> int:
+    """``fourdvar plot``: every figure a result file supports, as PNG."""
     from .config import ConfigError
     from .plan import check_directory
 
@@ -516,6 +520,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``fourdvar`` command and its subcommands (``fourdvar SUBCOMMAND --help``)."""
     parser = _OneLineParser(prog="fourdvar", description="Incremental 4D-Var with hand-coded tangent-linear and adjoint models.")
     parser.add_argument("--version", action="version", version=f"fourdvar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -574,6 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fourdvar`` command: parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return the exit status.
+
+    Bad input is one line on stderr and exit status 2, before any computation.
+    """
     args = build_parser().parse_args(argv)
     from .config import ConfigError
 

@@ -30,6 +30,8 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -167,7 +169,7 @@ def start_worker_server(preload: Sequence[str] = ()) -> None:
     set before numpy loads, and forks each worker from itself ready to run; a forked
     worker ends without a teardown.  The server lives as long as this process (later
     embedded clusters start in a fraction of a second), and only the first call's
-    ``preload`` counts.  Call it early, e.g. before validating plans, so that its
+    ``preload`` counts; the server and the workers ignore SIGINT (:func:`_interrupts_ignored`).  Call it early, e.g. before validating plans, so that its
     imports overlap that work; :func:`embedded_cluster` calls it in any case.
     """
     if not _FORK_SERVER:
@@ -177,8 +179,23 @@ def start_worker_server(preload: Sequence[str] = ()) -> None:
     # Nothing of distributed is imported here, so that the server's imports start at once and
     # overlap this process's.  (distributed later sets preloads of its own: unused, the server runs.)
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(dict.fromkeys(["distributed", *WORKER_PRELOAD, *preload])))
-    with _environment(SINGLE_THREAD_ENVIRONMENT):
+    with _environment(SINGLE_THREAD_ENVIRONMENT), _interrupts_ignored():
         multiprocessing.forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile: a process started here (the fork server, and so every worker
+    forked from it) keeps ignoring it, so Ctrl-C at a terminal, sent to the whole process
+    group, reaches this process alone, which stops the workers in order."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -200,9 +217,11 @@ def embedded_cluster(n_workers: int | None = None, preload: Sequence[str] = ()) 
     """A :class:`distributed.Client` of a local cluster started here and stopped on exit.
 
     One worker process per core by default, one thread each, BLAS threads 1, on
-    127.0.0.1 only, no dashboard, workers' logs silenced below errors; the workers
-    are forked from the server of :func:`start_worker_server` (``preload``: further
-    modules it imports, if this call starts it).
+    127.0.0.1 only, no dashboard, the cluster's logs silenced below critical (a member's
+    error is reported in its outcome; what remains are the heartbeats a stopping
+    cluster misses); the workers are forked from the server of
+    :func:`start_worker_server` (``preload``: further modules it imports, if this call
+    starts it).
     """
     start_worker_server(preload)
     import dask
@@ -212,7 +231,7 @@ def embedded_cluster(n_workers: int | None = None, preload: Sequence[str] = ()) 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": SINGLE_THREAD_ENVIRONMENT, **_WORKER_START}):
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP endpoints: any free port
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
             yield client
 
 

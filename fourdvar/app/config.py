@@ -123,6 +123,14 @@ REQUIRED = object()
 
 @dataclass(frozen=True)
 class Field:
+    """One key of the schema: its kind, default, documentation and check.
+
+    ``kind`` is one of ``int``, ``float``, ``bool``, ``str``, ``number_or_list``,
+    ``component``, ``components``, ``str_list`` and ``any``; ``check(value)`` returns
+    ``None`` or what is wrong; ``choices`` lists the allowed values; ``nullable`` allows
+    ``null``.  :func:`schema_markdown` documents every field.
+    """
+
     kind: str  # int, float, bool, str, number_or_list, component, components, str_list, any
     default: Any
     doc: str
