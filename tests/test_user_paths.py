@@ -186,6 +186,24 @@ def test_one_blas_thread_for_a_small_problem_unless_the_user_says(tmp_path, run_
     assert seen == [1, 2, 2]
 
 
+@pytest.mark.parametrize("n_state, n_params, control, expected", [
+    (1999, 0, ["state"], 1), (2000, 0, ["state"], 2), (40, 5000, ["state", "params"], 2), (40, 5000, ["state"], 1),
+])
+def test_a_large_state_or_parameter_vector_keeps_the_libraries_threads(monkeypatch, n_state, n_params, control, expected):
+    from types import SimpleNamespace
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with threadpool_limits(2):
+        threads = cli.Threads(None)
+        threads.fit(SimpleNamespace(model=SimpleNamespace(n_state=n_state, n_params=n_params), control=control))
+        try:
+            assert blas_threads() == expected
+        finally:
+            if threads.limiter is not None:
+                threads.limiter.restore_original_limits()
+
+
 # --- observation files -----------------------------------------------------------------------------------
 
 
