@@ -16,14 +16,15 @@ File format (one flat dimension ``obs``, one row per observation; specified in
     error_std(obs)  float64  observation error standard deviation (R = diag(error_std**2))
     operator(obs)   str      registry name of the slot's operator: identity | subset | square | tanh
     scale(obs)      float64  tanh scale s (NaN for other operators); only present if some slot uses tanh
-    global attribute n_state (optional: one integer)
+    global attribute n_state
+
+The same table can be a CSV file (:meth:`ObservationSet.from_csv`): a header line
+naming the columns ``time`` or ``step``, ``location`` or ``index``, ``value``,
+``error`` or ``error_std``, ``operator`` (optional, default ``subset``) and ``scale``.
 
 Every observation of one step shares that step's operator; within a step the rows
 are in the operator's index order.  Only pointwise operators with diagonal ``R``
 can be written: a ``Linear`` operator or a non-diagonal ``R`` raises ``ValueError``.
-The same table can be a CSV file (:meth:`ObservationSet.from_csv`): a header line
-naming the columns ``time`` or ``step``, ``location`` or ``index``, ``value``,
-``error`` or ``error_std``, ``operator`` (optional, default ``subset``) and ``scale``.
 """
 
 from __future__ import annotations
