@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing result file (refused without it)")
     restart = run.add_mutually_exclusive_group()
     restart.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    restart.add_argument("--restart", action="store_true", help="discard an interrupted run's checkpoint and start again (refused without it or --resume)")
+    restart.add_argument("--restart", action="store_true", help="discard an interrupted run's checkpoint and start again (without --resume or --restart a run leaves a checkpoint alone and stops)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
