@@ -12,8 +12,9 @@ each time, three ways, interleaved and repeated (medians and their ratios, one r
 Nothing is pinned to a core here: what is measured is threads contending for the
 machine's cores with the other jobs that run on it (the case of a shared 2-core
 machine).  ``--busy`` starts one more CPU-bound process for the duration, so there
-is always a second job.  ``--configs NAME ...`` then times one run of each named
-shipped configuration with the default threads (the times the READMEs quote).
+is always a second job.  ``--configs NAME ...`` times one run of each named
+shipped configuration with the default threads instead (the times the READMEs
+quote), in a section of its own.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ def quick_start(repeats: int, directory: Path) -> str:
             times[way].append(run_seconds(config, extra, variables, directory))
             print(f"{way}: {times[way][-1]:.2f} s", flush=True)
     median = {way: statistics.median(values) for way, values in times.items()}
-    lines = [f"`fourdvar run configs/l96_state.yaml` (50 windows), wall time of a fresh process, median of {repeats} interleaved runs:", "",
+    lines = [f"`fourdvar run configs/l96_state.yaml` (50 windows), wall time of a fresh process, median of {repeats} interleaved rounds; "
+             "the ratio is the median over rounds of each round's time / its pinned time:", "",
              "| threads | median | runs | / pinned |", "|---|---|---|---|"]
     for way, values in times.items():
-        lines.append(f"| {way} | {median[way]:.2f} s | {', '.join(f'{v:.2f}' for v in values)} | {median[way] / median['pinned']:.2f}x |")
+        ratio = statistics.median(value / pinned for value, pinned in zip(values, times["pinned"]))
+        lines.append(f"| {way} | {median[way]:.2f} s | {', '.join(f'{v:.2f}' for v in values)} | {ratio:.2f}x |")
     return "\n".join(lines)
 
 
@@ -84,22 +87,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--busy", action="store_true", help="run one more CPU-bound process meanwhile")
-    parser.add_argument("--configs", nargs="*", default=[], help="shipped configurations to time once each (names without .yaml)")
+    parser.add_argument("--configs", nargs="*", default=[], help="time these shipped configurations once each (names without .yaml)")
     args = parser.parse_args()
     job = busy_job() if args.busy else None
+    load = os.getloadavg()[0]
     try:
         with tempfile.TemporaryDirectory() as directory:
-            load = os.getloadavg()[0]
-            body = quick_start(args.repeats, Path(directory))
-            if args.configs:
-                body += "\n\n" + shipped(args.configs, Path(directory))
+            body = shipped(args.configs, Path(directory)) if args.configs else quick_start(args.repeats, Path(directory))
     finally:
         if job is not None:
             job.kill()
             job.wait()
     body += f"\n\nLoad average at the start: {load:.1f} on {os.cpu_count()} cores" + ("; one more CPU-bound job ran throughout (--busy)." if args.busy else ".")
     print(body)
-    record("Threads of the command line", body)
+    record("Run time of the shipped configurations" if args.configs else "Threads of the command line", body)
 
 
 if __name__ == "__main__":

@@ -381,11 +381,15 @@ class ObservationSet:
     @classmethod
     def from_file(cls, path: str | os.PathLike, n_state: int, dt: float | None = None, nearest_step: bool = False) -> "ObservationSet":
         """:meth:`from_csv` or :meth:`from_netcdf`, by the file's contents (:func:`file_format`)."""
-        kind = file_format(path)
-        if kind == "unknown" and os.path.isfile(path):
-            raise ValueError(f"observation file {os.fspath(path)!r}: neither NetCDF nor CSV (a first line of comma-separated column names)")
-        read = cls.from_csv if kind == "csv" else cls.from_netcdf
-        return read(path, n_state=n_state, dt=dt, nearest_step=nearest_step)
+        if file_format(path) == "csv":
+            return cls.from_csv(path, n_state=n_state, dt=dt, nearest_step=nearest_step)
+        try:
+            return cls.from_netcdf(path, n_state=n_state, dt=dt, nearest_step=nearest_step)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise ValueError(f"observation file {os.fspath(path)!r}: neither NetCDF nor CSV (a first line of comma-separated "
+                             f"column names): {' '.join(str(error).split())[:100]}") from None
 
     file_format = staticmethod(file_format)
 

@@ -411,9 +411,10 @@ def temporaries(directory: Path) -> list[Path]:
 
 
 def kill_during(directory: Path, when: str, rng: np.random.Generator) -> dict:
-    """Start ``run --resume``; SIGKILL it while it writes a checkpoint window (``when ==
+    """Start ``run --resume --overwrite`` (a run of the storm may finish before its kill);
+    SIGKILL it while it writes a checkpoint window (``when ==
     "write"``: as soon as a temporary file appears) or at a random moment of its cycles."""
-    process = subprocess.Popen([sys.executable, "-m", "fourdvar", *RUN, "--resume", "-q"], cwd=directory,
+    process = subprocess.Popen([sys.executable, "-m", "fourdvar", *RUN, "--resume", "--overwrite", "-q"], cwd=directory,
                                env=environment(directory), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     start = windows_done(directory)
     deadline = time.monotonic() + TIMEOUT
@@ -458,7 +459,7 @@ def test_sigkill_storm_then_resume_is_bit_identical_and_leaves_no_temporaries(tm
     kills = [kill_during(stormed, when, rng) for when in ("write", "cycle", "write", "cycle", "write", "write")]
     assert sum(kill["killed"] for kill in kills) >= 4, kills
     assert any(kill["caught_writing"] and kill["killed"] for kill in kills), kills  # at least one kill mid-write
-    finish = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "--resume"], cwd=stormed, env=environment(stormed),
+    finish = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "--resume", "--overwrite"], cwd=stormed, env=environment(stormed),
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert finish.returncode == 0, describe(finish)
     _, errors = background.communicate(timeout=TIMEOUT)

@@ -19,6 +19,7 @@ import dask
 import pytest
 import xarray as xr
 
+from fourdvar.app.atomic import temporary_name
 from fourdvar.app.cluster import (
     Member, embedded_cluster, execute_member, run_config, run_members,
 )
@@ -103,7 +104,7 @@ def test_existing_result_files_are_skipped_and_only_missing_members_run(tmp_path
     for member in done_before:
         execute_member(member)
     stamps = {m.name: m.output.stat().st_mtime_ns for m in done_before}
-    (tmp_path / ".seed3.nc.123.456.tmp").write_bytes(b"half a file")  # left by a killed attempt
+    temporary_name(tmp_path / "seed3.nc").write_bytes(b"half a file")  # left by a killed attempt
     outcomes = run_members(members(tmp_path, [1, 2, 3], cycles=3), n_workers=1)
     assert [o.skipped for o in outcomes] == [True, True, False]
     assert {name: (tmp_path / f"{name}.nc").stat().st_mtime_ns for name in stamps} == stamps

@@ -24,7 +24,7 @@ stdout, progress to stderr; ``--quiet`` silences the progress only.  Ctrl-C and
 SIGTERM end a command cleanly in one line, keeping what was finished.
 
 BLAS and OpenMP run one thread for problems below :data:`THREADED_STATE_SIZE`
-(small matrix products, where threads only synchronise, and on a shared machine
+state variables or estimated parameters (small matrix products, where threads only synchronise, and on a shared machine
 spin against the other jobs); ``--threads N`` or the user's own
 ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` take precedence.
 """
@@ -56,15 +56,15 @@ class CommandError(Exception):
 
 # --- threads ------------------------------------------------------------------------------------------
 
-#: State size from which BLAS/OpenMP keep their own thread count; below it one thread is faster
-#: (benchmarks/threads.py measures the shipped configurations).
+#: Control size (state, or parameters when estimated) from which BLAS/OpenMP keep their own
+#: thread count; below it one thread is faster (benchmarks/threads.py measures the shipped configurations).
 THREADED_STATE_SIZE = 2000
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 class Threads:
     """The BLAS/OpenMP thread count of a command: ``--threads`` (0: the libraries' own), else the
-    user's environment variables, else one thread until :meth:`fit` sees a state of
+    user's environment variables, else one thread until :meth:`fit` sees a problem of
     :data:`THREADED_STATE_SIZE` or more."""
 
     def __init__(self, given: int | None):
@@ -77,9 +77,11 @@ class Threads:
 
             self.limiter = threadpool_limits(limits=chosen)
 
-    def fit(self, n_state: int) -> None:
-        """Give a large problem the libraries' own thread count (unless the user chose one)."""
-        if self.given is None and self.limiter is not None and n_state >= THREADED_STATE_SIZE:
+    def fit(self, plan) -> None:
+        """Give a large problem the libraries' own thread count (unless the user chose one): a
+        state, or estimated parameters (dense covariances), of :data:`THREADED_STATE_SIZE` or more."""
+        size = max(plan.model.n_state, plan.model.n_params if "params" in plan.control else 0)
+        if self.given is None and self.limiter is not None and size >= THREADED_STATE_SIZE:
             self.limiter.restore_original_limits()
             self.limiter = None
 
@@ -250,7 +252,7 @@ def command_run(args) -> int:
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
     plan = _plan(args, config, output, what)
-    args.threads_in_use.fit(plan.model.n_state)
+    args.threads_in_use.fit(plan)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
         with _members_map(config, args) as map_members:
@@ -378,7 +380,7 @@ def command_check(args) -> int:
     plan = _plan(args, config, output, what)
     if args.window_steps is not None:
         _check_window_memory(plan, args.window_steps)
-    args.threads_in_use.fit(plan.model.n_state)
+    args.threads_in_use.fit(plan)
     counts = check_plan(plan, config, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
@@ -507,7 +509,7 @@ _threads = _integer_parser(0, "an integer >= 0 (0: the BLAS/OpenMP libraries' ow
 
 
 def _threads_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=_threads, help=f"BLAS/OpenMP threads (default: 1 below {THREADED_STATE_SIZE} state variables, "
+    parser.add_argument("--threads", type=_threads, help=f"BLAS/OpenMP threads (default: 1 below {THREADED_STATE_SIZE} state variables or estimated parameters, "
                                                          "else the libraries' own; OMP_NUM_THREADS etc. when set; 0: the libraries' own)")
 _positive_int = _integer_parser(1, "a positive integer")
 
@@ -533,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing result file (refused without it)")
     restart = run.add_mutually_exclusive_group()
     restart.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    restart.add_argument("--restart", action="store_true", help="discard an interrupted run's checkpoint and start again (refused without it or --resume)")
+    restart.add_argument("--restart", action="store_true", help="discard an interrupted run's checkpoint and start again (without --resume or --restart a run leaves a checkpoint alone and stops)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
