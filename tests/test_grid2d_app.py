@@ -176,3 +176,16 @@ def test_bad_input_is_one_line_and_exit_2(change, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "result.nc").exists()
+
+
+def test_initial_std_keeps_the_first_background_whatever_the_std_of_b():
+    def first_background(error_std, initial_std):
+        config = copy.deepcopy(CONFIG)
+        config["background"]["state"].update(error_std=error_std, initial_std=initial_std)
+        return Plan.from_config(resolve_config(config))
+
+    a, b = first_background(0.5, 0.3), first_background(0.9, 0.3)
+    np.testing.assert_array_equal(a.xb0, b.xb0)
+    default = first_background(0.3, None)
+    np.testing.assert_array_equal(default.xb0, a.xb0)  # the draw from B with std 0.3, as without the key
+    assert not np.array_equal(first_background(0.5, None).xb0, a.xb0)

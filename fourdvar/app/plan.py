@@ -427,7 +427,9 @@ class Plan:
         truth = self.truth["trajectory"]
         if choice == "truth_mean":
             return np.full(self.model.n_state, truth[: self.span + 1].mean())
-        return truth[0] + self.B0.sample(self.rng(_BACKGROUND))
+        initial_std = self.config["background"]["state"]["initial_std"]
+        B = self.B0 if initial_std is None else self._state_covariance(initial_std)
+        return truth[0] + B.sample(self.rng(_BACKGROUND))
 
     def _free_run(self) -> np.ndarray:
         """A state of the forecast model's own climate: a spun-up run from a random state."""

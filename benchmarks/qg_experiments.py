@@ -1,0 +1,179 @@
+"""The two-layer QG twin experiments, run from their configs and scored from the result files.
+
+``configs/qg_state.yaml``: cycled 4D-Var against 3D-Var on the same truth and
+observations (the same config with windows of one observation interval, so each
+window assimilates the observations of its first step alone, cycled, with its own
+B std, the best of ``THREE_D_VAR_STDS`` on the first seed) and against the free
+run (the first background forecast through the whole experiment).  The score is
+the streamfunction RMSE of the analysis trajectory (each window's analysis and its
+forecast to the next window), over the steps of the second half of the experiment.
+
+``configs/qg_params.yaml``: the relative error of the analysed bottom drag ``rek``
+of the last window, from a first guess 50 % off.
+
+Each run is ``fourdvar run`` (in this process), its wall time measured.  Results go
+to ``benchmarks/RESULTS.md`` (section "QG twin experiments").
+Run: ``taskset -c 1 nice python benchmarks/qg_experiments.py [--seeds 1 2 3] [--output DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from fourdvar.app import cli
+from fourdvar.app.config import load_raw
+from fourdvar.app.results import config_of
+from fourdvar.registry import build_model
+from fourdvar.window import forecast
+
+_spec = importlib.util.spec_from_file_location("results", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.py"))
+_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_results)  # by path: this folder's models.py must not shadow the models package
+record = _results.record
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE, PARAMS = ROOT / "configs" / "qg_state.yaml", ROOT / "configs" / "qg_params.yaml"
+THREE_D_VAR_STDS = (1.0e-6, 2.0e-6, 4.0e-6)  # background.state.error_std tried for 3D-Var
+
+
+def _set(raw: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        raw = raw.setdefault(key, {})
+    raw[last] = value
+
+
+def run(config: Path, seed: int, output: Path, **overrides) -> tuple[xr.Dataset, float]:
+    """``fourdvar run config --seed seed`` with ``overrides`` (dotted keys); the result and the wall time."""
+    raw = copy.deepcopy(load_raw(config))
+    for dotted, value in overrides.items():
+        _set(raw, dotted.replace("__", "."), value)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / config.name
+        path.write_text(yaml.safe_dump(raw))
+        start = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):
+            status = cli.main(["run", str(path), "--output", str(output), "--seed", str(seed), "--quiet"])
+        seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"fourdvar run {config.name} (seed {seed}, {overrides}) failed with status {status}")
+    with xr.open_dataset(output) as ds:
+        return ds.load(), seconds
+
+
+def _model(ds: xr.Dataset):
+    spec = {key: value for key, value in config_of(ds)["model"].items() if key not in ("params", "params_from")}
+    return build_model(spec)
+
+
+def _streamfunction(model, states: np.ndarray) -> np.ndarray:
+    return np.array([model.streamfunction(x) for x in states])
+
+
+def streamfunction_scores(ds: xr.Dataset) -> dict[str, float]:
+    """Streamfunction RMSE over the steps of the second half: the analysis trajectory and the free run."""
+    model = _model(ds)
+    L, n = int(ds.attrs["window_steps"]), ds.sizes["cycle"]
+    analysis = ds["analysis"].values[:, :L].reshape(n * L, -1)  # each window's steps 0 .. L-1: every step once
+    truth = ds["truth"].values[:, :L].reshape(n * L, -1)
+    half = slice(n * L // 2, n * L)
+    p = ds["params_background"].values[0] if "params_background" in ds else np.zeros(model.n_params)
+    free = forecast(model, ds["background"].values[0, 0], p, n * L - 1)
+    psi_truth = _streamfunction(model, truth[half])
+
+    def rmse(states):
+        return float(np.sqrt(np.mean((_streamfunction(model, states) - psi_truth) ** 2)))
+
+    return {"analysis": rmse(analysis[half]), "free run": rmse(free[half]), "truth std": float(psi_truth.std())}
+
+
+def state_experiment(seeds, directory: Path) -> tuple[str, list[str]]:
+    raw = load_raw(STATE)
+    every, steps, cycles = raw["observations"]["every"], raw["window"]["steps"], raw["window"]["cycles"]
+    three_d_var = {"window__steps": every, "window__cycles": cycles * steps // every}
+    lines, failures = [], []
+    scores = {}
+    # 3D-Var's own B: the best std on the first seed
+    trials = {}
+    for std in THREE_D_VAR_STDS:
+        ds, _ = run(STATE, seeds[0], directory / f"qg_3dvar_std{std:g}_seed{seeds[0]}.nc", **three_d_var,
+                    background__state__error_std=std)
+        trials[std] = streamfunction_scores(ds)["analysis"]
+    best = min(trials, key=trials.get)
+    lines.append("3D-Var B std tried on seed %d: %s; kept %g" % (seeds[0], ", ".join(f"{s:g}: {r:.1f}" for s, r in trials.items()), best))
+    lines.append("")
+    lines.append("| seed | 4D-Var run time (s) | 4D-Var psi RMSE | 3D-Var psi RMSE | 4D-Var / 3D-Var | free run psi RMSE | truth psi std |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for seed in seeds:
+        ds4, seconds = run(STATE, seed, directory / f"qg_state_seed{seed}.nc")
+        ds3, _ = run(STATE, seed, directory / f"qg_3dvar_seed{seed}.nc", **three_d_var, background__state__error_std=best)
+        s4, s3 = streamfunction_scores(ds4), streamfunction_scores(ds3)
+        ratio = s4["analysis"] / s3["analysis"]
+        scores[seed] = (seconds, s4, s3, ratio)
+        lines.append(f"| {seed} | {seconds:.0f} | {s4['analysis']:.1f} | {s3['analysis']:.1f} | {ratio:.2f} | "
+                     f"{s4['free run']:.0f} | {s4['truth std']:.0f} |")
+        if seconds > 300:
+            failures.append(f"qg_state seed {seed}: {seconds:.0f} s > 300 s")
+        if ratio > 0.7:
+            failures.append(f"qg_state seed {seed}: 4D-Var / 3D-Var = {ratio:.2f} > 0.70")
+        if max(s4["analysis"], s3["analysis"]) > 0.2 * s4["free run"]:
+            failures.append(f"qg_state seed {seed}: an analysis RMSE above 0.2 x the free run's")
+    return "\n".join(lines), failures
+
+
+def params_experiment(seeds, directory: Path) -> tuple[str, list[str]]:
+    raw = load_raw(PARAMS)
+    true_rek = raw["truth"]["model"]["rek"]
+    lines = ["| seed | run time (s) | first guess rek | analysed rek (last window) | relative error |", "|---|---|---|---|---|"]
+    failures = []
+    for seed in seeds:
+        ds, seconds = run(PARAMS, seed, directory / f"qg_params_seed{seed}.nc")
+        first, last = float(ds["params_background"].values[0, 0]), float(ds["params_analysis"].values[-1, 0])
+        error = abs(last - true_rek) / true_rek
+        lines.append(f"| {seed} | {seconds:.0f} | {first:.4g} | {last:.4g} | {error:.3f} |")
+        if error > 0.05:
+            failures.append(f"qg_params seed {seed}: rek off by {100 * error:.1f} % > 5 %")
+    return f"true rek = {true_rek:.4g} s^-1\n\n" + "\n".join(lines), failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--output", default=None, help="directory for the result files (default: a temporary one)")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(args.output or scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        state_table, state_failures = state_experiment(args.seeds, directory)
+        print(state_table, flush=True)
+        params_table, params_failures = params_experiment(args.seeds, directory)
+        print(params_table, flush=True)
+    failures = state_failures + params_failures
+    verdict = "all targets met" if not failures else "targets missed: " + "; ".join(failures)
+    body = (
+        "`configs/qg_state.yaml`: streamfunction RMSE (m^2 s^-1) of the analysis trajectory over the steps of the "
+        "second half; 3D-Var is the same config with windows of one observation interval and its own B std.\n\n"
+        f"{state_table}\n\n`configs/qg_params.yaml`: the bottom drag from a first guess 50 % off.\n\n{params_table}\n\n{verdict}"
+    )
+    print(verdict)
+    if not args.no_record:
+        record("QG twin experiments", body)
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
