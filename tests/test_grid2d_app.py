@@ -189,3 +189,26 @@ def test_initial_std_keeps_the_first_background_whatever_the_std_of_b():
     default = first_background(0.3, None)
     np.testing.assert_array_equal(default.xb0, a.xb0)  # the draw from B with std 0.3, as without the key
     assert not np.array_equal(first_background(0.5, None).xb0, a.xb0)
+
+
+def test_check_passes_on_a_tiny_qg_experiment(tmp_path, capsys):
+    config = {
+        "seed": 3,
+        "model": {"type": "qg", "nx": 16, "L": 2.5e5, "estimate": ["rek"]},
+        "truth": {"spinup_steps": 300, "initial_std": 2.0e-5},
+        "observations": {"every": 2, "error_std": 50.0, "operator": [
+            {"type": "streamfunction_points", "stations": 40, "seed": 5, "move_every": 2},
+            {"type": "grid_subset", "every": 4, "layer": "all"},
+        ]},
+        "background": {"state": {"error_std": 1.0e-6, "layer_scale": [1.0, 0.15],
+                                 "correlation": {"type": "soar", "length_scale": 2.0, "vertical": [[1.0, 0.5], [0.5, 1.0]]}},
+                       "params": {"error_std": 1.0e-7}},
+        "window": {"steps": 4, "cycles": 1},
+        "assimilation": {"control": ["state", "params"]},
+    }
+    (tmp_path / "qg.yaml").write_text(yaml.safe_dump(config))
+    status = cli.main(["check", str(tmp_path / "qg.yaml")])
+    out = capsys.readouterr().out
+    assert status == 0, out[-3000:]
+    assert "StreamfunctionPoints(40 observations on a 16 x 16 grid)" in out and "GridSubset(32 observations" in out
+    assert out.strip().splitlines()[-1].endswith("0 failed, 0 inconclusive")
