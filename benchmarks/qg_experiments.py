@@ -66,11 +66,12 @@ def run(config: Path, seed: int, output: Path, **overrides) -> tuple[xr.Dataset,
         path = Path(directory) / config.name
         path.write_text(yaml.safe_dump(raw))
         start, cpu = time.perf_counter(), time.process_time()
-        with contextlib.redirect_stderr(io.StringIO()):
+        messages = io.StringIO()
+        with contextlib.redirect_stderr(messages):
             status = cli.main(["run", str(path), "--output", str(output), "--seed", str(seed), "--quiet"])
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     if status != 0:
-        raise SystemExit(f"fourdvar run {config.name} (seed {seed}, {overrides}) failed with status {status}")
+        raise SystemExit(f"fourdvar run {config.name} (seed {seed}, {overrides}) failed with status {status}: {messages.getvalue().strip()}")
     with xr.open_dataset(output) as ds:
         return ds.load(), (wall, cpu)
 

@@ -17,6 +17,7 @@ import yaml
 from fourdvar.app import cli
 from fourdvar.app.maps import ROWS, plot_maps
 from fourdvar.app.plotting import FIGURES
+from fourdvar.app.results import recompute_cost
 from fourdvar.app.plan import Plan
 from fourdvar.app.config import resolve_config
 from fourdvar.covariances2d import PeriodicCorrelation2D
@@ -114,6 +115,12 @@ def test_the_result_file_keeps_the_grid_and_the_station_positions(run):
     assert {"obs_x", "obs_y"} <= set(ds.variables) and np.all(np.isfinite(ds["obs_x"].values))
     assert set(np.unique(ds["obs_operator"].values)) == {"streamfunction_points", "points"}
     assert ds["rmse_analysis"].values[0] < 0.5 * ds["rmse_background"].values[0]  # the first window, from B's draw
+
+
+def test_the_result_file_recomputes_its_cost_with_the_layered_b(run):
+    _, ds = run
+    for cycle in range(ds.sizes["cycle"]):
+        assert recompute_cost(ds, cycle).J == pytest.approx(float(ds["J_final"].values[cycle]), rel=1e-12)
 
 
 def test_maps_show_each_layer_with_a_shared_scale_per_row_and_the_stations(run):

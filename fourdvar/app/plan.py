@@ -462,7 +462,16 @@ class Plan:
         weight = state["adaptive_weight"] if c > 0 else 1.0
         variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
         std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
-        return B.with_std(std)
+        return self.state_covariance_with_mean_std(std)
+
+    def state_covariance_with_mean_std(self, std: float):
+        """``B0`` with its std profile scaled to the mean ``std`` (the layers of a 2-D grid keep
+        their ``layer_scale``; a uniform profile becomes ``std`` everywhere)."""
+        profile = np.asarray(self.B0.std)
+        if np.all(profile == profile[0]):
+            return self.B0.with_std(std)
+        return self.B0.with_std(profile * (std / profile.mean()))
+
 
 def _at_step(operator, step: int):
     """The operator observing at ``step``: its ``at_step(step)`` for a network that moves."""

@@ -406,7 +406,7 @@ def recompute_cost(dataset: xr.Dataset, cycle: int, base_dir: str | Path = ".", 
     row = dataset.isel(cycle=cycle)
     xb = row["background"].values[0]
     pb = row["params_background"].values if "params_background" in dataset else plan.pb0
-    B = plan.B0.with_std(float(row["background_std"]))
+    B = plan.state_covariance_with_mean_std(float(row["background_std"]))
     P = plan.params_policy(cycle, plan.P0) if "params" in plan.control else None
     slots = plan.window_slots(cycle)
     cost = FourDVarCost(plan.model, slots, xb, B=B, pb=pb, P=P, n_steps=plan.n_steps, Q=plan.Q0, model_error_every=plan.model_error_every)
