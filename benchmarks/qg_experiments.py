@@ -33,15 +33,19 @@ import numpy as np
 import xarray as xr
 import yaml
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+# run as a script, this folder leads sys.path, and its models.py would shadow the models package
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != HERE]
+
 from fourdvar.app import cli
 from fourdvar.app.config import load_raw
 from fourdvar.app.results import config_of
 from fourdvar.registry import build_model
 from fourdvar.window import forecast
 
-_spec = importlib.util.spec_from_file_location("results", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.py"))
+_spec = importlib.util.spec_from_file_location("results", os.path.join(HERE, "results.py"))
 _results = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_results)  # by path: this folder's models.py must not shadow the models package
+_spec.loader.exec_module(_results)
 record = _results.record
 
 ROOT = Path(__file__).resolve().parent.parent
