@@ -26,7 +26,9 @@ interleaved batches (``timing.time_pair``) on one pinned core:
    ``jax.jit(jax.grad(J))`` (``lax.scan`` over the steps).  Target <= 1.5x.
 
 Each row also gives the largest difference between the two sides' results,
-relative to the largest value.  JAX must be pinned by ``taskset``: its thread
+relative to the largest value.  A last table shows why the model's FFTs are
+scipy's (``workers=1``): ``rfft2`` then ``irfft2`` of the state's two layers and
+of the four velocity or flux fields, scipy against numpy.  JAX must be pinned by ``taskset``: its thread
 flags do not keep it on one core.
 """
 
@@ -117,17 +119,17 @@ class _Linear:
         self.output, self.tl, self.ad = output, operator.apply, operator.adjoint
 
 
-def build_cost(model: QG, rng: np.random.Generator):
-    """``(cost, x0, (corners, weights), y, B std, R std)`` of a twin experiment."""
-    truth = model.forecast(spun_up_state(model, rng), np.empty(0), WINDOW)
-    corners, weights = bilinear(model, rng, N_POINTS)
+def build_cost(model: QG, rng: np.random.Generator, window: int = WINDOW, every: int = EVERY, n_points: int = N_POINTS):
+    """``(cost, xb, (corners, weights), y, B std, R std, observed steps)`` of a twin experiment."""
+    truth = model.forecast(spun_up_state(model, rng), np.empty(0), window)
+    corners, weights = bilinear(model, rng, n_points)
     operator = UpperStreamfunctionAtPoints(model, corners, weights)
-    steps = list(range(0, WINDOW + 1, EVERY))
+    steps = list(range(0, window + 1, every))
     clean = np.stack([operator.apply(truth[k]) for k in steps])
     sigma_o, sigma_b = 0.1 * clean.std(), 0.3 * truth[0].std()
     y = clean + sigma_o * rng.standard_normal(clean.shape)
     xb = truth[0] + sigma_b * rng.standard_normal(model.n_state)
-    slots = [ObservationSlot(k, y[i], operator, Diagonal(sigma_o, size=N_POINTS)) for i, k in enumerate(steps)]
+    slots = [ObservationSlot(k, y[i], operator, Diagonal(sigma_o, size=n_points)) for i, k in enumerate(steps)]
     cost = FourDVarCost(model, slots, xb, B=Diagonal(sigma_b, size=model.n_state))
     return cost, xb, (corners, weights), y, sigma_b, sigma_o, steps
 
@@ -234,6 +236,24 @@ def measure(n_batches: int, batch_seconds: float) -> list[tuple[str, float, floa
     return rows
 
 
+def fft_rows(n_batches: int, batch_seconds: float) -> list[tuple[str, float, float]]:
+    """``(label, scipy s, numpy s)`` for ``irfft2(rfft2(a))`` of ``a`` ``(2, 64, 64)`` and ``(2, 2, 64, 64)``."""
+    import scipy.fft
+
+    rows = []
+    for shape in ((2, NX, NX), (2, 2, NX, NX)):
+        a = np.random.default_rng(1).standard_normal(shape)
+        rows.append((f"rfft2 + irfft2 of {shape}", *timing.time_pair(
+            lambda: scipy.fft.irfft2(scipy.fft.rfft2(a, workers=1), s=shape[-2:], workers=1),
+            lambda: np.fft.irfft2(np.fft.rfft2(a), s=shape[-2:]), n_batches, batch_seconds)))
+    return rows
+
+
+def fft_table(rows) -> str:
+    header = f"{'real FFTs, float64':<36} {'scipy us':>11} {'numpy us':>9} {'ratio':>6}"
+    return "\n".join([header, "-" * len(header)] + [f"{label:<36} {s * 1e6:>11.1f} {n * 1e6:>9.1f} {s / n:>6.2f}" for label, s, n in rows])
+
+
 def table(rows) -> str:
     header = f"{'QG nx=64, float64':<36} {'fourdvar ms':>11} {'jax ms':>9} {'ratio':>6} {'target':>7} {'met':>4}  {'max rel. diff':>13}"
     lines = [header, "-" * len(header)]
@@ -249,14 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few short batches: a smoke test, not a measurement (nothing recorded)")
     args = parser.parse_args(argv)
-    n_batches, batch_seconds = (3, 0.02) if args.quick else (9, 0.3)
+    n_batches, batch_seconds = (3, 0.02) if args.quick else (15, 0.3)
     import jax
 
     header = [timing.machine_header(), timing.fix_malloc_thresholds(),
               f"jax {jax.__version__}; cpu affinity {sorted(os.sched_getaffinity(0))}; "
               f"medians of {n_batches} interleaved batches of ~{batch_seconds} s"]
     print("\n".join(header), flush=True)
-    text = table(measure(n_batches, batch_seconds))
+    text = table(measure(n_batches, batch_seconds)) + "\n\n" + fft_table(fft_rows(n_batches, batch_seconds))
     print(text)
     if not args.quick:
         path = record("QG model against pyqg-jax (JAX jit)", "\n".join(header) + "\n\n```\n" + text + "\n```",

@@ -13,7 +13,7 @@ On a doubly periodic ``L x W`` domain, layers 1 (upper, thickness ``H1``) and 2
 with ``u = -dpsi/dy``, ``v = dpsi/dx`` and the advection in flux form,
 ``J(psi, q) + U dq/dx = d/dx((u + U) q) + d/dy(v q)``; the bottom drag ``rek``
 acts on the lower layer only.  pyqg evaluates it pseudo-spectrally (``^`` is
-``rfft2``, ``k, l`` the wavenumbers, ``kappa^2 = k^2 + l^2``):
+``rfft2``, ``k, l`` the wavenumbers, ``kappa^2 = k^2 + l^2``)::
 
     inversion   [ -(kappa^2 + F1)   F1             ] [psi1^]   [q1^]
                 [  F2              -(kappa^2 + F2) ] [psi2^] = [q2^]        psi^ = 0 at kappa = 0
@@ -82,8 +82,13 @@ and the constants' chain ``Qy1 = beta + F1 (U1 - U2)``, ``Qy2 = beta - delta F1 
 ``F1 = rd^-2 / (1 + delta)`` (:meth:`QGPhysics.increments` and its adjoint).
 
 Parameters: ``estimate`` is any subset of ``rek, beta, U1, U2, rd``; ``p`` holds
-them in that order, the others are the constructor's values.  TL and AD are
+them in the order of that list (``param_names``), the others are the constructor's values.  TL and AD are
 blocked: ``dx`` ``(n_state, k)`` and ``dp`` ``(n_params, k)`` run as ``k`` fields at once.
+
+The FFTs are scipy's real transforms on all layers (and directions) in one call;
+the pointwise work between them (:class:`SpectralOps`, the terms linear in
+``psi^`` gathered as ``C_n = -i k Qy_n + rek kappa^2 [n = 2]``) runs as compiled
+loops (:mod:`models.qg_kernels`) when numba is installed.
 """
 
 from __future__ import annotations
@@ -166,9 +171,10 @@ def apply_layers_t(A: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
 class QGPhysics:
     """The constants of the tendency at one parameter set: ``rek``, ``beta``, ``U = (U1, U2)``,
-    ``rd``, ``F1``, ``F2``, ``Qy = (Qy1, Qy2)`` and the inversion ``A`` ``(2, 2, ny, nk)``."""
+    ``rd``, ``F1``, ``F2``, ``Qy = (Qy1, Qy2)``, the inversion ``A`` ``(2, 2, ny, nk)`` and the
+    terms linear in ``psi^``, ``C = -i k Qy`` (``+ rek kappa^2`` on layer 2), ``(2, ny, nk)``."""
 
-    def __init__(self, values: dict[str, float], delta: float, kappa2: np.ndarray):
+    def __init__(self, values: dict[str, float], delta: float, k: np.ndarray, kappa2: np.ndarray):
         self.values = values
         self.rek, self.beta, self.rd = values["rek"], values["beta"], values["rd"]
         self.U = np.array([values["U1"], values["U2"]])
@@ -178,6 +184,8 @@ class QGPhysics:
         self.F2 = delta * self.F1
         self.Qy = np.array([self.beta + self.F1 * self.shear, self.beta - self.F2 * self.shear])
         self.inversion = inversion_matrix(kappa2, self.F1, self.F2)
+        # the terms linear in psi^: C_n = -i k Qy_n, plus rek kappa^2 on layer 2
+        self.linear = -1j * k * self.Qy[:, None, None] + np.stack([0 * kappa2, self.rek * kappa2])
         # dA/dF1 acting on psi: dpsi^ = (psi1^ - psi2^) A [1, -delta]^T dF1
         self.inversion_slope = self.inversion[:, 0] - delta * self.inversion[:, 1]
 
@@ -221,12 +229,13 @@ class SpectralOps:
     """The pointwise pieces of the tendency, its TL and its AD between the FFTs, in numpy.
 
     Spectral arrays are ``(..., 2, ny, nk)``, stacked pairs ``(2, ..., 2, ny, nk)``
-    (``u`` then ``v``, or the two fluxes); grid arrays likewise.  The reference for
-    the compiled :class:`CompiledSpectralOps`, which fuses each method into one loop.
+    (``u`` then ``v``, or the two fluxes); grid arrays likewise.  ``C`` is
+    :attr:`QGPhysics.linear`.  The reference for :class:`CompiledSpectralOps`,
+    which fuses each method into one loop.
     """
 
     def __init__(self, model: "QG"):
-        self.k, self.l, self.ik, self.il, self.kappa2 = model.k, model.l, model.ik, model.il, model.kappa2
+        self.ik, self.il, self.kappa2 = model.ik, model.il, model.kappa2
         ones = np.ones_like(self.kappa2)
         self.velocity_factors = np.stack([-self.il * ones, self.ik * ones])[:, None]  # (2, 1, ny, nk)
 
@@ -244,21 +253,17 @@ class SpectralOps:
         ubar = uv[0] + U[:, None, None]
         return np.stack([ubar * q, uv[1] * q]), ubar
 
-    def divergence(self, fluxh: np.ndarray, ph: np.ndarray, Qy: np.ndarray, rek: float) -> np.ndarray:
-        """``dq^/dt = -(i k flux_u^ + i l flux_v^) - i k Qy psi^``, plus ``rek kappa^2 psi_2^`` on layer 2."""
-        dqhdt = -(self.ik * fluxh[0] + self.il * fluxh[1]) - (self.ik * Qy[:, None, None]) * ph
-        dqhdt[..., 1, :, :] += rek * self.kappa2 * ph[..., 1, :, :]
-        return dqhdt
+    def divergence(self, fluxh: np.ndarray, ph: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """``dq^/dt = -(i k flux_u^ + i l flux_v^) + C psi^``."""
+        return C * ph - (self.ik * fluxh[0] + self.il * fluxh[1])
 
     def fluxes_tl(self, duv: np.ndarray, dq: np.ndarray, q: np.ndarray, ubar: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``(du q + ubar dq, dv q + v dq)``."""
         return np.stack([duv[0] * q + ubar * dq, duv[1] * q + v * dq])
 
-    def divergence_ad(self, adq: np.ndarray, Qy: np.ndarray, rek: float) -> tuple[np.ndarray, np.ndarray]:
-        """``apsi^ = i k Qy a^`` (``+ rek kappa^2 a_2^``) and ``(aflux_u^, aflux_v^) = (i k a^, i l a^)``."""
-        aph = (self.ik * Qy[:, None, None]) * adq
-        aph[..., 1, :, :] += rek * self.kappa2 * adq[..., 1, :, :]
-        return aph, np.stack([self.ik * adq, self.il * adq])
+    def divergence_ad(self, adq: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``apsi^ = conj(C) a^`` and ``(aflux_u^, aflux_v^) = (i k a^, i l a^)``."""
+        return C.conj() * adq, np.stack([self.ik * adq, self.il * adq])
 
     def fluxes_ad(self, aflux: np.ndarray, q: np.ndarray, ubar: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``adq = ubar aflux_u + v aflux_v`` and ``(adu, adv) = (q aflux_u, q aflux_v)``."""
@@ -271,52 +276,70 @@ class SpectralOps:
 
 
 class CompiledSpectralOps(SpectralOps):
-    """:class:`SpectralOps` with each method one compiled loop (:mod:`models.qg_kernels`)."""
+    """:class:`SpectralOps` with each method one compiled loop (:mod:`models.qg_kernels`).
+
+    The kernels see flat arrays: ``(B, 2 ny nk)`` (or ``(B, 2, ny nk)`` where the
+    layers mix), the wavenumbers broadcast to the same layout.
+    """
 
     def __init__(self, model: "QG"):
         super().__init__(model)
-        self.kernels = qg_kernels()
-        self.k1, self.l1 = np.ascontiguousarray(model.k[0]), np.ascontiguousarray(model.l[:, 0])
+        qg_kernels()  # import numba now, not in the first step
+        ones = np.ones((2,) + self.kappa2.shape)
+        self.k_flat, self.l_flat = (ones * model.k).reshape(-1), (ones * model.l).reshape(-1)  # 2 ny nk
+        half = self.k_flat.size // 2
+        self.k_layer, self.l_layer = self.k_flat[:half], self.l_flat[:half]  # ny nk
+
+    @property
+    def kernels(self):
+        """:mod:`models.qg_kernels` (looked up, not kept, so that the model pickles for Dask workers)."""
+        return qg_kernels()
 
     @staticmethod
-    def _blocks(a: np.ndarray, pair: bool = False) -> np.ndarray:
-        """``a`` as ``(B, 2, ny, n)`` (``(2, B, 2, ny, n)`` for a pair), a view."""
-        return a.reshape(((2,) if pair else ()) + (-1,) + a.shape[-3:])
+    def _flat(a: np.ndarray, pair: bool = False, layers: bool = False) -> np.ndarray:
+        """``a`` as ``(B, 2 n)`` or ``(B, 2, n)`` (with ``pair``, ``(2, B, ...)``), a view."""
+        lead = (2, -1) if pair else (-1,)
+        per_layer = a.shape[-2] * a.shape[-1]
+        return a.reshape(lead + ((2, per_layer) if layers else (2 * per_layer,)))
 
     def invert_velocities(self, A, qh):
-        ph = np.empty_like(qh)
-        uvh = np.empty((2,) + qh.shape, dtype=complex)
-        self.kernels.invert_velocities(self._blocks(qh), A, self.k1, self.l1, self._blocks(ph), self._blocks(uvh, True))
+        ph, uvh = np.empty_like(qh), np.empty((2,) + qh.shape, dtype=complex)
+        flat = self._flat
+        self.kernels.invert_velocities(flat(qh, layers=True), flat(A, layers=True), self.k_layer, self.l_layer,
+                                       flat(ph, layers=True), flat(uvh, True, layers=True))
         return ph, uvh
 
     def fluxes(self, uv, q, U):
         flux, ubar = np.empty_like(uv), np.empty_like(q)
-        self.kernels.fluxes(self._blocks(uv, True), self._blocks(q), U, self._blocks(flux, True), self._blocks(ubar))
+        flat = self._flat
+        self.kernels.fluxes(flat(uv, True, layers=True), flat(q, layers=True), U, flat(flux, True, layers=True), flat(ubar, layers=True))
         return flux, ubar
 
-    def divergence(self, fluxh, ph, Qy, rek):
+    def divergence(self, fluxh, ph, C):
         out = np.empty_like(ph)
-        self.kernels.divergence(self._blocks(fluxh, True), self._blocks(ph), self.k1, self.l1, Qy, rek, self.kappa2, self._blocks(out))
+        self.kernels.divergence(self._flat(fluxh, True), self._flat(ph), self.k_flat, self.l_flat, C.reshape(-1), self._flat(out))
         return out
 
     def fluxes_tl(self, duv, dq, q, ubar, v):
         dflux = np.empty_like(duv)
-        self.kernels.fluxes_tl(self._blocks(duv, True), self._blocks(dq), q, ubar, v, self._blocks(dflux, True))
+        self.kernels.fluxes_tl(self._flat(duv, True), self._flat(dq), q.reshape(-1), ubar.reshape(-1), v.reshape(-1), self._flat(dflux, True))
         return dflux
 
-    def divergence_ad(self, adq, Qy, rek):
+    def divergence_ad(self, adq, C):
         aph, afluxh = np.empty_like(adq), np.empty((2,) + adq.shape, dtype=complex)
-        self.kernels.divergence_ad(self._blocks(adq), self.k1, self.l1, Qy, rek, self.kappa2, self._blocks(aph), self._blocks(afluxh, True))
+        self.kernels.divergence_ad(self._flat(adq), self.k_flat, self.l_flat, C.reshape(-1), self._flat(aph), self._flat(afluxh, True))
         return aph, afluxh
 
     def fluxes_ad(self, aflux, q, ubar, v):
         adq, auv = np.empty(aflux.shape[1:]), np.empty_like(aflux)
-        self.kernels.fluxes_ad(self._blocks(aflux, True), q, ubar, v, self._blocks(adq), self._blocks(auv, True))
+        self.kernels.fluxes_ad(self._flat(aflux, True), q.reshape(-1), ubar.reshape(-1), v.reshape(-1), self._flat(adq), self._flat(auv, True))
         return adq, auv
 
     def velocities_ad_invert_t(self, auvh, aph, A):
         aqh = np.empty_like(aph)
-        self.kernels.velocities_ad_invert_t(self._blocks(auvh, True), self._blocks(aph), A, self.k1, self.l1, self._blocks(aqh))
+        flat = self._flat
+        self.kernels.velocities_ad_invert_t(flat(auvh, True, layers=True), flat(aph, layers=True), flat(A, layers=True),
+                                            self.k_layer, self.l_layer, flat(aqh, layers=True))
         return aph, aqh
 
 
@@ -337,7 +360,7 @@ class QGTendency:
         ph, uvh = ops.invert_velocities(physics.inversion, fft.rfft2(q))
         uv = fft.irfft2(uvh)
         flux, ubar = ops.fluxes(uv, q, physics.U)
-        dqhdt = ops.divergence(fft.rfft2(flux), ph, physics.Qy, physics.rek)
+        dqhdt = ops.divergence(fft.rfft2(flux), ph, physics.linear)
         return fft.irfft2(dqhdt), ph, ubar, uv[1]
 
     def evaluate(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -373,7 +396,7 @@ class QGTendencyLinearization:
         dflux = ops.fluxes_tl(fft.irfft2(duvh), dq, q, self.ubar, self.v)
         if model.estimated("U1") or model.estimated("U2"):
             dflux[0] += _expand(dU, 2) * q
-        ddqhdt = ops.divergence(fft.rfft2(dflux), dph, phys.Qy, phys.rek)
+        ddqhdt = ops.divergence(fft.rfft2(dflux), dph, phys.linear)
         if model.n_params:
             ddqhdt -= model.ik * _expand(dQy, 2) * ph
             ddqhdt[..., 1, :, :] += _expand(d["rek"], 2) * model.kappa2 * ph[..., 1, :, :]
@@ -386,7 +409,7 @@ class QGTendencyLinearization:
         if model.n_params:
             arek = real_inner(model.kappa2 * ph[..., 1, :, :], adqhdt[..., 1, :, :])
             aQy = real_inner(-model.ik * ph, adqhdt)
-        aph, afluxh = ops.divergence_ad(adqhdt, phys.Qy, phys.rek)
+        aph, afluxh = ops.divergence_ad(adqhdt, phys.linear)
         aflux = fft.rfft2_ad(afluxh)
         adq, auv = ops.fluxes_ad(aflux, q, self.ubar, self.v)
         aph, aqh = ops.velocities_ad_invert_t(fft.irfft2_ad(auv), aph, phys.inversion)
@@ -414,11 +437,18 @@ class QGStepLinearization:
         return self.rk.ad(self.model.spectral_filter_ad(ax))
 
 
-def _positive(name: str, value) -> float:
+def _number(name: str, value) -> float:
     try:
-        value = float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"QG: {name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(number):
+        raise ValueError(f"QG: {name} must be a finite number, got {value!r}")
+    return number
+
+
+def _positive(name: str, value) -> float:
+    value = _number(name, value)
     if not value > 0:
         raise ValueError(f"QG: {name} must be positive, got {value}")
     return value
@@ -461,10 +491,10 @@ class QG(ModelBase):
         self.L = _positive("L", L)
         self.W = _positive("W", L if W is None else W)
         self.rd, self.delta, self.H1, self.dt = (_positive(n, v) for n, v in (("rd", rd), ("delta", delta), ("H1", H1), ("dt", dt)))
-        self.filterfac = float(filterfac)
+        self.filterfac = _number("filterfac", filterfac)
         if not self.filterfac >= 0:
             raise ValueError(f"QG: filterfac must be >= 0, got {filterfac}")
-        self.rek, self.beta, self.U1, self.U2 = float(rek), float(beta), float(U1), float(U2)
+        self.rek, self.beta, self.U1, self.U2 = (_number(n, v) for n, v in (("rek", rek), ("beta", beta), ("U1", U1), ("U2", U2)))
         self.estimate = _estimate(estimate)
         self.param_names = list(self.estimate)
         self.n_params = len(self.estimate)
@@ -505,7 +535,7 @@ class QG(ModelBase):
             values.update(zip(self.estimate, (float(v) for v in np.asarray(p).reshape(-1))))
         key = tuple(values.values())
         if self._physics_cache is None or self._physics_cache[0] != key:
-            self._physics_cache = (key, QGPhysics(values, self.delta, self.kappa2))
+            self._physics_cache = (key, QGPhysics(values, self.delta, self.k, self.kappa2))
         return self._physics_cache[1]
 
     def parameter_increments(self, dp: np.ndarray) -> dict[str, np.ndarray]:

@@ -5,18 +5,22 @@ pointwise numpy operations on small arrays whose call overhead is as large as
 the transforms.  Each kernel here fuses one group of those operations into one
 loop (``@njit(cache=True)``: compiled on the first call, then loaded from
 ``__pycache__``), with the statements of :class:`models.qg.SpectralOps`, the
-numpy reference they are tested against.  Spectral arrays are ``(B, 2, ny, nk)``
-(``B`` directions, layer, l, k), stacked pairs ``(2, B, 2, ny, nk)``; grid arrays
-likewise with ``nx``; the linearisation point's fields (``q``, ``ubar``, ``v``) are one
-``(2, ny, nx)`` for all directions.  ``k`` ``(nk,)`` and ``l`` ``(ny,)`` are the wavenumbers::
+numpy reference they are tested against.
 
-    invert_velocities   psi^ = A q^ ;  u^ = -i l psi^ ;  v^ = i k psi^
-    fluxes              ubar = u + U ;  flux_u = ubar q ;  flux_v = v q
-    divergence          dq^/dt = -(i k flux_u^ + i l flux_v^) - i k Qy psi^ (+ rek kappa^2 psi_2^ on layer 2)
-    fluxes_tl           dflux_u = du q + ubar dq ;  dflux_v = dv q + v dq
-    divergence_ad       apsi^ = i k Qy a^ (+ rek kappa^2 a_2^) ;  aflux_u^ = i k a^ ;  aflux_v^ = i l a^
-    fluxes_ad           adu = q aflux_u ;  adv = q aflux_v ;  adq = ubar aflux_u + v aflux_v
-    velocities_ad_invert_t   apsi^ += i l au^ - i k av^ ;  aq^ = A^T apsi^
+Arrays come flattened over the grid: ``B`` directions by ``2 ny nk`` spectral
+values (or ``2 ny nx`` grid values, layer first), stacked pairs ``(2, B, ...)``;
+the inversion and velocities, which mix the two layers, see ``(B, 2, ny nk)``.
+``k``, ``l`` are the wavenumbers and ``C = -i k Qy (+ rek kappa^2 on layer 2)``
+the linear terms, broadcast to the flat spectral layout; the linearisation
+point's fields (``q``, ``ubar``, ``v``) are one flat field for all directions::
+
+    invert_velocities       psi^ = A q^ ;  u^ = -i l psi^ ;  v^ = i k psi^
+    fluxes                  flux_u = ubar q ;  flux_v = v q                 (ubar = u + U)
+    divergence              dq^/dt = -i (k flux_u^ + l flux_v^) + C psi^
+    fluxes_tl               dflux_u = du q + ubar dq ;  dflux_v = dv q + v dq
+    divergence_ad           apsi^ = conj(C) a^ ;  aflux_u^ = i k a^ ;  aflux_v^ = i l a^
+    fluxes_ad               adu = q aflux_u ;  adv = q aflux_v ;  adq = ubar aflux_u + v aflux_v
+    velocities_ad_invert_t  apsi^ += i (l au^ - k av^) ;  aq^ = A^T apsi^
 
 This module needs numba; :mod:`models.qg` imports it on first use only.
 """
@@ -32,106 +36,76 @@ def _compile(function):
 
 @_compile
 def invert_velocities(qh, A, k, l, ph, uvh):
-    """``psi^ = A q^``, ``u^ = -i l psi^``, ``v^ = i k psi^`` into ``ph`` and ``uvh``."""
-    B, _, ny, nk = qh.shape
-    for b in range(B):
-        for j in range(ny):
-            for i in range(nk):
-                q0, q1 = qh[b, 0, j, i], qh[b, 1, j, i]
-                for n in range(2):
-                    p = A[n, 0, j, i] * q0 + A[n, 1, j, i] * q1
-                    ph[b, n, j, i] = p
-                    uvh[0, b, n, j, i] = complex(l[j] * p.imag, -l[j] * p.real)
-                    uvh[1, b, n, j, i] = complex(-k[i] * p.imag, k[i] * p.real)
+    """``psi^ = A q^``, ``u^ = -i l psi^``, ``v^ = i k psi^``; ``qh`` ``(B, 2, P)``, ``A`` ``(2, 2, P)``."""
+    for b in range(qh.shape[0]):
+        for m in range(qh.shape[2]):
+            q0, q1 = qh[b, 0, m], qh[b, 1, m]
+            for n in range(2):
+                p = A[n, 0, m] * q0 + A[n, 1, m] * q1
+                ph[b, n, m] = p
+                uvh[0, b, n, m] = complex(l[m] * p.imag, -l[m] * p.real)
+                uvh[1, b, n, m] = complex(-k[m] * p.imag, k[m] * p.real)
 
 
 @_compile
 def fluxes(uv, q, U, flux, ubar):
-    """``ubar = u + U_n``, ``flux_u = ubar q``, ``flux_v = v q``."""
-    B, _, ny, nx = q.shape
-    for b in range(B):
+    """``ubar = u + U_n``, ``flux_u = ubar q``, ``flux_v = v q``; grid arrays ``(B, 2, G)``."""
+    for b in range(q.shape[0]):
         for n in range(2):
-            for j in range(ny):
-                for i in range(nx):
-                    qq = q[b, n, j, i]
-                    ub = uv[0, b, n, j, i] + U[n]
-                    ubar[b, n, j, i] = ub
-                    flux[0, b, n, j, i] = ub * qq
-                    flux[1, b, n, j, i] = uv[1, b, n, j, i] * qq
+            for m in range(q.shape[2]):
+                ubar[b, n, m] = uv[0, b, n, m] + U[n]
+                flux[0, b, n, m] = ubar[b, n, m] * q[b, n, m]
+                flux[1, b, n, m] = uv[1, b, n, m] * q[b, n, m]
 
 
 @_compile
-def divergence(fluxh, ph, k, l, Qy, rek, kappa2, out):
-    """``dq^/dt = -(i k flux_u^ + i l flux_v^) - i k Qy psi^``, plus ``rek kappa^2 psi_2^`` on layer 2."""
-    B, _, ny, nk = ph.shape
-    for b in range(B):
-        for n in range(2):
-            for j in range(ny):
-                for i in range(nk):
-                    p = ph[b, n, j, i]
-                    s = k[i] * fluxh[0, b, n, j, i] + l[j] * fluxh[1, b, n, j, i] + k[i] * Qy[n] * p
-                    value = complex(s.imag, -s.real)  # -i s
-                    if n == 1:
-                        value += rek * kappa2[j, i] * p
-                    out[b, n, j, i] = value
+def divergence(fluxh, ph, k, l, C, out):
+    """``dq^/dt = -i (k flux_u^ + l flux_v^) + C psi^``."""
+    for b in range(ph.shape[0]):
+        for m in range(ph.shape[1]):
+            s = k[m] * fluxh[0, b, m] + l[m] * fluxh[1, b, m]
+            out[b, m] = complex(s.imag, -s.real) + C[m] * ph[b, m]
 
 
 @_compile
 def fluxes_tl(duv, dq, q, ubar, v, dflux):
-    """``dflux_u = du q + ubar dq``, ``dflux_v = dv q + v dq``; ``q, ubar, v`` ``(2, ny, nx)`` for every direction."""
-    B, _, ny, nx = dq.shape
-    for b in range(B):
-        for n in range(2):
-            for j in range(ny):
-                for i in range(nx):
-                    dqq = dq[b, n, j, i]
-                    qq = q[n, j, i]
-                    dflux[0, b, n, j, i] = duv[0, b, n, j, i] * qq + ubar[n, j, i] * dqq
-                    dflux[1, b, n, j, i] = duv[1, b, n, j, i] * qq + v[n, j, i] * dqq
+    """``dflux_u = du q + ubar dq``, ``dflux_v = dv q + v dq``."""
+    for b in range(dq.shape[0]):
+        for m in range(dq.shape[1]):
+            dflux[0, b, m] = duv[0, b, m] * q[m] + ubar[m] * dq[b, m]
+            dflux[1, b, m] = duv[1, b, m] * q[m] + v[m] * dq[b, m]
 
 
 @_compile
-def divergence_ad(adq, k, l, Qy, rek, kappa2, aph, afluxh):
-    """``apsi^ = i k Qy a^`` (``+ rek kappa^2 a_2^``), ``aflux_u^ = i k a^``, ``aflux_v^ = i l a^``."""
-    B, _, ny, nk = adq.shape
-    for b in range(B):
-        for n in range(2):
-            for j in range(ny):
-                for i in range(nk):
-                    a = adq[b, n, j, i]
-                    ia = complex(-a.imag, a.real)  # i a
-                    value = k[i] * Qy[n] * ia
-                    if n == 1:
-                        value += rek * kappa2[j, i] * a
-                    aph[b, n, j, i] = value
-                    afluxh[0, b, n, j, i] = k[i] * ia
-                    afluxh[1, b, n, j, i] = l[j] * ia
+def divergence_ad(adq, k, l, C, aph, afluxh):
+    """``apsi^ = conj(C) a^``, ``aflux_u^ = i k a^``, ``aflux_v^ = i l a^``."""
+    for b in range(adq.shape[0]):
+        for m in range(adq.shape[1]):
+            a = adq[b, m]
+            ia = complex(-a.imag, a.real)
+            aph[b, m] = C[m].conjugate() * a
+            afluxh[0, b, m] = k[m] * ia
+            afluxh[1, b, m] = l[m] * ia
 
 
 @_compile
 def fluxes_ad(aflux, q, ubar, v, adq, auv):
-    """``adu = q aflux_u``, ``adv = q aflux_v``, ``adq = ubar aflux_u + v aflux_v``; ``q, ubar, v`` ``(2, ny, nx)``."""
-    B, _, ny, nx = adq.shape
-    for b in range(B):
-        for n in range(2):
-            for j in range(ny):
-                for i in range(nx):
-                    au, av, qq = aflux[0, b, n, j, i], aflux[1, b, n, j, i], q[n, j, i]
-                    auv[0, b, n, j, i] = qq * au
-                    auv[1, b, n, j, i] = qq * av
-                    adq[b, n, j, i] = ubar[n, j, i] * au + v[n, j, i] * av
+    """``adu = q aflux_u``, ``adv = q aflux_v``, ``adq = ubar aflux_u + v aflux_v``."""
+    for b in range(adq.shape[0]):
+        for m in range(adq.shape[1]):
+            auv[0, b, m] = q[m] * aflux[0, b, m]
+            auv[1, b, m] = q[m] * aflux[1, b, m]
+            adq[b, m] = ubar[m] * aflux[0, b, m] + v[m] * aflux[1, b, m]
 
 
 @_compile
 def velocities_ad_invert_t(auvh, aph, A, k, l, aqh):
-    """``apsi^ += i l au^ - i k av^`` (in place), then ``aq^ = A^T apsi^``."""
-    B, _, ny, nk = aph.shape
-    for b in range(B):
-        for j in range(ny):
-            for i in range(nk):
-                for n in range(2):
-                    s = l[j] * auvh[0, b, n, j, i] - k[i] * auvh[1, b, n, j, i]
-                    aph[b, n, j, i] += complex(-s.imag, s.real)  # i s
-                a0, a1 = aph[b, 0, j, i], aph[b, 1, j, i]
-                aqh[b, 0, j, i] = A[0, 0, j, i] * a0 + A[1, 0, j, i] * a1
-                aqh[b, 1, j, i] = A[0, 1, j, i] * a0 + A[1, 1, j, i] * a1
+    """``apsi^ += i (l au^ - k av^)`` (in place), then ``aq^ = A^T apsi^``; ``(B, 2, P)`` as in :func:`invert_velocities`."""
+    for b in range(aph.shape[0]):
+        for m in range(aph.shape[2]):
+            for n in range(2):
+                s = l[m] * auvh[0, b, n, m] - k[m] * auvh[1, b, n, m]
+                aph[b, n, m] += complex(-s.imag, s.real)
+            a0, a1 = aph[b, 0, m], aph[b, 1, m]
+            aqh[b, 0, m] = A[0, 0, m] * a0 + A[1, 0, m] * a1
+            aqh[b, 1, m] = A[0, 1, m] * a0 + A[1, 1, m] * a1

@@ -9,6 +9,9 @@ dropped term) and show the same checks fail.
 
 from __future__ import annotations
 
+import pickle
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,10 @@ def test_tendency_and_streamfunction_equal_pyqg_jax_on_the_stored_reference():
             mine = model.tendency(q.reshape(-1), np.empty(0))
             assert np.max(np.abs(mine - dqdt.reshape(-1))) < 1e-11 * np.max(np.abs(dqdt)), case
             assert np.max(np.abs(model.streamfunction(q) - psi)) < 1e-11 * np.max(np.abs(psi)), case
+    q, dqdt = data["nx16_defaults/q"][1], data["nx16_defaults/dqdt"][1]
+    for wrong in (dict(beta=1.5e-11 * 1.001), dict(rek=5.787e-7 * 1.01), dict(rd=15000.0 * 1.001)):  # the test can tell
+        mine = QG(nx=16, **wrong).tendency(q.reshape(-1), np.empty(0))
+        assert np.max(np.abs(mine - dqdt.reshape(-1))) > 1e-6 * np.max(np.abs(dqdt)), wrong
 
 
 def independent_step(model, q, dt):
@@ -273,6 +280,51 @@ def test_compiled_kernels_equal_the_numpy_reference(estimate):
     assert_passes(checks.model_adjoint_test(reference, x, p, rng))
 
 
+def test_blocked_window_equals_its_columns():
+    rng = np.random.default_rng(14)
+    model = QG(nx=8, estimate=["beta"])
+    x, p = smooth_state(model, rng), model.init_params(rng)
+    window = WindowLinearization(model, x, p, 3)
+    assert window.blocked
+    dX, dP = rng.standard_normal((model.n_state, 2)), 1.5e-11 * rng.standard_normal((1, 2))
+    forcings = {k: rng.standard_normal((model.n_state, 2)) for k in (1, 3)}
+    dx_block, (ax_block, ap_block) = window.tl(dX, dP)[-1], window.ad(forcings)
+    for j in range(2):
+        ax, ap = window.ad({k: f[:, j] for k, f in forcings.items()})
+        np.testing.assert_allclose(dx_block[:, j], window.tl(dX[:, j], dP[:, j])[-1], rtol=0, atol=1e-14 * np.abs(dx_block).max())
+        np.testing.assert_allclose(ax_block[:, j], ax, rtol=0, atol=1e-14 * np.abs(ax_block).max())
+        np.testing.assert_allclose(ap_block[:, j], ap, rtol=1e-13)
+
+
+def test_the_benchmark_cost_gradient_passes_the_gradient_test():
+    """``benchmarks/qg.py``'s 4D-Var cost (streamfunction at points), small: loads without JAX, and its gradient is right."""
+    modules, path = set(sys.modules), list(sys.path)
+    try:  # run as a module, not as the script: nothing is timed
+        benchmark = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "qg.py"), run_name="benchmark_qg")
+    finally:
+        sys.path[:] = path
+        added = set(sys.modules) - modules
+        if "results" in added:  # benchmarks/results.py, imported by the benchmark
+            del sys.modules["results"]
+    assert not any(name.split(".")[0] == "jax" for name in added)
+    rng = np.random.default_rng(15)
+    model = QG(nx=16)
+    cost, xb, *_ = benchmark["build_cost"](model, rng, window=4, every=2, n_points=30)
+    assert_passes(checks.operator_adjoint_test(cost.slots[0].operator, xb, rng))
+    gradient = cost.gradient(xb, np.empty(0))[1]
+    assert_passes(checks.gradient_test(lambda x0: cost.evaluate(x0, np.empty(0)).J, gradient, xb,
+                                       np.std(xb) * rng.standard_normal(model.n_state), rng=rng))
+
+
+def test_the_model_pickles_and_steps_alike_after():
+    """Dask ships models to its workers by pickling them."""
+    model = QG(nx=8, estimate=["rek"])
+    x, p = smooth_state(model, np.random.default_rng(16)), model.init_params(None)
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.compiled == model.compiled
+    np.testing.assert_array_equal(copy.step(x, p), model.step(x, p))
+
+
 # --- refusals and negative controls -----------------------------------------------------------
 
 
@@ -288,6 +340,9 @@ def test_compiled_kernels_equal_the_numpy_reference(estimate):
     (dict(rd=-1.0), "rd must be positive"),
     (dict(L="big"), "L must be a number, got 'big'"),
     (dict(filterfac=-1), "filterfac must be >= 0"),
+    (dict(beta="1.5e-11x"), "beta must be a number, got '1.5e-11x'"),
+    (dict(U1=float("nan")), "U1 must be a finite number, got nan"),
+    (dict(rek=True), "rek must be a finite number, got True"),
 ])
 def test_bad_arguments_are_refused_with_one_line_naming_them(kwargs, message):
     with pytest.raises(ValueError) as error:
