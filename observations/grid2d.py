@@ -67,9 +67,9 @@ class Grid:
 
     @classmethod
     def of(cls, n_state: int, model=None, grid: Mapping | None = None) -> "Grid":
-        """The grid of ``model`` (its ``nx, ny, L, W, x, y``) or of the mapping ``grid``."""
-        if (model is None) == (grid is None):
-            raise ValueError("give the grid either through the model or as grid: {nx, ny, L, W}, exactly one of them")
+        """The grid of the mapping ``grid`` if given, else of ``model`` (its ``nx, ny, L, W, x, y``)."""
+        if model is None and grid is None:
+            raise ValueError("no grid: give grid: {nx, ny, L, W}, or a model on a 2-D grid")
         if grid is not None:
             if not isinstance(grid, Mapping) or set(grid) - {"nx", "ny", "L", "W"} or not {"nx", "ny"} <= set(grid):
                 raise ValueError(f"grid: expected a mapping with nx, ny and optionally L, W, got {grid!r}")

@@ -17,6 +17,7 @@ import yaml
 from fourdvar.app import cli
 from fourdvar.app.maps import ROWS, plot_maps
 from fourdvar.app.plotting import FIGURES
+from fourdvar.app.results import recompute_cost
 from fourdvar.app.plan import Plan
 from fourdvar.app.config import resolve_config
 from fourdvar.covariances2d import PeriodicCorrelation2D
@@ -116,6 +117,12 @@ def test_the_result_file_keeps_the_grid_and_the_station_positions(run):
     assert ds["rmse_analysis"].values[0] < 0.5 * ds["rmse_background"].values[0]  # the first window, from B's draw
 
 
+def test_the_result_file_recomputes_its_cost_with_the_layered_b(run):
+    _, ds = run
+    for cycle in range(ds.sizes["cycle"]):
+        assert recompute_cost(ds, cycle).J == pytest.approx(float(ds["J_final"].values[cycle]), rel=1e-12)
+
+
 def test_maps_show_each_layer_with_a_shared_scale_per_row_and_the_stations(run):
     _, ds = run
     fig = plot_maps(ds, cycles=[0, 2])
@@ -176,3 +183,39 @@ def test_bad_input_is_one_line_and_exit_2(change, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "result.nc").exists()
+
+
+def test_initial_std_keeps_the_first_background_whatever_the_std_of_b():
+    def first_background(error_std, initial_std):
+        config = copy.deepcopy(CONFIG)
+        config["background"]["state"].update(error_std=error_std, initial_std=initial_std)
+        return Plan.from_config(resolve_config(config))
+
+    a, b = first_background(0.5, 0.3), first_background(0.9, 0.3)
+    np.testing.assert_array_equal(a.xb0, b.xb0)
+    default = first_background(0.3, None)
+    np.testing.assert_array_equal(default.xb0, a.xb0)  # the draw from B with std 0.3, as without the key
+    assert not np.array_equal(first_background(0.5, None).xb0, a.xb0)
+
+
+def test_check_passes_on_a_tiny_qg_experiment(tmp_path, capsys):
+    config = {
+        "seed": 3,
+        "model": {"type": "qg", "nx": 16, "L": 2.5e5, "estimate": ["rek"]},
+        "truth": {"spinup_steps": 300, "initial_std": 2.0e-5},
+        "observations": {"every": 2, "error_std": 50.0, "operator": [
+            {"type": "streamfunction_points", "stations": 40, "seed": 5, "move_every": 2},
+            {"type": "grid_subset", "every": 4, "layer": "all"},
+        ]},
+        "background": {"state": {"error_std": 1.0e-6, "layer_scale": [1.0, 0.15],
+                                 "correlation": {"type": "soar", "length_scale": 2.0, "vertical": [[1.0, 0.5], [0.5, 1.0]]}},
+                       "params": {"error_std": 1.0e-7}},
+        "window": {"steps": 4, "cycles": 1},
+        "assimilation": {"control": ["state", "params"]},
+    }
+    (tmp_path / "qg.yaml").write_text(yaml.safe_dump(config))
+    status = cli.main(["check", str(tmp_path / "qg.yaml")])
+    out = capsys.readouterr().out
+    assert status == 0, out[-3000:]
+    assert "StreamfunctionPoints(40 observations on a 16 x 16 grid)" in out and "GridSubset(32 observations" in out
+    assert out.strip().splitlines()[-1].endswith("0 failed, 0 inconclusive")

@@ -157,3 +157,17 @@ def test_streamfunction_points_need_a_model_with_the_diagnostic_and_its_adjoint(
         StreamfunctionPoints(N, model=type("Half", (StandIn,), {"streamfunction_ad": None})(), stations=3)
     with pytest.raises(ValueError, match="not a whole number of 5 x 6 fields"):
         Points(N + 1, model=StandIn(), stations=3)
+
+
+def test_streamfunction_points_on_the_qg_model_pass_the_adjoint_test():
+    from models.qg import QG
+
+    model = QG(nx=16, L=2.5e5)
+    operator = StreamfunctionPoints(model.n_state, model=model, stations=30, seed=2, layer="all", move_every=3)
+    rng = np.random.default_rng(8)
+    for step in (0, 3):
+        result = checks.operator_adjoint_test(operator.at_step(step), 1e-5 * rng.standard_normal(model.n_state), rng)
+        assert result.passed and result.value < 1e-12, result
+    q = 1e-5 * rng.standard_normal(model.n_state)
+    psi = np.asarray(model.streamfunction(q)).reshape(model.n_state)
+    np.testing.assert_allclose(operator.apply(q), Points(model.n_state, model=model, x=operator.x, y=operator.y, layer="all").apply(psi), rtol=1e-13)

@@ -204,6 +204,7 @@ SCHEMA: dict[str, Any] = {
                 "vertical": Field("any", None, "a model on a 2-D grid: the correlation between its layers, a symmetric positive-definite matrix with ones on its diagonal (e.g. `[[1, 0.5], [0.5, 1]]`); none: layers uncorrelated", nullable=True),
             },
             "initial": Field("str", "perturbed_truth", "cycle 0 background: `perturbed_truth` (truth + a draw from B), `truth_mean` (the truth's mean value everywhere) or `free_run` (a spun-up state of the forecast model itself; the choice when observations come from a file)", choices=("perturbed_truth", "truth_mean", "free_run")),
+            "initial_std": Field("float", None, "with `initial: perturbed_truth`: the std of B's draw added to the truth (the same correlation); none: error_std. Comparing runs with different B stds, it keeps their first background the same", _std, nullable=True),
             "adaptive": Field("bool", False, "re-estimate the state error std at each window start from the innovations there (useful while a learned model is still poor)"),
             "adaptive_min_std": Field("float", 0.1, "lower bound of the adaptive std", _std),
             "adaptive_max_std": Field("float", 10.0, "upper bound of the adaptive std", _std),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["plot_maps", "grid_of", "ROWS"]
@@ -58,8 +59,6 @@ def _stations(ds: xr.Dataset, cycle: int, layer: int, n_grid: int) -> tuple[np.n
 def plot_maps(ds: xr.Dataset, cycles=None) -> Figure | None:
     """Truth, analysis and analysis error per layer at the start of ``cycles`` (module
     docstring); ``None`` without a 2-D grid, a truth or an analysed cycle."""
-    from .plotting import _heading, _new_figure
-
     grid = grid_of(ds)
     if grid is None or not all(name in ds.variables for name in ("truth", "analysis")):
         return None
@@ -71,7 +70,8 @@ def plot_maps(ds: xr.Dataset, cycles=None) -> Figure | None:
     analysis = ds["analysis"].values[shown, 0].reshape(len(shown), n_layers, ny, nx)
     fields = {"truth": truth, "analysis": analysis, "analysis error": analysis - truth}
 
-    fig = _new_figure(2.2 * len(shown) + 1.2, 2.0 * len(ROWS) * n_layers)
+    fig = Figure(figsize=(2.2 * len(shown) + 1.2, 2.0 * len(ROWS) * n_layers), layout="constrained")
+    FigureCanvasAgg(fig)  # an Agg canvas of its own: pyplot and the global backend untouched
     axes = fig.subplots(len(ROWS) * n_layers, len(shown), squeeze=False, sharex=True, sharey=True)
     extent = (0.0, L, 0.0, W)
     for layer in range(n_layers):
@@ -95,5 +95,6 @@ def plot_maps(ds: xr.Dataset, cycles=None) -> Figure | None:
                 ax.set_xticks([])
                 ax.set_yticks([])
             fig.colorbar(image, ax=list(row_axes), shrink=0.9)
-    fig.suptitle(_heading(ds, "maps at the window start (circles: stations observed in the window)"))
+    label = ds.attrs.get("title") or ds.attrs.get("model") or "maps"
+    fig.suptitle(f"{label}: at the window start (circles: stations observed in the window)")
     return fig

@@ -449,7 +449,9 @@ class Plan:
         truth = self.truth["trajectory"]
         if choice == "truth_mean":
             return np.full(self.model.n_state, truth[: self.span + 1].mean())
-        return truth[0] + self.B0.sample(self.rng(_BACKGROUND))
+        initial_std = self.config["background"]["state"]["initial_std"]
+        B = self.B0 if initial_std is None else self._state_covariance(initial_std)
+        return truth[0] + B.sample(self.rng(_BACKGROUND))
 
     def _free_run(self) -> np.ndarray:
         """A state of the forecast model's own climate: a spun-up run from a random state."""
@@ -482,7 +484,16 @@ class Plan:
         weight = state["adaptive_weight"] if c > 0 else 1.0
         variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
         std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
-        return B.with_std(std)
+        return self.state_covariance_with_mean_std(std)
+
+    def state_covariance_with_mean_std(self, std: float):
+        """``B0`` with its std profile scaled to the mean ``std`` (the layers of a 2-D grid keep
+        their ``layer_scale``; a uniform profile becomes ``std`` everywhere)."""
+        profile = np.asarray(self.B0.std)
+        if np.all(profile == profile[0]):
+            return self.B0.with_std(std)
+        return self.B0.with_std(profile * (std / profile.mean()))
+
 
 def _at_step(operator, step: int):
     """The operator observing at ``step``: its ``at_step(step)`` for a network that moves."""
