@@ -119,6 +119,24 @@ def test_offline_fit_recovers_a_known_network_tendency():
     assert loss < 1e-3 * initial
 
 
+def test_offline_fit_does_not_depend_on_the_units_of_the_tendency():
+    """The same teacher and student ConvNet, their tendency of order 1 and of order 1e-12:
+    the fit lowers the loss alike (without the scaling, L-BFGS-B stops at once on 1e-24)."""
+    from models import ConvNet
+
+    rng = np.random.default_rng(6)
+    template = ConvNet([1, 3, 1], 3, ["tanh", "identity"], ny=5, nx=5)
+    p_true, p0 = template.init_params(rng), template.init_params(rng)
+    states = rng.standard_normal((20, template.n_in))
+    relative = []
+    for scale in (1.0, 1e-12):
+        net = ConvNet([1, 3, 1], 3, ["tanh", "identity"], ny=5, nx=5, output_scale=scale)
+        targets = np.array([net.apply(x, p_true) for x in states])
+        initial = 0.5 * np.mean(np.sum(targets**2, axis=1))
+        relative.append(fit_tendency(net, states, targets, p0, max_iterations=200)[1] / initial)
+    assert max(relative) < 1e-2 and abs(relative[1] - relative[0]) < 0.1 * relative[0], relative
+
+
 def test_comparison_runs_share_truth_and_observations_and_give_the_gap_closed():
     config = tiny(compare=[
         {"name": "physics", "model": {"type": "lorenz96", "n_state": 12, "dt": 0.05}, "assimilation": {"control": ["state"]}},

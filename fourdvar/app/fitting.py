@@ -5,7 +5,10 @@ parameters ``p`` of a tendency ``f(x, p)`` minimising::
 
     L(p) = 1/(2N) sum_s |f(x_s, p) - u_s|^2        grad L = 1/N sum_s f_p(x_s)^T (f(x_s, p) - u_s)
 
-with scipy's L-BFGS-B, the gradient from the tendency's own adjoint.  The
+with scipy's L-BFGS-B, the gradient from the tendency's own adjoint.  It minimises
+``L(p) / L_0``, ``L_0 = 1/(2N) sum_s |u_s|^2`` the loss of a zero tendency, so that
+L-BFGS-B's tolerances act alike in any units (a tendency of 1e-12 per second is
+fitted as one of order 1).  The
 tendency is any object with ``linearize(x, p)`` returning ``output`` and
 ``ad(af) -> (ax, ap)`` (the tendencies of :mod:`models` qualify).  Used to build
 the "best offline correction" reference of a model-error experiment.
@@ -56,6 +59,7 @@ def fit_tendency(tendency, states: np.ndarray, targets: np.ndarray, p0: np.ndarr
     (True, True)
     """
     n_samples = len(states)
+    zero_loss = 0.5 * float(np.sum(np.square(targets))) / n_samples or 1.0
 
     def loss_and_gradient(p):
         loss, gradient = 0.0, np.zeros_like(p)
@@ -64,7 +68,7 @@ def fit_tendency(tendency, states: np.ndarray, targets: np.ndarray, p0: np.ndarr
             residual = (lin.output - u) / n_samples
             loss += 0.5 * n_samples * float(residual @ residual)
             gradient += lin.ad(residual)[1]
-        return loss, gradient
+        return loss / zero_loss, gradient / zero_loss
 
     result = scipy.optimize.minimize(loss_and_gradient, p0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations})
-    return result.x, float(result.fun)
+    return result.x, float(result.fun) * zero_loss
