@@ -33,6 +33,8 @@ class DampingTendency:
 
 
 class DampingLinearization:
+    """``f = -r q`` at ``q``: ``output`` is ``f(q)``; TL ``df = -r dq``, AD ``aq = -r af`` (no parameter adjoint)."""
+
     def __init__(self, tendency: DampingTendency, x: np.ndarray):
         self.rate = tendency.rate
         self.output = -self.rate * x

@@ -128,6 +128,9 @@ class SumTendency:
 
 
 class SumTendencyLinearization:
+    """``h = f + g`` linearised at ``(x, p)``: TL ``dh = f'(dx, dp_f) + g'(dx, dp_g)``;
+    AD ``ax = f_x^T ah + g_x^T ah``, ``ap = [f_p^T ah; g_p^T ah]``."""
+
     def __init__(self, h: SumTendency, x: np.ndarray, p: np.ndarray):
         self.n_params_f = h.n_params_f
         self.f = h.f.linearize(x, p[: h.n_params_f])
@@ -191,6 +194,9 @@ class TendencyHybrid(Hybrid):
 
 
 class TendencyHybridLinearization:
+    """One tendency-hybrid step linearised at ``(x, p)``: the RK step of ``f + g``, then the
+    filter ``F`` when the physics has one.  TL ``dx_next = F RK'(dx, dp)``; AD ``(ax, ap) = RK'^T F^T ax``."""
+
     def __init__(self, model: TendencyHybrid, x: np.ndarray, p: np.ndarray):
         self.filter, self.filter_ad = model.filter, model.filter_ad
         self.rk = model.integrator.linearize(model.tendency, x, p)
