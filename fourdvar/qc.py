@@ -55,7 +55,7 @@ from .interfaces import ObservationSlot
 from .posterior import variance
 from .window import DivergenceError, tl_block
 
-__all__ = ["QualityControl", "QCRecord", "Selected", "HuberNorm", "screen", "analysis_check", "DEFAULT_BACKGROUND_CHECK",
+__all__ = ["QualityControl", "QCRecord", "Selected", "HuberNorm", "screen", "analysis_check", "with_slots", "DEFAULT_BACKGROUND_CHECK",
            "DEFAULT_ANALYSIS_CHECK", "REASONS"]
 
 REASONS = ("non-finite", "background", "analysis")
@@ -328,7 +328,11 @@ class HuberNorm:
 
     def reweighted(self, weights: list[np.ndarray]) -> FourDVarCost:
         """The cost with each ``R_k`` reweighted by ``w_k``."""
-        cost = self.cost
-        slots = [ObservationSlot(slot.step, slot.values, slot.operator, _reweighted(slot.covariance, w)) for slot, w in zip(cost.slots, weights)]
-        return FourDVarCost(cost.model, slots, cost.xb, B=cost.B, pb=cost.pb, P=cost.P, n_steps=cost.n_steps, Q=cost.Q,
-                            model_error_every=cost.every)
+        return with_slots(self.cost, [ObservationSlot(slot.step, slot.values, slot.operator, _reweighted(slot.covariance, w))
+                                      for slot, w in zip(self.cost.slots, weights)])
+
+
+def with_slots(cost: FourDVarCost, slots) -> FourDVarCost:
+    """``cost`` with these observation slots, all else (window, background, covariances) the same."""
+    return FourDVarCost(cost.model, slots, cost.xb, B=cost.B, pb=cost.pb, P=cost.P, n_steps=cost.n_steps, Q=cost.Q,
+                        model_error_every=cost.every)
