@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location("timing", os.path.join(os.path.dirname(os.path.abspath(__file__)), "timing.py"))
-timing = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(timing)
+_here = os.path.dirname(os.path.abspath(__file__))
+for _name in ("timing", "results"):
+    _spec = importlib.util.spec_from_file_location(_name, os.path.join(_here, f"{_name}.py"))
+    globals()[_name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(globals()[_name])
 
 import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
@@ -45,9 +47,9 @@ def scipy_lbfgs(problem: FourDVar, gtol: float = 1e-11) -> float:
     return scipy.optimize.minimize(fun, cost.xb, jac=True, method="L-BFGS-B", options={"gtol": gtol, "ftol": 0.0, "maxiter": 10000}).fun
 
 
-if __name__ == "__main__":
-    print(timing.machine_header())
-    print(f"{'seed':>4} {'solve() ms':>11} {'L-BFGS-B ms':>12} {'ratio':>6} {'solve dJ/J':>11} {'L-BFGS-B dJ/J':>14} outer loops, inner iterations")
+def main() -> None:
+    lines = [timing.machine_header(), "",
+             f"{'seed':>4} {'solve() ms':>11} {'L-BFGS-B ms':>12} {'ratio':>6} {'solve dJ/J':>11} {'L-BFGS-B dJ/J':>14} outer loops, inner iterations"]
     ratios, bare_ratios = [], []
     for seed in range(3):
         problem = window(seed)
@@ -58,8 +60,15 @@ if __name__ == "__main__":
         t_bare, t_scipy_2 = timing.time_pair(lambda: problem.solve(posterior_method="none"), lambda: scipy_lbfgs(problem), n_batches=7, batch_seconds=0.3)
         ratios.append(t_solve / t_scipy)
         bare_ratios.append(t_bare / t_scipy_2)
-        print(f"{seed:>4} {1e3 * t_solve:>11.1f} {1e3 * t_scipy:>12.1f} {t_solve / t_scipy:>6.2f} "
-              f"{(result.final.J - J_true) / J_true:>11.1e} {(J_scipy - J_true) / J_true:>14.1e} "
-              f"{len(result.outer)}, {[record['inner'].nit for record in result.outer]} ({result.message})")
-    print(f"median time ratio solve() / scipy L-BFGS-B: {np.median(ratios):.2f} "
-          f"(without the posterior, solve(posterior_method='none'): {np.median(bare_ratios):.2f})")
+        lines.append(f"{seed:>4} {1e3 * t_solve:>11.1f} {1e3 * t_scipy:>12.1f} {t_solve / t_scipy:>6.2f} "
+                     f"{(result.final.J - J_true) / J_true:>11.1e} {(J_scipy - J_true) / J_true:>14.1e} "
+                     f"{len(result.outer)}, {[record['inner'].nit for record in result.outer]} ({result.message})")
+    lines.append(f"median time ratio solve() / scipy L-BFGS-B: {np.median(ratios):.2f} "
+                 f"(without the posterior, solve(posterior_method='none'): {np.median(bare_ratios):.2f})")
+    body = "\n".join(lines)
+    print(body)
+    results.record("Speed: solve() against scipy L-BFGS-B", "```\n" + body + "\n```", command="taskset -c 1 python benchmarks/speed.py")
+
+
+if __name__ == "__main__":
+    main()

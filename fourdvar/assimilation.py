@@ -17,15 +17,14 @@ rejects (non-finite values; the background check) are left out of ``problem.cost
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 import scipy.linalg
 
-from dataclasses import replace
-
 from .cost import Control, FourDVarCost, IncrementalCost
-from .qc import QualityControl, analysis_check, screen
+from .qc import QualityControl, analysis_check, screen, with_slots
 from .minimize import DEFAULT_OUTER_LOOPS, DEFAULT_TOLERANCE, POSTERIOR_ACCURACY, AssimilationResult, minimize_4dvar
 
 __all__ = ["FourDVar"]
@@ -52,9 +51,10 @@ class FourDVar:
         when ``"model_error"`` is in the control.  ``result.model_error`` is then
         the analysed forcing, shape ``(n_sub, n_state)``.
     qc : a :class:`fourdvar.qc.QualityControl` (default: the background check at 20 and
-        the analysis check at 5 std, no VarQC; ``None``: none of them).  Non-finite values are always left out.  The
-        observations rejected are left out of ``problem.cost`` (by the analysis check, from the
-        solve that rejected them on); ``problem.qc_record`` (and each result's ``qc``) says which.
+        the analysis check at 5 std, no VarQC; ``None``: none of them).  Non-finite values are
+        always left out.  The observations rejected are left out of ``problem.cost`` (by the
+        analysis check, from the solve that rejected them on); ``problem.qc_record`` (and each
+        result's ``qc``) says which.
     """
 
     def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None,
@@ -154,9 +154,16 @@ class FourDVar:
             posterior_accuracy=posterior_accuracy, posterior_iterations=posterior_iterations,
             huber=None if self.qc is None else self.qc.huber,
         )
-        result = minimize_4dvar(self.cost, x0, p, **options)
+        result = self._analysis_checked(minimize_4dvar(self.cost, x0, p, **options), options)
+        result["qc"] = replace(self.qc_record, weights=result["varqc_weights"])
+        return result
+
+    def _analysis_checked(self, result: AssimilationResult, options: dict) -> AssimilationResult:
+        """The solve continued without the observations the analysis check rejects, until it
+        rejects none (:func:`fourdvar.qc.analysis_check`); only after a solve that converged,
+        the departures of an unconverged analysis saying little."""
         k = None if self.qc is None else self.qc.analysis_check
-        while k is not None and result.success and self.cost.slots:  # the departures of an unconverged analysis say little
+        while k is not None and result.success and self.cost.slots:
             eta = result.model_error if result.model_error.shape[0] else None
             kept, record = analysis_check(self.cost, result.x0, result.p, eta, k)
             if not record.n_rejected:
@@ -167,11 +174,8 @@ class FourDVar:
             result = minimize_4dvar(self.cost, result.x0, result.p, eta=eta, **options)
             result.update(outer=earlier.outer + result.outer, nit=earlier.nit + result.nit, nfev=earlier.nfev + result.nfev,
                           message=f"{result.message} (after the analysis check rejected {record.n_rejected} observation(s))")
-        result["qc"] = replace(self.qc_record, weights=result["varqc_weights"])
         return result
 
     def _rebuild(self, slots) -> None:
         """``self.cost`` with these observation slots, all else the same."""
-        cost = self.cost
-        self.cost = FourDVarCost(self.model, slots, cost.xb, B=cost.B, pb=cost.pb, P=cost.P, n_steps=cost.n_steps, Q=cost.Q,
-                                 model_error_every=cost.every)
+        self.cost = with_slots(self.cost, slots)

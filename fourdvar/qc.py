@@ -16,15 +16,15 @@ background trajectory ``x^b_k = M_{k:0}(pb, xb)``.  Observation ``i`` of slot ``
   than that), ``H`` and ``M`` linearised on the background trajectory.  Static ``B`` at
   every step would reject good observations where the background error has grown.
   The linear growth of the background error falls short of the real one at a few points late
-  in a long nonlinear window (clean departures of 11 expected std were seen on 20-step
-  Lorenz-96 windows), so the default ``k_b`` is large: the check is there for values no
-  model state explains, and the analysis check below finds the subtler gross errors.
+  in a long nonlinear window, so the default ``k_b`` is large: the check is there for values
+  no model state explains, and the analysis check below finds the subtler gross errors.
   A value such as ``1e30`` fails the check whatever ``k_b``.  (A background forecast that
   diverges leaves the check out: the solve reports the divergence.)
 
 After the solve, the analysis check rejects (``"analysis"``) an observation whose normalised
 analysis departure ``|R^-1/2 (y - H(x^a))|`` exceeds ``k_a``, and the solve continues from the
-analysis without it, until none is rejected: for an observation with the error ``R`` assumes
+analysis without it, until none is rejected (only after a solve that converged: the departures
+of an unconverged analysis say little): for an observation with the error ``R`` assumes
 that departure has a variance below 1, so ``k_a = 5`` rejects none by chance, while a gross
 error the background check let through (where the background error has grown) stands out.
 
@@ -55,7 +55,7 @@ from .interfaces import ObservationSlot
 from .posterior import variance
 from .window import DivergenceError, tl_block
 
-__all__ = ["QualityControl", "QCRecord", "Selected", "HuberNorm", "screen", "analysis_check", "DEFAULT_BACKGROUND_CHECK",
+__all__ = ["QualityControl", "QCRecord", "Selected", "HuberNorm", "screen", "analysis_check", "with_slots", "DEFAULT_BACKGROUND_CHECK",
            "DEFAULT_ANALYSIS_CHECK", "REASONS"]
 
 REASONS = ("non-finite", "background", "analysis")
@@ -89,8 +89,8 @@ class QCRecord:
     """The observations quality control took out of one window, and what VarQC down-weighted.
 
     Rejections, one entry each: ``step``, ``index`` (within its slot), ``value``, ``departure``
-    (the innovation over its expected std; NaN for a non-finite value) and ``reason``
-    (``"non-finite"`` or ``"background"``).  ``weights``: with VarQC, ``w = min(1, c / |t|)`` of
+    (the innovation over its expected std, or the analysis departure over the observation's
+    std; NaN for a non-finite value) and ``reason`` (one of :data:`REASONS`).  ``weights``: with VarQC, ``w = min(1, c / |t|)`` of
     each kept observation at the analysis, slot by slot.
     """
 
@@ -328,7 +328,11 @@ class HuberNorm:
 
     def reweighted(self, weights: list[np.ndarray]) -> FourDVarCost:
         """The cost with each ``R_k`` reweighted by ``w_k``."""
-        cost = self.cost
-        slots = [ObservationSlot(slot.step, slot.values, slot.operator, _reweighted(slot.covariance, w)) for slot, w in zip(cost.slots, weights)]
-        return FourDVarCost(cost.model, slots, cost.xb, B=cost.B, pb=cost.pb, P=cost.P, n_steps=cost.n_steps, Q=cost.Q,
-                            model_error_every=cost.every)
+        return with_slots(self.cost, [ObservationSlot(slot.step, slot.values, slot.operator, _reweighted(slot.covariance, w))
+                                      for slot, w in zip(self.cost.slots, weights)])
+
+
+def with_slots(cost: FourDVarCost, slots) -> FourDVarCost:
+    """``cost`` with these observation slots, all else (window, background, covariances) the same."""
+    return FourDVarCost(cost.model, slots, cost.xb, B=cost.B, pb=cost.pb, P=cost.P, n_steps=cost.n_steps, Q=cost.Q,
+                        model_error_every=cost.every)

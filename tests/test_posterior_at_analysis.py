@@ -81,3 +81,16 @@ def test_default_outer_loops_converge_a_window_that_needs_more_than_ten():
     short = problem.solve(outer_loops=10, posterior_method="none")
     assert not short.success and short.status == 1 and "maximum of 10" in short.message
     assert short.final.J - J_min > 1e-6 * J_min
+
+
+def test_a_run_with_posterior_accuracy_writes_the_analysis_std_of_each_window():
+    from fourdvar.app.plan import Plan
+    from fourdvar.app.run import execute
+    from tests.test_experiments import tiny
+
+    assimilation = {"control": ["state"], "posterior_accuracy": 0.01, "inner": {"method": "lanczos", "max_iterations": 30}}
+    dataset = execute(Plan.from_config(tiny(assimilation=assimilation)))
+    std = dataset["analysis_std"].values
+    assert std.shape == (dataset.sizes["cycle"], dataset.sizes["x"])
+    assert np.all(std > 0) and np.all(std < dataset["background_std"].values[:, None])  # the observations taught something
+    assert "analysis_std" not in execute(Plan.from_config(tiny(assimilation={"control": ["state"]})))

@@ -141,3 +141,16 @@ def test_a_run_writes_each_windows_rejections_and_counts_them_in_the_headline(tm
         assert written["qc_reason"].values.tolist() == dataset["qc_reason"].values.tolist()
     clean = execute(Plan.from_config(tiny(assimilation={"control": ["state"]})))
     assert clean.sizes.get("rejection", 0) == 0 and headlines(plan, clean, {})["observations_rejected"] == 0
+
+
+def test_selected_operator_is_the_rows_of_its_operator_and_its_adjoint_passes_the_dot_product_test():
+    from observations.operators import Square
+
+    rng = np.random.default_rng(0)
+    operator, keep = Square(n_state=8, indices=[1, 2, 4, 7]), np.array([0, 2, 3])  # y = x^2 at the points
+    selected = Selected(operator, keep)
+    x, dx, ay = rng.standard_normal(8), rng.standard_normal(8), rng.standard_normal(3)
+    np.testing.assert_array_equal(selected.apply(x), operator.apply(x)[keep])
+    H = selected.linearize(x)
+    assert abs(H.tl(dx) @ ay - dx @ H.ad(ay)) <= 1e-12 * abs(H.tl(dx) @ ay)
+    np.testing.assert_allclose(H.tl(dx), 2.0 * x[[1, 4, 7]] * dx[[1, 4, 7]], rtol=1e-14)
