@@ -48,7 +48,7 @@ from ..cost import CostTerms, FourDVarCost
 from ..covariances import Dense, Diagonal
 from ..eda import ensemble_covariance
 from ..ensemble import HybridEnsembleCovariance
-from ..posterior import LowRankCovariance
+from ..posterior import DENSE_POSTERIOR_SIZE, LowRankCovariance
 
 DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
     "chi2": ("chi2", "2 J_min / n_obs (about 1 when B, R and the model are consistent)"),
@@ -200,6 +200,11 @@ class ResultRecorder:
         if outcome.params_posterior is not None or "params" not in exp.control:
             return outcome.params_posterior
         if outcome.rejected_cost is not None or not 0 < exp.model.n_params <= POSTERIOR_STD_MAX_PARAMS:
+            return None
+        posterior = outcome.result.get("posterior")
+        if posterior is not None and posterior.std_p is not None:  # the solve's own, at its analysis
+            return np.diag(posterior.std_p**2)
+        if exp.model.n_state + exp.model.n_params > DENSE_POSTERIOR_SIZE:  # one Hessian product per control value: too dear
             return None
         problem = FourDVar(exp.model, exp.window_slots(outcome.cycle), xb=outcome.xb, B=outcome.B, pb=outcome.pb, P=outcome.P,
                            control=exp.control, n_steps=exp.n_steps, Q=exp.Q0, model_error_every=exp.model_error_every)
