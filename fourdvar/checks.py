@@ -55,7 +55,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .window import PerStepModel, WindowLinearization, declared, forecast, linearize_window, sub_window_forcing
+from .interfaces import declared
+from .window import PerStepModel, WindowLinearization, forecast, linearize_window, sub_window_forcing
 
 __all__ = [
     "CheckResult",
@@ -779,7 +780,7 @@ def covariance_inverse_test(covariance, rng: np.random.Generator, tolerance: flo
     error_sqrt = np.linalg.norm(covariance.sqrt(covariance.sqrt_t(v)) - Cv) / np.linalg.norm(Cv)
     error = max(error_inverse, error_sqrt)
     details = f"inverse {error_inverse:.1e}, square root {error_sqrt:.1e}"
-    condition = getattr(covariance, "condition_number", None)
+    condition = declared(covariance, "condition_number")
     if condition is not None:
         std = np.asarray(covariance.std)
         condition *= float(std.max() / std.min()) ** 2 if std.size else 1.0
@@ -811,7 +812,7 @@ def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool =
         results.append(window_adjoint_test(
             window, rng.standard_normal(n), rng.standard_normal(n_p), {k: rng.standard_normal(n) for k in steps},
             de=rng.standard_normal((window.n_steps, n)), inspect="the window's ad: its ae (the forcing adjoint) against tl's de"))
-    gradients = cost.gradient(x0, p, eta)
+    gradients = cost.full_gradient(x0, p, eta)
     shape = (0, n) if eta is None else eta.shape
 
     def in_control():  # a direction inside the control

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .covariances import Diagonal
-from .ensemble import HybridEnsembleCovariance
+from .interfaces import declared
 
 __all__ = ["Block", "ControlSpace", "apply_rows", "each_column"]
 
@@ -36,7 +36,7 @@ class Block:
     """One named part of the control: ``rows`` increments of ``n`` values, each with covariance ``covariance``.
 
     ``departure`` ``(rows, n)`` is guess minus background; ``width`` the control
-    values per row (``covariance.control_size`` for an ensemble's square root, else ``n``).
+    values per row (the covariance's ``control_size``: ``n``, more for an ensemble's square root).
     """
 
     name: str
@@ -53,8 +53,7 @@ class Block:
 
     @property
     def width(self) -> int:
-        C = self.covariance
-        return C.control_size if isinstance(C, HybridEnsembleCovariance) else self.n
+        return declared(self.covariance, "control_size")
 
     @property
     def size(self) -> int:

@@ -35,7 +35,6 @@ and returns its adjoint ``ae_k``; ``aeta_j = sum_{k in j} ae_k``, ``grad_eta_j J
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -226,15 +225,18 @@ class FourDVarCost:
         Jm, _ = self.model_error_terms(eta)
         return CostTerms(Jb, Jp, float(Jo), Jm)
 
-    def gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None):
-        """``(terms, grad_x0 J, grad_p J)`` by one forward and one adjoint sweep, and ``grad_eta J``
-        (``(n_sub, n_state)``: ``Q^-1 eta_j + aeta_j``) last in weak constraint.
+    def gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None) -> tuple[CostTerms, np.ndarray, np.ndarray]:
+        """``(terms, grad_x0 J, grad_p J)`` at ``(x0, p, eta)``: :meth:`full_gradient` without ``grad_eta J``.
 
         Every gradient is returned whatever the control; ``grad_p`` has no ``Jp`` part when ``P`` is ``None``.
         """
+        return self.full_gradient(x0, p, eta)[:3]
+
+    def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None) -> tuple[CostTerms, np.ndarray, np.ndarray, np.ndarray]:
+        """``(terms, grad_x0 J, grad_p J, grad_eta J)`` by one forward and one adjoint sweep;
+        ``grad_eta J = Q^-1 eta_j + aeta_j`` is ``(n_sub, n_state)`` (``(0, n_state)`` in strong constraint)."""
         eta = self.checked_model_error(eta)
-        K = self.last_observed_step
-        window = linearize_window(self.model, x0, p, K, "cost gradient", None if eta is None else sub_window_forcing(eta, self.every, K))
+        window = self.window(x0, p, "cost gradient", eta)
         Jo, forcings = 0.0, {}
         for slot in self.slots:
             H = slot.operator.linearize(window.states[slot.step])
@@ -248,17 +250,10 @@ class FourDVarCost:
         # parameter-sized arrays are then p - pb, P^-1 (p - pb) (returned) and ap, no more
         gb += ax
         gp += ap
-        if eta is None:
-            return CostTerms(Jb, Jp, Jo), gb, gp
-        geta = apply_rows(self.Q.solve, eta)  # Q^-1 eta_j, then + aeta_j
-        Jm = 0.5 * float(np.vdot(eta, geta))
-        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, np.add(geta, sub_window_sums(ae, self.every, self.n_sub), out=geta)
-
-    def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None):
-        """Deprecated: :meth:`gradient`, with ``grad_eta J`` (``(0, n_state)`` in strong constraint)."""
-        warnings.warn("FourDVarCost.full_gradient is deprecated; use gradient", DeprecationWarning, stacklevel=2)
-        result = self.gradient(x0, p, eta)
-        return result if len(result) == 4 else result + (np.zeros((0, self.model.n_state)),)
+        Jm, geta = self.model_error_terms(eta)  # Q^-1 eta_j, then + aeta_j
+        if ae is not None:
+            geta += sub_window_sums(ae, self.every, self.n_sub)
+        return CostTerms(Jb, Jp, Jo, Jm), gb, gp, geta
 
 
 def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:

@@ -25,13 +25,16 @@ Classes:
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Sequence
 
 import numpy as np
 import scipy.linalg
 
-__all__ = ["Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES"]
+from .interfaces import declares
+
+__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES"]
 
 #: Correlation functions ``rho(d)`` of the distance ``d`` (grid points) and length scale ``L``.
 CORRELATION_SHAPES = {
@@ -82,11 +85,28 @@ def _check_correlation(who: str, length_scale, shape, min_eigenvalue) -> tuple[f
     return float(length_scale), shape.lower(), float(min_eigenvalue)
 
 
-class _CovarianceBase:
-    """Shape checking and sampling shared by the covariances below."""
+@declares("control_size", "sqrt_columns", "variance", "condition_number")
+class CovarianceBase:
+    """Shape checking and sampling shared by the covariances below, and the defaults of the
+    optional capabilities of :class:`fourdvar.interfaces.Covariance`."""
 
     size: int
     std: np.ndarray
+    #: the condition number of the correlation, when the covariance knows it
+    condition_number = None
+
+    @functools.cached_property
+    def control_size(self) -> int:
+        """The length of the vectors ``sqrt`` takes: ``size``."""
+        return self.size
+
+    def sqrt_columns(self, W: np.ndarray) -> np.ndarray:
+        """``C^1/2 W`` for the columns of ``W`` ``(control_size, k)``, one at a time."""
+        return np.column_stack([self.sqrt(column) for column in W.T]) if W.shape[1] else np.zeros((self.size, 0))
+
+    def variance(self) -> np.ndarray:
+        """``diag(C)``: ``|C^T/2 e_i|^2``."""
+        return np.array([np.sum(self.sqrt_t(unit) ** 2) for unit in np.eye(self.size)])
 
     def _vector(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
@@ -104,10 +124,13 @@ class _CovarianceBase:
         return f"{type(self).__name__}(size={self.size})"
 
 
+_CovarianceBase = CovarianceBase  # the name ensemble.py imports
+
+
 # --- diagonal ---------------------------------------------------------------------
 
 
-class Diagonal(_CovarianceBase):
+class Diagonal(CovarianceBase):
     """``C = diag(std^2)``; ``C^1/2 = C^T/2 = diag(std)``.
 
     ``std`` is one value per element, or a scalar together with ``size``.
@@ -182,6 +205,14 @@ class Diagonal(_CovarianceBase):
         """``C^T/2 v = std * v``, the square root being symmetric (into ``out`` if given)."""
         return np.multiply(self.std, self._vector(v), out=self._output(out))
 
+    def sqrt_columns(self, W: np.ndarray) -> np.ndarray:
+        """``C^1/2 W = std * W``, one product."""
+        return self.std[:, None] * W
+
+    def variance(self) -> np.ndarray:
+        """``diag(C) = std^2``."""
+        return self.std**2
+
     def with_std(self, std) -> "Diagonal":
         """``diag(new_std^2)``."""
         return Diagonal(std, size=self.size)
@@ -190,7 +221,7 @@ class Diagonal(_CovarianceBase):
 # --- dense (Cholesky) ---------------------------------------------------------------
 
 
-class Dense(_CovarianceBase):
+class Dense(CovarianceBase):
     """A given symmetric positive-definite ``C = L L^T`` (``L`` lower Cholesky factor).
 
     ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.
@@ -267,6 +298,10 @@ class Dense(_CovarianceBase):
         """``C^T/2 v = L^T v``."""
         return self.cholesky.T @ self._vector(v)
 
+    def variance(self) -> np.ndarray:
+        """``diag(C)``, from the matrix."""
+        return np.diag(self.matrix).copy()
+
     def with_std(self, std) -> "Dense":
         """``S' D^-1 C D^-1 S'`` with ``D = diag(self.std)``, ``S' = diag(std)``.
 
@@ -279,7 +314,7 @@ class Dense(_CovarianceBase):
 # --- periodic correlation by FFT -------------------------------------------------------
 
 
-class PeriodicCorrelation(_CovarianceBase):
+class PeriodicCorrelation(CovarianceBase):
     """``C = S Cor S`` on a periodic 1-D grid of ``size`` points, applied by FFT.
 
     ``S = diag(std)``; ``Cor`` is the circulant matrix whose first row is
@@ -370,7 +405,7 @@ class PeriodicCorrelation(_CovarianceBase):
 # --- block diagonal ------------------------------------------------------------------------
 
 
-class BlockDiagonal(_CovarianceBase):
+class BlockDiagonal(CovarianceBase):
     """``C = diag(C_1, ..., C_m)``: each operation acts on the slice of ``v`` of its block.
 
     Used for the joint control vector ``[x0; p]`` with ``diag(B, P)``.  A block
@@ -394,7 +429,7 @@ class BlockDiagonal(_CovarianceBase):
         self.blocks = tuple(blocks)
         if not self.blocks:
             raise ValueError("BlockDiagonal: blocks must contain at least one covariance")
-        sizes = [_check_size(getattr(b, "size", None), name=f"blocks[{j}].size") for j, b in enumerate(self.blocks)]
+        sizes = [_check_size(b.size, name=f"blocks[{j}].size") for j, b in enumerate(self.blocks)]
         ends = np.cumsum(sizes)
         self.slices = tuple(slice(int(e - n), int(e)) for e, n in zip(ends, sizes))
         self.size = int(ends[-1])

@@ -9,15 +9,45 @@ from them, it only has the methods.  :func:`fourdvar.checks` verifies that the
 methods are each other's tangent-linear and adjoint.  Optional capabilities are
 declared as attributes, their defaults in one base class each
 (:class:`fourdvar.model.ModelBase` for a model, :class:`fourdvar.window.Window` for a
-window), and read through :func:`fourdvar.window.declared`, never guessed.
+window, :class:`fourdvar.covariances.CovarianceBase` for a covariance), and read
+through :func:`declared`, which gives an object written without its base class the
+base's default: the engine never guesses a capability.
 """
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+#: each optional capability and the base class that holds its default
+_DEFAULTS: dict[str, type] = {}
+
+
+def declares(*capabilities: str):
+    """Class decorator: the class holds the defaults of the optional ``capabilities`` (see :func:`declared`)."""
+    def register(cls: type) -> type:
+        _DEFAULTS.update(dict.fromkeys(capabilities, cls))
+        return cls
+    return register
+
+
+def declared(obj, capability: str):
+    """``obj``'s optional ``capability``, or, for an object that does not declare it, the default of the
+    base class that holds it (a method or a property of that class evaluated for ``obj``)."""
+    value = getattr(obj, capability, _ABSENT)
+    if value is not _ABSENT:
+        return value
+    default = vars(_DEFAULTS[capability])[capability]
+    if isinstance(default, (property, functools.cached_property)):
+        return (default.fget if isinstance(default, property) else default.func)(obj)
+    return types.MethodType(default, obj) if isinstance(default, types.FunctionType) else default
+
+
+_ABSENT = object()
 
 
 @runtime_checkable
@@ -112,8 +142,11 @@ class ObservationOperator(Protocol):
 class Covariance(Protocol):
     """A symmetric positive-definite covariance matrix ``C``, applied matrix-free.
 
-    In the control space (:mod:`fourdvar.control`) each block's increment is ``C^1/2 v``;
-    a square root from a larger space (an ensemble's) says so with ``control_size``.
+    In the control space (:mod:`fourdvar.control`) each block's increment is ``C^1/2 v``.
+    Optional capabilities, with their defaults in :class:`fourdvar.covariances.CovarianceBase`:
+    ``control_size`` (``size``; larger for a square root from a larger space, an ensemble's),
+    ``sqrt_columns(W)`` (``C^1/2 W`` for the columns of ``W``: column by column),
+    ``variance()`` (``diag(C)``: ``|C^T/2 e_i|^2``) and ``condition_number`` (``None``: unknown).
     """
 
     size: int

@@ -6,12 +6,14 @@ run once, keeping what TL and AD need) and ``init_params``.  ``step_tl`` and
 implementation.  The optional capabilities of :class:`fourdvar.interfaces.Model`
 are declared here with their defaults.  Subclassing is optional: any object with
 the methods of the protocol works with the engine, which reads its capabilities
-through :func:`fourdvar.window.declared` (these defaults for one it does not declare).
+through :func:`fourdvar.interfaces.declared` (these defaults for one it does not declare).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .interfaces import declares
 
 __all__ = ["ModelBase", "as_vector"]
 
@@ -24,6 +26,7 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
     return array
 
 
+@declares("blocked_linearization", "linearize_window", "window_forcing")
 class ModelBase:
     """Base class of a model: ``step_tl``, ``step_ad`` and ``forecast`` from ``step`` and ``linearize``.
 

@@ -51,7 +51,8 @@ import functools
 import numpy as np
 import scipy.linalg
 
-from .covariances import Dense, Diagonal
+from .covariances import CovarianceBase, Diagonal
+from .interfaces import declared
 from .lanczos import RITZ_TOLERANCE, SpectralFactor, SpectralPreconditioner, largest_first, lanczos
 
 __all__ = ["Posterior", "LowRankCovariance", "variance", "DENSE_POSTERIOR_SIZE", "POSTERIOR_METHODS"]
@@ -62,23 +63,13 @@ FIRST_POSTERIOR_ITERATIONS = 10  # the posterior Lanczos starts with this many, 
 
 
 def _sqrt_columns(covariance, W: np.ndarray) -> np.ndarray:
-    """``C^1/2 W``, column by column (one product for a diagonal ``C``)."""
-    if isinstance(covariance, Diagonal):
-        return covariance.std[:, None] * W
-    if hasattr(covariance, "sqrt_columns"):  # a limited-memory or a 2-D correlation covariance
-        return covariance.sqrt_columns(W)
-    return np.column_stack([covariance.sqrt(column) for column in W.T]) if W.shape[1] else np.zeros((covariance.size, 0))
+    """``C^1/2 W``: the covariance's declared ``sqrt_columns``."""
+    return declared(covariance, "sqrt_columns")(W)
 
 
 def variance(covariance) -> np.ndarray:
-    """``diag(C)``: from the ``std`` of a diagonal, the matrix of a dense, ``|C^T/2 e_i|^2`` otherwise."""
-    if isinstance(covariance, Diagonal):
-        return covariance.std**2
-    if isinstance(covariance, Dense):
-        return np.diag(covariance.matrix).copy()
-    if hasattr(covariance, "variance"):
-        return covariance.variance()
-    return np.array([np.sum(covariance.sqrt_t(unit) ** 2) for unit in np.eye(covariance.size)])
+    """``diag(C)``: the covariance's declared ``variance``."""
+    return declared(covariance, "variance")()
 
 
 def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None,
@@ -384,7 +375,7 @@ class Posterior:
         raise ValueError("params_covariance needs the parameters in the control")
 
 
-class LowRankCovariance:
+class LowRankCovariance(CovarianceBase):
     """``C = C0^1/2 (I + U diag(lam) U^T) C0^T/2``: a base covariance ``C0`` updated in rank ``r``.
 
     ``U`` has orthonormal columns ``(size, r)``, ``lam > -1``.  Memory ``O(size r)``;
@@ -453,9 +444,6 @@ class LowRankCovariance:
 
     def sqrt_columns(self, X: np.ndarray) -> np.ndarray:
         return _sqrt_columns(self.base, self._M_power(X, 0.5))
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        return self.sqrt(rng.standard_normal(self.size))
 
     def variance(self) -> np.ndarray:
         """``diag(C) = diag(C0) + rowsum((C0^1/2 U) lam * (C0^1/2 U))``."""

@@ -51,7 +51,7 @@ import numpy as np
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
 from .covariances import Dense, Diagonal
-from .interfaces import ObservationSlot
+from .interfaces import ObservationSlot, declared
 from .posterior import variance
 from .window import DivergenceError, tl_block
 
@@ -183,7 +183,7 @@ def _restricted(covariance, keep: np.ndarray):
 def _background_columns(cost: FourDVarCost, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``(dX0, dP)``: the columns of ``diag(B, P)^1/2`` (random draws of it when the control is
     larger than :data:`BACKGROUND_SAMPLES`, scaled so that ``dX dX^T`` estimates ``B``)."""
-    n_x = getattr(cost.B, "control_size", cost.model.n_state)
+    n_x = declared(cost.B, "control_size")
     n_p = cost.model.n_params if cost.P is not None else 0
     n = n_x + n_p
     xi = np.eye(n) if n <= BACKGROUND_SAMPLES else rng.standard_normal((n, BACKGROUND_SAMPLES)) / np.sqrt(BACKGROUND_SAMPLES)

@@ -62,7 +62,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .model import ModelBase
+from .interfaces import declared, declares
 
 __all__ = [
     "DivergenceError", "ForcedWindowLinearization", "declared", "PerStepModel", "Window", "WindowLinearization", "ad_block", "forced_forecast",
@@ -128,13 +128,7 @@ def _sub_window_matrix(n_sub: int, every: int, n_steps: int) -> np.ndarray:
 # --- windows ------------------------------------------------------------------------------
 
 
-def declared(obj, capability: str):
-    """``obj``'s optional ``capability``, a model's (:class:`~fourdvar.model.ModelBase`) or a window's
-    (:class:`Window`), with the base class's default for an object written without subclassing it."""
-    base = ModelBase if capability in vars(ModelBase) else Window
-    return getattr(obj, capability, vars(base)[capability])
-
-
+@declares("blocked")
 class Window:
     """The window contract (module docstring) and the defaults of its optional capabilities."""
 

@@ -65,7 +65,7 @@ def test_weak_gradients_at_zero_forcing_equal_the_strong_ones(name):
     strong, weak = pair(model, p)
     eta = np.zeros((weak.n_sub, model.n_state))
     terms_s, gx_s, gp_s = strong.gradient(strong.xb, p)
-    terms_w, gx_w, gp_w, geta = weak.gradient(weak.xb, p, eta)
+    terms_w, gx_w, gp_w, geta = weak.full_gradient(weak.xb, p, eta)
     assert terms_w.Jm == 0.0 and terms_w.J == terms_s.J
     assert np.linalg.norm(gx_w - gx_s) <= 1e-13 * np.linalg.norm(gx_s)
     assert geta.shape == (3, model.n_state) and np.linalg.norm(geta) > 0
@@ -160,8 +160,8 @@ def test_the_weak_constraint_twins_are_deprecated_aliases_of_the_one_forms():
     ax, ap = WindowLinearization(model, weak.xb, p, N_STEPS, forcing=forcing).ad(forcings, ae=ae)
     ax_old, ap_old, aeta = old.ad_eta(forcings)
     assert np.array_equal(ax_old, ax) and np.allclose(aeta, sub_window_sums(ae, EVERY, weak.n_sub), rtol=1e-15, atol=0)
-    with pytest.warns(DeprecationWarning, match="full_gradient"):
-        full = weak.full_gradient(weak.xb, p, eta)
-    assert all(np.array_equal(a, b) for a, b in zip(full[1:], weak.gradient(weak.xb, p, eta)[1:]))
+    full = weak.full_gradient(weak.xb, p, eta)
+    assert len(weak.gradient(weak.xb, p, eta)) == 3  # the documented (terms, grad_x0, grad_p)
+    assert all(np.array_equal(a, b) for a, b in zip(full[1:3], weak.gradient(weak.xb, p, eta)[1:]))
     with pytest.warns(DeprecationWarning, match="check_weak_cost"):
         assert all(r.passed for r in checks.check_weak_cost(weak, weak.xb, p, eta, ["state", "model_error"], np.random.default_rng(8)))
