@@ -651,11 +651,11 @@ def model_linearization_test(model, x, p, rng: np.random.Generator, tolerance: f
     lin = model.linearize(x, p)
     dx, dp = _random_increments(model, rng)
     ax = rng.standard_normal(model.n_state)
-    ax_step, ap_step = model.step_ad(x, p, ax)
+    ax_step, ap_step = declared(model, "step_ad")(x, p, ax)
     ax_lin, ap_lin = lin.ad(ax)
     pairs = {
         "step vs linearize(x, p).output": (model.step(x, p), lin.output),
-        "step_tl vs linearize(x, p).tl": (model.step_tl(x, p, dx, dp), lin.tl(dx, dp)),
+        "step_tl vs linearize(x, p).tl": (declared(model, "step_tl")(x, p, dx, dp), lin.tl(dx, dp)),
         "step_ad vs linearize(x, p).ad (state)": (ax_step, ax_lin),
         "step_ad vs linearize(x, p).ad (parameters)": (ap_step, ap_lin),
     }

@@ -93,6 +93,7 @@ class Model(Protocol):
     """One forecast step ``x_{k+1} = M_{k+1:k}(p, x_k)``.
 
     Optional capabilities, with their defaults in :class:`fourdvar.model.ModelBase`:
+    ``step_tl(x, p, dx, dp)`` and ``step_ad(x, p, ax)`` (``linearize(x, p).tl`` and ``.ad``),
     ``blocked_linearization`` (``False``: the step linearisations take one vector),
     ``linearize_window(x0, p, n_steps) -> Window`` (``None``: the engine chains the
     steps) and ``window_forcing`` (``False``: that window takes no ``forcing=``).
@@ -102,10 +103,6 @@ class Model(Protocol):
     n_params: int
 
     def step(self, x: np.ndarray, p: np.ndarray) -> np.ndarray: ...
-
-    def step_tl(self, x: np.ndarray, p: np.ndarray, dx: np.ndarray, dp: np.ndarray) -> np.ndarray: ...
-
-    def step_ad(self, x: np.ndarray, p: np.ndarray, ax: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def linearize(self, x: np.ndarray, p: np.ndarray) -> StepLinearization: ...
 

@@ -26,7 +26,7 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
     return array
 
 
-@declares("blocked_linearization", "linearize_window", "window_forcing")
+@declares("step_tl", "step_ad", "blocked_linearization", "linearize_window", "window_forcing")
 class ModelBase:
     """Base class of a model: ``step_tl``, ``step_ad`` and ``forecast`` from ``step`` and ``linearize``.
 

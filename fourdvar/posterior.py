@@ -23,10 +23,9 @@ standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank i
 :meth:`Posterior.from_lanczos_runs` builds ``I + W K W^T`` instead from the Lanczos runs of
 every outer loop, by block BFGS updates in which each run contributes its exact Hessian
 images (``A_i s = y``, residuals included), the last run last: no Hessian products of its
-own, and many more directions than the last run's converged Ritz pairs (on a
-``configs/l96_surrogate.yaml`` window all 265 against 29: the weights' posterior std within
-3 % of the dense one instead of 5 %, the mean 0.422 and 0.472 against 0.430).  Cycling uses
-it for ``update: posterior``.
+own, and every run's directions instead of the last run's converged Ritz pairs (its accuracy
+against the dense inverse Hessian: ``benchmarks/RESULTS.md``).  Cycling uses it for
+``update: posterior``.
 
 :meth:`Posterior.at_analysis` gives the posterior of a solve: ``A^-1`` of the Hessian at the
 last linearisation (the analysis), from pairs of that Hessian alone.  A small control (at

@@ -47,7 +47,7 @@ _GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators"}
 #: The methods a class must have to be built as a model or an operator (the interfaces of
 #: :mod:`fourdvar.interfaces`): a ``type`` naming anything else is refused before it is called.
 _METHODS = {
-    "model": ("step", "step_tl", "step_ad", "linearize", "init_params"),
+    "model": ("step", "linearize", "init_params"),
     "operator": ("apply", "apply_tl", "apply_ad", "linearize"),
 }
 _REGISTERED: dict[str, dict[str, type]] = {"model": {}, "operator": {}}

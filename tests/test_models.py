@@ -417,7 +417,7 @@ def test_registry_finds_a_users_class_by_module_path_and_by_registration(tmp_pat
 
 @pytest.mark.parametrize("reference, problem", [
     ("subprocess:run", "is not a class (a function)"),
-    ("builtins:dict", "is not a model class: it has no step, step_tl, step_ad, linearize, init_params"),
+    ("builtins:dict", "is not a model class: it has no step, linearize, init_params"),
     ("observations.operators:Identity", "is not a model class: it has no step"),
 ])
 def test_registry_refuses_what_is_not_a_model_class_before_calling_it(reference, problem, tmp_path, monkeypatch):

@@ -119,8 +119,26 @@ def test_a_model_without_the_base_class_passes_the_checks():
     cost = _cost(Plain(), PlainDiagonal(np.full(N, 0.5)), Q=Diagonal(0.1, size=N))
     results = checks.check_cost(cost, cost.xb, cost.pb, ["state", "params", "model_error"], np.random.default_rng(2))
     assert [r.status for r in results] == ["PASS"] * len(results)
-    lin = Plain().linearize(cost.xb, cost.pb)
-    assert checks.dot_product_test(lin.tl, lin.ad, [np.ones(N), np.ones(1)], np.arange(N, dtype=float)).error < 1e-12
+    model_checks = checks.check_model(Plain(), cost.xb, cost.pb, np.random.default_rng(3), n_steps=STEPS)
+    assert [r.status for r in model_checks] == ["PASS"] * len(model_checks)  # step_tl and step_ad: ModelBase's defaults
+
+
+def test_the_registry_builds_a_model_without_the_base_class(tmp_path, monkeypatch):
+    from fourdvar.registry import build_model
+
+    (tmp_path / "plain_user_model.py").write_text(
+        "import numpy as np\n"
+        "class Scale:\n"
+        "    n_state, n_params = 2, 1\n"
+        "    def step(self, x, p):\n"
+        "        return p[0] * x\n"
+        "    def linearize(self, x, p):\n"
+        "        raise NotImplementedError\n"
+        "    def init_params(self, rng):\n"
+        "        return np.ones(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model({"type": "plain_user_model:Scale"})
+    assert type(model).__name__ == "Scale" and declared(model, "linearize_window") is None
 
 
 def test_a_covariance_without_the_base_class_has_the_defaults_of_one_with_it():
