@@ -49,46 +49,20 @@ directions before a verdict; a check that stays inconclusive is reported as
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .interfaces import declared
-from .window import PerStepModel, WindowLinearization, forecast, linearize_window, sub_window_forcing
+from .window import PerStepModel, WindowLinearization, warn_deprecated, forecast, linearize_window, sub_window_forcing
 
 __all__ = [
-    "CheckResult",
-    "TaylorSweep",
-    "PASS",
-    "FAIL",
-    "INCONCLUSIVE",
-    "ADJOINT_TOLERANCE",
-    "WINDOW_TOLERANCE",
-    "MIN_ORDER",
-    "DEFAULT_AMPLITUDES",
-    "dot_product_test",
-    "taylor_test",
-    "gradient_test",
-    "model_adjoint_test",
-    "model_chain_adjoint_test",
-    "model_taylor_test",
-    "model_window_taylor_test",
-    "model_linearization_test",
-    "window_adjoint_test",
-    "batched_window_test",
-    "operator_adjoint_test",
-    "operator_taylor_test",
-    "covariance_sqrt_adjoint_test",
-    "covariance_inverse_test",
-    "check_model",
-    "check_cost",
-    "format_table",
-    "summarize",
-    "LEGEND",
-    "forced_window_adjoint_test",
-    "check_weak_cost",
+    "CheckResult", "TaylorSweep", "PASS", "FAIL", "INCONCLUSIVE", "ADJOINT_TOLERANCE", "WINDOW_TOLERANCE", "MIN_ORDER", "DEFAULT_AMPLITUDES",
+    "dot_product_test", "taylor_test", "gradient_test", "model_adjoint_test", "model_chain_adjoint_test", "model_taylor_test",
+    "model_window_taylor_test", "model_linearization_test", "window_adjoint_test", "batched_window_test", "operator_adjoint_test",
+    "operator_taylor_test", "covariance_sqrt_adjoint_test", "covariance_inverse_test", "check_model", "check_cost", "format_table",
+    "summarize", "LEGEND", "forced_window_adjoint_test", "check_weak_cost",
 ]
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
@@ -558,20 +532,24 @@ def _split_taylor(check, draw, n, n_params, inspect_state, inspect_params) -> Ch
     return result
 
 
-def model_taylor_test(model, x, p, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, scale=None, directions: int = 1) -> CheckResult:
-    """Taylor test of one step in random directions ``(dx, dp)`` of state and parameters."""
-    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+def _model_taylor_test(name, f, tl, model, x, p, rng, amplitudes, directions, scale, inspect: tuple[str, str]) -> CheckResult:
+    """The Taylor test of ``f(x, p)`` against ``tl(dx, dp)`` along random ``(dx, dp)``; ``inspect``: the state and the parameter part."""
     n = model.n_state
-    lin = model.linearize(x, p)
     u = np.concatenate([x, p])
 
     def check(draw):
-        return _directional_check("tangent-linear, one step",
-                                  lambda h: _sweep_of_map(lambda v: model.step(v[:n], v[n:]), lambda dv: lin.tl(dv[:n], dv[n:]), u, h, amplitudes),
+        return _directional_check(name, lambda h: _sweep_of_map(lambda v: f(v[:n], v[n:]), lambda dv: tl(dv[:n], dv[n:]), u, h, amplitudes),
                                   draw, directions, RETRIES, "")
 
-    return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng, scale), n, model.n_params,
-                         "the state part of .tl of linearize(x, p) (M_x dx)", "the parameter part of .tl of linearize(x, p) (M_p dp)")
+    return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng, scale), n, model.n_params, *inspect)
+
+
+def model_taylor_test(model, x, p, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, scale=None, directions: int = 1) -> CheckResult:
+    """Taylor test of one step in random directions ``(dx, dp)`` of state and parameters."""
+    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+    lin = model.linearize(x, p)
+    return _model_taylor_test("tangent-linear, one step", model.step, lin.tl, model, x, p, rng, amplitudes, directions, scale,
+                              ("the state part of .tl of linearize(x, p) (M_x dx)", "the parameter part of .tl of linearize(x, p) (M_p dp)"))
 
 
 def model_window_taylor_test(model, x, p, n_steps: int, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, directions: int = 1) -> CheckResult:
@@ -579,18 +557,11 @@ def model_window_taylor_test(model, x, p, n_steps: int, rng: np.random.Generator
     window TL's ``dx_K`` from :func:`fourdvar.window.linearize_window` (the model's
     batched ``linearize_window`` when it has one)."""
     x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
-    n = model.n_state
     window = linearize_window(model, x, p, n_steps)
-    u = np.concatenate([x, p])
-
-    def check(draw):
-        return _directional_check(f"tangent-linear, {n_steps} steps",
-                                  lambda h: _sweep_of_map(lambda v: forecast(model, v[:n], v[n:], n_steps)[-1], lambda dv: window.tl(dv[:n], dv[n:])[-1], u, h, amplitudes),
-                                  draw, directions, RETRIES, "")
-
     where = "linearize_window (the batched window tl)" if declared(model, "linearize_window") is not None else ".tl of linearize over the window"
-    return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng), n, model.n_params,
-                         f"the state part of {where}", f"the parameter part of {where}")
+    return _model_taylor_test(f"tangent-linear, {n_steps} steps", lambda x0, q: forecast(model, x0, q, n_steps)[-1],
+                              lambda dx, dp: window.tl(dx, dp)[-1], model, x, p, rng, amplitudes, directions, None,
+                              (f"the state part of {where}", f"the parameter part of {where}"))
 
 
 def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict, tolerance: float = ADJOINT_TOLERANCE,
@@ -847,16 +818,15 @@ def check_cost(cost, x0, p, control, rng: np.random.Generator, transform: bool =
     return results
 
 
-def forced_window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, deta: np.ndarray, forcings: dict,
-                               tolerance: float = ADJOINT_TOLERANCE) -> CheckResult:
+def forced_window_adjoint_test(window, dx0, dp, deta, forcings: dict, tolerance: float = ADJOINT_TOLERANCE) -> CheckResult:
     """Deprecated: :func:`window_adjoint_test` with ``de`` the sub-windows' ``deta`` on each step."""
-    warnings.warn("forced_window_adjoint_test is deprecated; use window_adjoint_test(..., de=)", DeprecationWarning, stacklevel=2)
+    warn_deprecated("forced_window_adjoint_test", "window_adjoint_test(..., de=)")
     return window_adjoint_test(window, dx0, dp, forcings, tolerance, de=sub_window_forcing(deta, window.every, window.n_steps))
 
 
 def check_weak_cost(cost, x0, p, eta, control, rng: np.random.Generator, transform: bool = True) -> list[CheckResult]:
     """Deprecated: :func:`check_cost` with ``eta``."""
-    warnings.warn("check_weak_cost is deprecated; use check_cost(..., eta=eta)", DeprecationWarning, stacklevel=2)
+    warn_deprecated("check_weak_cost", "check_cost(..., eta=eta)")
     return check_cost(cost, x0, p, control, rng, transform=transform, eta=eta)
 
 

@@ -297,13 +297,13 @@ class PerStepModel:
 # --- deprecated forms of the forced window ------------------------------------------------------
 
 
-def _deprecated(old: str, new: str) -> None:
+def warn_deprecated(old: str, new: str) -> None:
     warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
 
 
 def forced_forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, eta: np.ndarray, every: int, context: str = "") -> np.ndarray:
     """Deprecated: ``forecast(model, x0, p, n_steps, context, forcing=sub_window_forcing(eta, every, n_steps))``."""
-    _deprecated("forced_forecast", "forecast(..., forcing=sub_window_forcing(eta, every, n_steps))")
+    warn_deprecated("forced_forecast", "forecast(..., forcing=sub_window_forcing(eta, every, n_steps))")
     return forecast(model, x0, p, n_steps, context, forcing=sub_window_forcing(np.asarray(eta, dtype=float), every, n_steps))
 
 
@@ -312,7 +312,7 @@ class ForcedWindowLinearization(WindowLinearization):
     ``tl(..., deta=)`` and ``ad_eta`` take and give the sub-windows' ``(n_sub, n_state)`` forcing."""
 
     def __init__(self, model, x0: np.ndarray, p: np.ndarray, n_steps: int, eta: np.ndarray, every: int, context: str = ""):
-        _deprecated("ForcedWindowLinearization", "WindowLinearization(..., forcing=sub_window_forcing(eta, every, n_steps))")
+        warn_deprecated("ForcedWindowLinearization", "WindowLinearization(..., forcing=sub_window_forcing(eta, every, n_steps))")
         self.every, self.eta = int(every), np.asarray(eta, dtype=float)
         super().__init__(model, x0, p, n_steps, context, forcing=sub_window_forcing(self.eta, self.every, n_steps))
 

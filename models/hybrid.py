@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fourdvar.interfaces import declared
 from fourdvar.model import ModelBase, as_vector
 from fourdvar.registry import build_model
 
@@ -67,7 +68,7 @@ class Hybrid(ModelBase):
     @property
     def blocked_linearization(self) -> bool:
         """Blocked TL/AD when both parts have them (the composition is shape-agnostic)."""
-        return bool(getattr(self.physics, "blocked_linearization", False) and getattr(self.correction, "blocked_linearization", False))
+        return bool(declared(self.physics, "blocked_linearization") and declared(self.correction, "blocked_linearization"))
 
     @property
     def dt(self) -> float:
