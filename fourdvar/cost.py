@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from .control import Block, ControlSpace, apply_rows, each_column
+from .model import as_vector
 from .window import DivergenceError, Window, ad_block, forecast, linearize_window, n_sub_windows, sub_window_forcing, sub_window_sums, tl_block
 
 __all__ = ["CostTerms", "Control", "FourDVarCost", "IncrementalCost"]
@@ -156,9 +157,7 @@ class FourDVarCost:
 
     @staticmethod
     def _checked(vector, size: int, name: str) -> np.ndarray:
-        array = np.asarray(vector, dtype=float)
-        if array.shape != (size,):
-            raise ValueError(f"{name} must have shape ({size},), got {array.shape}")
+        array = as_vector(vector, size, name)
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name} contains NaN or infinite values")
         return array

@@ -71,6 +71,12 @@ def variance(covariance) -> np.ndarray:
     return declared(covariance, "variance")()
 
 
+def _layout(blocks, sizes) -> dict[str, slice]:
+    """``{name: slice}`` of the blocks laid one after the other, of ``sizes`` values each."""
+    ends = np.cumsum([0, *sizes])
+    return {b.name: slice(int(a), int(e)) for b, a, e in zip(blocks, ends[:-1], ends[1:])}
+
+
 def _orthonormal_update(Z: np.ndarray, N: np.ndarray, max_rank: int | None = None,
                         orthonormal_columns: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(U, lam)`` with ``U`` orthonormal and ``U diag(lam) U^T = Z N Z^T``, the ``max_rank``
@@ -176,10 +182,13 @@ class Posterior:
         self.K = product @ product.T - I
 
     def _set_parts(self, cost, control) -> None:
-        # (name, covariance, repeats, physical size, control size) of each block of the control space
-        self.parts = [(b.name, b.covariance, b.rows, b.n, b.width) for b in cost.control_blocks(control)]
-        self.size = sum(repeats * n for _, _, repeats, n, _ in self.parts)
-        self.control_size = sum(repeats * m for _, _, repeats, _, m in self.parts)
+        """The blocks of the control space and where each lies in a physical (``rows x n``) and a control
+        (``rows x width``) vector."""
+        blocks = cost.control_blocks(control)
+        self.blocks = {b.name: b for b in blocks}
+        self._physical = _layout(blocks, [b.rows * b.n for b in blocks])
+        self._control = _layout(blocks, [b.size for b in blocks])
+        self.size, self.control_size = sum(b.rows * b.n for b in blocks), sum(b.size for b in blocks)
 
     @classmethod
     def from_lanczos_runs(cls, cost, control, runs, max_rank: int | None = None) -> "Posterior":
@@ -289,30 +298,19 @@ class Posterior:
     # --- G = diag(B^1/2, P^1/2, Q^1/2 ...) and its transpose ----------------------------
 
     def _pieces(self, rows, control: bool):
-        """``(name, covariance, piece)`` for each covariance block of ``rows`` (control or physical layout)."""
-        offset = 0
-        for name, covariance, repeats, n, m in self.parts:
-            width = m if control else n
-            for _ in range(repeats):
-                yield name, covariance, rows[offset : offset + width]
-                offset += width
+        """``(covariance, piece)`` for each row of each block of ``rows`` (control or physical layout)."""
+        for name, where in (self._control if control else self._physical).items():
+            block = self.blocks[name]
+            yield from ((block.covariance, piece) for piece in np.split(rows[where], block.rows))
 
     def _G(self, u: np.ndarray) -> np.ndarray:
-        return np.concatenate([C.sqrt(piece) for _, C, piece in self._pieces(u, control=True)] or [np.zeros(0)])
+        return np.concatenate([C.sqrt(piece) for C, piece in self._pieces(u, control=True)] or [np.zeros(0)])
 
     def _G_t(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([C.sqrt_t(piece) for _, C, piece in self._pieces(x, control=False)] or [np.zeros(0)])
+        return np.concatenate([C.sqrt_t(piece) for C, piece in self._pieces(x, control=False)] or [np.zeros(0)])
 
     def _G_columns(self, U: np.ndarray) -> np.ndarray:
-        return np.vstack([_sqrt_columns(C, piece) for _, C, piece in self._pieces(U, control=True)] or [U[:0]])
-
-    def _physical_slice(self, wanted: str) -> slice | None:
-        offset = 0
-        for name, _, repeats, n, _ in self.parts:
-            if name == wanted:
-                return slice(offset, offset + repeats * n)
-            offset += repeats * n
-        return None
+        return np.vstack([_sqrt_columns(C, piece) for C, piece in self._pieces(U, control=True)] or [U[:0]])
 
     # --- the covariance ----------------------------------------------------------------
 
@@ -339,39 +337,39 @@ class Posterior:
     @functools.cached_property
     def _variance(self) -> np.ndarray:
         """:meth:`variance`, computed once (the posterior does not change)."""
-        prior = np.concatenate([np.tile(variance(C), repeats) for _, C, repeats, _, _ in self.parts] or [np.zeros(0)])
+        prior = np.concatenate([np.tile(variance(b.covariance), b.rows) for b in self.blocks.values()] or [np.zeros(0)])
         GW = self._G_columns(self.W)
         return prior + np.einsum("ij,jk,ik->i", GW, self.K, GW)
 
     def _std(self, name: str) -> np.ndarray | None:
-        where = self._physical_slice(name)
-        return None if where is None else np.sqrt(np.maximum(self._variance[where], 0.0))
+        """The std of block ``name``, ``(rows, n)``; ``None`` when it is not in the control."""
+        if name not in self.blocks:
+            return None
+        return np.sqrt(np.maximum(self._variance[self._physical[name]], 0.0)).reshape(self.blocks[name].rows, -1)
 
     @property
     def std_x0(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the initial state (``None`` when it is not in the control)."""
-        return self._std("x0")
+        std = self._std("x0")
+        return None if std is None else std[0]
 
     @property
     def std_p(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the parameters (``None`` when they are not in the control)."""
-        return self._std("p")
+        std = self._std("p")
+        return None if std is None else std[0]
 
     @property
     def std_model_error(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the model-error forcing, ``(n_sub, n_state)``
         (``None`` when it is not in the control)."""
-        std = self._std("eta")
-        return None if std is None else std.reshape(-1, self.parts[-1][3])
+        return self._std("eta")
 
     def params_covariance(self, max_rank: int | None = None) -> "LowRankCovariance":
         """The parameters' marginal ``P^1/2 (I + W_p K W_p^T) P^T/2`` as a limited-memory covariance."""
-        offset = 0
-        for name, covariance, _, _, m in self.parts:
-            if name == "p":
-                return LowRankCovariance.update(covariance, self.W[offset : offset + m], self.K, max_rank=max_rank)
-            offset += m
-        raise ValueError("params_covariance needs the parameters in the control")
+        if "p" not in self.blocks:
+            raise ValueError("params_covariance needs the parameters in the control")
+        return LowRankCovariance.update(self.blocks["p"].covariance, self.W[self._control["p"]], self.K, max_rank=max_rank)
 
 
 class LowRankCovariance(CovarianceBase):

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
-from .covariances import Dense, Diagonal
+from .covariances import CovarianceBase, Dense, Diagonal
 from .interfaces import ObservationSlot, declared
 from .posterior import variance
 from .window import DivergenceError, tl_block
@@ -265,7 +265,7 @@ def normalised_departures(cost: FourDVarCost, x0, p, eta=None) -> list[np.ndarra
             for slot in cost.slots]
 
 
-class _Reweighted:
+class _Reweighted(CovarianceBase):
     """``R_w = R^1/2 W^-1 R^T/2``, ``W = diag(w)``, ``w > 0``: ``R_w^-1 = R^-T/2 W R^-1/2``."""
 
     def __init__(self, R, w: np.ndarray):
@@ -282,9 +282,6 @@ class _Reweighted:
 
     def apply(self, v):
         return self.sqrt(self.sqrt_t(v))
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        return self.sqrt(rng.standard_normal(self.size))
 
 
 def _reweighted(R, w: np.ndarray):

@@ -29,17 +29,8 @@ from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "RegistryError",
-    "register_model",
-    "register_operator",
-    "model_class",
-    "operator_class",
-    "build_model",
-    "build_operator",
-    "available_models",
-    "available_operators",
-    "observation_set_class",
-    "registered_names_only",
+    "RegistryError", "register_model", "register_operator", "model_class", "operator_class", "build_model",
+    "build_operator", "available_models", "available_operators", "observation_set_class", "registered_names_only",
     "search_directories",
 ]
 
