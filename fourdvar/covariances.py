@@ -180,7 +180,7 @@ class Diagonal(CovarianceBase):
         if out is not None and (not isinstance(out, np.ndarray) or out.shape != (self.size,) or out.dtype != np.float64):
             raise ValueError(
                 f"Diagonal: out must be a float64 array of shape ({self.size},), got "
-                f"{getattr(out, 'dtype', type(out).__name__)} of shape {np.shape(out)}"
+                f"{out.dtype if isinstance(out, np.ndarray) else type(out).__name__} of shape {np.shape(out)}"
             )
         return out
 

@@ -45,6 +45,7 @@ VarQC), the constant ``sum rho(t) - sum w t^2 / 2`` added so that ``Jq(0)`` is t
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,8 +79,7 @@ class QualityControl:
     analysis_check: float | None = DEFAULT_ANALYSIS_CHECK
 
     def __post_init__(self):
-        for name in ("background_check", "huber", "analysis_check"):
-            value = getattr(self, name)
+        for name, value in dataclasses.asdict(self).items():
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise ValueError(f"quality control: {name} must be a positive number or None, got {value!r}")
 
