@@ -515,12 +515,24 @@ def _masked(draw, keep):
     return direction
 
 
-def _split_taylor(check, draw, n, n_params, inspect_state, inspect_params) -> CheckResult:
-    """The Taylor check along joint ``(dx, dp)`` directions; on a failure, again along
-    ``dx`` alone and ``dp`` alone, so that the result names the part that is wrong."""
+def _model_taylor_test(name, f, tl, model, x, p, rng, amplitudes, directions, scale, inspect: tuple[str, str]) -> CheckResult:
+    """The Taylor test of ``f(x, p)`` against ``tl(dx, dp)`` along random joint ``(dx, dp)``; on a failure,
+    again along ``dx`` alone and ``dp`` alone, so that the result names the part that is wrong
+    (``inspect``: the state part and the parameter part)."""
+    n = model.n_state
+    u = np.concatenate([x, p])
+    inspect_state, inspect_params = inspect
+
+    def check(draw):
+        return _directional_check(name, lambda h: _sweep_of_map(lambda v: f(v[:n], v[n:]), lambda dv: tl(dv[:n], dv[n:]), u, h, amplitudes),
+                                  draw, directions, RETRIES, "")
+
+    def draw():
+        return _scaled_direction(model, x, p, rng, scale)
+
     result = check(draw)
-    result.inspect = f"{inspect_state} or {inspect_params}" if n_params else inspect_state
-    if result.failed and n_params:
+    result.inspect = f"{inspect_state} or {inspect_params}" if model.n_params else inspect_state
+    if result.failed and model.n_params:
         # A wrong state part also spoils parameter-only directions (through the stages of
         # a step, or the later steps of a window), so the state part is tried first.
         if check(_masked(draw, slice(0, n))).failed:
@@ -530,18 +542,6 @@ def _split_taylor(check, draw, n, n_params, inspect_state, inspect_params) -> Ch
         else:
             result.inspect = f"{inspect_state} together with {inspect_params}"
     return result
-
-
-def _model_taylor_test(name, f, tl, model, x, p, rng, amplitudes, directions, scale, inspect: tuple[str, str]) -> CheckResult:
-    """The Taylor test of ``f(x, p)`` against ``tl(dx, dp)`` along random ``(dx, dp)``; ``inspect``: the state and the parameter part."""
-    n = model.n_state
-    u = np.concatenate([x, p])
-
-    def check(draw):
-        return _directional_check(name, lambda h: _sweep_of_map(lambda v: f(v[:n], v[n:]), lambda dv: tl(dv[:n], dv[n:]), u, h, amplitudes),
-                                  draw, directions, RETRIES, "")
-
-    return _split_taylor(check, lambda: _scaled_direction(model, x, p, rng, scale), n, model.n_params, *inspect)
 
 
 def model_taylor_test(model, x, p, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, scale=None, directions: int = 1) -> CheckResult:
