@@ -487,13 +487,15 @@ def model_adjoint_test(model, x, p, rng: np.random.Generator, directions: int = 
 
 def model_chain_adjoint_test(model, x, p, n_steps: int, rng: np.random.Generator, directions: int = 1) -> CheckResult:
     """Dot-product test of ``M_{L:0}`` step by step, the parameter adjoint accumulated over the chain."""
-    window = WindowLinearization(model, np.asarray(x, dtype=float), p, n_steps)
-    runs = []
-    for _ in range(directions):
-        dx, dp = _random_increments(model, rng)
-        runs.append(window_adjoint_test(window, dx, dp, {n_steps: rng.standard_normal(model.n_state)},
-                                        inspect=".ad of linearize at later states, or the parameter adjoint summed over steps"))
-    return _worst(f"adjoint, {n_steps} steps", runs)
+    return _window_adjoint(WindowLinearization(model, np.asarray(x, dtype=float), p, n_steps), model, rng, [n_steps], directions,
+                           f"adjoint, {n_steps} steps", ".ad of linearize at later states, or the parameter adjoint summed over steps")
+
+
+def _window_adjoint(window, model, rng, steps, directions: int, name: str, inspect: str) -> CheckResult:
+    """The worst of ``directions`` dot-product tests of ``window`` with random increments and forcings at ``steps``."""
+    runs = [window_adjoint_test(window, *_random_increments(model, rng), {k: rng.standard_normal(model.n_state) for k in steps}, inspect=inspect)
+            for _ in range(directions)]
+    return _worst(name, runs)
 
 
 def _scaled_direction(model, x, p, rng, scale=None):
@@ -652,11 +654,8 @@ def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10, direct
         results.append(model_window_taylor_test(model, x, p, n_steps, rng, directions=directions))
     if window and declared(model, "linearize_window") is not None:
         results.append(batched_window_test(model, x, p, n_steps, rng))
-        batched = linearize_window(model, x, p, n_steps)
-        runs = [window_adjoint_test(batched, *_random_increments(model, rng),
-                                    {k: rng.standard_normal(model.n_state) for k in range(0, n_steps + 1, max(1, n_steps // 4))},
-                                    inspect="linearize_window's ad against its tl") for _ in range(directions)]
-        results.append(_worst(f"adjoint, batched window of {n_steps} steps", runs))
+        results.append(_window_adjoint(linearize_window(model, x, p, n_steps), model, rng, range(0, n_steps + 1, max(1, n_steps // 4)),
+                                       directions, f"adjoint, batched window of {n_steps} steps", "linearize_window's ad against its tl"))
     return results
 
 
