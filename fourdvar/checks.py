@@ -222,15 +222,9 @@ def _dot(parts_a: Sequence[np.ndarray], parts_b: Sequence[np.ndarray]) -> float:
     return float(sum(np.vdot(a, b) for a, b in zip(parts_a, parts_b)))
 
 
-def dot_product_test(
-    tl: Callable[..., np.ndarray],
-    ad: Callable[[np.ndarray], Sequence[np.ndarray]],
-    inputs: Sequence[np.ndarray],
-    output_adjoint: np.ndarray,
-    name: str = "adjoint",
-    tolerance: float = ADJOINT_TOLERANCE,
-    inspect: str = "the adjoint",
-) -> CheckResult:
+def dot_product_test(tl: Callable[..., np.ndarray], ad: Callable[[np.ndarray], Sequence[np.ndarray]], inputs: Sequence[np.ndarray],
+                     output_adjoint: np.ndarray, name: str = "adjoint", tolerance: float = ADJOINT_TOLERANCE,
+                     inspect: str = "the adjoint") -> CheckResult:
     """``|<tl(*inputs), w> - sum_i <inputs_i, ad(w)_i>| / |<tl(*inputs), w>| < tolerance``."""
     lhs = float(np.vdot(tl(*inputs), output_adjoint))
     rhs = _dot(inputs, ad(output_adjoint))
@@ -408,17 +402,9 @@ def _direction_source(h, rng):
     return draw
 
 
-def taylor_test(
-    f: Callable[[np.ndarray], np.ndarray],
-    tl: Callable[[np.ndarray], np.ndarray],
-    u: np.ndarray,
-    h: np.ndarray,
-    name: str = "tangent-linear",
-    amplitudes: Sequence[float] = DEFAULT_AMPLITUDES,
-    rng: np.random.Generator | None = None,
-    retries: int = RETRIES,
-    inspect: str = "the tangent-linear",
-) -> CheckResult:
+def taylor_test(f: Callable[[np.ndarray], np.ndarray], tl: Callable[[np.ndarray], np.ndarray], u: np.ndarray, h: np.ndarray,
+                name: str = "tangent-linear", amplitudes: Sequence[float] = DEFAULT_AMPLITUDES, rng: np.random.Generator | None = None,
+                retries: int = RETRIES, inspect: str = "the tangent-linear") -> CheckResult:
     """``r(a) = |f(u + a h) - f(u) - a tl(h)|`` must fall like ``a^2`` (see the module docstring).
 
     ``u`` and ``h`` are flat vectors; ``f`` and ``tl`` take flat vectors.  An
@@ -429,17 +415,9 @@ def taylor_test(
     return _directional_check(name, lambda d: _sweep_of_map(f, tl, u, d, amplitudes), _direction_source(h, rng), 1, retries, inspect)
 
 
-def gradient_test(
-    J: Callable[[np.ndarray], float],
-    gradient: np.ndarray,
-    u: np.ndarray,
-    h: np.ndarray,
-    name: str = "gradient",
-    amplitudes: Sequence[float] = DEFAULT_AMPLITUDES,
-    rng: np.random.Generator | None = None,
-    retries: int = RETRIES,
-    inspect: str = "the gradient",
-) -> CheckResult:
+def gradient_test(J: Callable[[np.ndarray], float], gradient: np.ndarray, u: np.ndarray, h: np.ndarray, name: str = "gradient",
+                  amplitudes: Sequence[float] = DEFAULT_AMPLITUDES, rng: np.random.Generator | None = None, retries: int = RETRIES,
+                  inspect: str = "the gradient") -> CheckResult:
     """``r(a) = |J(u + a h) - J(u) - a <grad J(u), h>|`` must fall like ``a^2``.
 
     The sweep's ``ratios`` are the classical ``(J(u + a h) - J(u)) / (a <grad J, h>)``,

@@ -107,10 +107,8 @@ def available_models() -> list[str]:
 
 
 def available_operators() -> list[str]:
-    """The observation-operator names ``type:`` can take, sorted.
+    """The observation-operator names ``type:`` can take, found as :func:`available_models` finds the models'.
 
-    Examples
-    --------
     >>> "subset" in available_operators()
     True
     """
@@ -223,15 +221,9 @@ def model_class(name: str) -> type:
 
 
 def operator_class(name: str) -> type:
-    """The observation-operator class called ``name`` (resolved as :func:`model_class` does).
+    """The observation-operator class called ``name``, resolved and checked as :func:`model_class` does
+    (a :class:`RegistryError` for one with no known or importable class with the operator interface).
 
-    Raises
-    ------
-    RegistryError
-        When ``name`` names no known or importable class with the operator interface.
-
-    Examples
-    --------
     >>> operator_class("identity")
     <class 'observations.operators.Identity'>
     """
