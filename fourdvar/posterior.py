@@ -413,11 +413,8 @@ class LowRankCovariance(CovarianceBase):
         return int(self.lam.size)
 
     def _M_power(self, x: np.ndarray, power: float) -> np.ndarray:
-        """``M^power x = x + U ((1 + lam)^power - 1) U^T x`` (``x`` a vector or columns)."""
-        coefficients = (1.0 + self.lam) ** power - 1.0
-        if x.ndim == 2:
-            coefficients = coefficients[:, None]
-        return x + self.U @ (coefficients * (self.U.T @ x))
+        """``M^power x = x + U ((1 + lam)^power - 1) U^T x`` (``x`` a vector or columns): the spectral factor of ``(U, 1 + lam)``."""
+        return SpectralFactor(self.U, 1.0 + self.lam).apply(x, power)
 
     def _vector(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
