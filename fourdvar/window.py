@@ -62,6 +62,7 @@ from typing import Mapping
 
 import numpy as np
 
+from . import interfaces
 from .interfaces import declared, declares
 
 __all__ = [
@@ -129,19 +130,11 @@ def _sub_window_matrix(n_sub: int, every: int, n_steps: int) -> np.ndarray:
 
 
 @declares("blocked")
-class Window:
-    """The window contract (module docstring) and the defaults of its optional capabilities."""
+class Window(interfaces.Window):
+    """The window contract (:class:`fourdvar.interfaces.Window`, the module docstring) with the defaults of its optional capabilities."""
 
     #: ``tl`` and ``ad`` take blocks of directions
     blocked: bool = False
-    states: np.ndarray
-    n_steps: int
-
-    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def ad(self, forcings: Mapping[int, np.ndarray], ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
 
 
 class DenseStepLinearization:
