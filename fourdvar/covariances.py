@@ -1,16 +1,11 @@
 """Covariance matrices ``B``, ``P`` and ``R``, applied matrix-free.
 
-Every class here satisfies :class:`fourdvar.interfaces.Covariance`:
-
-* ``apply(v)  = C v``
-* ``solve(v)  = C^-1 v``
-* ``sqrt(v)   = C^1/2 v`` and ``sqrt_t(v) = C^T/2 v``, with ``C = C^1/2 C^T/2``
-* ``sample(rng) = C^1/2 w``, ``w ~ N(0, I)`` drawn from the numpy ``Generator``
-
-and also has ``std`` (the nominal standard deviations ``sqrt(diag C)``, a 1-D
-array) and ``with_std(new_std)``, which keeps the correlation structure and
-replaces the standard-deviation profile (a scalar or one value per element); the
-cycling code uses it to inflate or adapt variances.
+Every class here satisfies :class:`fourdvar.interfaces.Covariance` (``apply``, ``solve``,
+``sqrt``, ``sqrt_t``, ``sample``; the optional capabilities' defaults in :class:`CovarianceBase`)
+and also has ``std`` (the nominal standard deviations ``sqrt(diag C)``, a 1-D array) and
+``with_std(new_std)``, which keeps the correlation structure and replaces the
+standard-deviation profile (a scalar or one value per element); the cycling code uses
+it to inflate or adapt variances.
 
 Vectors are 1-D float64 arrays of shape ``(size,)``.  Anything else raises
 ``ValueError`` naming the expected and the received shape; nothing broadcasts.
