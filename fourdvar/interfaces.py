@@ -37,7 +37,16 @@ def declares(*capabilities: str):
 
 def declared(obj, capability: str):
     """``obj``'s optional ``capability``, or, for an object that does not declare it, the default of the
-    base class that holds it (a method or a property of that class evaluated for ``obj``)."""
+    base class that holds it (a method or a property of that class evaluated for ``obj``).
+
+    >>> from fourdvar.covariances import Diagonal
+    >>> class Plain:                                 # a model without fourdvar.ModelBase
+    ...     n_state, n_params = 2, 0
+    >>> declared(Plain(), "blocked_linearization"), declared(Plain(), "linearize_window")
+    (False, None)
+    >>> declared(Diagonal([1.0, 2.0]), "variance")()
+    array([1., 4.])
+    """
     value = getattr(obj, capability, _ABSENT)
     if value is not _ABSENT:
         return value
