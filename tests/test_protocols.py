@@ -108,7 +108,9 @@ def test_a_model_without_the_base_class_gives_what_its_base_class_twin_gives_bit
         assert type(linearize_window(model, cost.xb, cost.pb, STEPS)) is WindowLinearization
         jq = IncrementalCost(cost, cost.xb, cost.pb, control=["state", "params"] + (["model_error"] if weak else []))
         u = 0.1 * np.random.default_rng(1).standard_normal(jq.size)
-        results.append((cost.full_gradient(cost.xb, cost.pb)[1:], jq.value_and_gradient(u)[1], jq.hessian_matrix()))
+        full = cost.full_gradient(cost.xb, cost.pb)
+        assert len(cost.gradient(cost.xb, cost.pb)) == 3 and full[3].shape == ((2 if weak else 0), N)  # the documented returns
+        results.append((full[1:], jq.value_and_gradient(u)[1], jq.hessian_matrix()))
     (g_plain, jg_plain, A_plain), (g_based, jg_based, A_based) = results
     assert all(np.array_equal(a, b) for a, b in zip(g_plain, g_based))
     assert np.array_equal(jg_plain, jg_based) and np.array_equal(A_plain, A_based)
