@@ -231,6 +231,12 @@ class FourDVarCost:
         """
         return self.full_gradient(x0, p, eta)[:3]
 
+    def linearise(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None, **options) -> tuple["IncrementalCost", tuple]:
+        """``(Jq, (terms, gradient) of Jq at 0)``: the :class:`IncrementalCost` linearised at ``(x0, p, eta)``
+        (``options``: its ``control``, ``transform``, ``outer_loop``)."""
+        jq = IncrementalCost(self, x0, p, eta=eta, **options)
+        return jq, jq.value_and_gradient(np.zeros(jq.size))
+
     def full_gradient(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None) -> tuple[CostTerms, np.ndarray, np.ndarray, np.ndarray]:
         """``(terms, grad_x0 J, grad_p J, grad_eta J)`` by one forward and one adjoint sweep;
         ``grad_eta J = Q^-1 eta_j + aeta_j`` is ``(n_sub, n_state)`` (``(0, n_state)`` in strong constraint)."""

@@ -301,27 +301,6 @@ def minimize_inner(
     return INNER_METHODS[method](jq, result, g0, targets, int(max_iterations), preconditioner=preconditioner)
 
 
-def _control_gradient_norm(jq: IncrementalCost, gradient: np.ndarray) -> float:
-    """``|grad_u J|`` in the transformed control variables ``[B^T/2 g_x; P^T/2 g_p; Q^T/2 g_eta_j]``, whatever ``jq.transform``."""
-    return jq.space.transformed_norm(gradient)
-
-
-class _Quadratic:
-    """The nonlinear cost with the quadratic ``Jo`` and its linearisations (the VarQC one is
-    :class:`fourdvar.qc.HuberNorm`)."""
-
-    def __init__(self, cost: FourDVarCost):
-        self.cost = cost
-
-    def evaluate(self, x0, p, eta=None) -> CostTerms:
-        return self.cost.evaluate(x0, p, eta)
-
-    def linearise(self, x0, p, eta=None, **options) -> tuple[IncrementalCost, tuple]:
-        """``(Jq, (terms, gradient) of Jq at 0)`` linearised at ``(x0, p, eta)``."""
-        jq = IncrementalCost(self.cost, x0, p, eta=eta, **options)
-        return jq, jq.value_and_gradient(np.zeros(jq.size))
-
-
 def _next_linearisation(objective, jq: IncrementalCost, u: np.ndarray, J_current: float, backtracking: bool, linearise):
     """``(step, jq_next, start)``: the outer loop's step length, ``Jq`` linearised there and its ``(terms, gradient)`` at 0.
 
@@ -438,7 +417,7 @@ def minimize_4dvar(
     if not posterior_accuracy > 0:
         raise ValueError(f"posterior_accuracy must be > 0, got {posterior_accuracy}")
 
-    objective = _Quadratic(cost) if huber is None else HuberNorm(cost, huber)
+    objective = cost if huber is None else HuberNorm(cost, huber)  # the nonlinear J: evaluate and linearise
 
     def linearise(x, q, e, outer_loop=0):
         return objective.linearise(x, q, e, control=control, transform=transform, outer_loop=outer_loop)
@@ -448,7 +427,7 @@ def minimize_4dvar(
     outer, status, criterion = [], 1, ""
     for i in range(outer_loops + 1):
         terms, gradient = start
-        gradient_norm = _control_gradient_norm(jq, gradient)
+        gradient_norm = jq.space.transformed_norm(gradient)  # |grad_u J| in the transformed variables, whatever transform
         gradient_target = np.sqrt(2.0 * tolerance * max(terms.J, 0.0))
         if gradient_norm <= gradient_target:
             status, criterion = 0, "gradient"
@@ -480,7 +459,7 @@ def minimize_4dvar(
             break
 
     final, gradient = start
-    final_gradient_norm = _control_gradient_norm(jq, gradient)
+    final_gradient_norm = jq.space.transformed_norm(gradient)
     posterior = None
     if method == "lanczos" and posterior_method != "none" and outer:
         posterior = Posterior.at_analysis(jq, S, accuracy=posterior_accuracy, method=posterior_method, max_iterations=posterior_iterations)

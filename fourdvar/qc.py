@@ -318,9 +318,7 @@ class HuberNorm:
     def linearise(self, x0, p, eta=None, **options) -> tuple[IncrementalCost, tuple]:
         """``(Jq, (terms, gradient) at 0)``: ``Jq`` with the reweighted ``R`` at ``(x0, p, eta)``, ``terms.Jo`` the Huber one."""
         weights, Jo = self.weights(x0, p, eta)
-        cost = self.reweighted(weights)
-        jq = IncrementalCost(cost, x0, p, eta=eta, **options)
-        terms, gradient = jq.value_and_gradient(np.zeros(jq.size))
+        jq, (terms, gradient) = self.reweighted(weights).linearise(x0, p, eta, **options)
         return jq, (CostTerms(terms.Jb, terms.Jp, Jo, terms.Jm), gradient)
 
     def reweighted(self, weights: list[np.ndarray]) -> FourDVarCost:
