@@ -70,8 +70,7 @@ __all__ = ["SpectralFactor", "SpectralPreconditioner", "LanczosRun", "lanczos", 
 RITZ_TOLERANCE = 1e-3  # a Ritz pair is kept when |Â v - theta v| <= this * theta
 # the newest factor of S is stale when, along the start vector and on the space it deflates,
 # S^T A S differs from the identity by more than this times the start vector's part there
-# (between the values measured where stale factors cost iterations and where fresh ones save
-# them: configs/README.md)
+# (0 for an unchanged Hessian, whatever the Lanczos that gave the factor)
 STALE = 30.0
 
 

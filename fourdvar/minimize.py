@@ -11,7 +11,7 @@ the posterior covariance is that of the Hessian at the analysis, built after the
 (:meth:`fourdvar.posterior.Posterior.at_analysis`).  The pairs of
 the first outer loop, linearised at the background, are not carried: its increment is the
 largest, so the second outer loop's Hessian is the furthest from them, often without the
-stale test seeing it (measured: ``configs/README.md``); the chain starts from the second
+stale test seeing it; the chain starts from the second
 outer loop's pairs.
 Each stops at the first of:
 
