@@ -129,8 +129,10 @@ class QCRecord:
 
     def merged(self, later: "QCRecord") -> "QCRecord":
         """This record followed by the rejections of a later check of the observations it kept."""
-        return QCRecord(self.n_obs, *(np.concatenate([getattr(self, name), getattr(later, name)])
-                                      for name in ("step", "index", "value", "departure", "reason")), weights=later.weights)
+        return QCRecord(self.n_obs, *map(np.concatenate, zip(self._rejections(), later._rejections())), weights=later.weights)
+
+    def _rejections(self) -> tuple[np.ndarray, ...]:
+        return self.step, self.index, self.value, self.departure, self.reason
 
 
 class _SelectedLinearization:
