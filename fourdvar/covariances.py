@@ -131,12 +131,6 @@ class Diagonal(CovarianceBase):
     ``std`` is one value per element, or a scalar together with ``size``.
     ``size`` may be 0 (e.g. ``P`` for a model without parameters).
 
-    Beyond the protocol, ``apply``, ``solve``, ``sqrt`` and ``sqrt_t`` take an
-    optional ``out=`` array of shape ``(size,)`` (it may be ``v`` itself) to write
-    the result into and return, as numpy's ufuncs do; without it they return a
-    fresh array.  The cost function uses it for parameter-sized vectors (see
-    :mod:`fourdvar.cost`), where a fresh temporary costs more than the product.
-
     Parameters
     ----------
     std : float or array_like
@@ -170,35 +164,26 @@ class Diagonal(CovarianceBase):
         self.std = _check_std(std, size)
         self._var = self.std**2
 
-    def _output(self, out):
-        """``out`` checked to be a float64 array of shape ``(size,)`` (or ``None``)."""
-        if out is not None and (not isinstance(out, np.ndarray) or out.shape != (self.size,) or out.dtype != np.float64):
-            raise ValueError(
-                f"Diagonal: out must be a float64 array of shape ({self.size},), got "
-                f"{out.dtype if isinstance(out, np.ndarray) else type(out).__name__} of shape {np.shape(out)}"
-            )
-        return out
-
     @classmethod
     def identity(cls, size: int) -> "Diagonal":
         """``C = I`` of the given size."""
         return cls(1.0, size=size)
 
-    def apply(self, v, out=None):
-        """``C v = std^2 * v`` (into ``out`` if given)."""
-        return np.multiply(self._var, self._vector(v), out=self._output(out))
+    def apply(self, v):
+        """``C v = std^2 * v``."""
+        return self._var * self._vector(v)
 
-    def solve(self, v, out=None):
-        """``C^-1 v = v / std^2`` (into ``out`` if given)."""
-        return np.divide(self._vector(v), self._var, out=self._output(out))
+    def solve(self, v):
+        """``C^-1 v = v / std^2``."""
+        return self._vector(v) / self._var
 
-    def sqrt(self, v, out=None):
-        """``C^1/2 v = std * v`` (into ``out`` if given)."""
-        return np.multiply(self.std, self._vector(v), out=self._output(out))
+    def sqrt(self, v):
+        """``C^1/2 v = std * v``."""
+        return self.std * self._vector(v)
 
-    def sqrt_t(self, v, out=None):
-        """``C^T/2 v = std * v``, the square root being symmetric (into ``out`` if given)."""
-        return np.multiply(self.std, self._vector(v), out=self._output(out))
+    def sqrt_t(self, v):
+        """``C^T/2 v = std * v``, the square root being symmetric."""
+        return self.std * self._vector(v)
 
     def sqrt_columns(self, W: np.ndarray) -> np.ndarray:
         """``C^1/2 W = std * W``, one product."""
