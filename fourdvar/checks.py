@@ -158,10 +158,6 @@ class CheckResult:
         return self.status == FAIL
 
     @property
-    def verdict(self) -> str:
-        return self.status
-
-    @property
     def value(self) -> float:
         """The judged number: the fitted order for a Taylor or gradient test, else the error."""
         return self.order if self.sweeps else self.error
