@@ -187,7 +187,7 @@ class Component(Settings):
 def _components(value, path: str):
     """One :class:`Component`, or a tuple of them used in turn (the form the YAML gives)."""
     if isinstance(value, list):
-        return tuple(Component.of(item, f"{path}[{i}]") for i, item in enumerate(value))
+        return tuple(Component.of(item, f"{path}[{i}]" if len(value) > 1 else path) for i, item in enumerate(value))
     return Component.of(value, path)
 
 
