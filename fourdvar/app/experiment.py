@@ -494,6 +494,10 @@ class Experiment(Settings):
             node[last] = value
         return experiment_of(resolve_config(config))
 
+    def with_output(self, file: str) -> "Experiment":
+        """The experiment writing its result to ``file`` (``output.file``)."""
+        return dataclasses.replace(self, output=dataclasses.replace(self.output, file=file))
+
     def comparison(self, run: ComparisonRun) -> "Experiment":
         """The experiment of comparison run ``run``: its model and overridden keys on this one."""
         return experiment_of(comparison_config(self.to_dict(), run.as_dict()))
