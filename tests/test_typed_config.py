@@ -141,3 +141,14 @@ def test_a_missing_key_of_an_unresolved_dict_is_named():
     with pytest.raises(ConfigError, match=r"^title: missing key"):
         experiment_of({"seed": 1})
     assert isinstance(Component.of({"type": "identity"}, "observations.operator").spec, FrozenMap)
+
+
+def test_check_plan_reads_the_plan_and_warns_when_given_the_old_config_argument(tmp_path):
+    from fourdvar.app.checking import check_plan
+
+    config = resolve_config({**copy.deepcopy(TINY), "compare": []})
+    plan = Plan.from_config(config)
+    lines = []
+    with pytest.deprecated_call(match="check_plan"):
+        old = check_plan(plan, config, n_steps=2, write=lines.append)
+    assert check_plan(plan, n_steps=2, write=lines.append) == old and old["FAIL"] == 0 and old["PASS"] > 0

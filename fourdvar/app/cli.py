@@ -91,10 +91,10 @@ class Threads:
 
 def _load(args):
     """The :class:`~fourdvar.app.experiment.Experiment` of ``args.config``, with ``--cycles`` and ``--seed`` set."""
-    from .config import ConfigError, load_config
-    from .experiment import experiment_of
+    from .config import ConfigError
+    from .experiment import load_experiment
 
-    experiment = experiment_of(load_config(args.config))
+    experiment = load_experiment(args.config)
     overrides = {}
     if getattr(args, "cycles", None) is not None:
         overrides["window.cycles"] = args.cycles

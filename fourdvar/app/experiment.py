@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .config import FIT_KEYS, SCHEMA, ConfigError, comparison_config, resolve_config
+from .config import FIT_KEYS, SCHEMA, ConfigError, comparison_config, load_config, resolve_config
 
 __all__ = [
     "Experiment", "Problem", "Method", "Truth", "Observations", "StateCovariance", "ParamsCovariance",
     "ModelErrorCovariance", "Correlation", "Window", "Solver", "QC", "AdaptiveB", "ParamsPolicy", "Ensemble",
-    "Output", "Diagnostics", "Gap", "Component", "ComparisonRun", "FrozenMap", "Settings", "experiment_of",
+    "Output", "Diagnostics", "Gap", "Component", "ComparisonRun", "FrozenMap", "Settings", "experiment_of", "load_experiment",
 ]
 
 
@@ -44,6 +44,7 @@ class FrozenMap(Mapping):
         self._data = dict(data)
 
     def __getitem__(self, key):
+        """The value of ``key``."""
         return self._data[key]
 
     def __iter__(self):
@@ -163,13 +164,16 @@ class Component(Settings):
 
     @classmethod
     def of(cls, value, path: str) -> "Component":
+        """The component of the mapping ``value`` given at the YAML key ``path``."""
         return cls(path=path, spec=freeze(value))
 
     @property
     def type(self) -> str:
+        """The registry name or ``module:Class``."""
         return self.spec["type"]
 
     def has(self, key: str) -> bool:
+        """Whether the mapping gives ``key``."""
         return key in self.spec
 
     def get(self, key: str, default=None):
@@ -181,6 +185,7 @@ class Component(Settings):
         return {key: thaw(value) for key, value in self.spec.items() if key not in ("params", "params_from")}
 
     def as_dict(self) -> dict:
+        """The mapping as the YAML gives it."""
         return thaw(self.spec)
 
 
@@ -199,6 +204,7 @@ class ComparisonRun(Settings):
 
     @property
     def name(self) -> str:
+        """The run's name (its result variables end in ``_<name>``)."""
         return self.spec["name"]
 
     @property
@@ -213,6 +219,7 @@ class ComparisonRun(Settings):
         return model.get("params_from") if isinstance(model, Mapping) else None
 
     def as_dict(self) -> dict:
+        """The entry as the YAML gives it."""
         return thaw(self.spec)
 
 
@@ -347,6 +354,7 @@ class QC(Settings):
     huber: float | None = setting()
 
     def quality_control(self):
+        """The engine's :class:`~fourdvar.qc.QualityControl` of these settings."""
         from ..qc import QualityControl
 
         return QualityControl(background_check=self.background_check, analysis_check=self.analysis_check, huber=self.huber)
@@ -428,6 +436,7 @@ class Method(Settings):
 
     @property
     def qc(self) -> QC:
+        """The quality control, part of the solver options."""
         return self.solver.qc
 
 
@@ -436,12 +445,16 @@ class Method(Settings):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Output(Settings):
+    """The result file and whether a checkpoint is written after every window."""
+
     file: str = setting()
     checkpoint: bool = setting()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Diagnostics(Settings):
+    """The headline's burn-in and the forecast-skill measurement."""
+
     burn_in_cycles: int = setting()
     forecast_skill: bool = setting()
     lyapunov_time: float = setting()
@@ -514,3 +527,9 @@ def experiment_of(config: dict | Experiment) -> Experiment:
     if isinstance(config, Experiment):
         return config
     return _build(Experiment, config, "")
+
+
+def load_experiment(path) -> Experiment:
+    """Read, validate and resolve a YAML experiment file into its typed objects; raises
+    :class:`~fourdvar.app.config.ConfigError`."""
+    return experiment_of(load_config(path))

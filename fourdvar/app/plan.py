@@ -148,10 +148,12 @@ class Plan:
 
     @property
     def problem(self) -> Problem:
+        """What is assimilated: truth, model, observations, covariances."""
         return self.experiment.problem
 
     @property
     def method(self) -> Method:
+        """How it is assimilated: windows, control, solver, policies, ensemble."""
         return self.experiment.method
 
     @property
