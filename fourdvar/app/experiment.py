@@ -85,7 +85,8 @@ def thaw(value):
 
 def setting(key: str | None = None, convert=None):
     """A field read from the dotted ``key`` below its object's path (default: the field's
-    name); ``convert(value, path)`` builds it (default: :func:`freeze`)."""
+    name); ``convert(value, path)`` builds it (default: :func:`freeze`).  A field without
+    it is read at its name and frozen."""
     return field(metadata={"key": key, "convert": convert})
 
 
@@ -235,14 +236,14 @@ class Truth(Settings):
     """The truth run: its model, parameters, spin-up and stochastic model error."""
 
     model: Component = setting(convert=Component.of)
-    params: Any = setting()
-    spinup_steps: int = setting()
-    initial_mean: float = setting()
-    initial_std: float = setting()
-    state_slice: tuple | None = setting()
-    substeps: int = setting()
-    model_error_std: float = setting()
-    model_error_every: int | None = setting()
+    params: Any
+    spinup_steps: int
+    initial_mean: float
+    initial_std: float
+    state_slice: tuple | None
+    substeps: int
+    model_error_std: float
+    model_error_every: int | None
 
     @property
     def state_part(self) -> slice:
@@ -254,12 +255,12 @@ class Truth(Settings):
 class Observations(Settings):
     """Generated observations (``every``, ``offset``, ``operator``, ``R = error_std^2 I``) or a ``file``."""
 
-    file: str | None = setting()
-    nearest_step: bool = setting()
-    every: int = setting()
-    offset: int = setting()
+    file: str | None
+    nearest_step: bool
+    every: int
+    offset: int
     operator: Any = setting(convert=_components)
-    error_std: float = setting()
+    error_std: float
 
     @property
     def operators(self) -> tuple:
@@ -271,36 +272,36 @@ class Observations(Settings):
 class Correlation(Settings):
     """``gaussian`` or ``soar`` correlation on the periodic grid (``type`` ``None``: diagonal)."""
 
-    type: str | None = setting()
-    length_scale: float = setting()
+    type: str | None
+    length_scale: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateCovariance(Settings):
     """``B``: the state's background error std, its layers and correlation, and the first background."""
 
-    error_std: float = setting()
-    layer_scale: Any = setting()
+    error_std: float
+    layer_scale: Any
     correlation: Correlation = section(Correlation)
     vertical: tuple | None = setting("correlation.vertical")
-    initial: str = setting()
-    initial_std: float | None = setting()
+    initial: str
+    initial_std: float | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParamsCovariance(Settings):
     """``P``: the parameters' background error std (scalar or one per parameter) and their names."""
 
-    error_std: Any = setting()
-    names: tuple | None = setting()
+    error_std: Any
+    names: tuple | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelErrorCovariance(Settings):
     """``Q``: the std of each sub-window forcing ``eta_j``, its correlation and the sub-window length."""
 
-    every: int | None = setting()
-    error_std: float = setting()
+    every: int | None
+    error_std: float
     correlation: Correlation = section(Correlation)
 
 
@@ -308,7 +309,7 @@ class ModelErrorCovariance(Settings):
 class Problem(Settings):
     """What is assimilated: truth, forecast model, observations and the covariances B, P, R, Q."""
 
-    seed: int = setting()
+    seed: int
     model: Component = setting(convert=Component.of)
     truth: Truth = section(Truth)
     observations: Observations = section(Observations)
@@ -329,10 +330,10 @@ class Problem(Settings):
 class Window(Settings):
     """``cycles`` windows of ``steps`` steps, ``shift`` steps apart (``None``: end to end)."""
 
-    steps: int = setting()
-    cycles: int = setting()
-    shift: int | None = setting()
-    observations_at_end: bool = setting()
+    steps: int
+    cycles: int
+    shift: int | None
+    observations_at_end: bool
 
     @property
     def stride(self) -> int:
@@ -349,9 +350,9 @@ class Window(Settings):
 class QC(Settings):
     """Quality control: background check, analysis check and Huber norm (``None``: off)."""
 
-    background_check: float | None = setting()
-    analysis_check: float | None = setting()
-    huber: float | None = setting()
+    background_check: float | None
+    analysis_check: float | None
+    huber: float | None
 
     def quality_control(self):
         """The engine's :class:`~fourdvar.qc.QualityControl` of these settings."""
@@ -365,16 +366,16 @@ class Solver(Settings):
     """The options of one window's solve: outer and inner loops, tolerances, transform,
     preconditioner, posterior and QC."""
 
-    outer_loops: int = setting()
-    tolerance: float = setting()
+    outer_loops: int
+    tolerance: float
     method: str = setting("inner.method")
     max_iterations: int = setting("inner.max_iterations")
     gradient_reduction: float = setting("inner.gradient_reduction")
-    transform: bool = setting()
-    backtracking: bool = setting()
-    preconditioner: str | None = setting()
-    posterior_rank: int | None = setting()
-    posterior_accuracy: float | None = setting()
+    transform: bool
+    backtracking: bool
+    preconditioner: str | None
+    posterior_rank: int | None
+    posterior_accuracy: float | None
     qc: QC = section(QC)
 
     def options(self) -> dict:
@@ -393,7 +394,7 @@ class Solver(Settings):
 class AdaptiveB(Settings):
     """The cycling policy of B: re-estimated from the innovations at each window start, or fixed."""
 
-    adaptive: bool = setting()
+    adaptive: bool
     min_std: float = setting("adaptive_min_std")
     max_std: float = setting("adaptive_max_std")
     weight: float = setting("adaptive_weight")
@@ -403,21 +404,21 @@ class AdaptiveB(Settings):
 class ParamsPolicy(Settings):
     """The cycling policy of P: ``schedule`` (``max(std decay^c, floor)``) or ``posterior`` (+ ``noise_std^2 I``)."""
 
-    update: str = setting()
-    decay: float = setting()
-    floor: float = setting()
-    noise_std: float = setting()
+    update: str
+    decay: float
+    floor: float
+    noise_std: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ensemble(Settings):
     """The ensemble of data assimilations (``members`` 0: none) and the hybrid B it gives."""
 
-    members: int = setting()
-    perturb: tuple = setting()
-    hybrid_weight: float = setting()
-    localization: float = setting()
-    inflation: float = setting()
+    members: int
+    perturb: tuple
+    hybrid_weight: float
+    localization: float
+    inflation: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -447,29 +448,29 @@ class Method(Settings):
 class Output(Settings):
     """The result file and whether a checkpoint is written after every window."""
 
-    file: str = setting()
-    checkpoint: bool = setting()
+    file: str
+    checkpoint: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Diagnostics(Settings):
     """The headline's burn-in and the forecast-skill measurement."""
 
-    burn_in_cycles: int = setting()
-    forecast_skill: bool = setting()
-    lyapunov_time: float = setting()
-    skill_threshold: float = setting()
-    forecast_lyapunov_times: float = setting()
-    forecast_starts: int = setting()
-    forecast_spacing: int = setting()
+    burn_in_cycles: int
+    forecast_skill: bool
+    lyapunov_time: float
+    skill_threshold: float
+    forecast_lyapunov_times: float
+    forecast_starts: int
+    forecast_spacing: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Gap(Settings):
     """The comparison runs whose analysis-RMSE gap the experiment closes (both ``None``: none)."""
 
-    baseline: str | None = setting()
-    reference: str | None = setting()
+    baseline: str | None
+    reference: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -477,14 +478,14 @@ class Experiment(Settings):
     """One resolved configuration: :class:`Problem`, :class:`Method`, output, diagnostics,
     comparison runs and sweep."""
 
-    title: str = setting()
+    title: str
     problem: Problem = section(Problem, "")
     method: Method = section(Method, "")
     output: Output = section(Output)
     diagnostics: Diagnostics = section(Diagnostics)
     compare: tuple = setting(convert=_comparisons)
     gap: Gap = section(Gap)
-    sweep: FrozenMap = setting()
+    sweep: FrozenMap
 
     def to_dict(self) -> dict:
         """The resolved configuration: the dict :func:`experiment_of` was built from, key for
