@@ -61,6 +61,7 @@ DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name
 }
 from ..registry import registered_names_only
 from .atomic import WriteError, interrupts_deferred, remove_temporaries, temporary_name, write_atomic  # noqa: F401  (re-exported)
+from .experiment import Experiment
 
 __all__ = ["ResultRecorder", "WriteError", "write_atomic", "remove_temporaries", "recompute_cost", "config_of", "config_text",
            "window_dataset", "window_row"]
@@ -449,7 +450,7 @@ def window_row(dataset: xr.Dataset) -> dict:
 def config_text(config) -> str:
     """The resolved configuration (the dict, or its :class:`~fourdvar.app.experiment.Experiment`)
     as the YAML a result file stores (read back by :func:`config_of`)."""
-    return yaml.safe_dump(config.to_dict() if hasattr(config, "to_dict") else config, sort_keys=False)
+    return yaml.safe_dump(config.to_dict() if isinstance(config, Experiment) else config, sort_keys=False)
 
 
 def config_of(dataset: xr.Dataset) -> dict:
