@@ -99,6 +99,13 @@ def _join(path: str, key: str) -> str:
     return ".".join(part for part in (path, key) if part)
 
 
+def _values(cls) -> list:
+    """The fields of a settings class that hold configuration values (all but ``path``), each
+    with its key below the object's path."""
+    return [(spec, spec.name if spec.metadata.get("key") is None else spec.metadata["key"])
+            for spec in fields(cls) if spec.name != "path"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """A frozen group of configuration values; ``path``: its YAML key (``""``: the top level)."""
@@ -107,16 +114,14 @@ class Settings:
 
     def key(self, name: str) -> str:
         """The dotted YAML key of field ``name``, e.g. ``background.state.error_std``."""
-        spec = next(f for f in fields(self) if f.name == name)
-        return _join(self.path, name if spec.metadata.get("key") is None else spec.metadata["key"])
+        return _join(self.path, next(key for spec, key in _values(self) if spec.name == name))
 
 
 def _build(cls, config: dict, path: str):
+    """The settings object ``cls`` of the resolved ``config`` at ``path``, its sections built in turn."""
     values = {}
-    for spec in fields(cls):
-        if spec.name == "path":
-            continue
-        where = _join(path, spec.name if spec.metadata.get("key") is None else spec.metadata["key"])
+    for spec, key in _values(cls):
+        where = _join(path, key)
         if spec.metadata.get("section") is not None:
             values[spec.name] = _build(spec.metadata["section"], config, where)
         else:
@@ -126,6 +131,7 @@ def _build(cls, config: dict, path: str):
 
 
 def _lookup(config: dict, key: str):
+    """The value at the dotted ``key``; a :class:`ConfigError` naming it when it is absent."""
     node = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -136,14 +142,12 @@ def _lookup(config: dict, key: str):
 
 def _flatten(settings: Settings, out: dict) -> dict:
     """``{dotted key: plain value}`` of every field of ``settings`` and its sections."""
-    for spec in fields(settings):
-        if spec.name == "path":
-            continue
+    for spec, key in _values(settings):
         value = getattr(settings, spec.name)
         if spec.metadata.get("section") is not None:
             _flatten(value, out)
         else:
-            out[settings.key(spec.name)] = thaw(value)
+            out[_join(settings.path, key)] = thaw(value)
     return out
 
 
