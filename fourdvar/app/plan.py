@@ -1,7 +1,9 @@
 """A plan: everything a resolved configuration describes, built and checked in full
 before any cycle runs.
 
-:meth:`Plan.from_config` turns the configuration into objects, through the registry
+:class:`Plan` turns the typed configuration (:class:`~fourdvar.app.experiment.Experiment`:
+its :class:`~fourdvar.app.experiment.Problem` and :class:`~fourdvar.app.experiment.Method`;
+:meth:`Plan.from_config` from the resolved dict) into objects, through the registry
 and the engine's public API only: the forecast model, the truth run and its
 observations (or an observation file), the backgrounds and covariances, one plan
 per comparison run (on the same truth and observations), the diagnostics'
