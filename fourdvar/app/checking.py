@@ -10,21 +10,26 @@ the columns and the counts.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import checks
 from ..window import forecast
 
 
-def check_plan(plan, config: dict, n_steps: int | None = None, directions: int = 1, write=print) -> dict[str, int]:
+def check_plan(plan, config: dict | None = None, n_steps: int | None = None, directions: int = 1, write=print) -> dict[str, int]:
     """Run the checks, ``write`` their tables, return ``{"PASS": n, "FAIL": n, "INCONCLUSIVE": n}``.
 
     ``n_steps`` (default: the plan's window length) is the window checked,
-    ``directions`` the number of random directions per test.
+    ``directions`` the number of random directions per test.  ``config`` is read from
+    the plan (passing it is deprecated).
     """
     from ..cost import FourDVarCost
 
-    rng = np.random.default_rng(config["seed"])
+    if config is not None:
+        warnings.warn("check_plan(plan, config): the plan carries its configuration; call check_plan(plan)", DeprecationWarning, stacklevel=2)
+    rng = np.random.default_rng(plan.problem.seed)
     model, x, p = plan.model, plan.xb0, plan.pb0
     n_steps = n_steps or plan.n_steps
     per_test = f"{directions} random direction{'s' if directions > 1 else ''} per test"
@@ -51,7 +56,7 @@ def check_plan(plan, config: dict, n_steps: int | None = None, directions: int =
     for name, covariance in covariances:
         sections.append((f"covariance {name}", [checks.covariance_sqrt_adjoint_test(covariance, rng), checks.covariance_inverse_test(covariance, rng)]))
     P = plan.P0 if "params" in plan.control else None
-    transform = config["assimilation"]["transform"]
+    transform = plan.method.solver.transform
     if plan.Q0 is None:
         cost = FourDVarCost(model, slots, x, B=plan.B0, pb=p, P=P, n_steps=n_steps)
         cost_checks = checks.check_cost(cost, x, p, plan.control, rng, transform=transform, directions=directions)

@@ -89,47 +89,48 @@ class Threads:
 # --- shared steps: the plan every command builds the same way ---------------------------------------
 
 
-def _load(args) -> dict:
-    from .config import ConfigError, load_config, resolve_config
+def _load(args):
+    """The :class:`~fourdvar.app.experiment.Experiment` of ``args.config``, with ``--cycles`` and ``--seed`` set."""
+    from .config import ConfigError
+    from .experiment import load_experiment
 
-    config = load_config(args.config)
+    experiment = load_experiment(args.config)
     overrides = {}
     if getattr(args, "cycles", None) is not None:
-        overrides.setdefault("window", {})["cycles"] = args.cycles
+        overrides["window.cycles"] = args.cycles
     if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed
     if overrides:
-        merged = {**config, **{k: ({**config[k], **v} if isinstance(v, dict) else v) for k, v in overrides.items()}}
         try:
-            config = resolve_config(merged, name=Path(args.config).stem)
+            experiment = experiment.with_keys(overrides)
         except ConfigError as error:
             raise ConfigError(f"command line: {error}") from None
-    return config
+    return experiment
 
 
-def _output(args, config: dict, default: str | None = None) -> tuple[Path, str]:
+def _output(args, experiment, default: str | None = None) -> tuple[Path, str]:
     """The output path and what to call it in messages (``--output`` or the config key)."""
     given = getattr(args, "output", None)
     if given is not None:
         return Path(given) if given else given, "--output"
-    return Path(default or config["output"]["file"]), f"{args.config}: output.file"
+    return Path(default or experiment.output.file), f"{args.config}: {experiment.output.key('file')}"
 
 
-def _plan(args, config: dict, output, what: str):
+def _plan(args, experiment, output, what: str):
     """The validated plan of ``config`` writing ``output``: every problem is one line
     before anything is computed or written."""
     from .config import ConfigError
     from .plan import Plan, check_output
 
     try:
-        check_output(output, [args.config, *Plan.declared_inputs(config)], what=what)
+        check_output(output, [args.config, *Plan.declared_inputs(experiment)], what=what)
     except ConfigError as error:
         raise CommandError(str(error)) from None
     from ..registry import search_directories
 
     try:
         with search_directories([Path(args.config).parent]):
-            return Plan.from_config(config, output=output, inputs=[args.config])
+            return Plan.from_config(experiment, output=output, inputs=[args.config])
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}") from None
 
@@ -214,9 +215,9 @@ class Progress:
 
 
 @contextlib.contextmanager
-def _members_map(config: dict, args):
+def _members_map(experiment, args):
     """How an ensemble's members run: on the Dask cluster (``--scheduler`` or an embedded one); ``map`` without an ensemble."""
-    if not config["ensemble"]["members"]:
+    if not experiment.method.ensemble.members:
         yield map
         return
     from .cluster import connect, distributed_map
@@ -242,27 +243,27 @@ def command_run(args) -> int:
     from .results import WriteError
     from .run import RunDiverged, run_to_file
 
-    config = _load(args)
-    if config["sweep"]:
+    experiment = _load(args)
+    if experiment.sweep:
         raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
-    output, what = _output(args, config)
-    config["output"]["file"] = str(output)
-    if config["ensemble"]["members"] and args.scheduler is None:
+    output, what = _output(args, experiment)
+    experiment = experiment.with_output(str(output))
+    if experiment.method.ensemble.members and args.scheduler is None:
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
-    plan = _plan(args, config, output, what)
+    plan = _plan(args, experiment, output, what)
     args.threads_in_use.fit(plan)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
-        with _members_map(config, args) as map_members:
+        with _members_map(experiment, args) as map_members:
             dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say,
                                   comparison_progress=lambda name, n_cycles: Progress(n_cycles, quiet=args.quiet, label=f"'{name}'"),
                                   map_members=map_members, overwrite=args.overwrite, restart=args.restart)
     except CheckpointError as error:
         raise CommandError(str(error)) from None
     except KeyboardInterrupt:
-        if config["output"]["checkpoint"]:
+        if experiment.output.checkpoint:
             print(f"\ninterrupted; completed cycles are saved in {output.with_name(output.stem + '.checkpoint')}; continue with --resume", file=sys.stderr)
         else:
             print("\ninterrupted; nothing was saved (output.checkpoint is false, so this run cannot be resumed)", file=sys.stderr)
@@ -375,13 +376,13 @@ def command_check(args) -> int:
     from .. import checks
     from .checking import check_plan
 
-    config = _load(args)
-    output, what = _output(args, config)
-    plan = _plan(args, config, output, what)
+    experiment = _load(args)
+    output, what = _output(args, experiment)
+    plan = _plan(args, experiment, output, what)
     if args.window_steps is not None:
         _check_window_memory(plan, args.window_steps)
     args.threads_in_use.fit(plan)
-    counts = check_plan(plan, config, n_steps=args.window_steps, directions=args.directions)
+    counts = check_plan(plan, n_steps=args.window_steps, directions=args.directions)
     if counts[checks.FAIL]:
         return EXIT_FAILED
     return EXIT_INCONCLUSIVE if counts[checks.INCONCLUSIVE] else EXIT_OK
@@ -407,14 +408,15 @@ def command_generate(args) -> int:
     from .atomic import WriteError, remove_temporaries, write_atomic
     from .results import config_text
 
-    config = _load(args)
-    if config["observations"]["file"] is not None:
-        raise CommandError(f"{args.config}: observations.file: the observations come from a file; there is nothing to generate")
-    default = str(Path(config["output"]["file"]).with_name(Path(args.config).stem + "_data.nc"))
-    output, what = _output(args, config, default)
+    experiment = _load(args)
+    observations = experiment.problem.observations
+    if observations.file is not None:
+        raise CommandError(f"{args.config}: {observations.key('file')}: the observations come from a file; there is nothing to generate")
+    default = str(Path(experiment.output.file).with_name(Path(args.config).stem + "_data.nc"))
+    output, what = _output(args, experiment, default)
     if what != "--output":
         what = f"{args.config}: the observation file derived from output.file"
-    plan = _plan(args, config, output, what)
+    plan = _plan(args, experiment, output, what)
     if Path(output).exists() and not args.overwrite:
         raise CommandError(f"{output} exists; add --overwrite to replace it, or choose another --output")
     try:
@@ -424,8 +426,8 @@ def command_generate(args) -> int:
     truth = plan.truth["trajectory"]
     dataset["truth"] = (("time_step", "x"), truth, {"long_name": "truth trajectory (model state) from the start of cycle 0", "units": "1"})
     dataset = dataset.assign_coords(time_step=np.arange(truth.shape[0]), x=np.arange(truth.shape[1]))
-    dataset.attrs.update(config=config_text(config), fourdvar_version=__version__, window_steps=plan.n_steps,
-                         title=config["title"] or "fourdvar truth and observations")
+    dataset.attrs.update(config=config_text(experiment), fourdvar_version=__version__, window_steps=plan.n_steps,
+                         title=experiment.title or "fourdvar truth and observations")
     try:
         remove_temporaries(output)
         write_atomic(dataset, output)

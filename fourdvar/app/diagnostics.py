@@ -84,7 +84,7 @@ def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
     on a ``lead`` dimension.  ``comparisons``: name -> (plan, dataset).
     """
     half = slice(plan.n_cycles // 2, None)
-    burn_in = slice(plan.config["diagnostics"]["burn_in_cycles"], None)
+    burn_in = slice(plan.experiment.diagnostics.burn_in_cycles, None)
     headline, curves = {}, {}
     if "rmse_analysis" in dataset:
         headline["rmse_analysis_last_half"] = float(dataset["rmse_analysis"].values[half].mean())
@@ -93,7 +93,7 @@ def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
         headline["chi2_mean"] = float(np.nanmean(dataset["chi2"].values))
         for key in ("desroziers_obs_std", "desroziers_background_std"):
             headline[f"{key}_mean"] = float(np.sqrt(np.nanmean(dataset[key].values ** 2)))
-    weak = plan.Q0 is not None or plan.config["truth"]["model_error_std"] > 0  # where the window end matters most
+    weak = plan.Q0 is not None or plan.problem.truth.model_error_std > 0  # where the window end matters most
     if weak:
         headline.update(_end_and_window_rmse(dataset, half, ""))
     if plan.forecast_steps:
@@ -112,10 +112,10 @@ def diagnostics(plan, dataset, comparisons: dict) -> tuple[dict, dict]:
             headline.update(_end_and_window_rmse(result, half, f"_{name}"))
         if plan.forecast_steps:
             headline.update(skill_headlines(plan, other, result, f"_{name}", curves))
-    gap = plan.config["gap"]
-    if gap["baseline"] is not None and "rmse_analysis_last_half" in headline:
-        baseline = headline[f"rmse_analysis_last_half_{gap['baseline']}"]
-        reference = headline[f"rmse_analysis_last_half_{gap['reference']}"]
+    gap = plan.experiment.gap
+    if gap.baseline is not None and "rmse_analysis_last_half" in headline:
+        baseline = headline[f"rmse_analysis_last_half_{gap.baseline}"]
+        reference = headline[f"rmse_analysis_last_half_{gap.reference}"]
         headline["gap_closed"] = (baseline - headline["rmse_analysis_last_half"]) / (baseline - reference)
     return headline, curves
 
@@ -130,13 +130,13 @@ def skill_headlines(plan, run_plan, dataset, suffix: str, curves: dict | None = 
     """Skill in Lyapunov times of ``run_plan``'s model, from truth states (final
     parameters) and from the analyses of the last half of the cycles.  ``curves``, if
     given, receives the mean forecast RMSE per lead, ``sigma_clim * e(k)``, of both."""
-    diagnostics = plan.config["diagnostics"]
+    diagnostics = plan.experiment.diagnostics
     truth, n = plan.truth, plan.forecast_steps
     sigma = float(truth["trajectory"][: plan.span + 1].std())
-    options = dict(dt=run_plan.model.dt, sigma_clim=sigma, lyapunov_time=diagnostics["lyapunov_time"], threshold=diagnostics["skill_threshold"])
+    options = dict(dt=run_plan.model.dt, sigma_clim=sigma, lyapunov_time=diagnostics.lyapunov_time, threshold=diagnostics.skill_threshold)
     final_params = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else run_plan.pb0
     independent = independent_truth(plan)
-    starts = range(0, diagnostics["forecast_starts"] * diagnostics["forecast_spacing"], diagnostics["forecast_spacing"])
+    starts = range(0, diagnostics.forecast_starts * diagnostics.forecast_spacing, diagnostics.forecast_spacing)
     from_truth = forecast_skill(
         run_plan.model, [independent[s] for s in starts], [final_params] * len(starts),
         [independent[s : s + n + 1] for s in starts], **options,
@@ -148,14 +148,14 @@ def skill_headlines(plan, run_plan, dataset, suffix: str, curves: dict | None = 
         [truth["trajectory"][plan.window_start(c) : plan.window_start(c) + n + 1] for c in cycles], **options,
     )
     if curves is not None:
-        units = plan.config.get("units", "1")
+        units = plan.units
         label = f" ({suffix[1:]})" if suffix else ""
         curves["lead"] = (("lead",), np.arange(n + 1), {"long_name": "forecast lead", "units": "model steps"})
         for source, skill, where in (("truth", from_truth, "truth states after the experiment, final parameters"),
                                      ("analyses", from_analyses, "the analyses of the last half of the cycles")):
             curves[f"forecast_rmse_from_{source}{suffix}"] = (("lead",), sigma * skill.error_curve, {
                 "long_name": f"mean forecast RMSE against the truth per lead, from {where}{label}", "units": units,
-                "lyapunov_time": diagnostics["lyapunov_time"], "forecasts": len(skill.valid_times)})
+                "lyapunov_time": diagnostics.lyapunov_time, "forecasts": len(skill.valid_times)})
     return {f"skill_from_truth{suffix}": from_truth.lyapunov_times, f"skill_from_analyses{suffix}": from_analyses.lyapunov_times}
 
 
@@ -165,9 +165,9 @@ def independent_truth(plan) -> np.ndarray:
     cached = getattr(plan, "_independent_truth", None)
     if cached is not None:
         return cached
-    diagnostics = plan.config["diagnostics"]
-    length = diagnostics["forecast_starts"] * diagnostics["forecast_spacing"] + plan.forecast_steps
-    truth, substeps = plan.truth, plan.config["truth"]["substeps"]
+    diagnostics = plan.experiment.diagnostics
+    length = diagnostics.forecast_starts * diagnostics.forecast_spacing + plan.forecast_steps
+    truth, substeps = plan.truth, plan.problem.truth.substeps
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
     plan._independent_truth = full[:, truth["state_slice"]]
     return plan._independent_truth
@@ -192,7 +192,7 @@ def correction_variables(plan, dataset) -> dict:
     correction, physics = getattr(model, "correction", None), getattr(model, "physics", None)
     if truth is None or correction is None or not hasattr(correction, "tendency"):
         return {}
-    substeps, stride = plan.config["truth"]["substeps"], CORRECTION_SPACING
+    substeps, stride = plan.problem.truth.substeps, CORRECTION_SPACING
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], CORRECTION_SAMPLES * stride * substeps)
     full_states = full[:: stride * substeps][1:]
     states = full_states[:, truth["state_slice"]]
@@ -208,7 +208,7 @@ def correction_variables(plan, dataset) -> dict:
     _, first_weights = model.split(plan.pb0)
     learned = np.array([correction.tendency.evaluate(x, weights) for x in states])
     initial = np.array([correction.tendency.evaluate(x, first_weights) for x in states])
-    units = plan.config.get("units", "1")
+    units = plan.units
     rate = f"{units} per model time unit" if units != "1" else "1"
     dims = ("correction_sample", "x")
     return {

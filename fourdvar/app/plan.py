@@ -1,7 +1,9 @@
 """A plan: everything a resolved configuration describes, built and checked in full
 before any cycle runs.
 
-:meth:`Plan.from_config` turns the configuration into objects, through the registry
+:class:`Plan` turns the typed configuration (:class:`~fourdvar.app.experiment.Experiment`:
+its :class:`~fourdvar.app.experiment.Problem` and :class:`~fourdvar.app.experiment.Method`;
+:meth:`Plan.from_config` from the resolved dict) into objects, through the registry
 and the engine's public API only: the forecast model, the truth run and its
 observations (or an observation file), the backgrounds and covariances, one plan
 per comparison run (on the same truth and observations), the diagnostics'
@@ -26,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from ..cost import FourDVarCost
-from ..qc import QualityControl
 from ..covariances import Diagonal, PeriodicCorrelation
 from ..covariances2d import PeriodicCorrelation2D
 from ..registry import RegistryError, build_model, build_operator, observation_set_class, operator_class
 from ..window import DivergenceError, forecast, n_sub_windows, sub_window_forcing
-from .config import FIT_KEYS, STD_RANGE, ConfigError, comparison_config, short
+from .config import STD_RANGE, ConfigError, short
+from .experiment import ComparisonRun, Component, Correlation, Experiment, Method, Problem, experiment_of
 
 __all__ = ["Plan", "Comparison", "build_component", "check_output", "MAX_COST", "MEMORY_FRACTION"]
 
@@ -45,9 +47,10 @@ MAX_COST = 1e20
 MEMORY_FRACTION = 0.5
 
 
-def build_component(spec: dict, path: str, builder=build_model, **extra):
-    """Build a model/operator from its mapping; any failure becomes a :class:`ConfigError` at ``path``."""
-    options = {key: value for key, value in spec.items() if key not in ("params", "params_from")}
+def build_component(spec: Component | dict, path: str, builder=build_model, **extra):
+    """Build a model/operator from its :class:`~fourdvar.app.experiment.Component` (or mapping);
+    any failure becomes a :class:`ConfigError` at ``path``."""
+    options = spec.options() if isinstance(spec, Component) else {key: value for key, value in spec.items() if key not in ("params", "params_from")}
     try:
         return builder({**options, **extra})
     except RegistryError as error:  # bounded by the registry, and never cut where it names the fix
@@ -75,59 +78,41 @@ class Comparison:
 class Plan:
     """Everything one configuration describes, built and cross-checked; nothing run yet.
 
-    Build it with :meth:`from_config`.  Attributes: ``config`` (resolved), ``model``,
-    ``control``, ``n_steps``, ``n_cycles``, ``truth`` (``None`` with an observation
-    file), ``observations``, ``xb0``, ``pb0``, ``B0``, ``P0``, ``Q0`` and
+    ``Plan(experiment, base_dir, output, shared)`` builds it from the typed configuration
+    (:class:`~fourdvar.app.experiment.Experiment`); :meth:`from_config` from the resolved
+    dict.  Attributes: ``experiment`` (with ``problem`` and ``method``), ``model``,
+    ``control``, ``n_steps``, ``n_cycles``, ``shift``, ``span``, ``truth`` (``None`` with an
+    observation file), ``observations``, ``xb0``, ``pb0``, ``B0``, ``P0``, ``Q0`` and
     ``model_error_every`` (weak constraint; ``None`` otherwise), ``forecast_steps``
     (length of the skill forecasts, 0 without), ``comparisons`` and ``output``.
     """
 
-    @classmethod
-    def from_config(cls, config: dict, base_dir: str | Path = ".", output: str | Path | None = None,
-                    inputs: tuple = (), shared: "Plan | None" = None) -> "Plan":
-        """The plan of a resolved configuration.
+    #: The units of the state in the result file (the schema has no key for them).
+    units = "1"
 
-        ``output``: the result file, checked (not written) against ``inputs`` (the
-        configuration file) and every file the plan reads.  ``shared``: a plan whose
-        truth run and observations this one reuses (a comparison run on the same data).
-        """
-        base_dir = Path(base_dir)
-        if output is not None:
-            output = check_output(output, [*inputs, *cls.declared_inputs(config, base_dir)])
-        plan = cls.__new__(cls)
-        plan._build(config, base_dir, shared)
-        plan.output = output
-        return plan
-
-    @staticmethod
-    def declared_inputs(config: dict, base_dir: str | Path = ".") -> list[Path]:
-        """Every file the configuration reads (observation file, ``params_from``, its
-        comparison runs' included), without reading any."""
-        base_dir = Path(base_dir)
-        files = [config["observations"]["file"], config["model"].get("params_from")]
-        files += [entry.get("model", {}).get("params_from") for entry in config["compare"] if isinstance(entry.get("model"), dict)]
-        return [base_dir / name for name in files if isinstance(name, str) and name]
-
-    def _build(self, config: dict, base_dir: Path, shared: "Plan | None") -> None:
-        self.config = config
-        self.base_dir = base_dir
-        self.seed = config["seed"]
-        self.n_steps = config["window"]["steps"]
-        self.n_cycles = config["window"]["cycles"]
-        self.shift = config["window"]["shift"] or self.n_steps
-        self.span = (self.n_cycles - 1) * self.shift + self.n_steps  # steps from the first window's start to the last one's end
-        self.model = build_component(config["model"], "model")
+    def __init__(self, experiment: Experiment | dict, base_dir: str | Path = ".", output: Path | None = None,
+                 shared: "Plan | None" = None):
+        """``output``: the result file (checked by :meth:`from_config`); ``shared``: a plan
+        whose truth run and observations this one reuses (a comparison run on the same data)."""
+        self.experiment = experiment_of(experiment)
+        self.base_dir = Path(base_dir)
+        self.output = output
+        self.fit_loss = None  # the offline fit's loss of a comparison run with fit_correction
+        problem, window = self.problem, self.method.window
+        self.seed = problem.seed
+        self.n_steps, self.n_cycles, self.shift, self.span = window.steps, window.cycles, window.stride, window.span
+        self.model = build_component(problem.model, "model")
         if shared is not None and self.model.n_state != shared.model.n_state:
             raise ConfigError(
                 f"model: n_state = {self.model.n_state}, but the main run's model has n_state = {shared.model.n_state} "
                 "(a comparison run shares its truth and observations)"
             )
-        self.control = config["assimilation"]["control"]
+        self.control = self.method.control
         if "params" in self.control and self.model.n_params == 0:
-            raise ConfigError(f"assimilation.control: 'params' is in the control but the model {self.model!r} has no parameters")
+            raise ConfigError(f"{self.method.key('control')}: 'params' is in the control but the model {self.model!r} has no parameters")
         self.pb0 = self._initial_params()
-        _probe(self.model, self.pb0, config["truth"]["initial_mean"])
-        self.from_file = config["observations"]["file"] is not None
+        _probe(self.model, self.pb0, problem.truth.initial_mean)
+        self.from_file = problem.observations.file is not None
         self.forecast_steps = self._forecast_steps()
         self._check_memory()
         if shared is not None:
@@ -135,13 +120,48 @@ class Plan:
         else:
             self.truth = None if self.from_file else self._truth_run()
             self.observations = self._read_observations() if self.from_file else self._generate_observations()
-        self.B0 = self._state_covariance(config["background"]["state"]["error_std"])
+        self.B0 = self._state_covariance(problem.B.error_std)
         self.P0 = self._params_covariance() if self.model.n_params else None
         self.Q0 = self._model_error_covariance() if "model_error" in self.control else None
-        self.model_error_every = (config["model_error"]["every"] or self.n_steps) if self.Q0 is not None else None
+        self.model_error_every = (problem.Q.every or self.n_steps) if self.Q0 is not None else None
         self.xb0 = self._initial_background()
         self._check_cost()
-        self.comparisons = tuple(self._comparison(entry) for entry in config["compare"])
+        self.comparisons = tuple(self._comparison(run) for run in self.experiment.compare)
+
+    @classmethod
+    def from_config(cls, config: dict | Experiment, base_dir: str | Path = ".", output: str | Path | None = None,
+                    inputs: tuple = (), shared: "Plan | None" = None) -> "Plan":
+        """The plan of a resolved configuration (the dict, or its :class:`Experiment`).
+
+        ``output``: the result file, checked (not written) against ``inputs`` (the
+        configuration file) and every file the plan reads.  ``shared``: a plan whose
+        truth run and observations this one reuses (a comparison run on the same data).
+        """
+        experiment = experiment_of(config)
+        if output is not None:
+            output = check_output(output, [*inputs, *cls.declared_inputs(experiment, base_dir)])
+        return cls(experiment, base_dir, output, shared)
+
+    @staticmethod
+    def declared_inputs(config: dict | Experiment, base_dir: str | Path = ".") -> list[Path]:
+        """Every file the configuration reads (observation file, ``params_from``, its
+        comparison runs' included), without reading any."""
+        return [Path(base_dir) / name for name in experiment_of(config).declared_inputs()]
+
+    @property
+    def problem(self) -> Problem:
+        """What is assimilated: truth, model, observations, covariances."""
+        return self.experiment.problem
+
+    @property
+    def method(self) -> Method:
+        """How it is assimilated: windows, control, solver, policies, ensemble."""
+        return self.experiment.method
+
+    @property
+    def config(self) -> dict:
+        """The resolved configuration as a plain dict (the text a result file records)."""
+        return self.experiment.to_dict()
 
     # --- building -------------------------------------------------------------------------
 
@@ -154,37 +174,30 @@ class Plan:
 
     @property
     def solver_options(self) -> dict:
-        """The keywords of :meth:`fourdvar.FourDVar.solve` this configuration sets: the
-        one place that maps ``assimilation:`` keys to solver options."""
-        assimilation = self.config["assimilation"]
-        inner = assimilation["inner"]
-        return {
-            "outer_loops": assimilation["outer_loops"], "method": inner["method"], "max_iterations": inner["max_iterations"],
-            "gradient_reduction": inner["gradient_reduction"], "transform": assimilation["transform"],
-            "backtracking": assimilation["backtracking"], "tolerance": assimilation["tolerance"],
-            "preconditioner": assimilation["preconditioner"], "posterior_rank": assimilation["posterior_rank"],
-            "qc": QualityControl(**assimilation["qc"]), "posterior_method": "none" if assimilation["posterior_accuracy"] is None else "auto",
-            **({} if assimilation["posterior_accuracy"] is None else {"posterior_accuracy": assimilation["posterior_accuracy"]}),
-        }
+        """The keywords of :meth:`fourdvar.FourDVar.solve` this configuration sets
+        (:meth:`~fourdvar.app.experiment.Solver.options`)."""
+        return self.method.solver.options()
 
     def with_initial_params(self, pb0: np.ndarray, **attributes) -> "Plan":
         """A copy of the plan starting from the parameters ``pb0`` (and with ``attributes`` set)."""
         plan = copy.copy(self)
         plan.pb0 = np.asarray(pb0, dtype=float)
-        plan.__dict__.update(attributes)
+        for name, value in attributes.items():
+            setattr(plan, name, value)
         return plan
 
     def _initial_params(self) -> np.ndarray:
-        spec = self.config["model"]
+        spec = self.problem.model
         n = self.model.n_params
-        if "params" in spec and "params_from" in spec:
+        if spec.has("params") and spec.has("params_from"):
             raise ConfigError("model: give either 'params' or 'params_from', not both")
-        if "params_from" in spec:
-            if not isinstance(spec["params_from"], str) or not spec["params_from"]:
-                raise ConfigError(f"model.params_from: expected the path of a result file, got {short(spec['params_from'])}")
-            p = _params_from_result(self.path(spec["params_from"]), "model.params_from")
-        elif "params" in spec:
-            p = _finite_vector(spec["params"], "model.params")
+        if spec.has("params_from"):
+            source = spec.get("params_from")
+            if not isinstance(source, str) or not source:
+                raise ConfigError(f"model.params_from: expected the path of a result file, got {short(source)}")
+            p = _params_from_result(self.path(source), "model.params_from")
+        elif spec.has("params"):
+            p = _finite_vector(spec.get("params"), "model.params")
         else:
             return self.model.init_params(self.rng(_MODEL_PARAMS))
         if p.shape != (n,):
@@ -194,10 +207,9 @@ class Plan:
     def _check_memory(self) -> None:
         """Refuse a plan whose arrays would not fit in memory: the spin-ups, the truth run,
         the skill forecasts, an ensemble's members and the result arrays."""
-        spec, n = self.config["truth"], self.model.n_state
         n_truth = 0
         if not self.from_file:
-            self._truth_model = build_component(spec["model"], "truth.model")
+            self._truth_model = build_component(self.problem.truth.model, "truth.model")
             n_truth = self._truth_model.n_state
         needed = 8 * sum(self.memory_terms(n_truth).values())
         available = memory_available()
@@ -210,17 +222,17 @@ class Plan:
 
     def memory_terms(self, n_truth: int) -> dict[str, float]:
         """The float64 values the run holds at once, by the configuration key that sets each."""
-        config, n = self.config, self.model.n_state
-        substeps, spinup = config["truth"]["substeps"], config["truth"]["spinup_steps"]
-        inner = config["assimilation"]["inner"]["max_iterations"] + 1
-        diagnostics, members = config["diagnostics"], config["ensemble"]["members"]
-        starts = diagnostics["forecast_starts"] if self.forecast_steps else 0
+        n, truth, solver = self.model.n_state, self.problem.truth, self.method.solver
+        substeps, spinup = truth.substeps, truth.spinup_steps
+        inner = solver.max_iterations + 1
+        diagnostics, members = self.experiment.diagnostics, self.method.ensemble.members
+        starts = diagnostics.forecast_starts if self.forecast_steps else 0
         return {
             "truth.spinup_steps": float(spinup) * max(substeps * n_truth, n),  # the spin-up trajectories
             "window.cycles": float(self.span + self.forecast_steps) * substeps * n_truth  # the truth run
             + 3.0 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
-            + 5.0 * self.n_cycles * config["assimilation"]["outer_loops"] * inner,  # cost per inner iteration
-            "diagnostics.forecast_starts": float(starts) * (diagnostics["forecast_spacing"] * substeps * n_truth + 2 * (self.forecast_steps + 1) * n),
+            + 5.0 * self.n_cycles * solver.outer_loops * inner,  # cost per inner iteration
+            "diagnostics.forecast_starts": float(starts) * (diagnostics.forecast_spacing * substeps * n_truth + 2 * (self.forecast_steps + 1) * n),
             "ensemble.members": float(members) * (3 * self.n_cycles * n + 4 * (self.n_steps + 1) * n),
         }
 
@@ -233,7 +245,7 @@ class Plan:
         or ``(start, start + L]`` with ``window.observations_at_end``; of overlapping windows
         (``shift < L``) only those after the previous window's end.  ``n_steps``: windows of
         that length instead, end to end (default: the plan's windows)."""
-        at_end = self.config["window"]["observations_at_end"]
+        at_end = self.method.window.observations_at_end
         if n_steps is None:
             start, length, first_new = self.window_start(c), self.n_steps, (0 if c == 0 else self.n_steps - self.shift)
         else:
@@ -260,11 +272,11 @@ class Plan:
                 "in float64); check the observation values, their error_std and the background"
             )
 
-    def _comparison(self, entry: dict) -> Comparison:
-        name = entry["name"]
+    def _comparison(self, run: ComparisonRun) -> Comparison:
+        name = run.name
         try:
-            plan = Plan.from_config(comparison_config(self.config, entry), self.base_dir, shared=self)
-            fit = {**FIT_KEYS, **entry["fit_correction"]} if "fit_correction" in entry else None
+            plan = Plan(self.experiment.comparison(run), self.base_dir, shared=self)
+            fit = run.fit_correction
             if fit is not None:
                 self._check_fit(plan.model)
             if self.forecast_steps and getattr(plan.model, "dt", None) is None:
@@ -281,15 +293,15 @@ class Plan:
             raise ConfigError("fit_correction: the model has no 'correction' with a 'tendency' (use a hybrid with a local_mlp)")
 
     def _truth_run(self) -> dict:
-        spec = self.config["truth"]
+        spec = self.problem.truth
         model = self._truth_model
-        if spec["params"] is not None:
-            params = np.atleast_1d(np.asarray(spec["params"], dtype=float))
+        if spec.params is not None:
+            params = np.atleast_1d(np.asarray(spec.params, dtype=float))
             if params.shape != (model.n_params,):
                 raise ConfigError(f"truth.params: the truth model has {model.n_params} parameters, got {params.size}")
         else:
             params = model.init_params(self.rng(_TRUTH_PARAMS))
-        state_slice = slice(*spec["state_slice"]) if spec["state_slice"] else slice(None)
+        state_slice = spec.state_part
         n_represented = len(range(model.n_state)[state_slice])
         if n_represented != self.model.n_state:
             raise ConfigError(
@@ -297,19 +309,19 @@ class Plan:
                 f"does not match the forecast model's n_state = {self.model.n_state}"
             )
         rng = self.rng(_TRUTH_STATE)
-        x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(model.n_state)
-        substeps = spec["substeps"]
+        x = spec.initial_mean + spec.initial_std * rng.standard_normal(model.n_state)
+        substeps = spec.substeps
         n_run = (self.span + self.forecast_steps) * substeps  # the skill forecasts run past the last window
         eta, every = self._truth_model_error(model.n_state, n_run)
         try:
-            x = forecast(model, x, params, spec["spinup_steps"] * substeps, context="truth spin-up")[-1]
+            x = forecast(model, x, params, spec.spinup_steps * substeps, context="truth spin-up")[-1]
             if eta is None:
                 full = forecast(model, x, params, n_run, context="truth run")[::substeps]
             else:  # substeps == 1 (checked with the configuration)
                 full = forecast(model, x, params, n_run, context="truth run", forcing=sub_window_forcing(eta, every, n_run))
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
-        same_model = spec["model"].get("type") == self.config["model"].get("type") and model.n_params == self.model.n_params
+        same_model = spec.model.type == self.problem.model.type and model.n_params == self.model.n_params
         return {
             "model": model, "params": params if same_model else None, "trajectory": full[:, state_slice],
             "state_slice": state_slice, "last_full_state": full[-1], "model_params": params,
@@ -318,59 +330,50 @@ class Plan:
 
     def _truth_model_error(self, n_state: int, n_run: int):
         """``(eta, every)``: the truth's stochastic forcing, one draw per sub-window, or ``(None, None)``."""
-        spec = self.config["truth"]
-        if spec["model_error_std"] == 0:
+        spec = self.problem.truth
+        if spec.model_error_std == 0:
             return None, None
-        every = spec["model_error_every"] or self.config["model_error"]["every"] or self.n_steps
-        eta = spec["model_error_std"] * self.rng(_TRUTH_MODEL_ERROR).standard_normal((n_sub_windows(n_run, every), n_state))
+        every = spec.model_error_every or self.problem.Q.every or self.n_steps
+        eta = spec.model_error_std * self.rng(_TRUTH_MODEL_ERROR).standard_normal((n_sub_windows(n_run, every), n_state))
         return eta, every
 
     def _forecast_steps(self) -> int:
-        diagnostics = self.config["diagnostics"]
-        if not diagnostics["forecast_skill"]:
+        diagnostics = self.experiment.diagnostics
+        if not diagnostics.forecast_skill:
             return 0
         if self.from_file:
             raise ConfigError("diagnostics.forecast_skill: needs a truth run, but the observations come from a file")
         dt = getattr(self.model, "dt", None)
         if dt is None:
             raise ConfigError(f"diagnostics.forecast_skill: the model {self.model!r} has no time step 'dt' to convert steps to Lyapunov times")
-        return int(np.ceil(diagnostics["forecast_lyapunov_times"] * diagnostics["lyapunov_time"] / dt))
-
-    def _operator_specs(self) -> list[dict]:
-        specs = self.config["observations"]["operator"]
-        return specs if isinstance(specs, list) else [specs]
+        return int(np.ceil(diagnostics.forecast_lyapunov_times * diagnostics.lyapunov_time / dt))
 
     def _generate_observations(self):
-        obs_config = self.config["observations"]
+        obs_config = self.problem.observations
         n = self.model.n_state
-        specs = self._operator_specs()
-        operators = [
-            build_component(spec, "observations.operator" + (f"[{i}]" if len(specs) > 1 else ""), build_operator, n_state=n,
-                            **self._model_for(spec))
-            for i, spec in enumerate(specs)
-        ]
-        last = self.span + (1 if self.config["window"]["observations_at_end"] else 0)
-        steps = list(range(obs_config["offset"], last, obs_config["every"]))
+        operators = [build_component(spec, spec.path, build_operator, n_state=n, **self._model_for(spec)) for spec in obs_config.operators]
+        last = self.span + (1 if self.method.window.observations_at_end else 0)
+        steps = list(range(obs_config.offset, last, obs_config.every))
         position = {step: i for i, step in enumerate(steps)}
         return observation_set_class().synthetic(
             self.truth["trajectory"], steps, lambda step: _at_step(operators[position[step] % len(operators)], step),
-            obs_config["error_std"], self.rng(_OBSERVATIONS),
+            obs_config.error_std, self.rng(_OBSERVATIONS),
         )
 
-    def _model_for(self, spec: dict) -> dict:
+    def _model_for(self, spec: Component) -> dict:
         """``{"model": the forecast model}`` for an operator whose constructor takes ``model``
         (one that observes a diagnostic of the model, or needs its grid); ``{}`` otherwise."""
         try:
-            parameters = inspect.signature(operator_class(spec["type"])).parameters
+            parameters = inspect.signature(operator_class(spec.type)).parameters
         except (RegistryError, TypeError, ValueError):
             return {}  # building it names the problem
-        return {"model": self.model} if "model" in parameters and "model" not in spec else {}
+        return {"model": self.model} if "model" in parameters and not spec.has("model") else {}
 
     def _read_observations(self):
-        path = self.path(self.config["observations"]["file"])
+        path = self.path(self.problem.observations.file)
         try:
             observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=getattr(self.model, "dt", None),
-                                                             nearest_step=self.config["observations"]["nearest_step"])
+                                                             nearest_step=self.problem.observations.nearest_step)
         except FileNotFoundError:
             raise ConfigError(f"observations.file: {path}: no such file") from None
         except (ValueError, OSError) as error:
@@ -380,7 +383,7 @@ class Plan:
             std = np.asarray(getattr(slot.covariance, "std", 1.0))
             if not np.all((std >= low) & (std <= high)):
                 raise ConfigError(f"observations.file: {path}: an error_std at step {slot.step} lies outside [{low:g}, {high:g}] (1/std^2 would lose its meaning)")
-        at_end = self.config["window"]["observations_at_end"]
+        at_end = self.method.window.observations_at_end
         last = self.span + (1 if at_end else 0)  # the last step a window assimilates, plus one
         if len(observations) and observations.steps[-1] >= last:
             raise ConfigError(f"observations.file: {path}: step {observations.steps[-1]} lies beyond the {self.n_cycles} windows of {self.n_steps} steps "
@@ -388,12 +391,12 @@ class Plan:
         return observations
 
     def _state_covariance(self, std):
-        state = self.config["background"]["state"]
-        return self._covariance(state["correlation"], std, "background.state", state["layer_scale"], state["correlation"]["vertical"])
+        B = self.problem.B
+        return self._covariance(B.correlation, std, B.path, B.layer_scale, B.vertical)
 
     def _model_error_covariance(self):
-        spec = self.config["model_error"]
-        return self._covariance(spec["correlation"], spec["error_std"], "model_error")
+        Q = self.problem.Q
+        return self._covariance(Q.correlation, Q.error_std, Q.path)
 
     def _grid(self) -> tuple[int, int, int] | None:
         """``(n_fields, ny, nx)`` of a model on a 2-D grid (attributes ``nx``, ``ny``), else ``None``."""
@@ -402,7 +405,7 @@ class Plan:
             return None
         return self.model.n_state // (nx * ny), ny, nx
 
-    def _covariance(self, correlation: dict, std, path: str, layer_scale=None, vertical=None):
+    def _covariance(self, correlation: Correlation, std, path: str, layer_scale=None, vertical=None):
         """A diagonal covariance, or the correlation on the model's grid: 2-D per layer
         (``layer_scale``, ``vertical``) for a model with ``nx`` and ``ny``, 1-D otherwise."""
         n, grid = self.model.n_state, self._grid()
@@ -415,22 +418,22 @@ class Plan:
             if scale.shape != (n_fields,):
                 raise ConfigError(f"{path}.layer_scale: the model has {n_fields} layers, got {scale.size} values")
             std = float(std) * scale
-        if correlation["type"] is None:
+        if correlation.type is None:
             if vertical is not None:
                 raise ConfigError(f"{path}.correlation.vertical: needs a horizontal correlation (correlation.type gaussian or soar)")
             return Diagonal(np.repeat(std, n // np.size(std)), size=n)
         try:
             if grid is not None:
-                return PeriodicCorrelation2D(grid[2], grid[1], correlation["length_scale"], std=std,
-                                             shape=correlation["type"], n_fields=grid[0], vertical=vertical)
-            return PeriodicCorrelation(n, correlation["length_scale"], std=std, shape=correlation["type"])
+                return PeriodicCorrelation2D(grid[2], grid[1], correlation.length_scale, std=std,
+                                             shape=correlation.type, n_fields=grid[0], vertical=vertical)
+            return PeriodicCorrelation(n, correlation.length_scale, std=std, shape=correlation.type)
         except ValueError as error:
             raise ConfigError(f"{path}.correlation: {error}") from None
 
     def _params_covariance(self):
-        std = np.asarray(self.config["background"]["params"]["error_std"], dtype=float)
+        std = np.asarray(self.problem.P.error_std, dtype=float)
         n = self.model.n_params
-        names = self.config["background"]["params"]["names"]
+        names = self.problem.P.names
         if names is not None and len(names) != n:
             raise ConfigError(f"background.params.names: the model has {n} parameters, got {len(names)} names")
         if std.ndim == 1 and std.shape != (n,):
@@ -438,7 +441,7 @@ class Plan:
         return Diagonal(np.broadcast_to(std, (n,)).copy())
 
     def _initial_background(self) -> np.ndarray:
-        choice = self.config["background"]["state"]["initial"]
+        choice = self.problem.B.initial
         if choice == "free_run":
             return self._free_run()
         if self.truth is None:
@@ -449,41 +452,43 @@ class Plan:
         truth = self.truth["trajectory"]
         if choice == "truth_mean":
             return np.full(self.model.n_state, truth[: self.span + 1].mean())
-        initial_std = self.config["background"]["state"]["initial_std"]
+        initial_std = self.problem.B.initial_std
         B = self.B0 if initial_std is None else self._state_covariance(initial_std)
         return truth[0] + B.sample(self.rng(_BACKGROUND))
 
     def _free_run(self) -> np.ndarray:
         """A state of the forecast model's own climate: a spun-up run from a random state."""
-        spec = self.config["truth"]
+        spec = self.problem.truth
         rng = self.rng(_BACKGROUND)
-        x = spec["initial_mean"] + spec["initial_std"] * rng.standard_normal(self.model.n_state)
+        x = spec.initial_mean + spec.initial_std * rng.standard_normal(self.model.n_state)
         try:
-            return forecast(self.model, x, self.pb0, spec["spinup_steps"], context="background free run")[-1]
+            return forecast(self.model, x, self.pb0, spec.spinup_steps, context="background free run")[-1]
         except DivergenceError as error:
             raise ConfigError(f"background.state.initial: {error}") from None
 
     # --- policies ---------------------------------------------------------------------------------
 
     def params_policy(self, c: int, P):
-        config = self.config["background"]["params"]
-        std0 = np.broadcast_to(np.asarray(config["error_std"], dtype=float), (self.model.n_params,))
-        return P.with_std(np.maximum(std0 * config["decay"] ** c, config["floor"]) if config["floor"] > 0 else std0 * config["decay"] ** c)
+        """The schedule of P: std = max(error_std * decay^c, floor)."""
+        policy = self.method.P_policy
+        std0 = np.broadcast_to(np.asarray(self.problem.P.error_std, dtype=float), (self.model.n_params,))
+        decayed = std0 * policy.decay**c
+        return P.with_std(np.maximum(decayed, policy.floor) if policy.floor > 0 else decayed)
 
     def background_policy(self, c: int, xb: np.ndarray, pb: np.ndarray, slots, B):
         """Adaptive B: the error variance from the innovations at the window's first
         observed step, ``sigma_b^2 = mean(d^2) - mean(sigma_o^2)``, blended with the
         previous variance with weight ``adaptive_weight`` and clipped to the bounds."""
-        state = self.config["background"]["state"]
-        if not state["adaptive"] or not len(slots):
+        policy = self.method.B_policy
+        if not policy.adaptive or not len(slots):
             return B
         first = min(slots, key=lambda slot: slot.step)
         x_first = forecast(self.model, xb, pb, first.step, context=f"cycle {c}, adaptive B")[-1]
         d = first.values - first.operator.apply(x_first)
         estimate = max(float(np.mean(d**2) - np.mean(first.covariance.std**2)), 0.0)
-        weight = state["adaptive_weight"] if c > 0 else 1.0
+        weight = policy.weight if c > 0 else 1.0
         variance = weight * estimate + (1 - weight) * float(np.mean(B.std)) ** 2
-        std = float(np.clip(np.sqrt(variance), state["adaptive_min_std"], state["adaptive_max_std"]))
+        std = float(np.clip(np.sqrt(variance), policy.min_std, policy.max_std))
         return self.state_covariance_with_mean_std(std)
 
     def state_covariance_with_mean_std(self, std: float):

@@ -21,6 +21,7 @@ importing this module never touches pyplot or the global backend.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import textwrap
@@ -146,9 +147,30 @@ def _config(ds: xr.Dataset) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+@functools.lru_cache(maxsize=8)
+def _typed(text: str):
+    """The :class:`~fourdvar.app.experiment.Experiment` of a stored configuration, or ``None``
+    when it is not a whole valid one (a file of another version, a hand-made dataset)."""
+    from .config import ConfigError, resolve_config
+    from .experiment import experiment_of
+
+    try:
+        config = yaml.safe_load(text)
+        return experiment_of(resolve_config(config)) if isinstance(config, dict) else None
+    except (yaml.YAMLError, ConfigError):
+        return None
+
+
+def _experiment(ds: xr.Dataset):
+    return _typed(str(ds.attrs.get("config", "")))
+
+
 def _burn_in(ds: xr.Dataset) -> int:
     """``diagnostics.burn_in_cycles`` of the run (0 without)."""
-    value = (_config(ds).get("diagnostics") or {}).get("burn_in_cycles", 0)
+    experiment = _experiment(ds)
+    if experiment is not None:
+        return experiment.diagnostics.burn_in_cycles
+    value = (_config(ds).get("diagnostics") or {}).get("burn_in_cycles", 0)  # a partial configuration
     return int(value) if isinstance(value, int) and value > 0 else 0
 
 
@@ -485,7 +507,11 @@ def _rmse(ds: xr.Dataset, kind: str, window: bool) -> np.ndarray | None:
 def _comparison_names(ds: xr.Dataset) -> list[str]:
     """Names of the comparison runs the configuration declares (``compare:``), else those the
     result names in ``model_<name>`` attributes; only those with ``rmse_analysis_<name>``."""
-    declared = [entry.get("name") for entry in _config(ds).get("compare") or [] if isinstance(entry, dict)]
+    experiment = _experiment(ds)
+    if experiment is not None:
+        declared = [run.name for run in experiment.compare]
+    else:  # a partial configuration
+        declared = [entry.get("name") for entry in _config(ds).get("compare") or [] if isinstance(entry, dict)]
     if not declared:
         declared = [key.removeprefix("model_") for key in ds.attrs if key.startswith("model_")]
     return [name for name in declared if isinstance(name, str) and _has(ds, f"rmse_analysis_{name}")]

@@ -61,6 +61,7 @@ DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name
 }
 from ..registry import registered_names_only
 from .atomic import WriteError, interrupts_deferred, remove_temporaries, temporary_name, write_atomic  # noqa: F401  (re-exported)
+from .experiment import Experiment
 
 __all__ = ["ResultRecorder", "WriteError", "write_atomic", "remove_temporaries", "recompute_cost", "config_of", "config_text",
            "window_dataset", "window_row"]
@@ -120,9 +121,9 @@ def recorded_covariances(plan, row: xr.Dataset):
     """``(B, P, Q)`` of one cycle of a result file (``row``: the dataset at that cycle), rebuilt
     from what the window recorded (:func:`covariance_record`) on the structures of ``plan``."""
     B = plan.B0.with_std(row["background_error_std"].values if _recorded(row, "background_error_std") else float(row["background_std"]))
-    ensemble = plan.config["ensemble"]
-    if ensemble["members"] and "member_background" in row:
-        B = ensemble_covariance(B, row["member_background"].values, ensemble["hybrid_weight"], ensemble["localization"])
+    ensemble = plan.method.ensemble
+    if ensemble.members and "member_background" in row:
+        B = ensemble_covariance(B, row["member_background"].values, ensemble.hybrid_weight, ensemble.localization)
     P = _recorded_P(plan, row) if "params" in plan.control else None
     Q = plan.Q0
     if Q is not None and _recorded(row, "model_error_background_std"):
@@ -216,14 +217,15 @@ class ResultRecorder:
     def dataset(self, complete: bool) -> xr.Dataset:
         exp = self.plan
         n_cycles, L = len(self.rows), exp.n_steps
-        n_outer = max(exp.config["assimilation"]["outer_loops"], max((len(row["outer"]) for row in self.rows), default=0))
+        method = exp.method
+        n_outer = max(method.solver.outer_loops, max((len(row["outer"]) for row in self.rows), default=0))
         n_iter = 1 + max((len(o["J"]) - 1 for row in self.rows for o in row["outer"]), default=0)
         data = {}
 
         def var(name, dims, values, long_name, units="1"):
             data[name] = (dims, np.asarray(values), {"long_name": long_name, "units": units})
 
-        state_units = exp.config.get("units", "1")
+        state_units = exp.units
         var("background", ("cycle", "step", "x"), [r["background"] for r in self.rows], "background forecast over the window", state_units)
         var("analysis", ("cycle", "step", "x"), [r["analysis"] for r in self.rows], "analysis forecast over the window", state_units)
         if exp.truth is not None:
@@ -241,7 +243,7 @@ class ResultRecorder:
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
             if exp.truth is not None and exp.truth["params"] is not None:
                 var("params_truth", ("param",), exp.truth["params"], "parameters of the truth model")
-            names = exp.config["background"]["params"]["names"] or getattr(exp.model, "param_names", None)
+            names = exp.problem.P.names or getattr(exp.model, "param_names", None)
             if names is not None:
                 var("param_name", ("param",), np.array(names, dtype=str), "name of each parameter (background.params.names, else the model's param_names)")
 
@@ -272,12 +274,13 @@ class ResultRecorder:
             arrays = [r["recorded"].get(name) for r in self.rows]
             if any(a is not None for a in arrays):
                 var(name, ("cycle", *dims), _stacked(arrays), long_name, "1" if name.startswith("params") else state_units)
-        if exp.config["background"]["params"]["update"] == "posterior" and isinstance(self.P_next, LowRankCovariance):
+        posterior_update = method.P_policy.update == "posterior"
+        if posterior_update and isinstance(self.P_next, LowRankCovariance):
             long_name = "parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2"
             var("params_covariance_next_base_std", ("param",), self.P_next.base.std, f"{long_name}: std of the diagonal C0")
             var("params_covariance_next_vectors", ("param", "rank"), self.P_next.U, f"{long_name}: orthonormal U")
             var("params_covariance_next_values", ("rank",), self.P_next.lam, f"{long_name}: lam")
-        elif exp.config["background"]["params"]["update"] == "posterior" and self.P_next is not None:
+        elif posterior_update and self.P_next is not None:
             matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
         if exp.Q0 is not None:
@@ -288,14 +291,13 @@ class ResultRecorder:
             forcing = np.stack([exp.truth["model_error"][exp.window_start(c) : exp.window_start(c) + L + 1] for c in range(n_cycles)])
             forcing[:, 0] = np.nan  # no forcing of this window before its first step
             var("model_error_truth", ("cycle", "step", "x"), forcing, "the truth's model-error forcing added after each step", state_units)
-        assimilation = exp.config["assimilation"]
-        if {"state", "params"} <= set(exp.control) and (assimilation["max_cost_per_obs"] is not None or assimilation["cost_spike"] is not None):
+        if {"state", "params"} <= set(exp.control) and (method.max_cost_per_obs is not None or method.cost_spike is not None):
             var("J_rejected", ("cycle",), [r["rejected_cost"] for r in self.rows], "J of a joint analysis rejected for exceeding max_cost_per_obs or cost_spike (NaN: accepted)")
         if all("analysis_std" in r for r in self.rows) and self.rows:
             var("analysis_std", ("cycle", "x"), [r["analysis_std"] for r in self.rows], "analysis-error std of the initial state (Gauss-Newton posterior at the analysis)", state_units)
         data.update(qc_variables(self.rows))
 
-        at_end = exp.config["window"]["observations_at_end"]
+        at_end = method.window.observations_at_end
         obs = exp.observations.window(0, exp.window_start(n_cycles - 1) + L if n_cycles else 0, include_end=at_end)
         obs = type(obs)(slot for slot in obs if slot.step > 0) if at_end else obs
         obs_ds = obs.to_dataset() if len(obs) else None
@@ -311,10 +313,10 @@ class ResultRecorder:
         if exp.Q0 is not None:
             coords["sub_window"] = np.arange(data["model_error"][1].shape[1])
         attrs = {
-            "title": exp.config["title"] or "fourdvar experiment",
+            "title": exp.experiment.title or "fourdvar experiment",
             "fourdvar_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config_text(exp.config),
+            "config": config_text(exp.experiment),
             "model": repr(exp.model),
             "window_steps": L,
             "window_shift": exp.shift,
@@ -445,9 +447,10 @@ def window_row(dataset: xr.Dataset) -> dict:
 # --- writing files: fourdvar.app.atomic (re-exported here) -------------------------------------------
 
 
-def config_text(config: dict) -> str:
-    """The resolved configuration as the YAML a result file stores (read back by :func:`config_of`)."""
-    return yaml.safe_dump(config, sort_keys=False)
+def config_text(config) -> str:
+    """The resolved configuration (the dict, or its :class:`~fourdvar.app.experiment.Experiment`)
+    as the YAML a result file stores (read back by :func:`config_of`)."""
+    return yaml.safe_dump(config.to_dict() if isinstance(config, Experiment) else config, sort_keys=False)
 
 
 def config_of(dataset: xr.Dataset) -> dict:

@@ -77,7 +77,7 @@ class CyclingState:
 
     @classmethod
     def from_dataset(cls, dataset: xr.Dataset, plan: Plan) -> "CyclingState":
-        B = plan.B0.with_std(dataset["state_B_std"].values) if plan.config["background"]["state"]["adaptive"] else plan.B0
+        B = plan.B0.with_std(dataset["state_B_std"].values) if plan.method.B_policy.adaptive else plan.B0
         if "state_P" in dataset:
             P = Dense(dataset["state_P"].values)
         elif "state_P_base_std" in dataset:
@@ -162,14 +162,14 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     windows for ``resume``.  ``map_members`` and ``comparison_progress``: as for :func:`execute`.
     """
     say = message or (lambda line: None)
-    text = config_text(plan.config)
+    text = config_text(plan.experiment)
     checkpoint = Checkpoint(plan.output)
     checkpoint.acquire()
     try:
         saved = _saved_windows(plan, checkpoint, text, resume, restart, say)
         if Path(plan.output).exists() and not overwrite:
             raise CheckpointError(f"{plan.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
-        save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.config["output"]["checkpoint"] else None
+        save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.experiment.output.checkpoint else None
         dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message,
                           map_members=map_members, comparison_progress=comparison_progress)
         write_atomic(dataset, plan.output)
@@ -238,7 +238,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
     except DivergenceError as error:
         text = str(error)
         raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None
-    return add_member_variables(recorder.dataset(complete=True), recorder.rows, plan.config.get("units", "1"))
+    return add_member_variables(recorder.dataset(complete=True), recorder.rows, plan.units)
 
 
 def _comparison_summary(name: str, result: xr.Dataset, seconds: float) -> str:
@@ -253,7 +253,7 @@ def _with_fitted_correction(plan: Plan, other: Plan, comparison) -> Plan:
     """``other`` with its correction's parameters fitted offline to the truth model's
     unresolved tendency, on a stretch of truth after the experiment."""
     options, truth, model = comparison.fit_correction, plan.truth, other.model
-    substeps = plan.config["truth"]["substeps"]
+    substeps = plan.problem.truth.substeps
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], options["samples"] * options["spacing"] * substeps)
     samples = full[:: options["spacing"] * substeps][1:]
     states = samples[:, truth["state_slice"]]
