@@ -94,6 +94,7 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     n_batches, batch_seconds = (3, 0.05) if args.quick else (15, 0.3)
     lines = [timing.machine_header(), timing.fix_malloc_thresholds(),
+             "load average over 1 / 5 / 15 min at the start: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()),
              f"ConvNet {CHANNELS}, kernel {KERNEL}, {ACTIVATIONS}, {NY} x {NX}, float64; medians of {n_batches} interleaved batches", ""]
 
     rng = np.random.default_rng(0)
