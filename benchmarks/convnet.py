@@ -15,6 +15,10 @@ periodic grid, float64, one core.  Each figure is the median of interleaved batc
    sum of ``k^2`` shifted copies (``jnp.roll``) contracted over the channels.
    Target: <= 1.0x.
 2. **Blocked TL and AD**: 16 directions in one call against one direction.  Target: <= 8x.
+   Beside each, the Gflop/s of the one and of the 16 directions (the matrix products of
+   :func:`direction_flops`) and of one matrix product the size of the blocked weight term,
+   interleaved with the one direction: the ratio that rate would give is how far blocking
+   over directions alone can go.
 3. **Linearisation against the forward pass**: ``linearize`` against ``apply``.  Target: <= 1.5x.
 
 The results replace the "ConvNet" section of ``benchmarks/RESULTS.md``.
