@@ -15,6 +15,10 @@ periodic grid, float64, one core.  Each figure is the median of interleaved batc
    sum of ``k^2`` shifted copies (``jnp.roll``) contracted over the channels.
    Target: <= 1.0x.
 2. **Blocked TL and AD**: 16 directions in one call against one direction.  Target: <= 8x.
+   Beside each, the Gflop/s of the one and of the 16 directions (the matrix products of
+   :func:`direction_flops`) and of one matrix product the size of the blocked weight term,
+   interleaved with the one direction: the ratio that rate would give is how far blocking
+   over directions alone can go.
 3. **Linearisation against the forward pass**: ``linearize`` against ``apply``.  Target: <= 1.5x.
 
 The results replace the "ConvNet" section of ``benchmarks/RESULTS.md``.
@@ -88,12 +92,20 @@ def jax_gradients(net: ConvNet):
     return {"conv_general_dilated": network(conv_layer), "shifted copies": network(shifted_layer)}
 
 
+def direction_flops(net: ConvNet) -> float:
+    """The multiply-adds (x2) of one direction's TL or AD: per layer the propagated correlation
+    (``W_l P(da)``, or ``W~_l P(az)``) and the weight term (``dW_l P(a)``, or ``az P(a)^T``), each
+    ``2 c_{l-1} c_l k^2`` per point."""
+    return sum(2 * 2 * c_in * c_out * net.kernel**2 * net.n_points for c_in, c_out in zip(net.channels[:-1], net.channels[1:]))
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few short batches (smoke test, records nothing)")
     args = parser.parse_args(argv)
     n_batches, batch_seconds = (3, 0.05) if args.quick else (15, 0.3)
     lines = [timing.machine_header(), timing.fix_malloc_thresholds(),
+             "load average over 1 / 5 / 15 min at the start: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()),
              f"ConvNet {CHANNELS}, kernel {KERNEL}, {ACTIVATIONS}, {NY} x {NX}, float64; medians of {n_batches} interleaved batches", ""]
 
     rng = np.random.default_rng(0)
@@ -126,10 +138,18 @@ def main(argv=None) -> str:
     dx, dp = rng.standard_normal(net.n_in), rng.standard_normal(net.n_params)
     DX, DP, AY = rng.standard_normal((net.n_in, m)), rng.standard_normal((net.n_params, m)), rng.standard_normal((net.n_out, m))
     lines += ["", f"2. blocked TL and AD, {m} directions in one call against one direction  (target <= 8x)"]
+    flops = direction_flops(net)
+    widest = max(lin.P, key=len)  # the largest kept patches, against c_l m rows of weights: the blocked weight term
+    rows = rng.standard_normal((max(W.shape[0] for W, _ in net.layers(p)) * m, len(widest)))
     for name, blocked, single in (("tl", lambda: lin.tl(DX, DP), lambda: lin.tl(dx, dp)), ("ad", lambda: lin.ad(AY), lambda: lin.ad(ay))):
         t_block, t_one = timing.time_pair(blocked, single, n_batches, batch_seconds)
+        t_product = timing.time_pair(lambda: rows @ widest, single, n_batches, batch_seconds)[0]
+        peak = 2 * rows.size * widest.shape[1] / t_product
         lines.append(f"   {name}: one {t_one * 1e3:7.2f} ms   {m} directions {t_block * 1e3:7.2f} ms   ratio {t_block / t_one:5.2f}x"
                      f"   ({t_block / t_one / m:.2f} of {m} single calls)")
+        lines.append(f"       {flops / t_one / 1e9:4.1f} and {m * flops / t_block / 1e9:4.1f} Gflop/s; a product {rows.shape} x {widest.shape} "
+                     f"{peak / 1e9:4.1f} Gflop/s: at that rate {m} directions take {m * flops / peak / t_one:.1f}x one")
+    lines.append(f"   (each direction is {flops / 1e6:.0f} Mflop of matrix products, in one call of {m} directions as in {m} calls)")
 
     lines += ["", "3. linearize against the forward pass (apply)  (target <= 1.5x)"]
     t_lin, t_fwd = timing.time_pair(lambda: net.linearize(x, p), lambda: net.apply(x, p), n_batches, batch_seconds)

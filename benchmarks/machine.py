@@ -2,6 +2,7 @@
 
     taskset -c 1 python benchmarks/machine.py            # full run (a few minutes)
     taskset -c 1 python benchmarks/machine.py --quick    # smoke test
+    taskset -c 1 python benchmarks/machine.py --cpu-time # times in the process's CPU seconds (a loaded machine)
     pip install -e ".[bench]"                            # JAX, for the first table
 
 One run prints, each figure the median of interleaved batches (``timing.time_pair``:
@@ -61,6 +62,7 @@ import ctypes  # noqa: E402
 import io  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -78,6 +80,13 @@ from results import record  # noqa: E402
 sys.path.pop(0)
 
 WINDOW = 50
+#: the clock of every timing (``--cpu-time``: the process's CPU time)
+CLOCK = [time.perf_counter]
+
+
+def time_pair(first, second, n_batches: int, batch_seconds: float) -> tuple[float, float]:
+    """:func:`timing.time_pair` on the clock chosen on the command line."""
+    return timing.time_pair(first, second, n_batches, batch_seconds, clock=CLOCK[0])
 
 
 # --- 1. gradient against JAX -------------------------------------------------------------------
@@ -106,7 +115,7 @@ def gradient_table(jax_modules, n_batches, batch_seconds, window, only):
         problem = gradient_benchmark.build_problem(make(), window)
         jq, u = problem.jq, problem.u
         if jax_modules is None:
-            t_ours = timing.time_pair(lambda: jq.value_and_gradient(u), lambda: None, n_batches, batch_seconds)[0]
+            t_ours = time_pair(lambda: jq.value_and_gradient(u), lambda: None, n_batches, batch_seconds)[0]
             print(f"{label:<30} {n:>5} {t_ours * 1e3:>9.3f} {'-':>9}", flush=True)
             continue
         t_ours, t_jax, error = measure_against_jax(problem, jax_modules, n_batches, batch_seconds)
@@ -153,7 +162,7 @@ def measure_against_jax(problem, jax_modules, n_batches, batch_seconds):
     ours = jq.value_and_gradient(problem.u)[1]
     theirs = np.asarray(gradient_jit(u_jax, trajectory_tl).block_until_ready())
     error = float(np.max(np.abs(theirs - ours)) / np.max(np.abs(ours)))
-    t_ours, t_jax = timing.time_pair(lambda: jq.value_and_gradient(problem.u),
+    t_ours, t_jax = time_pair(lambda: jq.value_and_gradient(problem.u),
                                      lambda: gradient_jit(u_jax, trajectory_tl).block_until_ready(), n_batches, batch_seconds)
     return t_ours, t_jax, error
 
@@ -188,14 +197,14 @@ def nonlinear_gradient_table(jax_modules, n_batches, batch_seconds, window, only
         problem = gradient_benchmark.build_problem(make(), window, hook=hook)
         cost, x0, p = problem.cost, problem.x0, problem.p
         if jax_modules is None:
-            t_ours = timing.time_pair(lambda: cost.gradient(x0, p), lambda: None, n_batches, batch_seconds)[0]
+            t_ours = time_pair(lambda: cost.gradient(x0, p), lambda: None, n_batches, batch_seconds)[0]
             print(f"{label:<36} {n:>5} {t_ours * 1e3:>9.3f} {'-':>9}", flush=True)
             continue
         gradient_jit, arguments = jax_nonlinear_gradient(problem, *jax_modules)
         ours = np.concatenate(cost.gradient(x0, p)[1:])
         theirs = np.concatenate([np.asarray(g) for g in gradient_jit(*arguments)])
         error = float(np.max(np.abs(theirs - ours)) / np.max(np.abs(ours)))
-        t_ours, t_jax = timing.time_pair(lambda: cost.gradient(x0, p),
+        t_ours, t_jax = time_pair(lambda: cost.gradient(x0, p),
                                          lambda: [g.block_until_ready() for g in gradient_jit(*arguments)], n_batches, batch_seconds)
         print_ratio(f"{label:<36}", n, t_ours, t_jax, target, error)
     print()
@@ -276,10 +285,10 @@ def step_table(n_batches, batch_seconds, n=4000):
             out, work = np.empty(n), np.empty(5 * n)
             c_step(x, 8.0, model.dt, n, out, work)
             agreement = np.max(np.abs(out - model.step(x, p))) / np.max(np.abs(out))
-            t_ours, t_c = timing.time_pair(lambda: model.step(x, p), lambda: c_step(x, 8.0, model.dt, n, out, work), n_batches, batch_seconds)
+            t_ours, t_c = time_pair(lambda: model.step(x, p), lambda: c_step(x, 8.0, model.dt, n, out, work), n_batches, batch_seconds)
             print(f"   fourdvar (compiled kernel) {t_ours * 1e6:8.1f}   gcc -O3 loop {t_c * 1e6:8.1f}   ratio {t_ours / t_c:5.2f}"
                   f"   target <=2x  {'yes' if t_ours / t_c <= 2 else 'NO'}   (steps agree to {agreement:.0e})")
-        t_ours, t_numpy = timing.time_pair(lambda: model.step(x, p), lambda: numpy_model.step(x, p), n_batches, batch_seconds)
+        t_ours, t_numpy = time_pair(lambda: model.step(x, p), lambda: numpy_model.step(x, p), n_batches, batch_seconds)
         print(f"   fourdvar (compiled kernel) {t_ours * 1e6:8.1f}   numpy path   {t_numpy * 1e6:8.1f}   ratio {t_ours / t_numpy:5.2f}")
     print()
 
@@ -322,7 +331,7 @@ def hessian_table(n_batches):
     A, A_ref = blocked.hessian_matrix(), one_by_one()
     agreement = np.max(np.abs(A - 0.5 * (A_ref + A_ref.T))) / np.max(np.abs(A))
     for label, jq in (("blocked, per-step chain", chain_blocked), ("blocked, step Jacobians", blocked)):
-        t_blocked, t_one = timing.time_pair(jq.hessian_matrix, one_by_one, n_batches, batch_seconds=0.0)
+        t_blocked, t_one = time_pair(jq.hessian_matrix, one_by_one, n_batches, batch_seconds=0.0)
         print(f"   {label:<24} {t_blocked * 1e3:8.1f}   one by one {t_one * 1e3:8.1f}   speed-up {t_one / t_blocked:5.1f}x"
               f"   target >=5x  {'yes' if t_one / t_blocked >= 5 else 'NO'}")
     print(f"   (blocked and one-by-one matrices agree to {agreement:.0e}; the step Jacobians are in use: {blocked.window.dense})")
@@ -372,7 +381,7 @@ def linearisation_table(n_batches, batch_seconds):
         model = LocalMLP(n_state=n, hidden=[32], integrator="rk4", init_output_scale=1.0)
         rng = np.random.default_rng(0)
         x, p = 3.0 * rng.standard_normal(n) + 2.0, model.init_params(rng)
-        t_step, t_linearize = timing.time_pair(lambda: model.step(x, p), lambda: model.linearize(x, p), n_batches, batch_seconds)
+        t_step, t_linearize = time_pair(lambda: model.step(x, p), lambda: model.linearize(x, p), n_batches, batch_seconds)
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         lin = model.linearize(x, p)
@@ -389,7 +398,7 @@ def linearisation_table(n_batches, batch_seconds):
                         ("mlp residual [400,400,400]", lambda: MLP([400, 400, 400], ["tanh", "identity"], residual=True))):
         model = make()
         x0, p = gradient_benchmark.initial_point(model, np.random.default_rng(0))
-        t_forecast, t_window = timing.time_pair(lambda: forecast(model, x0, p, WINDOW), lambda: linearize_window(model, x0, p, WINDOW),
+        t_forecast, t_window = time_pair(lambda: forecast(model, x0, p, WINDOW), lambda: linearize_window(model, x0, p, WINDOW),
                                                 n_batches, batch_seconds)
         ratio = t_window / t_forecast
         print(f"   {label:<32} forecast {t_forecast * 1e3:8.3f}  window {t_window * 1e3:8.3f}  ratio {ratio:5.2f}"
@@ -402,14 +411,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few short batches, short window: a smoke test, not a measurement")
     parser.add_argument("--only", default="", metavar="TEXT", help="gradient table: only the models whose label contains TEXT")
     parser.add_argument("--no-jax", action="store_true", help="skip JAX even if it is installed")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU seconds: on a loaded machine a pinned process is not charged for the time others hold its core")
     args = parser.parse_args(argv)
+    CLOCK[0] = time.process_time if args.cpu_time else time.perf_counter
     n_batches, batch_seconds = (3, 0.01) if args.quick else (7, 0.2)
     jax_modules = None if args.no_jax else gradient_benchmark.import_jax()
     output = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, output)):
         run_tables(args, jax_modules, n_batches, batch_seconds)
     if not (args.quick or args.only):
-        record("How close to the machine", f"```\n{output.getvalue()}```", command="taskset -c 1 python benchmarks/machine.py")
+        record("How close to the machine", f"```\n{output.getvalue()}```",
+               command="taskset -c 1 python benchmarks/machine.py" + (" --cpu-time" if args.cpu_time else ""))
     return 0
 
 
@@ -436,7 +449,8 @@ def run_tables(args, jax_modules, n_batches, batch_seconds) -> None:
     print(f"jax: {jax_modules[0].__version__ if jax_modules else 'not installed (pip install -e .[bench])'}; "
           f"numba kernels: {'yes' if KERNELS_AVAILABLE else 'no (numpy path)'}; "
           f"cpu affinity: {sorted(os.sched_getaffinity(0))}")
-    print(f"medians of {n_batches} interleaved batches of ~{batch_seconds} s each")
+    print(f"medians of {n_batches} interleaved batches of ~{batch_seconds} s each, "
+          f"{'CPU seconds of this process (--cpu-time)' if CLOCK[0] is time.process_time else 'wall clock'}")
     print()
     gradient_table(jax_modules, n_batches, batch_seconds, 5 if args.quick else WINDOW, args.only)
     nonlinear_gradient_table(jax_modules, n_batches, batch_seconds, 5 if args.quick else WINDOW, args.only)

@@ -53,33 +53,35 @@ def fix_malloc_thresholds() -> str:
     return "malloc: glibc mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "malloc: default (mallopt failed)"
 
 
-def _calls_per_batch(fn: Callable[[], Any], batch_seconds: float) -> int:
+def _calls_per_batch(fn: Callable[[], Any], batch_seconds: float, clock: Callable[[], float] = time.perf_counter) -> int:
     """How many calls of ``fn`` take about ``batch_seconds``."""
     calls = 1
     while True:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(calls):
             fn()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= batch_seconds / 4:
             return max(1, int(calls * batch_seconds / elapsed))
         calls *= 4
 
 
-def _batch_time(fn: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
+def _batch_time(fn: Callable[[], Any], calls: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
-def time_pair(first: Callable[[], Any], second: Callable[[], Any], n_batches: int, batch_seconds: float) -> tuple[float, float]:
+def time_pair(first: Callable[[], Any], second: Callable[[], Any], n_batches: int, batch_seconds: float,
+              clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
     """Median seconds per call of ``first`` and of ``second``, batches interleaved
-    so that a slow patch of the machine hits both."""
-    first_calls = _calls_per_batch(first, batch_seconds)
-    second_calls = _calls_per_batch(second, batch_seconds)
+    so that a slow patch of the machine hits both; ``clock`` ``time.process_time`` counts
+    the process's CPU seconds instead of the wall clock's."""
+    first_calls = _calls_per_batch(first, batch_seconds, clock)
+    second_calls = _calls_per_batch(second, batch_seconds, clock)
     first_times, second_times = [], []
     for _ in range(n_batches):
-        first_times.append(_batch_time(first, first_calls))
-        second_times.append(_batch_time(second, second_calls))
+        first_times.append(_batch_time(first, first_calls, clock))
+        second_times.append(_batch_time(second, second_calls, clock))
     return statistics.median(first_times), statistics.median(second_times)

@@ -31,14 +31,19 @@ Then::
 ``P^T`` sums each patch back onto the points it came from; for a periodic
 correlation that is the correlation with the flipped kernel,
 ``W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b]``, which is how the code forms it: the
-input adjoint is the same patches-and-matrix-product as the forward pass.  The weight
-adjoint is one matrix product per layer, the correlation of the layer's input with
-its output adjoint.  The linearisation keeps ``P(a_{l-1})`` and ``a_l`` (``f_l'`` is
-formed from ``a_l``, :mod:`models.activations`).
+input adjoint is the same correlation as the forward pass.  A correlation ``K P(a)``
+of a kernel with fewer outputs than inputs is formed as the shifted sum
+``S(K' a) = sum_{a, b} shift_{a, b}(K'_{ab} a)`` instead (the ``k^2`` per-offset products
+of the fields, summed shifted), which keeps ``c_out k^2`` values per point instead of
+``c_in k^2``.  The weight adjoint is one matrix product per layer, the correlation of
+the layer's input with its output adjoint.  The linearisation keeps ``P(a_{l-1})`` and
+``a_l`` (``f_l'`` is formed from ``a_l``, :mod:`models.activations`).
 
 Blocked TL/AD: ``dx`` (or ``ay``) of shape ``(n, m)`` and ``dp`` ``(n_params, m)``
-carry ``m`` directions; inside, the directions are the leading axis, so ``W_l``
-meets all of them in one broadcast matrix product.
+carry ``m`` directions, laid out ``(c, m, ny nx)`` inside: the weight terms
+``dW_l P(a_{l-1})`` and ``az_l P(a_{l-1})^T`` are one matrix product per layer for all
+directions (``c_l m`` rows against the kept patches), the propagated correlations one
+product per chunk of directions.
 
 Parameters: flat, layer by layer, each ``W_l`` ``(c_l, c_{l-1}, k, k)`` in C order
 then ``b_l`` ``(c_l,)``.  A state or field vector is ``(c, ny, nx)`` flattened in C order.
@@ -67,6 +72,11 @@ class PeriodicPatches:
     shape ``(c k^2, m ny nx)``: row ``(c, a, b)``, column ``(d, i, j)`` holds
     ``a[c, d, (i+a-h) mod ny, (j+b-h) mod nx]``.  The fields are wrapped into a padded
     array by slices, and the ``k^2`` shifted windows copied out in one call.
+
+    ``shifted_sum(U)`` for ``U`` of shape ``(r k^2, m ny nx)`` (row ``(o, a, b)``) sums the same
+    windows instead of stacking them: ``S(U)[o, (d, i, j)] = sum_{a, b} U[(o, a, b), (d, (i+a-h) mod ny, (j+b-h) mod nx)]``,
+    so that ``W P(a) = S(W' a)`` with ``W'[(o, a, b), c] = W[o, c, a, b]``: the correlation with
+    ``r k^2`` values per point kept instead of ``c k^2``.
     """
 
     def __init__(self, ny: int, nx: int, kernel: int):
@@ -82,7 +92,25 @@ class PeriodicPatches:
 
     def columns(self, a: np.ndarray) -> np.ndarray:
         c, m = a.shape[:2]
-        ny, nx, h, k = self.ny, self.nx, self.half, self.kernel
+        ny, nx, k = self.ny, self.nx, self.kernel
+        patches = np.empty((c, k, k, m, ny, nx))
+        patches[...] = sliding_window_view(self.padded(a), (ny, nx), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5)
+        return patches.reshape(c * k * k, m * ny * nx)
+
+    def shifted_sum(self, U: np.ndarray) -> np.ndarray:
+        k, ny, nx = self.kernel, self.ny, self.nx
+        r = U.shape[0] // (k * k)
+        padded = self.padded(U.reshape(r * k * k, -1, ny * nx)).reshape(r, k, k, -1, ny + 2 * self.half, nx + 2 * self.half)
+        total = padded[:, 0, 0, :, :ny, :nx].copy()
+        for a, b in np.ndindex(k, k):
+            if a or b:
+                total += padded[:, a, b, :, a : a + ny, b : b + nx]
+        return total.reshape(r, -1)
+
+    def padded(self, a: np.ndarray) -> np.ndarray:
+        """``a`` ``(c, m, ny nx)`` on the grid widened by ``h`` periodic points each side, ``(c, m, ny + 2h, nx + 2h)``."""
+        c, m = a.shape[:2]
+        ny, nx, h = self.ny, self.nx, self.half
         a = a.reshape(c, m, ny, nx)
         padded = np.empty((c, m, ny + 2 * h, nx + 2 * h))
         padded[:, :, h : h + ny, h : h + nx] = a
@@ -90,9 +118,7 @@ class PeriodicPatches:
         padded[:, :, h + ny :, h : h + nx] = a[:, :, :h]
         padded[:, :, :, :h] = padded[:, :, :, nx : nx + h]
         padded[:, :, :, h + nx :] = padded[:, :, :, h : 2 * h]
-        patches = np.empty((c, k, k, m, ny, nx))
-        patches[...] = sliding_window_view(padded, (ny, nx), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5)
-        return patches.reshape(c * k * k, m * ny * nx)
+        return padded
 
 
 def _directions_inside(v: np.ndarray, channels: int, points: int, name: str) -> tuple[np.ndarray, bool]:
@@ -212,12 +238,16 @@ class ConvNet:
 class ConvNetLinearization:
     """The nonlinear pass with the patches ``P(a_{l-1})`` and the activations ``a_l`` kept; TL and AD of the module docstring.
 
-    Inside, a block of ``m`` directions is laid out ``(c, m, ny nx)``, so that ``P`` of it
-    is ``(c k^2, m ny nx)`` and each of ``W_l P(da)``, ``dW_l P(a)``, ``az_l P(a)^T`` and
-    ``W~_l P(az)`` is one matrix product for all directions.  The patches of a block take
-    ``m`` times the memory of one direction's; blocks are taken ``chunk`` directions at a
-    time, so that the patches of a chunk stay within ``PATCH_BYTES`` (a cache's worth: once
-    they spill to memory, one call of ``m`` directions is slower than ``m`` calls of one).
+    Inside, a block of ``m`` directions is laid out ``(c, m, ny nx)``.  The terms that do not
+    depend on the propagated increment, ``dW_l P(a_{l-1})`` and ``aW_l = az_l P(a_{l-1})^T``,
+    are one matrix product per layer for all directions, ``(c_l m, c_{l-1} k^2)`` against the
+    kept patches.  The propagated terms ``W_l P(da_{l-1})`` and ``W~_l P(az_l)`` are correlations
+    of every direction (:meth:`correlate`): each keeps ``min(c_{l-1}, c_l) k^2`` values per point
+    and direction (the patches of the input, or the shifted sum when the kernel has fewer
+    outputs than inputs), taken ``chunk`` directions at a time so that they stay within
+    ``PATCH_BYTES`` (a cache's worth: once they spill to memory, one product of ``m`` directions
+    is slower than ``m`` products of one).  ``f_l'(z_l)`` is formed from ``a_l`` on the first
+    TL or AD and kept.
     """
 
     PATCH_BYTES = 4 << 20
@@ -226,10 +256,12 @@ class ConvNetLinearization:
         self.net = net
         self.layers = net.layers(p)
         k = net.kernel
-        # W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b], as (c_{l-1}, c_l k^2): the kernel of the input adjoint
-        self.W_flipped = [W.reshape(c_out, c_in, k, k)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in, c_out * k * k)
-                          for (W, _), c_in, c_out in zip(self.layers, net.channels[:-1], net.channels[1:])]
-        self.chunk = max(1, self.PATCH_BYTES // (8 * net.n_points * max(W.shape[1] for W, _ in self.layers)))
+        self.kernels = [W.reshape(c_out, c_in, k, k) for (W, _), c_in, c_out in zip(self.layers, net.channels[:-1], net.channels[1:])]
+        # W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b]: the kernel of the input adjoint
+        self.flipped = [W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) for W in self.kernels]
+        kept = max(min(c_in, c_out) for c_in, c_out in zip(net.channels[:-1], net.channels[1:])) * k * k
+        self.chunk = max(1, self.PATCH_BYTES // (8 * net.n_points * kept))
+        self.fprimes: list[np.ndarray | None] | None = None
         self.P = []  # P(a_{l-1}), (c_{l-1} k^2, ny nx)
         self.a = []  # a_l, (c_l, ny nx)
         a = x / net.input_scale
@@ -243,8 +275,26 @@ class ConvNetLinearization:
 
     def fprime(self, l: int) -> np.ndarray | None:
         """``f_l'(z_l)`` from ``a_l``, shape ``(c_l, 1, ny nx)`` (to meet ``(c_l, m, ny nx)``); ``None`` for the identity."""
-        f = self.net.activations[l]
-        return None if f.derivative is None else f.derivative(self.a[l])[:, None, :]
+        if self.fprimes is None:
+            self.fprimes = [None if f.derivative is None else f.derivative(a)[:, None, :] for f, a in zip(self.net.activations, self.a)]
+        return self.fprimes[l]
+
+    def correlate(self, K: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """``K P(a)`` for a kernel ``K`` ``(r, c, k, k)`` and ``a`` ``(c, m, ny nx)``: shape ``(r, m, ny nx)``,
+        ``chunk`` directions per product.  With fewer outputs than inputs (``r < c``) as the shifted sum
+        ``S(K' a)``, ``K'[(o, a, b), c] = K[o, c, a, b]`` (:class:`PeriodicPatches`), else as ``K P(a)``."""
+        r, c = K.shape[:2]
+        patches = self.net.patches
+        by_shifts = r < c
+        K_matrix = K.transpose(0, 2, 3, 1).reshape(-1, c) if by_shifts else K.reshape(r, -1)
+        out = np.empty((r,) + a.shape[1:])
+        for d in range(0, a.shape[1], self.chunk):
+            part, a_part = out[:, d : d + self.chunk].reshape(r, -1), a[:, d : d + self.chunk]
+            if by_shifts:
+                part[...] = patches.shifted_sum(K_matrix @ a_part.reshape(c, -1))
+            else:
+                np.matmul(K_matrix, patches.columns(a_part), out=part)
+        return out
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """``dy`` for ``dx`` ``(n_in,)`` and ``dp`` ``(n_params,)``, or blocks ``(n_in, m)``, ``(n_params, m)`` giving ``(n_out, m)``."""
@@ -252,14 +302,12 @@ class ConvNetLinearization:
         da, single = _directions_inside(dx, net.channels[0], net.n_points, "dx")
         if dp.ndim != dx.ndim or dp.shape[1:] != dx.shape[1:]:
             raise ValueError(f"dx and dp must carry as many directions, got shapes {dx.shape} and {dp.shape}")
-        if not single and dx.shape[1] > self.chunk:
-            return np.concatenate([self.tl(dx[:, d : d + self.chunk], dp[:, d : d + self.chunk]) for d in range(0, dx.shape[1], self.chunk)], axis=1)
         m = da.shape[1]
         da = da / net.input_scale
         for l, ((W, _), (dW, db), P) in enumerate(zip(self.layers, net.layers(dp), self.P)):
-            dz = (W @ net.patches.columns(da)).reshape(W.shape[0], m, -1)
-            dz += (_directions_second(dW) @ P).reshape(dz.shape)
-            dz += db.reshape(W.shape[0], m, 1)
+            dz = self.correlate(self.kernels[l], da)                   # W_l P(da_{l-1})
+            dz += (_directions_second(dW) @ P).reshape(dz.shape)         # + dW_l P(a_{l-1}), all directions in one product
+            dz += db.reshape(W.shape[0], m, 1)                           # + db_l
             fprime = self.fprime(l)
             da = dz if fprime is None else np.multiply(fprime, dz, out=dz)
         dy = net.output_scale * _directions_last(da, single)
@@ -271,18 +319,15 @@ class ConvNetLinearization:
         """``(ax, ap)`` for ``ay`` ``(n_out,)``, or for a block ``(n_out, m)`` giving ``(n_in, m)`` and ``(n_params, m)``."""
         net = self.net
         aa, single = _directions_inside(ay, net.channels[-1], net.n_points, "ay")
-        if not single and ay.shape[1] > self.chunk:
-            parts = [self.ad(ay[:, d : d + self.chunk]) for d in range(0, ay.shape[1], self.chunk)]
-            return np.concatenate([ax for ax, _ in parts], axis=1), np.concatenate([ap for _, ap in parts], axis=1)
         m = aa.shape[1]
         ap = np.empty((net.n_params,) + ay.shape[1:])
         aa = net.output_scale * aa
         for l, (aW, ab) in reversed(list(enumerate(net.layers(ap)))):
             fprime = self.fprime(l)
             az = aa if fprime is None else fprime * aa
-            ab[...] = az.sum(axis=2).reshape(ab.shape)
-            aW[...] = _directions_last_of_weights((az.reshape(-1, az.shape[2]) @ self.P[l].T).reshape(aW.shape[0], m, -1), single)
-            aa = (self.W_flipped[l] @ net.patches.columns(az)).reshape(-1, m, net.n_points)
+            ab[...] = az.sum(axis=2).reshape(ab.shape)                                                # ab_l = sum_ij az_l
+            aW[...] = _directions_last_of_weights((az.reshape(-1, az.shape[2]) @ self.P[l].T).reshape(aW.shape[0], m, -1), single)  # aW_l = az_l P(a_{l-1})^T, all directions
+            aa = self.correlate(self.flipped[l], az)                                                  # aa_{l-1} = W~_l P(az_l)
         ax = _directions_last(aa, single) / net.input_scale
         if net.residual:
             ax += ay

@@ -166,6 +166,7 @@ class LocalMLP(IntegratedModel):
     """
 
     blocked_linearization = True  # TL/AD take (n, k) blocks of directions
+    window_forcing = True  # the window hook takes the forcing of weak constraint
     #: the largest grid given the batched window hook (:attr:`linearize_window`)
     WINDOW_MAX_POINTS = 128
 
@@ -203,7 +204,7 @@ class LocalMLP(IntegratedModel):
     @property
     def linearize_window(self):
         """The engine's window hook, present only on a small grid (``n_state <= WINDOW_MAX_POINTS``):
-        ``linearize_window(x0, p, n_steps)`` gives the window linearised with the weight terms batched
+        ``linearize_window(x0, p, n_steps, forcing=None)`` gives the window linearised with the weight terms batched
         over steps, stages and points (:class:`LocalMLPWindowLinearization`).  On a larger grid the
         per-stage statements are no longer dominated by call overhead and the engine's per-step
         chain (:class:`fourdvar.window.WindowLinearization`) is faster (``benchmarks/machine.py``)."""
@@ -211,9 +212,9 @@ class LocalMLP(IntegratedModel):
             raise AttributeError("linearize_window")
         return self._batched_window
 
-    def _batched_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int) -> "LocalMLPWindowLinearization":
+    def _batched_window(self, x0: np.ndarray, p: np.ndarray, n_steps: int, forcing: np.ndarray | None = None) -> "LocalMLPWindowLinearization":
         x0, p = self._inputs(x0, p)
-        return LocalMLPWindowLinearization(self, x0, p, int(n_steps))
+        return LocalMLPWindowLinearization(self, x0, p, int(n_steps), forcing=forcing)
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """Glorot-uniform weights, zero biases, the last layer scaled by ``init_output_scale``."""
@@ -253,8 +254,13 @@ class LocalMLPWindowLinearization:
 
     the statements of :class:`LocalNetworkTendencyLinearization` and
     :class:`models.integrators.RungeKuttaLinearization`, with ``ap`` summed over the
-    window as one product instead of one per stage.  The layer matrices of all
-    layers are stacked in one array each (``A`` ``(sum (n_{l-1} + 1), K s n)``, ``F``,
+    window as one product instead of one per stage.  The forcing of weak constraint
+    (``forcing`` ``(K, n)``, absent = 0) is added after each step, as in
+    :mod:`fourdvar.window`::
+
+        NL   x_{k+1} = M(x_k) + e_k          TL   dx_{k+1} = M'(dx_k, dp) + de_k          AD   ae_k = ax_{k+1}
+
+    The layer matrices of all layers are stacked in one array each (``A`` ``(sum (n_{l-1} + 1), K s n)``, ``F``,
     ``dWA`` and ``AZ`` ``(sum n_l, K s n)``); ``A_prev[l]`` and ``F[l]`` are their row
     blocks.  With numba the NL sweep, and the TL and AD of one vector, run compiled (:mod:`models.local_mlp_kernels`), the same
     statements point by point; blocks of directions (``(n, k)``, ``dWA`` and ``AZ``
@@ -268,9 +274,12 @@ class LocalMLPWindowLinearization:
 
     blocked = True
 
-    def __init__(self, model: LocalMLP, x0: np.ndarray, p: np.ndarray, n_steps: int, compiled: bool = KERNELS_AVAILABLE):
+    def __init__(self, model: LocalMLP, x0: np.ndarray, p: np.ndarray, n_steps: int, compiled: bool = KERNELS_AVAILABLE,
+                 forcing: np.ndarray | None = None):
         if n_steps < 0:
             raise ValueError(f"the window must have at least 0 steps, got {n_steps}")
+        if forcing is not None and np.shape(forcing) != (n_steps, model.n_state):
+            raise ValueError(f"the forcing must have shape ({n_steps}, {model.n_state}) (one row per step), got {np.shape(forcing)}")
         self.rk, self.stencil, self.network, self.p = model.integrator, model.stencil, model.network, p
         self.offset, self.scale = model.state_offset, model.state_scale
         self.n_state, self.n_params, self.n_steps = model.n_state, model.n_params, n_steps
@@ -288,9 +297,9 @@ class LocalMLPWindowLinearization:
         self.F = [None if f.derivative is None else F for f, F in zip(self.network.activations, self.layers(self.F_all, self.unit_starts))]
         if self.compiled:
             kernels().forward(x0, p, self.layout(), self.codes(), self.stencil.indices, self.offset, self.scale,
-                              *self.coefficients(), self.states, self.A, self.F_all)
+                              *self.coefficients(), _rows(forcing, self.n_state), self.states, self.A, self.F_all)
         else:
-            self._forward(x0)
+            self._forward(x0, forcing)
             for l, (f, F) in enumerate(zip(self.network.activations, self.F)):
                 if F is not None:  # f_l' from a_l, the next layer's input (the output layer is the identity)
                     F[...] = f.derivative(self.A_prev[l + 1][:-1])
@@ -322,8 +331,8 @@ class LocalMLPWindowLinearization:
                 stage[i, j] = c
         return stage, np.array([self.rk.dt * b_i for b_i in self.rk.b])
 
-    def _forward(self, x0: np.ndarray) -> None:
-        """The NL sweep in numpy, stage by stage."""
+    def _forward(self, x0: np.ndarray, forcing: np.ndarray | None) -> None:
+        """The NL sweep in numpy, stage by stage, ``e_k`` (row ``k`` of ``forcing``) added after step ``k``."""
         for A in self.A_prev:
             A[-1] = 1.0
         self.states[0] = x0
@@ -332,6 +341,8 @@ class LocalMLPWindowLinearization:
             for i, terms in enumerate(self.rk.stage_terms):
                 k_stages.append(self.scale * self._network_forward(self.rk._combine(self.states[k], terms, k_stages), self.columns(k, i))[0])
             self.states[k + 1] = self.rk._combine(self.states[k], self.rk.output_terms, k_stages)
+            if forcing is not None:
+                self.states[k + 1] += forcing[k]
 
     def _network_forward(self, X: np.ndarray, cols: slice) -> np.ndarray:
         """NL of one stage: ``a_0 = (gather(X) - m) / c``, ``a_l = f_l(W_l [a_{l-1}; 1])`` into the columns ``cols``."""
@@ -350,19 +361,20 @@ class LocalMLPWindowLinearization:
 
     # --- TL --------------------------------------------------------------------------------
 
-    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None) -> list[np.ndarray]:
-        """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window)."""
+    def tl(self, dx0: np.ndarray, dp: np.ndarray, last_step: int | None = None, de: np.ndarray | None = None) -> list[np.ndarray]:
+        """``[dx_0, dx_1, ..., dx_K]`` with ``K = last_step`` (default: the whole window); ``de`` ``(n_steps, n[, m])``
+        the forcing's increments, row ``k`` added after step ``k`` (absent = 0)."""
         self._count_sweep()
         K = self.n_steps if last_step is None else min(last_step, self.n_steps)
         dx = [dx0]
         if self.dense_steps is not None:
-            for step in self.dense_steps[:K]:
-                dx.append(step.tl(dx[-1], dp))
+            for k, step in enumerate(self.dense_steps[:K]):
+                dx.append(step.tl(dx[-1], dp) if de is None else step.tl(dx[-1], dp) + de[k])
             return dx
         dWA = self.weights_tl(dp, K)
         if self.compiled and dx0.ndim == 1:
             sweep, arguments = np.empty((K + 1, self.n_state)), self._kernel_arguments()
-            kernels().tangent_linear(np.ascontiguousarray(dx0, dtype=float), *arguments[:4], dWA, *arguments[4:], sweep)
+            kernels().tangent_linear(np.ascontiguousarray(dx0, dtype=float), *arguments[:4], dWA, *arguments[4:], _rows(de, self.n_state), sweep)
             return [dx0] + list(sweep[1:])
         dWA_layers = self.layers(dWA, self.unit_starts)
         for k in range(K):
@@ -370,6 +382,8 @@ class LocalMLPWindowLinearization:
             for i, terms in enumerate(self.rk.stage_terms):
                 dk.append(self.scale * self._network_tl(self.rk._combine(dx[k], terms, dk), dWA_layers, self.columns(k, i))[0])
             dx.append(self.rk._combine(dx[k], self.rk.output_terms, dk))
+            if de is not None:
+                dx[-1] += de[k]
         return dx
 
     def _network_tl(self, dX: np.ndarray, dWA: list[np.ndarray], cols: slice) -> np.ndarray:
@@ -397,23 +411,31 @@ class LocalMLPWindowLinearization:
 
     # --- AD --------------------------------------------------------------------------------
 
-    def ad(self, forcings: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ap`` summed over the window."""
+    def ad(self, forcings: Mapping[int, np.ndarray], ae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ax_0, ap)`` for adjoint forcings ``{k: f_k}`` injected at steps ``k``; ``ap`` summed over the window;
+        ``ae`` ``(n_steps, n[, m])``, when given, receives ``ae_k`` (the adjoint of ``x_k``) in row ``k - 1``."""
         self._count_sweep()
         K = max(forcings, default=0)
         block = np.shape(next(iter(forcings.values())))[1:] if forcings else ()
         end = K * self.n_stages * self.n_state
         AZ = np.empty((self.unit_starts[-1], end if self.dense_steps is None else 0) + block)
+        if ae is not None:
+            ae[...] = 0.0
         if self.compiled and not block and self.dense_steps is None:
             rows, forced = np.zeros((K + 1, self.n_state)), np.zeros(K + 1, dtype=np.bool_)
             for k, f in forcings.items():
                 rows[k], forced[k] = f, True
-            ax = kernels().adjoint(rows, forced, *self._kernel_arguments(), AZ)
+            ae_rows = _rows(ae, self.n_state)  # the kernel writes rows 0 .. K-1
+            ax = kernels().adjoint(rows, forced, *self._kernel_arguments(), ae_rows, AZ)
+            if ae is not None and ae_rows is not ae:
+                ae[...] = ae_rows
             return ax, self.weights_ad(AZ, 0, end)
         ax, ap = np.zeros((self.n_state,) + block), np.zeros((self.n_params,) + block)
         for k in range(K, 0, -1):
             if k in forcings:
                 ax = ax + forcings[k]
+            if ae is not None:
+                ae[k - 1] = ax
             if self.dense_steps is None:  # the weight adjoint after the sweep, below
                 ax = self.step_ad(k - 1, ax, AZ, (k - 1) * self.n_stages * self.n_state)
             else:  # over the stored step Jacobians
@@ -490,6 +512,12 @@ class _WindowStep:
         ax_prev = window.step_ad(self.k, ax, AZ, 0)
         start = self.k * width
         return ax_prev, window.weights_ad(AZ, start, start + width)
+
+
+def _rows(e: np.ndarray | None, n: int) -> np.ndarray:
+    """A forcing, its increments or its adjoint ``e`` ``(n_steps, n)`` as the kernels take it (C-contiguous
+    float, ``e`` itself when it is), or ``(0, n)`` for none."""
+    return np.zeros((0, n)) if e is None else np.ascontiguousarray(e, dtype=float)
 
 
 def _columns(F: np.ndarray, cols: slice, like: np.ndarray) -> np.ndarray:

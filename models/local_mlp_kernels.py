@@ -16,7 +16,13 @@ last)::
     AD   aa_L = c ak_i[j] ;  AZ_l[col] = F_l[col] aa_l ;  aa_{l-1} = W_l[:, :-1]^T AZ_l[col]
          aX_i[s_j] += aa_0 / c
 
-with the Runge-Kutta statements of :mod:`models.integrators` around them.  The
+with the Runge-Kutta statements of :mod:`models.integrators` around them, and the
+forcing of weak constraint after each step (``e_k``, its TL ``de_k`` and AD ``ae_k``;
+arrays of ``K`` rows, or of none when there is no forcing)::
+
+    NL   x_{k+1} = x_k + sum_i (dt b_i) k_i + e_k        TL   dx_{k+1} = ... + de_k        AD   ae_k = ax_{k+1}
+
+The
 layer arrays are the window's, one column per tendency evaluation (``A_l``
 ``(n_{l-1} + 1, K s n)`` with its bias row, ``F_l`` and ``AZ_l`` ``(n_l, K s n)``), the
 layers stacked in one array each; the loops over the ``n`` points of a stage are
@@ -75,8 +81,9 @@ def _combine(x, coefficients, k, X):
 
 
 @_compile
-def forward(x0, p, layout, codes, indices, offset, scale, stage_coefficients, output_coefficients, states, A, F):
-    """The NL sweep: ``states`` (K + 1, n) from ``x0``, every column's layer inputs into ``A`` and ``f_l'(z_l)`` into ``F``.
+def forward(x0, p, layout, codes, indices, offset, scale, stage_coefficients, output_coefficients, forcing, states, A, F):
+    """The NL sweep: ``states`` (K + 1, n) from ``x0``, every column's layer inputs into ``A`` and ``f_l'(z_l)`` into ``F``;
+    ``forcing`` (K, n), or (0, n) for none, added after each step.
 
     ``layout[l] = (n_l, start of W_l in p, first row of A_{l-1} in A, first row of layer l in F/AZ)``."""
     n, width = x0.size, indices.shape[0]
@@ -116,11 +123,15 @@ def forward(x0, p, layout, codes, indices, offset, scale, stage_coefficients, ou
                     A[layout[l + 1, 2] + n_out, c0 : c0 + n] = 1.0
                 n_in = n_out
         _combine(states[step], output_coefficients, k, states[step + 1])
+        if forcing.shape[0]:
+            for j in range(n):
+                states[step + 1, j] += forcing[step, j]  # + e_k
 
 
 @_compile
-def tangent_linear(dx0, layout, p, F, has_F, dWA, indices, scale, stage_coefficients, output_coefficients, dx):
-    """The TL sweep: ``dx`` (K + 1, n) from ``dx0``, ``dWA`` (sum n_l, K s n) the weight terms of every column."""
+def tangent_linear(dx0, layout, p, F, has_F, dWA, indices, scale, stage_coefficients, output_coefficients, de, dx):
+    """The TL sweep: ``dx`` (K + 1, n) from ``dx0``, ``dWA`` (sum n_l, K s n) the weight terms of every column,
+    ``de`` (K, n), or (0, n) for none, added after each step."""
     n, width = dx0.size, indices.shape[0]
     n_stages, n_layers = output_coefficients.size, layout.shape[0]
     widest = max(layout[:, 0].max(), width)
@@ -157,11 +168,15 @@ def tangent_linear(dx0, layout, p, F, has_F, dWA, indices, scale, stage_coeffici
             for j in range(n):
                 dk[i, j] = scale * da[0, j]  # dk_i = c da_L
         _combine(dx[step], output_coefficients, dk, dx[step + 1])
+        if de.shape[0]:
+            for j in range(n):
+                dx[step + 1, j] += de[step, j]  # + de_k
 
 
 @_compile
-def adjoint(forcings, has_forcing, layout, p, F, has_F, indices, scale, stage_coefficients, output_coefficients, AZ):
-    """The AD sweep: ``ax_0`` from the forcings (K + 1, n) (rows with ``has_forcing``), every column's ``az_l`` into ``AZ``."""
+def adjoint(forcings, has_forcing, layout, p, F, has_F, indices, scale, stage_coefficients, output_coefficients, ae, AZ):
+    """The AD sweep: ``ax_0`` from the forcings (K + 1, n) (rows with ``has_forcing``), every column's ``az_l`` into ``AZ``;
+    ``ae`` (K, n), unless (0, n), receives ``ae_k = ax_{k+1}`` in row ``k``."""
     n, width = forcings.shape[1], indices.shape[0]
     n_stages, n_layers = output_coefficients.size, layout.shape[0]
     widest = max(layout[:, 0].max(), width)
@@ -172,6 +187,8 @@ def adjoint(forcings, has_forcing, layout, p, F, has_F, indices, scale, stage_co
     for step in range(forcings.shape[0] - 2, -1, -1):
         if has_forcing[step + 1]:
             ax += forcings[step + 1]
+        if ae.shape[0]:
+            ae[step] = ax  # ae_k
         for i in range(n_stages):
             ak[i] = output_coefficients[i] * ax  # ak_i = dt b_i ax_next
         for i in range(n_stages - 1, -1, -1):

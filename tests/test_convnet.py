@@ -142,6 +142,38 @@ def test_convnet_blocked_tl_and_ad_equal_one_direction_at_a_time(channels, kerne
         np.testing.assert_allclose(ap[:, d], ap_d, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_convnet_blocked_equals_single_directions_for_each_kernel_through_patches_and_shifted_sums(kernel, chunk):
+    """``[2, 4, 3]``: the TL's first layer and the AD's second take the patches of their input, the TL's
+    second layer and the AD's first the shifted sum (fewer outputs than inputs); all to round-off."""
+    rng = np.random.default_rng(12)
+    net, x, p = random_net(rng, [2, 4, 3], kernel, ["tanh", "identity"], ny=7, nx=6)
+    lin = net.linearize(x, p)
+    lin.chunk = chunk or lin.chunk
+    m = 5
+    dx, dp, ay = rng.standard_normal((net.n_in, m)), rng.standard_normal((net.n_params, m)), rng.standard_normal((net.n_out, m))
+    dy, (ax, ap) = lin.tl(dx, dp), lin.ad(ay)
+    single = [(lin.tl(dx[:, d], dp[:, d]), *lin.ad(ay[:, d])) for d in range(m)]
+    for blocked, column in zip((dy, ax, ap), zip(*single)):
+        assert np.max(np.abs(blocked - np.stack(column, axis=1))) <= 1e-14 * np.max(np.abs(blocked))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("outputs", [2, 5], ids=["shifted-sum", "patches"])
+def test_correlation_of_many_directions_equals_the_sum_of_rolled_fields(kernel, outputs):
+    """``K P(a)[o, d] = sum_{c, a, b} K[o, c, a, b] roll(a[c, d], (h - a, h - b))``, for a kernel with fewer
+    outputs than inputs (the shifted sum) and with more (the patches)."""
+    rng = np.random.default_rng(13)
+    net, x, p = random_net(rng, [3, 3], kernel, ["identity"], ny=7, nx=6)
+    lin, h = net.linearize(x, p), kernel // 2
+    K, a = rng.standard_normal((outputs, 3, kernel, kernel)), rng.standard_normal((3, 4, 7, 6))
+    expected = np.zeros((outputs, 4, 7, 6))
+    for o, c, u, v in itertools.product(range(outputs), range(3), range(kernel), range(kernel)):
+        expected[o] += K[o, c, u, v] * np.roll(a[c], (h - u, h - v), axis=(1, 2))
+    np.testing.assert_allclose(lin.correlate(K, a.reshape(3, 4, -1)).reshape(expected.shape), expected, rtol=1e-13, atol=1e-13)
+
+
 def test_convnet_weight_adjoint_is_the_gradient_of_a_loss_by_finite_differences():
     rng = np.random.default_rng(7)
     net, x, p = random_net(rng, [2, 3, 2], 3, ["tanh", "identity"])
@@ -218,8 +250,7 @@ def test_negative_control_unflipped_kernel_in_the_input_adjoint_fails_the_dot_pr
 
     def unflipped(self, *args):
         original(self, *args)
-        k = self.net.kernel
-        self.W_flipped = [W.reshape(W.shape[0], -1, k, k).transpose(1, 0, 2, 3).reshape(-1, W.shape[0] * k * k) for W, _ in self.layers]
+        self.flipped = [W.transpose(1, 0, 2, 3) for W in self.kernels]
 
     monkeypatch.setattr(ConvNetLinearization, "__init__", unflipped)
     lin = net.linearize(x, p)

@@ -91,6 +91,77 @@ def test_compiled_and_numpy_windows_agree():
     assert relative(ax, ax_ref) < 1e-13 and relative(ap, ap_ref) < 1e-13
 
 
+# --- the forcing of weak constraint -------------------------------------------------------
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forced_window_passes_the_dot_product_test_in_state_parameters_and_forcing(case, compiled):
+    model, x0, p, rng = make(*case)
+    window = LocalMLPWindowLinearization(model, x0, p, K, compiled=compiled, forcing=0.3 * rng.standard_normal((K, N)))
+    dx0, dp, de = rng.standard_normal(N), rng.standard_normal(model.n_params), rng.standard_normal((K, N))
+    forcings = {k: rng.standard_normal(N) for k in range(K + 1)}
+    assert checks.window_adjoint_test(window, dx0, dp, forcings, de=de).value < 1e-12
+    assert window.dense_steps is None  # the window's own TL and AD were tested
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forced_window_equals_the_per_step_chain_before_and_after_storing_step_jacobians(case, compiled):
+    """Trajectory, TL with ``de`` (one vector and a block), AD with ``ae`` (up to a last forcing before the
+    window's end, so that the rows of ``ae`` past it are zero) against the engine's per-step window."""
+    model, x0, p, rng = make(*case)
+    forcing = 0.3 * rng.standard_normal((K, N))
+    window = model.linearize_window(x0, p, K, forcing=forcing) if compiled else \
+        LocalMLPWindowLinearization(model, x0, p, K, compiled=False, forcing=forcing)
+    per_step = WindowLinearization(model, x0, p, K, forcing=forcing)
+    assert relative(window.states, forecast(model, x0, p, K, forcing=forcing)) < 1e-14
+    dx0, dp, de = rng.standard_normal((N, 2)), rng.standard_normal((model.n_params, 2)), rng.standard_normal((K, N, 2))
+    forcings = {k: rng.standard_normal((N, 2)) for k in (1, 2, K - 1)}
+    for _ in range(2):  # the second round runs on the stored step Jacobians
+        for d in (0, slice(None)):
+            ref = per_step.tl(dx0[:, d], dp[:, d], de=de[..., d])
+            assert relative(np.stack(window.tl(dx0[:, d], dp[:, d], de=de[..., d])), np.stack(ref)) < 1e-13
+            f = {k: f_k[:, d] for k, f_k in forcings.items()}
+            ae, ae_ref = np.full(de[..., d].shape, np.nan), np.empty(de[..., d].shape)
+            (ax, ap), (ax_ref, ap_ref) = window.ad(f, ae=ae), per_step.ad(f, ae=ae_ref)
+            assert relative(ax, ax_ref) < 1e-13 and relative(ap, ap_ref) < 1e-13 and relative(ae, ae_ref) < 1e-13
+            assert np.all(ae[K - 1] == 0.0)
+    assert window.dense_steps is not None
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_window_with_zero_forcing_is_the_unforced_window_bit_for_bit(compiled):
+    model, x0, p, rng = make(*CASES[2])
+    forced, strong = (LocalMLPWindowLinearization(model, x0, p, K, compiled=compiled, forcing=forcing) for forcing in (np.zeros((K, N)), None))
+    assert np.array_equal(forced.states, strong.states)
+    dx0, dp, forcings = rng.standard_normal(N), rng.standard_normal(model.n_params), {k: rng.standard_normal(N) for k in range(K + 1)}
+    assert np.array_equal(np.stack(forced.tl(dx0, dp, de=np.zeros((K, N)))), np.stack(strong.tl(dx0, dp)))
+    ae = np.empty((K, N))
+    (ax, ap), (ax_ref, ap_ref) = forced.ad(forcings, ae=ae), strong.ad(forcings)
+    assert np.array_equal(ax, ax_ref) and np.array_equal(ap, ap_ref)
+
+
+def test_weak_constraint_gradient_takes_the_window_and_equals_the_per_step_chain():
+    """The weak-constraint cost linearises through the LocalMLP's own window and gives, with a nonzero
+    forcing, the gradient (state, parameters, forcing) and the incremental gradient of the per-step chain."""
+    model, x0, p, rng = make(*CASES[2])
+    truth = forecast(model, x0, p, K)
+    R = Diagonal(0.3, size=N)
+    slots = [ObservationSlot(k, truth[k] + R.sample(rng), Identity(n_state=N), R) for k in range(1, K + 1)]
+    costs = [FourDVarCost(m, slots, x0, B=Diagonal(0.5, size=N), pb=p, P=Diagonal(0.1, size=p.size), n_steps=K, Q=Diagonal(0.1, size=N), model_error_every=2)
+             for m in (model, PerStepModel(model))]
+    eta = 0.1 * rng.standard_normal((costs[0].n_sub, N))
+    assert isinstance(costs[0].window(x0, p, eta=eta), LocalMLPWindowLinearization)
+    (terms, *g), (terms_ref, *g_ref) = (cost.gradient(x0, p, eta) for cost in costs)
+    assert abs(terms.J - terms_ref.J) <= 1e-13 * abs(terms_ref.J)
+    assert all(relative(a, b) < 1e-12 for a, b in zip(g, g_ref)) and len(g) == 3
+    jq, jq_ref = (IncrementalCost(cost, x0, p, control=["state", "params", "model_error"], eta=eta) for cost in costs)
+    for _ in range(4):  # past the third sweep both run on stored step Jacobians
+        u = 0.1 * rng.standard_normal(jq.size)
+        assert relative(jq.value_and_gradient(u)[1], jq_ref.value_and_gradient(u)[1]) < 1e-12
+
+
 def twin_costs(case, n_steps=K):
     model, x0, p, rng = make(*case)
     truth = forecast(model, x0, p, n_steps)
