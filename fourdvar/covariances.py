@@ -311,8 +311,8 @@ class Dense(CovarianceBase):
         return np.diag(self.matrix).copy()
 
     def record(self) -> dict:
-        """``{"std", "matrix"}``: ``C`` itself."""
-        return {"std": self.std.copy(), "matrix": self.matrix.copy()}
+        """``{"std", "matrix"}``: ``C`` itself (read-only arrays)."""
+        return {"std": self.std, "matrix": self.matrix}
 
     @classmethod
     def from_record(cls, record: dict) -> "Dense":

@@ -216,7 +216,7 @@ class HybridEnsembleCovariance(_CovarianceBase):
 
     def record(self) -> dict:
         """``std``, the static part's record under ``static.``, the ``perturbations`` ``X``, ``weight`` and ``localization``."""
-        return {"std": self.std, **nested("static", self.static.record()), "perturbations": self.perturbations.copy(),
+        return {"std": self.std, **nested("static", self.static.record()), "perturbations": self.perturbations,
                 "weight": self.weight, "localization": self.localization.length_scale}
 
     @classmethod
