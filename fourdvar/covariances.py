@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
-from .interfaces import declares
+from .interfaces import declared, declares
 
-__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES"]
+__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES", "nested", "part"]
 
 #: Correlation functions ``rho(d)`` of the distance ``d`` (grid points) and length scale ``L``.
 CORRELATION_SHAPES = {
@@ -80,13 +80,27 @@ def _check_correlation(who: str, length_scale, shape, min_eigenvalue) -> tuple[f
     return float(length_scale), shape.lower(), float(min_eigenvalue)
 
 
-@declares("control_size", "sqrt_columns", "variance", "condition_number")
+def nested(prefix: str, record: dict) -> dict:
+    """A part's :meth:`~CovarianceBase.record` inside its whole's: each key as ``prefix.key``."""
+    return {f"{prefix}.{key}": value for key, value in record.items()}
+
+
+def part(record: dict, prefix: str) -> dict:
+    """The record :func:`nested` under ``prefix``."""
+    return {key[len(prefix) + 1 :]: value for key, value in record.items() if key.startswith(prefix + ".")}
+
+
+@declares("control_size", "sqrt_columns", "variance", "condition_number", "std", "record")
 class CovarianceBase:
     """Shape checking and sampling shared by the covariances below, and the defaults of the
-    optional capabilities of :class:`fourdvar.interfaces.Covariance`."""
+    optional capabilities of :class:`fourdvar.interfaces.Covariance`.
+
+    ``record()`` gives the numbers that rebuild a covariance, a flat dict of numpy arrays and
+    scalars (a part's under ``part.key``, see :func:`nested`), always with ``std``; the
+    classmethod ``from_record(record)`` of a class rebuilds an equal covariance from it.
+    """
 
     size: int
-    std: np.ndarray
     #: the condition number of the correlation, when the covariance knows it
     condition_number = None
 
@@ -102,6 +116,15 @@ class CovarianceBase:
     def variance(self) -> np.ndarray:
         """``diag(C)``: ``|C^T/2 e_i|^2``."""
         return np.array([np.sum(self.sqrt_t(unit) ** 2) for unit in np.eye(self.size)])
+
+    @functools.cached_property
+    def std(self) -> np.ndarray:
+        """``sqrt(diag C)``."""
+        return np.sqrt(np.maximum(declared(self, "variance")(), 0.0))
+
+    def record(self) -> dict:
+        """``{"std": sqrt(diag C)}``: what rebuilds ``C`` on a correlation given elsewhere (``with_std``)."""
+        return {"std": np.broadcast_to(declared(self, "std"), (self.size,)).copy()}
 
     def _vector(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
@@ -163,6 +186,11 @@ class Diagonal(CovarianceBase):
         self.size = size
         self.std = _check_std(std, size)
         self._var = self.std**2
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Diagonal":
+        """The diagonal of ``record["std"]`` (:meth:`record`)."""
+        return cls(record["std"])
 
     @classmethod
     def identity(cls, size: int) -> "Diagonal":
@@ -282,6 +310,15 @@ class Dense(CovarianceBase):
         """``diag(C)``, from the matrix."""
         return np.diag(self.matrix).copy()
 
+    def record(self) -> dict:
+        """``{"std", "matrix"}``: ``C`` itself (read-only arrays)."""
+        return {"std": self.std, "matrix": self.matrix}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Dense":
+        """``C = record["matrix"]``."""
+        return cls(record["matrix"])
+
     def with_std(self, std) -> "Dense":
         """``S' D^-1 C D^-1 S'`` with ``D = diag(self.std)``, ``S' = diag(std)``.
 
@@ -372,6 +409,15 @@ class PeriodicCorrelation(CovarianceBase):
         """``C^T/2 v = F^-1 diag(sqrt(lambda)) F S v``."""
         return self._circulant(self._sqrt_lam, self.std * self._vector(v))
 
+    def record(self) -> dict:
+        """``{"std", "length_scale", "shape", "min_eigenvalue"}``."""
+        return {"std": self.std.copy(), "length_scale": self.length_scale, "shape": self.shape, "min_eigenvalue": self.min_eigenvalue}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PeriodicCorrelation":
+        """The correlation of :meth:`record` with its std."""
+        return cls(np.size(record["std"]), record["length_scale"], record["std"], record["shape"], min_eigenvalue=record["min_eigenvalue"])
+
     def with_std(self, std) -> "PeriodicCorrelation":
         """The same correlation ``Cor`` with ``S = diag(std)``."""
         return PeriodicCorrelation(self.size, self.length_scale, std, self.shape,
@@ -439,6 +485,15 @@ class BlockDiagonal(CovarianceBase):
     def sqrt_t(self, v):
         """``C^T/2 v = [C_1^T/2 v_1; ...]``."""
         return self._blockwise("sqrt_t", v)
+
+    def record(self) -> dict:
+        """``std`` and each block's record under ``block<j>.``."""
+        return {"std": self.std, **{key: value for j, b in enumerate(self.blocks) for key, value in nested(f"block{j}", b.record()).items()}}
+
+    @classmethod
+    def from_record(cls, record: dict, kinds: Sequence[type]) -> "BlockDiagonal":
+        """The blocks of :meth:`record`, block ``j`` rebuilt by ``kinds[j].from_record``."""
+        return cls([kind.from_record(part(record, f"block{j}")) for j, kind in enumerate(kinds)])
 
     def with_std(self, std) -> "BlockDiagonal":
         """Each block's ``with_std`` with its slice of ``std`` (or the scalar)."""

@@ -187,6 +187,16 @@ class PeriodicCorrelation2D(PeriodicCorrelation):
         """``diag(C) = std^2 diag(Cor)`` (``V`` has a unit diagonal)."""
         return self.std**2 * self.correlation_diagonal
 
+    def record(self) -> dict:
+        """The 1-D record with ``nx``, ``ny``, ``n_fields`` and the vertical correlation ``vertical``."""
+        return {**super().record(), "nx": self.nx, "ny": self.ny, "n_fields": self.n_fields, "vertical": self.vertical.copy()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PeriodicCorrelation2D":
+        """The correlation of :meth:`record` with its std."""
+        return cls(record["nx"], record["ny"], record["length_scale"], record["std"], record["shape"], record["n_fields"],
+                   record["vertical"], min_eigenvalue=record["min_eigenvalue"])
+
     def with_std(self, std) -> "PeriodicCorrelation2D":
         """The same correlation ``V (x) Cor`` with ``S = diag(std)``."""
         return PeriodicCorrelation2D(self.nx, self.ny, self.length_scale, std, self.shape, self.n_fields,

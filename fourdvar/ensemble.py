@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from .covariances import PeriodicCorrelation, _check_std, _CovarianceBase
+from .covariances import PeriodicCorrelation, _check_std, _CovarianceBase, nested, part
 
 __all__ = ["HybridEnsembleCovariance", "ensemble_perturbations"]
 
@@ -213,6 +213,16 @@ class HybridEnsembleCovariance(_CovarianceBase):
             self.static.with_std(np.asarray(self.static.std) * ratio), self.perturbations * ratio,
             self.weight, self.localization.length_scale,
         )
+
+    def record(self) -> dict:
+        """``std``, the static part's record under ``static.``, the ``perturbations`` ``X``, ``weight`` and ``localization``."""
+        return {"std": self.std, **nested("static", self.static.record()), "perturbations": self.perturbations,
+                "weight": self.weight, "localization": self.localization.length_scale}
+
+    @classmethod
+    def from_record(cls, record: dict, static: type) -> "HybridEnsembleCovariance":
+        """The hybrid of :meth:`record`, its static part rebuilt by ``static.from_record``."""
+        return cls(static.from_record(part(record, "static")), record["perturbations"], record["weight"], record["localization"])
 
     def __repr__(self) -> str:
         return (f"HybridEnsembleCovariance(size={self.size}, members={self.n_members}, weight={self.weight}, "

@@ -9,7 +9,8 @@ from them, it only has the methods.  :func:`fourdvar.checks` verifies that the
 methods are each other's tangent-linear and adjoint.  Optional capabilities are
 declared as attributes, their defaults in one base class each
 (:class:`fourdvar.model.ModelBase` for a model, :class:`fourdvar.window.Window` for a
-window, :class:`fourdvar.covariances.CovarianceBase` for a covariance), and read
+window, :class:`ObservationOperatorBase` for an observation operator,
+:class:`fourdvar.covariances.CovarianceBase` for a covariance), and read
 through :func:`declared`, which gives an object written without its base class the
 base's default: the engine never guesses a capability.
 """
@@ -105,7 +106,10 @@ class Model(Protocol):
     ``step_tl(x, p, dx, dp)`` and ``step_ad(x, p, ax)`` (``linearize(x, p).tl`` and ``.ad``),
     ``blocked_linearization`` (``False``: the step linearisations take one vector),
     ``linearize_window(x0, p, n_steps) -> Window`` (``None``: the engine chains the
-    steps) and ``window_forcing`` (``False``: that window takes no ``forcing=``).
+    steps), ``window_forcing`` (``False``: that window takes no ``forcing=``), and what the
+    application reads about a model (``None`` when it has none): ``dt``, ``param_names``, the
+    2-D grid ``nx``, ``ny``, ``L``, ``W``, the ``tendency`` of an ODE, a hybrid's ``physics``
+    and ``correction``, and a known ``unresolved_tendency``.
     """
 
     n_state: int
@@ -131,7 +135,11 @@ class OperatorLinearization(Protocol):
 
 @runtime_checkable
 class ObservationOperator(Protocol):
-    """``y = H(x)`` at one observation time."""
+    """``y = H(x)`` at one observation time.
+
+    Optional capability, its default in :class:`ObservationOperatorBase`: ``at_step(step)``,
+    the operator observing at model step ``step`` (itself: a network that does not move).
+    """
 
     n_obs: int
 
@@ -144,6 +152,15 @@ class ObservationOperator(Protocol):
     def linearize(self, x: np.ndarray) -> OperatorLinearization: ...
 
 
+@declares("at_step")
+class ObservationOperatorBase:
+    """The defaults of the optional capabilities of :class:`ObservationOperator`."""
+
+    def at_step(self, step: int):
+        """The operator observing at model step ``step``: this one, at every step."""
+        return self
+
+
 @runtime_checkable
 class Covariance(Protocol):
     """A symmetric positive-definite covariance matrix ``C``, applied matrix-free.
@@ -152,7 +169,8 @@ class Covariance(Protocol):
     Optional capabilities, with their defaults in :class:`fourdvar.covariances.CovarianceBase`:
     ``control_size`` (``size``; larger for a square root from a larger space, an ensemble's),
     ``sqrt_columns(W)`` (``C^1/2 W`` for the columns of ``W``: column by column),
-    ``variance()`` (``diag(C)``: ``|C^T/2 e_i|^2``) and ``condition_number`` (``None``: unknown).
+    ``variance()`` (``diag(C)``: ``|C^T/2 e_i|^2``), ``std`` (``sqrt(diag C)``), ``condition_number``
+    (``None``: unknown) and ``record()`` (the arrays and numbers that rebuild it; ``{"std": std}``).
     """
 
     size: int

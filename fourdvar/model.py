@@ -26,7 +26,8 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
     return array
 
 
-@declares("step_tl", "step_ad", "blocked_linearization", "linearize_window", "window_forcing")
+@declares("step_tl", "step_ad", "blocked_linearization", "linearize_window", "window_forcing",
+          "dt", "param_names", "nx", "ny", "L", "W", "tendency", "physics", "correction", "unresolved_tendency")
 class ModelBase:
     """Base class of a model: ``step_tl``, ``step_ad`` and ``forecast`` from ``step`` and ``linearize``.
 
@@ -66,6 +67,22 @@ class ModelBase:
     linearize_window = None
     #: True when ``linearize_window`` also takes ``forcing=`` (weak constraint) and its window ``de``/``ae``
     window_forcing: bool = False
+    #: the model time unit per step (``None``: the model has no physical time step)
+    dt: float | None = None
+    #: the parameters' names, one per entry of ``p`` (``None``: unnamed)
+    param_names: list[str] | None = None
+    #: a model on a 2-D grid: ``nx``, ``ny`` points over a domain ``L`` by ``W`` (``None``: no such grid)
+    nx: int | None = None
+    ny: int | None = None
+    L: float | None = None
+    W: float | None = None
+    #: the right-hand side ``f`` of ``dx/dt = f(x, p)``, an object with ``evaluate(x, p)`` (``None``: a map, not an ODE)
+    tendency = None
+    #: a hybrid's two parts, ``h = f_physics + g_correction`` (``None``: not a hybrid)
+    physics = None
+    correction = None
+    #: ``x -> g(x)``, the term the model's physics lacks, when it is known (``None``: unknown)
+    unresolved_tendency = None
 
     def _inputs(self, x, p) -> tuple[np.ndarray, np.ndarray]:
         """``(x, p)`` as float64 vectors of the model's sizes, or a ``ValueError`` naming the wrong one."""

@@ -50,7 +50,7 @@ import functools
 import numpy as np
 import scipy.linalg
 
-from .covariances import CovarianceBase, Diagonal
+from .covariances import CovarianceBase, Diagonal, nested, part
 from .interfaces import declared
 from .lanczos import RITZ_TOLERANCE, SpectralFactor, SpectralPreconditioner, largest_first, lanczos
 
@@ -447,6 +447,15 @@ class LowRankCovariance(CovarianceBase):
     @property
     def std(self) -> np.ndarray:
         return np.sqrt(np.maximum(self.variance(), 0.0))
+
+    def record(self) -> dict:
+        """``std``, the base's record under ``base.``, ``vectors`` ``U`` and ``values`` ``lam``."""
+        return {"std": self.std, **nested("base", self.base.record()), "vectors": self.U.copy(), "values": self.lam.copy()}
+
+    @classmethod
+    def from_record(cls, record: dict, base: type = Diagonal) -> "LowRankCovariance":
+        """``C0^1/2 (I + U diag(lam) U^T) C0^T/2`` of :meth:`record`, ``C0`` rebuilt by ``base.from_record``."""
+        return cls(base.from_record(part(record, "base")), record["vectors"], record["values"])
 
     def with_noise(self, noise_std: float, max_rank: int | None = None) -> "LowRankCovariance":
         """``C + q^2 I`` for a diagonal base ``C0 = D``: ``D'^1/2 (I + U' lam' U'^T) D'^1/2`` with

@@ -39,6 +39,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fourdvar.interfaces import declared
+
 from .operators import OperatorBase, _check_n_state
 
 __all__ = ["Grid", "PointOperator", "Points", "GridSubset", "StreamfunctionPoints", "bilinear_weights"]
@@ -75,7 +77,7 @@ class Grid:
                 raise ValueError(f"grid: expected a mapping with nx, ny and optionally L, W, got {grid!r}")
             nx, ny = grid["nx"], grid["ny"]
             return cls(n_state, nx, ny, grid.get("L", float(nx)), grid.get("W", grid.get("L", float(nx)) * ny / nx))
-        missing = [name for name in ("nx", "ny", "L", "W") if not hasattr(model, name)]
+        missing = [name for name in ("nx", "ny", "L", "W") if declared(model, name) is None]
         if missing:
             raise ValueError(f"the model {model!r} has no 2-D grid (no attribute {', '.join(missing)})")
         x0 = np.ravel(model.x)[0] if hasattr(model, "x") else None

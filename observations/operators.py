@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fourdvar.interfaces import ObservationOperatorBase
 from fourdvar.registry import build_operator
 
 __all__ = [
@@ -155,7 +156,7 @@ def resolve_indices(indices: Any, n_state: int) -> np.ndarray:
 # --- base classes -------------------------------------------------------------------
 
 
-class OperatorBase:
+class OperatorBase(ObservationOperatorBase):
     """Shared plumbing: shape checks and ``apply_tl``/``apply_ad`` through ``linearize``."""
 
     name: str = "operator"

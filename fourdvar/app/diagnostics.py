@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..interfaces import declared
 from ..window import DivergenceError, forecast
 
 CHI2_FAR_ABOVE_1 = 4.0  # a window whose 2 J / n_obs exceeds this is reported loudly
@@ -189,8 +190,8 @@ def correction_variables(plan, dataset) -> dict:
     correction's tendency with the first background's and the last analysis's weights.
     """
     model, truth = plan.model, plan.truth
-    correction, physics = getattr(model, "correction", None), getattr(model, "physics", None)
-    if truth is None or correction is None or not hasattr(correction, "tendency"):
+    correction, physics = declared(model, "correction"), declared(model, "physics")
+    if truth is None or correction is None or declared(correction, "tendency") is None:
         return {}
     substeps, stride = plan.problem.truth.substeps, CORRECTION_SPACING
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], CORRECTION_SAMPLES * stride * substeps)
@@ -198,9 +199,11 @@ def correction_variables(plan, dataset) -> dict:
     states = full_states[:, truth["state_slice"]]
     final = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else plan.pb0
     physics_params, weights = model.split(final)
-    if hasattr(truth["model"], "unresolved_tendency"):
-        missing = np.array([truth["model"].unresolved_tendency(x) for x in full_states])
-    elif hasattr(truth["model"], "tendency") and hasattr(physics, "tendency") and full_states.shape[1] == model.n_state:
+    unresolved = declared(truth["model"], "unresolved_tendency")
+    if unresolved is not None:
+        missing = np.array([unresolved(x) for x in full_states])
+    elif declared(truth["model"], "tendency") is not None and physics is not None and declared(physics, "tendency") is not None \
+            and full_states.shape[1] == model.n_state:
         missing = np.array([truth["model"].tendency.evaluate(x, truth["model_params"]) - physics.tendency.evaluate(x, physics_params)
                             for x in full_states])
     else:

@@ -30,6 +30,7 @@ import numpy as np
 from ..cost import FourDVarCost
 from ..covariances import Diagonal, PeriodicCorrelation
 from ..covariances2d import PeriodicCorrelation2D
+from ..interfaces import declared
 from ..registry import RegistryError, build_model, build_operator, observation_set_class, operator_class
 from ..window import DivergenceError, forecast, n_sub_windows, sub_window_forcing
 from .config import STD_RANGE, ConfigError, short
@@ -279,17 +280,17 @@ class Plan:
             fit = run.fit_correction
             if fit is not None:
                 self._check_fit(plan.model)
-            if self.forecast_steps and getattr(plan.model, "dt", None) is None:
+            if self.forecast_steps and declared(plan.model, "dt") is None:
                 raise ConfigError(f"model: {plan.model!r} has no time step 'dt' for the forecast skill (diagnostics.forecast_skill)")
         except ConfigError as error:
             raise ConfigError(f"compare[{name}]: {error}") from None
         return Comparison(name, plan, fit)
 
     def _check_fit(self, model) -> None:
-        if self.truth is None or not hasattr(self.truth["model"], "unresolved_tendency"):
+        if self.truth is None or declared(self.truth["model"], "unresolved_tendency") is None:
             raise ConfigError("fit_correction: the truth model has no 'unresolved_tendency' to fit to")
-        correction = getattr(model, "correction", None)
-        if correction is None or not hasattr(correction, "tendency"):
+        correction = declared(model, "correction")
+        if correction is None or declared(correction, "tendency") is None:
             raise ConfigError("fit_correction: the model has no 'correction' with a 'tendency' (use a hybrid with a local_mlp)")
 
     def _truth_run(self) -> dict:
@@ -343,7 +344,7 @@ class Plan:
             return 0
         if self.from_file:
             raise ConfigError("diagnostics.forecast_skill: needs a truth run, but the observations come from a file")
-        dt = getattr(self.model, "dt", None)
+        dt = declared(self.model, "dt")
         if dt is None:
             raise ConfigError(f"diagnostics.forecast_skill: the model {self.model!r} has no time step 'dt' to convert steps to Lyapunov times")
         return int(np.ceil(diagnostics.forecast_lyapunov_times * diagnostics.lyapunov_time / dt))
@@ -372,7 +373,7 @@ class Plan:
     def _read_observations(self):
         path = self.path(self.problem.observations.file)
         try:
-            observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=getattr(self.model, "dt", None),
+            observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=declared(self.model, "dt"),
                                                              nearest_step=self.problem.observations.nearest_step)
         except FileNotFoundError:
             raise ConfigError(f"observations.file: {path}: no such file") from None
@@ -380,7 +381,7 @@ class Plan:
             raise ConfigError(f"observations.file: {_cut(error, 300)}") from None
         low, high = STD_RANGE
         for slot in observations:
-            std = np.asarray(getattr(slot.covariance, "std", 1.0))
+            std = np.asarray(declared(slot.covariance, "std"))
             if not np.all((std >= low) & (std <= high)):
                 raise ConfigError(f"observations.file: {path}: an error_std at step {slot.step} lies outside [{low:g}, {high:g}] (1/std^2 would lose its meaning)")
         at_end = self.method.window.observations_at_end
@@ -400,7 +401,7 @@ class Plan:
 
     def _grid(self) -> tuple[int, int, int] | None:
         """``(n_fields, ny, nx)`` of a model on a 2-D grid (attributes ``nx``, ``ny``), else ``None``."""
-        nx, ny = getattr(self.model, "nx", None), getattr(self.model, "ny", None)
+        nx, ny = declared(self.model, "nx"), declared(self.model, "ny")
         if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0 and self.model.n_state % (nx * ny) == 0):
             return None
         return self.model.n_state // (nx * ny), ny, nx
@@ -501,9 +502,8 @@ class Plan:
 
 
 def _at_step(operator, step: int):
-    """The operator observing at ``step``: its ``at_step(step)`` for a network that moves."""
-    at_step = getattr(operator, "at_step", None)
-    return operator if at_step is None else at_step(step)
+    """The operator observing at ``step``: its ``at_step(step)`` (another for a network that moves)."""
+    return declared(operator, "at_step")(step)
 
 
 def memory_available() -> float:

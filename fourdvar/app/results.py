@@ -45,9 +45,9 @@ import yaml
 from .. import __version__
 from ..assimilation import FourDVar
 from ..cost import CostTerms, FourDVarCost
-from ..covariances import Dense, Diagonal
+from ..covariances import Dense
 from ..eda import ensemble_covariance
-from ..ensemble import HybridEnsembleCovariance
+from ..interfaces import declared
 from ..posterior import DENSE_POSTERIOR_SIZE, LowRankCovariance
 
 DEPARTURE_VARIABLES = {  # WindowDepartures field -> (result variable, long_name)
@@ -95,26 +95,28 @@ RECORDED_COVARIANCES = {
 POSTERIOR_STD_MAX_PARAMS = 8
 
 
+#: P's :meth:`~fourdvar.covariances.CovarianceBase.record` keys (limited memory or dense) -> result variable
+P_RECORD = {"base.std": "params_covariance_base_std", "vectors": "params_covariance_vectors", "values": "params_covariance_values",
+            "matrix": "params_covariance"}
+
+
 def covariance_record(B, P, Q, posterior=None) -> dict:
-    """The arrays of :data:`RECORDED_COVARIANCES` that rebuild the covariances one window used."""
-    record = {"background_error_std": np.broadcast_to(_static(B).std, (B.size,)).copy()}
+    """The arrays of :data:`RECORDED_COVARIANCES` that rebuild the covariances one window used,
+    from each covariance's ``record()``: B's std (its static part's for a hybrid ensemble B, whose
+    ensemble part the members' backgrounds give), P's std with its limited-memory or dense form,
+    the std of P^a and of Q."""
+    b = B.record()
+    record = {"background_error_std": b.get("static.std", b["std"])}
     if P is not None:
-        record["params_background_std"] = np.broadcast_to(P.std, (P.size,)).copy()
-        if isinstance(P, LowRankCovariance):
-            record.update(params_covariance_base_std=P.base.std, params_covariance_vectors=P.U, params_covariance_values=P.lam)
-        elif isinstance(P, Dense):
-            record["params_covariance"] = P.matrix
+        p = P.record()
+        record["params_background_std"] = p["std"]
+        record.update({name: p[key] for key, name in P_RECORD.items() if key in p})
     if posterior is not None:
-        variance = posterior.variance() if isinstance(posterior, LowRankCovariance) else np.diag(posterior)
+        variance = np.diag(posterior) if isinstance(posterior, np.ndarray) else posterior.variance()
         record["params_analysis_std"] = np.sqrt(np.maximum(variance, 0.0))
     if Q is not None:
-        record["model_error_background_std"] = np.broadcast_to(Q.std, (Q.size,)).copy()
+        record["model_error_background_std"] = Q.record()["std"]
     return record
-
-
-def _static(B):
-    """The static part of a hybrid ensemble covariance, else ``B``."""
-    return B.static if isinstance(B, HybridEnsembleCovariance) else B
 
 
 def recorded_covariances(plan, row: xr.Dataset):
@@ -137,12 +139,13 @@ def _recorded(row: xr.Dataset, name: str) -> bool:
 
 
 def _recorded_P(plan, row: xr.Dataset):
+    """P from its record: limited memory (NaN columns beyond the window's rank dropped), dense, or its std."""
+    p = {key: row[name].values for key, name in P_RECORD.items() if name in row}
     if _recorded(row, "params_covariance_base_std"):
-        kept = np.isfinite(row["params_covariance_values"].values)
-        return LowRankCovariance(Diagonal(row["params_covariance_base_std"].values), row["params_covariance_vectors"].values[:, kept],
-                                 row["params_covariance_values"].values[kept])
+        kept = np.isfinite(p["values"])
+        return LowRankCovariance.from_record({**p, "vectors": p["vectors"][:, kept], "values": p["values"][kept]})
     if _recorded(row, "params_covariance"):
-        return Dense(row["params_covariance"].values)
+        return Dense.from_record(p)
     if _recorded(row, "params_background_std"):
         return plan.P0.with_std(row["params_background_std"].values)
     return plan.params_policy(int(row["cycle"]), plan.P0)  # a window written without the record
@@ -243,7 +246,7 @@ class ResultRecorder:
             var("params_analysis", ("cycle", "param"), [r["params_analysis"] for r in self.rows], "analysed parameters")
             if exp.truth is not None and exp.truth["params"] is not None:
                 var("params_truth", ("param",), exp.truth["params"], "parameters of the truth model")
-            names = exp.problem.P.names or getattr(exp.model, "param_names", None)
+            names = exp.problem.P.names or declared(exp.model, "param_names")
             if names is not None:
                 var("param_name", ("param",), np.array(names, dtype=str), "name of each parameter (background.params.names, else the model's param_names)")
 
@@ -275,13 +278,14 @@ class ResultRecorder:
             if any(a is not None for a in arrays):
                 var(name, ("cycle", *dims), _stacked(arrays), long_name, "1" if name.startswith("params") else state_units)
         posterior_update = method.P_policy.update == "posterior"
-        if posterior_update and isinstance(self.P_next, LowRankCovariance):
+        P_next = self.P_next.record() if posterior_update and self.P_next is not None else {}
+        if "vectors" in P_next:
             long_name = "parameter error covariance P the next window starts from (update: posterior), limited memory C0^1/2 (I + U diag(lam) U^T) C0^1/2"
-            var("params_covariance_next_base_std", ("param",), self.P_next.base.std, f"{long_name}: std of the diagonal C0")
-            var("params_covariance_next_vectors", ("param", "rank"), self.P_next.U, f"{long_name}: orthonormal U")
-            var("params_covariance_next_values", ("rank",), self.P_next.lam, f"{long_name}: lam")
-        elif posterior_update and self.P_next is not None:
-            matrix = self.P_next.matrix if isinstance(self.P_next, Dense) else np.diag(self.P_next.std**2)
+            var("params_covariance_next_base_std", ("param",), P_next["base.std"], f"{long_name}: std of the diagonal C0")
+            var("params_covariance_next_vectors", ("param", "rank"), P_next["vectors"], f"{long_name}: orthonormal U")
+            var("params_covariance_next_values", ("rank",), P_next["values"], f"{long_name}: lam")
+        elif P_next:
+            matrix = P_next["matrix"] if "matrix" in P_next else np.diag(P_next["std"] ** 2)
             data["params_covariance_next"] = (("param", "param_"), matrix, {"long_name": "parameter error covariance P the next window starts from (update: posterior)", "units": "1"})
         if exp.Q0 is not None:
             var("model_error", ("cycle", "sub_window", "x"), [r["model_error"] for r in self.rows],
@@ -325,7 +329,7 @@ class ResultRecorder:
             "complete": int(complete),
             "control": ",".join(exp.control),
         }
-        if hasattr(exp.model, "dt"):
+        if declared(exp.model, "dt") is not None:
             attrs["dt"] = float(exp.model.dt)
         attrs.update(grid_attributes(exp.model))
         if exp.Q0 is not None:
@@ -335,7 +339,7 @@ class ResultRecorder:
 
 def grid_attributes(model) -> dict:
     """``grid_nx, grid_ny, grid_L, grid_W`` of a model on a 2-D grid (for the maps); empty otherwise."""
-    if not all(hasattr(model, name) for name in ("nx", "ny", "L", "W")):
+    if any(declared(model, name) is None for name in ("nx", "ny", "L", "W")):
         return {}
     return {"grid_nx": int(model.nx), "grid_ny": int(model.ny), "grid_L": float(model.L), "grid_W": float(model.W)}
 
