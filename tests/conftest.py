@@ -1,9 +1,9 @@
 """What many test files share: the ``fourdvar`` command run in this process, and the shipped
 configurations run once per test process for every file that reads their results.
 
-The suite runs on several processes (``python -m pytest -n 2``, pytest-xdist): a
-session fixture runs once per process, so the tests that read one expensive fixture
-carry the same ``xdist_group`` mark and run on the same process (``--dist loadgroup``).
+The suite runs on several processes (``python -m pytest -n 2``, pytest-xdist), each test
+file on one of them (``--dist loadfile``): a module- or session-scoped fixture runs once
+per process that needs it, so the tests that share an expensive fixture live in one file.
 """
 
 from __future__ import annotations
@@ -125,11 +125,6 @@ def write_shortened(name: str, directory: Path) -> Path:
     return path
 
 
-#: The shipped configurations as test parameters: the tests of one configuration that read its
-#: :func:`shipped_run` share a group, so that one test process runs it.
-SHIPPED_PARAMS = [pytest.param(name, id=name, marks=pytest.mark.xdist_group(f"shipped_{name}")) for name in SHIPPED]
-
-
 @pytest.fixture(scope="session")
 def shipped_run(tmp_path_factory):
     """``shipped_run(name)`` -> ``(command result, result file)``: ``fourdvar run`` of the
@@ -146,15 +141,3 @@ def shipped_run(tmp_path_factory):
         return done[name]
 
     return run
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """The tests of a module that read one of its module-scoped fixtures (commands run together,
-    a shared run) form a group, so that one test process runs that fixture, once."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or any(item.iter_markers("xdist_group")):
-            continue
-        if any(fixture.scope == "module" for fixtures in info.name2fixturedefs.values() for fixture in fixtures):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
