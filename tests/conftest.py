@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -35,25 +36,36 @@ def run_command(*args, cwd: Path) -> subprocess.CompletedProcess:
     The same as ``python -m fourdvar ARGS`` for everything the tests read (exit status,
     stdout, stderr), without starting Python: :func:`fourdvar.app.cli.main` in-process,
     ``--help``/``--version``/argument errors (``SystemExit``) turned into the status.
-    Nothing of the command stays behind: the working directory, the warnings filters,
-    the thread limits (restored by ``main``) and pyplot's figures are as before.
+    Nothing of the command stays behind: the working directory, the environment,
+    ``sys.path``, the warnings filters, the thread limits and signal handlers (restored by
+    ``main``) and pyplot's figures are as before (test_cli checks it).
     """
     from fourdvar.app import cli
 
     out, err = io.StringIO(), io.StringIO()
-    previous = os.getcwd()
+    previous, environment, path = os.getcwd(), dict(os.environ), list(sys.path)
     os.chdir(cwd)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             _fresh_interpreter_warnings()
             try:
                 status = cli.main([str(arg) for arg in args])
-            except SystemExit as exit_:
-                status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+            except SystemExit as exit_:  # as the interpreter exits with it
+                status = _exit_status(exit_.code)
     finally:
         os.chdir(previous)
+        os.environ.clear()
+        os.environ.update(environment)
+        sys.path[:] = path
         _close_figures()
     return subprocess.CompletedProcess(["fourdvar", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def _exit_status(code) -> int:
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _fresh_interpreter_warnings() -> None:
@@ -67,14 +79,10 @@ def _fresh_interpreter_warnings() -> None:
 
 
 def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
-    import sys
-
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _close_figures() -> None:
-    import sys
-
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
 

@@ -412,6 +412,29 @@ def test_version(argument_runs):
     assert result.stdout.strip() == f"fourdvar {fourdvar.__version__}"
 
 
+def test_an_in_process_command_leaves_no_state_behind(tmp_path, monkeypatch):
+    """What :func:`conftest.run_command` promises: after a run and a plot in this process the
+    working directory, environment, ``sys.path``, warnings filters, BLAS threads, signal
+    handlers and pyplot figures are as before."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def state():
+        return (os.getcwd(), dict(os.environ), list(sys.path), list(warnings.filters), threadpool_info(),
+                signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), plt.get_fignums())
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # the command limits BLAS to one thread meanwhile
+    write_config(tmp_path)
+    with threadpool_limits(2):
+        before = state()
+        assert run_command("run", "experiment.yaml", cwd=tmp_path).returncode == 0
+        assert run_command("plot", RESULT, "--output", "figures", cwd=tmp_path).returncode == 0
+        assert state() == before
+
+
 def test_console_script_points_at_main():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts.get("fourdvar") == "fourdvar.app.cli:main"
