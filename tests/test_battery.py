@@ -382,10 +382,9 @@ def test_a_second_run_on_a_locked_output_is_refused(tmp_path):
     checkpoint.mkdir()
     before = snapshot(directory)
     holder = os.open(checkpoint, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(holder, fcntl.LOCK_EX)  # as the first run does
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as the first run does (a lock of its own open file, even in this process)
     try:
-        result = subprocess.run([sys.executable, "-m", "fourdvar", *RUN], cwd=directory, env=environment(directory),
-                                capture_output=True, text=True, timeout=TIMEOUT)
+        result = run_command(*RUN, cwd=directory)
     finally:
         os.close(holder)
     assert result.returncode == 2, describe(result)
@@ -393,8 +392,7 @@ def test_a_second_run_on_a_locked_output_is_refused(tmp_path):
     assert "another fourdvar run is writing out/result.nc" in result.stderr
     assert snapshot(directory) == before
     # negative control: once the lock is released the same command runs
-    done = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q", "--overwrite"], cwd=directory, env=environment(directory),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = run_command(*RUN, "-q", "--overwrite", cwd=directory)
     assert done.returncode == 0, describe(done)
     assert not checkpoint.exists()
 
@@ -403,8 +401,11 @@ def test_results_are_created_with_the_umask_mode(tmp_path):
     directory, _ = prepare_case("umask", Case(RUN), tmp_path)
     (directory / RESULT).unlink()
     for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
-        result = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q", "--overwrite"], cwd=directory, env=environment(directory),
-                                capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=lambda u=umask: os.umask(u))
+        previous = os.umask(umask)
+        try:
+            result = run_command(*RUN, "-q", "--overwrite", cwd=directory)
+        finally:
+            os.umask(previous)
         assert result.returncode == 0, describe(result)
         assert (directory / RESULT).stat().st_mode & 0o777 == mode
 
