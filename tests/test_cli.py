@@ -757,9 +757,13 @@ def test_an_interrupt_during_a_result_write_waits_for_the_write(tmp_path, monkey
 
     monkeypatch.setattr(xr.Dataset, "to_netcdf", interrupted_write)
     dataset = xr.Dataset({"x": ("i", np.arange(5.0))})
-    with pytest.raises(KeyboardInterrupt):
-        results.write_atomic(dataset, tmp_path / "out.nc")
+    inherited = signals.signal(signals.SIGINT, signals.default_int_handler)  # Python's own, whatever a background job inherits
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            results.write_atomic(dataset, tmp_path / "out.nc")
+        assert signals.getsignal(signals.SIGINT) is signals.default_int_handler
+    finally:
+        signals.signal(signals.SIGINT, inherited)
     with xr.open_dataset(tmp_path / "out.nc") as written:
         assert np.array_equal(written["x"].values, np.arange(5.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nc"]
-    assert signals.getsignal(signals.SIGINT) is signals.default_int_handler
