@@ -1,11 +1,14 @@
-"""Broken inputs and faults through the real command line (``python -m fourdvar``).
+"""Broken inputs and faults through the command line.
 
 Each case runs in its own directory holding a valid configuration, a previous
 result at the output path and whatever the case needs.  A broken case must end with
 exit status 2 (1 for a divergence, as documented), exactly one line on stderr
 naming the problem, no traceback, nothing on stdout, and the directory exactly as
 it was (no file created, changed, removed or re-moded).  A valid case must succeed.
-The cases run concurrently, a few processes at a time.
+Most cases run in this process (:func:`conftest.run_command`); those that need a
+process of their own run as ``python -m fourdvar`` (a file-size limit, the working
+directory on ``sys.path``, a configuration naming code that must never run, Python's
+own recursion limit), concurrently, a few at a time, meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from conftest import run_command
 
 WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))
 TIMEOUT = 180
@@ -126,6 +130,7 @@ class Case:
     status: int = 2
     limit_file_size: int | None = None  # bytes: the process's RLIMIT_FSIZE, SIGXFSZ ignored (a full disk)
     changes_allowed: tuple = ()  # paths a successful case may create or change
+    process: bool = False  # through a real ``python -m fourdvar`` process (always with limit_file_size)
 
 
 RUN = ("run", "experiment.yaml")
@@ -183,7 +188,7 @@ CASES: dict[str, Case] = {
     "config_duplicate_key": Case(RUN, ("duplicate key 'seed'", "line 2"), "seed: 1\nseed: 2\n" + text(seed=None)),
     "config_alias_bomb": Case(RUN, ("expands to", "nodes"), alias_bomb()),
     "config_huge_value_cut": Case(RUN, ("title: expected a string",), text(title=list(range(20000)))),
-    "config_deeply_nested": Case(RUN, ("experiment.yaml", "nested too deeply"), "model: " + "[" * 5000 + "]" * 5000 + "\n"),
+    "config_deeply_nested": Case(RUN, ("experiment.yaml", "nested too deeply"), "model: " + "[" * 5000 + "]" * 5000 + "\n", process=True),
     "model_type_20000_characters": Case(RUN, ("model.type", "unknown model type", "..."), text(model={"type": "x" * 20000})),
     "config_unknown_key": Case(RUN, ("windw", "did you mean 'window'"), text(windw={"steps": 2})),
     # values that make no sense
@@ -212,13 +217,13 @@ CASES: dict[str, Case] = {
     "params_from_not_a_result": Case(RUN, ("model.params_from", "first.nc"), text(model={**HYBRID, "params_from": "first.nc"}), with_files(**{"first.nc": "text"})),
     "params_from_without_params": Case(RUN, ("model.params_from", "params_analysis"), text(model={**HYBRID, "params_from": "first.nc"}), lambda d: a_result(d)),
     # code that must not run
-    "type_subprocess_run": Case(RUN, ("model.type", "subprocess:run", "not a class"), text(model={"type": "subprocess:run", "args": ["touch", "PWNED"]})),
+    "type_subprocess_run": Case(RUN, ("model.type", "subprocess:run", "not a class"), text(model={"type": "subprocess:run", "args": ["touch", "PWNED"]}), process=True),
     "type_builtins_dict": Case(RUN, ("model.type", "builtins:dict", "not a model class"), text(model={"type": "builtins:dict"})),
-    "type_in_hybrid_physics": Case(RUN, ("model.type", "subprocess:run"), text(model={**HYBRID, "physics": {"type": "subprocess:run", "args": ["touch", "PWNED"]}})),
+    "type_in_hybrid_physics": Case(RUN, ("model.type", "subprocess:run"), text(model={**HYBRID, "physics": {"type": "subprocess:run", "args": ["touch", "PWNED"]}}), process=True),
     "operator_type_is_a_model": Case(RUN, ("observations.operator", "not an operator class"), text(observations={"operator": {"type": "models.lorenz96:Lorenz96"}})),
     "operator_unknown": Case(RUN, ("observations.operator", "idnetity"), text(observations={"operator": {"type": "idnetity"}})),
-    "users_observations_py_shadows": Case(RUN, ("observations.py", "shadows", "rename"), setup=with_files(**{"observations.py": "x = 1\n"})),
-    "users_models_py_shadows": Case(RUN, ("models.py", "shadows", "rename"), setup=with_files(**{"models.py": "x = 1\n"})),
+    "users_observations_py_shadows": Case(RUN, ("observations.py", "shadows", "rename"), setup=with_files(**{"observations.py": "x = 1\n"}), process=True),
+    "users_models_py_shadows": Case(RUN, ("models.py", "shadows", "rename"), setup=with_files(**{"models.py": "x = 1\n"}), process=True),
     # generate
     "generate_linear_operator": Case(GENERATE, ("observations.operator", "observation file"),
                                      text(observations={"operator": {"type": "linear", "matrix": [[1.0] * 8]}})),
@@ -309,14 +314,23 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
 
     def one(name: str) -> tuple[str, Outcome]:
         case, (directory, before) = CASES[name], prepared[name]
-        result = subprocess.run(
-            [sys.executable, "-m", "fourdvar", *case.args], cwd=directory, env=environment(directory),
-            capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=fault(case.limit_file_size),
-        )
+        if in_process(case):
+            result = run_command(*case.args, cwd=directory)
+        else:
+            result = subprocess.run(
+                [sys.executable, "-m", "fourdvar", *case.args], cwd=directory, env=environment(directory),
+                capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=fault(case.limit_file_size),
+            )
         return name, Outcome(result, directory, before, snapshot(directory))
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        return dict(pool.map(one, CASES))
+        processes = pool.map(one, [name for name, case in CASES.items() if not in_process(case)])
+        here = [one(name) for name, case in CASES.items() if in_process(case)]
+        return dict([*here, *processes])
+
+
+def in_process(case: Case) -> bool:
+    return not case.process and case.limit_file_size is None
 
 
 def describe(result: subprocess.CompletedProcess) -> str:
@@ -368,10 +382,9 @@ def test_a_second_run_on_a_locked_output_is_refused(tmp_path):
     checkpoint.mkdir()
     before = snapshot(directory)
     holder = os.open(checkpoint, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(holder, fcntl.LOCK_EX)  # as the first run does
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as the first run does (a lock of its own open file, even in this process)
     try:
-        result = subprocess.run([sys.executable, "-m", "fourdvar", *RUN], cwd=directory, env=environment(directory),
-                                capture_output=True, text=True, timeout=TIMEOUT)
+        result = run_command(*RUN, cwd=directory)
     finally:
         os.close(holder)
     assert result.returncode == 2, describe(result)
@@ -379,8 +392,7 @@ def test_a_second_run_on_a_locked_output_is_refused(tmp_path):
     assert "another fourdvar run is writing out/result.nc" in result.stderr
     assert snapshot(directory) == before
     # negative control: once the lock is released the same command runs
-    done = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q", "--overwrite"], cwd=directory, env=environment(directory),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = run_command(*RUN, "-q", "--overwrite", cwd=directory)
     assert done.returncode == 0, describe(done)
     assert not checkpoint.exists()
 
@@ -389,8 +401,11 @@ def test_results_are_created_with_the_umask_mode(tmp_path):
     directory, _ = prepare_case("umask", Case(RUN), tmp_path)
     (directory / RESULT).unlink()
     for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
-        result = subprocess.run([sys.executable, "-m", "fourdvar", *RUN, "-q", "--overwrite"], cwd=directory, env=environment(directory),
-                                capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=lambda u=umask: os.umask(u))
+        previous = os.umask(umask)
+        try:
+            result = run_command(*RUN, "-q", "--overwrite", cwd=directory)
+        finally:
+            os.umask(previous)
         assert result.returncode == 0, describe(result)
         assert (directory / RESULT).stat().st_mode & 0o777 == mode
 

@@ -5,12 +5,11 @@ line, the batched window of a model that has one, and the exit status of each ve
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
+from conftest import run_command
 
 from fourdvar import checks
 from fourdvar.app import cli
@@ -39,8 +38,7 @@ def rows(stdout: str) -> dict[str, list[str]]:
 def checked(tmp_path_factory):
     directory = tmp_path_factory.mktemp("check")
     (directory / "experiment.yaml").write_text(yaml.safe_dump(CONFIG))
-    return subprocess.run([sys.executable, "-m", "fourdvar", "check", "experiment.yaml", "--window-steps", "7", "--directions", "2"],
-                          cwd=directory, capture_output=True, text=True, timeout=300)
+    return run_command("check", "experiment.yaml", "--window-steps", "7", "--directions", "2", cwd=directory)
 
 
 def test_check_takes_the_window_length_and_the_directions(checked):
@@ -89,8 +87,7 @@ def test_exit_status_of_each_verdict(status, code, tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("option", ["--window-steps", "--directions"])
 def test_a_bad_option_value_is_refused_before_any_check(option, tmp_path):
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(CONFIG))
-    result = subprocess.run([sys.executable, "-m", "fourdvar", "check", "experiment.yaml", option, "0"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_command("check", "experiment.yaml", option, "0", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert option in result.stderr and "expected a positive integer, got 0" in result.stderr
 

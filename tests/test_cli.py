@@ -1,12 +1,13 @@
-"""The ``fourdvar`` command line, driven for real through subprocesses.
+"""The ``fourdvar`` command line: run, check, generate, plot, bad input, resume and Ctrl-C.
 
-Every command runs as ``python -m fourdvar ...`` in a temporary directory, with
-``MPLBACKEND=Agg`` and ``OPENBLAS_NUM_THREADS=1``.  The experiments are tiny
-(Lorenz-96 with 8 variables, windows of 4 steps, 2 cycles, 50 spin-up steps).
-
-Starting Python and importing the package costs about a second per command, so
-independent commands are started together by module-scoped fixtures (a few at a
-time, :data:`WORKERS`) and the tests then check what each one did.
+Every command runs in a temporary directory, most of them in this process
+(:func:`conftest.run_command`: :func:`fourdvar.app.cli.main` with its exit status and
+output), the user's own model, the crash and the Ctrl-C as ``python -m fourdvar ...``
+processes with ``MPLBACKEND=Agg`` and ``OPENBLAS_NUM_THREADS=1`` (starting Python costs
+about a second per command; those run together, a few at a time, :data:`WORKERS`).
+The experiments are tiny (Lorenz-96 with 8 variables, windows of 4 steps, 2 cycles,
+50 spin-up steps); module-scoped fixtures run the commands and the tests check what
+each one did.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from conftest import run_command
 
 import fourdvar
 from fourdvar.app.results import recompute_cost
@@ -113,18 +115,26 @@ def start_cli(*args, cwd: Path) -> subprocess.Popen:
 class Job:
     args: tuple
     cwd: Path
-    pythonpath: Path | None = None
+    pythonpath: Path | None = None  # a real process with this on its PYTHONPATH
+    process: bool = False  # a real ``python -m fourdvar`` process (else in this process)
     result: subprocess.CompletedProcess | None = field(default=None, repr=False)
 
 
 def run_jobs(jobs: dict[str, Job]) -> dict[str, Job]:
-    """Run independent commands concurrently; each job gets its ``result``."""
+    """Run independent commands: the real processes concurrently, the in-process ones
+    meanwhile one after another; each job gets its ``result``."""
 
     def one(job: Job) -> None:
         job.result = cli(*job.args, cwd=job.cwd, pythonpath=job.pythonpath)
 
+    processes = [job for job in jobs.values() if job.process or job.pythonpath is not None]
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        list(pool.map(one, jobs.values()))
+        started = [pool.submit(one, job) for job in processes]
+        for job in jobs.values():
+            if job not in processes:
+                job.result = run_command(*job.args, cwd=job.cwd)
+        for future in started:
+            future.result()
     return jobs
 
 
@@ -213,7 +223,7 @@ def generated(tmp_path_factory) -> Path:
     """``fourdvar generate`` of the base configuration: truth and observations of 2 windows."""
     directory = tmp_path_factory.mktemp("generate")
     write_config(directory)
-    result = cli("generate", "experiment.yaml", "--output", "observations.nc", cwd=directory)
+    result = run_command("generate", "experiment.yaml", "--output", "observations.nc", cwd=directory)
     assert_ok(result)
     path = directory / "observations.nc"
     assert path.exists(), describe(result)
@@ -282,6 +292,7 @@ class BadCase:
     words: tuple[str, ...]  # what the one-line message must contain
     args: tuple = ("run", "experiment.yaml")
     setup: Callable[[Path, Path], None] | None = None  # (case directory, generated observation file)
+    process: bool = False  # through a real ``python -m fourdvar`` process (else in this process)
 
 
 RUN_TO_RESULT = ("run", "experiment.yaml", "--output", RESULT)
@@ -292,7 +303,7 @@ BAD_CASES = {
     "yaml_syntax_error": BadCase(
         "seed: 1\nmodel: {type: lorenz96, n_state: 8}\nwindow: {steps: 4, cycles: [1, 2}\n",
         ("experiment.yaml", "YAML syntax error", "line 3"), RUN_TO_RESULT),
-    "unknown_key": BadCase({"windw": {"steps": 4}}, ("experiment.yaml", "windw", "unknown key", "did you mean 'window'")),
+    "unknown_key": BadCase({"windw": {"steps": 4}}, ("experiment.yaml", "windw", "unknown key", "did you mean 'window'"), process=True),
     "unknown_nested_key": BadCase({"assimilation.inner.max_iteration": 5},
                                   ("experiment.yaml", "assimilation.inner.max_iteration", "did you mean 'max_iterations'")),
     "wrong_type": BadCase({"window.steps": "ten"}, ("experiment.yaml", "window.steps", "integer", "'ten'")),
@@ -344,7 +355,7 @@ def bad_runs(tmp_path_factory, generated) -> dict[str, tuple[Job, dict[str, byte
             (directory / "out").mkdir()
             (directory / RESULT).write_bytes(DUMMY_RESULT)
         before[name] = snapshot(directory)
-        jobs[name] = Job(case.args, directory)
+        jobs[name] = Job(case.args, directory, process=case.process)
     run_jobs(jobs)
     return {name: (jobs[name], before[name]) for name in jobs}
 
@@ -391,7 +402,7 @@ def argument_runs(tmp_path_factory) -> dict[str, Job]:
     jobs = {"version": Job(("--version",), directory)}
     for command in HELP_OPTIONS:
         jobs["help " + " ".join(command)] = Job((*command, "--help"), directory)
-    jobs["cycles_zero"] = Job(("run", "experiment.yaml", "--cycles", "0"), directory)
+    jobs["cycles_zero"] = Job(("run", "experiment.yaml", "--cycles", "0"), directory, process=True)
     return run_jobs(jobs)
 
 
@@ -399,6 +410,28 @@ def test_version(argument_runs):
     result = argument_runs["version"].result
     assert_ok(result)
     assert result.stdout.strip() == f"fourdvar {fourdvar.__version__}"
+
+
+def test_an_in_process_command_leaves_no_state_behind(tmp_path, monkeypatch):
+    """What :func:`conftest.run_command` promises: after a run in this process the working
+    directory, environment, ``sys.path``, warnings filters, BLAS threads, signal handlers and
+    pyplot figures are as before (the figures of ``fourdvar plot`` are not pyplot's)."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def state():
+        return (os.getcwd(), dict(os.environ), list(sys.path), list(warnings.filters), threadpool_info(),
+                signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), plt.get_fignums())
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # the command limits BLAS to one thread meanwhile
+    write_config(tmp_path)
+    with threadpool_limits(2):
+        before = state()
+        assert run_command("run", "experiment.yaml", cwd=tmp_path).returncode == 0
+        assert state() == before
 
 
 def test_console_script_points_at_main():
@@ -564,7 +597,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     write_config(reference, overrides)
     jobs = run_jobs({
-        "resume": Job(("run", "experiment.yaml", "--resume"), directory),
+        "resume": Job(("run", "experiment.yaml", "--resume"), directory, process=True),
         "reference": Job(("run", "experiment.yaml"), reference),
     })
     resumed = jobs["resume"].result
@@ -724,9 +757,13 @@ def test_an_interrupt_during_a_result_write_waits_for_the_write(tmp_path, monkey
 
     monkeypatch.setattr(xr.Dataset, "to_netcdf", interrupted_write)
     dataset = xr.Dataset({"x": ("i", np.arange(5.0))})
-    with pytest.raises(KeyboardInterrupt):
-        results.write_atomic(dataset, tmp_path / "out.nc")
+    inherited = signals.signal(signals.SIGINT, signals.default_int_handler)  # Python's own, whatever a background job inherits
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            results.write_atomic(dataset, tmp_path / "out.nc")
+        assert signals.getsignal(signals.SIGINT) is signals.default_int_handler
+    finally:
+        signals.signal(signals.SIGINT, inherited)
     with xr.open_dataset(tmp_path / "out.nc") as written:
         assert np.array_equal(written["x"].values, np.arange(5.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nc"]
-    assert signals.getsignal(signals.SIGINT) is signals.default_int_handler

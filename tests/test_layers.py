@@ -43,15 +43,15 @@ def engine_files() -> list[pathlib.Path]:
     return [path for path in PACKAGE.glob("*.py") if path.name != "__main__.py"]
 
 
-def test_the_import_reader_resolves_relative_imports():
-    """Negative control: the reader sees `..app` from inside the package and a late import."""
+def test_the_import_reader_resolves_relative_imports(tmp_path, monkeypatch):
+    """Negative control: the reader sees `..app` from inside the package and a late import
+    (a probe module at fourdvar/app/ of a copy of the tree's layout, outside the repository)."""
     source = "def f():\n    from ..app.results import x\nfrom . import checks\n"
-    probe = APP / "_probe_for_test.py"
-    try:
-        probe.write_text(source)
-        names = imported_modules(probe)
-    finally:
-        probe.unlink()
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    probe = tmp_path / APP.relative_to(PACKAGE.parent) / "_probe_for_test.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text(source)
+    names = imported_modules(probe)
     assert "fourdvar.app.results" in names
     assert "fourdvar.app.checks" in names
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
+from conftest import run_command
 
 from fourdvar.registry import RegistryError, build_model, build_operator
 
@@ -49,8 +46,7 @@ def test_a_module_that_cannot_be_imported_says_where_it_looked_and_what_to_do(tm
 def test_the_command_line_reports_a_wrong_option_in_one_line_naming_the_key(tmp_path):
     config = {"seed": 1, "model": {"type": "lorenz96", "n_states": 8}, "window": {"steps": 4, "cycles": 1}}
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "fourdvar", "check", "experiment.yaml"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env=dict(os.environ, MPLBACKEND="Agg"))
+    result = run_command("check", "experiment.yaml", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert "model" in line and "did you mean 'n_state'?" in line and "Traceback" not in line

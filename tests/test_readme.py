@@ -20,7 +20,7 @@ def test_readme_python_example_runs_and_recovers_the_forcing(capsys):
 
 def test_readme_opens_with_install_and_test_commands_that_ci_runs():
     first_block = re.search(r"```bash\n(.*?)```", README, flags=re.DOTALL).group(1).strip().splitlines()
-    assert first_block == ['python -m pip install -e ".[test]"', "python -m pytest"]
+    assert first_block == ['python -m pip install -e ".[test]"', "python -m pytest -n 2"]
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'python -m pip install --quiet -e ".[test]"' in ci and "\npython -m pytest" in ci
+    assert 'python -m pip install --quiet -e ".[test]"' in ci and "\npython -m pytest -n 2\n" in ci
 

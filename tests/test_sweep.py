@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from conftest import run_command
 
 from fourdvar.app.atomic import temporary_name
 from fourdvar.app.config import ConfigError
@@ -78,14 +79,9 @@ def test_a_sweep_on_the_embedded_cluster_equals_the_serial_sweep_bit_for_bit(tmp
     assert f"{values.mean():.4g} +- {values.std(ddof=1):.2g}" in table and "over 2 seeds" in table
 
 
-def fourdvar_command(*arguments, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fourdvar", *arguments], cwd=cwd, capture_output=True, text=True, env=environment, timeout=300)
-
-
 def test_resume_of_a_half_finished_sweep_runs_only_the_missing_members(tmp_path):
     config = write_config(tmp_path)
-    first = fourdvar_command("sweep", str(config), "--output", "out", "--workers", "2", cwd=tmp_path)
+    first = run_command("sweep", str(config), "--output", "out", "--workers", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     out = tmp_path / "out"
     files = sorted(p for p in out.glob("*.nc") if p.name != SUMMARY_FILE)
@@ -95,10 +91,10 @@ def test_resume_of_a_half_finished_sweep_runs_only_the_missing_members(tmp_path)
         temporary_name(path).write_bytes(b"half")
     stamps = {p.name: p.stat().st_mtime_ns for p in files[::2]}
 
-    refused = fourdvar_command("sweep", str(config), "--output", "out", cwd=tmp_path)
+    refused = run_command("sweep", str(config), "--output", "out", cwd=tmp_path)
     assert refused.returncode == 2 and "--resume" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
-    resumed = fourdvar_command("sweep", str(config), "--output", "out", "--workers", "2", "--resume", cwd=tmp_path)
+    resumed = run_command("sweep", str(config), "--output", "out", "--workers", "2", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("skipped (done before)") == 2 and "(2 done before)" in resumed.stderr
     assert {p.name: p.stat().st_mtime_ns for p in files[::2]} == stamps
@@ -114,11 +110,11 @@ def _bytes_to_file(data: bytes, path: Path) -> Path:
 
 def test_run_refuses_a_sweep_configuration_and_sweep_a_plain_one(tmp_path):
     config = write_config(tmp_path)
-    run = fourdvar_command("run", str(config), cwd=tmp_path)
+    run = run_command("run", str(config), cwd=tmp_path)
     assert run.returncode == 2 and "fourdvar sweep" in run.stderr and len(run.stderr.strip().splitlines()) == 1
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump(BASE))
-    sweep = fourdvar_command("sweep", str(plain), cwd=tmp_path)
+    sweep = run_command("sweep", str(plain), cwd=tmp_path)
     assert sweep.returncode == 2 and "no sweep block" in sweep.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.yaml", "sweep.yaml"]
 
