@@ -213,22 +213,29 @@ class Progress:
 # --- commands ---------------------------------------------------------------------------------------
 
 
+def _executor(args):
+    """The :class:`~fourdvar.app.cluster.Executor` of ``--executor``, ``--workers`` and ``--scheduler``."""
+    from .cluster import Executor
+
+    if args.scheduler is not None and args.executor != "dask":
+        raise CommandError(f"--scheduler: a Dask scheduler serves --executor dask, not --executor {args.executor}")
+    return Executor(args.executor, args.workers, args.scheduler)
+
+
 @contextlib.contextmanager
 def _members_map(config: dict, args):
-    """How an ensemble's members run: on the Dask cluster (``--scheduler`` or an embedded one); ``map`` without an ensemble."""
+    """How an ensemble's members run: through the executor (a Dask cluster by default); ``map`` without an ensemble."""
     if not config["ensemble"]["members"]:
         yield map
         return
-    from .cluster import connect, distributed_map
-
     with contextlib.ExitStack() as stack:
         try:
-            client = stack.enter_context(connect(scheduler=args.scheduler, n_workers=args.workers))
+            executor = stack.enter_context(_executor(args))
         except OSError as error:
             if args.scheduler is None:
                 raise
             raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
-        yield distributed_map(client)
+        yield executor.map
 
 
 def _one_line(error: Exception, limit: int = 160) -> str:
@@ -247,7 +254,7 @@ def command_run(args) -> int:
         raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
-    if config["ensemble"]["members"] and args.scheduler is None:
+    if config["ensemble"]["members"] and args.scheduler is None and args.executor == "dask":
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
@@ -339,7 +346,8 @@ def command_sweep(args) -> int:
     if (finished or summary_path.exists()) and not args.resume:
         held = f"{len(finished)} member results of a sweep" if finished else f"the sweep summary {SUMMARY_FILE}"
         raise CommandError(f"{sweep.directory} already holds {held}; add --resume to run only the missing members, or choose another --output")
-    if args.scheduler is None and len(finished) < len(sweep.members):
+    executor = _executor(args)
+    if args.scheduler is None and args.executor == "dask" and len(finished) < len(sweep.members):
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plans are validated
@@ -348,11 +356,11 @@ def command_sweep(args) -> int:
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}") from None
     if not args.quiet:
-        where = args.scheduler or f"an embedded cluster of {args.workers or os.cpu_count()} workers"
+        where = args.scheduler or (f"an embedded cluster of {args.workers or os.cpu_count()} workers" if args.executor == "dask" else f"{args.executor} here")
         print(f"sweep of {len(sweep.members)} members ({len(finished)} done before) over {', '.join(sweep.keys)} on {where}", file=sys.stderr)
     progress = MemberProgress(quiet=args.quiet)
     try:
-        outcomes, summary = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
+        outcomes, summary = run_sweep(sweep, progress=progress, executor=executor)
     except OSError as error:
         raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
     except KeyboardInterrupt:
@@ -539,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
-    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster (default: one per core)")
+    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster, or threads (default: one per core)")
+    run.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="with an ensemble: where the members of each window run: one after another, on threads, or on a Dask cluster (default)")
     run.set_defaults(handler=command_run)
 
     check = commands.add_parser("check", help="run the adjoint, tangent-linear and gradient tests on a config's model, operators and cost",
@@ -567,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
     sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
-    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: one per core)")
+    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster, or threads (default: one per core)")
+    sweep.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="where the members run: one after another, on threads, or on a Dask cluster (default)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
     sweep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the table still goes to stdout)")
     sweep.set_defaults(handler=command_sweep)
