@@ -83,7 +83,7 @@ from .window import forecast
 
 __all__ = [
     "WindowOutcome", "WindowSolver", "CyclingRule", "CycleState", "CycledWindow", "MemberTask",
-    "assimilate_member", "assimilate_window", "cycle", "cycle_windows", "window_shift",
+    "assimilate_member", "assimilate_window", "cycle", "cycle_windows", "cycling_method", "window_shift",
 ]
 
 
@@ -308,6 +308,8 @@ def cycle_windows(solver: WindowSolver, windows: Iterable[Sequence], state: Cycl
     if ensemble.n_members and state.members is None:
         members, member_params = ensemble.initial(state.xb, state.pb, state.B, state.P if params else None)
         state = dataclasses.replace(state, members=members, member_params=member_params)
+    if state.members is not None and state.member_params is None:  # members' parameters not given: pb
+        state = dataclasses.replace(state, member_params=np.tile(state.pb, (len(state.members), 1)))
     for c, slots in enumerate(windows, start=state.cycle):
         slots = list(slots)
         B = state.B if rule.background_policy is None else rule.background_policy(c, state.xb, state.pb, slots, state.B)
@@ -334,51 +336,41 @@ def cycle_windows(solver: WindowSolver, windows: Iterable[Sequence], state: Cycl
         del control, member_outcomes  # not held while the next window runs: Lanczos runs and covariances can be large
 
 
-def cycle(
-    model,
-    windows: Iterable[Sequence],
-    xb: np.ndarray,
-    B,
-    pb: np.ndarray,
-    P,
-    control="state",
-    n_steps: int = 1,
-    start_cycle: int = 0,
-    background_policy: Callable[[int, np.ndarray, np.ndarray, Sequence, object], object] | None = None,
-    params_policy: Callable[[int, object], object] | None = None,
-    max_cost_per_obs: float | None = None,
-    params_noise_std: float | None = None,
-    Q=None,
-    model_error_every: int | None = None,
-    quasi_static_steps: int | None = None,
-    shift: int | None = None,
-    cost_spike: float | None = None,
-    cost_history: Sequence[float] = (),
-    options: SolverOptions | None = None,
-    **changes,
-) -> Iterator[WindowOutcome]:
+def cycling_method(model, control="state", n_steps: int = 1, *, shift: int | None = None, background_policy: Callable | None = None,
+                   params_policy: Callable | None = None, max_cost_per_obs: float | None = None, cost_spike: float | None = None,
+                   params_noise_std: float | None = None, Q=None, model_error_every: int | None = None,
+                   quasi_static_steps: int | None = None, options: SolverOptions | None = None, **changes) -> tuple[WindowSolver, CyclingRule]:
+    """The :class:`WindowSolver` and :class:`CyclingRule` of :func:`cycle`'s keywords (``options``
+    with the keyword ``changes``: the solver options of every window)."""
+    solver = WindowSolver(model, control, n_steps, SolverOptions.of(options, **changes), Q, model_error_every, quasi_static_steps)
+    return solver, CyclingRule(shift, background_policy, params_policy, max_cost_per_obs, cost_spike, params_noise_std)
+
+
+def cycle(model, windows: Iterable[Sequence], xb: np.ndarray, B, pb: np.ndarray, P, control="state", n_steps: int = 1,
+          start_cycle: int = 0, cost_history: Sequence[float] = (), **keywords) -> Iterator[WindowOutcome]:
     """Yield one :class:`WindowOutcome` per window of ``windows``: :func:`cycle_windows` without members.
 
     ``windows`` gives each cycle's observation slots, steps relative to the window
-    start.  ``background_policy(cycle, xb, pb, slots, B) -> B`` may adapt the state
-    background covariance before each window (e.g. its variance from the
-    innovations); ``params_policy(cycle, P) -> P`` the parameter covariance (e.g.
-    shrinking it over the cycles).  Both default to keeping the covariance fixed.
-    ``max_cost_per_obs``, ``cost_spike`` and ``params_noise_std``: see the module docstring
-    (defaults: no check; ``P`` from ``params_policy``); ``cost_history``: ``J / n_obs`` of the
-    windows kept before ``start_cycle`` (a resumed run).  Each outcome's ``P_next`` is the
-    parameter covariance the next window starts from (before ``params_policy``).  ``Q``,
-    ``model_error_every``: weak constraint (see :class:`FourDVar`); the next background
-    is then the end of the analysed forced trajectory.
-    ``quasi_static_steps``: grow each window by that many steps per stage (see
-    :mod:`fourdvar.quasistatic`; default: the whole window at once).
-    ``shift``: steps from one window's start to the next, ``1 <= shift <= n_steps``
-    (default ``n_steps``: windows end to end); the next background is the analysis
-    trajectory at step ``shift``.  ``options`` with the keyword ``changes``: the
-    :class:`~fourdvar.options.SolverOptions` of every window.
+    start.  The ``keywords`` (:func:`cycling_method`):
+
+    * ``background_policy(cycle, xb, pb, slots, B) -> B`` may adapt the state background
+      covariance before each window (e.g. its variance from the innovations);
+      ``params_policy(cycle, P) -> P`` the parameter covariance (e.g. shrinking it over the
+      cycles).  Both default to keeping the covariance fixed.
+    * ``max_cost_per_obs``, ``cost_spike`` and ``params_noise_std``: see the module docstring
+      (defaults: no check; ``P`` from ``params_policy``); ``cost_history``: ``J / n_obs`` of the
+      windows kept before ``start_cycle`` (a resumed run).  Each outcome's ``P_next`` is the
+      parameter covariance the next window starts from (before ``params_policy``).
+    * ``Q``, ``model_error_every``: weak constraint (see :class:`FourDVar`); the next background
+      is then the end of the analysed forced trajectory.
+    * ``quasi_static_steps``: grow each window by that many steps per stage (see
+      :mod:`fourdvar.quasistatic`; default: the whole window at once).
+    * ``shift``: steps from one window's start to the next, ``1 <= shift <= n_steps`` (default
+      ``n_steps``: windows end to end); the next background is the analysis trajectory at step ``shift``.
+    * ``options`` (a :class:`~fourdvar.options.SolverOptions`) and any of its fields as keywords
+      (``outer_loops=3``): the solver options of every window.
     """
-    solver = WindowSolver(model, control, n_steps, SolverOptions.of(options, **changes), Q, model_error_every, quasi_static_steps)
-    rule = CyclingRule(shift, background_policy, params_policy, max_cost_per_obs, cost_spike, params_noise_std)
+    solver, rule = cycling_method(model, control, n_steps, **keywords)
     state = CycleState(start_cycle, np.asarray(xb, dtype=float), np.asarray(pb, dtype=float), B, P, cost_history=tuple(cost_history))
     for window in cycle_windows(solver, windows, state, rule):
         yield window.control

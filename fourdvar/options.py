@@ -22,14 +22,12 @@ __all__ = ["SolverOptions", "AS_BUILT"]
 
 
 class _AsBuilt:
-    """The quality control a problem was built with (``SolverOptions.qc`` left out); one
-    instance, kept one through pickling (an ensemble's members run in other processes)."""
-
-    def __repr__(self) -> str:
-        return "AS_BUILT"
+    """The quality control a problem was built with: one instance, kept one through pickling."""
 
     def __reduce__(self) -> str:
         return "AS_BUILT"
+
+    __repr__ = __reduce__
 
 
 AS_BUILT = _AsBuilt()
@@ -68,10 +66,10 @@ class SolverOptions:
 
     def replace(self, **changes) -> "SolverOptions":
         """These options with ``changes``; a name that is no option raises ``TypeError`` naming it."""
-        unknown = sorted(set(changes) - {field.name for field in dataclasses.fields(self)})
+        unknown = sorted(set(changes) - set(self.names()))
         if unknown:
             raise TypeError(f"unknown solver option(s) {', '.join(unknown)}; the options are: {', '.join(self.names())}")
-        return dataclasses.replace(self, **changes) if changes else self
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def of(cls, options: "SolverOptions | None" = None, **changes) -> "SolverOptions":

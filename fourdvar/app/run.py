@@ -77,9 +77,7 @@ class CyclingState(CycleState):
             P = None
         pb = dataset["state_pb"].values if "state_pb" in dataset else np.zeros(0)
         members = dataset["state_members"].values if "state_members" in dataset else None
-        member_params = None
-        if members is not None:  # the members' parameters: their own with the parameters in the control, else pb
-            member_params = dataset["state_member_params"].values if "state_member_params" in dataset else np.tile(pb, (len(members), 1))
+        member_params = dataset["state_member_params"].values if "state_member_params" in dataset else None  # else pb
         return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P, members, member_params)
 
 
