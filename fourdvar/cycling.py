@@ -83,7 +83,7 @@ from .window import forecast
 
 __all__ = [
     "WindowOutcome", "WindowSolver", "CyclingRule", "CycleState", "CycledWindow", "MemberTask",
-    "assimilate_member", "assimilate_window", "cycle", "cycle_windows", "cycling_method", "window_shift",
+    "assimilate_member", "assimilate_window", "cycle", "cycle_windows", "cycling_method",
 ]
 
 
@@ -199,15 +199,6 @@ def _with_noise(posterior, noise_std: float, max_rank: int | None):
     return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
 
 
-def window_shift(shift: int | None, n_steps: int) -> int:
-    """Steps from one window's start to the next: ``shift``, ``1 <= shift <= n_steps``
-    (``None``: ``n_steps``, windows end to end)."""
-    shift = n_steps if shift is None else shift
-    if not 1 <= shift <= n_steps:
-        raise ValueError(f"shift must be between 1 and n_steps = {n_steps}, got {shift}")
-    return shift
-
-
 @dataclass(frozen=True)
 class CyclingRule:
     """How one window leads to the next besides ``xb_{c+1} = M_{S:0}(p_c, x0_c)``, ``pb_{c+1} = p_c``
@@ -291,6 +282,7 @@ class MemberTask:
 
 
 def assimilate_member(task: MemberTask) -> WindowOutcome:
+    """The window of one member (or of the control): :meth:`WindowSolver.assimilate` on its task."""
     return task.solver.assimilate(task.slots, task.xb, task.B, task.pb, task.P, task.cycle, task.cost_limit, task.params_posterior)
 
 
@@ -303,7 +295,9 @@ def cycle_windows(solver: WindowSolver, windows: Iterable[Sequence], state: Cycl
     builtin ``map`` by default, an executor's map from the application) and returns their
     outcomes in the order of the tasks; the next state is the same whatever order they ran in.
     """
-    shift = window_shift(rule.shift, solver.n_steps)
+    shift = solver.n_steps if rule.shift is None else rule.shift
+    if not 1 <= shift <= solver.n_steps:
+        raise ValueError(f"shift must be between 1 and n_steps = {solver.n_steps}, got {shift}")
     params = solver.control.params
     if ensemble.n_members and state.members is None:
         members, member_params = ensemble.initial(state.xb, state.pb, state.B, state.P if params else None)
@@ -348,27 +342,17 @@ def cycling_method(model, control="state", n_steps: int = 1, *, shift: int | Non
 
 def cycle(model, windows: Iterable[Sequence], xb: np.ndarray, B, pb: np.ndarray, P, control="state", n_steps: int = 1,
           start_cycle: int = 0, cost_history: Sequence[float] = (), **keywords) -> Iterator[WindowOutcome]:
-    """Yield one :class:`WindowOutcome` per window of ``windows``: :func:`cycle_windows` without members.
+    """Yield one :class:`WindowOutcome` per window of ``windows`` (each window's observation slots,
+    steps from its start): :func:`cycle_windows` without members.
 
-    ``windows`` gives each cycle's observation slots, steps relative to the window
-    start.  The ``keywords`` (:func:`cycling_method`):
-
-    * ``background_policy(cycle, xb, pb, slots, B) -> B`` may adapt the state background
-      covariance before each window (e.g. its variance from the innovations);
-      ``params_policy(cycle, P) -> P`` the parameter covariance (e.g. shrinking it over the
-      cycles).  Both default to keeping the covariance fixed.
-    * ``max_cost_per_obs``, ``cost_spike`` and ``params_noise_std``: see the module docstring
-      (defaults: no check; ``P`` from ``params_policy``); ``cost_history``: ``J / n_obs`` of the
-      windows kept before ``start_cycle`` (a resumed run).  Each outcome's ``P_next`` is the
-      parameter covariance the next window starts from (before ``params_policy``).
-    * ``Q``, ``model_error_every``: weak constraint (see :class:`FourDVar`); the next background
-      is then the end of the analysed forced trajectory.
-    * ``quasi_static_steps``: grow each window by that many steps per stage (see
-      :mod:`fourdvar.quasistatic`; default: the whole window at once).
-    * ``shift``: steps from one window's start to the next, ``1 <= shift <= n_steps`` (default
-      ``n_steps``: windows end to end); the next background is the analysis trajectory at step ``shift``.
-    * ``options`` (a :class:`~fourdvar.options.SolverOptions`) and any of its fields as keywords
-      (``outer_loops=3``): the solver options of every window.
+    The ``keywords`` (:func:`cycling_method`, the module docstring): the policies
+    ``background_policy(cycle, xb, pb, slots, B) -> B`` and ``params_policy(cycle, P) -> P``
+    (default: fixed covariances), ``max_cost_per_obs``, ``cost_spike`` (``cost_history``:
+    ``J / n_obs`` of the windows kept before ``start_cycle``), ``params_noise_std`` (each
+    outcome's ``P_next`` is the ``P`` the next window starts from, before ``params_policy``),
+    weak constraint (``Q``, ``model_error_every``: see :class:`FourDVar`), quasi-static stages
+    (``quasi_static_steps``, :mod:`fourdvar.quasistatic`), ``shift`` (``1 <= shift <= n_steps``,
+    default ``n_steps``), and the solver ``options`` with any of their fields as keywords.
     """
     solver, rule = cycling_method(model, control, n_steps, **keywords)
     state = CycleState(start_cycle, np.asarray(xb, dtype=float), np.asarray(pb, dtype=float), B, P, cost_history=tuple(cost_history))
