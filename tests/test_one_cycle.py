@@ -20,6 +20,7 @@ import yaml
 from fourdvar.app import cli
 from fourdvar.app.config import load_config, resolve_config
 from fourdvar.app.plan import Plan
+from fourdvar.app.results import recompute_cost
 from fourdvar.app.run import execute
 
 REFERENCE = Path(__file__).parent / "data" / "one_cycle_reference.npz"
@@ -114,6 +115,12 @@ def run_and_resume(tmp_path, monkeypatch, experiment: dict, stop_after: int) -> 
     return whole, xr.load_dataset(output)
 
 
+def assert_cost_recomputed(dataset: xr.Dataset) -> None:
+    """The result file alone gives each window's stored J (its B the hybrid of the members' backgrounds)."""
+    for c in range(dataset.sizes["cycle"]):
+        assert recompute_cost(dataset, c).J == pytest.approx(float(dataset["J_final"].values[c]), rel=1e-10)
+
+
 def assert_identical(a: xr.Dataset, b: xr.Dataset) -> None:
     assert set(a.variables) == set(b.variables)
     for name in a.variables:
@@ -125,6 +132,7 @@ def assert_identical(a: xr.Dataset, b: xr.Dataset) -> None:
 def test_an_ensemble_estimating_state_and_parameters_runs_and_resumes_bit_for_bit(tmp_path, monkeypatch):
     whole, resumed = run_and_resume(tmp_path, monkeypatch, config(PARAMS, {"ensemble": ENSEMBLE}), stop_after=1)
     assert_identical(whole, resumed)
+    assert_cost_recomputed(whole)
     assert whole.sizes["member"] == 3 and np.all(whole["spread_background"].values > 0)
     forcing = whole["params_analysis"].values[:, 0]
     assert abs(forcing[-1] - 8.0) < abs(7.0 - 8.0) - 0.2  # the control learns the forcing (truth 8, first guess 7)
@@ -135,6 +143,7 @@ def test_an_ensemble_with_model_error_in_quasi_static_stages_runs_and_resumes_bi
     staged_weak = {**WEAK, "assimilation": {**WEAK["assimilation"], "quasi_static_steps": 3}}
     whole, resumed = run_and_resume(tmp_path, monkeypatch, config(staged_weak, {"ensemble": ENSEMBLE}), stop_after=2)
     assert_identical(whole, resumed)
+    assert_cost_recomputed(whole)
     assert whole["model_error"].shape[1:] == (2, 12) and np.abs(whole["model_error"].values).max() > 1e-3
 
 
