@@ -237,6 +237,15 @@ def test_every_executor_runs_the_members_of_a_window_as_the_serial_one(kind):
             assert np.array_equal(x.analysis_trajectory, y.analysis_trajectory)
 
 
+def test_a_scheduler_for_another_executor_is_refused_before_any_computation(tmp_path, capsys):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config({"ensemble": ENSEMBLE})))
+    status = cli.main(["run", str(path), "-o", str(tmp_path / "r.nc"), "--executor", "threads", "--scheduler", "tcp://127.0.0.1:9"])
+    error = capsys.readouterr().err.strip()
+    assert status == cli.EXIT_BAD_INPUT and error.count("\n") == 0 and "--scheduler" in error and "--executor dask" in error
+    assert list(tmp_path.iterdir()) == [path]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.stem)
 def test_every_shipped_configuration_resolves(path):
     assert load_config(path)["title"]

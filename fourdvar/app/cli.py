@@ -223,14 +223,14 @@ def _executor(args):
 
 
 @contextlib.contextmanager
-def _members_map(config: dict, args):
-    """How an ensemble's members run: through the executor (a Dask cluster by default); ``map`` without an ensemble."""
+def _members_map(config: dict, args, executor):
+    """How an ensemble's members run: through ``executor`` (a Dask cluster by default); ``map`` without an ensemble."""
     if not config["ensemble"]["members"]:
         yield map
         return
     with contextlib.ExitStack() as stack:
         try:
-            executor = stack.enter_context(_executor(args))
+            stack.enter_context(executor)
         except OSError as error:
             if args.scheduler is None:
                 raise
@@ -254,6 +254,7 @@ def command_run(args) -> int:
         raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
+    executor = _executor(args)
     if config["ensemble"]["members"] and args.scheduler is None and args.executor == "dask":
         from .cluster import start_worker_server
 
@@ -262,7 +263,7 @@ def command_run(args) -> int:
     args.threads_in_use.fit(plan)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
-        with _members_map(config, args) as map_members:
+        with _members_map(config, args, executor) as map_members:
             dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say,
                                   comparison_progress=lambda name, n_cycles: Progress(n_cycles, quiet=args.quiet, label=f"'{name}'"),
                                   map_members=map_members, overwrite=args.overwrite, restart=args.restart)
