@@ -73,13 +73,14 @@ class SolverOptions:
 
     @classmethod
     def of(cls, options: "SolverOptions | None" = None, **changes) -> "SolverOptions":
-        """``options`` (default: the defaults) with the keyword ``changes``: the old keyword form of every driver."""
+        """``options`` (default: the defaults) with the keyword ``changes`` (every driver takes both forms)."""
         if options is not None and not isinstance(options, SolverOptions):
             raise TypeError(f"options must be a SolverOptions, got {type(options).__name__}")
         return (options or cls()).replace(**changes)
 
     @classmethod
     def names(cls) -> list[str]:
+        """The options' names, in order."""
         return [field.name for field in dataclasses.fields(cls)]
 
     def minimize_keywords(self) -> dict:

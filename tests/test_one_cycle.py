@@ -216,6 +216,10 @@ def test_solver_options_as_one_object_or_as_keywords_are_the_same_solve():
     assert not np.array_equal(problem().solve(outer_loops=2, max_iterations=3).x0, by_object.x0)  # the options reach the solve
     with pytest.raises(TypeError, match="outer_loop"):
         problem().solve(outer_loop=2)
+    import pickle
+
+    from fourdvar.options import AS_BUILT
+    assert pickle.loads(pickle.dumps(SolverOptions())).qc is AS_BUILT  # a member on another process keeps the problem's QC
 
 
 @pytest.mark.parametrize("kind", ["threads"])
