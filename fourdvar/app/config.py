@@ -462,7 +462,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     if params["update"] == "posterior" and (params["decay"] != 1.0 or params["floor"] != 0.0):
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
     if config["assimilation"]["max_cost_per_obs"] is not None and not {"state", "params"} <= set(config["assimilation"]["control"]):
-        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added)")
+        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added): "
+                          "it redoes a joint analysis with the parameters fixed, and without both there is no joint analysis")
     if config["truth"]["model_error_std"] > 0 and config["truth"]["substeps"] != 1:
         raise ConfigError("truth.model_error_std: the truth's model error is added after every model step; it needs truth.substeps: 1")
     shift = config["window"]["shift"]
@@ -470,7 +471,7 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError(f"window.shift: at most window.steps = {config['window']['steps']} (windows may overlap, not leave gaps), got {shift}")
     assimilation = config["assimilation"]
     if assimilation["preconditioner"] == "spectral" and assimilation["inner"]["method"] != "lanczos":
-        raise ConfigError(f"assimilation.preconditioner: spectral needs inner.method lanczos, not {assimilation['inner']['method']}")
+        raise ConfigError(f"assimilation.preconditioner: spectral needs inner.method lanczos, not {assimilation['inner']['method']} (its Ritz pairs come from the Lanczos inner loops)")
     if assimilation["inner"]["method"] == "lanczos" and not assimilation["transform"]:
         raise ConfigError("assimilation.inner.method: lanczos works in the transformed control variables; it needs transform: true")
     names = [entry["name"] for entry in config["compare"]]
