@@ -241,6 +241,26 @@ def test_every_executor_runs_the_members_of_a_window_as_the_serial_one(kind):
             assert np.array_equal(x.analysis_trajectory, y.analysis_trajectory)
 
 
+def test_a_sweep_on_threads_equals_the_serial_sweep_bit_for_bit(tmp_path):
+    import shutil
+
+    from fourdvar.app.cluster import Executor
+    from fourdvar.app.sweep import Sweep, run_sweep
+    from test_cluster import assert_same_result
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**config({"window": {"steps": 8, "cycles": 2}}), "sweep": {"seed": [1, 2]}}))
+    sweep = Sweep.from_file(path, output=tmp_path / "out")
+    threaded, _ = run_sweep(sweep, executor=Executor("threads", workers=2))
+    shutil.move(tmp_path / "out", tmp_path / "threads")
+    serial, _ = run_sweep(sweep, executor=Executor("serial"))
+    assert all(outcome.ok for outcome in [*threaded, *serial])
+    for member in sweep.members:
+        assert_same_result(member.output, tmp_path / "threads" / member.output.name)
+    with pytest.raises(AssertionError):  # negative control: the two seeds differ
+        assert_same_result(sweep.members[0].output, sweep.members[1].output)
+
+
 def test_a_scheduler_for_another_executor_is_refused_before_any_computation(tmp_path, capsys):
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(config({"ensemble": ENSEMBLE})))

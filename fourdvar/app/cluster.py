@@ -65,6 +65,9 @@ WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "dask.array", "netCDF4",
 #: How long a client tries to reach an existing scheduler before giving up.
 CONNECT_TIMEOUT = "10s"
 
+#: NetCDF (HDF5 underneath) is not thread-safe: members on threads read and write files one at a time.
+NETCDF_LOCK = threading.RLock()
+
 #: Result-file attributes that say when and how fast a run went, not what it computed.
 PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
 
@@ -120,7 +123,8 @@ def execute_member(member: Member) -> MemberOutcome:
             dataset = member.run()
             dataset.attrs.update(member.attributes)
             output.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(dataset, output)
+            with NETCDF_LOCK:
+                write_atomic(dataset, output)
         except Exception as error:  # reported per member, in one line (a failed write too)
             return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
     return MemberOutcome(member.name, output, seconds=time.perf_counter() - started, worker=worker)
@@ -133,7 +137,7 @@ def run_config(config: dict, base_dir: str = ".", directories: Sequence[str] = (
     from .plan import Plan
     from .run import execute
 
-    with search_directories(directories):
+    with search_directories(directories), NETCDF_LOCK:  # the plan may read observation and parameter files
         plan = Plan.from_config(config, base_dir=base_dir)
     return execute(plan)
 
