@@ -213,6 +213,22 @@ class Progress:
 # --- commands ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _members_map(config: dict, args):
+    """How an ensemble's members run: on the Dask cluster (``--scheduler`` or an embedded one); ``map`` without an ensemble."""
+    if not config["ensemble"]["members"]:
+        yield map
+        return
+    with contextlib.ExitStack() as stack:  # the executor of --executor (a Dask cluster by default)
+        try:
+            stack.enter_context(args.executor)
+        except OSError as error:
+            if args.scheduler is None:
+                raise
+            raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
+        yield args.executor.map
+
+
 def _executor(args):
     """The :class:`~fourdvar.app.cluster.Executor` of ``--executor``, ``--workers`` and ``--scheduler``."""
     from .cluster import Executor
@@ -220,22 +236,6 @@ def _executor(args):
     if args.scheduler is not None and args.executor != "dask":
         raise CommandError(f"--scheduler: a Dask scheduler serves --executor dask, not --executor {args.executor}")
     return Executor(args.executor, args.workers, args.scheduler)
-
-
-@contextlib.contextmanager
-def _members_map(config: dict, args, executor):
-    """How an ensemble's members run: through ``executor`` (a Dask cluster by default); ``map`` without an ensemble."""
-    if not config["ensemble"]["members"]:
-        yield map
-        return
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(executor)
-        except OSError as error:
-            if args.scheduler is None:
-                raise
-            raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
-        yield executor.map
 
 
 def _one_line(error: Exception, limit: int = 160) -> str:
@@ -254,8 +254,7 @@ def command_run(args) -> int:
         raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output, what = _output(args, config)
     config["output"]["file"] = str(output)
-    executor = _executor(args)
-    if config["ensemble"]["members"] and args.scheduler is None and args.executor == "dask":
+    if config["ensemble"]["members"] and args.scheduler is None:
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
@@ -263,7 +262,7 @@ def command_run(args) -> int:
     args.threads_in_use.fit(plan)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
-        with _members_map(config, args, executor) as map_members:
+        with _members_map(config, args) as map_members:
             dataset = run_to_file(plan, resume=args.resume, progress=Progress(plan.n_cycles, quiet=args.quiet), message=say,
                                   comparison_progress=lambda name, n_cycles: Progress(n_cycles, quiet=args.quiet, label=f"'{name}'"),
                                   map_members=map_members, overwrite=args.overwrite, restart=args.restart)
@@ -347,8 +346,7 @@ def command_sweep(args) -> int:
     if (finished or summary_path.exists()) and not args.resume:
         held = f"{len(finished)} member results of a sweep" if finished else f"the sweep summary {SUMMARY_FILE}"
         raise CommandError(f"{sweep.directory} already holds {held}; add --resume to run only the missing members, or choose another --output")
-    executor = _executor(args)
-    if args.scheduler is None and args.executor == "dask" and len(finished) < len(sweep.members):
+    if args.scheduler is None and args.executor.kind == "dask" and len(finished) < len(sweep.members):
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plans are validated
@@ -357,11 +355,11 @@ def command_sweep(args) -> int:
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}") from None
     if not args.quiet:
-        where = args.scheduler or (f"an embedded cluster of {args.workers or os.cpu_count()} workers" if args.executor == "dask" else f"{args.executor} here")
+        where = args.scheduler or (f"an embedded cluster of {args.workers or os.cpu_count()} workers" if args.executor.kind == "dask" else f"{args.executor.kind} here")
         print(f"sweep of {len(sweep.members)} members ({len(finished)} done before) over {', '.join(sweep.keys)} on {where}", file=sys.stderr)
     progress = MemberProgress(quiet=args.quiet)
     try:
-        outcomes, summary = run_sweep(sweep, progress=progress, executor=executor)
+        outcomes, summary = run_sweep(sweep, progress=progress, executor=args.executor)
     except OSError as error:
         raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
     except KeyboardInterrupt:
@@ -604,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "check", "generate"):
             args.threads_in_use = Threads(args.threads)
+        if args.command in ("run", "sweep"):
+            args.executor = _executor(args)  # before any computation
         return args.handler(args)
     except ConfigError as error:
         print(f"fourdvar: error: {error}", file=sys.stderr)
