@@ -25,6 +25,7 @@ from .cost import Control, CostTerms, FourDVarCost, IncrementalCost
 from .interfaces import Covariance, Model, ObservationOperator, ObservationSlot
 from .minimize import AssimilationResult, minimize_4dvar, minimize_inner
 from .model import ModelBase
+from .options import SolverOptions
 from .registry import build_model, build_operator, register_model, register_operator
 from .window import DivergenceError, ForcedWindowLinearization, WindowLinearization, forced_forecast, forecast
 
@@ -32,6 +33,7 @@ __all__ = [
     "__version__",
     "FourDVar",
     "AssimilationResult",
+    "SolverOptions",
     "FourDVarCost",
     "IncrementalCost",
     "CostTerms",

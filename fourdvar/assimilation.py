@@ -25,12 +25,10 @@ import scipy.linalg
 
 from .cost import Control, FourDVarCost, IncrementalCost
 from .qc import QualityControl, analysis_check, screen, with_slots
-from .minimize import DEFAULT_OUTER_LOOPS, DEFAULT_TOLERANCE, POSTERIOR_ACCURACY, AssimilationResult, minimize_4dvar
+from .minimize import AssimilationResult, minimize_4dvar
+from .options import AS_BUILT, SolverOptions
 
 __all__ = ["FourDVar"]
-
-AS_BUILT = object()  # solve(qc=...) left out: the quality control the problem was built with
-
 
 class FourDVar:
     """Incremental 4D-Var over one window of ``n_steps`` model steps.
@@ -119,42 +117,22 @@ class FourDVar:
         p = self.cost.pb if p is None else np.asarray(p, dtype=float)
         return x0, p
 
-    def solve(
-        self,
-        x0=None,
-        p=None,
-        outer_loops: int = DEFAULT_OUTER_LOOPS,
-        method: str = "lanczos",
-        max_iterations: int = 50,
-        gradient_reduction: float = 1e-2,
-        transform: bool = True,
-        callback=None,
-        backtracking: bool = True,
-        tolerance: float = DEFAULT_TOLERANCE,
-        preconditioner: str | None = None,
-        posterior_rank: int | None = None,
-        posterior_method: str = "auto",
-        posterior_accuracy: float = POSTERIOR_ACCURACY,
-        posterior_iterations: int | None = None,
-        qc=AS_BUILT,
-    ) -> AssimilationResult:
-        """Run at most ``outer_loops`` outer loops from the first guess ``(x0, p)`` (default:
-        the background), until ``1/2 |grad_u J|^2 <= tolerance * J``.
+    def solve(self, x0=None, p=None, options: SolverOptions | None = None, *, eta=None, **changes) -> AssimilationResult:
+        """Run at most ``options.outer_loops`` outer loops from the first guess ``(x0, p)`` and, in
+        weak constraint, ``eta`` (default: the background, zero forcing), until
+        ``1/2 |grad_u J|^2 <= tolerance * J``.
 
-        See :func:`fourdvar.minimize.minimize_4dvar` for the options; ``qc``: quality control
+        ``options``: a :class:`fourdvar.options.SolverOptions` (default: its defaults), with the
+        keyword ``changes`` applied (``solve(outer_loops=3)``); see
+        :func:`fourdvar.minimize.minimize_4dvar` for each option.  ``options.qc``: quality control
         other than the problem was built with (the observations screened again, from all of them).
         """
-        if qc is not AS_BUILT and qc != self.qc:
-            self._screen(qc)
+        options = SolverOptions.of(options, **changes)
+        if options.qc is not AS_BUILT and options.qc != self.qc:
+            self._screen(options.qc)
         x0, p = self._first_guess(x0, p)
-        options = dict(
-            control=self.control, outer_loops=outer_loops, method=method, max_iterations=max_iterations,
-            gradient_reduction=gradient_reduction, transform=transform, callback=callback, backtracking=backtracking,
-            tolerance=tolerance, preconditioner=preconditioner, posterior_rank=posterior_rank, posterior_method=posterior_method,
-            posterior_accuracy=posterior_accuracy, posterior_iterations=posterior_iterations,
-            huber=None if self.qc is None else self.qc.huber,
-        )
-        result = self._analysis_checked(minimize_4dvar(self.cost, x0, p, **options), options)
+        keywords = dict(control=self.control, huber=None if self.qc is None else self.qc.huber, **options.minimize_keywords())
+        result = self._analysis_checked(minimize_4dvar(self.cost, x0, p, eta=eta, **keywords), keywords)
         result["qc"] = replace(self.qc_record, weights=result["varqc_weights"])
         return result
 

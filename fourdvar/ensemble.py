@@ -1,4 +1,16 @@
-"""The hybrid ensemble background covariance of an ensemble of data assimilations.
+"""An ensemble of data assimilations: its members and its hybrid background covariance.
+
+The members (:class:`Ensemble`, the member strategy of :func:`fourdvar.cycling.cycle_windows`)
+run beside the unperturbed control, each from its own background and, with "observations"
+among the perturbations, with the observations perturbed::
+
+    y_k^m   = y_k + R_k^1/2 eps_k^{c,m}                  member m of window c
+    xb_0^m  = xb_0 + B_s^1/2 w^m,  pb_0^m = pb_0 + P^1/2 w'^m     with "background" (pb: with the parameters in the control)
+    xb_c^m <- mean_m(xb_c^m) + rho (xb_c^m - mean_m(xb_c^m))      inflation, before each window
+
+Every draw comes from a generator seeded by ``(seed, purpose, cycle, member)``, so a member's
+window is a pure function of what it is given and the members can run anywhere, in any order.
+Their background forecasts give the window's ``B``:
 
 With ``N`` background forecasts ``x^f_m`` of the members, their perturbations
 ``x_m = x^f_m - mean_m(x^f_m)`` (the rows of ``X``, shape ``(N, n)``) give the
@@ -28,12 +40,117 @@ once from ``n`` products ``B e_i`` (a CG solve costs about ``n`` products each t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 import scipy.linalg
 
 from .covariances import PeriodicCorrelation, _check_std, _CovarianceBase, nested, part
+from .interfaces import ObservationSlot
 
-__all__ = ["HybridEnsembleCovariance", "ensemble_perturbations"]
+__all__ = ["Ensemble", "HybridEnsembleCovariance", "ensemble_covariance", "ensemble_perturbations", "inflate",
+           "perturb_observations", "PERTURBATIONS"]
+
+#: What the members' perturbations may apply to.
+PERTURBATIONS = ("observations", "background")
+
+_INITIAL_BACKGROUND, _OBSERVATIONS, _INITIAL_PARAMS = 1, 2, 3  # purposes of the random streams
+
+
+def _rng(seed: int, purpose: int, cycle: int, member: int) -> np.random.Generator:
+    return np.random.default_rng([seed, purpose, cycle, member])
+
+
+def perturb_observations(slots: Sequence, rng: np.random.Generator) -> list[ObservationSlot]:
+    """``y_k + R_k^1/2 eps_k``, ``eps_k ~ N(0, I)``, slot by slot in step order.
+
+    Examples
+    --------
+    >>> from fourdvar.covariances import Diagonal
+    >>> from observations import Identity
+    >>> slots = [ObservationSlot(4, np.zeros(3), Identity(3), Diagonal(1e-6, size=3))]
+    >>> [(slot.step, bool(np.all(np.abs(slot.values) < 1e-4))) for slot in perturb_observations(slots, np.random.default_rng(0))]
+    [(4, True)]
+    """
+    return [ObservationSlot(slot.step, np.asarray(slot.values, dtype=float) + slot.covariance.sample(rng), slot.operator, slot.covariance)
+            for slot in sorted(slots, key=lambda slot: slot.step)]
+
+
+def inflate(states: np.ndarray, factor: float) -> np.ndarray:
+    """``mean_m(x^m) + rho (x^m - mean_m(x^m))`` for the rows ``x^m`` of ``states`` (unchanged for ``rho = 1``).
+
+    Examples
+    --------
+    >>> inflate(np.array([[0.0, 1.0], [2.0, 3.0]]), 1.5)
+    array([[-0.5,  0.5],
+           [ 2.5,  3.5]])
+    """
+    if factor == 1.0:
+        return states
+    mean = states.mean(axis=0)
+    return mean + factor * (states - mean)
+
+
+def ensemble_covariance(B_static, member_backgrounds: np.ndarray, weight: float, localization: float):
+    """``B_c``: the hybrid of ``B_s`` and the members' backgrounds, or ``B_s`` when they have no spread."""
+    X = ensemble_perturbations(member_backgrounds)
+    if not np.any(X):
+        return B_static
+    return HybridEnsembleCovariance(B_static, X, weight, localization)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The members of an ensemble of data assimilations (``n_members = 0``: none, one run).
+
+    ``weight`` ``beta`` and ``localization`` (grid points) make the hybrid ``B`` of each
+    window from ``B_s`` and the members' inflated backgrounds (:func:`ensemble_covariance`);
+    ``perturb`` is among :data:`PERTURBATIONS`; ``inflation`` ``rho >= 1``.
+    """
+
+    n_members: int = 0
+    weight: float = 0.0
+    localization: float = 1.0
+    perturb: tuple = PERTURBATIONS
+    seed: int = 0
+    inflation: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "perturb", tuple(self.perturb))
+        unknown = set(self.perturb) - set(PERTURBATIONS)
+        if unknown:
+            raise ValueError(f"ensemble perturbations must be among {list(PERTURBATIONS)}, got {sorted(unknown)}")
+        if self.n_members == 1 or self.n_members < 0:
+            raise ValueError(f"an ensemble needs at least 2 members (0: none), got {self.n_members}")
+        if not (np.ndim(self.inflation) == 0 and self.inflation >= 1.0):
+            raise ValueError(f"the ensemble's inflation must be a number >= 1, got {self.inflation!r}")
+
+    def initial(self, xb: np.ndarray, pb: np.ndarray, B_static, P) -> tuple[np.ndarray, np.ndarray]:
+        """The members' first backgrounds ``(N, n)`` and parameters ``(N, n_p)``: ``xb + B_s^1/2 w^m``
+        and ``pb + P^1/2 w'^m`` with "background" among the perturbations (the parameters only
+        when ``P`` is given: in the control), else copies of ``xb`` and ``pb``."""
+        members = range(1, self.n_members + 1)
+        states = np.tile(np.asarray(xb, dtype=float), (self.n_members, 1))
+        params = np.tile(np.asarray(pb, dtype=float), (self.n_members, 1))
+        if "background" in self.perturb:
+            states = np.stack([xb + B_static.sample(_rng(self.seed, _INITIAL_BACKGROUND, 0, m)) for m in members])
+            if P is not None:
+                params = np.stack([pb + P.sample(_rng(self.seed, _INITIAL_PARAMS, 0, m)) for m in members])
+        return states, params
+
+    def covariance(self, B_static, backgrounds: np.ndarray | None):
+        """The window's ``B``: ``B_s`` without members, else the hybrid with their (inflated) backgrounds."""
+        return B_static if backgrounds is None else ensemble_covariance(B_static, backgrounds, self.weight, self.localization)
+
+    def inflated(self, backgrounds: np.ndarray | None) -> np.ndarray | None:
+        return None if backgrounds is None else inflate(backgrounds, self.inflation)
+
+    def observations(self, slots: Sequence, cycle: int, member: int) -> Sequence:
+        """Member ``member``'s observations of window ``cycle``: perturbed with "observations" (the control, 0: as given)."""
+        if member and "observations" in self.perturb:
+            return perturb_observations(slots, _rng(self.seed, _OBSERVATIONS, cycle, member))
+        return slots
 
 
 def ensemble_perturbations(states) -> np.ndarray:

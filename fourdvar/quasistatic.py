@@ -8,15 +8,26 @@ term is the same in every stage.  Each stage starts close to its minimum, which 
 stage has tracked as it moved.  A stage before the last only has to bring the guess into
 the basin of the next one, so it is solved to ``STAGE_TOLERANCE`` (or the caller's
 ``tolerance``, if looser); the last stage to the caller's ``tolerance``.
+
+In weak constraint the sub-windows of the forcing keep their place in the window: ``eta_j``
+is added after steps ``j * every + 1 .. (j + 1) * every`` in every stage, so stage ``s``
+estimates the ``ceil(L_s / every)`` forcings whose sub-windows it reaches, the last one over
+the part of its sub-window inside the stage (with the default ``every = L``, one forcing
+added after each of the stage's steps).  ``Jm = 1/2 sum_j |eta_j|^2_{Q^-1}`` counts each
+forcing once whatever its length, so a stage is the full window's cost with the later
+observations and the later forcings left out; each stage starts from the previous one's
+forcings, zero for the sub-windows it adds.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 
 from .assimilation import FourDVar
-from .minimize import DEFAULT_TOLERANCE, AssimilationResult
+from .minimize import AssimilationResult
+from .options import SolverOptions
 
 __all__ = ["stage_lengths", "solve_quasi_static", "STAGE_TOLERANCE"]
 
@@ -42,19 +53,29 @@ def stage_lengths(n_steps: int, stage_steps: int) -> list[int]:
 
 
 def solve_quasi_static(model, observations: Sequence, xb, B, pb, P, control, n_steps: int, stage_steps: int,
-                       **solve_options) -> AssimilationResult:
+                       options: SolverOptions | None = None, *, Q=None, model_error_every: int | None = None,
+                       **changes) -> AssimilationResult:
     """Minimise ``J`` over ``n_steps`` in quasi-static stages; the last stage's result, with
-    ``stages``: one ``(stage length, J, outer loops, success)`` per stage."""
-    x0, p = None, None
+    ``stages``: one ``(stage length, J, outer loops, success)`` per stage.  ``options`` (with the
+    keyword ``changes``): the solver options of every stage; ``Q``, ``model_error_every``: weak
+    constraint, as for :class:`fourdvar.FourDVar` (the sub-windows of the whole window)."""
+    options = SolverOptions.of(options, **changes)
+    every = (model_error_every or n_steps) if Q is not None else None
+    x0, p, eta = None, None, None
     stages = []
-    lengths = stage_lengths(n_steps, stage_steps)
-    tolerance = solve_options.pop("tolerance", DEFAULT_TOLERANCE)
-    for length in lengths:
+    for length in stage_lengths(n_steps, stage_steps):
         slots = [slot for slot in observations if slot.step <= length]
-        problem = FourDVar(model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=length)
-        stage_tolerance = tolerance if length == n_steps else max(tolerance, STAGE_TOLERANCE)
-        result = problem.solve(x0=x0, p=p, tolerance=stage_tolerance, **solve_options)
-        x0, p = result.x0, result.p
+        problem = FourDVar(model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=length, Q=Q, model_error_every=every)
+        tolerance = options.tolerance if length == n_steps else max(options.tolerance, STAGE_TOLERANCE)
+        result = problem.solve(x0, p, options.replace(tolerance=tolerance), eta=_extended(eta, problem.cost.n_sub))
+        x0, p, eta = result.x0, result.p, result.model_error
         stages.append((length, float(result.final.J), len(result.outer), bool(result.success)))
     result.stages = stages
     return result
+
+
+def _extended(eta: np.ndarray | None, n_sub: int) -> np.ndarray | None:
+    """The previous stage's forcings, zero for the sub-windows this stage adds (``None``: none yet, or strong constraint)."""
+    if eta is None or not n_sub:
+        return None
+    return np.concatenate([eta, np.zeros((n_sub - len(eta), eta.shape[1]))])

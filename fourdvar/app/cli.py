@@ -220,16 +220,23 @@ def _members_map(experiment, args):
     if not experiment.method.ensemble.members:
         yield map
         return
-    from .cluster import connect, distributed_map
-
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # the executor of --executor (a Dask cluster by default)
         try:
-            client = stack.enter_context(connect(scheduler=args.scheduler, n_workers=args.workers))
+            stack.enter_context(args.executor)
         except OSError as error:
             if args.scheduler is None:
                 raise
             raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
-        yield distributed_map(client)
+        yield args.executor.map
+
+
+def _executor(args):
+    """The :class:`~fourdvar.app.cluster.Executor` of ``--executor``, ``--workers`` and ``--scheduler``."""
+    from .cluster import Executor
+
+    if args.scheduler is not None and args.executor != "dask":
+        raise CommandError(f"--scheduler: a Dask scheduler serves --executor dask, not --executor {args.executor}")
+    return Executor(args.executor, args.workers, args.scheduler)
 
 
 def _one_line(error: Exception, limit: int = 160) -> str:
@@ -340,7 +347,7 @@ def command_sweep(args) -> int:
     if (finished or summary_path.exists()) and not args.resume:
         held = f"{len(finished)} member results of a sweep" if finished else f"the sweep summary {SUMMARY_FILE}"
         raise CommandError(f"{sweep.directory} already holds {held}; add --resume to run only the missing members, or choose another --output")
-    if args.scheduler is None and len(finished) < len(sweep.members):
+    if args.scheduler is None and args.executor.kind == "dask" and len(finished) < len(sweep.members):
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plans are validated
@@ -349,11 +356,11 @@ def command_sweep(args) -> int:
     except ConfigError as error:
         raise ConfigError(f"{args.config}: {error}") from None
     if not args.quiet:
-        where = args.scheduler or f"an embedded cluster of {args.workers or os.cpu_count()} workers"
+        where = args.scheduler or (f"an embedded cluster of {args.workers or os.cpu_count()} workers" if args.executor.kind == "dask" else f"{args.executor.kind} here")
         print(f"sweep of {len(sweep.members)} members ({len(finished)} done before) over {', '.join(sweep.keys)} on {where}", file=sys.stderr)
     progress = MemberProgress(quiet=args.quiet)
     try:
-        outcomes, summary = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
+        outcomes, summary = run_sweep(sweep, progress=progress, executor=args.executor)
     except OSError as error:
         raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
     except KeyboardInterrupt:
@@ -541,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
-    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster (default: one per core)")
+    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster, or threads (default: one per core)")
+    run.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="with an ensemble: where the members of each window run: one after another, on threads, or on a Dask cluster (default)")
     run.set_defaults(handler=command_run)
 
     check = commands.add_parser("check", help="run the adjoint, tangent-linear and gradient tests on a config's model, operators and cost",
@@ -569,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
     sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
-    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: one per core)")
+    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster, or threads (default: one per core)")
+    sweep.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="where the members run: one after another, on threads, or on a Dask cluster (default)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
     sweep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the table still goes to stdout)")
     sweep.set_defaults(handler=command_sweep)
@@ -595,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "check", "generate"):
             args.threads_in_use = Threads(args.threads)
+        if args.command in ("run", "sweep"):
+            args.executor = _executor(args)  # before any computation
         return args.handler(args)
     except ConfigError as error:
         print(f"fourdvar: error: {error}", file=sys.stderr)

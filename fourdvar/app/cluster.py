@@ -1,4 +1,8 @@
-"""Many independent runs on dask.distributed: where they run, and how one member runs.
+"""Many independent tasks: where they run (one :class:`Executor`), and how one member runs.
+
+An :class:`Executor` runs the points of a sweep and the members of an ensemble's windows
+alike: ``serial`` (one after another here), ``threads`` (a pool of threads here, each task
+on its own copy, as a worker would receive it) or ``dask`` (dask.distributed, below).
 
 A *member* is one ordinary run with its own result file (a sweep's point, an
 ensemble member).  :func:`execute_member` runs it on whichever worker the
@@ -26,10 +30,12 @@ and skips members whose result file already exists (``resume``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -43,7 +49,7 @@ import xarray as xr
 from .atomic import remove_temporaries, write_atomic
 
 __all__ = [
-    "Member", "MemberOutcome", "connect", "distributed_map", "run_config", "embedded_cluster", "execute_member", "run_members",
+    "EXECUTORS", "Executor", "Member", "MemberOutcome", "connect", "distributed_map", "run_config", "embedded_cluster", "execute_member", "run_members",
     "start_worker_server", "PROVENANCE_ATTRIBUTES", "SINGLE_THREAD_ENVIRONMENT", "WORKER_PRELOAD",
 ]
 
@@ -58,6 +64,9 @@ WORKER_PRELOAD = ("numpy", "scipy", "pandas", "xarray", "dask.array", "netCDF4",
 
 #: How long a client tries to reach an existing scheduler before giving up.
 CONNECT_TIMEOUT = "10s"
+
+#: NetCDF (HDF5 underneath) is not thread-safe: members on threads read and write files one at a time.
+NETCDF_LOCK = threading.RLock()
 
 #: Result-file attributes that say when and how fast a run went, not what it computed.
 PROVENANCE_ATTRIBUTES = ("created", "run_seconds")
@@ -114,7 +123,8 @@ def execute_member(member: Member) -> MemberOutcome:
             dataset = member.run()
             dataset.attrs.update(member.attributes)
             output.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(dataset, output)
+            with NETCDF_LOCK:
+                write_atomic(dataset, output)
         except Exception as error:  # reported per member, in one line (a failed write too)
             return MemberOutcome(member.name, output, worker=worker, error=f"{type(error).__name__}: {error}")
     return MemberOutcome(member.name, output, seconds=time.perf_counter() - started, worker=worker)
@@ -127,7 +137,7 @@ def run_config(config: dict, base_dir: str = ".", directories: Sequence[str] = (
     from .plan import Plan
     from .run import execute
 
-    with search_directories(directories):
+    with search_directories(directories), NETCDF_LOCK:  # the plan may read observation and parameter files
         plan = Plan.from_config(config, base_dir=base_dir)
     return execute(plan)
 
@@ -252,25 +262,99 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = N
         yield embedded
 
 
-def distributed_map(client) -> Callable[[Callable, Sequence], list]:
-    """``map_members(function, tasks)`` on the cluster of ``client``: the results in the tasks' order.
+#: Where an :class:`Executor` runs its tasks.
+EXECUTORS = ("serial", "threads", "dask")
 
-    Each task is submitted as its own future (a lost worker's task is rerun
-    elsewhere); for the members of an ensemble window (:func:`fourdvar.eda.eda_cycle`).
+
+class Executor:
+    """Runs independent tasks ``function(task)``: ``kind`` one of :data:`EXECUTORS`.
+
+    ``threads``: ``workers`` threads (default: one per core), each task on a copy made by
+    pickling, as a worker of a cluster receives it (a model is not shared between threads);
+    ``dask``: the cluster of :func:`connect` (``client``, ``scheduler``, or an embedded one
+    of ``workers`` processes on 127.0.0.1), started on entering the executor's context.
+    Every kind gives the same results, bit for bit: a task depends on nothing but itself.
+
+    Examples
+    --------
+    >>> with Executor("threads", workers=2) as executor:
+    ...     executor.map(abs, [-1, 2, -3])
+    [1, 2, 3]
     """
-    def map_members(function, tasks):
-        token = uuid.uuid4().hex[:8]
-        futures = [client.submit(function, task, key=f"task-{i}-{token}", pure=False) for i, task in enumerate(tasks)]
-        return client.gather(futures)
 
-    return map_members
+    def __init__(self, kind: str = "dask", workers: int | None = None, scheduler: str | None = None, client=None):
+        if kind not in EXECUTORS:
+            raise ValueError(f"executor: expected one of {', '.join(EXECUTORS)}, got {kind!r}")
+        self.kind, self.workers, self.scheduler, self.client = kind, workers, scheduler, client
+        self._stack, self._depth = None, 0
+
+    def __enter__(self) -> "Executor":
+        """Start the pool or the cluster (entering a running executor keeps it running)."""
+        if self._stack is None:
+            self._stack = contextlib.ExitStack()
+            if self.kind == "dask" and self.client is None:
+                self.client = self._stack.enter_context(connect(None, self.scheduler, self.workers))
+                self._stack.callback(setattr, self, "client", None)
+            elif self.kind == "threads":
+                self._pool = self._stack.enter_context(concurrent.futures.ThreadPoolExecutor(self.workers or os.cpu_count() or 1))
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if not self._depth:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+    def map(self, function: Callable, tasks) -> list:
+        """``[function(task) for task in tasks]``, in the tasks' order."""
+        tasks = list(tasks)
+        if self.kind == "serial":
+            return [function(task) for task in tasks]
+        futures = self._submit(function, tasks)
+        return self.client.gather(futures) if self.kind == "dask" else [future.result() for future in futures]
+
+    def completed(self, function: Callable, tasks) -> Iterator:
+        """``function(task)`` for each task, as each finishes."""
+        tasks = list(tasks)
+        if self.kind == "serial":
+            yield from map(function, tasks)
+            return
+        futures = self._submit(function, tasks)
+        if self.kind == "dask":
+            from distributed import as_completed
+        else:
+            as_completed = concurrent.futures.as_completed
+        for future in as_completed(futures):
+            yield future.result()
+
+    def _submit(self, function: Callable, tasks: list) -> list:
+        if self.kind == "threads":
+            return [self._pool.submit(_on_a_copy, function, pickle.dumps(task)) for task in tasks]
+        token = uuid.uuid4().hex[:8]  # keys unique on a shared scheduler
+        return [self.client.submit(function, task, key=f"task-{_name(task, i)}-{token}", pure=False) for i, task in enumerate(tasks)]
+
+
+def _on_a_copy(function: Callable, task: bytes):
+    return function(pickle.loads(task))
+
+
+def _name(task, index: int) -> str:
+    return f"member-{task.name}" if isinstance(task, Member) else str(index)
+
+
+def distributed_map(client) -> Callable[[Callable, Sequence], list]:
+    """``map_members(function, tasks)`` on the cluster of ``client``: the results in the tasks' order
+    (each task its own future: a lost worker's task is rerun elsewhere)."""
+    return Executor("dask", client=client).map
 
 
 def run_members(
     members: Sequence[Member], client=None, scheduler: str | None = None, n_workers: int | None = None,
-    progress: Callable[[int, int, MemberOutcome], None] | None = None,
+    progress: Callable[[int, int, MemberOutcome], None] | None = None, executor: Executor | None = None,
 ) -> list[MemberOutcome]:
-    """Run every member on the cluster (see :func:`connect`); outcomes in the members' order.
+    """Run every member with ``executor`` (default: on the cluster of :func:`connect`, from
+    ``client``, ``scheduler`` or ``n_workers``); outcomes in the members' order.
 
     A member whose result file exists is skipped without being submitted (so a
     rerun resumes); ``progress(done, total, outcome)`` after each member.  A worker
@@ -294,13 +378,8 @@ def run_members(
         if progress is not None:
             progress(done, len(members), outcome)
     if pending:
-        from distributed import as_completed
-
-        with connect(client, scheduler, n_workers) as active:
-            token = uuid.uuid4().hex[:8]  # keys unique on a shared scheduler
-            futures = [active.submit(execute_member, member, key=f"member-{member.name}-{token}", pure=False) for member in pending]
-            for future in as_completed(futures):
-                outcome = future.result()
+        with executor or Executor("dask", n_workers, scheduler, client) as active:
+            for outcome in active.completed(execute_member, pending):
                 outcomes[outcome.name] = outcome
                 done += 1
                 if progress is not None:

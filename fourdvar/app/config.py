@@ -462,23 +462,18 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     if params["update"] == "posterior" and (params["decay"] != 1.0 or params["floor"] != 0.0):
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
     if config["assimilation"]["max_cost_per_obs"] is not None and not {"state", "params"} <= set(config["assimilation"]["control"]):
-        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added)")
+        raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added): "
+                          "it redoes a joint analysis with the parameters fixed, and without both there is no joint analysis")
     if config["truth"]["model_error_std"] > 0 and config["truth"]["substeps"] != 1:
         raise ConfigError("truth.model_error_std: the truth's model error is added after every model step; it needs truth.substeps: 1")
-    if config["ensemble"]["members"] and set(config["assimilation"]["control"]) != {"state"}:
-        raise ConfigError("ensemble.members: an ensemble of data assimilations estimates the state only (assimilation.control: [state])")
     shift = config["window"]["shift"]
     if shift is not None and shift > config["window"]["steps"]:
         raise ConfigError(f"window.shift: at most window.steps = {config['window']['steps']} (windows may overlap, not leave gaps), got {shift}")
-    if config["ensemble"]["members"] and state["adaptive"]:
-        raise ConfigError("ensemble.members: the ensemble gives B its flow-dependent part; background.state.adaptive cannot be combined with it")
     assimilation = config["assimilation"]
     if assimilation["preconditioner"] == "spectral" and assimilation["inner"]["method"] != "lanczos":
-        raise ConfigError(f"assimilation.preconditioner: spectral needs inner.method lanczos, not {assimilation['inner']['method']}")
+        raise ConfigError(f"assimilation.preconditioner: spectral needs inner.method lanczos, not {assimilation['inner']['method']} (its Ritz pairs come from the Lanczos inner loops)")
     if assimilation["inner"]["method"] == "lanczos" and not assimilation["transform"]:
         raise ConfigError("assimilation.inner.method: lanczos works in the transformed control variables; it needs transform: true")
-    if assimilation["quasi_static_steps"] is not None and "model_error" in assimilation["control"]:
-        raise ConfigError("assimilation.quasi_static_steps: quasi-static stages are for strong constraint; remove model_error from the control or the stages")
     names = [entry["name"] for entry in config["compare"]]
     for key in ("baseline", "reference"):
         name = config["gap"][key]

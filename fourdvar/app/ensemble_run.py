@@ -1,8 +1,8 @@
 """The ``ensemble:`` block of a cycled run: an ensemble of data assimilations beside the control.
 
-:func:`ensemble_windows` runs :func:`fourdvar.eda.eda_cycle` with the plan's
-settings (the members through ``map_members``, e.g. on the Dask cluster) and
-yields each window; the control's outcome is recorded as any run's, and
+:func:`plan_ensemble` is the member strategy of the plan's cycling loop
+(:class:`fourdvar.ensemble.Ensemble`; the members run through the run's ``map_members``,
+e.g. on the Dask cluster); the control's outcome is recorded as any run's, and
 :func:`member_row` adds the members' arrays to its row (so a checkpoint keeps
 them, and the checkpoint's state keeps each member's next background, its analysis
 forecast to the next window's start: the window end, or step ``window.shift`` of
@@ -30,9 +30,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..eda import eda_cycle
+from ..ensemble import Ensemble
 
-__all__ = ["ensemble_windows", "member_row", "add_member_variables"]
+__all__ = ["plan_ensemble", "member_row", "add_member_variables"]
 
 _ENSEMBLE_SEED_PURPOSE = 11  # the EDA's random streams, apart from the plan's others
 
@@ -43,7 +43,9 @@ def _spread(states: np.ndarray) -> np.ndarray:
 
 
 def member_row(window) -> dict:
-    """The members' arrays of one :class:`fourdvar.eda.EnsembleWindow`, for the control's row."""
+    """The members' arrays of one :class:`fourdvar.cycling.CycledWindow`, for the control's row (none without members)."""
+    if not window.members:
+        return {}
     return {
         "member_background": np.stack([m.xb for m in window.members]),
         "member_analysis": np.stack([m.x0 for m in window.members]),
@@ -51,19 +53,13 @@ def member_row(window) -> dict:
     }
 
 
-def ensemble_windows(plan, state, windows, map_members=map, **solve_options):
-    """The :class:`fourdvar.eda.EnsembleWindow` of each of ``windows``, from the cycling ``state``
-    (its ``members``: the members' backgrounds, ``None`` at the start)."""
+def plan_ensemble(plan) -> Ensemble:
+    """The members of the plan's ``ensemble:`` block (none: ``members: 0``), their random streams apart from the plan's others."""
     settings = plan.config["ensemble"]
+    if not settings["members"]:
+        return Ensemble()
     seed = int(np.random.SeedSequence([plan.seed, _ENSEMBLE_SEED_PURPOSE]).generate_state(1)[0])
-    return eda_cycle(
-        plan.model, windows, state.xb, plan.B0, state.pb, None,
-        n_members=settings["members"], weight=settings["hybrid_weight"], localization=settings["localization"],
-        perturb=settings["perturb"], seed=seed, control=plan.control, n_steps=plan.n_steps,
-        inflation=settings["inflation"], start_cycle=state.cycle, member_backgrounds=state.members, shift=plan.shift,
-        map_members=map_members,
-        quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"], **solve_options,
-    )
+    return Ensemble(settings["members"], settings["hybrid_weight"], settings["localization"], settings["perturb"], seed, settings["inflation"])
 
 
 def add_member_variables(dataset: xr.Dataset, rows: list[dict], units: str = "1") -> xr.Dataset:

@@ -21,13 +21,13 @@ import numpy as np
 import xarray as xr
 
 from ..covariances import Dense, Diagonal
+from ..cycling import CycleState, CyclingRule, WindowOutcome, WindowSolver, cycle_windows
+from ..options import SolverOptions
 from ..posterior import LowRankCovariance
-from ..cycling import WindowOutcome, cycle
-from ..eda import next_member_backgrounds
 from ..window import DivergenceError, forecast
 from .checkpoint import Checkpoint, CheckpointError
 from .diagnostics import comparison_variables, correction_variables, diagnostics
-from .ensemble_run import add_member_variables, ensemble_windows, member_row
+from .ensemble_run import add_member_variables, member_row, plan_ensemble
 from .fitting import fit_tendency
 from .plan import Plan
 from .results import ResultRecorder, config_text, write_atomic
@@ -40,26 +40,13 @@ class RunDiverged(DivergenceError):
 
 
 @dataclass(frozen=True)
-class CyclingState:
-    """What cycle ``cycle`` starts from: the background ``(xb, pb)`` and the covariances
-    ``B``, ``P`` the policies build on."""
-
-    cycle: int
-    xb: np.ndarray
-    pb: np.ndarray
-    B: object
-    P: object
-    members: np.ndarray | None = None  # an ensemble's members' backgrounds (member, x)
+class CyclingState(CycleState):
+    """What cycle ``cycle`` starts from (:class:`fourdvar.cycling.CycleState`): the background
+    ``(xb, pb)``, the covariances ``B``, ``P`` the policies build on, and an ensemble's members."""
 
     @classmethod
     def initial(cls, plan: Plan) -> "CyclingState":
         return cls(0, plan.xb0, plan.pb0, plan.B0, plan.P0)
-
-    @classmethod
-    def after(cls, outcome: WindowOutcome, plan: Plan) -> "CyclingState":
-        """The state after ``outcome``'s window, as :func:`fourdvar.cycling.cycle` carries it."""
-        pb = outcome.p if "params" in plan.control else outcome.pb
-        return cls(outcome.cycle + 1, outcome.analysis_trajectory[plan.shift].copy(), np.array(pb, dtype=float), outcome.B, outcome.P_next)
 
     def variables(self) -> dict:
         """The state as NetCDF variables (``state_*``), exactly: stds and matrices, not summaries."""
@@ -73,6 +60,8 @@ class CyclingState:
             data["state_P_std"] = (("param",), np.broadcast_to(self.P.std, self.pb.shape))
         if self.members is not None:
             data["state_members"] = (("member", "x"), self.members)
+            if self.pb.size:
+                data["state_member_params"] = (("member", "param"), self.member_params)
         return data
 
     @classmethod
@@ -88,14 +77,8 @@ class CyclingState:
             P = None
         pb = dataset["state_pb"].values if "state_pb" in dataset else np.zeros(0)
         members = dataset["state_members"].values if "state_members" in dataset else None
-        return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P, members)
-
-
-def _without_ensemble(outcomes):
-    """``(outcome, None)`` for each outcome, none of them held while the next is computed."""
-    for outcome in outcomes:
-        yield outcome, None
-        del outcome
+        member_params = dataset["state_member_params"].values if "state_member_params" in dataset else None  # else pb
+        return cls(int(dataset.attrs["cycle"]) + 1, dataset["state_xb"].values, pb, B, P, members, member_params)
 
 
 def execute(
@@ -197,6 +180,17 @@ def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, 
     return [row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan)
 
 
+def _method(plan: Plan) -> tuple[WindowSolver, CyclingRule]:
+    """How the plan solves each window and passes from one window to the next."""
+    assimilation, params = plan.config["assimilation"], plan.config["background"]["params"]
+    posterior = params["update"] == "posterior" and "params" in plan.control
+    solver = WindowSolver(plan.model, plan.control, plan.n_steps, SolverOptions(**plan.solver_options),
+                          plan.Q0, plan.model_error_every, assimilation["quasi_static_steps"])
+    rule = CyclingRule(plan.shift, plan.background_policy, None if posterior else plan.params_policy,
+                       assimilation["max_cost_per_obs"], assimilation["cost_spike"], params["noise_std"] if posterior else None)
+    return solver, rule
+
+
 def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Dataset:
     recorder = ResultRecorder(plan)
     state = CyclingState.initial(plan)
@@ -204,37 +198,20 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
         rows, state = resume
         recorder.rows.extend(rows)
         recorder.P_next = state.P
-    posterior = plan.config["background"]["params"]["update"] == "posterior" and "params" in plan.control
+    state = dataclasses.replace(state, cost_history=tuple(0.5 * row["departures"]["chi2"] for row in recorder.rows if not np.isfinite(row["rejected_cost"])))
     windows = (plan.window_slots(c) for c in range(state.cycle, plan.n_cycles))
-    solve_options = plan.solver_options
-    if plan.config["ensemble"]["members"]:
-        outcomes = ((window.control, window) for window in ensemble_windows(plan, state, windows, map_members, **solve_options))
-    else:
-        outcomes = _without_ensemble(cycle(
-            plan.model, windows, state.xb, state.B, state.pb, state.P, control=plan.control, n_steps=plan.n_steps,
-            start_cycle=state.cycle, background_policy=plan.background_policy,
-            params_policy=None if posterior else plan.params_policy,
-            params_noise_std=plan.config["background"]["params"]["noise_std"] if posterior else None,
-            max_cost_per_obs=plan.config["assimilation"]["max_cost_per_obs"], quasi_static_steps=plan.config["assimilation"]["quasi_static_steps"],
-            cost_spike=plan.config["assimilation"]["cost_spike"],
-            cost_history=[0.5 * row["departures"]["chi2"] for row in recorder.rows if not np.isfinite(row["rejected_cost"])],
-            shift=plan.shift, **solve_options,
-            Q=plan.Q0, model_error_every=plan.model_error_every,
-        ))
+    solver, rule = _method(plan)
     current = state.cycle
     try:
-        for outcome, ensemble in outcomes:
-            row = recorder.add(outcome)
-            state = CyclingState.after(outcome, plan)
-            if ensemble is not None:
-                row.update(member_row(ensemble))
-                state = dataclasses.replace(state, members=next_member_backgrounds(ensemble, plan.shift))
+        for window in cycle_windows(solver, windows, state, rule, plan_ensemble(plan), map_members):
+            row = recorder.add(window.control)
+            row.update(member_row(window))
             if on_window is not None:
-                on_window(row, state)
+                on_window(row, window.next)
             if progress is not None:
-                progress(outcome, recorder)
-            current = state.cycle
-            del outcome, ensemble  # not held while the next window runs
+                progress(window.control, recorder)
+            current = window.next.cycle
+            del window  # not held while the next window runs
     except DivergenceError as error:
         text = str(error)
         raise RunDiverged(text if text.startswith(f"cycle {current}") else f"cycle {current}: {text}") from None

@@ -11,8 +11,9 @@ member is the configuration with those keys set, validated whole (resolved and
 built, as ``fourdvar run`` would) before anything runs, and run as an ordinary
 run: the same code path and result file as ``fourdvar run``, the member's
 settings in its attributes (``sweep_<key>``), in the sweep's directory.  The
-members run on dask.distributed (:mod:`fourdvar.app.cluster`): an embedded
-cluster by default, an existing one by ``scheduler`` address or ``client``.
+members run through one :class:`~fourdvar.app.cluster.Executor`, as an ensemble's
+members do: on dask.distributed by default (an embedded cluster, an existing one by
+``scheduler`` address or ``client``), or serially or on threads here.
 Paths are made absolute before the members leave this process: the workers of an
 existing cluster must see the same file system (a shared directory on a cluster).
 A finished member's file is never rewritten: ``resume`` runs only what is missing.
@@ -36,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from .atomic import remove_temporaries, write_atomic
-from .cluster import Member, MemberOutcome, execute_member, run_config, run_members
+from .cluster import Executor, Member, MemberOutcome, run_config, run_members
 from .config import ConfigError, load_raw, resolve_config, short
 
 __all__ = ["SweepMember", "Sweep", "run_sweep", "summary_dataset", "summary_table", "SUMMARY_FILE"]
@@ -181,21 +182,17 @@ class Sweep:
 def run_sweep(
     sweep: Sweep, client=None, scheduler: str | None = None, n_workers: int | None = None,
     progress: Callable[[int, int, MemberOutcome], None] | None = None, serial: bool = False,
+    executor: Executor | None = None,
 ) -> tuple[list[MemberOutcome], xr.Dataset]:
     """Run the members that have no result file yet, then write and return the summary.
 
-    On the cluster (:func:`fourdvar.app.cluster.run_members`: ``client``, ``scheduler``
-    or an embedded cluster of ``n_workers``), or with ``serial`` one after another here.
+    With ``executor`` (:class:`fourdvar.app.cluster.Executor`), else on the cluster of
+    ``client``, ``scheduler`` or an embedded one of ``n_workers``, or with ``serial`` one
+    after another here.
     """
     members = [member.member(sweep.base_dir, sweep.directories) for member in sweep.members]
-    if serial:
-        outcomes = []
-        for done, member in enumerate(members, start=1):
-            outcomes.append(execute_member(member))
-            if progress is not None:
-                progress(done, len(members), outcomes[-1])
-    else:
-        outcomes = run_members(members, client=client, scheduler=scheduler, n_workers=n_workers, progress=progress)
+    executor = executor or Executor("serial" if serial else "dask", n_workers, scheduler, client)
+    outcomes = run_members(members, progress=progress, executor=executor)
     summary = summary_dataset(sweep)
     remove_temporaries(sweep.directory / SUMMARY_FILE)
     write_atomic(summary, sweep.directory / SUMMARY_FILE)
