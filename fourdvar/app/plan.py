@@ -598,7 +598,7 @@ def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
         raise ConfigError(f"{what}: the path contains a NUL character")
     path = Path(text)
     absolute = Path(os.path.abspath(path))
-    shown = text if len(text) <= 80 else text[:77] + "..."
+    shown = text if len(text) <= 80 else "..." + text[-77:]  # the file name is the part the user recognises
     if any(absolute == Path(tree) or Path(tree) in absolute.parents for tree in _SYSTEM_TREES):
         raise ConfigError(f"{what}: {shown} lies under {absolute.parts[0]}{absolute.parts[1]}, a system tree, not a place for results")
     return path, absolute, shown
@@ -622,7 +622,7 @@ def check_directory(path: Path | str, what: str = "output") -> Path:
         return _check_directory(path, what)
     except OSError as error:
         shown = os.fspath(path)
-        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else shown[:77] + '...'}: {error.strerror}") from None
+        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else '...' + shown[-77:]}: {error.strerror}") from None
 
 
 def _check_directory(path: Path | str, what: str) -> Path:
@@ -644,7 +644,7 @@ def check_output(path: Path | str, inputs=(), what: str = "output") -> Path:
         return _check_output(path, inputs, what)
     except OSError as error:  # what the file system says about a path it cannot even look up
         shown = os.fspath(path)
-        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else shown[:77] + '...'}: {error.strerror}") from None
+        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else '...' + shown[-77:]}: {error.strerror}") from None
 
 
 def _check_output(path: Path | str, inputs, what: str) -> Path:
