@@ -6,7 +6,7 @@ Registered with the engine through the ``fourdvar.models`` entry points in
 """
 
 from .convnet import ConvNet, ConvSurrogate
-from .damping import LinearDamping
+from .damping import BottomDrag, LinearDamping
 from .hybrid import Hybrid, TendencyHybrid
 from .local_mlp import LocalMLP
 from .lorenz96 import Lorenz96
@@ -14,4 +14,4 @@ from .lorenz96_two_scale import Lorenz96TwoScale
 from .mlp import MLP
 from .qg import QG
 
-__all__ = ["MLP", "Lorenz96", "Lorenz96TwoScale", "LocalMLP", "Hybrid", "QG", "ConvNet", "ConvSurrogate", "TendencyHybrid", "LinearDamping"]
+__all__ = ["MLP", "Lorenz96", "Lorenz96TwoScale", "LocalMLP", "Hybrid", "QG", "ConvNet", "ConvSurrogate", "TendencyHybrid", "LinearDamping", "BottomDrag"]
