@@ -226,6 +226,8 @@ def main() -> None:
             "5-point LocalMLP tendency integrated by RK4 (theirs: a 9389-weight CNN resolvent), 150 time units of "
             "observations (theirs: 2000), no model noise in the forecast. Their notebook divides the mean square error "
             "by 2 before the square root: on that scale a threshold of 0.3 is e = 0.42, between the two columns. "
+            "Runs: `python benchmarks/brajard2020.py` (nice, one at a time; the random-walk row's three runs were made "
+            "beside it from the same configurations, untimed), scored with `--score-only`. "
             f"Figure: `benchmarks/figures/{FIGURE.name}`.")
     if missing:
         note += " Not run: " + "; ".join(missing) + "."
