@@ -3,9 +3,10 @@
     python benchmarks/brajard2020.py [--seeds 1 2 3] [--work results/brajard2020] [--score-only]
 
 Runs ``configs/l96_brajard2020.yaml`` through the command line (``nice``, one run at a
-time) for each observed fraction (100, 75, 50, 40 %, observation error std 1) and each
+time) for each observed fraction (100, 75, 50, 40, 25 %, observation error std 1) and each
 observation error std (0.5, 1, 2 with half the points observed), on each seed, the
-random subset's seed set to the run's seed.  A result file already in ``--work`` is
+random subset's seed set to the run's seed, and a variant at 50 % with the weights'
+random walk 0.005 (background.params.noise_std).  A result file already in ``--work`` is
 scored as it is, so an interrupted table resumes where it stopped.
 
 Scored from the result files: the surrogate with its last analysed weights forecasts
@@ -45,7 +46,7 @@ _spec = importlib.util.spec_from_file_location("results", ROOT / "benchmarks" / 
 results = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(results)
 
-FRACTIONS = (1.0, 0.75, 0.5, 0.4)
+FRACTIONS = (1.0, 0.75, 0.5, 0.4, 0.25)
 NOISE = (0.5, 1.0, 2.0)
 #: the random walk of the weights' P (background.params.noise_std) of the variant row, at 50 % observed
 WALK = 0.005
@@ -56,6 +57,7 @@ PAPER = {
     ("fraction", 1.0): "not read (at least the 50 % value: 'drops abruptly if less than half' observed)",
     ("fraction", 0.75): "not read (at least the 50 % value)",
     ("fraction", 0.4): "below the 50 % value, abruptly (abstract)",
+    ("fraction", 0.25): "below the 50 % value, abruptly (abstract)",
     ("noise", 0.5): "not read (above the std-1 value: skill 'decreases smoothly with increased observational noise')",
     ("noise", 1.0): "about 2 (the reference set-up)",
     ("noise", 2.0): "not read (below the std-1 value, smoothly)",
@@ -72,7 +74,7 @@ def run_order(seeds: list[int]) -> list[tuple[str, float, int]]:
     """Every case on the first seed, then the other seeds case by case, the targets' cases
     (50 and 100 % observed) first: a table cut short still has every case and the targets on all seeds."""
     first, rest = seeds[0], seeds[1:]
-    priority = [("fraction", 0.5), ("fraction", 1.0), ("fraction", 0.4), ("fraction", 0.75)] + [("noise", s) for s in NOISE if s != 1.0] + [("walk", WALK)]
+    priority = [("fraction", 0.5), ("fraction", 1.0), ("fraction", 0.4), ("fraction", 0.75), ("fraction", 0.25)] + [("noise", s) for s in NOISE if s != 1.0] + [("walk", WALK)]
     return [(kind, value, first) for kind, value in cases()] + [(kind, value, seed) for kind, value in priority for seed in rest]
 
 
