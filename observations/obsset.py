@@ -45,6 +45,7 @@ import xarray as xr
 from fourdvar.covariances import Diagonal
 from fourdvar.interfaces import ObservationSlot
 
+from .climatology import with_climatology as _with_climatology
 from .grid2d import PointOperator
 from .operators import Identity, Square, Subset, Tanh, operator_from_spec
 
@@ -172,6 +173,11 @@ class ObservationSet:
     def synthetic(cls, trajectory, steps, operator, error_std, rng) -> "ObservationSet":
         """Observations of a known truth; see :func:`synthetic_observations`."""
         return synthetic_observations(trajectory, steps, operator, error_std, rng)
+
+    def with_climatology(self, every: int) -> "ObservationSet":
+        """The set with climatological pseudo-observations of the unobserved points every
+        ``every`` steps (:func:`observations.climatology.with_climatology`)."""
+        return _with_climatology(self, every)
 
     # --- cutting a record into windows ------------------------------------------------
 

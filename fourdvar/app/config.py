@@ -193,6 +193,7 @@ SCHEMA: dict[str, Any] = {
         "offset": Field("int", 0, "the first observation time, in model steps from the start of cycle 0 (generated observations at offset, offset + every, ...)", _non_negative),
         "operator": Field("components", {"type": "identity"}, "the observation operator, or a list of operators used in turn at successive observation times"),
         "error_std": Field("float", 1.0, "observation error standard deviation (R = error_std^2 I)", _std),
+        "climatology_every": Field("int", None, "every this many steps (the window length: each window's first step) the points left unobserved there are observed as the climatological mean of all observations, with their climatological std (noise removed) as error std: a weak prior that keeps unobserved points from leaving the climate (a learned model with a fixed subset observed); none: no such pseudo-observations", _at_least_one, nullable=True),
     },
     "background": {
         "state": {

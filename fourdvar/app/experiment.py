@@ -265,6 +265,7 @@ class Observations(Settings):
     offset: int
     operator: Any = setting(convert=_components)
     error_std: float
+    climatology_every: int | None
 
     @property
     def operators(self) -> tuple:

@@ -121,6 +121,8 @@ class Plan:
         else:
             self.truth = None if self.from_file else self._truth_run()
             self.observations = self._read_observations() if self.from_file else self._generate_observations()
+            if problem.observations.climatology_every is not None:
+                self.observations = self.observations.with_climatology(problem.observations.climatology_every)
         self.B0 = self._state_covariance(problem.B.error_std)
         self.P0 = self._params_covariance() if self.model.n_params else None
         self.Q0 = self._model_error_covariance() if "model_error" in self.control else None

@@ -1,0 +1,157 @@
+"""The observation layouts of the Brajard et al. 2020 set-up (a random subset drawn again
+at every observation time, or a fixed one) and the configuration that uses them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fourdvar.app.config import resolve_config
+from fourdvar.app.plan import Plan
+from fourdvar.app.run import execute
+from fourdvar.registry import build_operator
+from observations import ObservationSet, RandomSubset, Subset, synthetic_observations
+from observations.climatology import climatology
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("fraction, count", [(1.0, 40), (0.75, 30), (0.5, 20), (0.4, 16)])
+def test_a_fraction_observes_that_many_distinct_points_at_every_step(fraction, count):
+    H = RandomSubset(40, fraction=fraction, seed=2, move_every=1)
+    for step in (0, 1, 7, 500):
+        indices = H.at_step(step).indices
+        assert indices.size == count and np.unique(indices).size == count
+        assert indices.min() >= 0 and indices.max() < 40 and np.all(np.diff(indices) > 0)
+    assert RandomSubset(40, count=count, seed=2).n_obs == count
+
+
+def test_the_subset_is_drawn_again_at_every_step_and_covers_the_grid():
+    H = RandomSubset(40, fraction=0.5, seed=2, move_every=1)
+    draws = np.array([H.at_step(step).indices for step in range(200)])
+    changed = [not np.array_equal(a, b) for a, b in zip(draws, draws[1:])]
+    assert all(changed)
+    hits = np.bincount(draws.ravel(), minlength=40) / 200  # each point observed about half the time
+    assert hits.min() > 0.35 and hits.max() < 0.65
+    negative = RandomSubset(40, fraction=0.5, seed=2)  # no move_every: the same points at every step
+    assert all(np.array_equal(negative.at_step(step).indices, negative.indices) for step in range(50))
+
+
+def test_move_every_keeps_the_subset_for_that_many_steps():
+    H = RandomSubset(40, count=10, seed=4, move_every=5)
+    assert all(np.array_equal(H.at_step(step).indices, H.indices) for step in range(5))
+    assert all(np.array_equal(H.at_step(step).indices, H.at_step(5).indices) for step in range(5, 10))
+    assert not np.array_equal(H.at_step(4).indices, H.at_step(5).indices)
+
+
+def test_the_draws_are_reproducible_from_the_seed():
+    a, b = (RandomSubset(40, fraction=0.5, seed=7, move_every=1) for _ in range(2))
+    c = RandomSubset(40, fraction=0.5, seed=8, move_every=1)
+    for step in (0, 3, 99):
+        np.testing.assert_array_equal(a.at_step(step).indices, b.at_step(step).indices)
+    assert not all(np.array_equal(a.at_step(s).indices, c.at_step(s).indices) for s in range(10))
+
+
+def test_the_operator_of_a_step_is_the_gather_with_its_transpose_as_adjoint():
+    H = RandomSubset(40, fraction=0.4, seed=3, move_every=1).at_step(11)
+    assert type(H) is Subset
+    rng = np.random.default_rng(0)
+    x, dx, ay = rng.standard_normal(40), rng.standard_normal(40), rng.standard_normal(16)
+    np.testing.assert_array_equal(H.apply(x), x[H.indices])
+    lhs, rhs = H.apply_tl(x, dx) @ ay, dx @ H.apply_ad(x, ay)
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"fraction": 1.5}, "fraction must be a number in (0, 1]"),
+    ({"fraction": 0.5, "count": 20}, "one of them"),
+    ({}, "one of them"),
+    ({"count": 41}, "count must be an integer in [1, n_state=40]"),
+    ({"fraction": 0.5, "move_every": 0}, "move_every must be an integer >= 1"),
+])
+def test_bad_layouts_are_refused_naming_the_key(keywords, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        RandomSubset(40, **keywords)
+
+
+def test_the_registry_builds_it_from_a_yaml_spec():
+    H = build_operator({"type": "random_subset", "n_state": 40, "fraction": 0.5, "seed": 2, "move_every": 1})
+    assert isinstance(H, RandomSubset) and H.n_obs == 20
+
+
+def _plan(operator: dict, cycles: int = 2):
+    config = yaml.safe_load((ROOT / "configs" / "l96_brajard2020.yaml").read_text())
+    config["observations"]["operator"] = operator
+    config["window"]["cycles"] = cycles
+    config["diagnostics"]["forecast_skill"] = False
+    config["truth"]["spinup_steps"] = 100
+    config["model"] = config["truth"]["model"]  # the layout is what is tested: the cheap model
+    config["assimilation"]["control"] = ["state"]
+    config["background"].pop("params")
+    return Plan.from_config(resolve_config(copy.deepcopy(config)))
+
+
+def test_the_configuration_observes_a_new_random_half_at_every_step_and_the_file_keeps_it(tmp_path):
+    spec = yaml.safe_load((ROOT / "configs" / "l96_brajard2020.yaml").read_text())["observations"]["operator"]
+    plan = _plan(spec)
+    H = build_operator({**spec, "n_state": 40})
+    slots = list(plan.observations)
+    assert [slot.step for slot in slots] == list(range(40))  # every step of two 20-step windows
+    for slot in slots:
+        np.testing.assert_array_equal(slot.operator.indices, H.indices_at(slot.step))
+    noise = np.concatenate([slot.values - plan.truth["trajectory"][slot.step, slot.operator.indices] for slot in slots])
+    assert 0.85 < noise.std() < 1.15  # error std 1 on 800 draws
+    plan.observations.to_netcdf(tmp_path / "obs.nc")
+    back = ObservationSet.from_netcdf(tmp_path / "obs.nc", n_state=40)
+    for slot, again in zip(slots, back):
+        np.testing.assert_array_equal(slot.operator.indices, again.operator.indices)
+
+
+# --- the fixed half: climatological pseudo-observations of the unobserved points -------------
+
+
+def test_the_pseudo_observations_are_the_observed_climate_at_the_unobserved_points_every_so_many_steps():
+    rng = np.random.default_rng(5)
+    truth = 2.0 + 3.0 * rng.standard_normal((41, 40))
+    observed = synthetic_observations(truth, range(41), {"type": "subset", "indices": {"step": 2}}, 0.5, rng)
+    mu, sigma_c = climatology(list(observed))
+    y = np.concatenate([slot.values for slot in observed])
+    assert mu == pytest.approx(y.mean(), rel=1e-12) and sigma_c == pytest.approx(np.sqrt(y.var() - 0.25), rel=1e-12)
+    assert abs(mu - 2.0) < 0.2 and abs(sigma_c - 3.0) < 0.2  # the truth's climate, noise removed
+    augmented = observed.with_climatology(20)
+    for slot, before in zip(augmented, observed):
+        if slot.step % 20:
+            np.testing.assert_array_equal(slot.operator.indices, before.operator.indices)
+            np.testing.assert_array_equal(slot.values, before.values)
+            continue
+        np.testing.assert_array_equal(slot.operator.indices, np.arange(40))
+        np.testing.assert_array_equal(slot.values[0::2], before.values)  # the real observations kept
+        np.testing.assert_array_equal(slot.values[1::2], np.full(20, mu))
+        np.testing.assert_array_equal(slot.covariance.std, np.tile([0.5, sigma_c], 20))
+    assert [slot.step for slot in augmented if slot.operator.n_obs == 40] == [0, 20, 40]
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        observed.with_climatology(0)
+
+
+def _fixed_half(climatology_every: int | None, cycles: int = 6):
+    config = yaml.safe_load((ROOT / "configs" / "l96_brajard2020.yaml").read_text())
+    config["observations"]["operator"] = {"type": "subset", "indices": {"start": 0, "stop": 40, "step": 2}}
+    config["observations"]["climatology_every"] = climatology_every
+    config["window"]["cycles"] = cycles
+    config["diagnostics"]["forecast_skill"] = False
+    with np.errstate(all="ignore"):
+        dataset = execute(Plan.from_config(resolve_config(config)))
+    error = dataset["analysis"].values - dataset["truth"].values
+    return np.sqrt(np.mean(error[-1, :, 1::2] ** 2))  # the unobserved (odd) points, last window
+
+
+def test_with_a_fixed_half_observed_the_unobserved_points_stay_in_the_climate():
+    # seed 1: without the pseudo-observations the odd points leave the climate from the
+    # first windows on (RMSE 21 in window 6, 230 in window 30); with them every 5 steps
+    # 4.0 in window 6 and 3-5 up to window 40 (their climatological std is 3.6).
+    assert _fixed_half(None) > 10.0
+    assert _fixed_half(5) < 6.0
