@@ -199,16 +199,17 @@ class Progress:
             text += f" p={outcome.p[0]:.4f}"
         text += quality_note(ds_row, outcome.rejected_cost is not None)
         timing = f"{elapsed:.0f}s, eta {eta:.0f}s"
-        if self.tty:
-            width = 24
-            filled = int(width * done / total)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.label}cycle {done}/{total} {text} ({timing})  ")
-            if done == total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(f"{self.label}cycle {done}/{total} {text} ({timing})\n")
-        self.stream.flush()
+        write_progress(self.stream, self.tty, done, total, f"{self.label}cycle {done}/{total} {text} ({timing})")
+
+
+def write_progress(stream, tty: bool, done: int, total: int, line: str, width: int = 24) -> None:
+    """``line`` as a progress report: redrawn in place behind a bar of ``width`` on a terminal, one line each otherwise."""
+    if tty:
+        filled = int(width * done / total)
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}  " + ("\n" if done == total else ""))
+    else:
+        stream.write(line + "\n")
+    stream.flush()
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -319,14 +320,7 @@ class MemberProgress:
             return
         state = "skipped (done before)" if outcome.skipped else (f"FAILED: {outcome.error}" if outcome.error else f"{outcome.seconds:.1f} s")
         elapsed = time.perf_counter() - self.started
-        if self.stream.isatty():
-            filled = int(24 * done / total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)  ")
-            if done == total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(f"member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)\n")
-        self.stream.flush()
+        write_progress(self.stream, self.stream.isatty(), done, total, f"member {done}/{total} {outcome.name}: {state} ({elapsed:.0f}s)")
 
 
 def command_sweep(args) -> int:
