@@ -34,14 +34,13 @@ matrix product per layer, outside these loops.  Activation codes: :data:`CODES`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .compiled import compiled
 
 #: activation name -> the code the kernels take
 CODES = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3, "softplus": 4}
 
 
-def _compile(function):
-    return njit(cache=True)(function)
+_compile = compiled
 
 
 @_compile

@@ -28,11 +28,10 @@ This module needs numba; :mod:`models.lorenz96` imports it on first use only
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .compiled import compiled
 
 
-def _compile(function):
-    return njit(cache=True)(function)
+_compile = compiled
 
 
 @_compile

@@ -27,11 +27,10 @@ This module needs numba; :mod:`models.qg` imports it on first use only.
 
 from __future__ import annotations
 
-from numba import njit
+from .compiled import compiled
 
 
-def _compile(function):
-    return njit(cache=True)(function)
+_compile = compiled
 
 
 @_compile
