@@ -7,8 +7,9 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 
-from fourdvar.app.config import resolve_config
+from fourdvar.app.config import ConfigError, resolve_config
 from fourdvar.app.experiment import experiment_of
 from fourdvar.app.plan import Plan
 from fourdvar.app.run import _method
@@ -61,3 +62,5 @@ def test_noise_decay_and_floor_round_trip_through_the_typed_config_to_the_rule()
     assert rule.noise_std(10) == 0.01 * 0.99**10 and rule.noise_std(1000) == 0.002
     defaults = experiment_of(resolve_config({k: v for k, v in copy.deepcopy(config).items() if k != "background"})).method.P_policy
     assert (defaults.noise_decay, defaults.noise_floor) == (1.0, 0.0)
+    with pytest.raises(ConfigError, match="noise_decay and noise_floor belong to update: posterior"):
+        resolve_config({**copy.deepcopy(config), "background": {"params": {"update": "schedule", "noise_decay": 0.99}}})

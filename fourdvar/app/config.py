@@ -464,6 +464,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     params = config["background"]["params"]
     if params["update"] == "posterior" and (params["decay"] != 1.0 or params["floor"] != 0.0):
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
+    if params["update"] == "schedule" and (params["noise_decay"] != 1.0 or params["noise_floor"] != 0.0):
+        raise ConfigError("background.params: noise_decay and noise_floor belong to update: posterior (they shape its random walk); with update: schedule use decay and floor")
     if config["assimilation"]["max_cost_per_obs"] is not None and not {"state", "params"} <= set(config["assimilation"]["control"]):
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added): "
                           "it redoes a joint analysis with the parameters fixed, and without both there is no joint analysis")
