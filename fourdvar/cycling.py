@@ -342,7 +342,8 @@ def cycle_windows(solver: WindowSolver, windows: Iterable[Sequence], state: Cycl
 
 def cycling_method(model, control="state", n_steps: int = 1, *, shift: int | None = None, background_policy: Callable | None = None,
                    params_policy: Callable | None = None, max_cost_per_obs: float | None = None, cost_spike: float | None = None,
-                   params_noise_std: float | None = None, params_noise_decay: float = 1.0, params_noise_floor: float = 0.0, Q=None, model_error_every: int | None = None,
+                   params_noise_std: float | None = None, params_noise_decay: float = 1.0, params_noise_floor: float = 0.0,
+                   Q=None, model_error_every: int | None = None,
                    quasi_static_steps: int | None = None, options: SolverOptions | None = None, **changes) -> tuple[WindowSolver, CyclingRule]:
     """The :class:`WindowSolver` and :class:`CyclingRule` of :func:`cycle`'s keywords (``options``
     with the keyword ``changes``: the solver options of every window)."""
