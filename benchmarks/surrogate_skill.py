@@ -56,6 +56,8 @@ after window ``c`` (``fourdvar run`` without the comparison, 300 windows, Lyapun
     2     0.01, 0.99, 0.001                      3.32              3.64           79
     3     0.01, 0.99, 0.001                      3.48              3.72           79
     2     0.008, 0.99, 0.002                     3.12              3.78           79
+    1     0.008, 0.99, 0.0005                    3.12              3.73           82
+    2     0.008, 0.99, 0.0005                    3.30              3.73           82
 Not tried for lack of time: the integrator, window length and shift, the rank cap of P,
 12 outer loops with the shrinking random walk.  The Lyapunov time: a Benettin estimate over 2000 time units (RK4, dt
 0.01) gives a leading exponent 1.67-1.68 for n = 40, F = 8, so the configuration counts
