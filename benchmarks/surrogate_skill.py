@@ -38,7 +38,7 @@ windows, 150 windows, 8 outer loops, Lanczos with the low-rank propagated P, ran
 
 The same script on seeds 1 / 2 / 3 (comparison included; Lyapunov times of 0.595)::
 
-    noise_std 0.003, 300 windows (shipped)    2.96 / 2.96 / 3.11
+    noise_std 0.003, 300 windows              2.96 / 2.96 / 3.11
     noise_std 0.004, 300 windows              2.84 / 2.90 / 3.04
     noise_std 0.005, 150 windows              3.08 / 2.78 / 2.63
     noise_std 0.003, 300 windows, 12 outer loops 2.93 / 2.97 / 3.31
