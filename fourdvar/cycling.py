@@ -44,11 +44,14 @@ checked against the control's limit.
 With ``params_noise_std = q`` set, ``P`` is propagated instead of prescribed, as
 a Kalman filter would for parameters that follow a random walk::
 
-    P_{c+1} = P^a_c + q^2 I        P^a_c: the Gauss-Newton posterior covariance of the
+    P_{c+1} = P^a_c + q_c^2 I      P^a_c: the Gauss-Newton posterior covariance of the
                                    parameters after window c, marginal over the state
+    q_c = max(q d^c, q_min)        d: ``params_noise_decay`` (default 1), q_min:
+                                   ``params_noise_floor`` (default 0)
 
 so what each window taught the parameters, and how well, accumulates over the
-cycles (``q`` keeps them learning).  With the ``lanczos`` inner method ``P^a`` comes from
+cycles (``q`` keeps them learning; ``d < 1`` lets them learn fast in the first windows
+and settle in the last).  With the ``lanczos`` inner method ``P^a`` comes from
 the Lanczos runs of all the window's outer loops, combined by block BFGS
 (:meth:`fourdvar.posterior.Posterior.from_lanczos_runs`: no Hessian products of its own),
 and ``P`` stays limited-memory, a diagonal updated in low rank
@@ -204,7 +207,8 @@ class CyclingRule:
     """How one window leads to the next besides ``xb_{c+1} = M_{S:0}(p_c, x0_c)``, ``pb_{c+1} = p_c``
     (module docstring): ``shift`` ``S`` (default ``L``), the policies ``background_policy(cycle,
     xb, pb, slots, B) -> B`` and ``params_policy(cycle, P) -> P`` (default: fixed), the cost
-    check (``max_cost_per_obs``, ``cost_spike``) and the propagated ``P`` (``params_noise_std``)."""
+    check (``max_cost_per_obs``, ``cost_spike``) and the propagated ``P`` (``params_noise_std``
+    ``q``, ``params_noise_decay`` ``d``, ``params_noise_floor`` ``q_min``)."""
 
     shift: int | None = None
     background_policy: Callable | None = None
@@ -212,6 +216,12 @@ class CyclingRule:
     max_cost_per_obs: float | None = None
     cost_spike: float | None = None
     params_noise_std: float | None = None
+    params_noise_decay: float = 1.0
+    params_noise_floor: float = 0.0
+
+    def noise_std(self, cycle: int) -> float:
+        """``q_c = max(q d^c, q_min)``: the random walk's std added to ``P`` after window ``cycle``."""
+        return max(self.params_noise_std * self.params_noise_decay**cycle, self.params_noise_floor)
 
     def cost_limit(self, history: Sequence[float]) -> float | None:
         """The ``J / n_obs`` above which a joint analysis is redone with the parameters fixed."""
@@ -317,7 +327,7 @@ def cycle_windows(solver: WindowSolver, windows: Iterable[Sequence], state: Cycl
                  for m, (xb, pb) in enumerate(backgrounds)]
         control, *member_outcomes = map_members(assimilate_member, tasks)
         if control.params_posterior is not None:
-            P = _with_noise(control.params_posterior, rule.params_noise_std, solver.options.posterior_rank)
+            P = _with_noise(control.params_posterior, rule.noise_std(c), solver.options.posterior_rank)
         control.P_next = P
         kept = () if control.rejected_cost is not None else (0.5 * control.departures.chi2,)
         state = dataclasses.replace(
@@ -332,12 +342,14 @@ def cycle_windows(solver: WindowSolver, windows: Iterable[Sequence], state: Cycl
 
 def cycling_method(model, control="state", n_steps: int = 1, *, shift: int | None = None, background_policy: Callable | None = None,
                    params_policy: Callable | None = None, max_cost_per_obs: float | None = None, cost_spike: float | None = None,
-                   params_noise_std: float | None = None, Q=None, model_error_every: int | None = None,
+                   params_noise_std: float | None = None, params_noise_decay: float = 1.0, params_noise_floor: float = 0.0,
+                   Q=None, model_error_every: int | None = None,
                    quasi_static_steps: int | None = None, options: SolverOptions | None = None, **changes) -> tuple[WindowSolver, CyclingRule]:
     """The :class:`WindowSolver` and :class:`CyclingRule` of :func:`cycle`'s keywords (``options``
     with the keyword ``changes``: the solver options of every window)."""
     solver = WindowSolver(model, control, n_steps, SolverOptions.of(options, **changes), Q, model_error_every, quasi_static_steps)
-    return solver, CyclingRule(shift, background_policy, params_policy, max_cost_per_obs, cost_spike, params_noise_std)
+    return solver, CyclingRule(shift, background_policy, params_policy, max_cost_per_obs, cost_spike, params_noise_std,
+                               params_noise_decay, params_noise_floor)
 
 
 def cycle(model, windows: Iterable[Sequence], xb: np.ndarray, B, pb: np.ndarray, P, control="state", n_steps: int = 1,
@@ -348,7 +360,7 @@ def cycle(model, windows: Iterable[Sequence], xb: np.ndarray, B, pb: np.ndarray,
     The ``keywords`` (:func:`cycling_method`, the module docstring): the policies
     ``background_policy(cycle, xb, pb, slots, B) -> B`` and ``params_policy(cycle, P) -> P``
     (default: fixed covariances), ``max_cost_per_obs``, ``cost_spike`` (``cost_history``:
-    ``J / n_obs`` of the windows kept before ``start_cycle``), ``params_noise_std`` (each
+    ``J / n_obs`` of the windows kept before ``start_cycle``), ``params_noise_std``, ``params_noise_decay``, ``params_noise_floor`` (each
     outcome's ``P_next`` is the ``P`` the next window starts from, before ``params_policy``),
     weak constraint (``Q``, ``model_error_every``: see :class:`FourDVar`), quasi-static stages
     (``quasi_static_steps``, :mod:`fourdvar.quasistatic`), ``shift`` (``1 <= shift <= n_steps``,

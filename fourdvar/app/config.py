@@ -217,6 +217,8 @@ SCHEMA: dict[str, Any] = {
             "floor": Field("float", 0.0, "the parameter std never goes below this", _non_negative),
             "update": Field("str", "schedule", "how P changes from window to window: `schedule` (diagonal, std = max(error_std * decay^c, floor)) or `posterior` (P of the next window = the parameters' Gauss-Newton posterior covariance after this one, marginal over the state, + noise_std^2 I: what each window taught accumulates, as in a Kalman filter; with `inner.method: lanczos` in low rank from the outer loops' Lanczos runs, no extra Hessian products and never an `n_p x n_p` matrix; with `cg` or `lbfgs` dense, one TL+AD sweep per control element per window)", choices=("schedule", "posterior")),
             "noise_std": Field("float", 0.01, "with `update: posterior`: std of the random walk added to the parameters' covariance after each window (keeps them learning)", _non_negative),
+            "noise_decay": Field("float", 1.0, "with `update: posterior`: the random walk's std after window c is max(noise_std * noise_decay^c, noise_floor) (< 1: learn fast early, settle late)", _positive),
+            "noise_floor": Field("float", 0.0, "with `update: posterior`: the random walk's std never goes below this", _non_negative),
             "names": Field("str_list", None, "the parameters' names in the result file and the figures, one per parameter (default: the model's `param_names`, else p[0], p[1], ...)", nullable=True),
         },
     },
@@ -462,6 +464,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     params = config["background"]["params"]
     if params["update"] == "posterior" and (params["decay"] != 1.0 or params["floor"] != 0.0):
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
+    if params["update"] == "schedule" and (params["noise_decay"] != 1.0 or params["noise_floor"] != 0.0):
+        raise ConfigError("background.params: noise_decay and noise_floor belong to update: posterior (they shape its random walk); with update: schedule use decay and floor")
     if config["assimilation"]["max_cost_per_obs"] is not None and not {"state", "params"} <= set(config["assimilation"]["control"]):
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added): "
                           "it redoes a joint analysis with the parameters fixed, and without both there is no joint analysis")

@@ -407,12 +407,15 @@ class AdaptiveB(Settings):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParamsPolicy(Settings):
-    """The cycling policy of P: ``schedule`` (``max(std decay^c, floor)``) or ``posterior`` (+ ``noise_std^2 I``)."""
+    """The cycling policy of P: ``schedule`` (``max(std decay^c, floor)``) or ``posterior`` (+ ``q_c^2 I``,
+    ``q_c = max(noise_std noise_decay^c, noise_floor)``)."""
 
     update: str
     decay: float
     floor: float
     noise_std: float
+    noise_decay: float
+    noise_floor: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

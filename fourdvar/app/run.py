@@ -187,7 +187,8 @@ def _method(plan: Plan) -> tuple[WindowSolver, CyclingRule]:
     solver = WindowSolver(plan.model, plan.control, plan.n_steps, SolverOptions(**plan.solver_options),
                           plan.Q0, plan.model_error_every, assimilation["quasi_static_steps"])
     rule = CyclingRule(plan.shift, plan.background_policy, None if posterior else plan.params_policy,
-                       assimilation["max_cost_per_obs"], assimilation["cost_spike"], params["noise_std"] if posterior else None)
+                       assimilation["max_cost_per_obs"], assimilation["cost_spike"], params["noise_std"] if posterior else None,
+                       params["noise_decay"], params["noise_floor"])
     return solver, rule
 
 
