@@ -141,6 +141,7 @@ def _fixed_half(climatology_every: int | None, cycles: int = 6):
     config = yaml.safe_load((ROOT / "configs" / "l96_brajard2020.yaml").read_text())
     config["observations"]["operator"] = {"type": "subset", "indices": {"start": 0, "stop": 40, "step": 2}}
     config["observations"]["climatology_every"] = climatology_every
+    config["background"]["params"] = {"error_std": 0.5, "update": "posterior", "noise_std": 0.01}  # a constant walk: the set-up measured below
     config["window"]["cycles"] = cycles
     config["diagnostics"]["forecast_skill"] = False
     with np.errstate(all="ignore"):
