@@ -6,7 +6,7 @@ Runs ``configs/l96_brajard2020.yaml`` through the command line (``nice``, one ru
 time) for each observed fraction (100, 75, 50, 40, 25 %, observation error std 1) and each
 observation error std (0.5, 1, 2 with half the points observed), on each seed, the
 random subset's seed set to the run's seed, and a variant at 50 % with the weights'
-random walk 0.005 (background.params.noise_std).  A result file already in ``--work`` is
+random walk starting at 0.005 (background.params.noise_std, its decay and floor as configured).  A result file already in ``--work`` is
 scored as it is, so an interrupted table resumes where it stopped.
 
 Scored from the result files: the surrogate with its last analysed weights forecasts
@@ -143,7 +143,7 @@ def score(path: Path) -> dict:
 
 def label(kind: str, value: float) -> str:
     if kind == "walk":
-        return f"50 % observed, std 1, weights' random walk {value:g} (not 0.01)"
+        return f"50 % observed, std 1, weights' random walk {value:g} (starting value; the configuration: 0.008), decaying as configured"
     return f"{value:.0%} observed, std 1" if kind == "fraction" else f"50 % observed, std {value:g}"
 
 
