@@ -115,7 +115,7 @@ class InnerLoopResult:
         when ``gradient`` is not given (the Lanczos iterate: its residual is orthogonal to the
         Krylov space that holds it).  ``Jb``, ``Jp`` directly, ``Jo`` the rest."""
         J = J0 + 0.5 * float((g0 if gradient is None else g0 + gradient) @ u)
-        Jb, Jp, Jm = jq.background_and_model_error(u)
+        Jb, Jp, Jm, _ = jq.background(u)
         self.record(CostTerms(Jb, Jp, J - Jb - Jp - Jm, Jm), gradient_norm)
 
     @property
@@ -263,7 +263,7 @@ MAX_HALVINGS = 5
 def _roundoff_floor(jq: IncrementalCost, g0: np.ndarray) -> float:
     """``ROUNDOFF * eps * sqrt(n) * (|grad (Jb + Jp)(0)| + |grad Jo(0)|)``: below this the
     gradient of ``Jq`` is the round-off of the terms that cancel in it."""
-    _, _, g_background = jq.background(np.zeros(jq.size))
+    g_background = jq.background(np.zeros(jq.size))[3]
     scale = float(np.linalg.norm(g_background) + np.linalg.norm(g0 - g_background))
     return ROUNDOFF * np.finfo(float).eps * np.sqrt(jq.size) * scale
 
