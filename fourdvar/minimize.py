@@ -1,49 +1,31 @@
 """Inner-loop minimisers of the quadratic cost ``Jq`` and the outer loop around them.
 
-Inner loop, from ``u = 0``: ``scipy.optimize.minimize(method="L-BFGS-B")``, conjugate
-gradients (``cg``), the natural solver for a quadratic (``A u = -grad Jq(0)``, one
-Hessian-vector product, i.e. one TL and one AD sweep, per iteration), or the same in
-Lanczos form (``lanczos``, :mod:`fourdvar.lanczos`), which keeps its vectors and so gives
-the Ritz pairs of ``A``: all of them precondition the next outer loop (``preconditioner=
-"spectral"``: the limited-memory preconditioner of the whole Krylov space, multiplied onto
-the previous ones, dropped by the next inner loop's first product when the Hessian moved);
-the posterior covariance is that of the Hessian at the analysis, built after the outer loops
-(:meth:`fourdvar.posterior.Posterior.at_analysis`).  The pairs of
-the first outer loop, linearised at the background, are not carried: its increment is the
-largest, so the second outer loop's Hessian is the furthest from them, often without the
-stale test seeing it; the chain starts from the second
-outer loop's pairs.
+Inner loop, from ``u = 0``: scipy's L-BFGS-B (``lbfgs``), conjugate gradients on
+``A u = -grad Jq(0)`` (``cg``, one Hessian product, a TL and an AD sweep, per iteration), or
+the same in Lanczos form (``lanczos``, :mod:`fourdvar.lanczos`), whose Ritz pairs of ``A``
+precondition the next outer loop (``preconditioner="spectral"``, from the second outer loop's
+pairs on: the first loop's increment is the largest, its Hessian the furthest from the next).
 Each stops at the first of:
 
-* ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|`` (the requested reduction);
-* ``|grad Jq(u)|`` below what the outer loop needs (:data:`OUTER_SAFETY` times its target);
-* ``|grad Jq(u)|`` at the round-off level, where it cannot fall further:
-  ``ROUNDOFF * eps * sqrt(n) * (|grad Jb+Jp (0)| + |grad Jo (0)|)``, the terms whose
-  cancellation makes the gradient (L-BFGS also stops when its line search makes no
-  progress, which is round-off winning);
+* ``|grad Jq(u)| <= gradient_reduction * |grad Jq(0)|``;
+* ``|grad Jq(u)| <= OUTER_SAFETY`` times what the outer loop needs;
+* ``|grad Jq(u)| <= ROUNDOFF * eps * sqrt(n) * (|grad Jb+Jp (0)| + |grad Jo (0)|)``, the
+  round-off of the terms that cancel in it (or an L-BFGS line search without progress);
 * ``max_iterations``.
 
-Outer loop: linearise at the current guess, minimise ``Jq``, add the increment, repeat,
-until the nonlinear problem is solved to ``tolerance``, the relative accuracy of ``J``
-asked for.  ``J - J_min`` is estimated two ways, and either suffices (status 0):
+Outer loop: linearise at the guess, minimise ``Jq``, add the increment, until ``J`` is within
+``tolerance`` (relative) of its minimum by either estimate (status 0):
 
-* ``1/2 |grad_u J|^2 <= tolerance * J`` at the current guess, ``grad_u J`` the gradient of
-  the nonlinear ``J`` w.r.t. the control variables (``[B^T/2 grad_x0 J; P^T/2 grad_p J]``,
-  whatever ``transform``).  The Gauss-Newton Hessian in those variables is
-  ``I + L^T R^-1 L >= I``, so ``J - J_min <~ 1/2 grad_u J . A^-1 grad_u J <= 1/2 |grad_u J|^2``.
-  It costs nothing: ``grad Jq(0)`` of an outer loop is ``grad J`` there.
-* ``Jq(0) - Jq(u) <= tolerance * J`` after an inner loop that converged and whose full
-  increment was kept: the decrease the Gauss-Newton model predicts, ``1/2 g A^-1 g``, the
-  sharper estimate (the gradient left is mostly along large curvature).  The increment is
-  added before stopping.
+* ``1/2 |grad_u J|^2 <= tolerance * J``, ``grad_u J = [B^T/2 grad_x0 J; P^T/2 grad_p J; ...]``:
+  the Gauss-Newton Hessian ``A = I + L^T R^-1 L >= I`` in those variables, so
+  ``J - J_min <~ 1/2 grad_u J . A^-1 grad_u J <= 1/2 |grad_u J|^2``;
+* ``Jq(0) - Jq(u) <= tolerance * J`` after a converged inner loop whose full increment was
+  kept (``1/2 g A^-1 g``, the decrease the Gauss-Newton model predicts).
 
-``outer_loops`` is a maximum.  With ``backtracking`` (the default) the increment is
-halved, up to ``MAX_HALVINGS`` times, while it would raise the nonlinear cost; when no
-fraction lowers it the outer loop stops (status 3, a success, when the decrease the
-increment promised was within the round-off of ``J``; else status 2): Gauss-Newton safeguarded so that the
-nonlinear ``J`` never increases from one outer loop to the next (it can when the
-increment is large, e.g. network weights early in online learning).
-:func:`minimize_4dvar` returns an :class:`AssimilationResult`, whose ``status`` is one of
+With ``backtracking`` an increment that would raise ``J`` is halved, up to ``MAX_HALVINGS``
+times, so ``J`` never increases between outer loops; when no fraction lowers it the outer
+loop stops (status 3 when the promised decrease was at ``J``'s round-off, else 2).
+:func:`minimize_4dvar` returns an :class:`AssimilationResult`, ``status`` a key of
 :data:`STATUS_MESSAGES`.
 """
 
@@ -60,10 +42,8 @@ from .posterior import POSTERIOR_METHODS, Posterior
 from .qc import HuberNorm
 from .window import DivergenceError
 
-__all__ = [
-    "InnerLoopResult", "AssimilationResult", "minimize_inner", "minimize_4dvar", "INNER_METHODS",
-    "PRECONDITIONERS", "STATUS_MESSAGES",
-]
+__all__ = ["InnerLoopResult", "AssimilationResult", "minimize_inner", "minimize_4dvar", "INNER_METHODS",
+           "PRECONDITIONERS", "STATUS_MESSAGES"]
 
 DEFAULT_TOLERANCE = 1e-8  # the relative accuracy of J the outer loops stop at
 DEFAULT_OUTER_LOOPS = 50  # the most outer loops a solve runs by default
@@ -103,10 +83,8 @@ class InnerLoopResult:
     lanczos: LanczosRun | None = None
 
     def record(self, terms: CostTerms, gradient_norm: float) -> None:
-        self.J.append(terms.J)
-        self.Jb.append(terms.Jb)
-        self.Jp.append(terms.Jp)
-        self.Jo.append(terms.Jo)
+        for name in ("J", "Jb", "Jp", "Jo"):
+            getattr(self, name).append(getattr(terms, name))
         self.gradient_norm.append(gradient_norm)
 
     def record_quadratic(self, jq: IncrementalCost, J0: float, g0: np.ndarray, u: np.ndarray, gradient_norm: float,
@@ -358,45 +336,25 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     __str__ = __repr__
 
 
-def minimize_4dvar(
-    cost: FourDVarCost,
-    x0: np.ndarray,
-    p: np.ndarray,
-    control="state",
-    outer_loops: int = DEFAULT_OUTER_LOOPS,
-    method: str = "lanczos",
-    max_iterations: int = 50,
-    gradient_reduction: float = 1e-2,
-    transform: bool = True,
-    callback=None,
-    backtracking: bool = True,
-    eta: np.ndarray | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    preconditioner: str | None = None,
-    posterior_rank: int | None = None,
-    posterior_method: str = "auto",
-    posterior_accuracy: float = POSTERIOR_ACCURACY,
-    posterior_iterations: int | None = None,
-    huber: float | None = None,
-) -> AssimilationResult:
-    """Incremental 4D-Var: at most ``outer_loops`` relinearisations, each with an inner
-    minimisation, until ``1/2 |grad_u J|^2 <= tolerance * J`` (see the module docstring).
+def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", outer_loops: int = DEFAULT_OUTER_LOOPS,
+                   method: str = "lanczos", max_iterations: int = 50, gradient_reduction: float = 1e-2,
+                   transform: bool = True, callback=None, backtracking: bool = True, eta: np.ndarray | None = None,
+                   tolerance: float = DEFAULT_TOLERANCE, preconditioner: str | None = None,
+                   posterior_rank: int | None = None, posterior_method: str = "auto",
+                   posterior_accuracy: float = POSTERIOR_ACCURACY, posterior_iterations: int | None = None,
+                   huber: float | None = None) -> AssimilationResult:
+    """Incremental 4D-Var from ``(x0, p, eta)`` (``eta`` default 0): at most ``outer_loops`` outer loops,
+    until ``1/2 |grad_u J|^2 <= tolerance * J`` (module docstring).
 
-    ``eta`` is the first guess of the model-error forcing of a weak-constraint
-    cost (default 0).
-    ``preconditioner="spectral"`` (``lanczos`` only; the default with it, else ``"none"``)
-    preconditions each inner loop by the Ritz pairs of the previous ones; ``posterior_rank`` caps the Ritz pairs kept per outer
-    loop, the largest first, for the preconditioner (default: all, converged or not).
-    With ``lanczos``, ``result.posterior`` is the Gauss-Newton posterior at the analysis
-    (:meth:`fourdvar.posterior.Posterior.at_analysis`): ``posterior_method`` ``"auto"``, ``"dense"``,
-    ``"lanczos"`` or ``"none"`` (no posterior), ``posterior_accuracy`` the relative error of its
-    std a posterior Lanczos is run to, in at most ``posterior_iterations`` Hessian products.
-    ``gradient_reduction`` defaults to ``1e-2``: inexact Gauss-Newton, each inner loop solved
-    only as far as the next relinearisation can use (near the end the outer tolerance sets
-    the inner target instead).
-    ``huber``: variational QC, ``Jo`` the Huber norm of the normalised departures with that
-    threshold (:class:`fourdvar.qc.HuberNorm`); its weights at the analysis are ``result.varqc_weights``.
-    ``callback(outer_loop, record)`` is called after each outer loop (for progress).
+    ``gradient_reduction`` (default ``1e-2``, inexact Gauss-Newton): each inner loop's target.
+    ``preconditioner="spectral"`` (``lanczos`` only, its default): the Ritz pairs of the previous
+    inner loops, at most ``posterior_rank`` per loop (the largest; default all).  With ``lanczos``,
+    ``result.posterior`` is the Gauss-Newton posterior at the analysis
+    (:meth:`fourdvar.posterior.Posterior.at_analysis`; ``posterior_method`` ``"auto"``, ``"dense"``,
+    ``"lanczos"`` or ``"none"``; its std to ``posterior_accuracy`` in at most ``posterior_iterations``
+    Hessian products).  ``huber``: VarQC, ``Jo`` the Huber norm with that threshold
+    (:class:`fourdvar.qc.HuberNorm`), its weights at the analysis in ``result.varqc_weights``.
+    ``callback(outer_loop, record)`` is called after each outer loop.
     """
     if outer_loops < 1:
         raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
@@ -434,16 +392,13 @@ def minimize_4dvar(
             break
         if i == outer_loops:
             break
-        inner = minimize_inner(
-            jq, method, max_iterations, gradient_reduction, preconditioner=S, start=start,
-            gradient_target=gradient_target if transform else 0.0,
-        )
+        inner = minimize_inner(jq, method, max_iterations, gradient_reduction, preconditioner=S, start=start,
+                               gradient_target=gradient_target if transform else 0.0)
         record = {"J": terms.J, "Jb": terms.Jb, "Jp": terms.Jp, "Jo": terms.Jo, "gradient_norm": gradient_norm, "inner": inner}
         outer.append(record)
-        if inner.lanczos is not None:
+        if inner.lanczos is not None and preconditioner == "spectral" and i > 0:  # not the background's pairs
             used = inner.lanczos.preconditioner or SpectralPreconditioner(jq.size)
-            if preconditioner == "spectral" and i > 0:  # not the background's pairs: see the module docstring
-                S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
+            S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
         step, jq_next, start_next = _next_linearisation(
             objective, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
         record["step_length"] = step
