@@ -1,61 +1,36 @@
 """Conjugate gradients in their Lanczos form, and the spectral preconditioner built from them.
 
-The inner loop solves ``A u = -g0`` with ``A = I + L^T R^-1 L`` the Hessian of ``Jq`` in
-control variables (SPD, eigenvalues >= 1).  With a preconditioner ``S`` (``C = S S^T ~ A^-1``)
-it solves the split system ``(S^T A S) z = -S^T g0``, ``u = S z``.  Lanczos on
-``Â = S^T A S`` from ``q_1 = b / beta_0``, ``b = -S^T g0``::
+The inner loop solves ``A u = -g0``, ``A = I + L^T R^-1 L`` the Hessian of ``Jq`` in control
+variables (SPD, eigenvalues >= 1).  With a preconditioner ``S`` (``S S^T ~ A^-1``) it solves
+``(S^T A S) z = -S^T g0``, ``u = S z``, by Lanczos on ``Â = S^T A S`` from ``q_1 = b / beta_0``,
+``b = -S^T g0``::
 
     w = Â q_j - beta_{j-1} q_{j-1};  alpha_j = q_j . w;  w -= alpha_j q_j
     w -= Q_j (Q_j^T w)   (twice: full reorthogonalisation)
     beta_j = |w|;  q_{j+1} = w / beta_j
 
-gives ``Â Q_j = Q_j T_j + beta_j q_{j+1} e_j^T`` with ``T_j`` tridiagonal.  The iterate
-``z_j = Q_j y_j``, ``T_j y_j = beta_0 e_1``, is the CG iterate (same Krylov space, same
-minimiser of ``Jq`` on it); its residual is ``Â z_j - b = beta_j (e_j^T y_j) q_{j+1}``, so the
-gradient of ``Jq`` at ``u_j = S z_j`` is ``S^-T`` of that and its norm is known without a
-further Hessian product.  Since ``z_j`` minimises ``Jq`` over the Krylov space,
-``u_j . A u_j = -g0 . u_j`` and ``Jq(u_j) = Jq(0) + 1/2 g0 . u_j``.
+so ``Â Q_j = Q_j T_j + beta_j q_{j+1} e_j^T``, ``T_j`` tridiagonal.  The CG iterate is
+``z_j = Q_j y_j``, ``T_j y_j = beta_0 e_1``; its residual ``beta_j (e_j^T y_j) q_{j+1}`` gives the
+gradient norm without a further product, and ``Jq(u_j) = Jq(0) + 1/2 g0 . u_j``.  Ritz pairs:
+``T_j = Y Theta Y^T`` gives ``(theta_i, Q_j y_i)``, with residual ``beta_j |e_j^T y_i|``.
 
-Ritz pairs: ``T_j = Y Theta Y^T`` gives ``(theta_i, Q_j y_i)``, eigenpairs of ``Â`` with
-residual ``|Â v_i - theta_i v_i| = beta_j |e_j^T y_i|``.
+The spectral factor of orthonormal Ritz vectors ``V`` and values ``Theta`` of ``Â`` is
+``T = I + V (Theta^-1/2 - I) V^T`` (``T T ~ Â^-1``, ``T^-1 = I + V (Theta^1/2 - I) V^T``).  The
+factors multiply across outer loops, ``S = T_1 T_2 ... T_m``, and ``S S^T`` is the low-rank
+posterior covariance of the control (:mod:`fourdvar.posterior`), ``A^-1`` once Lanczos converged.
 
-Spectral preconditioner: with orthonormal Ritz vectors ``V`` and values ``Theta`` of ``Â``,
-``T = I + V (Theta^-1/2 - I) V^T`` satisfies ``T T = I + V (Theta^-1 - I) V^T ~ Â^-1``, so
-``S T`` is the next, better square root: ``(S T)(S T)^T ~ A^-1``.  Across outer loops the
-factors multiply, ``S = T_1 T_2 ... T_m``; each is its own inverse's image,
-``T^-1 = I + V (Theta^1/2 - I) V^T``, so ``S^-T`` is as cheap as ``S``.  ``S S^T`` is also
-the low-rank posterior covariance of the control (:mod:`fourdvar.posterior`), exactly
-``A^-1`` when the last Lanczos has converged: ``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``
-(the posterior takes the converged Ritz pairs only, :meth:`LanczosRun.factor`).
+The next outer loop is preconditioned by the limited-memory preconditioner (LMP, Gratton,
+Sartenaer and Tshimanga 2011) of Ritz pairs ``V_r``, converged or not (``V_r^T Â V_r = Theta_r``)::
 
-Preconditioning the next outer loop (:meth:`LanczosRun.preconditioner_factor`) uses the
-whole Krylov space instead, converged or not: the limited-memory preconditioner (LMP,
-Gratton, Sartenaer and Tshimanga 2011) of ``r`` Ritz pairs ``V_r`` (``V_r^T Â V_r = Theta_r``),
+    H = (I - V_r Theta_r^-1 V_r^T Â)(I - Â V_r Theta_r^-1 V_r^T) + V_r Theta_r^-1 V_r^T,    H Â V_r = V_r
 
-    H = (I - V_r Theta_r^-1 V_r^T Â)(I - Â V_r Theta_r^-1 V_r^T) + V_r Theta_r^-1 V_r^T,
-
-satisfies ``H Â V_r = V_r``: after it, ``Â`` is the identity on the whole explored space, not
-only on its converged part.  With ``Â V_r = V_r Theta_r + q_{k+1} c_r^T`` (``c_i = beta_k e_k^T y_i``,
-the signed Ritz residuals) and ``sigma = Theta_r^-1 c_r``, ``H`` is the identity outside
-``Z = [V_r, q_{k+1}]`` (orthonormal) and, inside it,
-
-    H = I + Z (H_Z - I) Z^T,   H_Z = [[Theta_r^-1 + sigma sigma^T, -sigma], [-sigma^T, 1]],
-
-SPD (the Schur complement of its last entry is ``Theta_r^-1``).  With ``H_Z = E diag(mu) E^T``
-it is the spectral factor of the pairs ``(Z E, 1 / mu)``: ``T = H^1/2``, symmetric, as cheap as
-before, so it multiplies onto ``S`` like any other factor (for converged pairs, ``sigma -> 0``
-and it is the spectral factor above).  In the split form, ``T Â T (T^-1 V_r) = T^-1 V_r``:
-the next ``S^T A S`` is the identity on ``W = span(T^-1 V_r) = span(Z H_Z^-1/2 [I_r; 0])``,
-which is ``span(Z)`` less the direction ``m = Z H_Z^1/2 e_{r+1}`` (through which the unexplored
-rest of the space couples in), if ``A`` has not changed.  When the Hessian moved between outer
-loops the pairs are stale and ``S^T A S`` can be worse conditioned than ``A`` itself.  The
-first Lanczos product says so at no cost: with ``P`` the projection on ``W`` of the newest
-factor, ``q_1`` the start vector and ``w = Â q_1``,
-
-    |P (w - q_1)| > STALE * |P q_1|
-
-means the pairs are stale (for an unchanged Hessian the left side is 0, however short the
-Lanczos that gave them): the solve restarts without ``S``, one Hessian product lost.
+With ``Â V_r = V_r Theta_r + q_{k+1} c_r^T`` (``c_i = beta_k e_k^T y_i``) and ``sigma = Theta_r^-1 c_r``,
+``H = I + Z (H_Z - I) Z^T``, ``Z = [V_r, q_{k+1}]``, ``H_Z = [[Theta_r^-1 + sigma sigma^T, -sigma],
+[-sigma^T, 1]]`` (SPD), and ``H_Z = E diag(mu) E^T`` makes ``H^1/2`` the spectral factor of the pairs
+``(Z E, 1 / mu)``.  If ``A`` has not moved, the next ``S^T A S`` is the identity on ``span(Z)`` less
+``m = Z H_Z^1/2 e_{r+1}``.  The first product says whether it moved: with ``P`` the projection on that
+space, ``q_1`` the start vector and ``w = Â q_1``, ``|P (w - q_1)| > STALE * |P q_1|`` (0 for an
+unchanged Hessian) drops ``S`` and restarts the solve, one product lost.
 """
 
 from __future__ import annotations
@@ -229,34 +204,12 @@ def _solve_tridiagonal(alphas: list[float], betas: list[float], rhs: np.ndarray)
 
 def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, preconditioner: SpectralPreconditioner | None = None,
             stale: float | None = None) -> LanczosRun:
-    """Solve ``A u = -g0`` by preconditioned Lanczos (see the module docstring).
+    """Solve ``A u = -g0`` by preconditioned Lanczos (module docstring), ``hessian_vector(u) = A u``, ``A`` SPD.
 
-    Parameters
-    ----------
-    hessian_vector : callable
-        ``hessian_vector(u) -> A u``, ``A`` symmetric positive-definite.
-    g0 : numpy.ndarray
-        The gradient of ``Jq`` at ``u = 0``.
-    max_iterations : int
-        At most this many Hessian products.
-    stop : callable
-        ``stop(j, u_j, gradient_norm) -> bool``, asked after each iteration ``j`` with the
-        iterate and the gradient norm of ``Jq`` there.
-    preconditioner : SpectralPreconditioner, optional
-        ``S``, from the Ritz pairs of earlier runs.
-    stale : float, optional
-        A preconditioner whose newest factor is stale by this measure (module docstring)
-        is dropped after the first product and the solve restarts without it (``run.stale``).
-
-    Returns
-    -------
-    LanczosRun
-        The solution ``u``, the gradient norm at every iteration and the Ritz pairs.
-
-    Raises
-    ------
-    numpy.linalg.LinAlgError
-        When ``T_j`` is not positive-definite (``A`` is not).
+    At most ``max_iterations`` products; ``stop(j, u_j, gradient_norm) -> bool`` is asked after each
+    iteration.  ``preconditioner``: ``S``, from earlier runs; one whose newest factor is stale by the
+    measure ``stale`` is dropped after the first product and the solve restarts without it
+    (``run.stale``).  A :class:`numpy.linalg.LinAlgError` when ``T_j`` is not positive-definite.
 
     Examples
     --------
@@ -280,7 +233,6 @@ def lanczos(hessian_vector, g0: np.ndarray, max_iterations: int, stop, precondit
     Q = np.empty((max_iterations + 1, n))
     Q[0] = b / beta0
     alphas, betas = [], []
-    y = np.zeros(0)
     for j in range(max_iterations):
         w = S.apply_t(hessian_vector(S.apply(Q[j])))
         if j == 0 and stale is not None and S.factors and _is_stale(S, Q[0], w, stale):

@@ -1,57 +1,29 @@
 """The nonlinear run over an assimilation window and its tangent-linear and adjoint.
 
-One window serves strong and weak constraint.  A forcing ``e_k`` may be added after
-each step (the model error of weak constraint; absent, i.e. zero, in strong)::
+One window serves strong and weak constraint: a forcing ``e_k`` (weak constraint's model
+error, zero in strong) is added after each step::
 
     NL   x_k = M(x_{k-1}, p) + e_k                                  k = 1 .. K
     TL   dx_0 given;  dx_k = M_{k:k-1}(dp, dx_{k-1}) + de_k
     AD   ax = f_K, ap = 0
          for k = K .. 1:  ae_k = ax ;  (ax, ap_k) = M_{k:k-1}^T ax ;  ap += ap_k ;  ax += f_{k-1}
 
-where ``f_k`` is an adjoint forcing injected at step ``k`` (for the 4D-Var gradient,
-``H_k^T R_k^-1 (H_k dx_k - d_k)``) and ``ae_k`` the adjoint of ``e_k`` (of ``x_k``).
-The parameter adjoint of every step is accumulated here, not in the model.
-:class:`WindowLinearization` runs the NL once, keeping each step's linearisation, so
-the inner loop never reruns the nonlinear model.
+``f_k`` an adjoint forcing injected at step ``k`` (``H_k^T R_k^-1 (H_k dx_k - d_k)`` for the
+gradient).  The window contract (:class:`Window`, what :func:`linearize_window` returns):
+``states`` ``(K + 1, n_state)``, :func:`forecast`'s to rounding; ``n_steps`` ``K``;
+``tl(dx0, dp, last_step=None, de=None) -> [dx_0 .. dx_k]``, ``de`` ``(K, n_state)`` (row ``k - 1``
+added after step ``k``); ``ad(forcings, ae=None) -> (ax_0, ap)``, fresh, for ``forcings``
+``{k: f_k}``, ``ae`` ``(K, n_state)`` receiving ``ae_k`` in row ``k - 1``, so that
+``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_k <de_k, ae_k>``; ``blocked``: ``tl`` and
+``ad`` also take ``k`` directions as columns (``(n_state, k)``, ``(n_params, k)``,
+``(K, n_state, k)``), what :func:`tl_block` and :func:`ad_block` give any window.
 
-The window contract (:class:`Window`, what :func:`linearize_window` returns):
-
-``states``
-    ``(K + 1, n_state)``: ``x_0 .. x_K``, equal to :func:`forecast` (to rounding).
-``n_steps``
-    ``K``.
-``tl(dx0, dp, last_step=None, de=None) -> [dx_0, .., dx_k]``
-    ``k = last_step`` (default ``K``), ``dx_0`` being ``dx0``; ``de`` ``(K, n_state)``
-    the increments of the forcing (row ``k - 1`` added after step ``k``), absent = 0.
-``ad(forcings, ae=None) -> (ax_0, ap)``
-    ``forcings`` maps steps ``0 .. K`` to ``(n_state,)`` arrays (absent steps have no
-    forcing); ``ap`` ``(n_params,)`` is summed over the steps; ``ae``, when given, a
-    ``(K, n_state)`` array that receives ``ae_k`` in row ``k - 1``.  ``ad`` is the
-    adjoint of ``tl``: ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_k <de_k, ae_k>``.
-    Both results are fresh.
-``blocked``
-    Whether ``tl`` and ``ad`` also take ``k`` directions as the columns of
-    ``(n_state, k)`` and ``(n_params, k)`` matrices (``de``, ``ae``: ``(K, n_state, k)``),
-    column ``d`` of every result being what the one-vector call gives for column ``d``.
-    :func:`tl_block` and :func:`ad_block` apply any window to a block, column by column
-    when it is not blocked.
-
-A model's own window.  A model may do better over a whole window than step by step
-(a dense network's weight adjoint as one matrix product over the steps, a compiled
-sweep).  It offers this as ``model.linearize_window(x0, p, n_steps)`` (``None`` in
-:class:`~fourdvar.model.ModelBase`: the per-step chain), returning a window with the
-contract above; with ``window_forcing = True`` it also takes ``forcing=`` ``(K, n_state)``
-and its ``tl``/``ad`` take ``de``/``ae``.  Without that, a forced window is the per-step
-chain.  :func:`linearize_window` checks the states it returns (shape; finite, else a
-:class:`DivergenceError` naming the first step that is not, with ``context``).
-:class:`PerStepModel` hides the hook: the reference it is checked against.
-
-Small models: on a small grid a step's TL or AD is tens of numpy calls on short
-vectors, whose overhead is the cost.  A :class:`WindowLinearization` of a model with
-blocked TL/AD whose step Jacobian has at most ``DENSE_STEP_SIZE`` elements
-(``DENSE_WINDOW_SIZE`` over the window) stores the Jacobians on its third sweep (an
-inner loop makes tens; a single gradient one) from one blocked AD per step,
-``[M_x^T; M_p^T] = AD(I_n)`` (:class:`DenseStepLinearization`).
+A model may have its own window, ``model.linearize_window(x0, p, n_steps)`` (a dense
+network's weight adjoint as one product over the steps, a compiled sweep), which takes
+``forcing=`` when the model declares ``window_forcing``; else :class:`WindowLinearization`
+chains the steps (:class:`PerStepModel` forces this: the reference).  Where a step's TL or
+AD is mostly numpy call overhead (a small grid), a blocked model's window stores the step
+Jacobians ``[M_x^T; M_p^T] = AD(I_n)`` on its third sweep (:class:`DenseStepLinearization`).
 """
 
 from __future__ import annotations
@@ -65,10 +37,9 @@ import numpy as np
 from . import interfaces
 from .interfaces import declared, declares
 
-__all__ = [
-    "DivergenceError", "ForcedWindowLinearization", "declared", "PerStepModel", "Window", "WindowLinearization", "ad_block", "forced_forecast",
-    "forecast", "linearize_window", "n_sub_windows", "sub_window_forcing", "sub_window_sums", "tl_block",
-]
+__all__ = ["DivergenceError", "ForcedWindowLinearization", "declared", "PerStepModel", "Window", "WindowLinearization",
+           "ad_block", "forced_forecast", "forecast", "linearize_window", "n_sub_windows", "sub_window_forcing",
+           "sub_window_sums", "tl_block"]
 
 
 class DivergenceError(FloatingPointError):
