@@ -1,18 +1,13 @@
 """The interfaces the engine is written against.
 
-Every array is a 1-D float64 numpy array: a state has shape ``(n_state,)``, a
-parameter vector ``(n_params,)``.  A model with no parameters has
-``n_params == 0`` and takes (and returns) empty parameter arrays.
-
-These are :class:`typing.Protocol` classes: a model or operator does not inherit
-from them, it only has the methods.  :func:`fourdvar.checks` verifies that the
-methods are each other's tangent-linear and adjoint.  Optional capabilities are
-declared as attributes, their defaults in one base class each
-(:class:`fourdvar.model.ModelBase` for a model, :class:`fourdvar.window.Window` for a
-window, :class:`ObservationOperatorBase` for an observation operator,
-:class:`fourdvar.covariances.CovarianceBase` for a covariance), and read
-through :func:`declared`, which gives an object written without its base class the
-base's default: the engine never guesses a capability.
+Arrays are 1-D float64: a state ``(n_state,)``, parameters ``(n_params,)`` (empty when
+``n_params == 0``).  These are :class:`typing.Protocol` classes: an implementation only has
+the methods (:mod:`fourdvar.checks` verifies they are each other's TL and AD).  Optional
+capabilities are attributes with their defaults in one base class each
+(:class:`fourdvar.model.ModelBase`, :class:`fourdvar.window.Window`,
+:class:`ObservationOperatorBase`, :class:`fourdvar.covariances.CovarianceBase`), read through
+:func:`declared`, which gives an object without the base class the base's default: the engine
+never guesses a capability.
 """
 
 from __future__ import annotations
@@ -62,13 +57,10 @@ _ABSENT = object()
 
 @runtime_checkable
 class StepLinearization(Protocol):
-    """One model step ``M_{k+1:k}`` linearised at ``(x, p)``.
+    """One model step ``M_{k+1:k}`` linearised at ``(x, p)``, ``output`` the nonlinear ``M(x, p)``.
 
-    ``output`` is the nonlinear ``M(x, p)``, computed once when linearising.
-    Optionally blocked: ``tl`` and ``ad`` also take ``k`` directions as the columns
-    of ``(n_state, k)`` and ``(n_params, k)`` matrices, one sweep for all of them,
-    when the model says so with ``blocked_linearization = True`` (the contract is
-    in :mod:`fourdvar.window`).
+    With the model's ``blocked_linearization``, ``tl`` and ``ad`` also take ``k`` directions as
+    the columns of ``(n_state, k)`` and ``(n_params, k)`` matrices.
     """
 
     output: np.ndarray
@@ -82,9 +74,8 @@ class StepLinearization(Protocol):
 
 @runtime_checkable
 class Window(Protocol):
-    """The nonlinear run over a window with its TL and AD (the contract in :mod:`fourdvar.window`).
+    """The run ``x_k = M(x_{k-1}, p) + e_k`` over a window with its TL and AD (contract: :mod:`fourdvar.window`).
 
-    ``x_k = M(x_{k-1}, p) + e_k``, the forcing ``e_k`` of weak constraint (zero in strong).
     Optional: ``blocked`` (default ``False``), ``tl`` and ``ad`` take ``k`` directions as columns.
     """
 
@@ -102,14 +93,10 @@ class Window(Protocol):
 class Model(Protocol):
     """One forecast step ``x_{k+1} = M_{k+1:k}(p, x_k)``.
 
-    Optional capabilities, with their defaults in :class:`fourdvar.model.ModelBase`:
-    ``step_tl(x, p, dx, dp)`` and ``step_ad(x, p, ax)`` (``linearize(x, p).tl`` and ``.ad``),
-    ``blocked_linearization`` (``False``: the step linearisations take one vector),
-    ``linearize_window(x0, p, n_steps) -> Window`` (``None``: the engine chains the
-    steps), ``window_forcing`` (``False``: that window takes no ``forcing=``), and what the
-    application reads about a model (``None`` when it has none): ``dt``, ``param_names``, the
-    2-D grid ``nx``, ``ny``, ``L``, ``W``, the ``tendency`` of an ODE, a hybrid's ``physics``
-    and ``correction``, and a known ``unresolved_tendency``.
+    Optional capabilities, each documented with its default in :class:`fourdvar.model.ModelBase`:
+    ``step_tl``, ``step_ad``, ``blocked_linearization``, ``linearize_window``, ``window_forcing``
+    and what the application reads about a model (``dt``, ``param_names``, ``nx``, ``ny``, ``L``,
+    ``W``, ``tendency``, ``physics``, ``correction``, ``unresolved_tendency``).
     """
 
     n_state: int
@@ -135,11 +122,7 @@ class OperatorLinearization(Protocol):
 
 @runtime_checkable
 class ObservationOperator(Protocol):
-    """``y = H(x)`` at one observation time.
-
-    Optional capability, its default in :class:`ObservationOperatorBase`: ``at_step(step)``,
-    the operator observing at model step ``step`` (itself: a network that does not move).
-    """
+    """``y = H(x)`` at one observation time; optional: ``at_step`` (:class:`ObservationOperatorBase`)."""
 
     n_obs: int
 
@@ -163,14 +146,11 @@ class ObservationOperatorBase:
 
 @runtime_checkable
 class Covariance(Protocol):
-    """A symmetric positive-definite covariance matrix ``C``, applied matrix-free.
+    """A symmetric positive-definite covariance matrix ``C = C^1/2 C^T/2``, applied matrix-free.
 
-    In the control space (:mod:`fourdvar.control`) each block's increment is ``C^1/2 v``.
-    Optional capabilities, with their defaults in :class:`fourdvar.covariances.CovarianceBase`:
-    ``control_size`` (``size``; larger for a square root from a larger space, an ensemble's),
-    ``sqrt_columns(W)`` (``C^1/2 W`` for the columns of ``W``: column by column),
-    ``variance()`` (``diag(C)``: ``|C^T/2 e_i|^2``), ``std`` (``sqrt(diag C)``), ``condition_number``
-    (``None``: unknown) and ``record()`` (the arrays and numbers that rebuild it; ``{"std": std}``).
+    Optional capabilities, each documented with its default in
+    :class:`fourdvar.covariances.CovarianceBase`: ``control_size``, ``sqrt_columns``, ``variance``,
+    ``std``, ``condition_number``, ``record``.
     """
 
     size: int
@@ -193,11 +173,8 @@ class Covariance(Protocol):
 
 @dataclass(frozen=True)
 class ObservationSlot:
-    """The observations at one time step of a window: ``y_k``, ``H_k``, ``R_k``.
-
-    ``step`` counts model steps from the start of the window (``0 .. L``).
-    The cost functions take any sequence of objects with these four attributes.
-    """
+    """The observations ``y_k``, ``H_k``, ``R_k`` at model step ``step`` of a window (``0 .. L``); the cost
+    functions take any objects with these four attributes."""
 
     step: int
     values: np.ndarray
