@@ -10,9 +10,7 @@
     result = problem.solve(outer_loops=3, max_iterations=50, gradient_reduction=1e-6)
     result.x0, result.p, result.final.J, result.qc.summary(), result.posterior.std_x0
 
-Quality control (:mod:`fourdvar.qc`) runs when the problem is built: the observations it
-rejects (non-finite values; the background check) are left out of ``problem.cost``, and
-``qc.huber`` makes ``Jo`` the Huber norm in :meth:`FourDVar.solve`.
+Quality control (:mod:`fourdvar.qc`) leaves the observations it rejects out of ``problem.cost``.
 """
 
 from __future__ import annotations
@@ -31,28 +29,15 @@ from .options import AS_BUILT, SolverOptions
 __all__ = ["FourDVar"]
 
 class FourDVar:
-    """Incremental 4D-Var over one window of ``n_steps`` model steps.
+    """Incremental 4D-Var over one window: the cost of :class:`fourdvar.cost.FourDVarCost`.
 
-    Parameters
-    ----------
-    model : any object with the model interface (``fourdvar.interfaces.Model``)
-    observations : a sequence of slots (``step``, ``values``, ``operator``, ``covariance``),
-        e.g. an :class:`observations.ObservationSet`; steps count from the window start
-    xb, B : background state and its error covariance
-    pb, P : background parameters and their error covariance (``P`` is needed only
-        when the parameters are in the control; ``pb`` whenever the model has parameters)
-    control : ``"state"``, ``"params"``, ``"model_error"``, ``"both"`` or a list of those names
-    n_steps : window length (default: the last observed step)
-    Q, model_error_every : weak constraint: the model-error covariance and the
-        sub-window length (default: the whole window), one forcing ``eta_j`` per
-        sub-window added after each of its steps (see :mod:`fourdvar.cost`); used
-        when ``"model_error"`` is in the control.  ``result.model_error`` is then
-        the analysed forcing, shape ``(n_sub, n_state)``.
-    qc : a :class:`fourdvar.qc.QualityControl` (default: the background check at 20 and
-        the analysis check at 5 std, no VarQC; ``None``: none of them).  Non-finite values are
-        always left out.  The observations rejected are left out of ``problem.cost`` (by the
-        analysis check, from the solve that rejected them on); ``problem.qc_record`` (and each
-        result's ``qc``) says which.
+    ``model`` has the model interface; ``observations`` are slots (``step`` from the window start,
+    ``values``, ``operator``, ``covariance``); ``pb`` is needed whenever the model has parameters,
+    ``P`` when they are in the ``control`` (:meth:`fourdvar.cost.Control.parse`), ``Q`` (with its
+    sub-windows of ``model_error_every`` steps) when the model error is, ``result.model_error``
+    being then the analysed forcing ``(n_sub, n_state)``.  ``qc``: a
+    :class:`fourdvar.qc.QualityControl` (``None``: none; non-finite values are always left out);
+    ``problem.qc_record`` and each result's ``qc`` say which observations it rejected.
     """
 
     def __init__(self, model, observations: Sequence, xb, B=None, pb=None, P=None, control="state", n_steps: int | None = None,
@@ -87,20 +72,13 @@ class FourDVar:
         return self.cost.trajectory(np.asarray(x0, dtype=float), np.asarray(p, dtype=float), eta)
 
     def params_posterior_covariance(self, x0=None, p=None, eta=None) -> np.ndarray:
-        """The parameters' posterior error covariance, Gauss-Newton at ``(x0, p)``, marginal over the state.
+        """The parameters' Gauss-Newton posterior error covariance at ``(x0, p, eta)``, marginal over the
+        state (and the forcing)::
 
-        In the control variables ``u = [v; w]`` (``dx0 = B^1/2 v``, ``dp = P^1/2 w``) the
-        Hessian of ``Jq`` is ``A = I + L^T R^-1 L`` (``L``: the linearised window and
-        observation operators applied to ``[B^1/2 v; P^1/2 w]``); the posterior covariance
-        of ``u`` is ``A^-1`` and that of the parameters::
+            P^a = P^1/2 (A^-1)_ww P^T/2,     A = I + L^T R^-1 L   in the control variables u = [v; w; ...]
 
-            P^a = P^1/2 (A^-1)_ww P^T/2
-
-        the ``ww`` block of ``A^-1`` being the inverse of the Schur complement of the state
-        block, so the state's uncertainty is accounted for.  ``A`` is formed column by column
-        (:meth:`IncrementalCost.hessian_matrix`), so this costs one TL and one AD sweep per
-        control element.  Needs the parameters in the control.  In weak constraint ``A`` is
-        linearised at ``eta`` as well (default 0) and the marginal is over the forcing too.
+        ``A`` the dense Hessian of ``Jq`` (:meth:`IncrementalCost.hessian_matrix`).  Needs the
+        parameters in the control.
         """
         if not self.control.params:
             raise ValueError("params_posterior_covariance needs the parameters in the control")

@@ -1,13 +1,6 @@
-"""A base class that gives a model the convenience methods of the interface.
-
-A concrete model writes ``step`` (the nonlinear step), ``linearize`` (the step
-run once, keeping what TL and AD need) and ``init_params``.  ``step_tl`` and
-``step_ad`` are defined here through ``linearize``, so each derivative has one
-implementation.  The optional capabilities of :class:`fourdvar.interfaces.Model`
-are declared here with their defaults.  Subclassing is optional: any object with
-the methods of the protocol works with the engine, which reads its capabilities
-through :func:`fourdvar.interfaces.declared` (these defaults for one it does not declare).
-"""
+"""The base class of a model: the optional capabilities of :class:`fourdvar.interfaces.Model` with
+their defaults, and ``step_tl``/``step_ad`` through ``linearize``, so each derivative has one
+implementation.  Subclassing is optional (:func:`fourdvar.interfaces.declared`)."""
 
 from __future__ import annotations
 
@@ -29,11 +22,8 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
 @declares("step_tl", "step_ad", "blocked_linearization", "linearize_window", "window_forcing",
           "dt", "param_names", "nx", "ny", "L", "W", "tendency", "physics", "correction", "unresolved_tendency")
 class ModelBase:
-    """Base class of a model: ``step_tl``, ``step_ad`` and ``forecast`` from ``step`` and ``linearize``.
-
-    A subclass sets ``n_state`` and ``n_params`` and writes ``step(x, p)`` (the nonlinear
-    step), ``linearize(x, p)`` (an object with ``output``, ``tl(dx, dp)`` and
-    ``ad(ax) -> (ax_prev, ap)``) and, when it has parameters, ``init_params(rng)``.
+    """Base class of a model: a subclass sets ``n_state`` and ``n_params`` and writes ``step(x, p)``,
+    ``linearize(x, p)`` (``output``, ``tl(dx, dp)``, ``ad(ax) -> (ax_prev, ap)``) and ``init_params(rng)``.
 
     Examples
     --------
