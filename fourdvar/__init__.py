@@ -29,33 +29,8 @@ from .options import SolverOptions
 from .registry import build_model, build_operator, register_model, register_operator
 from .window import DivergenceError, ForcedWindowLinearization, WindowLinearization, forced_forecast, forecast
 
-__all__ = [
-    "__version__",
-    "FourDVar",
-    "AssimilationResult",
-    "SolverOptions",
-    "FourDVarCost",
-    "IncrementalCost",
-    "CostTerms",
-    "Control",
-    "minimize_4dvar",
-    "minimize_inner",
-    "WindowLinearization",
-    "ForcedWindowLinearization",
-    "forecast",
-    "forced_forecast",
-    "DivergenceError",
-    "checks",
-    "covariances",
-    "covariances2d",
-    "registry",
-    "Model",
-    "ModelBase",
-    "ObservationOperator",
-    "ObservationSlot",
-    "Covariance",
-    "build_model",
-    "build_operator",
-    "register_model",
-    "register_operator",
-]
+__all__ = ["__version__", "FourDVar", "AssimilationResult", "SolverOptions", "FourDVarCost", "IncrementalCost",
+           "CostTerms", "Control", "minimize_4dvar", "minimize_inner", "WindowLinearization",
+           "ForcedWindowLinearization", "forecast", "forced_forecast", "DivergenceError", "checks", "covariances",
+           "covariances2d", "registry", "Model", "ModelBase", "ObservationOperator", "ObservationSlot", "Covariance",
+           "build_model", "build_operator", "register_model", "register_operator"]

@@ -34,7 +34,7 @@ __all__ = [
     "search_directories",
 ]
 
-_GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators"}
+_GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators", "observation set": "fourdvar.observation_sets"}
 #: The methods a class must have to be built as a model or an operator (the interfaces of
 #: :mod:`fourdvar.interfaces`): a ``type`` naming anything else is refused before it is called.
 _METHODS = {
@@ -49,15 +49,20 @@ _LISTED = 3
 
 
 @contextlib.contextmanager
+def _setting(variable: contextvars.ContextVar, value):
+    """Within this block, ``variable`` is ``value``."""
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
 def search_directories(directories):
     """Within this block, a ``module:Class`` whose module is not on ``sys.path`` is also looked
     for in ``directories`` (``module.py`` or a package ``module/``); the one holding it is
     added to ``sys.path``."""
-    token = _SEARCHED.set(tuple(os.path.abspath(directory) for directory in directories))
-    try:
-        yield
-    finally:
-        _SEARCHED.reset(token)
+    return _setting(_SEARCHED, tuple(os.path.abspath(directory) for directory in directories))
 
 
 def _shown(name: str, limit: int = 80) -> str:
@@ -167,16 +172,11 @@ def _checked(kind: str, name: str, cls) -> type:
     return cls
 
 
-@contextlib.contextmanager
 def registered_names_only():
     """Within this block, ``module:Class`` references are refused (nested ones, such as a
     hybrid's ``physics``, included): only registered and installed names build.  For
     input from an untrusted source, such as a result file someone sent."""
-    token = _IMPORTS_ALLOWED.set(False)
-    try:
-        yield
-    finally:
-        _IMPORTS_ALLOWED.reset(token)
+    return _setting(_IMPORTS_ALLOWED, False)
 
 
 def _lookup(kind: str, name: str) -> type:
@@ -278,7 +278,7 @@ def observation_set_class(name: str = "default") -> type:
     Found through the ``fourdvar.observation_sets`` entry points, so the command
     line does not import ``observations`` by name.
     """
-    points = {ep.name: ep for ep in entry_points(group="fourdvar.observation_sets")}
+    points = _entry_points("observation set")
     if name not in points:
         raise RegistryError(f"no observation-set class {name!r} is installed (entry-point group fourdvar.observation_sets)")
     return _load(points[name], f"observation-set class {name!r}")
