@@ -109,7 +109,7 @@ class FourDVar:
         if options.qc is not AS_BUILT and options.qc != self.qc:
             self._screen(options.qc)
         x0, p = self._first_guess(x0, p)
-        keywords = dict(control=self.control, huber=None if self.qc is None else self.qc.huber, **options.minimize_keywords())
+        keywords = dict(control=self.control, options=options, huber=None if self.qc is None else self.qc.huber)
         result = self._analysis_checked(minimize_4dvar(self.cost, x0, p, eta=eta, **keywords), keywords)
         result["qc"] = replace(self.qc_record, weights=result["varqc_weights"])
         return result

@@ -38,16 +38,14 @@ import scipy.optimize
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
 from .lanczos import STALE, LanczosRun, SpectralPreconditioner, lanczos
-from .posterior import POSTERIOR_METHODS, Posterior
+from .options import PRECONDITIONERS, SolverOptions
+from .posterior import Posterior
 from .qc import HuberNorm
 from .window import DivergenceError
 
 __all__ = ["InnerLoopResult", "AssimilationResult", "minimize_inner", "minimize_4dvar", "INNER_METHODS",
            "PRECONDITIONERS", "STATUS_MESSAGES"]
 
-DEFAULT_TOLERANCE = 1e-8  # the relative accuracy of J the outer loops stop at
-DEFAULT_OUTER_LOOPS = 50  # the most outer loops a solve runs by default
-POSTERIOR_ACCURACY = 0.01  # the relative error of the posterior std a posterior Lanczos is run to
 ROUNDOFF = 10.0  # the round-off floor of |grad Jq|, in units of eps * sqrt(n) * (size of its terms)
 ROUNDOFF_DECREASE = 1e3  # a predicted decrease of J below this * eps * J is lost in J's round-off
 OUTER_SAFETY = 0.1  # an inner loop need not reduce |grad Jq| below this fraction of the outer target
@@ -234,7 +232,6 @@ def _lanczos(jq: IncrementalCost, result: InnerLoopResult, g0: np.ndarray, targe
 
 
 INNER_METHODS = {"lbfgs": _lbfgs, "cg": _conjugate_gradient, "lanczos": _lanczos}
-PRECONDITIONERS = ("none", "spectral")
 MAX_HALVINGS = 5
 
 
@@ -336,17 +333,13 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     __str__ = __repr__
 
 
-def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", outer_loops: int = DEFAULT_OUTER_LOOPS,
-                   method: str = "lanczos", max_iterations: int = 50, gradient_reduction: float = 1e-2,
-                   transform: bool = True, callback=None, backtracking: bool = True, eta: np.ndarray | None = None,
-                   tolerance: float = DEFAULT_TOLERANCE, preconditioner: str | None = None,
-                   posterior_rank: int | None = None, posterior_method: str = "auto",
-                   posterior_accuracy: float = POSTERIOR_ACCURACY, posterior_iterations: int | None = None,
-                   huber: float | None = None) -> AssimilationResult:
+def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", options: SolverOptions | None = None,
+                   *, eta: np.ndarray | None = None, huber: float | None = None, **changes) -> AssimilationResult:
     """Incremental 4D-Var from ``(x0, p, eta)`` (``eta`` default 0): at most ``outer_loops`` outer loops,
     until ``1/2 |grad_u J|^2 <= tolerance * J`` (module docstring).
 
-    ``gradient_reduction`` (default ``1e-2``, inexact Gauss-Newton): each inner loop's target.
+    ``options``: a :class:`fourdvar.options.SolverOptions` (default: its defaults) with the keyword
+    ``changes`` applied.  ``gradient_reduction`` (inexact Gauss-Newton): each inner loop's target.
     ``preconditioner="spectral"`` (``lanczos`` only, its default): the Ritz pairs of the previous
     inner loops, at most ``posterior_rank`` per loop (the largest; default all).  With ``lanczos``,
     ``result.posterior`` is the Gauss-Newton posterior at the analysis
@@ -356,25 +349,9 @@ def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="s
     (:class:`fourdvar.qc.HuberNorm`), its weights at the analysis in ``result.varqc_weights``.
     ``callback(outer_loop, record)`` is called after each outer loop.
     """
-    if outer_loops < 1:
-        raise ValueError(f"outer_loops must be at least 1, got {outer_loops}")
-    if not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    if preconditioner is None:
-        preconditioner = "spectral" if method == "lanczos" else "none"
-    if preconditioner not in PRECONDITIONERS:
-        raise ValueError(f"unknown preconditioner {preconditioner!r}; choose one of {', '.join(PRECONDITIONERS)}")
-    if preconditioner == "spectral" and method != "lanczos":
-        raise ValueError(f"preconditioner 'spectral' needs method 'lanczos', not {method!r}")
-    if method == "lanczos" and not transform:
-        raise ValueError("method 'lanczos' works in the transformed control variables: it needs transform=True")
-    if posterior_rank is not None and posterior_rank < 1:
-        raise ValueError(f"posterior_rank must be at least 1, got {posterior_rank}")
-    if posterior_method not in POSTERIOR_METHODS + ("none",):
-        raise ValueError(f"unknown posterior method {posterior_method!r}; choose one of {', '.join(POSTERIOR_METHODS + ('none',))}")
-    if not posterior_accuracy > 0:
-        raise ValueError(f"posterior_accuracy must be > 0, got {posterior_accuracy}")
-
+    options = SolverOptions.of(options, **changes)
+    method, transform, tolerance = options.method, options.transform, options.tolerance
+    preconditioner = options.preconditioner or ("spectral" if method == "lanczos" else "none")
     objective = cost if huber is None else HuberNorm(cost, huber)  # the nonlinear J: evaluate and linearise
 
     def linearise(x, q, e, outer_loop=0):
@@ -383,27 +360,27 @@ def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="s
     jq, start = linearise(np.asarray(x0, dtype=float).copy(), np.asarray(p, dtype=float).copy(), cost.checked_model_error(eta))
     S = SpectralPreconditioner(jq.size)
     outer, status, criterion = [], 1, ""
-    for i in range(outer_loops + 1):
+    for i in range(options.outer_loops + 1):
         terms, gradient = start
         gradient_norm = jq.space.transformed_norm(gradient)  # |grad_u J| in the transformed variables, whatever transform
         gradient_target = np.sqrt(2.0 * tolerance * max(terms.J, 0.0))
         if gradient_norm <= gradient_target:
             status, criterion = 0, "gradient"
             break
-        if i == outer_loops:
+        if i == options.outer_loops:
             break
-        inner = minimize_inner(jq, method, max_iterations, gradient_reduction, preconditioner=S, start=start,
+        inner = minimize_inner(jq, method, options.max_iterations, options.gradient_reduction, preconditioner=S, start=start,
                                gradient_target=gradient_target if transform else 0.0)
         record = {"J": terms.J, "Jb": terms.Jb, "Jp": terms.Jp, "Jo": terms.Jo, "gradient_norm": gradient_norm, "inner": inner}
         outer.append(record)
         if inner.lanczos is not None and preconditioner == "spectral" and i > 0:  # not the background's pairs
             used = inner.lanczos.preconditioner or SpectralPreconditioner(jq.size)
-            S = used.extended(inner.lanczos.preconditioner_factor(posterior_rank))
+            S = used.extended(inner.lanczos.preconditioner_factor(options.posterior_rank))
         step, jq_next, start_next = _next_linearisation(
-            objective, jq, inner.u, terms.J, backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
+            objective, jq, inner.u, terms.J, options.backtracking, lambda x, q, e: linearise(x, q, e, outer_loop=i + 1))
         record["step_length"] = step
-        if callback is not None:
-            callback(i, record)
+        if options.callback is not None:
+            options.callback(i, record)
         if jq_next is None:
             status = 3 if inner.J[0] - inner.J[-1] <= ROUNDOFF_DECREASE * np.finfo(float).eps * abs(terms.J) else 2
             break
@@ -416,8 +393,9 @@ def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="s
     final, gradient = start
     final_gradient_norm = jq.space.transformed_norm(gradient)
     posterior = None
-    if method == "lanczos" and posterior_method != "none" and outer:
-        posterior = Posterior.at_analysis(jq, S, accuracy=posterior_accuracy, method=posterior_method, max_iterations=posterior_iterations)
+    if method == "lanczos" and options.posterior_method != "none" and outer:
+        posterior = Posterior.at_analysis(jq, S, accuracy=options.posterior_accuracy, method=options.posterior_method,
+                                          max_iterations=options.posterior_iterations)
     loops = f"{len(outer)} outer loop(s)"
     message = {
         (0, "gradient"): f"converged after {loops}: 1/2 |grad J|^2 <= {tolerance:.0e} J, so J is within that (relative) of its minimum",

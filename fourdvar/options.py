@@ -16,9 +16,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from .minimize import DEFAULT_OUTER_LOOPS, DEFAULT_TOLERANCE, POSTERIOR_ACCURACY
+from .posterior import POSTERIOR_METHODS
 
-__all__ = ["SolverOptions", "AS_BUILT"]
+__all__ = ["SolverOptions", "AS_BUILT", "PRECONDITIONERS"]
+
+PRECONDITIONERS = ("none", "spectral")
 
 
 class _AsBuilt:
@@ -35,10 +37,11 @@ AS_BUILT = _AsBuilt()
 
 @dataclass(frozen=True)
 class SolverOptions:
-    """How one window is minimised; :func:`fourdvar.minimize.minimize_4dvar` documents each option.
-
-    ``qc``: a :class:`fourdvar.qc.QualityControl` other than the problem was built with, or
-    ``None`` for none (default :data:`AS_BUILT`).
+    """How one window is minimised, checked when made; :func:`fourdvar.minimize.minimize_4dvar` documents
+    each option.  ``tolerance``: the relative accuracy of ``J`` the outer loops stop at;
+    ``posterior_accuracy``: the relative error of the posterior std a posterior Lanczos is run to;
+    ``qc``: a :class:`fourdvar.qc.QualityControl` other than the problem was built with, or ``None``
+    for none (default :data:`AS_BUILT`).
 
     Examples
     --------
@@ -49,20 +52,39 @@ class SolverOptions:
     20
     """
 
-    outer_loops: int = DEFAULT_OUTER_LOOPS
+    outer_loops: int = 50
     method: str = "lanczos"
     max_iterations: int = 50
     gradient_reduction: float = 1e-2
     transform: bool = True
     callback: Callable | None = None
     backtracking: bool = True
-    tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float = 1e-8
     preconditioner: str | None = None
     posterior_rank: int | None = None
     posterior_method: str = "auto"
-    posterior_accuracy: float = POSTERIOR_ACCURACY
+    posterior_accuracy: float = 0.01
     posterior_iterations: int | None = None
     qc: object = AS_BUILT
+
+    def __post_init__(self):
+        if self.outer_loops < 1:
+            raise ValueError(f"outer_loops must be at least 1, got {self.outer_loops}")
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.preconditioner not in PRECONDITIONERS + (None,):
+            raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {', '.join(PRECONDITIONERS)}")
+        if self.preconditioner == "spectral" and self.method != "lanczos":
+            raise ValueError(f"preconditioner 'spectral' needs method 'lanczos', not {self.method!r}")
+        if self.method == "lanczos" and not self.transform:
+            raise ValueError("method 'lanczos' works in the transformed control variables: it needs transform=True")
+        if self.posterior_rank is not None and self.posterior_rank < 1:
+            raise ValueError(f"posterior_rank must be at least 1, got {self.posterior_rank}")
+        methods = POSTERIOR_METHODS + ("none",)
+        if self.posterior_method not in methods:
+            raise ValueError(f"unknown posterior method {self.posterior_method!r}; choose one of {', '.join(methods)}")
+        if not self.posterior_accuracy > 0:
+            raise ValueError(f"posterior_accuracy must be > 0, got {self.posterior_accuracy}")
 
     def replace(self, **changes) -> "SolverOptions":
         """These options with ``changes``; a name that is no option raises ``TypeError`` naming it."""
@@ -82,7 +104,3 @@ class SolverOptions:
     def names(cls) -> list[str]:
         """The options' names, in order."""
         return [field.name for field in dataclasses.fields(cls)]
-
-    def minimize_keywords(self) -> dict:
-        """The keywords of :func:`fourdvar.minimize.minimize_4dvar` (every option but ``qc``)."""
-        return {name: getattr(self, name) for name in self.names() if name != "qc"}
