@@ -229,12 +229,8 @@ class FourDVarCost:
         ``(n_sub, n_state)`` (``(0, n_state)`` in strong constraint)."""
         eta = self.checked_model_error(eta)
         window = self.window(x0, p, "cost gradient", eta)
-        Jo, forcings = 0.0, {}
-        for slot in self.slots:
-            H = slot.operator.linearize(window.states[slot.step])
-            J_k, z = _quadratic_term(slot.covariance, H.output - slot.values)
-            Jo += J_k
-            _add_forcing(forcings, slot.step, H.ad(z))
+        linearised = ((slot, slot.operator.linearize(window.states[slot.step])) for slot in self.slots)
+        Jo, forcings = _observation_term((slot, H, H.output - slot.values) for slot, H in linearised)
         ae = None if eta is None else np.empty((window.n_steps, self.model.n_state))
         ax, ap = window.ad(forcings) if ae is None else window.ad(forcings, ae=ae)
         Jb, Jp, gb, gp = self.background_terms(x0, p)
@@ -248,6 +244,16 @@ class FourDVarCost:
 
 def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
     forcings[step] = forcings[step] + forcing if step in forcings else forcing
+
+
+def _observation_term(residuals) -> tuple[float, dict]:
+    """``(Jo, {k: f_k})`` of ``(slot, H_k, r_k)``: ``Jo = 1/2 sum_k r_k^T R_k^-1 r_k``, ``f_k = H_k^T R_k^-1 r_k``."""
+    Jo, forcings = 0.0, {}
+    for slot, H, r in residuals:
+        J_k, z = _quadratic_term(slot.covariance, r)
+        Jo += J_k
+        _add_forcing(forcings, slot.step, H.ad(z))
+    return Jo, forcings
 
 
 #: the covariance a part of the control needs, in the words of the message when it is missing
@@ -366,14 +372,8 @@ class IncrementalCost:
         dx0, dp, deta = self._increments(u)
         de = None if deta is None else sub_window_forcing(deta, self.cost.every, self.window.n_steps)
         dx = self.window.tl(dx0, dp) if de is None else self.window.tl(dx0, dp, de=de)
-        Jo, forcings = 0.0, {}
-        for slot, H, d in self.observations:
-            r = H.tl(dx[slot.step])
-            if innovations:
-                r = r - d
-            J_k, z = _quadratic_term(slot.covariance, r)
-            Jo += J_k
-            _add_forcing(forcings, slot.step, H.ad(z))
+        Jo, forcings = _observation_term((slot, H, H.tl(dx[slot.step]) - d if innovations else H.tl(dx[slot.step]))
+                                         for slot, H, d in self.observations)
         return Jo, self._adjoints(*self._ad(self.window.ad, forcings, deta is not None, ()))
 
     def _ad(self, ad, forcings: dict, model_error: bool, block: tuple) -> tuple:
