@@ -52,19 +52,24 @@ def _require_finite(x: np.ndarray, step: int, context: str) -> None:
         raise DivergenceError(f"{where}the model state is not finite at step {step} (the forecast diverged)")
 
 
+def _chain(advance, x0: np.ndarray, n_steps: int, n_state: int, context: str, forcing: np.ndarray | None) -> np.ndarray:
+    """``x_0 .. x_n``, ``x_k = advance(x_{k-1}) + e_k`` (``e_k``: row ``k - 1`` of ``forcing``), each checked finite."""
+    states = np.empty((n_steps + 1, n_state))
+    states[0] = x0
+    _require_finite(states[0], 0, context)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
+        for k in range(n_steps):
+            states[k + 1] = advance(states[k])
+            if forcing is not None:
+                states[k + 1] += forcing[k]
+            _require_finite(states[k + 1], k + 1, context)
+    return states
+
+
 def forecast(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context: str = "", forcing: np.ndarray | None = None) -> np.ndarray:
     """The nonlinear trajectory ``x_0 .. x_n``, shape ``(n_steps + 1, n_state)``; ``forcing`` ``(n_steps, n_state)``
     adds ``e_k`` (row ``k - 1``) after step ``k``."""
-    trajectory = np.empty((n_steps + 1, model.n_state))
-    trajectory[0] = x0
-    _require_finite(trajectory[0], 0, context)
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
-        for k in range(n_steps):
-            trajectory[k + 1] = model.step(trajectory[k], p)
-            if forcing is not None:
-                trajectory[k + 1] += forcing[k]
-            _require_finite(trajectory[k + 1], k + 1, context)
-    return trajectory
+    return _chain(lambda x: model.step(x, p), x0, n_steps, model.n_state, context, forcing)
 
 
 # --- weak constraint's sub-windows: one forcing eta_j for the steps k with (k - 1) // every == j ---
@@ -147,16 +152,13 @@ class WindowLinearization(Window):
         self.blocked = bool(declared(model, "blocked_linearization"))
         self.n_steps = n_steps
         self.sweeps = 0
-        self.states = np.empty((n_steps + 1, model.n_state))
-        self.states[0] = x0
-        _require_finite(self.states[0], 0, context)
         self.steps = []
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by _require_finite
-            for k in range(n_steps):
-                lin = model.linearize(self.states[k], p)
-                self.steps.append(lin)
-                self.states[k + 1] = lin.output if forcing is None else lin.output + forcing[k]
-                _require_finite(self.states[k + 1], k + 1, context)
+
+        def advance(x):
+            self.steps.append(model.linearize(x, p))
+            return self.steps[-1].output
+
+        self.states = _chain(advance, x0, n_steps, model.n_state, context, forcing)
 
     @property
     def dense(self) -> bool:
