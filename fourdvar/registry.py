@@ -103,8 +103,6 @@ def _available(kind: str) -> list[str]:
 def available_models() -> list[str]:
     """The model names ``type:`` can take: registered names and installed entry points, sorted.
 
-    Examples
-    --------
     >>> "lorenz96" in available_models()
     True
     """
@@ -205,15 +203,9 @@ def _find(kind: str, name: str) -> type:
 
 
 def model_class(name: str) -> type:
-    """The model class called ``name``: a registered name, an entry point or ``"package.module:Class"``.
+    """The model class called ``name``: a registered name, an entry point or ``"package.module:Class"``; a
+    :class:`RegistryError` when it names no known or importable class with the model interface.
 
-    Raises
-    ------
-    RegistryError
-        When ``name`` names no known or importable class with the model interface.
-
-    Examples
-    --------
     >>> model_class("lorenz96")
     <class 'models.lorenz96.Lorenz96'>
     """
@@ -221,8 +213,7 @@ def model_class(name: str) -> type:
 
 
 def operator_class(name: str) -> type:
-    """The observation-operator class called ``name``, resolved and checked as :func:`model_class` does
-    (a :class:`RegistryError` for one with no known or importable class with the operator interface).
+    """The observation-operator class called ``name``, resolved and checked as :func:`model_class` does.
 
     >>> operator_class("identity")
     <class 'observations.operators.Identity'>
@@ -259,11 +250,7 @@ def _check_options(cls: type, options: Mapping[str, Any]) -> None:
 
 
 def build_model(spec: Mapping[str, Any]) -> Any:
-    """``{"type": "lorenz96", "n_state": 40}`` -> ``Lorenz96(n_state=40)``.
-
-    ``type`` must name a class with the model interface, checked before the class is
-    called (see also :func:`registered_names_only`).
-    """
+    """``{"type": "lorenz96", "n_state": 40}`` -> ``Lorenz96(n_state=40)``, the class checked before it is called."""
     return _build("model", spec)
 
 
@@ -273,11 +260,8 @@ def build_operator(spec: Mapping[str, Any]) -> Any:
 
 
 def observation_set_class(name: str = "default") -> type:
-    """The observation-set class (reading, writing, windowing and generating observations).
-
-    Found through the ``fourdvar.observation_sets`` entry points, so the command
-    line does not import ``observations`` by name.
-    """
+    """The observation-set class (reading, writing, windowing and generating observations), found through
+    the ``fourdvar.observation_sets`` entry points."""
     points = _entry_points("observation set")
     if name not in points:
         raise RegistryError(f"no observation-set class {name!r} is installed (entry-point group fourdvar.observation_sets)")
