@@ -33,11 +33,8 @@ __all__ = ["Block", "ControlSpace", "apply_rows", "each_column"]
 
 @dataclass(frozen=True)
 class Block:
-    """One named part of the control: ``rows`` increments of ``n`` values, each with covariance ``covariance``.
-
-    ``departure`` ``(rows, n)`` is guess minus background; ``width`` the control
-    values per row (the covariance's ``control_size``: ``n``, more for an ensemble's square root).
-    """
+    """One named part of the control (module docstring): ``departure`` ``(rows, n)``, guess minus background;
+    ``width`` the control values per row, the covariance's ``control_size``."""
 
     name: str
     covariance: object
@@ -85,10 +82,9 @@ def each_column(function, M: np.ndarray) -> np.ndarray:
 class ControlSpace:
     """The control vector ``u`` over ``blocks`` (a list of :class:`Block`), with or without the transform.
 
-    Increments and adjoints are lists of arrays, one per block, each ``(rows, n)``
-    (``(rows, n, k)`` for ``k`` columns at once).  The parameter block can be
-    large (millions of values), so the single-vector methods write into work
-    arrays and into the output they are given instead of making temporaries.
+    Increments and adjoints are lists of arrays, one per block, each ``(rows, n)`` (``(rows, n, k)``
+    for ``k`` columns).  The single-vector methods write into work arrays and into the output they
+    are given, not temporaries: the parameter block can hold millions of values.
     """
 
     def __init__(self, blocks, transform: bool = True):
