@@ -27,6 +27,7 @@ inner loop's control vector ``u`` is a :class:`~fourdvar.control.ControlSpace` o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -231,15 +232,23 @@ class FourDVarCost:
         window = self.window(x0, p, "cost gradient", eta)
         linearised = ((slot, slot.operator.linearize(window.states[slot.step])) for slot in self.slots)
         Jo, forcings = _observation_term((slot, H, H.output - slot.values) for slot, H in linearised)
-        ae = None if eta is None else np.empty((window.n_steps, self.model.n_state))
-        ax, ap = window.ad(forcings) if ae is None else window.ad(forcings, ae=ae)
+        ax, ap, aeta = self.window_adjoint(window.ad, forcings, window.n_steps, model_error=eta is not None)
         Jb, Jp, gb, gp = self.background_terms(x0, p)
         gb += ax  # in place: no further parameter-sized temporary
         gp += ap
         Jm, geta = self.model_error_terms(eta)
-        if ae is not None:
-            geta += sub_window_sums(ae, self.every, self.n_sub)
+        if aeta is not None:
+            geta += aeta
         return CostTerms(Jb, Jp, Jo, Jm), gb, gp, geta
+
+    def window_adjoint(self, ad, forcings: dict, n_steps: int, model_error: bool, block: tuple = ()) -> tuple:
+        """``(ax, ap, aeta)`` of a window's AD ``ad`` over ``n_steps`` steps, ``aeta_j = sum_{k in j} ae_k``
+        (``None`` without ``model_error``); ``block``: the columns' shape, ``(k,)`` for ``k`` at once."""
+        if not model_error:
+            return (*ad(forcings), None)
+        ae = np.empty((n_steps, self.model.n_state) + block)
+        ax, ap = ad(forcings, ae=ae)
+        return ax, ap, sub_window_sums(ae, self.every, self.n_sub)
 
 
 def _add_forcing(forcings: dict, step: int, forcing: np.ndarray) -> None:
@@ -374,16 +383,8 @@ class IncrementalCost:
         dx = self.window.tl(dx0, dp) if de is None else self.window.tl(dx0, dp, de=de)
         Jo, forcings = _observation_term((slot, H, H.tl(dx[slot.step]) - d if innovations else H.tl(dx[slot.step]))
                                          for slot, H, d in self.observations)
-        return Jo, self._adjoints(*self._ad(self.window.ad, forcings, deta is not None, ()))
-
-    def _ad(self, ad, forcings: dict, model_error: bool, block: tuple) -> tuple:
-        """``(ax, ap, aeta)`` of the window's AD ``ad``, ``aeta_j = sum_{k in j} ae_k`` (``None`` without
-        the model error in the control)."""
-        if not model_error:
-            return (*ad(forcings), None)
-        ae = np.empty((self.window.n_steps, self.cost.model.n_state) + block)
-        ax, ap = ad(forcings, ae=ae)
-        return ax, ap, sub_window_sums(ae, self.cost.every, self.cost.n_sub)
+        adjoints = self.cost.window_adjoint(self.window.ad, forcings, self.window.n_steps, deta is not None)
+        return Jo, self._adjoints(*adjoints)
 
     def value_and_gradient(self, u: np.ndarray) -> tuple[CostTerms, np.ndarray]:
         """``(Jq(u) and its terms, grad_u Jq)``, the gradient a fresh array; with the transform::
@@ -446,7 +447,8 @@ class IncrementalCost:
             _add_forcing(forcings, slot.step, F)
         if not forcings:
             forcings = {0: np.zeros((model.n_state, k))}
-        aX, aP, aE = self._ad(lambda f, **ae: ad_block(self.window, f, **ae), forcings, "eta" in d, (k,))
+        ad = functools.partial(ad_block, self.window)
+        aX, aP, aE = self.cost.window_adjoint(ad, forcings, self.window.n_steps, "eta" in d, block=(k,))
         return self.space.add_adjoint(self._adjoints(aX, aP, aE), out=self.space.prior_hessian(U))
 
     def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
