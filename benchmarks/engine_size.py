@@ -28,8 +28,9 @@ def line_kinds(source: str) -> dict[str, int]:
     """``{kind: number of lines}`` for one module's source."""
     lines = source.splitlines()
     docstring = set()
+    owners = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node) is not None:
+        if isinstance(node, owners) and ast.get_docstring(node) is not None:
             first = node.body[0]
             docstring.update(range(first.lineno, first.end_lineno + 1))
     counts = dict.fromkeys(KINDS, 0)
@@ -51,10 +52,12 @@ def engine_sources(revision: str | None) -> dict[str, str]:
     """``{file name: source}`` of ``fourdvar/*.py`` at ``revision`` (the working tree when ``None``)."""
     if revision is None:
         return {path.name: path.read_text() for path in sorted((ROOT / "fourdvar").glob("*.py"))}
-    names = subprocess.run(["git", "ls-tree", "--name-only", f"{revision}:fourdvar"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    return {name: subprocess.run(["git", "show", f"{revision}:fourdvar/{name}"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout for name in sorted(names) if name.endswith(".py")}
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    names = git("ls-tree", "--name-only", f"{revision}:fourdvar").split()
+    return {name: git("show", f"{revision}:fourdvar/{name}") for name in sorted(names) if name.endswith(".py")}
 
 
 def total(counts: dict[str, dict[str, int]], leave_out: tuple = ()) -> dict[str, int]:
@@ -68,8 +71,10 @@ def table(baseline: str) -> str:
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in sorted(set(before) | set(after)):
         b, a = before.get(name, dict.fromkeys(KINDS, 0)), after.get(name, dict.fromkeys(KINDS, 0))
-        rows.append(f"| {name} | {b['raw']} | {a['raw']} | {b['code']} | {a['code']} | {a['docstring']} | {a['comment']} | {a['blank']} |")
-    lines = ["\n".join(rows), "", "| engine | raw | code | raw change | code change |", "| --- | ---: | ---: | ---: | ---: |"]
+        counts = (b["raw"], a["raw"], b["code"], a["code"], a["docstring"], a["comment"], a["blank"])
+        rows.append(f"| {name} | " + " | ".join(map(str, counts)) + " |")
+    lines = ["\n".join(rows), "", "| engine | raw | code | raw change | code change |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for label, leave_out in (("all files", ()), ("without " + " and ".join(LATER_FEATURES), LATER_FEATURES)):
         b, a = total(before, leave_out), total(after, leave_out)
         lines.append(f"| baseline {baseline}, {label} | {b['raw']} | {b['code']} | | |")
@@ -81,7 +86,7 @@ def table(baseline: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=BASELINE, help="the commit to compare with")
-    parser.add_argument("--no-record", action="store_true", help="print only; leave benchmarks/RESULTS.md as it is")
+    parser.add_argument("--no-record", action="store_true", help="print only, RESULTS.md left as it is")
     args = parser.parse_args()
     text = table(args.baseline)
     print(text)

@@ -172,7 +172,7 @@ class FourDVarCost:
         return None if eta is None else sub_window_forcing(eta, self.every, n_steps)
 
     def window(self, x0: np.ndarray, p: np.ndarray, context: str = "", eta: np.ndarray | None = None) -> Window:
-        """The (forced) nonlinear run to the last observation, linearised (:func:`fourdvar.window.linearize_window`)."""
+        """The (forced) nonlinear run to the last observation, linearised: :func:`fourdvar.window.linearize_window`."""
         return linearize_window(self.model, x0, p, self.last_observed_step, context=context, forcing=self.forcing(eta))
 
     def trajectory(self, x0: np.ndarray, p: np.ndarray, eta: np.ndarray | None = None, n_steps: int | None = None,
@@ -189,7 +189,8 @@ class FourDVarCost:
         names = [_BLOCKS[name] for name in Control.parse(control).names()]
         x0, p, eta = self.xb if x0 is None else x0, self.pb if p is None else p, self.checked_model_error(eta)
         terms = (("x0", self.B, x0 - self.xb), ("p", self.P, p - self.pb), ("eta", self.Q, eta))
-        blocks = [Block(name, C, np.reshape(e, (-1, np.shape(e)[-1]))) for name, C, e in terms if name in names and C is not None]
+        blocks = [Block(name, C, np.reshape(e, (-1, np.shape(e)[-1])))
+                  for name, C, e in terms if name in names and C is not None]
         return [block for block in blocks if block.size]
 
     def model_error_terms(self, eta: np.ndarray | None) -> tuple[float, np.ndarray]:
@@ -381,8 +382,9 @@ class IncrementalCost:
         dx0, dp, deta = self._increments(u)
         de = None if deta is None else sub_window_forcing(deta, self.cost.every, self.window.n_steps)
         dx = self.window.tl(dx0, dp) if de is None else self.window.tl(dx0, dp, de=de)
-        Jo, forcings = _observation_term((slot, H, H.tl(dx[slot.step]) - d if innovations else H.tl(dx[slot.step]))
-                                         for slot, H, d in self.observations)
+        residuals = ((slot, H, H.tl(dx[slot.step]) - d if innovations else H.tl(dx[slot.step]))
+                     for slot, H, d in self.observations)
+        Jo, forcings = _observation_term(residuals)
         adjoints = self.cost.window_adjoint(self.window.ad, forcings, self.window.n_steps, deta is not None)
         return Jo, self._adjoints(*adjoints)
 
@@ -391,7 +393,7 @@ class IncrementalCost:
 
             grad_u = [v_b + v; w_b + w; w_eta_b + w_eta] + [B^T/2 ax; P^T/2 ap; Q^T/2 aeta_j]
 
-        and without it ``[B^-1 (x0^i - xb + dx0) + ax; P^-1 (p^i - pb + dp) + ap; Q^-1 (eta^i_j + deta_j) + aeta_j]``.
+        and without it ``[B^-1 (x0^i - xb + dx0) + ax; P^-1 (p^i - pb + dp) + ap; Q^-1 (eta^i + deta) + aeta]``.
         """
         u = np.asarray(u, dtype=float)
         Jo, adjoints = self._observation_sweep(u, innovations=True)
@@ -452,7 +454,7 @@ class IncrementalCost:
         return self.space.add_adjoint(self._adjoints(aX, aP, aE), out=self.space.prior_hessian(U))
 
     def analysis(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(x0^i + dx0, p^i + dp, eta^i + deta)``: the next outer loop's guess (``eta`` ``None`` in strong constraint)."""
+        """``(x0^i + dx0, p^i + dp, eta^i + deta)``, the next outer loop's guess (``eta``: ``None`` if strong)."""
         dx0, dp, deta = self._increments(u)
         eta = self.eta if deta is None else self.eta + deta
         return self.x0 + dx0, self.p + dp, (None if eta is None else eta.copy())

@@ -333,8 +333,9 @@ class AssimilationResult(scipy.optimize.OptimizeResult):
     __str__ = __repr__
 
 
-def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state", options: SolverOptions | None = None,
-                   *, eta: np.ndarray | None = None, huber: float | None = None, **changes) -> AssimilationResult:
+def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="state",
+                   options: SolverOptions | None = None, *, eta: np.ndarray | None = None, huber: float | None = None,
+                   **changes) -> AssimilationResult:
     """Incremental 4D-Var from ``(x0, p, eta)`` (``eta`` default 0): at most ``outer_loops`` outer loops,
     until ``1/2 |grad_u J|^2 <= tolerance * J`` (module docstring).
 
@@ -369,8 +370,8 @@ def minimize_4dvar(cost: FourDVarCost, x0: np.ndarray, p: np.ndarray, control="s
             break
         if i == options.outer_loops:
             break
-        inner = minimize_inner(jq, method, options.max_iterations, options.gradient_reduction, preconditioner=S, start=start,
-                               gradient_target=gradient_target if transform else 0.0)
+        inner = minimize_inner(jq, method, options.max_iterations, options.gradient_reduction, preconditioner=S,
+                               start=start, gradient_target=gradient_target if transform else 0.0)
         record = {"J": terms.J, "Jb": terms.Jb, "Jp": terms.Jp, "Jo": terms.Jo, "gradient_norm": gradient_norm, "inner": inner}
         outer.append(record)
         if inner.lanczos is not None and preconditioner == "spectral" and i > 0:  # not the background's pairs

@@ -73,16 +73,17 @@ class SolverOptions:
         if not self.tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
         if self.preconditioner not in PRECONDITIONERS + (None,):
-            raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {', '.join(PRECONDITIONERS)}")
+            choices = ", ".join(PRECONDITIONERS)
+            raise ValueError(f"unknown preconditioner {self.preconditioner!r}; choose one of {choices}")
         if self.preconditioner == "spectral" and self.method != "lanczos":
             raise ValueError(f"preconditioner 'spectral' needs method 'lanczos', not {self.method!r}")
         if self.method == "lanczos" and not self.transform:
             raise ValueError("method 'lanczos' works in the transformed control variables: it needs transform=True")
         if self.posterior_rank is not None and self.posterior_rank < 1:
             raise ValueError(f"posterior_rank must be at least 1, got {self.posterior_rank}")
-        methods = POSTERIOR_METHODS + ("none",)
-        if self.posterior_method not in methods:
-            raise ValueError(f"unknown posterior method {self.posterior_method!r}; choose one of {', '.join(methods)}")
+        methods = ", ".join(POSTERIOR_METHODS + ("none",))
+        if self.posterior_method not in POSTERIOR_METHODS + ("none",):
+            raise ValueError(f"unknown posterior method {self.posterior_method!r}; choose one of {methods}")
         if not self.posterior_accuracy > 0:
             raise ValueError(f"posterior_accuracy must be > 0, got {self.posterior_accuracy}")
 

@@ -34,7 +34,8 @@ __all__ = [
     "search_directories",
 ]
 
-_GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators", "observation set": "fourdvar.observation_sets"}
+_GROUPS = {"model": "fourdvar.models", "operator": "fourdvar.operators",
+           "observation set": "fourdvar.observation_sets"}
 #: The methods a class must have to be built as a model or an operator (the interfaces of
 #: :mod:`fourdvar.interfaces`): a ``type`` naming anything else is refused before it is called.
 _METHODS = {

@@ -52,8 +52,8 @@ def _require_finite(x: np.ndarray, step: int, context: str) -> None:
         raise DivergenceError(f"{where}the model state is not finite at step {step} (the forecast diverged)")
 
 
-def _chain(advance, x0: np.ndarray, n_steps: int, n_state: int, context: str, forcing: np.ndarray | None) -> np.ndarray:
-    """``x_0 .. x_n``, ``x_k = advance(x_{k-1}) + e_k`` (``e_k``: row ``k - 1`` of ``forcing``), each checked finite."""
+def _chain(advance, x0: np.ndarray, n_steps: int, n_state: int, context: str, forcing) -> np.ndarray:
+    """``x_0 .. x_n``, ``x_k = advance(x_{k-1}) + e_k`` (``e_k``: row ``k - 1`` of ``forcing``), checked finite."""
     states = np.empty((n_steps + 1, n_state))
     states[0] = x0
     _require_finite(states[0], 0, context)
