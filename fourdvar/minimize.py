@@ -243,10 +243,9 @@ def _roundoff_floor(jq: IncrementalCost, g0: np.ndarray) -> float:
     return ROUNDOFF * np.finfo(float).eps * np.sqrt(jq.size) * scale
 
 
-def minimize_inner(
-    jq: IncrementalCost, method: str = "lbfgs", max_iterations: int = 50, gradient_reduction: float = 1e-6,
-    preconditioner: SpectralPreconditioner | None = None, start: tuple | None = None, gradient_target: float = 0.0,
-) -> InnerLoopResult:
+def minimize_inner(jq: IncrementalCost, method: str = "lbfgs", max_iterations: int = 50, gradient_reduction: float = 1e-6,
+                   preconditioner: SpectralPreconditioner | None = None, start: tuple | None = None,
+                   gradient_target: float = 0.0) -> InnerLoopResult:
     """Minimise ``Jq`` from ``u = 0`` (see the module docstring for when it stops).
 
     ``start``: ``(terms, gradient)`` of ``Jq`` at 0 when already known; ``gradient_target``:

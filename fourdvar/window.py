@@ -236,10 +236,8 @@ def linearize_window(model, x0: np.ndarray, p: np.ndarray, n_steps: int, context
         window = hook(x0, p, n_steps) if forcing is None else hook(x0, p, n_steps, forcing=forcing)
     states = window.states
     if states.shape != (n_steps + 1, model.n_state):
-        raise ValueError(
-            f"{type(model).__name__}.linearize_window returned states of shape {states.shape}, "
-            f"expected ({n_steps + 1}, {model.n_state})"
-        )
+        raise ValueError(f"{type(model).__name__}.linearize_window returned states of shape {states.shape}, "
+                         f"expected ({n_steps + 1}, {model.n_state})")
     if not np.all(np.isfinite(states)):
         first = int(np.argmin(np.all(np.isfinite(states), axis=1)))
         _require_finite(states[first], first, context)
