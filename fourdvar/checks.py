@@ -234,16 +234,8 @@ def dot_product_test(tl: Callable[..., np.ndarray], ad: Callable[[np.ndarray], S
 
 def _clean_runs(clean: np.ndarray) -> list[tuple[int, int]]:
     """Maximal runs ``(first, last)`` of consecutive True entries."""
-    runs, start = [], None
-    for i, c in enumerate(clean):
-        if c and start is None:
-            start = i
-        if not c and start is not None:
-            runs.append((start, i - 1))
-            start = None
-    if start is not None:
-        runs.append((start, len(clean) - 1))
-    return runs
+    edges = np.diff(np.concatenate([[0], clean.astype(int), [0]]))
+    return [(int(a), int(b) - 1) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
 
 def _classify(sweep: TaylorSweep) -> TaylorSweep:
@@ -260,28 +252,22 @@ def _classify(sweep: TaylorSweep) -> TaylorSweep:
         return sweep
     first, last = runs[-1]
     orders = sweep.local_orders
-    lowest = orders[last - MIN_CLEAN_POINTS + 1 : last]
-
-    def second_order(q):
-        return q >= MIN_ORDER
-
-    def first_order(q):
-        return abs(q - 1.0) <= FIRST_ORDER_BAND
-
-    kind = second_order if np.all(second_order(lowest)) else first_order if np.all(first_order(lowest)) else None
-    if kind is None:
-        sweep.status, sweep.window = INCONCLUSIVE, (last - MIN_CLEAN_POINTS + 1, last)
-        sweep.order = _fitted_order(a, r, sweep.window)
-        sweep.reason = (f"local orders {', '.join(f'{q:.2f}' for q in lowest)} at a = {a[last - 1]:.0e} .. {a[last]:.0e}, "
-                        "the smallest amplitudes above round-off: neither 2 (a right derivative) nor 1 (a wrong one)")
-        return sweep
     start = last - MIN_CLEAN_POINTS + 1
-    while start > first and kind(orders[start - 1]):
+    kinds = {PASS: lambda q: q >= MIN_ORDER, FAIL: lambda q: abs(q - 1.0) <= FIRST_ORDER_BAND}
+    verdict = next((v for v, kind in kinds.items() if np.all(kind(orders[start:last]))), INCONCLUSIVE)
+    if verdict == INCONCLUSIVE:
+        sweep.status, sweep.window = INCONCLUSIVE, (start, last)
+        sweep.order = _fitted_order(a, r, sweep.window)
+        sweep.reason = (f"local orders {', '.join(f'{q:.2f}' for q in orders[start:last])} at a = {a[last - 1]:.0e} .. "
+                        f"{a[last]:.0e}, the smallest amplitudes above round-off: neither 2 (a right derivative) nor 1 "
+                        "(a wrong one)")
+        return sweep
+    while start > first and kinds[verdict](orders[start - 1]):
         start -= 1
     sweep.window = (start, last)
     sweep.order = _fitted_order(a, r, sweep.window)
     span = f"a = {a[start]:.0e} .. {a[last]:.0e}"
-    if kind is second_order:
+    if verdict == PASS:
         sweep.status, sweep.reason = PASS, f"the remainder falls as a^{sweep.order:.2f} over {span}"
         return sweep
     below = last + 1
@@ -546,18 +532,17 @@ def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict,
     ``{k: f_k}`` at several steps and, with ``de`` ``(K, n_state)``, the forcing's increments:
     ``sum_k <dx_k, f_k> == <dx0, ax_0> + <dp, ap> + sum_k <de_k, ae_k>``."""
     steps = sorted(forcings)
-    inputs = [dx0, dp] if de is None else [dx0, dp, de]
 
-    def tl(*inputs):
-        dx = window.tl(*inputs[:2], de=inputs[2]) if de is not None else window.tl(*inputs)
+    def tl(dx0, dp, de=None):
+        dx = window.tl(dx0, dp, de=de)
         return np.stack([dx[k] for k in steps])
 
     def ad(f):
-        if de is None:
-            return window.ad(dict(zip(steps, f)))
-        ae = np.empty_like(de)
-        return (*window.ad(dict(zip(steps, f)), ae=ae), ae)
+        ae = None if de is None else np.empty_like(de)
+        ax, ap = window.ad(dict(zip(steps, f)), ae=ae)
+        return [ax, ap] if de is None else [ax, ap, ae]
 
+    inputs = [dx0, dp] if de is None else [dx0, dp, de]
     return dot_product_test(tl, ad, inputs, np.stack([forcings[k] for k in steps]),
                             name=f"window adjoint, forcings at steps {steps}", tolerance=tolerance, inspect=inspect)
 
@@ -565,6 +550,16 @@ def window_adjoint_test(window, dx0: np.ndarray, dp: np.ndarray, forcings: dict,
 def _relative(a, b) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), _TINY)) if b.size else 0.0
+
+
+def _largest_difference(name, pairs: dict, tolerance, inspect: dict, details: str = "") -> CheckResult:
+    """The largest ``|a - b| / |b|`` over the named pairs ``(a, b)`` against ``tolerance``; ``inspect``
+    maps a pair's name to the method to look at (default: the name)."""
+    differences = {key: _relative(a, b) for key, (a, b) in pairs.items()}
+    culprit = max(differences, key=differences.get)
+    listed = ", ".join(f"{key} {value:.1e}" for key, value in differences.items())
+    return _judged(name, differences[culprit], tolerance, inspect.get(culprit, culprit),
+                   details=details or f"relative differences: {listed}", extra=differences)
 
 
 def batched_window_test(model, x, p, n_steps: int, rng: np.random.Generator, tolerance: float = WINDOW_TOLERANCE) -> CheckResult:
@@ -579,18 +574,13 @@ def batched_window_test(model, x, p, n_steps: int, rng: np.random.Generator, tol
     dx0, dp = _random_increments(model, rng)
     forcings = {k: rng.standard_normal(model.n_state) for k in range(n_steps + 1)}
     (ax_b, ap_b), (ax_s, ap_s) = batched.ad(forcings), per_step.ad(forcings)
-    differences = {
-        "states": _relative(batched.states, per_step.states),
-        "tl": _relative(np.stack(batched.tl(dx0, dp)), np.stack(per_step.tl(dx0, dp))),
-        "ad state": _relative(ax_b, ax_s),
-        "ad parameters": _relative(ap_b, ap_s),
-    }
-    culprit = max(differences, key=differences.get)
+    pairs = {"states": (batched.states, per_step.states),
+             "tl": (np.stack(batched.tl(dx0, dp)), np.stack(per_step.tl(dx0, dp))),
+             "ad state": (ax_b, ax_s), "ad parameters": (ap_b, ap_s)}
     inspect = {"states": "linearize_window's nonlinear states", "tl": "linearize_window's tl",
-               "ad state": "linearize_window's ad (ax_0)", "ad parameters": "linearize_window's ad (the summed parameter adjoint ap)"}[culprit]
-    details = ", ".join(f"{key} {value:.1e}" for key, value in differences.items())
-    return _judged(f"batched window == per step, {n_steps} steps", differences[culprit], tolerance, inspect,
-                   details=f"relative differences: {details}", extra=differences)
+               "ad state": "linearize_window's ad (ax_0)",
+               "ad parameters": "linearize_window's ad (the summed parameter adjoint ap)"}
+    return _largest_difference(f"batched window == per step, {n_steps} steps", pairs, tolerance, inspect)
 
 
 def model_linearization_test(model, x, p, rng: np.random.Generator, tolerance: float = 1e-14) -> CheckResult:
@@ -600,16 +590,12 @@ def model_linearization_test(model, x, p, rng: np.random.Generator, tolerance: f
     ax = rng.standard_normal(model.n_state)
     ax_step, ap_step = declared(model, "step_ad")(x, p, ax)
     ax_lin, ap_lin = lin.ad(ax)
-    pairs = {
-        "step vs linearize(x, p).output": (model.step(x, p), lin.output),
-        "step_tl vs linearize(x, p).tl": (declared(model, "step_tl")(x, p, dx, dp), lin.tl(dx, dp)),
-        "step_ad vs linearize(x, p).ad (state)": (ax_step, ax_lin),
-        "step_ad vs linearize(x, p).ad (parameters)": (ap_step, ap_lin),
-    }
-    differences = {key: _relative(b, a) for key, (a, b) in pairs.items()}
-    culprit = max(differences, key=differences.get)
-    return _judged("linearize == step/step_tl/step_ad", differences[culprit], tolerance, culprit,
-                   details="max relative difference of output, TL, state and parameter adjoints")
+    pairs = {"step vs linearize(x, p).output": (lin.output, model.step(x, p)),
+             "step_tl vs linearize(x, p).tl": (lin.tl(dx, dp), declared(model, "step_tl")(x, p, dx, dp)),
+             "step_ad vs linearize(x, p).ad (state)": (ax_lin, ax_step),
+             "step_ad vs linearize(x, p).ad (parameters)": (ap_lin, ap_step)}
+    return _largest_difference("linearize == step/step_tl/step_ad", pairs, tolerance, {},
+                               "max relative difference of output, TL, state and parameter adjoints")
 
 
 def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10, directions: int = 1, window: bool = True) -> list[CheckResult]:
@@ -637,23 +623,8 @@ def check_model(model, x, p, rng: np.random.Generator, n_steps: int = 10, direct
 
 
 def operator_adjoint_test(operator, x, rng: np.random.Generator, directions: int = 1) -> CheckResult:
-    """Dot-product test of an observation operator linearised at ``x``: ``<H' dx, w> = <dx, H'^T w>``.
-
-    Parameters
-    ----------
-    operator : ObservationOperator
-        With ``linearize(x)`` (``tl``, ``ad``) and ``n_obs``.
-    x : numpy.ndarray
-        The state it is linearised at.
-    rng : numpy.random.Generator
-        Draws the random ``dx`` and ``w``.
-    directions : int, default 1
-        Random pairs tried; the worst decides.
-
-    Returns
-    -------
-    CheckResult
-        PASS when the relative mismatch is below ``ADJOINT_TOLERANCE``.
+    """Dot-product test of an observation operator linearised at ``x``, ``<H' dx, w> = <dx, H'^T w>``,
+    on ``directions`` random pairs ``(dx, w)``: the worst decides, against ``ADJOINT_TOLERANCE``.
 
     Examples
     --------
@@ -669,25 +640,8 @@ def operator_adjoint_test(operator, x, rng: np.random.Generator, directions: int
 
 
 def operator_taylor_test(operator, x, rng: np.random.Generator, amplitudes=DEFAULT_AMPLITUDES, directions: int = 1) -> CheckResult:
-    """Taylor test of an observation operator's TL at ``x``: ``|H(x + a h) - H(x) - a H' h|`` falls as ``a^2``.
-
-    Parameters
-    ----------
-    operator : ObservationOperator
-        With ``apply(x)`` and ``linearize(x).tl``.
-    x : numpy.ndarray
-        The state it is linearised at.
-    rng : numpy.random.Generator
-        Draws the directions ``h``, scaled like ``x``.
-    amplitudes : numpy.ndarray, default DEFAULT_AMPLITUDES
-        The ``a`` of the sweep, decreasing.
-    directions : int, default 1
-        Random directions tried before a verdict (an inconclusive one is retried).
-
-    Returns
-    -------
-    CheckResult
-        PASS when the remainder falls as ``a^2`` (or is at round-off: a linear operator).
+    """Taylor test of an observation operator's TL at ``x``: ``|H(x + a h) - H(x) - a H' h|`` falls as
+    ``a^2`` (or is at round-off: a linear operator), on ``directions`` random ``h`` scaled like ``x``.
 
     Examples
     --------
