@@ -135,14 +135,11 @@ class CovarianceBase:
         return v
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)``."""
-        return self.sqrt(rng.standard_normal(self.size))
+        """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)`` of ``control_size`` values."""
+        return self.sqrt(rng.standard_normal(self.control_size))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size})"
-
-
-_CovarianceBase = CovarianceBase  # the name ensemble.py imports
 
 
 # --- diagonal ---------------------------------------------------------------------
@@ -151,20 +148,8 @@ _CovarianceBase = CovarianceBase  # the name ensemble.py imports
 class Diagonal(CovarianceBase):
     """``C = diag(std^2)``; ``C^1/2 = C^T/2 = diag(std)``.
 
-    ``std`` is one value per element, or a scalar together with ``size``.
-    ``size`` may be 0 (e.g. ``P`` for a model without parameters).
-
-    Parameters
-    ----------
-    std : float or array_like
-        The standard deviations: positive and finite.
-    size : int, optional
-        The size, needed when ``std`` is a scalar.
-
-    Raises
-    ------
-    ValueError
-        A std that is not positive and finite, or of the wrong shape.
+    ``std``: positive and finite, one value per element, or a scalar together with ``size``
+    (which may be 0: ``P`` for a model without parameters).
 
     Examples
     --------
@@ -176,15 +161,10 @@ class Diagonal(CovarianceBase):
     """
 
     def __init__(self, std, size: int | None = None):
-        if np.ndim(std) == 0:
-            if size is None:
-                raise ValueError("Diagonal: size is required when std is a scalar")
-            size = _check_size(size)
-        else:
-            n = np.shape(std)[0]
-            size = n if size is None else _check_size(size)
-        self.size = size
-        self.std = _check_std(std, size)
+        if size is None and np.ndim(std) == 0:
+            raise ValueError("Diagonal: size is required when std is a scalar")
+        self.size = np.shape(std)[0] if size is None else _check_size(size)
+        self.std = _check_std(std, self.size)
         self._var = self.std**2
 
     @classmethod
@@ -206,12 +186,10 @@ class Diagonal(CovarianceBase):
         return self._vector(v) / self._var
 
     def sqrt(self, v):
-        """``C^1/2 v = std * v``."""
+        """``C^1/2 v = C^T/2 v = std * v``."""
         return self.std * self._vector(v)
 
-    def sqrt_t(self, v):
-        """``C^T/2 v = std * v``, the square root being symmetric."""
-        return self.std * self._vector(v)
+    sqrt_t = sqrt
 
     def sqrt_columns(self, W: np.ndarray) -> np.ndarray:
         """``C^1/2 W = std * W``, one product."""
@@ -232,18 +210,8 @@ class Diagonal(CovarianceBase):
 class Dense(CovarianceBase):
     """A given symmetric positive-definite ``C = L L^T`` (``L`` lower Cholesky factor).
 
-    ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.
-
-    Parameters
-    ----------
-    matrix : array_like, shape (n, n)
-        ``C``: square, finite, symmetric to a relative tolerance of ``1e-10`` (it is
-        then symmetrised) and positive-definite.
-
-    Raises
-    ------
-    ValueError
-        A matrix that is not square, not finite, not symmetric or not positive-definite.
+    ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.  The matrix must be square,
+    finite, symmetric to ``SYMMETRY_TOLERANCE`` relative (it is then symmetrised) and positive-definite.
 
     Examples
     --------
@@ -340,21 +308,14 @@ class PeriodicCorrelation(CovarianceBase):
     * ``shape="gaussian"``: ``rho(d) = exp(-d^2 / (2 L^2))``
     * ``shape="soar"``:     ``rho(d) = (1 + d/L) exp(-d/L)``
 
-    ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``.  A
-    Gaussian with a long length scale has eigenvalues that are tiny or slightly
-    negative from round-off; and when ``L`` is a sizeable fraction of ``size``
-    the wrapped function ``rho(min(i, size - i))`` is not positive-definite at
-    all (a few eigenvalues are genuinely negative, ~1 % of ``max(lambda)`` for a
-    Gaussian with ``L = size / 4``).  So ``lambda`` is clipped below at
-    ``min_eigenvalue * max(lambda)``: ``Cor`` is then the nearest (Frobenius and
-    2-norm) symmetric matrix with condition number at most ``1 / min_eigenvalue``,
-    still circulant.  ``clipping`` is its 2-norm distance from the exact
-    circulant, ``max(lambda_clipped - lambda)``, which bounds how far ``diag(Cor)``
-    is from 1 (``std`` is the nominal profile); ``n_clipped`` counts the clipped
-    eigenvalues among the ``size // 2 + 1`` distinct ones.  Since
-    ``cond(C) <= cond(S)^2 / min_eigenvalue``, ``solve(apply(v))`` returns ``v``
-    only to about ``eps * cond(C)`` relative: raise ``min_eigenvalue`` (or
-    minimise in the ``C^1/2`` control variable) when that matters.
+    ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``, clipped below at
+    ``min_eigenvalue * max(lambda)`` (round-off makes a long Gaussian's smallest eigenvalues
+    negative, and the wrapped ``rho`` is not positive-definite when ``L`` is a sizeable fraction
+    of ``size``): the nearest symmetric circulant with condition number at most
+    ``1 / min_eigenvalue``.  ``clipping = max(lambda_clipped - lambda)``, its 2-norm distance
+    from the exact circulant, bounds ``|diag(Cor) - 1|``; ``n_clipped`` counts the clipped
+    eigenvalues among the ``size // 2 + 1`` distinct ones.  ``solve(apply(v))`` returns ``v`` to
+    about ``eps cond(C)``, ``cond(C) <= cond(S)^2 / min_eigenvalue``.
 
     With the symmetric square root ``G = F^-1 diag(sqrt(lambda)) F``:
 
@@ -431,6 +392,18 @@ class PeriodicCorrelation(CovarianceBase):
 # --- block diagonal ------------------------------------------------------------------------
 
 
+def _blockwise(method: str, doc: str):
+    """The operation ``method`` of :class:`BlockDiagonal`, each block's on its slice of ``v``."""
+
+    def operation(self, v) -> np.ndarray:
+        v = self._vector(v)
+        parts = [getattr(b, method)(v[s]) for b, s in zip(self.blocks, self.slices) if b.size]
+        return np.concatenate([np.empty(0)] + parts)
+
+    operation.__name__, operation.__qualname__, operation.__doc__ = method, f"BlockDiagonal.{method}", doc
+    return operation
+
+
 class BlockDiagonal(CovarianceBase):
     """``C = diag(C_1, ..., C_m)``: each operation acts on the slice of ``v`` of its block.
 
@@ -465,26 +438,10 @@ class BlockDiagonal(CovarianceBase):
         """The blocks' ``std`` concatenated."""
         return np.concatenate([np.asarray(b.std, dtype=float).reshape(-1) for b in self.blocks])
 
-    def _blockwise(self, method: str, v) -> np.ndarray:
-        v = self._vector(v)
-        parts = [getattr(b, method)(v[s]) for b, s in zip(self.blocks, self.slices) if b.size]
-        return np.concatenate([np.empty(0)] + parts)
-
-    def apply(self, v):
-        """``C v = [C_1 v_1; ...; C_m v_m]``."""
-        return self._blockwise("apply", v)
-
-    def solve(self, v):
-        """``C^-1 v = [C_1^-1 v_1; ...]``."""
-        return self._blockwise("solve", v)
-
-    def sqrt(self, v):
-        """``C^1/2 v = [C_1^1/2 v_1; ...]``."""
-        return self._blockwise("sqrt", v)
-
-    def sqrt_t(self, v):
-        """``C^T/2 v = [C_1^T/2 v_1; ...]``."""
-        return self._blockwise("sqrt_t", v)
+    apply = _blockwise("apply", "``C v = [C_1 v_1; ...; C_m v_m]``.")
+    solve = _blockwise("solve", "``C^-1 v = [C_1^-1 v_1; ...]``.")
+    sqrt = _blockwise("sqrt", "``C^1/2 v = [C_1^1/2 v_1; ...]``.")
+    sqrt_t = _blockwise("sqrt_t", "``C^T/2 v = [C_1^T/2 v_1; ...]``.")
 
     def record(self) -> dict:
         """``std`` and each block's record under ``block<j>.``."""
