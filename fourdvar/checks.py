@@ -167,11 +167,9 @@ class CheckResult:
         """The sweep behind the verdict: the failing or the first inconclusive one; for a
         pass, the passing one with the largest relative error."""
         deciding = [s for s in self.sweeps if s.status == self.status]
-        if not deciding:
-            return None
-        if self.status == PASS:
+        if self.status == PASS and deciding:
             return max(deciding, key=lambda s: np.nan_to_num(s.relative_error, nan=-1.0))
-        return deciding[0]
+        return deciding[0] if deciding else None
 
     @property
     def amplitudes(self) -> np.ndarray | None:
@@ -183,14 +181,13 @@ class CheckResult:
         return None if self.sweep is None else self.sweep.ratios
 
     def __str__(self) -> str:
-        parts = [f"{self.name}: {self.status}"]
+        parts = []
         if np.isfinite(self.error):
             tolerance = f" (tolerance {self.error_tolerance:.0e})" if np.isfinite(self.error_tolerance) else ""
             parts.append(f"relative error {self.error:.2e}{tolerance}")
         if np.isfinite(self.order):
             parts.append(f"order {self.order:.2f} (want >= {self.min_order})")
-        text = ", ".join(parts[1:])
-        line = f"{parts[0]} {text}".rstrip()
+        line = f"{self.name}: {self.status} {', '.join(parts)}".rstrip()
         if self.details:
             line += f"; {self.details}"
         if self.failed and self.inspect:
@@ -301,9 +298,12 @@ def _evaluate_along(f, u, h, amplitudes):
     return values
 
 
-def _roundoff_level(amplitudes, remainders, analytic):
+def _swept(amplitudes, remainders, analytic, first_order, ratios) -> TaylorSweep:
+    """The sweep classified, its round-off level the larger of ``analytic`` and the largest remainder
+    at the amplitudes ``<= NOISE_PROBE``."""
     probes = remainders[(amplitudes <= NOISE_PROBE) & np.isfinite(remainders)]
-    return np.maximum(analytic, probes.max() if probes.size else 0.0)
+    roundoff = np.maximum(analytic, probes.max() if probes.size else 0.0)
+    return _classify(TaylorSweep(amplitudes, remainders, roundoff, first_order, ratios))
 
 
 def _sweep_of_map(f, tl, u, h, amplitudes) -> TaylorSweep:
@@ -319,8 +319,7 @@ def _sweep_of_map(f, tl, u, h, amplitudes) -> TaylorSweep:
                 remainders[i] = np.linalg.norm(fa - f0 - amplitude * df)
                 analytic[i] = 4 * _EPS * (np.linalg.norm(f0) + np.linalg.norm(fa) + amplitude * first_order)
     ratios = remainders / np.maximum(amplitudes * first_order, _TINY)
-    roundoff = _roundoff_level(amplitudes, remainders, analytic)
-    return _classify(TaylorSweep(amplitudes, remainders, roundoff, first_order, ratios))
+    return _swept(amplitudes, remainders, analytic, first_order, ratios)
 
 
 def _sweep_of_functional(J, gradient, u, h, amplitudes) -> TaylorSweep:
@@ -333,8 +332,7 @@ def _sweep_of_functional(J, gradient, u, h, amplitudes) -> TaylorSweep:
         remainders = np.abs(values - J0 - amplitudes * slope)
         analytic = 4 * _EPS * (abs(J0) + np.abs(values) + amplitudes * abs(slope))
         ratios = (values - J0) / (amplitudes * slope if slope else np.nan)
-    roundoff = _roundoff_level(amplitudes, remainders, np.where(np.isfinite(analytic), analytic, np.inf))
-    return _classify(TaylorSweep(amplitudes, remainders, roundoff, abs(slope), ratios))
+    return _swept(amplitudes, remainders, np.where(np.isfinite(analytic), analytic, np.inf), abs(slope), ratios)
 
 
 def _confirm_both_ways(sweep: TaylorSweep, opposite: TaylorSweep) -> None:

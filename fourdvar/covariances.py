@@ -29,7 +29,8 @@ import scipy.linalg
 
 from .interfaces import declared, declares
 
-__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES", "nested", "part"]
+__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES", "nested", "part",
+           "dense_matrix"]
 
 #: Correlation functions ``rho(d)`` of the distance ``d`` (grid points) and length scale ``L``.
 CORRELATION_SHAPES = {
@@ -78,6 +79,11 @@ def _check_correlation(who: str, length_scale, shape, min_eigenvalue) -> tuple[f
     if not (np.ndim(min_eigenvalue) == 0 and 0 < min_eigenvalue < 1):
         raise ValueError(f"{who}: min_eigenvalue must be in (0, 1), got {min_eigenvalue!r}")
     return float(length_scale), shape.lower(), float(min_eigenvalue)
+
+
+def dense_matrix(covariance) -> np.ndarray:
+    """``C`` as an ``(n, n)`` array, column by column: ``C e_i``."""
+    return np.column_stack([covariance.apply(unit) for unit in np.eye(covariance.size)])
 
 
 def nested(prefix: str, record: dict) -> dict:

@@ -50,7 +50,7 @@ import numpy as np
 
 from .assimilation import FourDVar
 from .cost import Control
-from .covariances import Dense, Diagonal
+from .covariances import Dense, Diagonal, dense_matrix
 from .departures import WindowDepartures, window_departures
 from .ensemble import Ensemble
 from .minimize import AssimilationResult
@@ -173,7 +173,7 @@ def _with_noise(posterior, noise_std: float, max_rank: int | None):
     if isinstance(posterior, LowRankCovariance):
         if isinstance(posterior.base, Diagonal):
             return posterior.with_noise(noise_std, max_rank=max_rank)
-        posterior = np.column_stack([posterior.apply(unit) for unit in np.eye(posterior.size)])
+        posterior = dense_matrix(posterior)
     return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
 
 

@@ -10,32 +10,24 @@ among the perturbations, with the observations perturbed::
 
 Every draw comes from a generator seeded by ``(seed, purpose, cycle, member)``, so a member's
 window is a pure function of what it is given and the members can run anywhere, in any order.
-Their background forecasts give the window's ``B``:
+The perturbations ``x_m = xb_m - mean_m(xb_m)`` of their backgrounds (the rows of ``X``,
+``(N, n)``) give the window's ``B``: their covariance, localised by a Schur product with a
+correlation ``C`` on the periodic grid and blended with a static ``B_s``::
 
-With ``N`` background forecasts ``x^f_m`` of the members, their perturbations
-``x_m = x^f_m - mean_m(x^f_m)`` (the rows of ``X``, shape ``(N, n)``) give the
-ensemble covariance, localised by a Schur (element-wise) product with a
-correlation ``C`` on the periodic grid, and blended with a static ``B_s``::
+    B = (1 - beta) B_s + beta (X^T X / (N - 1)) o C
 
-    B     = (1 - beta) B_s + beta B_ens
-    B_ens = (X^T X / (N - 1)) o C
-
-``B`` is applied through a square root from an extended control space, the
-alpha control variable of the hybrid/ensemble-variational methods: the control
-``u = [v; a_1; ...; a_N]`` holds a static part ``v`` (``B_s.size`` values) and one
-field ``a_m`` (``n`` values) per member, and::
+applied through a square root from the extended control ``u = [v; a_1; ...; a_N]`` (the alpha
+control variable of hybrid ensemble-variational methods: ``v`` of ``B_s.size`` values, one
+field ``a_m`` of ``n`` values per member)::
 
     B^1/2 u   = sqrt(1 - beta) B_s^1/2 v + sqrt(beta / (N - 1)) sum_m x_m o (C^1/2 a_m)
     B^T/2 w   = [sqrt(1 - beta) B_s^T/2 w;  sqrt(beta / (N - 1)) C^T/2 (x_m o w), m = 1..N]
 
-so ``B^1/2 B^T/2 = B`` (``C^1/2 C^T/2 = C`` and ``sum_m (x_m o C^1/2 a)(...)`` gives the
-Schur product).  ``C^1/2`` is the symmetric FFT square root of
-:class:`~fourdvar.covariances.PeriodicCorrelation`, applied to all ``N`` fields at
-once; ``B`` and its square roots never form an ``n x n`` matrix.  ``B^-1`` (the
-nonlinear cost's ``Jb``) is computed by conjugate gradients preconditioned with
-``B_s^-1 / (1 - beta)``, so ``beta`` must be below 1; for a small state
-(``n <= DENSE_SOLVE_LIMIT``) from the Cholesky factor of ``B`` instead, assembled
-once from ``n`` products ``B e_i`` (a CG solve costs about ``n`` products each time).
+so ``B^1/2 B^T/2 = B``, ``C^1/2`` the symmetric FFT square root of
+:class:`~fourdvar.covariances.PeriodicCorrelation`, never an ``n x n`` matrix.  ``B^-1`` (for
+``Jb``) is by conjugate gradients preconditioned with ``B_s^-1 / (1 - beta)`` (so ``beta < 1``),
+or for ``n <= DENSE_SOLVE_LIMIT`` by the Cholesky factor of ``B``, assembled once from ``n``
+products ``B e_i``.
 """
 
 from __future__ import annotations
@@ -46,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
-from .covariances import CovarianceBase, PeriodicCorrelation, _check_std, nested, part
+from .covariances import CovarianceBase, PeriodicCorrelation, _check_std, dense_matrix, nested, part
 from .interfaces import ObservationSlot
 
 __all__ = ["Ensemble", "HybridEnsembleCovariance", "ensemble_covariance", "ensemble_perturbations", "inflate",
@@ -256,8 +248,8 @@ class HybridEnsembleCovariance(CovarianceBase):
         if self.size > self.DENSE_SOLVE_LIMIT:
             return self.solve_cg(w)
         if self._cholesky is None:
-            dense = np.column_stack([self.apply(unit) for unit in np.eye(self.size)])
-            self._cholesky = scipy.linalg.cho_factor(0.5 * (dense + dense.T))
+            B = dense_matrix(self)
+            self._cholesky = scipy.linalg.cho_factor(0.5 * (B + B.T))
         return scipy.linalg.cho_solve(self._cholesky, w)
 
     def solve_cg(self, w):

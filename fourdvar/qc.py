@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
-from .covariances import CovarianceBase, Dense, Diagonal
+from .covariances import CovarianceBase, Dense, Diagonal, dense_matrix
 from .interfaces import ObservationSlot, declared
 from .posterior import variance
 from .window import DivergenceError, tl_block
@@ -173,8 +173,7 @@ def _restricted(covariance, keep: np.ndarray):
     """``R`` restricted to the observations ``keep``."""
     if isinstance(covariance, Diagonal):
         return Diagonal(covariance.std[keep])
-    matrix = np.column_stack([covariance.apply(unit) for unit in np.eye(covariance.size)])
-    return Dense(matrix[np.ix_(keep, keep)])
+    return Dense(dense_matrix(covariance)[np.ix_(keep, keep)])
 
 
 def _background_columns(cost: FourDVarCost, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
