@@ -4,8 +4,7 @@ Every class here satisfies :class:`fourdvar.interfaces.Covariance` (``apply``, `
 ``sqrt``, ``sqrt_t``, ``sample``; the optional capabilities' defaults in :class:`CovarianceBase`)
 and also has ``std`` (the nominal standard deviations ``sqrt(diag C)``, a 1-D array) and
 ``with_std(new_std)``, which keeps the correlation structure and replaces the
-standard-deviation profile (a scalar or one value per element); the cycling code uses
-it to inflate or adapt variances.
+standard-deviation profile (a scalar or one value per element).
 
 Vectors are 1-D float64 arrays of shape ``(size,)``.  Anything else raises
 ``ValueError`` naming the expected and the received shape; nothing broadcasts.
@@ -43,12 +42,9 @@ CORRELATION_SHAPES = {
 
 
 def _check_size(size, name: str = "size", minimum: int = 0) -> int:
-    if isinstance(size, bool):
+    if isinstance(size, bool) or not hasattr(size, "__index__"):
         raise ValueError(f"{name} must be an integer, got {size!r}")
-    try:
-        size = operator.index(size)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {size!r}") from None
+    size = operator.index(size)
     if size < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {size}")
     return size
@@ -135,9 +131,7 @@ class CovarianceBase:
     def _vector(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
         if v.shape != (self.size,):
-            raise ValueError(
-                f"{type(self).__name__}: expected a vector of shape ({self.size},), got shape {v.shape}"
-            )
+            raise ValueError(f"{type(self).__name__}: expected a vector of shape ({self.size},), got shape {v.shape}")
         return v
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
@@ -239,10 +233,8 @@ class Dense(CovarianceBase):
         scale = np.max(np.abs(A)) if A.size else 0.0
         asymmetry = np.max(np.abs(A - A.T)) if A.size else 0.0
         if asymmetry > self.SYMMETRY_TOLERANCE * scale:
-            raise ValueError(
-                f"Dense: matrix is not symmetric (max |A - A^T| = {asymmetry:.3e}, "
-                f"{asymmetry / scale:.1e} relative to max |A|)"
-            )
+            raise ValueError(f"Dense: matrix is not symmetric (max |A - A^T| = {asymmetry:.3e}, "
+                             f"{asymmetry / scale:.1e} relative to max |A|)")
         A = 0.5 * (A + A.T)
         try:
             L = np.linalg.cholesky(A)
@@ -258,11 +250,9 @@ class Dense(CovarianceBase):
 
     def _set(self, A: np.ndarray, L: np.ndarray) -> None:
         self.size = A.shape[0]
-        self.matrix, self.cholesky = A, L
-        for array in (self.matrix, self.cholesky):
+        self.matrix, self.cholesky, self.std = A, L, np.sqrt(np.diag(A))
+        for array in (self.matrix, self.cholesky, self.std):
             array.flags.writeable = False
-        self.std = np.sqrt(np.diag(A))
-        self.std.flags.writeable = False
 
     def apply(self, v):
         """``C v``."""
@@ -387,12 +377,10 @@ class PeriodicCorrelation(CovarianceBase):
 
     def with_std(self, std) -> "PeriodicCorrelation":
         """The same correlation ``Cor`` with ``S = diag(std)``."""
-        return PeriodicCorrelation(self.size, self.length_scale, std, self.shape,
-                                   min_eigenvalue=self.min_eigenvalue)
+        return PeriodicCorrelation(self.size, self.length_scale, std, self.shape, min_eigenvalue=self.min_eigenvalue)
 
     def __repr__(self) -> str:
-        return (f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, "
-                f"shape={self.shape!r})")
+        return f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, shape={self.shape!r})"
 
 
 # --- block diagonal ------------------------------------------------------------------------
@@ -413,15 +401,8 @@ def _blockwise(method: str, doc: str):
 class BlockDiagonal(CovarianceBase):
     """``C = diag(C_1, ..., C_m)``: each operation acts on the slice of ``v`` of its block.
 
-    Used for the joint control vector ``[x0; p]`` with ``diag(B, P)``.  A block
-    may have size 0 (a model without parameters).  ``blocks`` and ``slices``
-    (``v[slices[j]]`` is the part of ``v`` that block ``j`` acts on) are public.
-    ``std`` and ``with_std`` need them on every block.
-
-    Parameters
-    ----------
-    blocks : sequence of covariances
-        ``C_1, ..., C_m``, at least one.
+    At least one block, each of any size (0: a model without parameters); ``v[slices[j]]`` is
+    the part of ``v`` block ``j`` acts on.  ``std`` and ``with_std`` need them on every block.
 
     Examples
     --------

@@ -85,8 +85,7 @@ def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.
     """``(s, y, Theta)`` of one Lanczos run in control variables (see :meth:`Posterior.from_lanczos_runs`)."""
     keep = largest_first(run.ritz_values, max_rank)
     V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_couplings[keep]
-    AV = V * theta + np.outer(run.next_vector, c)  # S^T A S V = V Theta + q c^T
-    s, y = V, AV
+    s, y = V, V * theta + np.outer(run.next_vector, c)  # y = S^T A S V = V Theta + q c^T, then S^-T y
     for factor in reversed(run.preconditioner.factors if run.preconditioner is not None else ()):
         s = factor.apply(s, -0.5)  # S = T_1 ... T_m
         y = factor.apply(y, 0.5)  # S^-T = T_1^-1 ... T_m^-1
