@@ -38,9 +38,6 @@ CORRELATION_SHAPES = {
 }
 
 
-# --- validation helpers ---------------------------------------------------------
-
-
 def _check_size(size, name: str = "size", minimum: int = 0) -> int:
     if isinstance(size, bool) or not hasattr(size, "__index__"):
         raise ValueError(f"{name} must be an integer, got {size!r}")
@@ -142,9 +139,6 @@ class CovarianceBase:
         return f"{type(self).__name__}(size={self.size})"
 
 
-# --- diagonal ---------------------------------------------------------------------
-
-
 class Diagonal(CovarianceBase):
     """``C = diag(std^2)``; ``C^1/2 = C^T/2 = diag(std)``.
 
@@ -202,9 +196,6 @@ class Diagonal(CovarianceBase):
     def with_std(self, std) -> "Diagonal":
         """``diag(new_std^2)``."""
         return Diagonal(std, size=self.size)
-
-
-# --- dense (Cholesky) ---------------------------------------------------------------
 
 
 class Dense(CovarianceBase):
@@ -290,9 +281,6 @@ class Dense(CovarianceBase):
         """
         std = _check_std(std, self.size)
         return Dense._from_factor((std / self.std)[:, None] * self.cholesky)
-
-
-# --- periodic correlation by FFT -------------------------------------------------------
 
 
 class PeriodicCorrelation(CovarianceBase):
@@ -381,9 +369,6 @@ class PeriodicCorrelation(CovarianceBase):
 
     def __repr__(self) -> str:
         return f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, shape={self.shape!r})"
-
-
-# --- block diagonal ------------------------------------------------------------------------
 
 
 def _blockwise(method: str, doc: str):

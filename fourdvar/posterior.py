@@ -132,6 +132,7 @@ def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
         return Z @ E[:, keep], np.diag(lam[keep])
     return Z, K_next
 
+
 class Posterior:
     """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
 
