@@ -241,9 +241,9 @@ def _classify(sweep: TaylorSweep) -> TaylorSweep:
     if verdict == INCONCLUSIVE:
         sweep.status, sweep.window = INCONCLUSIVE, (start, last)
         sweep.order = _fitted_order(a, r, sweep.window)
-        sweep.reason = (f"local orders {', '.join(f'{q:.2f}' for q in orders[start:last])} at a = {a[last - 1]:.0e} .. "
-                        f"{a[last]:.0e}, the smallest amplitudes above round-off: neither 2 (a right derivative) nor 1 "
-                        "(a wrong one)")
+        sweep.reason = (f"local orders {', '.join(f'{q:.2f}' for q in orders[start:last])} at a = "
+                        f"{a[last - 1]:.0e} .. {a[last]:.0e}, the smallest amplitudes above round-off: "
+                        "neither 2 (a right derivative) nor 1 (a wrong one)")
         return sweep
     while start > first and kinds[verdict](orders[start - 1]):
         start -= 1
@@ -318,7 +318,8 @@ def _sweep_of_functional(J, gradient, u, h, amplitudes) -> TaylorSweep:
         remainders = np.abs(values - J0 - amplitudes * slope)
         analytic = 4 * _EPS * (abs(J0) + np.abs(values) + amplitudes * abs(slope))
         ratios = (values - J0) / (amplitudes * slope if slope else np.nan)
-    return _swept(amplitudes, remainders, np.where(np.isfinite(analytic), analytic, np.inf), abs(slope), ratios)
+    analytic = np.where(np.isfinite(analytic), analytic, np.inf)
+    return _swept(amplitudes, remainders, analytic, abs(slope), ratios)
 
 
 def _confirm_both_ways(sweep: TaylorSweep, opposite: TaylorSweep) -> None:

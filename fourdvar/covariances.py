@@ -28,8 +28,8 @@ import scipy.linalg
 
 from .interfaces import declared, declares
 
-__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES", "nested", "part",
-           "dense_matrix"]
+__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES",
+           "nested", "part", "dense_matrix"]
 
 #: Correlation functions ``rho(d)`` of the distance ``d`` (grid points) and length scale ``L``.
 CORRELATION_SHAPES = {
@@ -128,7 +128,8 @@ class CovarianceBase:
     def _vector(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
         if v.shape != (self.size,):
-            raise ValueError(f"{type(self).__name__}: expected a vector of shape ({self.size},), got shape {v.shape}")
+            raise ValueError(f"{type(self).__name__}: expected a vector of shape ({self.size},), "
+                             f"got shape {v.shape}")
         return v
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
@@ -365,10 +366,12 @@ class PeriodicCorrelation(CovarianceBase):
 
     def with_std(self, std) -> "PeriodicCorrelation":
         """The same correlation ``Cor`` with ``S = diag(std)``."""
-        return PeriodicCorrelation(self.size, self.length_scale, std, self.shape, min_eigenvalue=self.min_eigenvalue)
+        return PeriodicCorrelation(self.size, self.length_scale, std, self.shape,
+                                   min_eigenvalue=self.min_eigenvalue)
 
     def __repr__(self) -> str:
-        return f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, shape={self.shape!r})"
+        return (f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, "
+                f"shape={self.shape!r})")
 
 
 def _blockwise(method: str, doc: str):

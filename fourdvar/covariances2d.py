@@ -46,7 +46,7 @@ __all__ = ["PeriodicCorrelation2D"]
 
 
 def _one_column(columns: str, doc: str):
-    """The operation on one vector of :class:`PeriodicCorrelation2D`'s ``columns``: ``v`` as an ``(n, 1)`` matrix."""
+    """The operation ``columns`` on one vector ``v``, as an ``(n, 1)`` matrix."""
     name = columns.removesuffix("_columns")
 
     def operation(self, v) -> np.ndarray:

@@ -17,8 +17,8 @@ No members is one run.
 Overlapping windows (``S < L``) start from the previous analysis at its step ``S``, which
 already used the observations up to the previous window's end; the caller gives each window
 only the observations after that end, so that each is assimilated once (as DAPPER's ``Var4D``
-and the iEnKS of Bocquet and Sakov (2014) with single data assimilation do).  In weak constraint each window estimates
-its own forcing ``eta_c`` from a background of 0.
+and the iEnKS of Bocquet and Sakov (2014) with single data assimilation do).  In weak
+constraint each window estimates its own forcing ``eta_c`` from a background of 0.
 
 Cost check: with ``max_cost_per_obs`` set, a joint analysis with ``J > max_cost_per_obs n_obs``
 (at the minimum ``J ~ n_obs / 2``) is redone with the parameters fixed at ``pb``, and ``pb``

@@ -55,8 +55,8 @@ def window_departures(cost, background_trajectory: np.ndarray, analysis_trajecto
     """
     if not cost.slots:
         return WindowDepartures(0, *([np.nan] * 7))
-    d_b, d_a = (np.concatenate([slot.values - slot.operator.apply(trajectory[slot.step]) for slot in cost.slots])
-                for trajectory in (background_trajectory, analysis_trajectory))
+    d_b, d_a = (np.concatenate([slot.values - slot.operator.apply(x[slot.step]) for slot in cost.slots])
+                for x in (background_trajectory, analysis_trajectory))
     m = d_b.size
     return WindowDepartures(
         n_obs=m, chi2=2.0 * float(J_min) / m,

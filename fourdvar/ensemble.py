@@ -239,8 +239,8 @@ class HybridEnsembleCovariance(CovarianceBase):
         """``B w = (1 - beta) B_s w + beta / (N - 1) sum_m x_m o C (x_m o w)``."""
         w = self._vector(w)
         localized = self.localization._circulant(self.localization.eigenvalues, self.perturbations * w)
-        ensemble_part = self.weight / (self.n_members - 1) * np.einsum("mi,mi->i", self.perturbations, localized)
-        return (1.0 - self.weight) * self.static.apply(w) + ensemble_part
+        ensemble = np.einsum("mi,mi->i", self.perturbations, localized)
+        return (1.0 - self.weight) * self.static.apply(w) + self.weight / (self.n_members - 1) * ensemble
 
     def solve(self, w):
         """``B^-1 w``: by the Cholesky factor of ``B`` up to ``DENSE_SOLVE_LIMIT``, else :meth:`solve_cg`."""

@@ -229,7 +229,8 @@ def analysis_check(cost: FourDVarCost, x0, p, eta, k: float) -> tuple[list, QCRe
     exceeds ``k`` rejected (reason ``"analysis"``).  For an observation of the assumed error
     that departure has a variance below 1 (``R - H A H^T``), so ``k`` of 5 rejects none by chance."""
     departures = normalised_departures(cost, x0, p, eta)
-    return _select(cost.slots, [(np.where(np.abs(t) > k, "analysis", "").astype("<U10"), -t) for t in departures])
+    verdicts = [(np.where(np.abs(t) > k, "analysis", "").astype("<U10"), -t) for t in departures]
+    return _select(cost.slots, verdicts)
 
 
 def _select(slots, verdicts) -> tuple[list, QCRecord]:
