@@ -188,17 +188,11 @@ def _judged(name, error, tolerance, inspect, details="", extra=None) -> CheckRes
 
 def summarize(results: Iterable[CheckResult]) -> dict[str, int]:
     """``{"PASS": n, "FAIL": n, "INCONCLUSIVE": n}`` over ``results``."""
-    counts = {PASS: 0, FAIL: 0, INCONCLUSIVE: 0}
-    for result in results:
-        counts[result.status] += 1
-    return counts
+    statuses = [result.status for result in results]
+    return {status: statuses.count(status) for status in (PASS, FAIL, INCONCLUSIVE)}
 
 
 # --- the dot-product test -----------------------------------------------------------------
-
-
-def _dot(parts_a: Sequence[np.ndarray], parts_b: Sequence[np.ndarray]) -> float:
-    return float(sum(np.vdot(a, b) for a, b in zip(parts_a, parts_b)))
 
 
 def dot_product_test(tl: Callable[..., np.ndarray], ad: Callable[[np.ndarray], Sequence[np.ndarray]], inputs: Sequence[np.ndarray],
@@ -206,7 +200,7 @@ def dot_product_test(tl: Callable[..., np.ndarray], ad: Callable[[np.ndarray], S
                      inspect: str = "the adjoint") -> CheckResult:
     """``|<tl(*inputs), w> - sum_i <inputs_i, ad(w)_i>| / |<tl(*inputs), w>| < tolerance``."""
     lhs = float(np.vdot(tl(*inputs), output_adjoint))
-    rhs = _dot(inputs, ad(output_adjoint))
+    rhs = float(sum(np.vdot(u, a) for u, a in zip(inputs, ad(output_adjoint))))
     error = abs(lhs - rhs) / max(abs(lhs), _TINY)
     return _judged(name, error, tolerance, inspect, details=f"<Lu,w> = {lhs:.15e}, <u,L*w> = {rhs:.15e}",
                    extra={"lhs": lhs, "rhs": rhs})
