@@ -102,6 +102,8 @@ class CovarianceBase:
     size: int
     #: the condition number of the correlation, when the covariance knows it
     condition_number = None
+    #: the attributes its ``repr`` shows
+    _shown = ("size",)
 
     @functools.cached_property
     def control_size(self) -> int:
@@ -137,7 +139,7 @@ class CovarianceBase:
         return self.sqrt(rng.standard_normal(self.control_size))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size})"
+        return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in self._shown)})"
 
 
 class Diagonal(CovarianceBase):
@@ -309,6 +311,8 @@ class PeriodicCorrelation(CovarianceBase):
     Each costs ``O(n log n)``; the ``n x n`` matrix is never formed.
     """
 
+    _shown = ("size", "length_scale", "shape")
+
     def __init__(self, size: int, length_scale: float, std=1.0, shape: str = "gaussian",
                  *, min_eigenvalue: float = 1e-10):
         self.size = _check_size(size, minimum=1)
@@ -368,10 +372,6 @@ class PeriodicCorrelation(CovarianceBase):
         """The same correlation ``Cor`` with ``S = diag(std)``."""
         return PeriodicCorrelation(self.size, self.length_scale, std, self.shape,
                                    min_eigenvalue=self.min_eigenvalue)
-
-    def __repr__(self) -> str:
-        return (f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, "
-                f"shape={self.shape!r})")
 
 
 def _blockwise(method: str, doc: str):

@@ -63,6 +63,8 @@ class PeriodicCorrelation2D(PeriodicCorrelation):
     ``(n_fields * ny * nx,)``; ``vertical`` the ``(n_fields, n_fields)`` correlation ``V`` (default ``I``).
     """
 
+    _shown = ("nx", "ny", "n_fields", "length_scale", "shape")
+
     def __init__(self, nx: int, ny: int, length_scale: float, std=1.0, shape: str = "gaussian",
                  n_fields: int = 1, vertical=None, *, min_eigenvalue: float = 1e-10):
         who = "PeriodicCorrelation2D"
@@ -189,8 +191,3 @@ class PeriodicCorrelation2D(PeriodicCorrelation):
         """The same correlation ``V (x) Cor`` with ``S = diag(std)``."""
         return PeriodicCorrelation2D(self.nx, self.ny, self.length_scale, std, self.shape, self.n_fields,
                                      self.vertical, min_eigenvalue=self.min_eigenvalue)
-
-    def __repr__(self) -> str:
-        return (f"PeriodicCorrelation2D(nx={self.nx}, ny={self.ny}, n_fields={self.n_fields}, "
-                f"length_scale={self.length_scale}, shape={self.shape!r})")
-

@@ -369,6 +369,8 @@ class LowRankCovariance(CovarianceBase):
         C0^-1/2 = C0^T/2 C0^-1,    C0^-T/2 = C0^-1 C0^1/2
     """
 
+    _shown = ("size", "rank", "base")
+
     def __init__(self, base, U: np.ndarray, lam: np.ndarray):
         U, lam = np.asarray(U, dtype=float), np.asarray(lam, dtype=float)
         if U.shape != (base.size, lam.size):
@@ -449,6 +451,3 @@ class LowRankCovariance(CovarianceBase):
             keep = _largest(lam, max_rank)
             return LowRankCovariance(Diagonal(std), Z @ scipy.linalg.solve_triangular(R, E[:, keep]), lam[keep])
         return LowRankCovariance(Diagonal(std), *_orthonormal_update(Z, np.diag(self.lam), max_rank))
-
-    def __repr__(self) -> str:
-        return f"LowRankCovariance(size={self.size}, rank={self.rank}, base={self.base!r})"
