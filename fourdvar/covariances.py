@@ -289,11 +289,9 @@ class Dense(CovarianceBase):
 class PeriodicCorrelation(CovarianceBase):
     """``C = S Cor S`` on a periodic 1-D grid of ``size`` points, applied by FFT.
 
-    ``S = diag(std)``; ``Cor`` is the circulant matrix whose first row is
-    ``rho(d)``, ``d = min(i, size - i)`` the periodic distance in grid points:
-
-    * ``shape="gaussian"``: ``rho(d) = exp(-d^2 / (2 L^2))``
-    * ``shape="soar"``:     ``rho(d) = (1 + d/L) exp(-d/L)``
+    ``S = diag(std)``; ``Cor`` is the circulant matrix whose first row is ``rho(d)``,
+    ``d = min(i, size - i)`` the periodic distance in grid points, ``rho`` the ``shape`` of
+    :data:`CORRELATION_SHAPES`: ``exp(-d^2 / (2 L^2))`` (gaussian) or ``(1 + d/L) exp(-d/L)`` (soar).
 
     ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``, clipped below at
     ``min_eigenvalue * max(lambda)`` (round-off makes a long Gaussian's smallest eigenvalues
