@@ -87,9 +87,7 @@ def inflate(states: np.ndarray, factor: float) -> np.ndarray:
 def ensemble_covariance(B_static, member_backgrounds: np.ndarray, weight: float, localization: float):
     """``B_c``: the hybrid of ``B_s`` and the members' backgrounds, or ``B_s`` when they have no spread."""
     X = ensemble_perturbations(member_backgrounds)
-    if not np.any(X):
-        return B_static
-    return HybridEnsembleCovariance(B_static, X, weight, localization)
+    return HybridEnsembleCovariance(B_static, X, weight, localization) if np.any(X) else B_static
 
 
 @dataclass(frozen=True)
