@@ -136,11 +136,9 @@ def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
 class Posterior:
     """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
 
-    Built by the outer loop from its spectral factors (see the module docstring).  Vectors
-    are ``[x0; p; eta_1; ...; eta_n]`` restricted to the parts in the control (``size``
-    values); ``G = diag(B^1/2, P^1/2, Q^1/2, ..., Q^1/2)`` maps the control variables
-    (``control_size`` values: more than ``size`` when ``B``'s square root starts from a
-    larger space, as an ensemble's does) to them.
+    Built from the outer loop's spectral factors (module docstring).  Vectors are ``[x0; p; eta_1; ...]``
+    restricted to the parts in the control (``size`` values); ``G`` maps the control variables to them
+    (``control_size`` values: more than ``size`` when ``B``'s square root starts from a larger space).
     """
 
     method = "ritz"  # how it was built: "ritz" (the factors given), "dense", "lanczos", "bfgs"
