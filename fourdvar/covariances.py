@@ -4,8 +4,7 @@ Every class here satisfies :class:`fourdvar.interfaces.Covariance` (``apply``, `
 ``sqrt``, ``sqrt_t``, ``sample``; the optional capabilities' defaults in :class:`CovarianceBase`)
 and also has ``std`` (the nominal standard deviations ``sqrt(diag C)``, a 1-D array) and
 ``with_std(new_std)``, which keeps the correlation structure and replaces the
-standard-deviation profile (a scalar or one value per element); the cycling code uses
-it to inflate or adapt variances.
+standard-deviation profile (a scalar or one value per element).
 
 Vectors are 1-D float64 arrays of shape ``(size,)``.  Anything else raises
 ``ValueError`` naming the expected and the received shape; nothing broadcasts.
@@ -29,7 +28,8 @@ import scipy.linalg
 
 from .interfaces import declared, declares
 
-__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES", "nested", "part"]
+__all__ = ["CovarianceBase", "Diagonal", "Dense", "PeriodicCorrelation", "BlockDiagonal", "CORRELATION_SHAPES",
+           "nested", "part", "dense_matrix"]
 
 #: Correlation functions ``rho(d)`` of the distance ``d`` (grid points) and length scale ``L``.
 CORRELATION_SHAPES = {
@@ -38,16 +38,10 @@ CORRELATION_SHAPES = {
 }
 
 
-# --- validation helpers ---------------------------------------------------------
-
-
 def _check_size(size, name: str = "size", minimum: int = 0) -> int:
-    if isinstance(size, bool):
+    if isinstance(size, bool) or not hasattr(size, "__index__"):
         raise ValueError(f"{name} must be an integer, got {size!r}")
-    try:
-        size = operator.index(size)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {size!r}") from None
+    size = operator.index(size)
     if size < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {size}")
     return size
@@ -80,6 +74,11 @@ def _check_correlation(who: str, length_scale, shape, min_eigenvalue) -> tuple[f
     return float(length_scale), shape.lower(), float(min_eigenvalue)
 
 
+def dense_matrix(covariance) -> np.ndarray:
+    """``C`` as an ``(n, n)`` array, column by column: ``C e_i``."""
+    return np.column_stack([covariance.apply(unit) for unit in np.eye(covariance.size)])
+
+
 def nested(prefix: str, record: dict) -> dict:
     """A part's :meth:`~CovarianceBase.record` inside its whole's: each key as ``prefix.key``."""
     return {f"{prefix}.{key}": value for key, value in record.items()}
@@ -103,6 +102,8 @@ class CovarianceBase:
     size: int
     #: the condition number of the correlation, when the covariance knows it
     condition_number = None
+    #: the attributes its ``repr`` shows
+    _shown = ("size",)
 
     @functools.cached_property
     def control_size(self) -> int:
@@ -129,42 +130,23 @@ class CovarianceBase:
     def _vector(self, v) -> np.ndarray:
         v = np.asarray(v, dtype=float)
         if v.shape != (self.size,):
-            raise ValueError(
-                f"{type(self).__name__}: expected a vector of shape ({self.size},), got shape {v.shape}"
-            )
+            raise ValueError(f"{type(self).__name__}: expected a vector of shape ({self.size},), "
+                             f"got shape {v.shape}")
         return v
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)``."""
-        return self.sqrt(rng.standard_normal(self.size))
+        """A draw from ``N(0, C)``: ``C^1/2 w`` with ``w ~ N(0, I)`` of ``control_size`` values."""
+        return self.sqrt(rng.standard_normal(self.control_size))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size})"
-
-
-_CovarianceBase = CovarianceBase  # the name ensemble.py imports
-
-
-# --- diagonal ---------------------------------------------------------------------
+        return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in self._shown)})"
 
 
 class Diagonal(CovarianceBase):
     """``C = diag(std^2)``; ``C^1/2 = C^T/2 = diag(std)``.
 
-    ``std`` is one value per element, or a scalar together with ``size``.
-    ``size`` may be 0 (e.g. ``P`` for a model without parameters).
-
-    Parameters
-    ----------
-    std : float or array_like
-        The standard deviations: positive and finite.
-    size : int, optional
-        The size, needed when ``std`` is a scalar.
-
-    Raises
-    ------
-    ValueError
-        A std that is not positive and finite, or of the wrong shape.
+    ``std``: positive and finite, one value per element, or a scalar together with ``size``
+    (which may be 0: ``P`` for a model without parameters).
 
     Examples
     --------
@@ -176,15 +158,10 @@ class Diagonal(CovarianceBase):
     """
 
     def __init__(self, std, size: int | None = None):
-        if np.ndim(std) == 0:
-            if size is None:
-                raise ValueError("Diagonal: size is required when std is a scalar")
-            size = _check_size(size)
-        else:
-            n = np.shape(std)[0]
-            size = n if size is None else _check_size(size)
-        self.size = size
-        self.std = _check_std(std, size)
+        if size is None and np.ndim(std) == 0:
+            raise ValueError("Diagonal: size is required when std is a scalar")
+        self.size = np.shape(std)[0] if size is None else _check_size(size)
+        self.std = _check_std(std, self.size)
         self._var = self.std**2
 
     @classmethod
@@ -206,12 +183,10 @@ class Diagonal(CovarianceBase):
         return self._vector(v) / self._var
 
     def sqrt(self, v):
-        """``C^1/2 v = std * v``."""
+        """``C^1/2 v = C^T/2 v = std * v``."""
         return self.std * self._vector(v)
 
-    def sqrt_t(self, v):
-        """``C^T/2 v = std * v``, the square root being symmetric."""
-        return self.std * self._vector(v)
+    sqrt_t = sqrt
 
     def sqrt_columns(self, W: np.ndarray) -> np.ndarray:
         """``C^1/2 W = std * W``, one product."""
@@ -226,24 +201,11 @@ class Diagonal(CovarianceBase):
         return Diagonal(std, size=self.size)
 
 
-# --- dense (Cholesky) ---------------------------------------------------------------
-
-
 class Dense(CovarianceBase):
     """A given symmetric positive-definite ``C = L L^T`` (``L`` lower Cholesky factor).
 
-    ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.
-
-    Parameters
-    ----------
-    matrix : array_like, shape (n, n)
-        ``C``: square, finite, symmetric to a relative tolerance of ``1e-10`` (it is
-        then symmetrised) and positive-definite.
-
-    Raises
-    ------
-    ValueError
-        A matrix that is not square, not finite, not symmetric or not positive-definite.
+    ``C^1/2 = L``, ``C^T/2 = L^T``; ``C^-1 v`` by two triangular solves.  The matrix must be square,
+    finite, symmetric to ``SYMMETRY_TOLERANCE`` relative (it is then symmetrised) and positive-definite.
 
     Examples
     --------
@@ -265,10 +227,8 @@ class Dense(CovarianceBase):
         scale = np.max(np.abs(A)) if A.size else 0.0
         asymmetry = np.max(np.abs(A - A.T)) if A.size else 0.0
         if asymmetry > self.SYMMETRY_TOLERANCE * scale:
-            raise ValueError(
-                f"Dense: matrix is not symmetric (max |A - A^T| = {asymmetry:.3e}, "
-                f"{asymmetry / scale:.1e} relative to max |A|)"
-            )
+            raise ValueError(f"Dense: matrix is not symmetric (max |A - A^T| = {asymmetry:.3e}, "
+                             f"{asymmetry / scale:.1e} relative to max |A|)")
         A = 0.5 * (A + A.T)
         try:
             L = np.linalg.cholesky(A)
@@ -284,11 +244,9 @@ class Dense(CovarianceBase):
 
     def _set(self, A: np.ndarray, L: np.ndarray) -> None:
         self.size = A.shape[0]
-        self.matrix, self.cholesky = A, L
-        for array in (self.matrix, self.cholesky):
+        self.matrix, self.cholesky, self.std = A, L, np.sqrt(np.diag(A))
+        for array in (self.matrix, self.cholesky, self.std):
             array.flags.writeable = False
-        self.std = np.sqrt(np.diag(A))
-        self.std.flags.writeable = False
 
     def apply(self, v):
         """``C v``."""
@@ -328,33 +286,21 @@ class Dense(CovarianceBase):
         return Dense._from_factor((std / self.std)[:, None] * self.cholesky)
 
 
-# --- periodic correlation by FFT -------------------------------------------------------
-
-
 class PeriodicCorrelation(CovarianceBase):
     """``C = S Cor S`` on a periodic 1-D grid of ``size`` points, applied by FFT.
 
-    ``S = diag(std)``; ``Cor`` is the circulant matrix whose first row is
-    ``rho(d)``, ``d = min(i, size - i)`` the periodic distance in grid points:
+    ``S = diag(std)``; ``Cor`` is the circulant matrix whose first row is ``rho(d)``,
+    ``d = min(i, size - i)`` the periodic distance in grid points, ``rho`` the ``shape`` of
+    :data:`CORRELATION_SHAPES`: ``exp(-d^2 / (2 L^2))`` (gaussian) or ``(1 + d/L) exp(-d/L)`` (soar).
 
-    * ``shape="gaussian"``: ``rho(d) = exp(-d^2 / (2 L^2))``
-    * ``shape="soar"``:     ``rho(d) = (1 + d/L) exp(-d/L)``
-
-    ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``.  A
-    Gaussian with a long length scale has eigenvalues that are tiny or slightly
-    negative from round-off; and when ``L`` is a sizeable fraction of ``size``
-    the wrapped function ``rho(min(i, size - i))`` is not positive-definite at
-    all (a few eigenvalues are genuinely negative, ~1 % of ``max(lambda)`` for a
-    Gaussian with ``L = size / 4``).  So ``lambda`` is clipped below at
-    ``min_eigenvalue * max(lambda)``: ``Cor`` is then the nearest (Frobenius and
-    2-norm) symmetric matrix with condition number at most ``1 / min_eigenvalue``,
-    still circulant.  ``clipping`` is its 2-norm distance from the exact
-    circulant, ``max(lambda_clipped - lambda)``, which bounds how far ``diag(Cor)``
-    is from 1 (``std`` is the nominal profile); ``n_clipped`` counts the clipped
-    eigenvalues among the ``size // 2 + 1`` distinct ones.  Since
-    ``cond(C) <= cond(S)^2 / min_eigenvalue``, ``solve(apply(v))`` returns ``v``
-    only to about ``eps * cond(C)`` relative: raise ``min_eigenvalue`` (or
-    minimise in the ``C^1/2`` control variable) when that matters.
+    ``Cor = F^-1 diag(lambda) F`` with ``lambda = real(fft(first row))``, clipped below at
+    ``min_eigenvalue * max(lambda)`` (round-off makes a long Gaussian's smallest eigenvalues
+    negative, and the wrapped ``rho`` is not positive-definite when ``L`` is a sizeable fraction
+    of ``size``): the nearest symmetric circulant with condition number at most
+    ``1 / min_eigenvalue``.  ``clipping = max(lambda_clipped - lambda)``, its 2-norm distance
+    from the exact circulant, bounds ``|diag(Cor) - 1|``; ``n_clipped`` counts the clipped
+    eigenvalues among the ``size // 2 + 1`` distinct ones.  ``solve(apply(v))`` returns ``v`` to
+    about ``eps cond(C)``, ``cond(C) <= cond(S)^2 / min_eigenvalue``.
 
     With the symmetric square root ``G = F^-1 diag(sqrt(lambda)) F``:
 
@@ -362,6 +308,8 @@ class PeriodicCorrelation(CovarianceBase):
 
     Each costs ``O(n log n)``; the ``n x n`` matrix is never formed.
     """
+
+    _shown = ("size", "length_scale", "shape")
 
     def __init__(self, size: int, length_scale: float, std=1.0, shape: str = "gaussian",
                  *, min_eigenvalue: float = 1e-10):
@@ -423,26 +371,24 @@ class PeriodicCorrelation(CovarianceBase):
         return PeriodicCorrelation(self.size, self.length_scale, std, self.shape,
                                    min_eigenvalue=self.min_eigenvalue)
 
-    def __repr__(self) -> str:
-        return (f"PeriodicCorrelation(size={self.size}, length_scale={self.length_scale}, "
-                f"shape={self.shape!r})")
 
+def _blockwise(method: str, doc: str):
+    """The operation ``method`` of :class:`BlockDiagonal`, each block's on its slice of ``v``."""
 
-# --- block diagonal ------------------------------------------------------------------------
+    def operation(self, v) -> np.ndarray:
+        v = self._vector(v)
+        parts = [getattr(b, method)(v[s]) for b, s in zip(self.blocks, self.slices) if b.size]
+        return np.concatenate([np.empty(0)] + parts)
+
+    operation.__name__, operation.__qualname__, operation.__doc__ = method, f"BlockDiagonal.{method}", doc
+    return operation
 
 
 class BlockDiagonal(CovarianceBase):
     """``C = diag(C_1, ..., C_m)``: each operation acts on the slice of ``v`` of its block.
 
-    Used for the joint control vector ``[x0; p]`` with ``diag(B, P)``.  A block
-    may have size 0 (a model without parameters).  ``blocks`` and ``slices``
-    (``v[slices[j]]`` is the part of ``v`` that block ``j`` acts on) are public.
-    ``std`` and ``with_std`` need them on every block.
-
-    Parameters
-    ----------
-    blocks : sequence of covariances
-        ``C_1, ..., C_m``, at least one.
+    At least one block, each of any size (0: a model without parameters); ``v[slices[j]]`` is
+    the part of ``v`` block ``j`` acts on.  ``std`` and ``with_std`` need them on every block.
 
     Examples
     --------
@@ -465,26 +411,10 @@ class BlockDiagonal(CovarianceBase):
         """The blocks' ``std`` concatenated."""
         return np.concatenate([np.asarray(b.std, dtype=float).reshape(-1) for b in self.blocks])
 
-    def _blockwise(self, method: str, v) -> np.ndarray:
-        v = self._vector(v)
-        parts = [getattr(b, method)(v[s]) for b, s in zip(self.blocks, self.slices) if b.size]
-        return np.concatenate([np.empty(0)] + parts)
-
-    def apply(self, v):
-        """``C v = [C_1 v_1; ...; C_m v_m]``."""
-        return self._blockwise("apply", v)
-
-    def solve(self, v):
-        """``C^-1 v = [C_1^-1 v_1; ...]``."""
-        return self._blockwise("solve", v)
-
-    def sqrt(self, v):
-        """``C^1/2 v = [C_1^1/2 v_1; ...]``."""
-        return self._blockwise("sqrt", v)
-
-    def sqrt_t(self, v):
-        """``C^T/2 v = [C_1^T/2 v_1; ...]``."""
-        return self._blockwise("sqrt_t", v)
+    apply = _blockwise("apply", "``C v = [C_1 v_1; ...; C_m v_m]``.")
+    solve = _blockwise("solve", "``C^-1 v = [C_1^-1 v_1; ...]``.")
+    sqrt = _blockwise("sqrt", "``C^1/2 v = [C_1^1/2 v_1; ...]``.")
+    sqrt_t = _blockwise("sqrt_t", "``C^T/2 v = [C_1^T/2 v_1; ...]``.")
 
     def record(self) -> dict:
         """``std`` and each block's record under ``block<j>.``."""

@@ -29,18 +29,9 @@ each costs two FFTs of the ``(n_fields, ny, nx)`` array and an ``n_fields x
 n_fields`` product; the ``n x n`` matrix is never formed.  ``*_columns`` apply
 the same to the ``k`` columns of an ``(n, k)`` matrix in one batch of FFTs.
 
-Which field B describes
------------------------
-This ``B`` is the covariance of the model's own state, e.g. the potential
-vorticity ``q`` of a two-layer QG model, and the control variable is ``q``.  A
-``B`` of streamfunction errors mapped to ``q`` (``B_q = K B_psi K^T``, ``K`` the
-Laplacian plus the layer coupling, diagonal per wavenumber up to a 2x2 block)
-would be as cheap, but ``K`` is the model's and the engine knows no model; and a
-homogeneous Gaussian ``B_q`` already implies smooth streamfunction errors, their
-spectrum ``lambda / |K|^2`` (the inversion divides by ``k^2 + F``), so the
-streamfunction errors a user has in mind are those of ``B_q``'s length scale
-plus the inversion's smoothing.  The configurations choose the std of ``q`` per
-layer and the length scale in grid points.
+``B`` is the covariance of the model's own state (the potential vorticity ``q`` of a
+layered QG model, not its streamfunction: the inversion from one to the other is the
+model's, which the engine does not know).
 """
 
 from __future__ import annotations
@@ -54,15 +45,25 @@ from .covariances import CORRELATION_SHAPES, PeriodicCorrelation, _check_correla
 __all__ = ["PeriodicCorrelation2D"]
 
 
-class PeriodicCorrelation2D(PeriodicCorrelation):
-    """``C = S (V (x) Cor) S`` for ``n_fields`` fields on an ``ny x nx`` periodic grid.
+def _one_column(columns: str, doc: str):
+    """The operation ``columns`` on one vector ``v``, as an ``(n, 1)`` matrix."""
+    name = columns.removesuffix("_columns")
 
-    ``PeriodicCorrelation2D(nx, ny, length_scale, std=1.0, shape="gaussian",
-    n_fields=1, vertical=None, min_eigenvalue=1e-10)``; ``length_scale`` in grid
-    points, ``std`` a scalar, one value per field ``(n_fields,)`` or a profile
-    ``(n_fields * ny * nx,)``, ``vertical`` the ``(n_fields, n_fields)``
-    correlation ``V`` (default ``I``).  Equations in the module docstring.
+    def operation(self, v) -> np.ndarray:
+        return getattr(self, columns)(self._vector(v)[:, None])[:, 0]
+
+    operation.__name__, operation.__qualname__, operation.__doc__ = name, f"PeriodicCorrelation2D.{name}", doc
+    return operation
+
+
+class PeriodicCorrelation2D(PeriodicCorrelation):
+    """``C = S (V (x) Cor) S`` for ``n_fields`` fields on an ``ny x nx`` periodic grid (module docstring).
+
+    ``length_scale`` in grid points; ``std`` a scalar, one value per field or a profile
+    ``(n_fields * ny * nx,)``; ``vertical`` the ``(n_fields, n_fields)`` correlation ``V`` (default ``I``).
     """
+
+    _shown = ("nx", "ny", "n_fields", "length_scale", "shape")
 
     def __init__(self, nx: int, ny: int, length_scale: float, std=1.0, shape: str = "gaussian",
                  n_fields: int = 1, vertical=None, *, min_eigenvalue: float = 1e-10):
@@ -158,23 +159,12 @@ class PeriodicCorrelation2D(PeriodicCorrelation):
         U = self._horizontal(self._sqrt_lam, self._across_fields(self._vertical_factor.T, U))
         return self._columns(U)
 
-    # --- the covariance protocol: one vector -------------------------------------------------------
+    # --- the covariance protocol: one vector, as one column -----------------------------------------
 
-    def apply(self, v):
-        """``C v``."""
-        return self.apply_columns(self._vector(v)[:, None])[:, 0]
-
-    def solve(self, v):
-        """``C^-1 v``."""
-        return self.solve_columns(self._vector(v)[:, None])[:, 0]
-
-    def sqrt(self, v):
-        """``C^1/2 v``."""
-        return self.sqrt_columns(self._vector(v)[:, None])[:, 0]
-
-    def sqrt_t(self, v):
-        """``C^T/2 v``."""
-        return self.sqrt_t_columns(self._vector(v)[:, None])[:, 0]
+    apply = _one_column("apply_columns", "``C v``.")
+    solve = _one_column("solve_columns", "``C^-1 v``.")
+    sqrt = _one_column("sqrt_columns", "``C^1/2 v``.")
+    sqrt_t = _one_column("sqrt_t_columns", "``C^T/2 v``.")
 
     def sample(self, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
         """A draw from ``N(0, C)`` (``n`` draws as the columns of an ``(size, n)`` matrix)."""
@@ -201,8 +191,3 @@ class PeriodicCorrelation2D(PeriodicCorrelation):
         """The same correlation ``V (x) Cor`` with ``S = diag(std)``."""
         return PeriodicCorrelation2D(self.nx, self.ny, self.length_scale, std, self.shape, self.n_fields,
                                      self.vertical, min_eigenvalue=self.min_eigenvalue)
-
-    def __repr__(self) -> str:
-        return (f"PeriodicCorrelation2D(nx={self.nx}, ny={self.ny}, n_fields={self.n_fields}, "
-                f"length_scale={self.length_scale}, shape={self.shape!r})")
-

@@ -2,67 +2,42 @@
 
 For cycle ``c`` with background ``(xb_c, pb_c)``::
 
-    (x0_c, p_c)   = 4D-Var analysis of window c          (FourDVar.solve)
-    xb_{c+1}      = M_{S:0}(p_c, x0_c)                    the analysis forecast to the next window's start,
-                                                          S = shift (default L: the window end;
-                                                          weak constraint: the forced one, with eta_c)
-    pb_{c+1}      = p_c                                   the analysed parameters
+    (x0_c, p_c, eta_c) = 4D-Var analysis of window c     (FourDVar.solve)
+    xb_{c+1}  = M_{S:0}(p_c, x0_c; eta_c)                the analysis forecast, forced in weak
+                                                         constraint, to step S = shift (default L)
+    pb_{c+1}  = p_c                                      the analysed parameters
     B_{c+1}, P_{c+1} from the caller's policies (fixed by default)
 
 This rule is written once, in :func:`cycle_windows`; an ensemble of data assimilations
-(:class:`fourdvar.ensemble.Ensemble`) is its member strategy.  Each member ``m`` is the same
-cycle from its own background ``(xb_c^m, pb_c^m)``, with its observations perturbed, and
-carries its own analysis forward by the same rule; the members' inflated backgrounds give
-the window's hybrid ``B`` (:func:`fourdvar.ensemble.ensemble_covariance`), used by the
-control and every member alike.  The covariance policies, the posterior ``P`` and the cost
-check follow the control; no members is one run.
+(:class:`fourdvar.ensemble.Ensemble`) is its member strategy: each member cycles by the same
+rule from its own background, with its observations perturbed, and the members' inflated
+backgrounds give the window's hybrid ``B``, used by the control and every member alike.
+No members is one run.
 
-Overlapping windows (``shift`` S < L) start every S steps, each from the previous
-analysis at its step S: a smoothed estimate, which already used the observations
-up to the previous window's end.  The caller then gives each window only the
-observations after that end (its newest S steps), so that every observation is
-assimilated once, as in DAPPER's ``Var4D`` and the iEnKS of Bocquet and Sakov
-(2014) with single data assimilation; the window's first L - S steps carry the
-background forward through the dynamics, which shape the background covariance
-that the newest observations see, ``M_{L:0} B M_{L:0}^T``.
+Overlapping windows (``S < L``) start from the previous analysis at its step ``S``, which
+already used the observations up to the previous window's end; the caller gives each window
+only the observations after that end, so that each is assimilated once (as DAPPER's ``Var4D``
+and the iEnKS of Bocquet and Sakov (2014) with single data assimilation do).  In weak
+constraint each window estimates its own forcing ``eta_c`` from a background of 0.
 
-In weak constraint (``Q`` given, ``"model_error"`` in the control) each window
-estimates its own forcing ``eta_c`` (background 0 in every window), recorded in
-its outcome's ``model_error``.
+Cost check: with ``max_cost_per_obs`` set, a joint analysis with ``J > max_cost_per_obs n_obs``
+(at the minimum ``J ~ n_obs / 2``) is redone with the parameters fixed at ``pb``, and ``pb``
+carries over (a secondary minimum where the parameters absorbed an error of the initial
+state); with ``cost_spike``, from the fourth window on the limit is also ``cost_spike`` times
+the median ``J / n_obs`` of the earlier windows kept.  Members are checked against the
+control's limit.
 
-A window whose analysis does not fit its observations can be kept from teaching
-the parameters: with ``max_cost_per_obs`` set, a joint analysis whose nonlinear
-cost exceeds ``max_cost_per_obs * n_obs`` (at the minimum ``J`` is about
-``n_obs / 2``) is redone with the parameters fixed at ``pb``, and ``pb`` carries
-over unchanged.  Such a window has usually stopped in a secondary minimum where
-the parameters absorbed an error of the initial state.  With ``cost_spike`` set, from the
-fourth window on the limit is also ``cost_spike`` times the median ``J / n_obs`` of the
-earlier windows kept: a window far worse than the run so far is kept from the parameters
-even when the run as a whole fits poorly (a network still learning).  Each member is
-checked against the control's limit.
+With ``params_noise_std = q``, ``P`` is propagated as a Kalman filter would for parameters
+that follow a random walk::
 
-With ``params_noise_std = q`` set, ``P`` is propagated instead of prescribed, as
-a Kalman filter would for parameters that follow a random walk::
+    P_{c+1} = P^a_c + q_c^2 I,   q_c = max(q d^c, q_min)
 
-    P_{c+1} = P^a_c + q_c^2 I      P^a_c: the Gauss-Newton posterior covariance of the
-                                   parameters after window c, marginal over the state
-    q_c = max(q d^c, q_min)        d: ``params_noise_decay`` (default 1), q_min:
-                                   ``params_noise_floor`` (default 0)
-
-so what each window taught the parameters, and how well, accumulates over the
-cycles (``q`` keeps them learning; ``d < 1`` lets them learn fast in the first windows
-and settle in the last).  With the ``lanczos`` inner method ``P^a`` comes from
-the Lanczos runs of all the window's outer loops, combined by block BFGS
-(:meth:`fourdvar.posterior.Posterior.from_lanczos_runs`: no Hessian products of its own),
-and ``P`` stays limited-memory, a diagonal updated in low rank
-(:class:`fourdvar.posterior.LowRankCovariance`, its rank capped by ``posterior_rank``); the
-last outer loop's Ritz pairs alone hold too few directions to keep learning at the dense
-posterior's pace.  Otherwise it is the dense :meth:`FourDVar.params_posterior_covariance`,
-``n_x + n_p`` Hessian products per window.
-A window rejected by the ``max_cost_per_obs`` check leaves ``P`` as it was.
-
-With parameters in the control this is online learning: a network's weights are
-re-estimated in every window, their previous analysis acting as the background.
+``P^a_c`` the Gauss-Newton posterior of the parameters after window ``c`` (marginal over the
+state), ``d`` = ``params_noise_decay``, ``q_min`` = ``params_noise_floor``.  With the Lanczos
+inner loops ``P^a`` comes from every outer loop's run by block BFGS
+(:meth:`fourdvar.posterior.Posterior.from_lanczos_runs`) and ``P`` stays a diagonal updated in
+low rank (:class:`fourdvar.posterior.LowRankCovariance`, rank ``posterior_rank``); otherwise it
+is the dense :meth:`FourDVar.params_posterior_covariance`.  A rejected window leaves ``P``.
 """
 
 from __future__ import annotations
@@ -75,7 +50,7 @@ import numpy as np
 
 from .assimilation import FourDVar
 from .cost import Control
-from .covariances import Dense, Diagonal
+from .covariances import Dense, Diagonal, dense_matrix
 from .departures import WindowDepartures, window_departures
 from .ensemble import Ensemble
 from .minimize import AssimilationResult
@@ -198,7 +173,7 @@ def _with_noise(posterior, noise_std: float, max_rank: int | None):
     if isinstance(posterior, LowRankCovariance):
         if isinstance(posterior.base, Diagonal):
             return posterior.with_noise(noise_std, max_rank=max_rank)
-        posterior = np.column_stack([posterior.apply(unit) for unit in np.eye(posterior.size)])
+        posterior = dense_matrix(posterior)
     return Dense(posterior + noise_std**2 * np.eye(len(posterior)))
 
 
@@ -357,14 +332,10 @@ def cycle(model, windows: Iterable[Sequence], xb: np.ndarray, B, pb: np.ndarray,
     """Yield one :class:`WindowOutcome` per window of ``windows`` (each window's observation slots,
     steps from its start): :func:`cycle_windows` without members.
 
-    The ``keywords`` (:func:`cycling_method`, the module docstring): the policies
-    ``background_policy(cycle, xb, pb, slots, B) -> B`` and ``params_policy(cycle, P) -> P``
-    (default: fixed covariances), ``max_cost_per_obs``, ``cost_spike`` (``cost_history``:
-    ``J / n_obs`` of the windows kept before ``start_cycle``), ``params_noise_std``, ``params_noise_decay``, ``params_noise_floor`` (each
-    outcome's ``P_next`` is the ``P`` the next window starts from, before ``params_policy``),
-    weak constraint (``Q``, ``model_error_every``: see :class:`FourDVar`), quasi-static stages
-    (``quasi_static_steps``, :mod:`fourdvar.quasistatic`), ``shift`` (``1 <= shift <= n_steps``,
-    default ``n_steps``), and the solver ``options`` with any of their fields as keywords.
+    The ``keywords`` are the fields of :class:`CyclingRule` and of :class:`WindowSolver`, and the
+    solver ``options`` with any of their fields (:func:`cycling_method`); ``cost_history``: ``J / n_obs``
+    of the windows kept before ``start_cycle``.  Each outcome's ``P_next`` is the ``P`` the next
+    window starts from, before ``params_policy``.
     """
     solver, rule = cycling_method(model, control, n_steps, **keywords)
     state = CycleState(start_cycle, np.asarray(xb, dtype=float), np.asarray(pb, dtype=float), B, P, cost_history=tuple(cost_history))

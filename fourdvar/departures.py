@@ -22,50 +22,23 @@ __all__ = ["WindowDepartures", "window_departures"]
 
 @dataclass(frozen=True)
 class WindowDepartures:
-    """The observation-space statistics of one window (the module docstring has the formulas).
-
-    Attributes
-    ----------
-    n_obs : int
-        ``m``, the observations of the window.
-    chi2 : float
-        ``2 J_min / m``.
-    omb_mean, omb_rms : float
-        Mean and root-mean-square of ``d_b = y - H(x^b)``.
-    oma_mean, oma_rms : float
-        The same for ``d_a = y - H(x^a)``.
-    obs_error_std : float
-        Desroziers' estimate ``sqrt(d_a . d_b / m)``.
-    background_error_std : float
-        Desroziers' estimate ``sqrt((d_b - d_a) . d_b / m)``, in observation space.
-    """
+    """The observation-space statistics of one window (the module docstring has the formulas): ``n_obs``
+    ``m``, ``chi2``, the mean and rms of ``d_b`` (``omb_*``) and of ``d_a`` (``oma_*``), and Desroziers'
+    ``obs_error_std`` ``sqrt(d_a . d_b / m)`` and ``background_error_std`` ``sqrt((d_b - d_a) . d_b / m)``."""
 
     n_obs: int
-    chi2: float  # 2 J_min / n_obs
+    chi2: float
     omb_mean: float
     omb_rms: float
     oma_mean: float
     oma_rms: float
-    obs_error_std: float  # Desroziers
-    background_error_std: float  # Desroziers, in observation space
+    obs_error_std: float
+    background_error_std: float
 
 
 def window_departures(cost, background_trajectory: np.ndarray, analysis_trajectory: np.ndarray, J_min: float) -> WindowDepartures:
-    """The statistics of the module docstring for the observation slots of ``cost``.
-
-    Parameters
-    ----------
-    cost : FourDVarCost
-        Its ``slots`` are the window's observations ``(step, y, H, R)``.
-    background_trajectory, analysis_trajectory : numpy.ndarray, shape (L + 1, n)
-        The background and analysis forecasts over the window.
-    J_min : float
-        The cost at the analysis.
-
-    Returns
-    -------
-    WindowDepartures
-        NaN statistics (and ``n_obs = 0``) for a window without observations.
+    """The statistics of the module docstring for the observation slots of ``cost`` and the background
+    and analysis forecasts ``(L + 1, n)`` over the window; NaN (and ``n_obs = 0``) without observations.
 
     Examples
     --------
@@ -82,8 +55,8 @@ def window_departures(cost, background_trajectory: np.ndarray, analysis_trajecto
     """
     if not cost.slots:
         return WindowDepartures(0, *([np.nan] * 7))
-    d_b = np.concatenate([slot.values - slot.operator.apply(background_trajectory[slot.step]) for slot in cost.slots])
-    d_a = np.concatenate([slot.values - slot.operator.apply(analysis_trajectory[slot.step]) for slot in cost.slots])
+    d_b, d_a = (np.concatenate([slot.values - slot.operator.apply(x[slot.step]) for slot in cost.slots])
+                for x in (background_trajectory, analysis_trajectory))
     m = d_b.size
     return WindowDepartures(
         n_obs=m, chi2=2.0 * float(J_min) / m,

@@ -48,11 +48,10 @@ def eda_cycle(
         raise ValueError(f"an ensemble needs at least 2 members, got {n_members}")
     ensemble = Ensemble(n_members, weight, localization, perturb, seed, inflation)
     xb, pb = np.asarray(xb, dtype=float), np.asarray(pb, dtype=float)
-    state = CycleState(start_cycle, xb, pb, B_static, P)
     if member_backgrounds is not None:
         member_backgrounds = np.asarray(member_backgrounds, dtype=float)
         if member_backgrounds.shape != (n_members, xb.size):
             raise ValueError(f"member_backgrounds must have shape ({n_members}, {xb.size}), got {member_backgrounds.shape}")
-        state = CycleState(start_cycle, xb, pb, B_static, P, member_backgrounds)
     solver, rule = cycling_method(model, control, n_steps, **keywords)
+    state = CycleState(start_cycle, xb, pb, B_static, P, member_backgrounds)
     yield from cycle_windows(solver, windows, state, rule, ensemble, map_members)

@@ -10,32 +10,24 @@ among the perturbations, with the observations perturbed::
 
 Every draw comes from a generator seeded by ``(seed, purpose, cycle, member)``, so a member's
 window is a pure function of what it is given and the members can run anywhere, in any order.
-Their background forecasts give the window's ``B``:
+The perturbations ``x_m = xb_m - mean_m(xb_m)`` of their backgrounds (the rows of ``X``,
+``(N, n)``) give the window's ``B``: their covariance, localised by a Schur product with a
+correlation ``C`` on the periodic grid and blended with a static ``B_s``::
 
-With ``N`` background forecasts ``x^f_m`` of the members, their perturbations
-``x_m = x^f_m - mean_m(x^f_m)`` (the rows of ``X``, shape ``(N, n)``) give the
-ensemble covariance, localised by a Schur (element-wise) product with a
-correlation ``C`` on the periodic grid, and blended with a static ``B_s``::
+    B = (1 - beta) B_s + beta (X^T X / (N - 1)) o C
 
-    B     = (1 - beta) B_s + beta B_ens
-    B_ens = (X^T X / (N - 1)) o C
-
-``B`` is applied through a square root from an extended control space, the
-alpha control variable of the hybrid/ensemble-variational methods: the control
-``u = [v; a_1; ...; a_N]`` holds a static part ``v`` (``B_s.size`` values) and one
-field ``a_m`` (``n`` values) per member, and::
+applied through a square root from the extended control ``u = [v; a_1; ...; a_N]`` (the alpha
+control variable of hybrid ensemble-variational methods: ``v`` of ``B_s.size`` values, one
+field ``a_m`` of ``n`` values per member)::
 
     B^1/2 u   = sqrt(1 - beta) B_s^1/2 v + sqrt(beta / (N - 1)) sum_m x_m o (C^1/2 a_m)
     B^T/2 w   = [sqrt(1 - beta) B_s^T/2 w;  sqrt(beta / (N - 1)) C^T/2 (x_m o w), m = 1..N]
 
-so ``B^1/2 B^T/2 = B`` (``C^1/2 C^T/2 = C`` and ``sum_m (x_m o C^1/2 a)(...)`` gives the
-Schur product).  ``C^1/2`` is the symmetric FFT square root of
-:class:`~fourdvar.covariances.PeriodicCorrelation`, applied to all ``N`` fields at
-once; ``B`` and its square roots never form an ``n x n`` matrix.  ``B^-1`` (the
-nonlinear cost's ``Jb``) is computed by conjugate gradients preconditioned with
-``B_s^-1 / (1 - beta)``, so ``beta`` must be below 1; for a small state
-(``n <= DENSE_SOLVE_LIMIT``) from the Cholesky factor of ``B`` instead, assembled
-once from ``n`` products ``B e_i`` (a CG solve costs about ``n`` products each time).
+so ``B^1/2 B^T/2 = B``, ``C^1/2`` the symmetric FFT square root of
+:class:`~fourdvar.covariances.PeriodicCorrelation`, never an ``n x n`` matrix.  ``B^-1`` (for
+``Jb``) is by conjugate gradients preconditioned with ``B_s^-1 / (1 - beta)`` (so ``beta < 1``),
+or for ``n <= DENSE_SOLVE_LIMIT`` by the Cholesky factor of ``B``, assembled once from ``n``
+products ``B e_i``.
 """
 
 from __future__ import annotations
@@ -46,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
-from .covariances import PeriodicCorrelation, _check_std, _CovarianceBase, nested, part
+from .covariances import CovarianceBase, PeriodicCorrelation, _check_std, dense_matrix, nested, part
 from .interfaces import ObservationSlot
 
 __all__ = ["Ensemble", "HybridEnsembleCovariance", "ensemble_covariance", "ensemble_perturbations", "inflate",
@@ -95,9 +87,7 @@ def inflate(states: np.ndarray, factor: float) -> np.ndarray:
 def ensemble_covariance(B_static, member_backgrounds: np.ndarray, weight: float, localization: float):
     """``B_c``: the hybrid of ``B_s`` and the members' backgrounds, or ``B_s`` when they have no spread."""
     X = ensemble_perturbations(member_backgrounds)
-    if not np.any(X):
-        return B_static
-    return HybridEnsembleCovariance(B_static, X, weight, localization)
+    return HybridEnsembleCovariance(B_static, X, weight, localization) if np.any(X) else B_static
 
 
 @dataclass(frozen=True)
@@ -154,12 +144,7 @@ class Ensemble:
 
 
 def ensemble_perturbations(states) -> np.ndarray:
-    """``X``: the rows ``x_m = x^f_m - mean_m(x^f_m)`` of the member states ``(N, n)``.
-
-    Raises
-    ------
-    ValueError
-        Fewer than two members, a state array that is not 2-D, or non-finite values.
+    """``X``: the rows ``x_m = x^f_m - mean_m(x^f_m)`` of the member states, a finite ``(N >= 2, n)`` array.
 
     Examples
     --------
@@ -167,37 +152,28 @@ def ensemble_perturbations(states) -> np.ndarray:
     array([[-1., -2.],
            [ 1.,  2.]])
     """
-    states = np.asarray(states, dtype=float)
-    if states.ndim != 2 or states.shape[0] < 2:
-        raise ValueError(f"ensemble: expected the member states as an (N >= 2, n) array, got shape {states.shape}")
-    if not np.all(np.isfinite(states)):
-        raise ValueError("ensemble: the member states contain NaN or infinite values")
+    states = _member_rows(states, "ensemble: the member states")
     return states - states.mean(axis=0)
 
 
-class HybridEnsembleCovariance(_CovarianceBase):
+def _member_rows(rows, who: str, n: int | None = None) -> np.ndarray:
+    """``rows`` as a finite ``(N >= 2, n)`` float array."""
+    rows = np.asarray(rows, dtype=float)
+    if rows.ndim != 2 or rows.shape[0] < 2 or (n is not None and rows.shape[1] != n):
+        raise ValueError(f"{who} must be an (N >= 2, {n or 'n'}) array, got shape {rows.shape}")
+    if not np.all(np.isfinite(rows)):
+        raise ValueError(f"{who} contain NaN or infinite values")
+    return rows
+
+
+class HybridEnsembleCovariance(CovarianceBase):
     """``B = (1 - beta) B_s + beta (X^T X / (N - 1)) o C``, applied through its extended square root.
 
-    ``size`` is ``n``; ``control_size = B_s.size + N n`` is the size of the space
-    ``sqrt`` maps from and ``sqrt_t`` maps to.
-
-    Parameters
-    ----------
-    static : covariance
-        The static covariance ``B_s`` (any covariance of size ``n``).
-    perturbations : numpy.ndarray, shape (N, n)
-        ``X``, the member perturbations, ``N >= 2`` (see :func:`ensemble_perturbations`).
-    weight : float
-        ``beta`` in ``[0, 1)``.
-    localization : float
-        The length scale (grid points) of the Gaussian localising correlation ``C``
-        (a :class:`~fourdvar.covariances.PeriodicCorrelation` with unit std).
-
-    Raises
-    ------
-    ValueError
-        Perturbations of the wrong shape or with non-finite values, a weight outside
-        ``[0, 1)``, a length scale that is not positive.
+    ``static`` ``B_s`` (any covariance of size ``n``), ``perturbations`` ``X`` ``(N >= 2, n)`` (see
+    :func:`ensemble_perturbations`), ``weight`` ``beta`` in ``[0, 1)``, ``localization`` the length
+    scale (grid points) of the Gaussian ``C`` (a unit-std
+    :class:`~fourdvar.covariances.PeriodicCorrelation`).  ``sqrt`` maps from, and ``sqrt_t`` to,
+    ``control_size = B_s.size + N n`` values.
 
     Examples
     --------
@@ -218,11 +194,7 @@ class HybridEnsembleCovariance(_CovarianceBase):
     DENSE_SOLVE_LIMIT = 1000
 
     def __init__(self, static, perturbations, weight: float, localization: float):
-        X = np.asarray(perturbations, dtype=float)
-        if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] != static.size:
-            raise ValueError(f"HybridEnsembleCovariance: perturbations must have shape (N >= 2, {static.size}), got {X.shape}")
-        if not np.all(np.isfinite(X)):
-            raise ValueError("HybridEnsembleCovariance: perturbations contain NaN or infinite values")
+        X = _member_rows(perturbations, "HybridEnsembleCovariance: the perturbations", static.size)
         if not (np.ndim(weight) == 0 and 0.0 <= weight < 1.0):
             raise ValueError(f"HybridEnsembleCovariance: weight must be in [0, 1), got {weight!r}")
         self.static = static
@@ -234,14 +206,7 @@ class HybridEnsembleCovariance(_CovarianceBase):
         self.control_size = static.size + self.n_members * self.size
         self._static_scale = np.sqrt(1.0 - self.weight)
         self._ensemble_scale = np.sqrt(self.weight / (self.n_members - 1))
-        self._sqrt_spectrum = np.sqrt(self.localization.eigenvalues)  # C^1/2 = C^T/2 = F^-1 diag(.) F
         self._cholesky = None  # of the dense B, made by the first solve (n <= DENSE_SOLVE_LIMIT)
-
-    # --- the localising correlation, on all members at once ------------------------------
-
-    def _localization_sqrt(self, fields: np.ndarray) -> np.ndarray:
-        """``C^1/2 a_m`` for each row ``a_m`` of ``fields`` (``C^1/2`` is symmetric: also ``C^T/2``)."""
-        return np.fft.irfft(self._sqrt_spectrum * np.fft.rfft(fields, axis=-1), n=self.size, axis=-1)
 
     def _control(self, u) -> tuple[np.ndarray, np.ndarray]:
         """``(v, a)``: the static part and the ``(N, n)`` member fields of a control vector."""
@@ -256,21 +221,24 @@ class HybridEnsembleCovariance(_CovarianceBase):
         """``B^1/2 u = sqrt(1 - beta) B_s^1/2 v + sqrt(beta / (N - 1)) sum_m x_m o (C^1/2 a_m)``."""
         v, a = self._control(u)
         static_part = self._static_scale * self.static.sqrt(v)
-        ensemble_part = self._ensemble_scale * np.einsum("mi,mi->i", self.perturbations, self._localization_sqrt(a))
+        localized = self.localization._circulant(self.localization._sqrt_lam, a)
+        ensemble_part = self._ensemble_scale * np.einsum("mi,mi->i", self.perturbations, localized)
         return static_part + ensemble_part
 
     def sqrt_t(self, w):
         """``B^T/2 w = [sqrt(1 - beta) B_s^T/2 w;  sqrt(beta / (N - 1)) C^T/2 (x_m o w)]``."""
         w = self._vector(w)
         v = self._static_scale * self.static.sqrt_t(w)
-        a = self._ensemble_scale * self._localization_sqrt(self.perturbations * w)
+        localized = self.localization._circulant(self.localization._sqrt_lam, self.perturbations * w)
+        a = self._ensemble_scale * localized
         return np.concatenate([v, a.reshape(-1)])
 
     def apply(self, w):
         """``B w = (1 - beta) B_s w + beta / (N - 1) sum_m x_m o C (x_m o w)``."""
         w = self._vector(w)
-        localised = np.fft.irfft(self.localization.eigenvalues * np.fft.rfft(self.perturbations * w, axis=-1), n=self.size, axis=-1)
-        return (1.0 - self.weight) * self.static.apply(w) + self.weight / (self.n_members - 1) * np.einsum("mi,mi->i", self.perturbations, localised)
+        localized = self.localization._circulant(self.localization.eigenvalues, self.perturbations * w)
+        ensemble = np.einsum("mi,mi->i", self.perturbations, localized)
+        return (1.0 - self.weight) * self.static.apply(w) + self.weight / (self.n_members - 1) * ensemble
 
     def solve(self, w):
         """``B^-1 w``: by the Cholesky factor of ``B`` up to ``DENSE_SOLVE_LIMIT``, else :meth:`solve_cg`."""
@@ -278,8 +246,8 @@ class HybridEnsembleCovariance(_CovarianceBase):
         if self.size > self.DENSE_SOLVE_LIMIT:
             return self.solve_cg(w)
         if self._cholesky is None:
-            dense = np.column_stack([self.apply(unit) for unit in np.eye(self.size)])
-            self._cholesky = scipy.linalg.cho_factor(0.5 * (dense + dense.T))
+            B = dense_matrix(self)
+            self._cholesky = scipy.linalg.cho_factor(0.5 * (B + B.T))
         return scipy.linalg.cho_solve(self._cholesky, w)
 
     def solve_cg(self, w):
@@ -308,10 +276,6 @@ class HybridEnsembleCovariance(_CovarianceBase):
         if float(np.linalg.norm(residual)) <= target:
             return z
         raise ArithmeticError(f"HybridEnsembleCovariance.solve: no convergence in {10 * self.size} iterations")
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A draw from ``N(0, B)``: ``B^1/2 u`` with ``u ~ N(0, I)`` of size ``control_size``."""
-        return self.sqrt(rng.standard_normal(self.control_size))
 
     @property
     def std(self) -> np.ndarray:

@@ -1,46 +1,26 @@
-"""The Gauss-Newton posterior covariance of ``(x0, p)`` in low-rank form, and a limited-memory covariance.
+"""The Gauss-Newton posterior covariance of the control in low-rank form, and a limited-memory covariance.
 
-In the control variables ``u = [v; w]`` (``dx0 = B^1/2 v``, ``dp = P^1/2 w``) the posterior
-covariance is the inverse Hessian ``A^-1``.  The Lanczos inner loops leave it as
-``A^-1 ~ S S^T`` with ``S = T_1 ... T_m``, ``T_k = I + V_k (Theta_k^-1/2 - I) V_k^T``
-(:mod:`fourdvar.lanczos`; without preconditioning ``m = 1`` and this is
-``I - V (I - Theta^-1) V^T``).  With ``W`` an orthonormal basis of all the ``V_k``::
+In the control variables ``u`` (``dx0 = B^1/2 v``, ``dp = P^1/2 w``, ``deta_j = Q^1/2 z_j``) the
+posterior covariance is the inverse Hessian ``A^-1``.  The Lanczos inner loops leave it as
+``A^-1 ~ S S^T``, ``S = T_1 ... T_m``, ``T_k = I + V_k (Theta_k^-1/2 - I) V_k^T``
+(:mod:`fourdvar.lanczos`).  With ``W`` an orthonormal basis of all the ``V_k``::
 
     T_k = I + W E_k W^T,   E_k = W^T V_k (Theta_k^-1/2 - I) V_k^T W
     S   = I + W F W^T,     I + F = (I + E_1) ... (I + E_m)
     S S^T = I + W K W^T,   K = (I + F)(I + F)^T - I
 
-and in physical variables, with ``G = diag(B^1/2, P^1/2)`` on the parts in the control::
+and in physical variables, with ``G = diag(B^1/2, P^1/2, Q^1/2, ...)`` on the parts in the control::
 
-    P^a = G (I + W K W^T) G^T
+    P^a = G (I + W K W^T) G^T,   diag(P^a) = diag(G G^T) + rowsum((G W) K * (G W))
 
-(with ``Q^1/2`` for each sub-window's forcing in weak constraint) never formed: :class:`Posterior` applies it, samples it (``G S xi``) and gives its
-standard deviations ``sqrt(diag(G G^T) + rowsum((G W) K * (G W)))``.  Its rank is that of
-``W``, at most the number of Ritz pairs kept.  The parameters' marginal,
-``P^1/2 (I + W_p K W_p^T) P^T/2`` (``W_p``: the parameter rows of ``W``), is a
-:class:`LowRankCovariance`, a covariance like any other, for the next window.
+never formed: :class:`Posterior` applies it, samples it (``G S xi``) and gives its standard
+deviations; its rank is that of ``W``.  The parameters' marginal ``P^1/2 (I + W_p K W_p^T) P^T/2``
+(``W_p``: the parameter rows of ``W``) is a :class:`LowRankCovariance`, a covariance like any other.
 
-:meth:`Posterior.from_lanczos_runs` builds ``I + W K W^T`` instead from the Lanczos runs of
-every outer loop, by block BFGS updates in which each run contributes its exact Hessian
-images (``A_i s = y``, residuals included), the last run last: no Hessian products of its
-own, and every run's directions instead of the last run's converged Ritz pairs (its accuracy
-against the dense inverse Hessian: ``benchmarks/RESULTS.md``).  Cycling uses it for
-``update: posterior``.
-
-:meth:`Posterior.at_analysis` gives the posterior of a solve: ``A^-1`` of the Hessian at the
-last linearisation (the analysis), from pairs of that Hessian alone.  A small control (at
-most :data:`DENSE_POSTERIOR_SIZE` values) has ``A`` assembled whole by blocked TL/AD sweeps
-(:meth:`~fourdvar.cost.IncrementalCost.hessian_matrix`), a few Hessian products' worth, and
-inverted: exact to round-off.  A larger one runs a Lanczos of its own on ``S^T A S``, ``S`` the
-preconditioner the outer loops built (``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``, and ``S^T A S``
-is near the identity where the earlier Hessians were explored), from a random start, the
-iterations doubled until the estimated error of the std (below) is within ``accuracy``.
-Its posterior is ``S (I + V (Theta^-1 - I) V^T) S^T`` with every Ritz pair ``(Theta, V)``;
-its error estimate ``std_error`` is, relative to each variance and halved for the std, the
-larger of the part that rests on the pairs not converged (``|Â v - theta v| > RITZ_TOLERANCE
-theta``), ``sum_j (1/theta_j - 1) (G S v_j)_i^2``, and the change of the variance since the run
-half as long (infinite for the first run); a run that fills the space (or whose Krylov
-space is invariant) is exact, ``eps cond``, as is the dense Hessian's, ``eps cond(A)``.
+The same ``I + W K W^T`` comes from every outer loop's Lanczos run by block BFGS
+(:meth:`Posterior.from_lanczos_runs`), or, at the analysis, from the dense Hessian
+(:meth:`Posterior.from_hessian`: a control of at most :data:`DENSE_POSTERIOR_SIZE` values) or a
+Lanczos run of its own (:meth:`Posterior.at_analysis`).
 """
 
 from __future__ import annotations
@@ -105,8 +85,7 @@ def _secant_pair(run, max_rank: int | None) -> tuple[np.ndarray, np.ndarray, np.
     """``(s, y, Theta)`` of one Lanczos run in control variables (see :meth:`Posterior.from_lanczos_runs`)."""
     keep = largest_first(run.ritz_values, max_rank)
     V, theta, c = run.ritz_vectors[:, keep], run.ritz_values[keep], run.ritz_couplings[keep]
-    AV = V * theta + np.outer(run.next_vector, c)  # S^T A S V = V Theta + q c^T
-    s, y = V, AV
+    s, y = V, V * theta + np.outer(run.next_vector, c)  # y = S^T A S V = V Theta + q c^T, then S^-T y
     for factor in reversed(run.preconditioner.factors if run.preconditioner is not None else ()):
         s = factor.apply(s, -0.5)  # S = T_1 ... T_m
         y = factor.apply(y, 0.5)  # S^-T = T_1^-1 ... T_m^-1
@@ -153,14 +132,13 @@ def _bfgs_inverse_update(W, K, s, y, theta, max_rank: int | None = None):
         return Z @ E[:, keep], np.diag(lam[keep])
     return Z, K_next
 
+
 class Posterior:
     """``P^a = G (I + W K W^T) G^T``, the Gauss-Newton posterior covariance of the control parts of ``(x0, p, eta)``.
 
-    Built by the outer loop from its spectral factors (see the module docstring).  Vectors
-    are ``[x0; p; eta_1; ...; eta_n]`` restricted to the parts in the control (``size``
-    values); ``G = diag(B^1/2, P^1/2, Q^1/2, ..., Q^1/2)`` maps the control variables
-    (``control_size`` values: more than ``size`` when ``B``'s square root starts from a
-    larger space, as an ensemble's does) to them.
+    Built from the outer loop's spectral factors (module docstring).  Vectors are ``[x0; p; eta_1; ...]``
+    restricted to the parts in the control (``size`` values); ``G`` maps the control variables to them
+    (``control_size`` values: more than ``size`` when ``B``'s square root starts from a larger space).
     """
 
     method = "ritz"  # how it was built: "ritz" (the factors given), "dense", "lanczos", "bfgs"
@@ -240,10 +218,13 @@ class Posterior:
     @classmethod
     def at_analysis(cls, jq, preconditioner: SpectralPreconditioner | None = None, accuracy: float = 0.01,
                     method: str = "auto", max_iterations: int | None = None, seed: int = 0) -> "Posterior":
-        """The posterior at ``jq``'s linearisation point (see the module docstring): ``method``
-        ``"dense"``, ``"lanczos"`` or ``"auto"`` (dense up to :data:`DENSE_POSTERIOR_SIZE` control
-        values); ``accuracy``: the relative error of the std the Lanczos is run to, within
-        ``max_iterations`` (default: the control size) Hessian products."""
+        """``A^-1`` of the Hessian at ``jq``'s linearisation point: ``method`` ``"dense"``, ``"lanczos"`` or
+        ``"auto"`` (dense up to :data:`DENSE_POSTERIOR_SIZE` control values).
+
+        The Lanczos runs on ``S^T A S`` (``A^-1 = S (S^T A S)^-1 S^T`` for any ``S``, here the outer
+        loops' ``preconditioner``, so that ``S^T A S`` is near ``I`` where they explored ``A``) from a
+        random start, its iterations doubled until ``std_error <= accuracy`` or ``max_iterations``
+        (default: the control size) Hessian products (:meth:`_from_run`)."""
         if method not in POSTERIOR_METHODS:
             raise ValueError(f"unknown posterior method {method!r}; choose one of {', '.join(POSTERIOR_METHODS)}")
         if not accuracy > 0:
@@ -263,8 +244,13 @@ class Posterior:
 
     @classmethod
     def _from_run(cls, jq, S: SpectralPreconditioner, run, previous: "Posterior | None" = None) -> "Posterior":
-        """``S (I + V (Theta^-1 - I) V^T) S^T`` from every Ritz pair of ``run`` (of ``S^T A S``), and
-        its error estimate (module docstring); ``previous``: the posterior of the run half as long."""
+        """``S (I + V (Theta^-1 - I) V^T) S^T`` from every Ritz pair of ``run`` (of ``S^T A S``).
+
+        ``std_error``, relative to each variance and halved for the std, is the larger of the part
+        resting on the pairs not converged (``|A v - theta v| > RITZ_TOLERANCE theta``),
+        ``sum_j (1/theta_j - 1) (G S v_j)_i^2``, and the change since ``previous``, the run half as
+        long (infinite without one); ``eps cond`` for a run that fills the space or whose Krylov
+        space is invariant (then exact)."""
         self = cls(jq.cost, jq.control, S.extended(SpectralFactor(run.ritz_vectors, run.ritz_values)))
         unconverged = run.ritz_residuals > RITZ_TOLERANCE * run.ritz_values
         self.method, self.pairs, self.converged = "lanczos", run.ritz_values.size, int(np.sum(~unconverged))
@@ -350,14 +336,12 @@ class Posterior:
     @property
     def std_x0(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the initial state (``None`` when it is not in the control)."""
-        std = self._std("x0")
-        return None if std is None else std[0]
+        return None if "x0" not in self.blocks else self._std("x0")[0]
 
     @property
     def std_p(self) -> np.ndarray | None:
         """Analysis-error standard deviation of the parameters (``None`` when they are not in the control)."""
-        std = self._std("p")
-        return None if std is None else std[0]
+        return None if "p" not in self.blocks else self._std("p")[0]
 
     @property
     def std_model_error(self) -> np.ndarray | None:
@@ -382,6 +366,8 @@ class LowRankCovariance(CovarianceBase):
         C^-1  = C0^-T/2 M^-1 C0^-1/2,  M^-1 = I + U (1 / (1 + lam) - 1) U^T,
         C0^-1/2 = C0^T/2 C0^-1,    C0^-T/2 = C0^-1 C0^1/2
     """
+
+    _shown = ("size", "rank", "base")
 
     def __init__(self, base, U: np.ndarray, lam: np.ndarray):
         U, lam = np.asarray(U, dtype=float), np.asarray(lam, dtype=float)
@@ -416,12 +402,6 @@ class LowRankCovariance(CovarianceBase):
         """``M^power x = x + U ((1 + lam)^power - 1) U^T x`` (``x`` a vector or columns): the spectral factor of ``(U, 1 + lam)``."""
         return SpectralFactor(self.U, 1.0 + self.lam).apply(x, power)
 
-    def _vector(self, v) -> np.ndarray:
-        v = np.asarray(v, dtype=float)
-        if v.shape != (self.size,):
-            raise ValueError(f"LowRankCovariance: expected a vector of shape ({self.size},), got {v.shape}")
-        return v
-
     def apply(self, v) -> np.ndarray:
         return self.base.sqrt(self._M_power(self.base.sqrt_t(self._vector(v)), 1.0))
 
@@ -443,10 +423,6 @@ class LowRankCovariance(CovarianceBase):
         """``diag(C) = diag(C0) + rowsum((C0^1/2 U) lam * (C0^1/2 U))``."""
         C0U = _sqrt_columns(self.base, self.U)
         return variance(self.base) + (C0U**2) @ self.lam
-
-    @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(np.maximum(self.variance(), 0.0))
 
     def record(self) -> dict:
         """``std``, the base's record under ``base.``, ``vectors`` ``U`` and ``values`` ``lam``."""
@@ -473,6 +449,3 @@ class LowRankCovariance(CovarianceBase):
             keep = _largest(lam, max_rank)
             return LowRankCovariance(Diagonal(std), Z @ scipy.linalg.solve_triangular(R, E[:, keep]), lam[keep])
         return LowRankCovariance(Diagonal(std), *_orthonormal_update(Z, np.diag(self.lam), max_rank))
-
-    def __repr__(self) -> str:
-        return f"LowRankCovariance(size={self.size}, rank={self.rank}, base={self.base!r})"

@@ -13,20 +13,15 @@ background trajectory ``x^b_k = M_{k:0}(pb, xb)``.  Observation ``i`` of slot ``
 
   one blocked TL sweep of the columns of ``B^1/2`` (of ``B^1/2 xi_j`` for
   :data:`BACKGROUND_SAMPLES` random ``xi_j``, an unbiased estimate, when the control is larger
-  than that), ``H`` and ``M`` linearised on the background trajectory.  Static ``B`` at
-  every step would reject good observations where the background error has grown.
-  The linear growth of the background error falls short of the real one at a few points late
-  in a long nonlinear window, so the default ``k_b`` is large: the check is there for values
-  no model state explains, and the analysis check below finds the subtler gross errors.
-  A value such as ``1e30`` fails the check whatever ``k_b``.  (A background forecast that
-  diverges leaves the check out: the solve reports the divergence.)
+  than that), ``H`` and ``M`` linearised on the background trajectory.  The linear growth falls
+  short of the real one late in a long nonlinear window, so the default ``k_b`` is large: the
+  check is for values no model state explains.  (A background forecast that diverges leaves
+  the check out: the solve reports the divergence.)
 
-After the solve, the analysis check rejects (``"analysis"``) an observation whose normalised
-analysis departure ``|R^-1/2 (y - H(x^a))|`` exceeds ``k_a``, and the solve continues from the
-analysis without it, until none is rejected (only after a solve that converged: the departures
-of an unconverged analysis say little): for an observation with the error ``R`` assumes
-that departure has a variance below 1, so ``k_a = 5`` rejects none by chance, while a gross
-error the background check let through (where the background error has grown) stands out.
+After a solve that converged, the analysis check rejects (``"analysis"``) an observation whose
+normalised analysis departure ``|R^-1/2 (y - H(x^a))|`` exceeds ``k_a``, and the solve continues
+from the analysis without it, until none is rejected: for an observation of the error ``R``
+assumes that departure has a variance below 1, so ``k_a = 5`` rejects none by chance.
 
 The slots that remain hold the observations kept (:class:`Selected` operators, ``R``
 restricted to them); a slot left empty is dropped.
@@ -51,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cost import CostTerms, FourDVarCost, IncrementalCost
-from .covariances import CovarianceBase, Dense, Diagonal
+from .covariances import CovarianceBase, Dense, Diagonal, dense_matrix
 from .interfaces import ObservationSlot, declared
 from .posterior import variance
 from .window import DivergenceError, tl_block
@@ -178,8 +173,7 @@ def _restricted(covariance, keep: np.ndarray):
     """``R`` restricted to the observations ``keep``."""
     if isinstance(covariance, Diagonal):
         return Diagonal(covariance.std[keep])
-    matrix = np.column_stack([covariance.apply(unit) for unit in np.eye(covariance.size)])
-    return Dense(matrix[np.ix_(keep, keep)])
+    return Dense(dense_matrix(covariance)[np.ix_(keep, keep)])
 
 
 def _background_columns(cost: FourDVarCost, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -234,9 +228,8 @@ def analysis_check(cost: FourDVarCost, x0, p, eta, k: float) -> tuple[list, QCRe
     """``(slots kept, record)``: the observations whose analysis departure ``|R^-1/2 (y - H(x^a))|``
     exceeds ``k`` rejected (reason ``"analysis"``).  For an observation of the assumed error
     that departure has a variance below 1 (``R - H A H^T``), so ``k`` of 5 rejects none by chance."""
-    verdicts = []
-    for t in normalised_departures(cost, x0, p, eta):
-        verdicts.append((np.where(np.abs(t) > k, "analysis", "").astype("<U10"), -t))
+    departures = normalised_departures(cost, x0, p, eta)
+    verdicts = [(np.where(np.abs(t) > k, "analysis", "").astype("<U10"), -t) for t in departures]
     return _select(cost.slots, verdicts)
 
 

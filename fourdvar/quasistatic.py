@@ -35,12 +35,7 @@ STAGE_TOLERANCE = 1e-5
 
 
 def stage_lengths(n_steps: int, stage_steps: int) -> list[int]:
-    """``[stage_steps, 2 stage_steps, ..., n_steps]``: the window length of each stage.
-
-    Raises
-    ------
-    ValueError
-        When ``stage_steps < 1``.
+    """``[stage_steps, 2 stage_steps, ..., n_steps]``: the window length of each stage (``stage_steps >= 1``).
 
     Examples
     --------
