@@ -32,18 +32,23 @@ Then::
 correlation that is the correlation with the flipped kernel,
 ``W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b]``, which is how the code forms it: the
 input adjoint is the same correlation as the forward pass.  A correlation ``K P(a)``
-of a kernel with fewer outputs than inputs is formed as the shifted sum
-``S(K' a) = sum_{a, b} shift_{a, b}(K'_{ab} a)`` instead (the ``k^2`` per-offset products
-of the fields, summed shifted), which keeps ``c_out k^2`` values per point instead of
-``c_in k^2``.  The weight adjoint is one matrix product per layer, the correlation of
-the layer's input with its output adjoint.  The linearisation keeps ``P(a_{l-1})`` and
-``a_l`` (``f_l'`` is formed from ``a_l``, :mod:`models.activations`).
+need not gather all ``k^2`` offsets before the product: gathering only the last ``g``
+kernel axes and summing the products of the others shifted,
+``K P(a) = sum_{summed offsets} shift(K_g G_g(a))``, keeps ``c k^g + r k^(2-g)`` values per
+point for a kernel of ``c`` inputs and ``r`` outputs; the code takes the split that keeps
+fewest (the patches, ``g = 2``, when the kernel has few inputs; the shifted sum of the
+per-offset products, ``g = 0``, when it has few outputs; the rows of the kernel, ``g = 1``,
+in between).  With the bias in the product, ``[W_l b_l] [P(a_{l-1}); 1]``, the weight
+adjoint ``[aW_l ab_l] = az_l [P(a_{l-1}); 1]^T`` is one matrix product per layer, the
+correlation of the layer's input with its output adjoint.  The linearisation keeps
+``[P(a_{l-1}); 1]`` and ``a_l`` (``f_l'`` is formed from ``a_l``, :mod:`models.activations`).
 
 Blocked TL/AD: ``dx`` (or ``ay``) of shape ``(n, m)`` and ``dp`` ``(n_params, m)``
-carry ``m`` directions, laid out ``(c, m, ny nx)`` inside: the weight terms
-``dW_l P(a_{l-1})`` and ``az_l P(a_{l-1})^T`` are one matrix product per layer for all
-directions (``c_l m`` rows against the kept patches), the propagated correlations one
-product per chunk of directions.
+carry ``m`` directions, laid out ``(c, m, ...)`` inside on periodically padded grids
+(:class:`PeriodicPatches`): the weight terms ``dW_l P(a_{l-1}) + db_l`` and
+``az_l [P(a_{l-1}); 1]^T`` are one matrix product per layer for all directions (``c_l m``
+rows against the kept patches), the propagated correlations one product per chunk of
+directions.
 
 Parameters: flat, layer by layer, each ``W_l`` ``(c_l, c_{l-1}, k, k)`` in C order
 then ``b_l`` ``(c_l,)``.  A state or field vector is ``(c, ny, nx)`` flattened in C order.
@@ -79,13 +84,11 @@ class PeriodicPatches:
     :meth:`wrap` then overwrites with the periodic copy.
 
     ``windows(buffer)`` is ``P`` as a view ``(c, k, k, m, ny w)`` (no copy):
-    ``[c, a, b, d, i w + j] = a[c, d, (i+a-h) mod ny, (j+b-h) mod nx]``.  ``columns(a)`` copies it
-    out as the matrix ``(c k^2, m ny nx)`` on the grid points alone, ``augmented_columns`` as
-    ``[P(a); 1]`` in the wide layout.  ``shifted_sum(U)`` sums the windows of a buffer ``U``
-    ``(r k^2, m, size)`` (row ``(o, a, b)``) instead of stacking them:
-    ``S(U)[o, d, (i, j)] = sum_{a, b} U[(o, a, b), d, (i+a-h, j+b-h)]``, so that ``W P(a) = S(W' a)``
-    with ``W'[(o, a, b), c] = W[o, c, a, b]``: the correlation with ``r k^2`` values per point kept
-    instead of ``c k^2``.
+    ``[c, a, b, d, i w + j] = a[c, d, (i+a-h) mod ny, (j+b-h) mod nx]``; ``windows(buffer, 1)``
+    gathers the offsets ``b`` alone, ``(c, k, m, (ny + 2h) w)``, for the rows ``a`` to be
+    summed after a product by :meth:`shifted_sum`, and ``windows(buffer, 0)`` is the buffer.
+    ``columns(a)`` copies ``P`` out as the matrix ``(c k^2, m ny nx)`` on the grid points alone,
+    ``augmented_columns`` as ``[P(a); 1]`` in the wide layout.
     """
 
     def __init__(self, ny: int, nx: int, kernel: int):
@@ -147,10 +150,29 @@ class PeriodicPatches:
         G[:, :, :h] = G[:, :, ny : ny + h]
         G[:, :, h + ny :] = G[:, :, h : 2 * h]
 
-    def windows(self, buffer: np.ndarray) -> np.ndarray:
-        """``P`` of a buffer as a read-only view ``(c, k, k, m, ny w)``, window ``(a, b)`` from ``a w + b``."""
+    def windows(self, buffer: np.ndarray, gathered: int = 2) -> np.ndarray:
+        """The windows of a buffer ``(c, m, size)`` over the last ``gathered`` kernel axes, a read-only view:
+        ``P`` ``(c, k, k, m, ny w)`` (window ``(a, b)`` from ``a w + b``) for 2; ``(c, k, m, (ny + 2h) w)``
+        (window ``b`` from ``b``, all rows) for 1; the whole buffer ``(c, m, size)`` for 0."""
         (c, m, _), (sc, sm, s), k = buffer.shape, buffer.strides, self.kernel
-        return as_strided(buffer, shape=(c, k, k, m, self.n_wide), strides=(sc, self.width * s, s, sm, s), writeable=False)
+        steps = (self.width * s, s)[2 - gathered :]
+        length = self.n_wide + max(self.offsets(gathered))
+        return as_strided(buffer, shape=(c,) + (k,) * gathered + (m, length), strides=(sc,) + steps + (sm, s), writeable=False)
+
+    def offsets(self, gathered: int) -> list[int]:
+        """Where the windows of the kernel axes not gathered start, ``a w + b`` over ``(a, b)`` (``[0]`` for 2, ``a w`` for 1)."""
+        steps = (self.width, 1)[: 2 - gathered]
+        return [sum(i * step for i, step in zip(index, steps)) for index in np.ndindex(*(self.kernel,) * (2 - gathered))]
+
+    def shifted_sum(self, U: np.ndarray, gathered: int, out: np.ndarray, add: bool = False) -> None:
+        """``out`` (``+``)``= sum_j U[:, j, :, o_j : o_j + ny w]`` over the :meth:`offsets` ``o_j`` of the kernel axes
+        not gathered, for ``U`` ``(r, len(offsets), m, length)`` and ``out`` wide ``(r, m, ny w)``."""
+        for j, offset in enumerate(self.offsets(gathered)):
+            term = U[:, j, :, offset : offset + self.n_wide]
+            if add or j:
+                out += term
+            else:
+                out[...] = term
 
     def columns(self, a: np.ndarray) -> np.ndarray:
         """``P(a)`` ``(c k^2, m ny nx)`` for ``a`` ``(c, m, ny nx)``: row ``(c, a, b)``, column ``(d, i, j)``."""
@@ -161,11 +183,6 @@ class PeriodicPatches:
         patches[...] = windows.reshape(windows.shape[:4] + (self.ny, self.width))[..., : self.nx]
         return patches.reshape(c * k * k, m * self.ny * self.nx)
 
-    def wide_columns(self, buffer: np.ndarray) -> np.ndarray:
-        """``P`` of a buffer ``(c, m, size)`` copied out in the wide layout, ``(c k^2, m ny w)``."""
-        c, m = buffer.shape[:2]
-        return np.ascontiguousarray(self.windows(buffer)).reshape(c * self.kernel**2, m * self.n_wide)
-
     def augmented_columns(self, buffer: np.ndarray) -> np.ndarray:
         """``[P(a); 1]`` ``(c k^2 + 1, ny w)`` of a one-direction buffer ``(c, 1, size)``, zero on the spare columns:
         ``[W b] [P(a); 1] = W P(a) + b``, and a product ``z [P(a); 1]^T`` sums over the grid points alone."""
@@ -175,16 +192,6 @@ class PeriodicPatches:
         P[-1] = 1.0
         P.reshape(-1, self.ny, self.width)[:, :, self.nx :] = 0.0
         return P
-
-    def shifted_sum(self, U: np.ndarray) -> np.ndarray:
-        """``S(U)`` ``(r, m, ny w)`` of a buffer ``U`` ``(r k^2, m, size)``."""
-        k, width, n = self.kernel, self.width, self.n_wide
-        U = U.reshape((-1, k, k) + U.shape[1:])
-        total = U[:, 0, 0, :, :n].copy()
-        for a, b in np.ndindex(k, k):
-            if a or b:
-                total += U[:, a, b, :, a * width + b : a * width + b + n]
-        return total
 
 
 def _padded_directions(patches: PeriodicPatches, v: np.ndarray, channels: int, name: str) -> tuple[np.ndarray, bool]:
@@ -204,6 +211,11 @@ def _directions_last(patches: PeriodicPatches, buffer: np.ndarray, single: bool)
     if single:
         return fields.reshape(-1)
     return fields.transpose(0, 2, 3, 1).reshape(-1, fields.shape[1])
+
+
+def _kept(r: int, c: int, k: int, gathered: int) -> int:
+    """Values per point and direction of a correlation ``(r, c, k, k)`` split at ``gathered``: ``c k^g`` columns, ``r k^(2-g)`` products."""
+    return c * k**gathered + r * k ** (2 - gathered)
 
 
 def _weight_rows(W: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -351,9 +363,8 @@ class ConvNetLinearization:
     ``dW_l P(a_{l-1}) + db_l`` and ``[aW_l ab_l] = az_l [P(a_{l-1}); 1]^T``, are one matrix product
     per layer for all directions, ``(c_l m, c_{l-1} k^2 + 1)`` against the kept patches.  The
     propagated terms ``W_l P(da_{l-1})`` and ``W~_l P(az_l)`` are correlations of every direction
-    (:meth:`correlate_into`): each keeps ``min(c_{l-1}, c_l) k^2`` values per point and direction
-    (the windows of the input copied out, or the shifted sum when the kernel has fewer outputs
-    than inputs), taken ``chunk`` directions at a time so that they stay within ``PATCH_BYTES``
+    (:meth:`correlate_into`), each split where it keeps fewest values per point and direction
+    (:func:`_kept`), taken ``chunk`` directions at a time so that they stay within ``PATCH_BYTES``
     (a cache's worth: once they spill to memory, one product of ``m`` directions is slower than
     ``m`` products of one).  ``f_l'(z_l)`` is formed from ``a_l`` on the first TL or AD and kept.
     """
@@ -367,7 +378,7 @@ class ConvNetLinearization:
         self.kernels = [W.reshape(c_out, c_in, k, k) for (W, _), c_in, c_out in zip(self.layers, net.channels[:-1], net.channels[1:])]
         # W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b]: the kernel of the input adjoint
         self.flipped = [W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) for W in self.kernels]
-        kept = max(min(c_in, c_out) for c_in, c_out in zip(net.channels[:-1], net.channels[1:])) * k * k
+        kept = max(min(_kept(c_out, c_in, k, g) for g in range(3)) for c_in, c_out in zip(net.channels[:-1], net.channels[1:]))
         self.chunk = max(1, self.PATCH_BYTES // (8 * net.patches.n_wide * kept))
         self.fprimes: list[np.ndarray | None] | None = None
         self.P, self.a = net._forward(x, p)  # [P(a_{l-1}); 1] (c_{l-1} k^2 + 1, ny w); a_l (c_l, 1, size)
@@ -380,35 +391,37 @@ class ConvNetLinearization:
             self.fprimes = [None if f.derivative is None else f.derivative(wide(a)) for f, a in zip(self.net.activations, self.a)]
         return self.fprimes[l]
 
-    def correlate(self, K: np.ndarray, a: np.ndarray) -> np.ndarray:
+    def correlate(self, K: np.ndarray, a: np.ndarray, gathered: int | None = None) -> np.ndarray:
         """``K P(a)`` ``(r, m, ny nx)`` for a kernel ``K`` ``(r, c, k, k)`` and ``a`` ``(c, m, ny nx)`` (:meth:`correlate_into`)."""
         patches = self.net.patches
         out = patches.buffer(K.shape[0], a.shape[1])
-        self.correlate_into(K, patches.pad(a), out)
+        self.correlate_into(K, patches.pad(a), out, gathered=gathered)
         return patches.interior(out).reshape(out.shape[:2] + (-1,))
 
-    def correlate_into(self, K: np.ndarray, a: np.ndarray, out: np.ndarray, add: bool = False) -> None:
+    def correlate_into(self, K: np.ndarray, a: np.ndarray, out: np.ndarray, add: bool = False, gathered: int | None = None) -> None:
         """``K P(a)`` written (or with ``add``, added) into the wide layout of the buffer ``out`` ``(r, m, size)``, for a
-        kernel ``K`` ``(r, c, k, k)`` and a buffer ``a`` ``(c, m, size)``, ``chunk`` directions per product.  With fewer
-        outputs than inputs (``r < c``) as the shifted sum ``S(K' a)``, ``K'[(o, a, b), c] = K[o, c, a, b]``
-        (:class:`PeriodicPatches`), else as ``K P(a)``."""
+        kernel ``K`` ``(r, c, k, k)`` and a buffer ``a`` ``(c, m, size)``, ``chunk`` directions per product.
+
+        The last ``gathered`` axes of the kernel are gathered into the columns before the product, the
+        others summed shifted after it: ``K P(a) = sum_j shift_j(K_g G_g(a))``, ``G_g`` the windows
+        (:meth:`PeriodicPatches.windows`) and ``K_g`` the kernel with rows ``(o, summed axes)`` and
+        columns ``(c, gathered axes)``.  By default the split that keeps the fewest values per point
+        (:func:`_kept`)."""
         r, c = K.shape[:2]
-        patches = self.net.patches
-        by_shifts = r < c
-        K_matrix = K.transpose(0, 2, 3, 1).reshape(-1, c) if by_shifts else K.reshape(r, -1)
-        columns, products = np.empty(K_matrix.shape[1] * min(self.chunk, a.shape[1]) * patches.n_wide), np.empty(r * min(self.chunk, a.shape[1]) * patches.n_wide)
-        for d in range(0, a.shape[1], self.chunk):
-            a_part, target = a[:, d : d + self.chunk], patches.wide(out)[:, d : d + self.chunk]
-            if by_shifts:
-                part = patches.shifted_sum((K_matrix @ a_part.reshape(c, -1)).reshape((-1,) + a_part.shape[1:]))
-            else:
-                P = columns[: K_matrix.shape[1] * target[0].size].reshape(K_matrix.shape[1], -1)
-                P.reshape((c, self.net.kernel, self.net.kernel) + target.shape[1:])[...] = patches.windows(a_part)
-                part = np.matmul(K_matrix, P, out=products[: target.size].reshape(r, -1)).reshape(target.shape)
-            if add:
-                target += part
-            else:
-                target[...] = part
+        k, patches = self.net.kernel, self.net.patches
+        g = min(range(2, -1, -1), key=lambda g: _kept(r, c, k, g)) if gathered is None else gathered
+        order = (0,) + tuple(range(2, 4 - g)) + (1,) + tuple(range(4 - g, 4))  # (o, summed axes, c, gathered axes)
+        K_matrix = K.transpose(order).reshape(r * k ** (2 - g), c * k**g)
+        chunk = min(self.chunk, a.shape[1])
+        length = patches.n_wide + max(patches.offsets(g))
+        columns, products = np.empty(K_matrix.shape[1] * chunk * length), np.empty(K_matrix.shape[0] * chunk * length)
+        for d in range(0, a.shape[1], chunk):
+            windows = patches.windows(a[:, d : d + chunk], g)
+            G = columns[: windows.size].reshape(windows.shape)
+            G[...] = windows
+            n = windows.shape[-2]
+            U = np.matmul(K_matrix, G.reshape(K_matrix.shape[1], -1), out=products[: K_matrix.shape[0] * n * length].reshape(K_matrix.shape[0], -1))
+            patches.shifted_sum(U.reshape(r, -1, n, length), g, patches.wide(out)[:, d : d + chunk], add)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """``dy`` for ``dx`` ``(n_in,)`` and ``dp`` ``(n_params,)``, or blocks ``(n_in, m)``, ``(n_params, m)`` giving ``(n_out, m)``."""
