@@ -416,10 +416,14 @@ class ConvNetLinearization:
         length = patches.n_wide + max(patches.offsets(g))
         columns, products = np.empty(K_matrix.shape[1] * chunk * length), np.empty(K_matrix.shape[0] * chunk * length)
         for d in range(0, a.shape[1], chunk):
-            windows = patches.windows(a[:, d : d + chunk], g)
-            G = columns[: windows.size].reshape(windows.shape)
-            G[...] = windows
-            n = windows.shape[-2]
+            a_part = a[:, d : d + chunk]
+            n = a_part.shape[1]
+            if g == 0:
+                G = a_part.reshape(c, -1)  # the fields themselves (a view for one direction)
+            else:
+                windows = patches.windows(a_part, g)
+                G = columns[: windows.size].reshape(windows.shape)
+                G[...] = windows
             U = np.matmul(K_matrix, G.reshape(K_matrix.shape[1], -1), out=products[: K_matrix.shape[0] * n * length].reshape(K_matrix.shape[0], -1))
             patches.shifted_sum(U.reshape(r, -1, n, length), g, patches.wide(out)[:, d : d + chunk], add)
 
