@@ -318,26 +318,26 @@ class ConvNet:
     def apply(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         """``y = g NN(x / s)`` (``+ x`` when residual) for a flat ``(c_0, ny, nx)`` input; stores nothing."""
         x, p = self._check(x, p)
-        return self._output(self._forward(x, p)[1][-1], x)
+        a = self._input(x)
+        for (W, b), f in zip(self.layers(p), self.activations):
+            a = self._layer(W, b, f, self.patches.augmented_columns(a))
+        return self._output(a, x)
 
     evaluate = apply
 
-    def _forward(self, x: np.ndarray, p: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The nonlinear pass: the patches ``[P(a_{l-1}); 1]`` (wide, :meth:`PeriodicPatches.augmented_columns`)
-        and the padded buffers of ``a_l`` ``(c_l, 1, size)`` of every layer."""
-        patches = self.patches
-        a = patches.pad(x.reshape(self.channels[0], 1, -1) / self.input_scale)
-        kept_patches, kept_activations = [], []
-        for (W, b), f in zip(self.layers(p), self.activations):
-            P = patches.augmented_columns(a)
-            a = patches.buffer(W.shape[0], 1)
-            z = patches.wide(a)
-            np.matmul(_weight_rows(W, b), P, out=z[:, 0])  # z_l = W_l P(a_{l-1}) + b_l
-            z[...] = f.f(z)                                # a_l = f_l(z_l)
-            patches.wrap(a)
-            kept_patches.append(P)
-            kept_activations.append(a)
-        return kept_patches, kept_activations
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """The padded buffer of ``a_0 = x / s``, ``(c_0, 1, size)``."""
+        return self.patches.pad(x.reshape(self.channels[0], 1, -1) / self.input_scale)
+
+    def _layer(self, W: np.ndarray, b: np.ndarray, f, P: np.ndarray) -> np.ndarray:
+        """The padded buffer of ``a_l`` ``(c_l, 1, size)`` from the patches ``P = [P(a_{l-1}); 1]``
+        (:meth:`PeriodicPatches.augmented_columns`)."""
+        a = self.patches.buffer(W.shape[0], 1)
+        z = self.patches.wide(a)
+        np.matmul(_weight_rows(W, b), P, out=z[:, 0])  # z_l = W_l P(a_{l-1}) + b_l
+        z[...] = f.f(z)                                # a_l = f_l(z_l)
+        self.patches.wrap(a)
+        return a
 
     def _output(self, a: np.ndarray, x: np.ndarray) -> np.ndarray:
         """``y = g a_L`` (``+ x``) from the padded buffer of ``a_L``."""
@@ -381,8 +381,13 @@ class ConvNetLinearization:
         kept = max(min(_kept(c_out, c_in, k, g) for g in range(3)) for c_in, c_out in zip(net.channels[:-1], net.channels[1:]))
         self.chunk = max(1, self.PATCH_BYTES // (8 * net.patches.n_wide * kept))
         self.fprimes: list[np.ndarray | None] | None = None
-        self.P, self.a = net._forward(x, p)  # [P(a_{l-1}); 1] (c_{l-1} k^2 + 1, ny w); a_l (c_l, 1, size)
-        self.output = net._output(self.a[-1], x)
+        self.P, self.a = [], []  # [P(a_{l-1}); 1] (c_{l-1} k^2 + 1, ny w); a_l (c_l, 1, size)
+        a = net._input(x)
+        for (W, b), f in zip(self.layers, net.activations):
+            self.P.append(net.patches.augmented_columns(a))
+            a = net._layer(W, b, f, self.P[-1])
+            self.a.append(a)
+        self.output = net._output(a, x)
 
     def fprime(self, l: int) -> np.ndarray | None:
         """``f_l'(z_l)`` from ``a_l``, wide ``(c_l, 1, ny w)`` (to meet ``(c_l, m, ny w)``); ``None`` for the identity."""
