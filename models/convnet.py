@@ -32,7 +32,7 @@ Then::
 correlation that is the correlation with the flipped kernel,
 ``W~_l[c, o, a, b] = W_l[o, c, k-1-a, k-1-b]``, which is how the code forms it: the
 input adjoint is the same correlation as the forward pass.  A correlation ``K P(a)``
-need not gather all ``k^2`` offsets before the product: gathering only the last ``g``
+need not gather all ``k^2`` offsets before the product: gathering only the first ``g``
 kernel axes and summing the products of the others shifted,
 ``K P(a) = sum_{summed offsets} shift(K_g G_g(a))``, keeps ``c k^g + r k^(2-g)`` values per
 point for a kernel of ``c`` inputs and ``r`` outputs; the code takes the split that keeps
@@ -85,7 +85,7 @@ class PeriodicPatches:
 
     ``windows(buffer)`` is ``P`` as a view ``(c, k, k, m, ny w)`` (no copy):
     ``[c, a, b, d, i w + j] = a[c, d, (i+a-h) mod ny, (j+b-h) mod nx]``; ``windows(buffer, 1)``
-    gathers the offsets ``b`` alone, ``(c, k, m, (ny + 2h) w)``, for the rows ``a`` to be
+    gathers the rows ``a`` alone, ``(c, k, m, ny w + 2h)``, for the offsets ``b`` to be
     summed after a product by :meth:`shifted_sum`, and ``windows(buffer, 0)`` is the buffer.
     ``columns(a)`` copies ``P`` out as the matrix ``(c k^2, m ny nx)`` on the grid points alone,
     ``augmented_columns`` as ``[P(a); 1]`` in the wide layout.
@@ -151,17 +151,17 @@ class PeriodicPatches:
         G[:, :, h + ny :] = G[:, :, h : 2 * h]
 
     def windows(self, buffer: np.ndarray, gathered: int = 2) -> np.ndarray:
-        """The windows of a buffer ``(c, m, size)`` over the last ``gathered`` kernel axes, a read-only view:
-        ``P`` ``(c, k, k, m, ny w)`` (window ``(a, b)`` from ``a w + b``) for 2; ``(c, k, m, (ny + 2h) w)``
-        (window ``b`` from ``b``, all rows) for 1; the whole buffer ``(c, m, size)`` for 0."""
+        """The windows of a buffer ``(c, m, size)`` over the first ``gathered`` kernel axes, a read-only view:
+        ``P`` ``(c, k, k, m, ny w)`` (window ``(a, b)`` from ``a w + b``) for 2; ``(c, k, m, ny w + 2h)``
+        (window ``a`` from ``a w``) for 1; the whole buffer ``(c, m, size)`` for 0."""
         (c, m, _), (sc, sm, s), k = buffer.shape, buffer.strides, self.kernel
-        steps = (self.width * s, s)[2 - gathered :]
+        steps = (self.width * s, s)[:gathered]
         length = self.n_wide + max(self.offsets(gathered))
         return as_strided(buffer, shape=(c,) + (k,) * gathered + (m, length), strides=(sc,) + steps + (sm, s), writeable=False)
 
     def offsets(self, gathered: int) -> list[int]:
-        """Where the windows of the kernel axes not gathered start, ``a w + b`` over ``(a, b)`` (``[0]`` for 2, ``a w`` for 1)."""
-        steps = (self.width, 1)[: 2 - gathered]
+        """Where the windows of the kernel axes not gathered start: ``a w + b`` over ``(a, b)`` for 0, ``b`` for 1, ``[0]`` for 2."""
+        steps = (self.width, 1)[gathered:]
         return [sum(i * step for i, step in zip(index, steps)) for index in np.ndindex(*(self.kernel,) * (2 - gathered))]
 
     def shifted_sum(self, U: np.ndarray, gathered: int, out: np.ndarray, add: bool = False) -> None:
@@ -407,7 +407,7 @@ class ConvNetLinearization:
         """``K P(a)`` written (or with ``add``, added) into the wide layout of the buffer ``out`` ``(r, m, size)``, for a
         kernel ``K`` ``(r, c, k, k)`` and a buffer ``a`` ``(c, m, size)``, ``chunk`` directions per product.
 
-        The last ``gathered`` axes of the kernel are gathered into the columns before the product, the
+        The first ``gathered`` axes of the kernel are gathered into the columns before the product, the
         others summed shifted after it: ``K P(a) = sum_j shift_j(K_g G_g(a))``, ``G_g`` the windows
         (:meth:`PeriodicPatches.windows`) and ``K_g`` the kernel with rows ``(o, summed axes)`` and
         columns ``(c, gathered axes)``.  By default the split that keeps the fewest values per point
@@ -415,7 +415,7 @@ class ConvNetLinearization:
         r, c = K.shape[:2]
         k, patches = self.net.kernel, self.net.patches
         g = min(range(2, -1, -1), key=lambda g: _kept(r, c, k, g)) if gathered is None else gathered
-        order = (0,) + tuple(range(2, 4 - g)) + (1,) + tuple(range(4 - g, 4))  # (o, summed axes, c, gathered axes)
+        order = (0,) + tuple(range(2 + g, 4)) + (1,) + tuple(range(2, 2 + g))  # (o, summed axes, c, gathered axes)
         K_matrix = K.transpose(order).reshape(r * k ** (2 - g), c * k**g)
         chunk = min(self.chunk, a.shape[1])
         length = patches.n_wide + max(patches.offsets(g))
