@@ -138,10 +138,6 @@ class PeriodicPatches:
         """:meth:`wide` as a matrix ``(c m, ny w)`` (a view, rows ``(c, d)``) for a product to write into."""
         return buffer.reshape(-1, self.size)[:, self.start : self.start + self.n_wide]
 
-    def on_grid(self, wide: np.ndarray) -> np.ndarray:
-        """A wide block ``(c, m, ny w)`` on the grid points alone, ``(c, m, ny, nx)`` (a view)."""
-        return wide.reshape(wide.shape[:2] + (self.ny, self.width))[..., : self.nx]
-
     def wrap(self, buffer: np.ndarray) -> None:
         """Fill the ghost cells with the periodic copies of the grid points, in place."""
         G, ny, nx, h = self.grid(buffer), self.ny, self.nx, self.half
