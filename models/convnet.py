@@ -105,6 +105,8 @@ class PeriodicPatches:
         self.start = h * self.width + h
         self.n_wide = self.ny * self.width
         self.size = (self.ny + 2 * h) * self.width + 2 * h
+        steps = (self.width, 1)
+        self._offsets = [[sum(i * step for i, step in zip(index, steps[g:])) for index in np.ndindex(*(self.kernel,) * (2 - g))] for g in range(3)]
 
     def buffer(self, c: int, m: int) -> np.ndarray:
         """An empty padded buffer ``(c, m, size)``, its spare tail zero."""
@@ -157,13 +159,12 @@ class PeriodicPatches:
 
     def offsets(self, gathered: int) -> list[int]:
         """Where the windows of the kernel axes not gathered start: ``a w + b`` over ``(a, b)`` for 0, ``b`` for 1, ``[0]`` for 2."""
-        steps = (self.width, 1)[gathered:]
-        return [sum(i * step for i, step in zip(index, steps)) for index in np.ndindex(*(self.kernel,) * (2 - gathered))]
+        return self._offsets[gathered]
 
     def shifted_sum(self, U: np.ndarray, gathered: int, out: np.ndarray, add: bool = False) -> None:
         """``out`` (``+``)``= sum_j U[:, j, :, o_j : o_j + ny w]`` over the :meth:`offsets` ``o_j`` of the kernel axes
         not gathered, for ``U`` ``(r, len(offsets), m, length)`` and ``out`` wide ``(r, m, ny w)``."""
-        for j, offset in enumerate(self.offsets(gathered)):
+        for j, offset in enumerate(self._offsets[gathered]):
             term = U[:, j, :, offset : offset + self.n_wide]
             if add or j:
                 out += term
@@ -414,19 +415,19 @@ class ConvNetLinearization:
         order = (0,) + tuple(range(2 + g, 4)) + (1,) + tuple(range(2, 2 + g))  # (o, summed axes, c, gathered axes)
         K_matrix = K.transpose(order).reshape(r * k ** (2 - g), c * k**g)
         chunk = min(self.chunk, a.shape[1])
-        length = patches.n_wide + max(patches.offsets(g))
-        columns, products = np.empty(K_matrix.shape[1] * chunk * length), np.empty(K_matrix.shape[0] * chunk * length)
+        windows, wide, (rows, cols) = patches.windows(a, g), patches.wide(out), K_matrix.shape
+        length = windows.shape[-1]
+        columns, products = np.empty(cols * chunk * length), np.empty(rows * chunk * length)
         for d in range(0, a.shape[1], chunk):
-            a_part = a[:, d : d + chunk]
-            n = a_part.shape[1]
+            part = windows[..., d : d + chunk, :]
+            n = part.shape[-2]
             if g == 0:
-                G = a_part.reshape(c, -1)  # the fields themselves (a view for one direction)
+                G = part.reshape(c, -1)  # the fields themselves (a view for one direction)
             else:
-                windows = patches.windows(a_part, g)
-                G = columns[: windows.size].reshape(windows.shape)
-                G[...] = windows
-            U = np.matmul(K_matrix, G.reshape(K_matrix.shape[1], -1), out=products[: K_matrix.shape[0] * n * length].reshape(K_matrix.shape[0], -1))
-            patches.shifted_sum(U.reshape(r, -1, n, length), g, patches.wide(out)[:, d : d + chunk], add)
+                G = columns[: part.size].reshape(part.shape)
+                G[...] = part
+            U = np.matmul(K_matrix, G.reshape(cols, -1), out=products[: rows * n * length].reshape(rows, -1))
+            patches.shifted_sum(U.reshape(r, -1, n, length), g, wide[:, d : d + chunk], add)
 
     def tl(self, dx: np.ndarray, dp: np.ndarray) -> np.ndarray:
         """``dy`` for ``dx`` ``(n_in,)`` and ``dp`` ``(n_params,)``, or blocks ``(n_in, m)``, ``(n_params, m)`` giving ``(n_out, m)``."""
