@@ -207,7 +207,8 @@ def _directions_last(patches: PeriodicPatches, buffer: np.ndarray, single: bool)
     fields = patches.interior(buffer)
     if single:
         return fields.reshape(-1)
-    return fields.transpose(0, 2, 3, 1).reshape(-1, fields.shape[1])
+    c, m, ny, nx = fields.shape
+    return fields.transpose(0, 2, 3, 1).reshape(c * ny * nx, m)
 
 
 def _kept(r: int, c: int, k: int, gathered: int) -> int:
@@ -414,7 +415,7 @@ class ConvNetLinearization:
         g = min(range(2, -1, -1), key=lambda g: _kept(r, c, k, g)) if gathered is None else gathered
         order = (0,) + tuple(range(2 + g, 4)) + (1,) + tuple(range(2, 2 + g))  # (o, summed axes, c, gathered axes)
         K_matrix = K.transpose(order).reshape(r * k ** (2 - g), c * k**g)
-        chunk = min(self.chunk, a.shape[1])
+        chunk = max(1, min(self.chunk, a.shape[1]))
         windows, wide, (rows, cols) = patches.windows(a, g), patches.wide(out), K_matrix.shape
         length = windows.shape[-1]
         columns, products = np.empty(cols * chunk * length), np.empty(rows * chunk * length)
