@@ -232,7 +232,7 @@ def _set_weight_adjoint(rows: np.ndarray, aW: np.ndarray, ab: np.ndarray) -> Non
     if aW.ndim == 2:
         aW[...], ab[...] = rows[:, :-1], rows[:, -1:]
         return
-    rows = rows.reshape(aW.shape[0], aW.shape[2], -1)
+    rows = rows.reshape(aW.shape[0], aW.shape[2], aW.shape[1] + 1)
     aW[...] = rows[:, :, :-1].transpose(0, 2, 1)
     ab[...] = rows[:, None, :, -1]
 
