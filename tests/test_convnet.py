@@ -174,6 +174,26 @@ def test_correlation_of_many_directions_equals_the_sum_of_rolled_fields(kernel, 
     np.testing.assert_allclose(lin.correlate(K, a.reshape(3, 4, -1)).reshape(expected.shape), expected, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("gathered", [0, 1, 2], ids=["shifted-sum", "rows", "patches"])
+@pytest.mark.parametrize("outputs", [2, 5])
+def test_correlation_split_at_each_kernel_axis_equals_the_sum_of_rolled_fields_written_or_added(kernel, gathered, outputs):
+    """``K P(a)`` with 0, 1 or 2 kernel axes gathered into the columns before the product (the others summed
+    shifted after it), two directions per product: the sum of rolled fields, written into a buffer or added to it."""
+    rng = np.random.default_rng(14)
+    net, x, p = random_net(rng, [3, 3], kernel, ["identity"], ny=7, nx=6)
+    lin, patches, h = net.linearize(x, p), net.patches, kernel // 2
+    lin.chunk = 2
+    K, a, base = rng.standard_normal((outputs, 3, kernel, kernel)), rng.standard_normal((3, 5, 7, 6)), rng.standard_normal((outputs, 5, 7, 6))
+    expected = np.zeros((outputs, 5, 7, 6))
+    for o, c, u, v in itertools.product(range(outputs), range(3), range(kernel), range(kernel)):
+        expected[o] += K[o, c, u, v] * np.roll(a[c], (h - u, h - v), axis=(1, 2))
+    np.testing.assert_allclose(lin.correlate(K, a.reshape(3, 5, -1), gathered).reshape(expected.shape), expected, rtol=1e-13, atol=1e-13)
+    out = patches.pad(base)
+    lin.correlate_into(K, patches.pad(a), out, add=True, gathered=gathered)
+    np.testing.assert_allclose(patches.interior(out), base + expected, rtol=1e-13, atol=1e-13)
+
+
 def test_convnet_weight_adjoint_is_the_gradient_of_a_loss_by_finite_differences():
     rng = np.random.default_rng(7)
     net, x, p = random_net(rng, [2, 3, 2], 3, ["tanh", "identity"])
