@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -111,9 +112,10 @@ def _load(args):
 def _output(args, experiment, default: str | None = None) -> tuple[Path, str]:
     """The output path and what to call it in messages (``--output`` or the config key)."""
     given = getattr(args, "output", None)
-    if given is not None:
-        return Path(given) if given else given, "--output"
-    return Path(default or experiment.output.file), f"{args.config}: {experiment.output.key('file')}"
+    text, what = (given, "--output") if given is not None else (default or experiment.output.file, f"{args.config}: {experiment.output.key('file')}")
+    if text.endswith(os.sep):  # a Path would drop the separator and write a file of the directory's name
+        raise CommandError(f"{what}: {text[-80:]} ends with '{os.sep}', a directory; give a file name")
+    return Path(text) if text else text, what
 
 
 def _plan(args, experiment, output, what: str):
@@ -146,6 +148,9 @@ def _open_dataset(path: Path, what: str):
 
     if observation_set_class().file_format(path) == "csv":
         raise CommandError(f"{what}: {path}: a CSV (text) file; a NetCDF file is expected here")
+    from .plan import check_netcdf_size
+
+    check_netcdf_size(path, what)
     try:
         return xr.load_dataset(path, engine="netcdf4")
     except Exception as error:  # whatever a damaged or foreign file makes the reader raise
@@ -256,7 +261,7 @@ def command_run(args) -> int:
         raise CommandError(f"{args.config}: sweep: this configuration is a sweep; run it with 'fourdvar sweep {args.config}'")
     output, what = _output(args, experiment)
     experiment = experiment.with_output(str(output))
-    if experiment.method.ensemble.members and args.scheduler is None:
+    if experiment.method.ensemble.members and args.scheduler is None and args.executor.kind == "dask":
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
@@ -494,13 +499,15 @@ def _removed_unless_written(directory: Path):
 # --- the parser ---------------------------------------------------------------------------------------
 
 
-def _integer_parser(minimum: int, expected: str):
-    """An argparse ``type``: an integer >= ``minimum``, else an error saying ``expected``."""
+def _integer_parser(minimum: int, expected: str, maximum: float = math.inf):
+    """An argparse ``type``: an integer in [``minimum``, ``maximum``], else an error saying ``expected``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text[:40]!r}") from None
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected at most {maximum}, got {value}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
@@ -515,6 +522,9 @@ def _threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_threads, help=f"BLAS/OpenMP threads (default: 1 below {THREADED_STATE_SIZE} state variables or estimated parameters, "
                                                          "else the libraries' own; OMP_NUM_THREADS etc. when set; 0: the libraries' own)")
 _positive_int = _integer_parser(1, "a positive integer")
+#: Random directions per check at most: each costs a tangent-linear or adjoint sweep, and more than this tell nothing new.
+MAX_DIRECTIONS = 1000
+_directions = _integer_parser(1, "a positive integer", MAX_DIRECTIONS)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -554,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", help="the experiment's YAML file")
     check.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
     check.add_argument("--window-steps", type=_positive_int, help="steps of the window checked (default: the config's window length)")
-    check.add_argument("--directions", type=_positive_int, default=1, help="random directions per test (default 1; an inconclusive one is retried with up to 4 more)")
+    check.add_argument("--directions", type=_directions, default=1, help=f"random directions per test (default 1, at most {MAX_DIRECTIONS}; an inconclusive one is retried with up to 4 more)")
     _threads_option(check)
     check.set_defaults(handler=command_check)
 

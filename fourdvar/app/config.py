@@ -167,13 +167,18 @@ def _std(value) -> str | None:
     return f"must lie between {low:g} and {high:g} (1/std^2 would {'overflow' if min(values) < low else 'underflow'} and the cost lose its meaning)"
 
 
+def _walk_std(value) -> str | None:
+    high = STD_RANGE[1]
+    return None if 0 <= value <= high else f"must lie between 0 and {high:g} (its square is added to P)"
+
+
 def _fraction(value) -> str | None:
     return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
 
 
 SCHEMA: dict[str, Any] = {
     "title": Field("str", "", "a one-line description, copied into the result file"),
-    "seed": Field("int", 0, "seed of every random draw (truth, observations, background, initial weights)", _non_negative),
+    "seed": Field("int", 0, "seed of every random draw (truth, observations, background, initial weights)", lambda v: _non_negative(v) or (None if v < 2**63 else "must be below 2^63 (a 64-bit integer, as result files store it)")),
     "model": Field("component", REQUIRED, "the forecast model: `type` (registry name or `module:Class`) and its constructor keywords; optional `params` (initial parameter values) or `params_from` (a result file whose analysed parameters to start from)"),
     "truth": {
         "model": Field("component", None, "the model that makes the truth run (default: the forecast model)", nullable=True),
@@ -216,9 +221,9 @@ SCHEMA: dict[str, Any] = {
             "decay": Field("float", 1.0, "factor applied to the parameter std after each cycle (< 1 shrinks P over the cycles, > 1 inflates it)", _positive),
             "floor": Field("float", 0.0, "the parameter std never goes below this", _non_negative),
             "update": Field("str", "schedule", "how P changes from window to window: `schedule` (diagonal, std = max(error_std * decay^c, floor)) or `posterior` (P of the next window = the parameters' Gauss-Newton posterior covariance after this one, marginal over the state, + noise_std^2 I: what each window taught accumulates, as in a Kalman filter; with `inner.method: lanczos` in low rank from the outer loops' Lanczos runs, no extra Hessian products and never an `n_p x n_p` matrix; with `cg` or `lbfgs` dense, one TL+AD sweep per control element per window)", choices=("schedule", "posterior")),
-            "noise_std": Field("float", 0.01, "with `update: posterior`: std of the random walk added to the parameters' covariance after each window (keeps them learning)", _non_negative),
+            "noise_std": Field("float", 0.01, "with `update: posterior`: std of the random walk added to the parameters' covariance after each window (keeps them learning)", _walk_std),
             "noise_decay": Field("float", 1.0, "with `update: posterior`: the random walk's std after window c is max(noise_std * noise_decay^c, noise_floor) (< 1: learn fast early, settle late)", _positive),
-            "noise_floor": Field("float", 0.0, "with `update: posterior`: the random walk's std never goes below this", _non_negative),
+            "noise_floor": Field("float", 0.0, "with `update: posterior`: the random walk's std never goes below this", _walk_std),
             "names": Field("str_list", None, "the parameters' names in the result file and the figures, one per parameter (default: the model's `param_names`, else p[0], p[1], ...)", nullable=True),
         },
     },
@@ -277,7 +282,7 @@ SCHEMA: dict[str, Any] = {
         "perturb": Field("str_list", ["observations", "background"], "what the members perturb: `observations` (y + a draw from R, every window) and/or `background` (the members start from xb + a draw from the static B)", choices=("observations", "background")),
         "hybrid_weight": Field("float", 0.5, "beta in B = (1 - beta) B_static + beta B_ensemble", lambda v: None if 0 <= v < 1 else "must be in [0, 1)"),
         "localization": Field("float", 4.0, "length scale (grid points) of the Gaussian correlation whose Schur product localises the ensemble covariance", _positive),
-        "inflation": Field("float", 1.0, "multiplicative inflation rho: before each window the members' backgrounds are spread about their mean, mean + rho (xb_m - mean), giving B and the members more spread (for an ensemble whose spread falls short of its error, `spread_skill` < 1); 1: none", lambda v: None if v >= 1 else "must be >= 1"),
+        "inflation": Field("float", 1.0, "multiplicative inflation rho: before each window the members' backgrounds are spread about their mean, mean + rho (xb_m - mean), giving B and the members more spread (for an ensemble whose spread falls short of its error, `spread_skill` < 1); 1: none", lambda v: "must be >= 1" if v < 1 else (None if v <= STD_RANGE[1] else f"must be at most {STD_RANGE[1]:g}")),
     },
     "sweep": Field("sweep", {}, "`fourdvar sweep` runs one member per combination: dotted keys (`seed`, `background.state.error_std`, ...) mapped to lists of values, their cartesian product"),
     "compare": Field("comparisons", [], "other 4D-Var runs on the same truth and observations, each `{name, model, background, assimilation, fit_correction}` (all but `name` optional; `model` replaces the model, the others override keys; `fit_correction: {samples: 500, spacing: 4, max_iterations: 500}` fits the model's correction offline to the truth model's `unresolved_tendency` and keeps it fixed); their RMSE, cost and skill go into the result file"),
@@ -376,6 +381,9 @@ def _coerce(field: Field, value, path: str):
             names.add(name)
             if "model" in item:
                 _check_component(item["model"], f"{where}.model")
+            for section in ("background", "assimilation"):
+                if section in item and not isinstance(item[section], dict):
+                    raise ConfigError(f"{where}.{section}: expected a mapping of the keys to override, got {short(item[section])} ({_type_name(item[section])})")
             if "fit_correction" in item:
                 fit = item["fit_correction"]
                 if not isinstance(fit, dict):
@@ -466,6 +474,8 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
         raise ConfigError("background.params: decay and floor belong to update: schedule; with update: posterior, P comes from the data (noise_std keeps it from collapsing)")
     if params["update"] == "schedule" and (params["noise_decay"] != 1.0 or params["noise_floor"] != 0.0):
         raise ConfigError("background.params: noise_decay and noise_floor belong to update: posterior (they shape its random walk); with update: schedule use decay and floor")
+    if "params" in config["assimilation"]["control"] and (problem := _params_std_over_cycles(params, config["window"]["cycles"])):
+        raise ConfigError(problem)
     if config["assimilation"]["max_cost_per_obs"] is not None and not {"state", "params"} <= set(config["assimilation"]["control"]):
         raise ConfigError("assimilation.max_cost_per_obs: applies only with control [state, params] (model_error may be added): "
                           "it redoes a joint analysis with the parameters fixed, and without both there is no joint analysis")
@@ -489,6 +499,31 @@ def resolve_config(raw: Any, name: str = "experiment") -> dict:
     if config["gap"]["baseline"] is not None and config["gap"]["baseline"] == config["gap"]["reference"]:
         raise ConfigError(f"gap.reference: the same run as gap.baseline ({short(config['gap']['baseline'])}); the gap between them is zero")
     return config
+
+
+def _params_std_over_cycles(params: dict, cycles: int) -> str | None:
+    """What takes the parameters' std out of :data:`STD_RANGE` by the last window, or ``None``:
+    ``max(error_std decay^c, floor)`` (schedule) or the random walk ``max(noise_std noise_decay^c,
+    noise_floor)`` (posterior), ``c = 0 .. cycles - 1``, compared in log10 (the powers may overflow)."""
+    low, high = (math.log10(bound) for bound in STD_RANGE)
+    last = cycles - 1
+    if params["update"] == "posterior":
+        if params["noise_std"] == 0 or params["noise_decay"] <= 1:
+            return None
+        peak = math.log10(params["noise_std"]) + last * math.log10(params["noise_decay"])
+        return None if peak <= high else (f"background.params.noise_decay: the random walk's std after window {last} would be "
+                                          f"noise_std * noise_decay^{last} = 1e{peak:.0f}, above {STD_RANGE[1]:g} (its square is added to P)")
+    stds = params["error_std"] if isinstance(params["error_std"], list) else [params["error_std"]]
+    ends = [math.log10(std) + last * math.log10(params["decay"]) for std in stds]
+    floor = math.log10(params["floor"]) if params["floor"] > 0 else -math.inf
+    if floor > high:
+        return f"background.params.floor: must lie between 0 and {STD_RANGE[1]:g}, got {params['floor']:g}"
+    extreme = max(ends) if params["decay"] > 1 else min(ends)
+    if low <= max(extreme, floor) <= high:
+        return None
+    hint = "" if extreme > high else "; give background.params.floor"
+    return (f"background.params.decay: the parameter std after window {last} would be error_std * decay^{last} = 1e{extreme:.0f}, "
+            f"outside [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}] (1/std^2 would lose its meaning){hint}")
 
 
 def comparison_config(config: dict, entry: dict) -> dict:

@@ -13,6 +13,8 @@ overlapping windows).
                                                      (its previous analysis forecast to step ``window.shift``,
                                                      after ``ensemble.inflation``)
     member_analysis            (cycle, member, x)   each member's analysis at the window start
+    member_params_background   (cycle, member, param)  each member's background parameters (parameters in the control)
+    member_params_analysis     (cycle, member, param)  each member's analysed parameters (parameters in the control)
     member_forecast_end        (cycle, member, x)   each member's analysis forecast to the window end
                                                      (its next background, before inflation, when the
                                                      windows are end to end)
@@ -42,15 +44,19 @@ def _spread(states: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(np.var(states, axis=-2, ddof=1), axis=-1))
 
 
-def member_row(window) -> dict:
-    """The members' arrays of one :class:`fourdvar.cycling.CycledWindow`, for the control's row (none without members)."""
+def member_row(window, params: bool = False) -> dict:
+    """The members' arrays of one :class:`fourdvar.cycling.CycledWindow`, for the control's row (none without
+    members); with ``params`` (the parameters in the control) their background and analysed parameters too."""
     if not window.members:
         return {}
-    return {
+    row = {
         "member_background": np.stack([m.xb for m in window.members]),
         "member_analysis": np.stack([m.x0 for m in window.members]),
         "member_forecast_end": np.stack([m.analysis_trajectory[-1] for m in window.members]),
     }
+    if params:
+        row.update(member_params_background=np.stack([m.pb for m in window.members]), member_params_analysis=np.stack([m.p for m in window.members]))
+    return row
 
 
 def plan_ensemble(plan) -> Ensemble:
@@ -70,6 +76,9 @@ def add_member_variables(dataset: xr.Dataset, rows: list[dict], units: str = "1"
     for key, text in (("background", "background at the window start"), ("analysis", "analysis at the window start"),
                       ("forecast_end", "analysis forecast to the window end (the next background, for windows end to end)")):
         dataset[f"member_{key}"] = (("cycle", "member", "x"), np.stack([row[f"member_{key}"] for row in rows]), {"long_name": f"each member's {text}", **attrs})
+    for key, text in (("params_background", "background (first guess) parameters"), ("params_analysis", "analysed parameters")):
+        if f"member_{key}" in rows[0]:
+            dataset[f"member_{key}"] = (("cycle", "member", "param"), np.stack([row[f"member_{key}"] for row in rows]), {"long_name": f"each member's {text}", "units": "1"})
     backgrounds = dataset["member_background"].values
     dataset["spread_background"] = (("cycle",), _spread(backgrounds), {"long_name": "ensemble spread of the members' backgrounds at the window start", **attrs})
     dataset["spread_analysis"] = (("cycle",), _spread(dataset["member_analysis"].values), {"long_name": "ensemble spread of the members' analyses at the window start", **attrs})

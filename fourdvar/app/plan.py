@@ -36,7 +36,7 @@ from ..window import DivergenceError, forecast, n_sub_windows, sub_window_forcin
 from .config import STD_RANGE, ConfigError, short
 from .experiment import ComparisonRun, Component, Correlation, Experiment, Method, Problem, experiment_of
 
-__all__ = ["Plan", "Comparison", "build_component", "check_output", "MAX_COST", "MEMORY_FRACTION"]
+__all__ = ["Plan", "Comparison", "build_component", "check_output", "check_netcdf_size", "MAX_COST", "MEMORY_FRACTION"]
 
 # independent random streams, one per purpose
 _TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS, _TRUTH_MODEL_ERROR = range(6)
@@ -111,18 +111,18 @@ class Plan:
         self.control = self.method.control
         if "params" in self.control and self.model.n_params == 0:
             raise ConfigError(f"{self.method.key('control')}: 'params' is in the control but the model {self.model!r} has no parameters")
-        self.pb0 = self._initial_params()
-        _probe(self.model, self.pb0, problem.truth.initial_mean)
         self.from_file = problem.observations.file is not None
         self.forecast_steps = self._forecast_steps()
-        self._check_memory()
+        self._check_memory()  # before anything of the model's size is allocated
+        self.pb0 = self._initial_params()
+        _probe(self.model, self.pb0, problem.truth.initial_mean)
         if shared is not None:
             self.truth, self.observations = shared.truth, shared.observations
         else:
             self.truth = None if self.from_file else self._truth_run()
             self.observations = self._read_observations() if self.from_file else self._generate_observations()
             if problem.observations.climatology_every is not None:
-                self.observations = self.observations.with_climatology(problem.observations.climatology_every)
+                self.observations = self._with_climatology(problem.observations)
         self.B0 = self._state_covariance(problem.B.error_std)
         self.P0 = self._params_covariance() if self.model.n_params else None
         self.Q0 = self._model_error_covariance() if "model_error" in self.control else None
@@ -198,7 +198,7 @@ class Plan:
             source = spec.get("params_from")
             if not isinstance(source, str) or not source:
                 raise ConfigError(f"model.params_from: expected the path of a result file, got {short(source)}")
-            p = _params_from_result(self.path(source), "model.params_from")
+            p = _params_from_result(self.path(source), "model.params_from", n)
         elif spec.has("params"):
             p = _finite_vector(spec.get("params"), "model.params")
         else:
@@ -219,7 +219,7 @@ class Plan:
         if needed > available:
             key, _ = max(self.memory_terms(n_truth).items(), key=lambda item: item[1])
             raise ConfigError(
-                f"{key}: {self.n_cycles} windows of {self.n_steps} steps need about {needed / 2**30:.3g} GiB "
+                f"{key}: {self.n_cycles} windows of {self.n_steps} steps of {self.model.n_state} state values need about {needed / 2**30:.3g} GiB "
                 f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
             )
 
@@ -237,6 +237,9 @@ class Plan:
             + 5.0 * self.n_cycles * solver.outer_loops * inner,  # cost per inner iteration
             "diagnostics.forecast_starts": float(starts) * (diagnostics.forecast_spacing * substeps * n_truth + 2 * (self.forecast_steps + 1) * n),
             "ensemble.members": float(members) * (3 * self.n_cycles * n + 4 * (self.n_steps + 1) * n),
+            # a forcing per step, repeated from its sub-windows' (whole sub-windows: up to one more than the run needs)
+            "model_error.every": float(self.problem.Q.every or 0) * n if "model_error" in self.control else 0.0,
+            "truth.model_error_every": float(truth.model_error_every or self.problem.Q.every or 0) * n_truth if truth.model_error_std > 0 else 0.0,
         }
 
     def window_start(self, c: int) -> int:
@@ -282,6 +285,7 @@ class Plan:
             fit = run.fit_correction
             if fit is not None:
                 self._check_fit(plan.model)
+                self._check_fit_memory(fit)
             if self.forecast_steps and declared(plan.model, "dt") is None:
                 raise ConfigError(f"model: {plan.model!r} has no time step 'dt' for the forecast skill (diagnostics.forecast_skill)")
         except ConfigError as error:
@@ -294,6 +298,13 @@ class Plan:
         correction = declared(model, "correction")
         if correction is None or declared(correction, "tendency") is None:
             raise ConfigError("fit_correction: the model has no 'correction' with a 'tendency' (use a hybrid with a local_mlp)")
+
+    def _check_fit_memory(self, fit: dict) -> None:
+        """Refuse an offline fit whose stretch of truth (``samples`` states ``spacing`` steps apart) would not fit in memory."""
+        needed = 8.0 * (fit["samples"] * fit["spacing"] * self.problem.truth.substeps + 1) * self._truth_model.n_state
+        if needed > memory_available():
+            raise ConfigError(f"fit_correction: {fit['samples']} samples {fit['spacing']} steps apart need about {needed / 2**30:.3g} GiB "
+                              f"of truth run; this machine allows {memory_available() / 2**30:.3g} GiB")
 
     def _truth_run(self) -> dict:
         spec = self.problem.truth
@@ -357,11 +368,21 @@ class Plan:
         operators = [build_component(spec, spec.path, build_operator, n_state=n, **self._model_for(spec)) for spec in obs_config.operators]
         last = self.span + (1 if self.method.window.observations_at_end else 0)
         steps = list(range(obs_config.offset, last, obs_config.every))
+        if not steps:
+            raise ConfigError(f"{obs_config.key('offset')}: {obs_config.offset} lies beyond the {self.n_cycles} windows of {self.n_steps} steps "
+                              f"(their last observable step is {last - 1}); no observation would be made")
         position = {step: i for i, step in enumerate(steps)}
         return observation_set_class().synthetic(
             self.truth["trajectory"], steps, lambda step: _at_step(operators[position[step] % len(operators)], step),
             obs_config.error_std, self.rng(_OBSERVATIONS),
         )
+
+    def _with_climatology(self, spec):
+        """The observations with the climatological pseudo-observations of ``climatology_every``."""
+        try:
+            return self.observations.with_climatology(spec.climatology_every)
+        except ValueError as error:
+            raise ConfigError(f"{spec.key('climatology_every')}: {_cut(error)}") from None
 
     def _model_for(self, spec: Component) -> dict:
         """``{"model": the forecast model}`` for an operator whose constructor takes ``model``
@@ -374,6 +395,8 @@ class Plan:
 
     def _read_observations(self):
         path = self.path(self.problem.observations.file)
+        if path.is_file():
+            check_netcdf_size(path, "observations.file")
         try:
             observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=declared(self.model, "dt"),
                                                              nearest_step=self.problem.observations.nearest_step)
@@ -513,6 +536,29 @@ def memory_available() -> float:
     return MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def check_netcdf_size(path: Path, what: str) -> None:
+    """Refuse a NetCDF file whose variables would not fit in memory once read (a small
+    compressed file can expand to any size); its header alone is read.  A file that is not
+    NetCDF is left to its reader to name."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path) as nc:
+            needed = sum(math.prod(v.shape) * _item_size(v.dtype) for v in nc.variables.values())
+    except OSError:
+        return
+    if needed > memory_available():
+        raise ConfigError(f"{what}: {path}: its variables take {needed / 2**30:.3g} GiB once read; this machine allows {memory_available() / 2**30:.3g} GiB")
+
+
+def _item_size(dtype) -> int:
+    """Bytes per value of a NetCDF variable (strings and variable-length values: a pointer's 8)."""
+    try:
+        return np.dtype(dtype).itemsize or 8
+    except TypeError:
+        return 8
+
+
 def _probe(model, p: np.ndarray, level: float) -> None:
     """One ``step``, ``tl`` and ``ad`` of ``model`` at a constant state: each must return
     float arrays of the shapes the engine needs; else a :class:`ConfigError` naming the method."""
@@ -567,17 +613,21 @@ def _finite_vector(value, key: str) -> np.ndarray:
     return vector
 
 
-def _params_from_result(path: Path, key: str) -> np.ndarray:
-    """The analysed parameters of the last cycle of a result file (only that variable is read)."""
+def _params_from_result(path: Path, key: str, n: int) -> np.ndarray:
+    """The ``n`` analysed parameters of the last cycle of a result file (only those values are read)."""
     import xarray as xr
 
     if not path.is_file():
         raise ConfigError(f"{key}: {path}: no such file" if not path.exists() else f"{key}: {path}: not a file")
+    check_netcdf_size(path, key)
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
             if "params_analysis" not in ds or "cycle" not in ds["params_analysis"].dims or not ds.sizes["cycle"]:
                 raise ConfigError(f"{key}: {path} has no variable 'params_analysis' over cycles (not a result file with parameters)")
-            p = ds["params_analysis"].isel(cycle=-1).values.astype(float)
+            last = ds["params_analysis"].isel(cycle=-1)
+            if last.size != n:  # checked before reading: the file may hold anything
+                raise ConfigError(f"{key}: {path}: 'params_analysis' holds {last.size} values per cycle; the model has {n} parameters")
+            p = last.values.astype(float)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
         raise ConfigError(f"{key}: {path}: not a readable result file ({_cut(error, 120)})") from None
     return _finite_vector(p, key)
@@ -618,6 +668,14 @@ def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:
     return directory
 
 
+def _same_file(a, b) -> bool:
+    """Whether ``a`` and ``b`` both exist and are one file (a hard link included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_directory(path: Path | str, what: str = "output") -> Path:
     """``path`` if figures can be written into it (it may not exist yet)."""
     try:
@@ -651,6 +709,8 @@ def check_output(path: Path | str, inputs=(), what: str = "output") -> Path:
 
 def _check_output(path: Path | str, inputs, what: str) -> Path:
     path, absolute, shown = _check_path(os.fspath(path), what)
+    if absolute.suffix == ".checkpoint":
+        raise ConfigError(f"{what}: {shown}: a result may not end in .checkpoint, the suffix of its checkpoint directory")
     if len(os.fsencode(absolute)) > _PATH_MAX - _DERIVED_SUFFIX:
         raise ConfigError(f"{what}: {shown}: the path is too long ({len(os.fsencode(absolute))} bytes)")
     directory = absolute.parent
@@ -675,7 +735,7 @@ def _check_output(path: Path | str, inputs, what: str) -> Path:
     _writable_ancestor(absolute, shown, what)
     real = os.path.realpath(absolute)
     for source in inputs:
-        if source is not None and os.path.realpath(source) == real:
+        if source is not None and (os.path.realpath(source) == real or _same_file(source, absolute)):
             raise ConfigError(f"{what}: {shown} is an input of this run ({os.fspath(source)[:80]}); it would be overwritten")
     checkpoint = absolute.with_name(absolute.stem + ".checkpoint")
     if checkpoint.exists() and not checkpoint.is_dir():

@@ -347,8 +347,9 @@ def grid_attributes(model) -> dict:
 # --- one window, as a checkpoint stores it ---------------------------------------------------------
 
 _COST_KEYS = ("J", "Jb", "Jp", "Jo", "gradient_norm")
-#: An ensemble's per-window arrays (member, x), kept in a row beside the control's (see :mod:`fourdvar.app.ensemble_run`).
-MEMBER_KEYS = ("member_background", "member_analysis", "member_forecast_end")
+#: An ensemble's per-window arrays and their dimensions, kept in a row beside the control's (see :mod:`fourdvar.app.ensemble_run`).
+MEMBER_KEYS = {"member_background": ("member", "x"), "member_analysis": ("member", "x"), "member_forecast_end": ("member", "x"),
+               "member_params_background": ("member", "param"), "member_params_analysis": ("member", "param")}
 
 
 QC_KEYS = ("step", "index", "value", "departure", "reason")
@@ -410,7 +411,7 @@ def window_dataset(row: dict, cycle: int, state_variables: dict, config: str) ->
         "background_std": ((), row["background_std"]),
         "params_std": ((), row["params_std"]),
         "rejected_cost": ((), row["rejected_cost"]),
-        **{key: (("member", "x"), row[key]) for key in MEMBER_KEYS if key in row},  # an ensemble's members
+        **{key: (dims, row[key]) for key, dims in MEMBER_KEYS.items() if key in row},  # an ensemble's members
         **{f"departures_{key}": ((), row["departures"][key]) for key in DEPARTURE_VARIABLES},
         **{f"qc_{key}": (("rejection",), row["qc"][key]) for key in QC_KEYS},
         "qc_downweighted": ((), row["qc"]["downweighted"]),

@@ -149,9 +149,10 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     checkpoint = Checkpoint(plan.output)
     checkpoint.acquire()
     try:
-        saved = _saved_windows(plan, checkpoint, text, resume, restart, say)
-        if Path(plan.output).exists() and not overwrite:
+        windows = _saved_windows(plan, checkpoint, text, resume, restart)
+        if Path(plan.output).exists() and not overwrite:  # refused before the checkpoint is touched or a word is said
             raise CheckpointError(f"{plan.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
+        saved = _resume_point(plan, checkpoint, windows, say)
         save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.experiment.output.checkpoint else None
         dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message,
                           map_members=map_members, comparison_progress=comparison_progress)
@@ -162,20 +163,28 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     return dataset
 
 
-def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, restart: bool, say) -> tuple | None:
-    """The windows to continue from (``resume``), after checking them; ``None`` for a fresh start."""
+def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, restart: bool) -> list | None:
+    """The checkpoint's windows to continue from, checked (``[]``: none there), or ``None`` without ``resume``;
+    changes nothing."""
     if not resume:
         if checkpoint.count() and not restart:
             raise CheckpointError(f"{checkpoint.directory} holds {checkpoint.count()} completed windows of an interrupted run; "
                                   "add --resume to continue it, or --restart to discard them and start again")
-        checkpoint.clear()
         return None
     windows = checkpoint.load(text)
+    if len(windows) > plan.n_cycles:
+        raise CheckpointError(f"{checkpoint.directory} holds {len(windows)} windows, more than the {plan.n_cycles} cycles of this run; use --restart to discard them")
+    return windows
+
+
+def _resume_point(plan: Plan, checkpoint: Checkpoint, windows: list | None, say) -> tuple | None:
+    """The rows and the state to continue from, or ``None`` for a fresh start (an earlier run's windows discarded)."""
+    if windows is None:
+        checkpoint.clear()
+        return None
     if not windows:
         say(f"--resume: no checkpoint in {checkpoint.directory}; starting from cycle 0")
         return None
-    if len(windows) > plan.n_cycles:
-        raise CheckpointError(f"{checkpoint.directory} holds {len(windows)} windows, more than the {plan.n_cycles} cycles of this run; use --restart to discard them")
     say(f"resuming from {checkpoint.directory}: {len(windows)} of {plan.n_cycles} cycles done")
     return [row for row, _ in windows], CyclingState.from_dataset(windows[-1][1], plan)
 
@@ -206,7 +215,7 @@ def _cycles(plan: Plan, resume, on_window, progress, map_members=map) -> xr.Data
     try:
         for window in cycle_windows(solver, windows, state, rule, plan_ensemble(plan), map_members):
             row = recorder.add(window.control)
-            row.update(member_row(window))
+            row.update(member_row(window, "params" in plan.control))
             if on_window is not None:
                 on_window(row, window.next)
             if progress is not None:

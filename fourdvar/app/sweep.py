@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from .config import ConfigError, load_raw, resolve_config, short
 __all__ = ["SweepMember", "Sweep", "run_sweep", "summary_dataset", "summary_table", "SUMMARY_FILE"]
 
 SUMMARY_FILE = "summary.nc"
+#: The most members a sweep may have (each is resolved, validated and run as a whole experiment).
+MAX_MEMBERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Sweep:
         directory = Path(output) if output is not None else Path(base["output"]["file"]).with_suffix("")
         self.directory = directory.absolute()
         self.values = [base["sweep"][key] for key in self.keys]
+        if (count := math.prod(map(len, self.values))) > MAX_MEMBERS:  # before each member's configuration is built
+            raise ConfigError(f"sweep: {' x '.join(str(len(values)) for values in self.values)} = {count} members; at most {MAX_MEMBERS}")
         self.members = []
         for index, combination in enumerate(itertools.product(*self.values)):
             settings = dict(zip(self.keys, combination))
