@@ -521,6 +521,17 @@ _threads = _integer_parser(0, "an integer >= 0 (0: the BLAS/OpenMP libraries' ow
 def _threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_threads, help=f"BLAS/OpenMP threads (default: 1 below {THREADED_STATE_SIZE} state variables or estimated parameters, "
                                                          "else the libraries' own; OMP_NUM_THREADS etc. when set; 0: the libraries' own)")
+
+
+def _file_writing_options(parser: argparse.ArgumentParser, output_help: str, replaced: str) -> None:
+    """The config argument and the options of a subcommand that runs a configuration into one file."""
+    parser.add_argument("config", help="the experiment's YAML file")
+    parser.add_argument("--output", "-o", help=output_help)
+    parser.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
+    parser.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {replaced} (refused without it)")
+
+
 _positive_int = _integer_parser(1, "a positive integer")
 #: Random directions per check at most: each costs a tangent-linear or adjoint sweep, and more than this tell nothing new.
 MAX_DIRECTIONS = 1000
@@ -541,11 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a cycled 4D-Var experiment and write its NetCDF result", description="Run the experiment a YAML file describes and write one NetCDF result file.")
-    run.add_argument("config", help="the experiment's YAML file")
-    run.add_argument("--output", "-o", help="result file (default: the config's output.file)")
-    run.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
-    run.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing result file (refused without it)")
+    _file_writing_options(run, "result file (default: the config's output.file)", "an existing result file")
     restart = run.add_mutually_exclusive_group()
     restart.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     restart.add_argument("--restart", action="store_true", help="discard an interrupted run's checkpoint and start again (without --resume or --restart a run leaves a checkpoint alone and stops)")
@@ -569,11 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=command_check)
 
     generate = commands.add_parser("generate", help="write the truth run and the observations alone to NetCDF", description="Write the truth run and the synthetic observations of a configuration to one NetCDF file (readable as observations.file).")
-    generate.add_argument("config", help="the experiment's YAML file")
-    generate.add_argument("--output", "-o", help="output file (default: results/<config name>_data.nc)")
-    generate.add_argument("--cycles", type=_positive_int, help="number of windows (overrides window.cycles)")
-    generate.add_argument("--seed", type=_seed, help="random seed (overrides seed)")
-    generate.add_argument("--overwrite", action="store_true", help="replace an existing file (refused without it)")
+    _file_writing_options(generate, "output file (default: results/<config name>_data.nc)", "an existing file")
     _threads_option(generate)
     generate.set_defaults(handler=command_generate)
 
