@@ -287,7 +287,9 @@ def main() -> None:
             "from truth states. Different: 4D-Var with the weights in the control and P propagated (theirs: EnKF-N, N = 30, "
             "alternating with offline CNN training), a 225-weight 5-point LocalMLP tendency integrated by RK4 (theirs: a "
             "9389-weight CNN resolvent), 300 (or 150) time units of observations (theirs: 2000), no model noise in the "
-            "forecast. Minutes: wall and CPU of each run on the shared machine (2 cores, other jobs running). Runs: "
+            "forecast. The random-subset rows at 150 windows are kept from a table of the shorter set-up (walk decaying as "
+            "0.986^c; each result's configuration is written beside it): compare them with one another, the 300-window "
+            "rows with one another. Minutes: wall and CPU of each run on the shared machine (2 cores, other jobs running). Runs: "
             "`python benchmarks/brajard2020.py` (nice, one at a time), scored with `--score-only`. "
             f"Figure: `benchmarks/figures/{FIGURE.name}`.")
     if missing:
