@@ -14,6 +14,7 @@ from fourdvar.app.config import resolve_config
 from fourdvar.app.plan import Plan
 from fourdvar.app.run import execute
 from fourdvar.registry import build_operator
+from fourdvar.window import forecast
 from observations import ObservationSet, RandomSubset, Subset, synthetic_observations
 from observations.climatology import climatology
 
@@ -137,22 +138,42 @@ def test_the_pseudo_observations_are_the_observed_climate_at_the_unobserved_poin
         observed.with_climatology(0)
 
 
-def _fixed_half(climatology_every: int | None, cycles: int = 6):
+def _fixed_half(cycles: int, **assimilation):
+    """A fixed half observed (the even points), the unobserved half observed as the climate
+    every 5 steps; the odd points' analysis RMSE in the last window, and the RMS error after
+    5 steps of the learned and of the untrained network (zero output: persistence) from
+    truth states of the run."""
     config = yaml.safe_load((ROOT / "configs" / "l96_brajard2020.yaml").read_text())
     config["observations"]["operator"] = {"type": "subset", "indices": {"start": 0, "stop": 40, "step": 2}}
-    config["observations"]["climatology_every"] = climatology_every
-    config["background"]["params"] = {"error_std": 0.5, "update": "posterior", "noise_std": 0.01}  # a constant walk: the set-up measured below
+    config["observations"]["climatology_every"] = 5
+    config["assimilation"].update(assimilation)
     config["window"]["cycles"] = cycles
+    config["truth"]["spinup_steps"] = 100
     config["diagnostics"]["forecast_skill"] = False
+    plan = Plan.from_config(resolve_config(config))
     with np.errstate(all="ignore"):
-        dataset = execute(Plan.from_config(resolve_config(config)))
+        dataset = execute(plan)
     error = dataset["analysis"].values - dataset["truth"].values
-    return np.sqrt(np.mean(error[-1, :, 1::2] ** 2))  # the unobserved (odd) points, last window
+    truth = dataset["truth"].values.reshape(-1, 40)
+    starts = truth[:-5:5]
+
+    def five_steps(p):
+        ends = np.array([forecast(plan.model, x0, p, 5)[-1] for x0 in starts])
+        return np.sqrt(np.mean((ends - truth[5::5][: len(starts)]) ** 2))
+
+    odd = np.sqrt(np.mean(error[-1, :, 1::2] ** 2))
+    return odd, five_steps(dataset["params_analysis"].values[-1]), five_steps(plan.pb0)
 
 
-def test_with_a_fixed_half_observed_the_unobserved_points_stay_in_the_climate():
-    # seed 1: without the pseudo-observations the odd points leave the climate from the
-    # first windows on (RMSE 21 in window 6, 230 in window 30); with them every 5 steps
-    # 4.0 in window 6 and 3-5 up to window 40 (their climatological std is 3.6).
-    assert _fixed_half(None) > 10.0
-    assert _fixed_half(5) < 6.0
+def test_with_a_fixed_half_observed_the_weights_learn_when_each_window_is_grown_quasi_statically():
+    # seed 1, 8 windows.  Each window grown 10 steps, then 20 (quasi_static_steps: 10): the
+    # learned network's 5-step error is 0.38 of the untrained one's (1.45 against 3.84) and
+    # the unobserved points' analysis RMSE 1.4 (their climatological std 3.6).  The whole
+    # window at once, the joint state-and-weights minimisation falls into a basin where the
+    # unobserved half serves the fit as free latent variables: 0.57 of the untrained error,
+    # unobserved RMSE 2.5; over 30 windows it stays there (about 0.8, RMSE 3-5) while the
+    # grown windows go on learning (about 0.2, RMSE 0.7).
+    odd, learned, untrained = _fixed_half(8, quasi_static_steps=10)
+    assert learned < 0.45 * untrained and odd < 2.0
+    odd, learned, untrained = _fixed_half(8)
+    assert learned > 0.45 * untrained and odd > 2.0
