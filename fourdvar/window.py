@@ -82,7 +82,7 @@ def n_sub_windows(n_steps: int, every: int) -> int:
 
 def sub_window_forcing(eta: np.ndarray, every: int, n_steps: int) -> np.ndarray:
     """``e_k = eta_{j(k)}``, ``j(k) = (k - 1) // every``, ``k = 1 .. n_steps``: ``(n_steps, ...)`` from ``eta`` ``(n_sub, ...)``."""
-    return np.repeat(eta, every, axis=0)[:n_steps]
+    return np.repeat(eta[: -(-n_steps // every)], every, axis=0)[:n_steps]
 
 
 def sub_window_sums(ae: np.ndarray, every: int, n_sub: int) -> np.ndarray:
