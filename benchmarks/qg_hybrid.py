@@ -127,6 +127,47 @@ def perfect_trend(output: Path) -> float:
         return float(rmse[len(rmse) // 2:].mean() / rmse[: len(rmse) // 2].mean())
 
 
+def learned_errors(output: Path, max_iterations: int = 200) -> dict[str, float]:
+    """The online tendency network against the true missing tendency and against an offline fit of the same network.
+
+    On the result file's independent truth states (``correction_state``, ``correction_truth``,
+    ``correction_learned``): the RMS error of the online network's last weights in the lower
+    layer and its (spurious) upper-layer output, both relative to the missing term's RMS in the
+    lower layer.  The offline fit is redone here on the first half of those states (from the run's
+    initial weights, as the ``offline`` run fits its own stretch of truth) and scored on the
+    second half; ``weights`` is ``|p_online - p_offline| / |p_offline|``.
+    """
+    from fourdvar.app.fitting import fit_tendency
+
+    with xr.open_dataset(output) as ds:
+        states, missing, learned = (ds[name].values for name in ("correction_state", "correction_truth", "correction_learned"))
+        model = build_model(config_of(ds)["model"])
+        n_physics = model.n_params - model.correction.n_params
+        initial, online = ds["params_background"].values[0, n_physics:], ds["params_analysis"].values[-1, n_physics:]
+    half = len(states) // 2
+    offline, _ = fit_tendency(model.correction.tendency, states[:half], missing[:half], initial, max_iterations)
+    fitted = np.array([model.correction.tendency.evaluate(x, offline) for x in states[half:]])
+
+    def layers(f):
+        return f.reshape(len(f), 2, -1)
+
+    scale = np.sqrt(np.mean(layers(missing)[:, 1] ** 2))
+    return {"online lower": float(np.sqrt(np.mean((layers(learned - missing)[:, 1]) ** 2)) / scale),
+            "online upper": float(np.sqrt(np.mean(layers(learned)[:, 0] ** 2)) / scale),
+            "offline lower": float(np.sqrt(np.mean((layers(fitted - missing[half:])[:, 1]) ** 2)) / scale),
+            "offline upper": float(np.sqrt(np.mean(layers(fitted)[:, 0] ** 2)) / scale),
+            "weights": float(np.linalg.norm(online - offline) / np.linalg.norm(offline))}
+
+
+def learning_table(errors: dict[int, dict[str, float]]) -> str:
+    """The markdown table of :func:`learned_errors` of each seed."""
+    lines = ["| seed | online: lower-layer error | online: upper-layer output | offline: lower-layer error | offline: upper-layer output | weights online - offline |",
+             "|---|---|---|---|---|---|"]
+    for seed, e in errors.items():
+        lines.append(f"| {seed} | {e['online lower']:.2f} | {e['online upper']:.2f} | {e['offline lower']:.2f} | {e['offline upper']:.2f} | {e['weights']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(rows: dict[int, tuple[dict, dict]], trends: dict[int, float] | None = None) -> tuple[str, list[str]]:
     """The markdown table of ``rows`` (seed: scores, timing) and the targets missed; ``trends``: :func:`perfect_trend` of each seed."""
     trends = trends or {}
@@ -159,7 +200,7 @@ def main(argv=None) -> int:
     spinups = [spinup_plateau(seed) for seed in args.seeds] if args.spinup else []
     for line in spinups:
         print(line, flush=True)
-    rows, trends = {}, {}
+    rows, trends, errors = {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(args.output or scratch).resolve()
         directory.mkdir(parents=True, exist_ok=True)
@@ -169,7 +210,7 @@ def main(argv=None) -> int:
                 timing = json.loads(output.with_suffix(".json").read_text())
             else:
                 timing = run_seed(seed, output)
-            rows[seed], trends[seed] = (scores(output), timing), perfect_trend(output)
+            rows[seed], trends[seed], errors[seed] = (scores(output), timing), perfect_trend(output), learned_errors(output)
             print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
         with xr.open_dataset(directory / f"qg_hybrid_seed{args.seeds[0]}.nc") as ds:
             window = config_of(ds)["window"]
@@ -179,8 +220,13 @@ def main(argv=None) -> int:
              "(s^-1) averaged over the last half of the windows; % of the physics-to-perfect gap closed; the perfect model's "
              "analysis RMSE over the second half of the windows / over the first (window 0 left out; 1: steady); "
              "CPU minutes of the whole run (all five runs), wall minutes and the 1-minute load average before-after.")
-    body = "\n\n".join([intro, text, verdict] + (["Truth spin-up:\n\n" + "\n".join(f"- {line}" for line in spinups)] if spinups else []))
-    print(f"{text}\n{verdict}", flush=True)
+    learning = ("What the online tendency network learned (its last weights), on independent truth states, RMS relative to "
+                "the missing term's in the lower layer: its error there, its output in the upper layer (where nothing is "
+                "missing), the same for an offline fit of the same network (on half of those states, scored on the other "
+                "half), and the distance of the online weights from the offline ones, relative to the offline ones' norm.\n\n"
+                + learning_table(errors))
+    body = "\n\n".join([intro, text, verdict, learning] + (["Truth spin-up:\n\n" + "\n".join(f"- {line}" for line in spinups)] if spinups else []))
+    print(f"{text}\n{verdict}\n{learning_table(errors)}", flush=True)
     if not args.no_record:
         record(SECTION, body)
     return 0 if not failures else 1
