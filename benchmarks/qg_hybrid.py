@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--output", default=None, help="directory for the result files, kept (default: a temporary one)")
-    parser.add_argument("--spinup", action="store_true", help="print the truth's spin-up levels of each seed first")
+    parser.add_argument("--spinup", action="store_true", help="check first that each seed's truth spin-up ends on its plateau (spinup_plateau)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
     spinups = [spinup_plateau(seed) for seed in args.seeds] if args.spinup else []
