@@ -7,9 +7,9 @@ and the resolvent hybrid learned online.  The score of each is its analysis RMSE
 averaged over the last half of the windows (``rmse_analysis*`` of the result file), and
 the share of the physics-to-perfect gap it closes, ``(physics - run) / (physics - perfect)``.
 The run's CPU time (the child's) and the load average around it are recorded: the
-machine may be shared.  ``--spinup`` prints the truth's PV RMS per layer along its
-spin-up for each seed (the same model, spin-up length and initial std as the config,
-its own random draw), to show that the truth settles.
+machine may be shared.  ``--spinup`` runs each seed's truth for twice the config's
+spin-up (the same model and initial std, its own random draw) and checks that the
+spin-up ends on the plateau of the upper-layer PV RMS (:func:`spinup_plateau`).
 
     nice python benchmarks/qg_hybrid.py [--seeds 1 2 3] [--output DIR] [--spinup] [--no-record]
 
@@ -95,15 +95,93 @@ def spinup_levels(seed: int, every: int = 500) -> str:
     return f"seed {seed}, PV RMS upper / lower (s^-1) — " + "; ".join(levels)
 
 
-def table(rows: dict[int, tuple[dict, dict]]) -> tuple[str, list[str]]:
-    lines = ["| seed | physics | perfect | online tendency | online resolvent | offline | % gap closed: tendency / resolvent / offline | CPU min (wall, load) |",
-             "|---|---|---|---|---|---|---|---|"]
+def spinup_plateau(seed: int, block: int = 1000) -> str:
+    """Whether the truth's spin-up ends on its statistical plateau.
+
+    The truth runs twice the config's spin-up; its upper-layer PV RMS is averaged over
+    blocks of ``block`` steps.  The blocks after the spin-up give the plateau (mean and
+    std of the block means).  The PV RMS reaches the plateau at the end of the first
+    block whose mean is within two of those stds of the plateau's mean; the spin-up
+    has settled when it lasts at least twice that long.
+    """
+    truth = load_config(CONFIG)["truth"]
+    model = build_model(truth["model"])
+    x = truth["initial_std"] * np.random.default_rng(seed).standard_normal(model.n_state)
+    p = model.init_params(np.random.default_rng(seed))
+    n_blocks = 2 * truth["spinup_steps"] // block
+    levels = np.zeros(n_blocks)
+    for step in range(n_blocks * block):
+        x = model.step(x, p)
+        levels[step // block] += x.reshape(2, -1)[0].std() / block
+    plateau = levels[n_blocks // 2:]
+    reached = block * (1 + int(np.argmax(np.abs(levels - plateau.mean()) <= 2 * plateau.std())))
+    settled = 2 * reached <= truth["spinup_steps"]
+    return (f"seed {seed}, upper-layer PV RMS (s^-1) per {block} steps: " + " ".join(f"{v:.2e}" for v in levels)
+            + f"; plateau after the spin-up {plateau.mean():.2e} +- {plateau.std():.1e}, reached at step {reached}: "
+            + (f"settled (spin-up {truth['spinup_steps']} >= 2 x {reached})" if settled else f"NOT settled (spin-up {truth['spinup_steps']} < 2 x {reached})"))
+
+
+def perfect_trend(output: Path) -> float:
+    """The perfect model's analysis RMSE over the last half of the windows over that of the first half (window 0 left
+    out, its background is the initial draw): near 1 when the assimilation is in a steady regime."""
+    with xr.open_dataset(output) as ds:
+        rmse = ds["rmse_analysis_perfect"].values[1:]
+        return float(rmse[len(rmse) // 2:].mean() / rmse[: len(rmse) // 2].mean())
+
+
+def learned_errors(output: Path, max_iterations: int = 200) -> dict[str, float]:
+    """The online tendency network against the true missing tendency and against an offline fit of the same network.
+
+    On the result file's independent truth states (``correction_state``, ``correction_truth``,
+    ``correction_learned``): the RMS error of the online network's last weights in the lower
+    layer and its (spurious) upper-layer output, both relative to the missing term's RMS in the
+    lower layer.  The offline fit is redone here on the first half of those states (from the run's
+    initial weights, as the ``offline`` run fits its own stretch of truth) and scored on the
+    second half; ``weights`` is ``|p_online - p_offline| / |p_offline|``.
+    """
+    from fourdvar.app.fitting import fit_tendency
+
+    with xr.open_dataset(output) as ds:
+        states, missing, learned = (ds[name].values for name in ("correction_state", "correction_truth", "correction_learned"))
+        model = build_model(config_of(ds)["model"])
+        n_physics = model.n_params - model.correction.n_params
+        initial, online = ds["params_background"].values[0, n_physics:], ds["params_analysis"].values[-1, n_physics:]
+    half = len(states) // 2
+    offline, _ = fit_tendency(model.correction.tendency, states[:half], missing[:half], initial, max_iterations)
+    fitted = np.array([model.correction.tendency.evaluate(x, offline) for x in states[half:]])
+
+    def layers(f):
+        return f.reshape(len(f), 2, -1)
+
+    scale = np.sqrt(np.mean(layers(missing)[:, 1] ** 2))
+    return {"online lower": float(np.sqrt(np.mean((layers(learned - missing)[:, 1]) ** 2)) / scale),
+            "online upper": float(np.sqrt(np.mean(layers(learned)[:, 0] ** 2)) / scale),
+            "offline lower": float(np.sqrt(np.mean((layers(fitted - missing[half:])[:, 1]) ** 2)) / scale),
+            "offline upper": float(np.sqrt(np.mean(layers(fitted)[:, 0] ** 2)) / scale),
+            "weights": float(np.linalg.norm(online - offline) / np.linalg.norm(offline))}
+
+
+def learning_table(errors: dict[int, dict[str, float]]) -> str:
+    """The markdown table of :func:`learned_errors` of each seed."""
+    lines = ["| seed | online: lower-layer error | online: upper-layer output | offline: lower-layer error | offline: upper-layer output | weights online - offline |",
+             "|---|---|---|---|---|---|"]
+    for seed, e in errors.items():
+        lines.append(f"| {seed} | {e['online lower']:.2f} | {e['online upper']:.2f} | {e['offline lower']:.2f} | {e['offline upper']:.2f} | {e['weights']:.2f} |")
+    return "\n".join(lines)
+
+
+def table(rows: dict[int, tuple[dict, dict]], trends: dict[int, float] | None = None) -> tuple[str, list[str]]:
+    """The markdown table of ``rows`` (seed: scores, timing) and the targets missed; ``trends``: :func:`perfect_trend` of each seed."""
+    trends = trends or {}
+    lines = ["| seed | physics | perfect | online tendency | online resolvent | offline | % gap closed: tendency / resolvent / offline | perfect: 2nd / 1st half | CPU min (wall, load) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     failures = []
     for seed, (score, timing) in rows.items():
         closed = {name: gap_closed(score, name) for name in ("online tendency", "online resolvent", "offline")}
         cells = " | ".join(f"{score[name]:.3e}" for name in RUNS)
         percent = " / ".join(f"{100 * value:.0f}" for value in closed.values())
-        lines.append(f"| {seed} | {cells} | {percent} | {timing['cpu_minutes']:.1f} ({timing['wall_minutes']:.1f}, "
+        trend = f"{trends[seed]:.2f}" if seed in trends else "-"
+        lines.append(f"| {seed} | {cells} | {percent} | {trend} | {timing['cpu_minutes']:.1f} ({timing['wall_minutes']:.1f}, "
                      f"{timing['load_before']:.1f}-{timing['load_after']:.1f}) |")
         if closed["online tendency"] < GAP_TARGET:
             failures.append(f"seed {seed}: online tendency closes {100 * closed['online tendency']:.0f} % of the gap < {100 * GAP_TARGET:.0f} %")
@@ -118,13 +196,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--output", default=None, help="directory for the result files, kept (default: a temporary one)")
-    parser.add_argument("--spinup", action="store_true", help="print the truth's spin-up levels of each seed first")
+    parser.add_argument("--spinup", action="store_true", help="check first that each seed's truth spin-up ends on its plateau (spinup_plateau)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
-    spinups = [spinup_levels(seed) for seed in args.seeds] if args.spinup else []
+    spinups = [spinup_plateau(seed) for seed in args.seeds] if args.spinup else []
     for line in spinups:
         print(line, flush=True)
-    rows = {}
+    rows, trends, errors = {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(args.output or scratch).resolve()
         directory.mkdir(parents=True, exist_ok=True)
@@ -134,17 +212,23 @@ def main(argv=None) -> int:
                 timing = json.loads(output.with_suffix(".json").read_text())
             else:
                 timing = run_seed(seed, output)
-            rows[seed] = (scores(output), timing)
+            rows[seed], trends[seed], errors[seed] = (scores(output), timing), perfect_trend(output), learned_errors(output)
             print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
         with xr.open_dataset(directory / f"qg_hybrid_seed{args.seeds[0]}.nc") as ds:
             window = config_of(ds)["window"]
-    text, failures = table(rows)
+    text, failures = table(rows, trends)
     verdict = "targets met" if not failures else "targets missed: " + "; ".join(failures)
     intro = (f"`configs/qg_hybrid.yaml` ({window['cycles']} windows of {window['steps']} steps): analysis RMSE of the PV "
-             "(s^-1) averaged over the last half of the windows; % of the physics-to-perfect gap closed; "
+             "(s^-1) averaged over the last half of the windows; % of the physics-to-perfect gap closed; the perfect model's "
+             "analysis RMSE over the second half of the windows / over the first (window 0 left out; 1: steady); "
              "CPU minutes of the whole run (all five runs), wall minutes and the 1-minute load average before-after.")
-    body = "\n\n".join([intro, text, verdict] + (["Truth spin-up:\n\n" + "\n".join(f"- {line}" for line in spinups)] if spinups else []))
-    print(f"{text}\n{verdict}", flush=True)
+    learning = ("What the online tendency network learned (its last weights), on independent truth states, RMS relative to "
+                "the missing term's in the lower layer: its error there, its output in the upper layer (where nothing is "
+                "missing), the same for an offline fit of the same network (on half of those states, scored on the other "
+                "half), and the distance of the online weights from the offline ones, relative to the offline ones' norm.\n\n"
+                + learning_table(errors))
+    body = "\n\n".join([intro, text, verdict, learning] + (["Truth spin-up:\n\n" + "\n".join(f"- {line}" for line in spinups)] if spinups else []))
+    print(f"{text}\n{verdict}\n{learning_table(errors)}", flush=True)
     if not args.no_record:
         record(SECTION, body)
     return 0 if not failures else 1
