@@ -2,7 +2,7 @@
 
 Registered with the engine through the ``fourdvar.models`` entry points in
 ``pyproject.toml``: ``mlp``, ``lorenz96``, ``lorenz96_two_scale``, ``local_mlp``, ``hybrid``, ``qg``,
-``conv_surrogate``, ``tendency_hybrid``, ``linear_damping``.
+``conv_surrogate``, ``tendency_hybrid``, ``linear_damping``, ``bottom_drag``, ``qg_coarse_grained``.
 """
 
 from .convnet import ConvNet, ConvSurrogate
@@ -13,5 +13,6 @@ from .lorenz96 import Lorenz96
 from .lorenz96_two_scale import Lorenz96TwoScale
 from .mlp import MLP
 from .qg import QG
+from .qg_coarse import CoarseGrainedQG
 
-__all__ = ["MLP", "Lorenz96", "Lorenz96TwoScale", "LocalMLP", "Hybrid", "QG", "ConvNet", "ConvSurrogate", "TendencyHybrid", "LinearDamping", "BottomDrag"]
+__all__ = ["MLP", "Lorenz96", "Lorenz96TwoScale", "LocalMLP", "Hybrid", "QG", "ConvNet", "ConvSurrogate", "TendencyHybrid", "LinearDamping", "BottomDrag", "CoarseGrainedQG"]

@@ -186,7 +186,7 @@ SCHEMA: dict[str, Any] = {
         "spinup_steps": Field("int", 1000, "steps run from the initial state before cycle 0", _non_negative),
         "initial_mean": Field("float", 0.0, "mean of the random initial state of the spin-up"),
         "initial_std": Field("float", 1.0, "standard deviation of the random initial state of the spin-up", _std),
-        "state_slice": Field("int_list", None, "`[start, stop]`: the part of the truth state the forecast model represents (default: all of it)", nullable=True),
+        "state_slice": Field("int_list", None, "`[start, stop]`: the part of the truth state the forecast model represents (default: all of it; a truth model with a `resolved_state`, such as `qg_coarse_grained`, maps its state to the forecast model's itself)", nullable=True),
         "substeps": Field("int", 1, "truth steps per model step: the truth model integrates with its own dt and is recorded every `substeps` of its steps", _at_least_one),
         "model_error_std": Field("float", 0.0, "stochastic model error of the truth: one forcing drawn from N(0, model_error_std^2 I) per sub-window of `truth.model_error_every` steps, added after every truth step in it (after the spin-up); 0: none", _non_negative),
         "model_error_every": Field("int", None, "sub-window length of the truth's model error (default: `model_error.every`, else the window length)", _at_least_one, nullable=True),

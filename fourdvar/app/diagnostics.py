@@ -20,6 +20,7 @@ import numpy as np
 
 from ..interfaces import declared
 from ..window import DivergenceError, forecast
+from .plan import resolved_states
 
 CHI2_FAR_ABOVE_1 = 4.0  # a window whose 2 J / n_obs exceeds this is reported loudly
 
@@ -170,7 +171,7 @@ def independent_truth(plan) -> np.ndarray:
     length = diagnostics.forecast_starts * diagnostics.forecast_spacing + plan.forecast_steps
     truth, substeps = plan.truth, plan.problem.truth.substeps
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], length * substeps)[::substeps]
-    plan._independent_truth = full[:, truth["state_slice"]]
+    plan._independent_truth = resolved_states(truth, full)
     return plan._independent_truth
 
 
@@ -196,7 +197,7 @@ def correction_variables(plan, dataset) -> dict:
     substeps, stride = plan.problem.truth.substeps, CORRECTION_SPACING
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], CORRECTION_SAMPLES * stride * substeps)
     full_states = full[:: stride * substeps][1:]
-    states = full_states[:, truth["state_slice"]]
+    states = resolved_states(truth, full_states)
     final = dataset["params_analysis"].values[-1] if "params_analysis" in dataset else plan.pb0
     physics_params, weights = model.split(final)
     unresolved = declared(truth["model"], "unresolved_tendency")

@@ -316,11 +316,15 @@ class Plan:
         else:
             params = model.init_params(self.rng(_TRUTH_PARAMS))
         state_slice = spec.state_part
-        n_represented = len(range(model.n_state)[state_slice])
+        resolves = getattr(model, "resolved_state", None) is not None
+        if resolves and spec.state_slice:
+            raise ConfigError(f"truth.state_slice: the truth model {model!r:.80} gives the forecast model's part of its state "
+                              "itself (resolved_state); leave truth.state_slice out")
+        n_represented = model.resolved_state(np.zeros(model.n_state)).size if resolves else len(range(model.n_state)[state_slice])
         if n_represented != self.model.n_state:
             raise ConfigError(
-                f"truth.model: its state ({model.n_state} values, {n_represented} after truth.state_slice) "
-                f"does not match the forecast model's n_state = {self.model.n_state}"
+                f"truth.model: its state ({model.n_state} values, {n_represented} after "
+                f"{'its resolved_state' if resolves else 'truth.state_slice'}) does not match the forecast model's n_state = {self.model.n_state}"
             )
         rng = self.rng(_TRUTH_STATE)
         x = spec.initial_mean + spec.initial_std * rng.standard_normal(model.n_state)
@@ -336,11 +340,10 @@ class Plan:
         except DivergenceError as error:
             raise ConfigError(f"truth: {error}") from None
         same_model = spec.model.type == self.problem.model.type and model.n_params == self.model.n_params
-        return {
-            "model": model, "params": params if same_model else None, "trajectory": full[:, state_slice],
-            "state_slice": state_slice, "last_full_state": full[-1], "model_params": params,
-            "model_error": None if eta is None else _per_step(eta, every, n_run)[:, state_slice],
-        }
+        truth = {"model": model, "params": params if same_model else None, "state_slice": state_slice,
+                 "last_full_state": full[-1], "model_params": params}
+        return {**truth, "trajectory": resolved_states(truth, full),
+                "model_error": None if eta is None else resolved_states(truth, _per_step(eta, every, n_run))}
 
     def _truth_model_error(self, n_state: int, n_run: int):
         """``(eta, every)``: the truth's stochastic forcing, one draw per sub-window, or ``(None, None)``."""
@@ -524,6 +527,13 @@ class Plan:
         if np.all(profile == profile[0]):
             return self.B0.with_std(std)
         return self.B0.with_std(profile * (std / profile.mean()))
+
+
+def resolved_states(truth: dict, states: np.ndarray) -> np.ndarray:
+    """The forecast model's part of truth states ``(..., n_truth)``: the truth model's ``resolved_state``
+    (a coarse-graining) when it has one, else the columns ``truth.state_slice``."""
+    resolve = getattr(truth["model"], "resolved_state", None)
+    return states[..., truth["state_slice"]] if resolve is None else resolve(states)
 
 
 def _at_step(operator, step: int):

@@ -29,7 +29,7 @@ from .checkpoint import Checkpoint, CheckpointError
 from .diagnostics import comparison_variables, correction_variables, diagnostics
 from .ensemble_run import add_member_variables, member_row, plan_ensemble
 from .fitting import fit_tendency
-from .plan import Plan
+from .plan import Plan, resolved_states
 from .results import ResultRecorder, config_text, write_atomic
 
 __all__ = ["CyclingState", "execute", "run_to_file", "RunDiverged"]
@@ -243,7 +243,7 @@ def _with_fitted_correction(plan: Plan, other: Plan, comparison) -> Plan:
     substeps = plan.problem.truth.substeps
     full = forecast(truth["model"], truth["last_full_state"], truth["model_params"], options["samples"] * options["spacing"] * substeps)
     samples = full[:: options["spacing"] * substeps][1:]
-    states = samples[:, truth["state_slice"]]
+    states = resolved_states(truth, samples)
     targets = np.array([truth["model"].unresolved_tendency(x) for x in samples])
     n_phys = model.n_params - model.correction.n_params
     p_corr, loss = fit_tendency(model.correction.tendency, states, targets, other.pb0[n_phys:], options["max_iterations"])

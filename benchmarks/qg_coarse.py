@@ -1,0 +1,155 @@
+"""The hybrid QG + ConvNet experiment against a coarse-grained truth (``configs/qg_coarse.yaml``) on several seeds.
+
+Each seed is one ``fourdvar run`` of the config (a child process, one at a time): the
+online tendency hybrid and, as its comparison runs, the physics model alone, the network
+fitted offline to the eddy forcing and kept fixed, and the resolvent hybrid learned online.
+There is no perfect model at the coarse resolution: the score of each run is its analysis
+RMSE averaged over the last half of the windows (``rmse_analysis*`` of the result file) and
+its improvement over the physics model, ``(physics - run) / physics``.  The run's CPU time
+(the child's) and the load average around it are recorded: the machine may be shared.
+``--spinup`` prints the fine truth's kinetic energy along its spin-up for each seed (the
+config's model, spin-up length and initial std, its own random draw), to show that it settles.
+
+    nice python benchmarks/qg_coarse.py [--seeds 1 2 3] [--output DIR] [--spinup] [--no-record]
+
+With ``--output DIR`` a seed whose result file ``DIR/qg_coarse_seedS.nc`` is already there
+is scored without running again.  The table goes to the "QG hybrid: coarse-grained truth"
+section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# run as a script, this folder leads sys.path, and its models.py would shadow the models package
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != HERE]
+
+from fourdvar.app.config import load_config
+from fourdvar.app.results import config_of
+from fourdvar.registry import build_model
+
+_spec = importlib.util.spec_from_file_location("results", os.path.join(HERE, "results.py"))
+_results = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_results)
+record = _results.record
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "qg_coarse.yaml"
+SECTION = "QG hybrid: coarse-grained truth"
+#: the columns of the table: the result file's suffix of ``rmse_analysis`` for each run
+RUNS = {"physics": "_physics", "online tendency": "", "online resolvent": "_resolvent", "offline": "_offline"}
+MINUTES_TARGET = 15.0
+
+
+def run_seed(seed: int, output: Path) -> dict:
+    """``fourdvar run`` of the config for ``seed`` into ``output``; its wall and CPU minutes and the load around it."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    load_before, cpu_before, started = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fourdvar", "run", str(CONFIG), "--seed", str(seed), "--output", str(output),
+                    "--overwrite", "--quiet"], cwd=output.parent, env=env, check=True, stdout=subprocess.DEVNULL)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    timing = {"wall_minutes": (time.perf_counter() - started) / 60, "cpu_minutes": cpu / 60,
+              "load_before": load_before, "load_after": os.getloadavg()[0]}
+    output.with_suffix(".json").write_text(json.dumps(timing))
+    return timing
+
+
+def scores(output: Path) -> dict[str, float]:
+    """Analysis RMSE over the last half of the windows of each run of one result file."""
+    with xr.open_dataset(output) as ds:
+        half = slice(ds.sizes["cycle"] // 2, None)
+        return {name: float(ds[f"rmse_analysis{suffix}"].values[half].mean()) for name, suffix in RUNS.items()}
+
+
+def kinetic_energy(model, x: np.ndarray) -> float:
+    """``sum_n (H_n / H) mean(u_n^2 + v_n^2) / 2`` of a QG state (m^2 s^-2), ``H_2 = H_1 / delta``."""
+    ph = model.spectrum.rfft2(model.streamfunction(x))
+    u, v = model.spectrum.irfft2(-model.il * ph), model.spectrum.irfft2(model.ik * ph)
+    layer = 0.5 * np.mean(u**2 + v**2, axis=(1, 2))
+    return float((layer[0] * model.delta + layer[1]) / (1.0 + model.delta))
+
+
+def spinup_levels(seed: int, every: int = 500) -> str:
+    """The fine truth's kinetic energy every ``every`` model steps of its spin-up (the config's model, length and initial std)."""
+    truth = load_config(CONFIG)["truth"]
+    model = build_model(truth["model"])
+    x = truth["initial_std"] * np.random.default_rng(seed).standard_normal(model.n_state)
+    levels = []
+    for step in range(1, truth["spinup_steps"] + 1):
+        for _ in range(truth["substeps"]):
+            x = model.step(x, np.empty(0))
+        if step % every == 0:
+            levels.append(f"{step}: {kinetic_energy(model, x):.2e}")
+    return f"seed {seed}, kinetic energy of the fine run (m^2 s^-2) — " + "; ".join(levels)
+
+
+def table(rows: dict[int, tuple[dict, dict]]) -> tuple[str, list[str]]:
+    lines = ["| seed | physics | online tendency | online resolvent | offline | % better than physics: tendency / resolvent / offline | CPU min (wall, load) |",
+             "|---|---|---|---|---|---|---|"]
+    failures = []
+    for seed, (score, timing) in rows.items():
+        better = [100 * (score["physics"] - score[name]) / score["physics"] for name in ("online tendency", "online resolvent", "offline")]
+        cells = " | ".join(f"{score[name]:.3e}" for name in RUNS)
+        lines.append(f"| {seed} | {cells} | {' / '.join(f'{value:.0f}' for value in better)} | {timing['cpu_minutes']:.1f} "
+                     f"({timing['wall_minutes']:.1f}, {timing['load_before']:.1f}-{timing['load_after']:.1f}) |")
+        if score["online tendency"] > score["offline"]:
+            failures.append(f"seed {seed}: online tendency {score['online tendency']:.3e} worse than offline {score['offline']:.3e}")
+        if timing["cpu_minutes"] > MINUTES_TARGET:
+            failures.append(f"seed {seed}: {timing['cpu_minutes']:.1f} CPU minutes > {MINUTES_TARGET:.0f}")
+    return "\n".join(lines), failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--output", default=None, help="directory for the result files, kept (default: a temporary one)")
+    parser.add_argument("--spinup", action="store_true", help="print the fine truth's spin-up energy of each seed first")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
+    args = parser.parse_args(argv)
+    spinups = []
+    for seed in args.seeds if args.spinup else []:
+        spinups.append(spinup_levels(seed))
+        print(spinups[-1], flush=True)
+    rows = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(args.output or scratch).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds:
+            output = directory / f"qg_coarse_seed{seed}.nc"
+            if output.exists() and output.with_suffix(".json").exists():
+                timing = json.loads(output.with_suffix(".json").read_text())
+            else:
+                timing = run_seed(seed, output)
+            rows[seed] = (scores(output), timing)
+            print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
+        with xr.open_dataset(directory / f"qg_coarse_seed{args.seeds[0]}.nc") as ds:
+            window = config_of(ds)["window"]
+    text, failures = table(rows)
+    verdict = "targets met" if not failures else "targets missed: " + "; ".join(failures)
+    intro = (f"`configs/qg_coarse.yaml` ({window['cycles']} windows of {window['steps']} steps; truth 128 x 128 coarse-grained "
+             "to the 32 x 32 model): analysis RMSE of the PV (s^-1) averaged over the last half of the windows; its improvement "
+             "over the physics model in %; CPU minutes of the whole run (all four runs and the fine truth), wall minutes and the "
+             "1-minute load average before-after.")
+    body = "\n\n".join([intro, text, verdict] + (["Truth spin-up:\n\n" + "\n".join(f"- {line}" for line in spinups)] if spinups else []))
+    print(f"{text}\n{verdict}", flush=True)
+    if not args.no_record:
+        record(SECTION, body)
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
