@@ -231,7 +231,7 @@ class Plan:
         diagnostics, members = self.experiment.diagnostics, self.method.ensemble.members
         starts = diagnostics.forecast_starts if self.forecast_steps else 0
         return {
-            "truth.spinup_steps": float(spinup) * max(substeps * n_truth, n),  # the spin-up trajectories
+            "truth.spinup_steps": float(min(spinup * substeps, SPINUP_CHUNK)) * max(n_truth, n),  # a stretch of spin-up
             "window.cycles": float(self.span + self.forecast_steps) * substeps * n_truth  # the truth run
             + 3.0 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
             + 5.0 * self.n_cycles * solver.outer_loops * inner,  # cost per inner iteration
@@ -316,7 +316,7 @@ class Plan:
         else:
             params = model.init_params(self.rng(_TRUTH_PARAMS))
         state_slice = spec.state_part
-        resolves = getattr(model, "resolved_state", None) is not None
+        resolves = declared(model, "resolved_state") is not None
         if resolves and spec.state_slice:
             raise ConfigError(f"truth.state_slice: the truth model {model!r:.80} gives the forecast model's part of its state "
                               "itself (resolved_state); leave truth.state_slice out")
@@ -332,7 +332,7 @@ class Plan:
         n_run = (self.span + self.forecast_steps) * substeps  # the skill forecasts run past the last window
         eta, every = self._truth_model_error(model.n_state, n_run)
         try:
-            x = forecast(model, x, params, spec.spinup_steps * substeps, context="truth spin-up")[-1]
+            x = spun_up(model, x, params, spec.spinup_steps * substeps, "truth spin-up")
             if eta is None:
                 full = forecast(model, x, params, n_run, context="truth run")[::substeps]
             else:  # substeps == 1 (checked with the configuration)
@@ -491,7 +491,7 @@ class Plan:
         rng = self.rng(_BACKGROUND)
         x = spec.initial_mean + spec.initial_std * rng.standard_normal(self.model.n_state)
         try:
-            return forecast(self.model, x, self.pb0, spec.spinup_steps, context="background free run")[-1]
+            return spun_up(self.model, x, self.pb0, spec.spinup_steps, "background free run")
         except DivergenceError as error:
             raise ConfigError(f"background.state.initial: {error}") from None
 
@@ -529,10 +529,23 @@ class Plan:
         return self.B0.with_std(profile * (std / profile.mean()))
 
 
+#: Steps of a spin-up run at once: only its last state is kept.
+SPINUP_CHUNK = 256
+
+
+def spun_up(model, x: np.ndarray, params: np.ndarray, steps: int, context: str) -> np.ndarray:
+    """``x_n = M_{n:0}(p, x)``, ``n = steps``, run in stretches of :data:`SPINUP_CHUNK` steps so that
+    the memory does not grow with the spin-up."""
+    for start in range(0, steps, SPINUP_CHUNK):
+        where = context if start == 0 else f"{context}, from its step {start}"
+        x = forecast(model, x, params, min(SPINUP_CHUNK, steps - start), context=where)[-1]
+    return x
+
+
 def resolved_states(truth: dict, states: np.ndarray) -> np.ndarray:
     """The forecast model's part of truth states ``(..., n_truth)``: the truth model's ``resolved_state``
     (a coarse-graining) when it has one, else the columns ``truth.state_slice``."""
-    resolve = getattr(truth["model"], "resolved_state", None)
+    resolve = declared(truth["model"], "resolved_state")
     return states[..., truth["state_slice"]] if resolve is None else resolve(states)
 
 
