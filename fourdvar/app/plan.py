@@ -231,7 +231,7 @@ class Plan:
         diagnostics, members = self.experiment.diagnostics, self.method.ensemble.members
         starts = diagnostics.forecast_starts if self.forecast_steps else 0
         return {
-            "truth.spinup_steps": float(min(spinup * substeps, SPINUP_CHUNK)) * max(n_truth, n),  # a stretch of spin-up
+            "truth.spinup_steps": float(spinup) * max(substeps * n_truth, n),  # the spin-up trajectories
             "window.cycles": float(self.span + self.forecast_steps) * substeps * n_truth  # the truth run
             + 3.0 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
             + 5.0 * self.n_cycles * solver.outer_loops * inner,  # cost per inner iteration
@@ -332,7 +332,7 @@ class Plan:
         n_run = (self.span + self.forecast_steps) * substeps  # the skill forecasts run past the last window
         eta, every = self._truth_model_error(model.n_state, n_run)
         try:
-            x = spun_up(model, x, params, spec.spinup_steps * substeps, "truth spin-up")
+            x = forecast(model, x, params, spec.spinup_steps * substeps, context="truth spin-up")[-1]
             if eta is None:
                 full = forecast(model, x, params, n_run, context="truth run")[::substeps]
             else:  # substeps == 1 (checked with the configuration)
@@ -491,7 +491,7 @@ class Plan:
         rng = self.rng(_BACKGROUND)
         x = spec.initial_mean + spec.initial_std * rng.standard_normal(self.model.n_state)
         try:
-            return spun_up(self.model, x, self.pb0, spec.spinup_steps, "background free run")
+            return forecast(self.model, x, self.pb0, spec.spinup_steps, context="background free run")[-1]
         except DivergenceError as error:
             raise ConfigError(f"background.state.initial: {error}") from None
 
@@ -527,19 +527,6 @@ class Plan:
         if np.all(profile == profile[0]):
             return self.B0.with_std(std)
         return self.B0.with_std(profile * (std / profile.mean()))
-
-
-#: Steps of a spin-up run at once: only its last state is kept.
-SPINUP_CHUNK = 256
-
-
-def spun_up(model, x: np.ndarray, params: np.ndarray, steps: int, context: str) -> np.ndarray:
-    """``x_n = M_{n:0}(p, x)``, ``n = steps``, run in stretches of :data:`SPINUP_CHUNK` steps so that
-    the memory does not grow with the spin-up."""
-    for start in range(0, steps, SPINUP_CHUNK):
-        where = context if start == 0 else f"{context}, from its step {start}"
-        x = forecast(model, x, params, min(SPINUP_CHUNK, steps - start), context=where)[-1]
-    return x
 
 
 def resolved_states(truth: dict, states: np.ndarray) -> np.ndarray:
