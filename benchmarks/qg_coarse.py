@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +41,9 @@ _spec = importlib.util.spec_from_file_location("results", os.path.join(HERE, "re
 _results = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_results)
 record = _results.record
+_spec = importlib.util.spec_from_file_location("qg_hybrid", os.path.join(HERE, "qg_hybrid.py"))
+qg_hybrid = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(qg_hybrid)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "qg_coarse.yaml"
@@ -54,25 +53,9 @@ RUNS = {"physics": "_physics", "online tendency": "", "online resolvent": "_reso
 MINUTES_TARGET = 15.0
 
 
-def run_seed(seed: int, output: Path) -> dict:
-    """``fourdvar run`` of the config for ``seed`` into ``output``; its wall and CPU minutes and the load around it."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-    load_before, cpu_before, started = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fourdvar", "run", str(CONFIG), "--seed", str(seed), "--output", str(output),
-                    "--overwrite", "--quiet"], cwd=output.parent, env=env, check=True, stdout=subprocess.DEVNULL)
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    timing = {"wall_minutes": (time.perf_counter() - started) / 60, "cpu_minutes": cpu / 60,
-              "load_before": load_before, "load_after": os.getloadavg()[0]}
-    output.with_suffix(".json").write_text(json.dumps(timing))
-    return timing
-
-
 def scores(output: Path) -> dict[str, float]:
     """Analysis RMSE over the last half of the windows of each run of one result file."""
-    with xr.open_dataset(output) as ds:
-        half = slice(ds.sizes["cycle"] // 2, None)
-        return {name: float(ds[f"rmse_analysis{suffix}"].values[half].mean()) for name, suffix in RUNS.items()}
+    return qg_hybrid.scores(output, RUNS)
 
 
 def kinetic_energy(model, x: np.ndarray) -> float:
@@ -129,11 +112,7 @@ def main(argv=None) -> int:
         directory = Path(args.output or scratch).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            output = directory / f"qg_coarse_seed{seed}.nc"
-            if output.exists() and output.with_suffix(".json").exists():
-                timing = json.loads(output.with_suffix(".json").read_text())
-            else:
-                timing = run_seed(seed, output)
+            output, timing = qg_hybrid.run_or_reuse(seed, directory / f"qg_coarse_seed{seed}.nc", CONFIG)
             rows[seed] = (scores(output), timing)
             print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
         with xr.open_dataset(directory / f"qg_coarse_seed{args.seeds[0]}.nc") as ds:

@@ -55,11 +55,11 @@ RUNS = {"physics": "_physics", "perfect": "_perfect", "online tendency": "", "on
 GAP_TARGET, MINUTES_TARGET = 0.70, 15.0
 
 
-def run_seed(seed: int, output: Path) -> dict:
-    """``fourdvar run`` of the config for ``seed`` into ``output``; its wall and CPU minutes and the load around it."""
+def run_seed(seed: int, output: Path, config: Path = CONFIG) -> dict:
+    """``fourdvar run`` of ``config`` for ``seed`` into ``output``; its wall and CPU minutes and the load around it."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     load_before, cpu_before, started = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fourdvar", "run", str(CONFIG), "--seed", str(seed), "--output", str(output),
+    subprocess.run([sys.executable, "-m", "fourdvar", "run", str(config), "--seed", str(seed), "--output", str(output),
                     "--overwrite", "--quiet"], cwd=output.parent, env=env, check=True, stdout=subprocess.DEVNULL)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -69,11 +69,18 @@ def run_seed(seed: int, output: Path) -> dict:
     return timing
 
 
-def scores(output: Path) -> dict[str, float]:
+def run_or_reuse(seed: int, output: Path, config: Path = CONFIG) -> tuple[Path, dict]:
+    """``output`` and its timing: the result file kept from an earlier call when its timing is beside it, else :func:`run_seed`."""
+    if output.exists() and output.with_suffix(".json").exists():
+        return output, json.loads(output.with_suffix(".json").read_text())
+    return output, run_seed(seed, output, config)
+
+
+def scores(output: Path, runs: dict[str, str] = RUNS) -> dict[str, float]:
     """Analysis RMSE over the last half of the windows of each run of one result file."""
     with xr.open_dataset(output) as ds:
         half = slice(ds.sizes["cycle"] // 2, None)
-        return {name: float(ds[f"rmse_analysis{suffix}"].values[half].mean()) for name, suffix in RUNS.items()}
+        return {name: float(ds[f"rmse_analysis{suffix}"].values[half].mean()) for name, suffix in runs.items()}
 
 
 def gap_closed(score: dict[str, float], name: str) -> float:
@@ -207,11 +214,7 @@ def main(argv=None) -> int:
         directory = Path(args.output or scratch).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            output = directory / f"qg_hybrid_seed{seed}.nc"
-            if output.exists() and output.with_suffix(".json").exists():
-                timing = json.loads(output.with_suffix(".json").read_text())
-            else:
-                timing = run_seed(seed, output)
+            output, timing = run_or_reuse(seed, directory / f"qg_hybrid_seed{seed}.nc")
             rows[seed], trends[seed], errors[seed] = (scores(output), timing), perfect_trend(output), learned_errors(output)
             print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
         with xr.open_dataset(directory / f"qg_hybrid_seed{args.seeds[0]}.nc") as ds:
