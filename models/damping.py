@@ -12,6 +12,7 @@ which makes a truth whose missing term is known (``TendencyHybrid.unresolved_ten
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -135,7 +136,7 @@ class BottomDrag(IntegratedModel):
     def __init__(self, rate: float = 1e-6, nx: int = 32, ny: int | None = None, L: float = 5e5, W: float | None = None,
                  rd: float = 15000.0, delta: float = 0.25, dt: float = 7200.0, integrator: str = "euler"):
         grid = QG(nx=nx, ny=ny, L=L, W=W, rd=rd, delta=delta, dt=dt, compiled=False)
-        if not np.isfinite(rate):
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not np.isfinite(rate):
             raise ValueError(f"rate must be a finite drag rate (s^-1; negative: less drag), got {rate}")
         self.rate, self.nx, self.ny, self.L, self.W = float(rate), grid.nx, grid.ny, grid.L, grid.W
         self.n_state = grid.n_state

@@ -40,6 +40,7 @@ def test_bottom_drag_adjoint_and_blocked_directions():
     assert all(r.passed for r in results), "\n".join(str(r) for r in results if not r.passed)
 
 
-def test_bottom_drag_refuses_a_rate_that_is_not_finite():
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), "fast", True, None])
+def test_bottom_drag_refuses_a_rate_that_is_not_a_finite_number(rate):
     with pytest.raises(ValueError, match="rate must be a finite drag rate"):
-        BottomDrag(rate=float("nan"))
+        BottomDrag(rate=rate, nx=8)
