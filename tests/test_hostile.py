@@ -110,6 +110,8 @@ CASES = {
                                     ("compare[fit]", "fit_correction", "1000000000000 samples", "GiB")),
     "comparison_overrides_not_a_mapping": ({"compare": [{"name": "a", "assimilation": [1]}]}, ("compare[0].assimilation", "mapping", "[1]")),
     "seed_beyond_64_bits": ({"seed": 10**30}, ("seed", "below 2^63")),
+    "operator_size_unlike_the_model": ({"observations.operator": {"type": "random_subset", "n_state": 20, "fraction": 0.5}},
+                                       ("observations.operator.n_state", "20", "model gives 8")),
 }
 
 

@@ -52,6 +52,9 @@ def build_component(spec: Component | dict, path: str, builder=build_model, **ex
     """Build a model/operator from its :class:`~fourdvar.app.experiment.Component` (or mapping);
     any failure becomes a :class:`ConfigError` at ``path``."""
     options = spec.options() if isinstance(spec, Component) else {key: value for key, value in spec.items() if key not in ("params", "params_from")}
+    for key, value in extra.items():
+        if key in options and options[key] != value:
+            raise ConfigError(f"{path}.{key}: {options[key]!r}, but the model gives {value!r}; leave it out (it is taken from the model)")
     try:
         return builder({**options, **extra})
     except RegistryError as error:  # bounded by the registry, and never cut where it names the fix
