@@ -19,31 +19,22 @@ section of ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-# run as a script, this folder leads sys.path, and its models.py would shadow the models package
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != HERE]
-
-from fourdvar.app.config import load_config
-from fourdvar.app.results import config_of
-from fourdvar.registry import build_model
-
-_spec = importlib.util.spec_from_file_location("results", os.path.join(HERE, "results.py"))
-_results = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_results)
-record = _results.record
-_spec = importlib.util.spec_from_file_location("qg_hybrid", os.path.join(HERE, "qg_hybrid.py"))
+# loaded by path first: it takes this folder off sys.path (its models.py would shadow the models package)
+# and loads results.py, whose record this script uses too
+_spec = importlib.util.spec_from_file_location("qg_hybrid", os.path.join(os.path.dirname(os.path.abspath(__file__)), "qg_hybrid.py"))
 qg_hybrid = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(qg_hybrid)
+record = qg_hybrid.record
+
+from fourdvar.app.config import load_config  # noqa: E402
+from fourdvar.registry import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "qg_coarse.yaml"
@@ -51,11 +42,6 @@ SECTION = "QG hybrid: coarse-grained truth"
 #: the columns of the table: the result file's suffix of ``rmse_analysis`` for each run
 RUNS = {"physics": "_physics", "online tendency": "", "online resolvent": "_resolvent", "offline": "_offline"}
 MINUTES_TARGET = 15.0
-
-
-def scores(output: Path) -> dict[str, float]:
-    """Analysis RMSE over the last half of the windows of each run of one result file."""
-    return qg_hybrid.scores(output, RUNS)
 
 
 def kinetic_energy(model, x: np.ndarray) -> float:
@@ -97,26 +83,15 @@ def table(rows: dict[int, tuple[dict, dict]]) -> tuple[str, list[str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--output", default=None, help="directory for the result files, kept (default: a temporary one)")
-    parser.add_argument("--spinup", action="store_true", help="print the fine truth's spin-up energy of each seed first")
-    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
-    args = parser.parse_args(argv)
+    args = qg_hybrid.seeds_parser(__doc__, "print the fine truth's spin-up energy of each seed first").parse_args(argv)
     spinups = []
     for seed in args.seeds if args.spinup else []:
         spinups.append(spinup_levels(seed))
         print(spinups[-1], flush=True)
-    rows = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        directory = Path(args.output or scratch).resolve()
-        directory.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:
-            output, timing = qg_hybrid.run_or_reuse(seed, directory / f"qg_coarse_seed{seed}.nc", CONFIG)
-            rows[seed] = (scores(output), timing)
-            print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
-        with xr.open_dataset(directory / f"qg_coarse_seed{args.seeds[0]}.nc") as ds:
-            window = config_of(ds)["window"]
+    rows, window = {}, None
+    for seed, output, score, timing in qg_hybrid.seed_results(args.seeds, args.output, "qg_coarse", CONFIG, RUNS):
+        rows[seed] = (score, timing)
+        window = window or qg_hybrid.window_of(output)
     text, failures = table(rows)
     verdict = "targets met" if not failures else "targets missed: " + "; ".join(failures)
     intro = (f"`configs/qg_coarse.yaml` ({window['cycles']} windows of {window['steps']} steps; truth 128 x 128 coarse-grained "

@@ -199,26 +199,44 @@ def table(rows: dict[int, tuple[dict, dict]], trends: dict[int, float] | None = 
     return "\n".join(lines), failures
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def seeds_parser(doc: str, spinup_help: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs its config on several seeds: ``--seeds``, ``--output``, ``--spinup``, ``--no-record``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--output", default=None, help="directory for the result files, kept (default: a temporary one)")
-    parser.add_argument("--spinup", action="store_true", help="check first that each seed's truth spin-up ends on its plateau (spinup_plateau)")
+    parser.add_argument("--spinup", action="store_true", help=spinup_help)
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def seed_results(seeds, output: str | None, stem: str, config: Path = CONFIG, runs: dict[str, str] = RUNS):
+    """``(seed, result file, scores, timing)`` of each seed, run or reused (:func:`run_or_reuse`) in the directory
+    ``output`` (kept) or a temporary one (gone once the loop ends); each seed's scores printed as it comes."""
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(output or scratch).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        for seed in seeds:
+            result, timing = run_or_reuse(seed, directory / f"{stem}_seed{seed}.nc", config)
+            score = scores(result, runs)
+            print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in score.items()), flush=True)
+            yield seed, result, score, timing
+
+
+def window_of(result: Path) -> dict:
+    """The ``window`` section of the configuration stored in a result file."""
+    with xr.open_dataset(result) as ds:
+        return config_of(ds)["window"]
+
+
+def main(argv=None) -> int:
+    args = seeds_parser(__doc__, "check first that each seed's truth spin-up ends on its plateau (spinup_plateau)").parse_args(argv)
     spinups = [spinup_plateau(seed) for seed in args.seeds] if args.spinup else []
     for line in spinups:
         print(line, flush=True)
-    rows, trends, errors = {}, {}, {}
-    with tempfile.TemporaryDirectory() as scratch:
-        directory = Path(args.output or scratch).resolve()
-        directory.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:
-            output, timing = run_or_reuse(seed, directory / f"qg_hybrid_seed{seed}.nc")
-            rows[seed], trends[seed], errors[seed] = (scores(output), timing), perfect_trend(output), learned_errors(output)
-            print(f"seed {seed}: " + ", ".join(f"{name} {value:.3e}" for name, value in rows[seed][0].items()), flush=True)
-        with xr.open_dataset(directory / f"qg_hybrid_seed{args.seeds[0]}.nc") as ds:
-            window = config_of(ds)["window"]
+    rows, trends, errors, window = {}, {}, {}, None
+    for seed, output, score, timing in seed_results(args.seeds, args.output, "qg_hybrid"):
+        rows[seed], trends[seed], errors[seed] = (score, timing), perfect_trend(output), learned_errors(output)
+        window = window or window_of(output)
     text, failures = table(rows, trends)
     verdict = "targets met" if not failures else "targets missed: " + "; ".join(failures)
     intro = (f"`configs/qg_hybrid.yaml` ({window['cycles']} windows of {window['steps']} steps): analysis RMSE of the PV "
