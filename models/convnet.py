@@ -48,7 +48,9 @@ carry ``m`` directions, laid out ``(c, m, ...)`` inside on periodically padded g
 (:class:`PeriodicPatches`): the weight terms ``dW_l P(a_{l-1}) + db_l`` and
 ``az_l [P(a_{l-1}); 1]^T`` are one matrix product per layer for all directions (``c_l m``
 rows against the kept patches), the propagated correlations one product per chunk of
-directions.
+directions.  A layer with few inputs, whose correlation gathers the increment's patches
+whole, takes both in one product per direction instead:
+``dz_l = [W_l dW_l db_l] [P(da_{l-1}); P(a_{l-1}); 1]``.
 
 Parameters: flat, layer by layer, each ``W_l`` ``(c_l, c_{l-1}, k, k)`` in C order
 then ``b_l`` ``(c_l,)``.  A state or field vector is ``(c, ny, nx)`` flattened in C order.
@@ -364,7 +366,10 @@ class ConvNetLinearization:
     (:meth:`correlate_into`), each split where it keeps fewest values per point and direction
     (:func:`_kept`), taken ``chunk`` directions at a time so that they stay within ``PATCH_BYTES``
     (a cache's worth: once they spill to memory, one product of ``m`` directions is slower than
-    ``m`` products of one).  ``f_l'(z_l)`` is formed from ``a_l`` on the first TL or AD and kept.
+    ``m`` products of one).  A TL layer whose increment patches are gathered whole (few input
+    channels) folds its weight term into that product instead (:meth:`joint_tl`): one longer
+    product per direction beats a short one per direction plus a short blocked one.
+    ``f_l'(z_l)`` is formed from ``a_l`` on the first TL or AD and kept.
     """
 
     PATCH_BYTES = 4 << 20
