@@ -498,7 +498,7 @@ class ConvNetLinearization:
                 np.multiply(fprime, patches.wide(az), out=patches.wide(az))                 # az_l = f_l' aa_l
             patches.wrap(az)
             # [aW_l ab_l] = az_l [P(a_{l-1}); 1]^T, all directions, formed as its transpose (the faster order for OpenBLAS here)
-            _set_weight_adjoint((self.P[l] @ patches.wide_rows(az).T).T, aW, ab)
+            _set_weight_adjoint(np.matmul(self.P[l], patches.wide_rows(az).T).T, aW, ab)
             aa = patches.buffer(net.channels[l], m)
             self.correlate_into(self.flipped[l], az, aa)                                   # aa_{l-1} = W~_l P(az_l)
         ax = _directions_last(patches, aa, single) / net.input_scale
