@@ -18,9 +18,13 @@ periodic grid, float64, one core.  Each figure is the median of interleaved batc
 2. **Blocked TL and AD**: 16 directions in one call against one direction.  Target: <= 8x.
    Beside each, the Gflop/s of the one and of the 16 directions (the matrix products of
    :func:`direction_flops`) and of one matrix product the size of the blocked weight term,
-   interleaved with the one direction: the ratio that rate would give is how far blocking
-   over directions alone can go.
+   interleaved with the one direction: the ratio that rate would give if every product ran
+   at it.  Then that product against the same weight term of one direction: what blocking
+   gains on the only part it can gather into fewer, larger products.
 3. **Linearisation against the forward pass**: ``linearize`` against ``apply``.  Target: <= 1.5x.
+4. With ``--baseline REF``: the TL and AD of one and of 16 directions against the same calls of
+   ``models/convnet.py`` at the git revision ``REF`` (read with ``git show``), interleaved in this
+   process, so that a change of the blocked ratio shows which of its two times moved.
 
 The results replace the "ConvNet" section of ``benchmarks/RESULTS.md``.
 """
@@ -34,7 +38,9 @@ _spec = importlib.util.spec_from_file_location("benchmark_timing", os.path.join(
 timing = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(timing)
 import argparse  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -101,11 +107,77 @@ def direction_flops(net: ConvNet) -> float:
     return sum(2 * 2 * c_in * c_out * net.kernel**2 * net.n_points for c_in, c_out in zip(net.channels[:-1], net.channels[1:]))
 
 
+def baseline_module(ref: str):
+    """``models/convnet.py`` as it is at the git revision ``ref``, imported beside the working tree's as
+    ``models.convnet_at_ref``; ``None`` when git cannot show that file."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "show", f"{ref}:models/convnet.py"], cwd=root, capture_output=True, text=True)
+    if source.returncode:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "convnet_at_ref.py")
+        with open(path, "w") as file:
+            file.write(source.stdout)
+        spec = importlib.util.spec_from_file_location("models.convnet_at_ref", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+def against_baseline(ref: str, baseline, x, p, blocks, single, time_pair) -> list[str]:
+    """Lines timing the TL and AD of one and of many directions here against the same calls of ``baseline``
+    (:func:`baseline_module` of ``ref``)."""
+    theirs = baseline.ConvNet(CHANNELS, KERNEL, ACTIVATIONS, ny=NY, nx=NX).linearize(x, p)
+    ours = ConvNet(CHANNELS, KERNEL, ACTIVATIONS, ny=NY, nx=NX).linearize(x, p)
+    (DX, DP, AY), (dx, dp, ay) = blocks, single
+    lines = [f"4. against models/convnet.py at {ref}, the same calls interleaved"]
+    for name, call in (("tl", lambda lin, a, b, c: lin.tl(a, b)), ("ad", lambda lin, a, b, c: lin.ad(c))):
+        for label, args in (("one", (dx, dp, ay)), (f"{DX.shape[1]} directions", (DX, DP, AY))):
+            t_ours, t_theirs = time_pair(lambda: call(ours, *args), lambda: call(theirs, *args))
+            lines.append(f"   {name} {label:14s} {ref} {t_theirs * 1e3:7.2f} ms   this tree {t_ours * 1e3:7.2f} ms   ({t_ours / t_theirs:.2f}x)")
+    return lines
+
+
+def product_times(call, clock, repeats: int = 9) -> tuple[float, float]:
+    """Seconds per ``call()`` and, of those, inside ``numpy.matmul`` (every matrix product of
+    :mod:`models.convnet`), for the fastest of ``repeats`` calls."""
+    import models.convnet as module
+
+    inside = [0.0]
+
+    def timed(*args, **kwargs):
+        start = clock()
+        result = np.matmul(*args, **kwargs)
+        inside[0] += clock() - start
+        return result
+
+    class NumpyWithTimedMatmul:
+        matmul = staticmethod(timed)
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    module.np = NumpyWithTimedMatmul()
+    try:
+        best = (float("inf"), 0.0)
+        for _ in range(repeats):
+            inside[0], start = 0.0, clock()
+            call()
+            best = min(best, (clock() - start, inside[0]))
+    finally:
+        module.np = np
+    return best
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few short batches (smoke test, records nothing)")
     parser.add_argument("--cpu-time", action="store_true", help="time in the process's CPU seconds instead of the wall clock")
+    parser.add_argument("--baseline", metavar="REF", help="also time TL and AD against models/convnet.py at this git revision")
     args = parser.parse_args(argv)
+    baseline = args.baseline and baseline_module(args.baseline)
+    if args.baseline and baseline is None:
+        parser.error(f"--baseline: expected a git revision holding models/convnet.py, got {args.baseline!r}")
     n_batches, batch_seconds = (3, 0.05) if args.quick else (15, 0.3)
     clock = time.process_time if args.cpu_time else time.perf_counter
 
@@ -159,17 +231,29 @@ def main(argv=None) -> str:
         lines.append(f"       {flops / t_one / 1e9:4.1f} and {m * flops / t_block / 1e9:4.1f} Gflop/s; a product {rows.shape} x {widest.shape} "
                      f"{peak / 1e9:4.1f} Gflop/s: at that rate {m} directions take {m * flops / peak / t_one:.1f}x one")
     lines.append(f"   (each direction is {flops / 1e6:.0f} Mflop of matrix products, in one call of {m} directions as in {m} calls)")
+    one_rows = rows[: rows.shape[0] // m]
+    t_many, t_single = time_pair(lambda: rows @ widest, lambda: one_rows @ widest)
+    lines.append(f"   the part that blocks: the widest weight term {rows.shape} x {widest.shape} takes {t_many * 1e3:.2f} ms, "
+                 f"{t_many / t_single:.1f}x its one-direction product {one_rows.shape} x {widest.shape} ({t_single * 1e3:.2f} ms);")
+    lines.append(f"   the propagated correlations share the kernel but not the fields: one product per direction, {m}x")
+    for name, blocked, single in (("tl", lambda: lin.tl(DX, DP), lambda: lin.tl(dx, dp)), ("ad", lambda: lin.ad(AY), lambda: lin.ad(ay))):
+        (t_block, p_block), (t_one, p_one) = product_times(blocked, clock), product_times(single, clock)
+        lines.append(f"   {name}, fastest of 9 calls: the matrix products inside take {p_one * 1e3:.2f} ms of one direction's {t_one * 1e3:.2f} ms and "
+                     f"{p_block * 1e3:.2f} ms of {m} directions' {t_block * 1e3:.2f} ms: {p_block / p_one:.2f}x; the rest {(t_block - p_block) / (t_one - p_one):.2f}x")
 
     lines += ["", "3. linearize against the forward pass (apply)  (target <= 1.5x)"]
     t_lin, t_fwd = time_pair(lambda: net.linearize(x, p), lambda: net.apply(x, p))
     lines.append(f"   apply {t_fwd * 1e3:7.2f} ms   linearize {t_lin * 1e3:7.2f} ms   ratio {t_lin / t_fwd:5.2f}x")
+    if args.baseline:
+        lines += [""] + against_baseline(args.baseline, baseline, x, p, (DX, DP, AY), (dx, dp, ay), time_pair)
     text = "\n".join(lines)
     print(text)
     if not args.quick:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from results import record
 
-        record("ConvNet", "```\n" + text + "\n```", command="taskset -c 1 python benchmarks/convnet.py" + (" --cpu-time" if args.cpu_time else ""))
+        options = (" --cpu-time" if args.cpu_time else "") + (f" --baseline {args.baseline}" if args.baseline else "")
+        record("ConvNet", "```\n" + text + "\n```", command="taskset -c 1 python benchmarks/convnet.py" + options)
     return text
 
 

@@ -48,7 +48,9 @@ carry ``m`` directions, laid out ``(c, m, ...)`` inside on periodically padded g
 (:class:`PeriodicPatches`): the weight terms ``dW_l P(a_{l-1}) + db_l`` and
 ``az_l [P(a_{l-1}); 1]^T`` are one matrix product per layer for all directions (``c_l m``
 rows against the kept patches), the propagated correlations one product per chunk of
-directions.
+directions.  A layer with few inputs, whose correlation gathers the increment's patches
+whole, takes both in one product per direction instead:
+``dz_l = [W_l dW_l db_l] [P(da_{l-1}); P(a_{l-1}); 1]``.
 
 Parameters: flat, layer by layer, each ``W_l`` ``(c_l, c_{l-1}, k, k)`` in C order
 then ``b_l`` ``(c_l,)``.  A state or field vector is ``(c, ny, nx)`` flattened in C order.
@@ -364,7 +366,10 @@ class ConvNetLinearization:
     (:meth:`correlate_into`), each split where it keeps fewest values per point and direction
     (:func:`_kept`), taken ``chunk`` directions at a time so that they stay within ``PATCH_BYTES``
     (a cache's worth: once they spill to memory, one product of ``m`` directions is slower than
-    ``m`` products of one).  ``f_l'(z_l)`` is formed from ``a_l`` on the first TL or AD and kept.
+    ``m`` products of one).  A TL layer whose increment patches are gathered whole (few input
+    channels) folds its weight term into that product instead (:meth:`joint_tl`): one longer
+    product per direction beats a short one per direction plus a short blocked one.
+    ``f_l'(z_l)`` is formed from ``a_l`` on the first TL or AD and kept.
     """
 
     PATCH_BYTES = 4 << 20
@@ -394,6 +399,28 @@ class ConvNetLinearization:
             self.fprimes = [None if f.derivative is None else f.derivative(wide(a)) for f, a in zip(self.net.activations, self.a)]
         return self.fprimes[l]
 
+    def split(self, K: np.ndarray) -> int:
+        """How many kernel axes the correlation with ``K`` ``(r, c, k, k)`` gathers: the split keeping fewest values per point (:func:`_kept`)."""
+        r, c = K.shape[:2]
+        return min(range(2, -1, -1), key=lambda g: _kept(r, c, self.net.kernel, g))
+
+    def joint_tl(self, l: int, dW: np.ndarray, db: np.ndarray, da: np.ndarray, dz: np.ndarray) -> None:
+        """``dz_l = [W_l dW_l db_l] [P(da_{l-1}); P(a_{l-1}); 1]`` written into the wide layout of the buffer ``dz``, one
+        product per direction, for a layer whose increment patches are gathered whole (few input channels): the
+        weight term then rides in the product of the propagated one.  ``da`` is the buffer of ``da_{l-1}``, ``dW``
+        ``(c_l, Q)`` and ``db`` ``(c_l, 1)`` (each with a last axis of ``m`` for a block)."""
+        patches, W = self.net.patches, self.layers[l][0]
+        (r, Q), m = W.shape, da.shape[1]
+        rows = np.empty((m, r, 2 * Q + 1))  # [W_l dW_l db_l] of each direction
+        rows[:, :, :Q] = W
+        rows[:, :, Q:] = np.concatenate([dW.reshape(r, Q, m), db.reshape(r, 1, m)], axis=1).transpose(2, 0, 1)
+        columns = np.empty((2 * Q + 1, patches.n_wide))  # [P(da_{l-1}); P(a_{l-1}); 1]
+        columns[Q:] = self.P[l]
+        windows, wide = patches.windows(da), patches.wide(dz)
+        for d in range(m):
+            columns[:Q].reshape(windows.shape[:3] + (-1,))[...] = windows[:, :, :, d]
+            np.matmul(rows[d], columns, out=wide[:, d])
+
     def correlate(self, K: np.ndarray, a: np.ndarray, gathered: int | None = None) -> np.ndarray:
         """``K P(a)`` ``(r, m, ny nx)`` for a kernel ``K`` ``(r, c, k, k)`` and ``a`` ``(c, m, ny nx)`` (:meth:`correlate_into`)."""
         patches = self.net.patches
@@ -412,7 +439,7 @@ class ConvNetLinearization:
         (:func:`_kept`)."""
         r, c = K.shape[:2]
         k, patches = self.net.kernel, self.net.patches
-        g = min(range(2, -1, -1), key=lambda g: _kept(r, c, k, g)) if gathered is None else gathered
+        g = self.split(K) if gathered is None else gathered
         order = (0,) + tuple(range(2 + g, 4)) + (1,) + tuple(range(2, 2 + g))  # (o, summed axes, c, gathered axes)
         K_matrix = K.transpose(order).reshape(r * k ** (2 - g), c * k**g)
         chunk = max(1, min(self.chunk, a.shape[1]))
@@ -427,6 +454,9 @@ class ConvNetLinearization:
             else:
                 G = columns[: part.size].reshape(part.shape)
                 G[...] = part
+            if g == 2 and n == 1 and not add:  # no offsets left to sum: the product is the correlation
+                np.matmul(K_matrix, G.reshape(cols, -1), out=wide[:, d])
+                continue
             U = np.matmul(K_matrix, G.reshape(cols, -1), out=products[: rows * n * length].reshape(rows, -1))
             patches.shifted_sum(U.reshape(r, -1, n, length), g, wide[:, d : d + chunk], add)
 
@@ -440,8 +470,11 @@ class ConvNetLinearization:
         da /= net.input_scale
         for l, ((dW, db), P) in enumerate(zip(net.layers(dp), self.P)):
             dz = patches.buffer(dW.shape[0], m)
-            np.matmul(_weight_rows(dW, db), P, out=patches.wide_rows(dz))  # dW_l P(a_{l-1}) + db_l, all directions in one product
-            self.correlate_into(self.kernels[l], da, dz, add=True)          # + W_l P(da_{l-1})
+            if self.split(self.kernels[l]) == 2:
+                self.joint_tl(l, dW, db, da, dz)                                # [W_l dW_l db_l] [P(da_{l-1}); P(a_{l-1}); 1]
+            else:
+                np.matmul(_weight_rows(dW, db), P, out=patches.wide_rows(dz))  # dW_l P(a_{l-1}) + db_l, all directions in one product
+                self.correlate_into(self.kernels[l], da, dz, add=True)          # + W_l P(da_{l-1})
             fprime = self.fprime(l)
             if fprime is not None:
                 np.multiply(fprime, patches.wide(dz), out=patches.wide(dz))  # da_l = f_l' dz_l
@@ -465,7 +498,7 @@ class ConvNetLinearization:
                 np.multiply(fprime, patches.wide(az), out=patches.wide(az))                 # az_l = f_l' aa_l
             patches.wrap(az)
             # [aW_l ab_l] = az_l [P(a_{l-1}); 1]^T, all directions, formed as its transpose (the faster order for OpenBLAS here)
-            _set_weight_adjoint((self.P[l] @ patches.wide_rows(az).T).T, aW, ab)
+            _set_weight_adjoint(np.matmul(self.P[l], patches.wide_rows(az).T).T, aW, ab)
             aa = patches.buffer(net.channels[l], m)
             self.correlate_into(self.flipped[l], az, aa)                                   # aa_{l-1} = W~_l P(az_l)
         ax = _directions_last(patches, aa, single) / net.input_scale

@@ -194,6 +194,44 @@ def test_correlation_split_at_each_kernel_axis_equals_the_sum_of_rolled_fields_w
     np.testing.assert_allclose(patches.interior(out), base + expected, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("m", [None, 3], ids=["one", "block"])
+def test_joint_product_of_a_layer_with_few_inputs_is_its_weight_term_plus_its_correlation(m):
+    """``[W dW db] [P(da); P(a); 1] = W P(da) + dW P(a) + db``: the first layer of ``[2, 8, 3]`` (two inputs,
+    eight outputs) gathers its increment's patches whole and takes its weight term in the same product."""
+    rng = np.random.default_rng(15)
+    net, x, p = random_net(rng, [2, 8, 3], 3, ["tanh", "identity"], ny=7, nx=6)
+    lin, patches = net.linearize(x, p), net.patches
+    assert [lin.split(K) for K in lin.kernels] == [2, 1]
+    shape = () if m is None else (m,)
+    da = patches.pad(rng.standard_normal((2, m or 1, 42)))
+    dW, db = net.layers(rng.standard_normal((net.n_params,) + shape))[0]
+    expected = patches.buffer(8, m or 1)
+    weight_rows = np.concatenate([dW, db], axis=1).reshape(8, -1, m or 1).transpose(0, 2, 1).reshape(8 * (m or 1), -1)
+    np.matmul(weight_rows, lin.P[0], out=patches.wide_rows(expected))
+    lin.correlate_into(lin.kernels[0], da, expected, add=True, gathered=2)
+    joint = patches.buffer(8, m or 1)
+    lin.joint_tl(0, dW, db, da, joint)
+    np.testing.assert_allclose(patches.interior(joint), patches.interior(expected), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_correlation_of_patches_one_direction_per_product_is_written_in_place(kernel):
+    """With every kernel axis gathered and one direction per product, the product is written straight into the
+    wide layout of the buffer: the sum of rolled fields, whatever the buffer held."""
+    rng = np.random.default_rng(16)
+    net, x, p = random_net(rng, [3, 3], kernel, ["identity"], ny=7, nx=6)
+    lin, patches, h = net.linearize(x, p), net.patches, kernel // 2
+    lin.chunk = 1
+    K, a = rng.standard_normal((4, 3, kernel, kernel)), rng.standard_normal((3, 2, 7, 6))
+    expected = np.zeros((4, 2, 7, 6))
+    for o, c, u, v in itertools.product(range(4), range(3), range(kernel), range(kernel)):
+        expected[o] += K[o, c, u, v] * np.roll(a[c], (h - u, h - v), axis=(1, 2))
+    out = patches.buffer(4, 2)
+    out[...] = 7.0
+    lin.correlate_into(K, patches.pad(a), out, gathered=2)
+    np.testing.assert_allclose(patches.interior(out), expected, rtol=1e-13, atol=1e-13)
+
+
 def test_convnet_weight_adjoint_is_the_gradient_of_a_loss_by_finite_differences():
     rng = np.random.default_rng(7)
     net, x, p = random_net(rng, [2, 3, 2], 3, ["tanh", "identity"])
