@@ -105,7 +105,17 @@ CASES = {
     "truth_model_error_sub_window_exhausts_memory": ({"truth.model_error_std": 0.1, "truth.model_error_every": 10**15},
                                                     ("truth.model_error_every", "GiB")),
     # the memory check comes before the model is probed at a state of 8 GB (51 s, then "Allocation failed")
-    "a_state_of_a_billion_values": ({"model.n_state": 10**9}, ("GiB", "1000000000 state values")),
+    "a_state_of_a_billion_values": ({"model.n_state": 10**9}, ("model.n_state", "GiB", "1000000000 state values")),
+    # the sizes are read before a constructor allocates its grids or its layers (minutes, then an allocation failure)
+    "a_grid_of_ten_billion_points": ({"model": {"type": "qg", "nx": 100000}}, ("model.nx", "100000 x 100000", "GiB")),
+    "a_truth_grid_beyond_memory": ({"truth.model": {"type": "qg", "nx": 10**6}}, ("truth.model.nx", "1000000 x 1000000", "GiB")),
+    "a_layer_of_a_billion_channels": ({"model": {"type": "conv_surrogate", "channels": [2, 10**9, 2], "activations": ["tanh", "identity"],
+                                                   "ny": 8, "nx": 8}}, ("model.channels", "1000000000", "GiB")),
+    "a_hybrids_dense_layer_of_a_billion": ({"model": {"type": "hybrid", "physics": {"type": "lorenz96", "n_state": 8},
+                                                      "correction": {"type": "mlp", "layer_sizes": [8, 10**9, 8], "activations": ["tanh", "identity"]}}},
+                                           ("model.correction.layer_sizes", "GiB")),
+    # a constructor that allocates nothing: its parameters are counted before they are drawn
+    "a_hidden_layer_of_ten_billion": ({"model": {"type": "local_mlp", "n_state": 8, "hidden": [10**10]}}, ("model:", "parameters", "GiB")),
     "offline_fit_exhausts_memory": ({**HYBRID, "compare": [{"name": "fit", "fit_correction": {"samples": 10**12}}]},
                                     ("compare[fit]", "fit_correction", "1000000000000 samples", "GiB")),
     "comparison_overrides_not_a_mapping": ({"compare": [{"name": "a", "assimilation": [1]}]}, ("compare[0].assimilation", "mapping", "[1]")),

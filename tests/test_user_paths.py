@@ -323,7 +323,8 @@ def test_a_missing_model_module_names_where_it_looked_and_the_fix_uncut(tmp_path
 
 
 @pytest.mark.parametrize("args, overrides, words", [
-    (("run",), {"truth.spinup_steps": 1e12}, ("truth.spinup_steps", "GiB")),
+    (("run",), {"truth.spinup_steps": 1e12}, ("truth.spinup_steps", "1e+12 model steps", "more than the 1e+08")),
+    (("run",), {"truth.spinup_steps": 10**7, "truth.substeps": 100}, ("truth.spinup_steps", "1e+07 x 100 substeps = 1e+09 model steps")),
     (("run",), {"diagnostics.forecast_skill": True, "diagnostics.forecast_starts": 1e9}, ("diagnostics.forecast_starts", "GiB")),
     (("run",), {"ensemble.members": 1e9}, ("ensemble.members", "GiB")),
     (("check", "--window-steps", "1000000000"), {}, ("--window-steps", "GiB")),
