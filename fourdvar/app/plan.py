@@ -439,6 +439,7 @@ class Plan:
         path = self.path(self.problem.observations.file)
         if path.is_file():
             check_netcdf_size(path, "observations.file")
+            check_time_units(path, "observations.file", declared(self.model, "dt"))
         try:
             observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=declared(self.model, "dt"),
                                                              nearest_step=self.problem.observations.nearest_step)
@@ -615,6 +616,37 @@ def check_netcdf_size(path: Path, what: str) -> None:
         return
     if needed > memory_available():
         raise ConfigError(f"{what}: {path}: its variables take {needed / 2**30:.3g} GiB once read; this machine allows {memory_available() / 2**30:.3g} GiB")
+
+
+#: The variables an observation file is read from (docs/observation_files.md).
+OBSERVATION_VARIABLES = ("value", "step", "time", "index", "error_std", "operator", "scale", "x", "y")
+#: CF units of a duration (UDUNITS names and abbreviations): a reader may decode them into time deltas.
+_DURATIONS = {"d", "day", "days", "h", "hr", "hrs", "hour", "hours", "min", "mins", "minute", "minutes", "s", "sec", "secs",
+              "second", "seconds", "ms", "msec", "millisecond", "milliseconds", "us", "usec", "microsecond", "microseconds",
+              "ns", "nanosecond", "nanoseconds"}
+
+
+def check_time_units(path: Path, what: str, dt: float | None) -> None:
+    """Refuse an observation file whose variables carry CF time units (``hours since 2000-01-01``,
+    ``seconds``): xarray decodes them into dates or time deltas, while the format reads ``time``
+    as a plain number in the unit of the model's ``dt``, from the start of cycle 0, which no
+    calendar can say.  Only the header is read; a file that is not NetCDF is left to its reader."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path) as nc:
+            units = {name: nc.variables[name].getncattr("units") for name in OBSERVATION_VARIABLES
+                     if name in nc.variables and "units" in nc.variables[name].ncattrs()}
+    except OSError:
+        return
+    for name, unit in units.items():
+        text = str(unit).strip()
+        date, duration = " since " in f" {text.lower()} ", text.lower() in _DURATIONS
+        if date or duration:
+            expected = {"time": f"the model time from the start of cycle 0 in the unit of the model's dt{'' if dt is None else f' = {dt:g}'}",
+                        "step": "model steps from the start of cycle 0"}.get(name, "plain numbers")
+            raise ConfigError(f"{what}: {path}: variable {name!r} has units {short(text, 60)}, CF units of a {'calendar date' if date else 'duration'} "
+                              f"that xarray decodes; expected {expected}, without time units (convert it, then remove 'units' or set it to '1')")
 
 
 def _item_size(dtype) -> int:
