@@ -118,9 +118,10 @@ def _output(args, experiment, default: str | None = None) -> tuple[Path, str]:
     return Path(text) if text else text, what
 
 
-def _plan(args, experiment, output, what: str):
+def _plan(args, experiment, output, what: str, replacing=None):
     """The validated plan of ``config`` writing ``output``: every problem is one line
-    before anything is computed or written."""
+    before anything is computed or written.  ``replacing()``, called once the output path
+    is checked, refuses to replace what is there (an earlier result, an interrupted run's windows)."""
     from .config import ConfigError
     from .plan import Plan, check_output
 
@@ -128,6 +129,8 @@ def _plan(args, experiment, output, what: str):
         check_output(output, [args.config, *Plan.declared_inputs(experiment)], what=what)
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    if replacing is not None:
+        replacing()
     from ..registry import search_directories
 
     try:
@@ -265,7 +268,7 @@ def command_run(args) -> int:
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
-    plan = _plan(args, experiment, output, what)
+    plan = _plan(args, experiment, output, what, replacing=lambda: _check_replacing(output, args))
     args.threads_in_use.fit(plan)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
@@ -291,6 +294,17 @@ def command_run(args) -> int:
     for line in headline_lines(dataset):
         print(line, flush=True)
     return EXIT_OK
+
+
+def _check_replacing(output: Path, args) -> None:
+    """``fourdvar run`` replaces an earlier result only with ``--overwrite``, and starts over an interrupted run's windows only with ``--restart``."""
+    from .checkpoint import CheckpointError
+    from .run import check_replacing
+
+    try:
+        check_replacing(output, args.resume, args.restart, args.overwrite)
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
 
 
 #: Parameter estimates up to this many are part of the headline.
@@ -422,9 +436,7 @@ def command_generate(args) -> int:
     output, what = _output(args, experiment, default)
     if what != "--output":
         what = f"{args.config}: the observation file derived from output.file"
-    plan = _plan(args, experiment, output, what)
-    if Path(output).exists() and not args.overwrite:
-        raise CommandError(f"{output} exists; add --overwrite to replace it, or choose another --output")
+    plan = _plan(args, experiment, output, what, replacing=lambda: _refuse_existing(output, args.overwrite))
     try:
         dataset = plan.observations.to_dataset()
     except ValueError as error:
@@ -441,6 +453,11 @@ def command_generate(args) -> int:
         raise CommandError(str(error.strerror)) from None
     print(f"wrote {output} ({plan.observations.n_obs} observations at {len(plan.observations)} times, truth of {truth.shape[0]} steps)")
     return EXIT_OK
+
+
+def _refuse_existing(output: Path, overwrite: bool) -> None:
+    if Path(output).exists() and not overwrite:
+        raise CommandError(f"{output} exists; add --overwrite to replace it, or choose another --output")
 
 
 def command_plot(args) -> int:

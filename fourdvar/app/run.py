@@ -150,8 +150,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     checkpoint.acquire()
     try:
         windows = _saved_windows(plan, checkpoint, text, resume, restart)
-        if Path(plan.output).exists() and not overwrite:  # refused before the checkpoint is touched or a word is said
-            raise CheckpointError(f"{plan.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
+        check_replacing(plan.output, resume, restart, overwrite)  # again under the lock: before the checkpoint is touched or a word is said
         saved = _resume_point(plan, checkpoint, windows, say)
         save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.experiment.output.checkpoint else None
         dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message,
@@ -163,13 +162,24 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     return dataset
 
 
+def check_replacing(output: Path, resume: bool = False, restart: bool = False, overwrite: bool = False) -> None:
+    """Refuse, with a :class:`~fourdvar.app.checkpoint.CheckpointError`, a run that would replace the
+    existing result ``output`` without ``overwrite`` or start again over an interrupted run's windows
+    without ``resume`` or ``restart``; reads names only, so the command line asks it before the plan is built."""
+    checkpoint = Checkpoint(output)
+    if not (resume or restart) and checkpoint.count():
+        raise CheckpointError(f"{checkpoint.directory} holds {checkpoint.count()} completed windows of an interrupted run; "
+                              "add --resume to continue it, or --restart to discard them and start again")
+    if Path(output).exists() and not overwrite:
+        raise CheckpointError(f"{output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
+
+
 def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, restart: bool) -> list | None:
     """The checkpoint's windows to continue from, checked (``[]``: none there), or ``None`` without ``resume``;
     changes nothing."""
     if not resume:
-        if checkpoint.count() and not restart:
-            raise CheckpointError(f"{checkpoint.directory} holds {checkpoint.count()} completed windows of an interrupted run; "
-                                  "add --resume to continue it, or --restart to discard them and start again")
+        if not restart:
+            check_replacing(plan.output, overwrite=True)  # the interrupted run's windows
         return None
     windows = checkpoint.load(text)
     if len(windows) > plan.n_cycles:
