@@ -481,8 +481,10 @@ def command_plot(args) -> int:
         check_directory(args.output if args.output is not None else output, "--output")
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    from .atomic import remove_temporaries
     from .plotting import plot_results
 
+    remove_temporaries(output, everything_in=True)  # what a killed plot left
     with _removed_unless_written(output):
         try:
             written = plot_results(dataset, output)
@@ -516,15 +518,16 @@ def _removed_unless_written(directory: Path):
 # --- the parser ---------------------------------------------------------------------------------------
 
 
-def _integer_parser(minimum: int, expected: str, maximum: float = math.inf):
-    """An argparse ``type``: an integer in [``minimum``, ``maximum``], else an error saying ``expected``."""
+def _integer_parser(minimum: int, expected: str, maximum: float = math.inf, why: str = ""):
+    """An argparse ``type``: an integer in [``minimum``, ``maximum``], else an error saying ``expected``
+    (and ``why`` there is a maximum)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text[:40]!r}") from None
         if value > maximum:
-            raise argparse.ArgumentTypeError(f"expected at most {maximum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected at most {maximum}{f' ({why})' if why else ''}, got {value}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
@@ -550,6 +553,10 @@ def _file_writing_options(parser: argparse.ArgumentParser, output_help: str, rep
 
 
 _positive_int = _integer_parser(1, "a positive integer")
+#: Workers per core at most: each is a process (or a thread) running members, and more only wait for one another.
+WORKERS_PER_CORE = 4
+_workers = _integer_parser(1, "a positive integer", WORKERS_PER_CORE * (os.cpu_count() or 1),
+                           f"{WORKERS_PER_CORE} per core of this machine's {os.cpu_count() or 1}; more only wait for one another")
 #: Random directions per check at most: each costs a tangent-linear or adjoint sweep, and more than this tell nothing new.
 MAX_DIRECTIONS = 1000
 _directions = _integer_parser(1, "a positive integer", MAX_DIRECTIONS)
@@ -576,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
-    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster, or threads (default: one per core)")
+    run.add_argument("--workers", type=_workers, help="with an ensemble: worker processes of the embedded cluster, or threads (default: one per core)")
     run.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="with an ensemble: where the members of each window run: one after another, on threads, or on a Dask cluster (default)")
     run.set_defaults(handler=command_run)
 
@@ -601,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
     sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
-    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster, or threads (default: one per core)")
+    sweep.add_argument("--workers", type=_workers, help="worker processes of the embedded cluster, or threads (default: one per core)")
     sweep.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="where the members run: one after another, on threads, or on a Dask cluster (default)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
     sweep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the table still goes to stdout)")

@@ -1,0 +1,57 @@
+"""Command-line limits and interruptions a hostile user reaches: a worker count beyond the
+machine, a figure interrupted while it is written (never half a PNG), temporaries a killed
+plot left.  In this process (:func:`conftest.run_command`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import run_command
+from matplotlib.figure import Figure
+from test_plotting import synthetic_result
+
+from fourdvar.app import cli, plotting
+from fourdvar.app.atomic import temporary_name
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_worker_count_beyond_the_machine_is_refused_before_any_worker_starts(tmp_path, command):
+    (tmp_path / "c.yaml").write_text("model: {type: lorenz96, n_state: 8}\n")
+    limit = cli.WORKERS_PER_CORE * (os.cpu_count() or 1)
+    result = run_command(command, "c.yaml", "--workers", str(10**6), cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"--workers: expected at most {limit} ({cli.WORKERS_PER_CORE} per core" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+    # negative control: the limit itself is accepted by the parser
+    assert cli.build_parser().parse_args([command, "c.yaml", "--workers", str(limit)]).workers == limit
+
+
+def test_a_figure_interrupted_while_written_leaves_no_half_png(tmp_path, monkeypatch):
+    synthetic_result().to_netcdf(tmp_path / "result.nc")
+    monkeypatch.setattr(plotting, "FIGURES", {"rmse": plotting.FIGURES["rmse"]})  # one figure is enough
+    saved = Figure.savefig
+
+    def interrupted(self, target, **options):
+        if "rmse" in str(target):
+            with open(target, "wb") as handle:
+                handle.write(b"\x89PNG half a figure")
+            raise KeyboardInterrupt  # SIGTERM arrives as this
+        return saved(self, target, **options)
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    result = run_command("plot", "result.nc", "--output", "figs", cwd=tmp_path)
+    assert result.returncode == cli.EXIT_INTERRUPTED
+    assert not (tmp_path / "figs").exists()  # the directory this plot created goes with it
+    (tmp_path / "figs").mkdir()
+    result = run_command("plot", "result.nc", "--output", "figs", cwd=tmp_path)
+    assert result.returncode == cli.EXIT_INTERRUPTED
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert "rmse.png" not in names and not [name for name in names if name.endswith(".tmp")], names
+    monkeypatch.setattr(Figure, "savefig", saved)
+    # a temporary a killed plot left is removed by the next plot, which writes every figure whole
+    leftover = temporary_name(tmp_path / "figs" / "rmse.png")
+    leftover.write_bytes(b"\x89PNG half")
+    result = run_command("plot", "result.nc", "--output", "figs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not leftover.exists() and (tmp_path / "figs" / "rmse.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
