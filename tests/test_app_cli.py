@@ -55,3 +55,17 @@ def test_a_figure_interrupted_while_written_leaves_no_half_png(tmp_path, monkeyp
     result = run_command("plot", "result.nc", "--output", "figs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not leftover.exists() and (tmp_path / "figs" / "rmse.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_sweep_interrupted_before_any_member_finished_says_nothing_was_kept(tmp_path, monkeypatch):
+    from fourdvar.app import sweep
+
+    def interrupted(*args, **options):
+        raise KeyboardInterrupt  # SIGTERM before the first member ends
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    (tmp_path / "c.yaml").write_text("model: {type: lorenz96, n_state: 8}\nsweep: {seed: [1, 2]}\noutput: {file: out.nc}\n")
+    result = run_command("sweep", "c.yaml", "--executor", "serial", "-q", cwd=tmp_path)
+    assert result.returncode == cli.EXIT_INTERRUPTED
+    assert result.stderr.strip() == "interrupted; no member had finished, so nothing was kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

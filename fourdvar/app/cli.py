@@ -378,8 +378,9 @@ def command_sweep(args) -> int:
         raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
     except KeyboardInterrupt:
         kept = sum(member.output.exists() for member in sweep.members)
-        print(f"{chr(10) if progress.stream.isatty() else ''}interrupted; {kept} of {len(sweep.members)} member results are kept in "
-              f"{sweep.directory}; run the rest with --resume", file=sys.stderr)
+        where = (f"{kept} of {len(sweep.members)} member results are kept in {sweep.directory}; run the rest with --resume" if kept
+                 else "no member had finished, so nothing was kept")
+        print(f"{chr(10) if progress.stream.isatty() else ''}interrupted; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     failed = [outcome for outcome in outcomes if outcome.error]
     print(f"wrote {summary_path}", flush=True)
