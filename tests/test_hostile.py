@@ -117,6 +117,8 @@ CASES = {
     "a_hybrids_dense_layer_of_a_billion": ({"model": {"type": "hybrid", "physics": {"type": "lorenz96", "n_state": 8},
                                                       "correction": {"type": "mlp", "layer_sizes": [8, 10**9, 8], "activations": ["tanh", "identity"]}}},
                                            ("model.correction.layer_sizes", "GiB")),
+    "a_trillion_stations": ({"model": {"type": "qg", "nx": 16}, "observations.operator": {"type": "points", "stations": 10**12}},
+                            ("observations.operator.stations", "1000000000000 stations", "GiB")),
     # a constructor that allocates nothing: its parameters are counted before they are drawn
     "a_hidden_layer_of_ten_billion": ({"model": {"type": "local_mlp", "n_state": 8, "hidden": [10**10]}}, ("model:", "parameters", "GiB")),
     "offline_fit_exhausts_memory": ({**HYBRID, "compare": [{"name": "fit", "fit_correction": {"samples": 10**12}}]},

@@ -35,7 +35,7 @@ from ..registry import RegistryError, build_model, build_operator, observation_s
 from ..window import DivergenceError, forecast, n_sub_windows, sub_window_forcing
 from .config import STD_RANGE, ConfigError, short
 from .experiment import ComparisonRun, Component, Correlation, Experiment, Method, Problem, experiment_of
-from .sizes import Sizes, least_sizes
+from .sizes import Sizes, least_observed, least_sizes
 
 __all__ = ["Plan", "Comparison", "build_component", "check_output", "check_netcdf_size", "spin_up", "MAX_COST", "MAX_SPINUP_STEPS", "MEMORY_FRACTION"]
 
@@ -124,6 +124,7 @@ class Plan:
             raise ConfigError(f"{self.method.key('control')}: 'params' is in the control but the model {self.model!r} has no parameters")
         self.forecast_steps = self._forecast_steps()
         self._check_memory()  # before anything of the model's size is allocated
+        self._check_least_observations()
         self.pb0 = self._initial_params()
         _probe(self.model, self.pb0, problem.truth.initial_mean)
         if shared is not None:
@@ -240,6 +241,21 @@ class Plan:
             top = max((model, truth), key=Sizes.largest)
             raise ConfigError(f"{top.key}: {top.shown}: {self.n_cycles} windows of {self.n_steps} steps need at least {needed / 2**30:.3g} GiB "
                               f"(the truth run, the results and the model's values); this machine allows {memory_available() / 2**30:.3g} GiB")
+
+    def _check_least_observations(self) -> None:
+        """Refuse generated observations whose least count (an operator's ``stations`` at every observed
+        step: values, error stds and the stations' positions) cannot fit in memory, before an operator draws them."""
+        spec = self.problem.observations
+        if self.from_file:
+            return
+        steps = len(range(spec.offset, self.span + (1 if self.method.window.observations_at_end else 0), spec.every))
+        operators = spec.operators  # used in turn at successive observed steps
+        values = [least_observed(o.options()) * (2 * len(range(i, steps, len(operators))) + 2) for i, o in enumerate(operators)]
+        needed = 8 * sum(values)
+        if needed > memory_available():
+            operator = operators[int(np.argmax(values))]
+            raise ConfigError(f"{operator.path}.stations: {least_observed(operator.options()):.0f} stations at {steps} observed steps need at least "
+                              f"{needed / 2**30:.3g} GiB for the observations; this machine allows {memory_available() / 2**30:.3g} GiB")
 
     def _check_memory(self) -> None:
         """Refuse a plan whose arrays would not fit in memory: the spin-ups, the truth run,

@@ -9,6 +9,9 @@ the application already relies on, and gives lower bounds of what the model will
                     of dense layers, a convolution's of 1 x 1 kernels)
     activations  >= (nx * ny) sum_i w_i per step for widths over a grid (channels at every point)
 
+An observation operator's ``stations`` (a number of points drawn at random) is the least
+number of values it observes per step (:func:`least_observed`).
+
 A nested component (a mapping with its own ``type``: a hybrid's physics and correction) adds
 its parameters and activations; its state bounds the whole one's.  The plan puts these bounds
 into the same memory estimate it applies once the model is built
@@ -22,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Sizes", "least_sizes"]
+__all__ = ["Sizes", "least_observed", "least_sizes"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,8 @@ def least_sizes(options: Mapping, path: str) -> Sizes:
         return Sizes()
     top = max(candidates, key=Sizes.largest)
     return Sizes(max(c.n_state for c in candidates), n_params, activations, top.key, top.shown)
+
+
+def least_observed(options: Mapping) -> float:
+    """The least number of values an observation operator's ``options`` observe per step: its ``stations``, else 0."""
+    return _size(options.get("stations")) or 0.0
