@@ -69,3 +69,18 @@ def test_a_sweep_interrupted_before_any_member_finished_says_nothing_was_kept(tm
     assert result.returncode == cli.EXIT_INTERRUPTED
     assert result.stderr.strip() == "interrupted; no member had finished, so nothing was kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+@pytest.mark.parametrize("args, config, words", [
+    (("run", "c.yaml", "--output", "~/x.nc"), "", ("--output: ~/x.nc", "starts with '~'", os.path.expanduser("~/x.nc"))),
+    (("run", "c.yaml"), "output: {file: ~/results/r.nc}\n", ("c.yaml: output.file: ~/results/r.nc", "starts with '~'")),
+    (("generate", "c.yaml", "--output", "~/obs.nc"), "", ("--output: ~/obs.nc", "starts with '~'")),
+    (("sweep", "c.yaml", "--output", "~/sweep"), "sweep: {seed: [1, 2]}\n", ("--output: ~/sweep", "starts with '~'")),
+])
+def test_a_path_starting_with_a_tilde_is_refused_not_made_a_directory_named_tilde(tmp_path, args, config, words):
+    """No shell expanded it (quoted, or in the YAML): it would name a directory '~' here."""
+    (tmp_path / "c.yaml").write_text("model: {type: lorenz96, n_state: 8}\ntruth: {spinup_steps: 10}\n" + config)
+    result = run_command(*args, "--executor", "serial", cwd=tmp_path) if args[0] == "sweep" else run_command(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert all(word in result.stderr for word in words), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -765,9 +765,18 @@ def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
     path = Path(text)
     absolute = Path(os.path.abspath(path))
     shown = text if len(text) <= 80 else "..." + text[-77:]  # the file name is the part the user recognises
+    check_not_home_shorthand(text, what)
     if any(absolute == Path(tree) or Path(tree) in absolute.parents for tree in _SYSTEM_TREES):
         raise ConfigError(f"{what}: {shown} lies under {absolute.parts[0]}{absolute.parts[1]}, a system tree, not a place for results")
     return path, absolute, shown
+
+
+def check_not_home_shorthand(text: str, what: str) -> None:
+    """Refuse a path that starts with ``~``: no shell expanded it, so it would name a directory ``~``
+    in the working directory (which the NetCDF library, expanding it, would not write to)."""
+    if Path(text).parts[:1] and Path(text).parts[0].startswith("~"):
+        shown = text if len(text) <= 80 else "..." + text[-77:]
+        raise ConfigError(f"{what}: {shown} starts with '~', which is not expanded here; give the path itself (e.g. {short(os.path.expanduser(text), 80)})")
 
 
 def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:
