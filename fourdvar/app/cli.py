@@ -584,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
-    run.add_argument("--workers", type=_workers, help="with an ensemble: worker processes of the embedded cluster, or threads (default: one per core)")
+    run.add_argument("--workers", type=_workers, help=f"with an ensemble: worker processes of the embedded cluster, or threads (default: one per core; at most {WORKERS_PER_CORE} per core)")
     run.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="with an ensemble: where the members of each window run: one after another, on threads, or on a Dask cluster (default)")
     run.set_defaults(handler=command_run)
 
@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
     sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
-    sweep.add_argument("--workers", type=_workers, help="worker processes of the embedded cluster, or threads (default: one per core)")
+    sweep.add_argument("--workers", type=_workers, help=f"worker processes of the embedded cluster, or threads (default: one per core; at most {WORKERS_PER_CORE} per core)")
     sweep.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="where the members run: one after another, on threads, or on a Dask cluster (default)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
     sweep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the table still goes to stdout)")
