@@ -84,3 +84,21 @@ def test_a_path_starting_with_a_tilde_is_refused_not_made_a_directory_named_tild
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert all(word in result.stderr for word in words), result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_a_run_in_progress_is_not_taken_for_an_interrupted_one(tmp_path):
+    """Its checkpoint holds windows and its lock: a second run is told to wait, not to --resume, before any computation."""
+    from fourdvar.app.checkpoint import Checkpoint
+
+    (tmp_path / "c.yaml").write_text("model: {type: lorenz96, n_state: 8}\ntruth: {spinup_steps: 10000000}\noutput: {file: out.nc}\n")
+    running = Checkpoint(tmp_path / "out.nc")
+    running.acquire()
+    try:
+        (running.directory / "cycle_000000.nc").write_bytes(b"a window the running run saved")
+        result = run_command("run", "c.yaml", cwd=tmp_path)
+        assert result.returncode == 2 and "another fourdvar run is writing out.nc" in result.stderr, result.stderr
+    finally:
+        running.release()
+    # negative control: the same windows without the lock are an interrupted run's
+    result = run_command("run", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "1 completed windows of an interrupted run" in result.stderr, result.stderr
