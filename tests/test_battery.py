@@ -133,14 +133,15 @@ class Case:
     process: bool = False  # through a real ``python -m fourdvar`` process (always with limit_file_size)
 
 
-RUN = ("run", "experiment.yaml")
+#: With --overwrite: the previous result is refused first without it (before the plan runs the truth), and must outlive every case.
+RUN = ("run", "experiment.yaml", "--overwrite")
 GENERATE = ("generate", "experiment.yaml")
 CHECK = ("check", "experiment.yaml")
 FROM_FILE = {"observations__file": "obs.nc", "background__state__initial": "free_run"}
 
 CASES: dict[str, Case] = {
     # data that must never be overwritten
-    "output_exists_without_overwrite": Case(RUN, ("out/result.nc exists", "add --overwrite to replace it")),
+    "output_exists_without_overwrite": Case(("run", "experiment.yaml"), ("out/result.nc exists", "add --overwrite to replace it")),
     "generate_output_exists_without_overwrite": Case((*GENERATE, "--output", RESULT), ("out/result.nc exists", "--overwrite")),
     "checkpoint_without_resume_or_restart": Case((*RUN, "--overwrite"), ("1 completed windows", "--resume", "--restart"),
                                                  setup=with_files(**{"out__result.checkpoint__cycle_000000.nc": b"a window"})),

@@ -290,7 +290,7 @@ def _wrong_size_observation_file(directory: Path, generated: Path) -> None:
 class BadCase:
     config: dict | str | None  # overrides of BASE_CONFIG, raw YAML text, or None for no config file
     words: tuple[str, ...]  # what the one-line message must contain
-    args: tuple = ("run", "experiment.yaml")
+    args: tuple = ("run", "experiment.yaml", "--overwrite")  # the previous result is refused first without it, and must outlive every case
     setup: Callable[[Path, Path], None] | None = None  # (case directory, generated observation file)
     process: bool = False  # through a real ``python -m fourdvar`` process (else in this process)
 

@@ -2,14 +2,17 @@
 file or argument, with exit status 2, before any computation, and leaves the directory as it was.
 
 Every case runs in its own directory holding a small valid configuration and a previous result
-at the output path (:func:`refused`); the cases are mutations of that configuration, output
-paths that name something else, files that would expand to more memory than any machine has.
+at the output path (:func:`refused`), run with ``--overwrite`` so that the refusal is the case's own
+(without it the existing result is refused first, before the plan runs the truth); the cases are
+mutations of that configuration, output paths that name something else, files that would expand to
+more memory than any machine has.
 The ensemble's member parameters and the ``--executor`` choice are checked on one small run.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import netCDF4
@@ -105,7 +108,19 @@ CASES = {
     "truth_model_error_sub_window_exhausts_memory": ({"truth.model_error_std": 0.1, "truth.model_error_every": 10**15},
                                                     ("truth.model_error_every", "GiB")),
     # the memory check comes before the model is probed at a state of 8 GB (51 s, then "Allocation failed")
-    "a_state_of_a_billion_values": ({"model.n_state": 10**9}, ("GiB", "1000000000 state values")),
+    "a_state_of_a_billion_values": ({"model.n_state": 10**9}, ("model.n_state", "GiB", "1000000000 state values")),
+    # the sizes are read before a constructor allocates its grids or its layers (minutes, then an allocation failure)
+    "a_grid_of_ten_billion_points": ({"model": {"type": "qg", "nx": 100000}}, ("model.nx", "100000 x 100000", "GiB")),
+    "a_truth_grid_beyond_memory": ({"truth.model": {"type": "qg", "nx": 10**6}}, ("truth.model.nx", "1000000 x 1000000", "GiB")),
+    "a_layer_of_a_billion_channels": ({"model": {"type": "conv_surrogate", "channels": [2, 10**9, 2], "activations": ["tanh", "identity"],
+                                                   "ny": 8, "nx": 8}}, ("model.channels", "1000000000", "GiB")),
+    "a_hybrids_dense_layer_of_a_billion": ({"model": {"type": "hybrid", "physics": {"type": "lorenz96", "n_state": 8},
+                                                      "correction": {"type": "mlp", "layer_sizes": [8, 10**9, 8], "activations": ["tanh", "identity"]}}},
+                                           ("model.correction.layer_sizes", "GiB")),
+    "a_trillion_stations": ({"model": {"type": "qg", "nx": 16}, "observations.operator": {"type": "points", "stations": 10**12}},
+                            ("observations.operator.stations", "1000000000000 stations", "GiB")),
+    # a constructor that allocates nothing: its parameters are counted before they are drawn
+    "a_hidden_layer_of_ten_billion": ({"model": {"type": "local_mlp", "n_state": 8, "hidden": [10**10]}}, ("model:", "parameters", "GiB")),
     "offline_fit_exhausts_memory": ({**HYBRID, "compare": [{"name": "fit", "fit_correction": {"samples": 10**12}}]},
                                     ("compare[fit]", "fit_correction", "1000000000000 samples", "GiB")),
     "comparison_overrides_not_a_mapping": ({"compare": [{"name": "a", "assimilation": [1]}]}, ("compare[0].assimilation", "mapping", "[1]")),
@@ -119,7 +134,7 @@ CASES = {
 def test_a_value_that_would_break_the_run_later_is_refused_first(name, tmp_path):
     changes, words = CASES[name]
     write_config(tmp_path, changes)
-    refused(tmp_path, "run", "c.yaml", "--executor", "serial", words=("c.yaml", *words))
+    refused(tmp_path, "run", "c.yaml", "--executor", "serial", "--overwrite", words=("c.yaml", *words))
 
 
 @pytest.mark.parametrize("sweep, words", [
@@ -190,19 +205,19 @@ def test_restart_onto_an_existing_result_keeps_the_checkpoint(tmp_path):
 def test_params_from_a_file_that_expands_beyond_memory_is_refused_unread(tmp_path):
     write_config(tmp_path, {**PARAMS, "model": {**PARAMS["model"], "params_from": "bomb.nc"}})
     bomb(tmp_path / "bomb.nc")
-    refused(tmp_path, "run", "c.yaml", words=("model.params_from", "bomb.nc", "GiB"))
+    refused(tmp_path, "run", "c.yaml", "--overwrite", words=("model.params_from", "bomb.nc", "GiB"))
 
 
 def test_params_from_with_the_wrong_number_of_parameters_is_refused_unread(tmp_path):
     write_config(tmp_path, {**PARAMS, "model": {**PARAMS["model"], "params_from": "wide.nc"}})
     xr.Dataset({"params_analysis": (("cycle", "param"), np.ones((2, 3)))}).to_netcdf(tmp_path / "wide.nc")
-    refused(tmp_path, "run", "c.yaml", words=("model.params_from", "wide.nc", "3 values", "1 parameters"))
+    refused(tmp_path, "run", "c.yaml", "--overwrite", words=("model.params_from", "wide.nc", "3 values", "1 parameters"))
 
 
 def test_an_observation_file_that_expands_beyond_memory_is_refused_unread(tmp_path):
     write_config(tmp_path, {"observations.file": "bomb.nc", "background.state.initial": "free_run"})
     bomb(tmp_path / "bomb.nc", "value")
-    refused(tmp_path, "run", "c.yaml", words=("observations.file", "bomb.nc", "GiB"))
+    refused(tmp_path, "run", "c.yaml", "--overwrite", words=("observations.file", "bomb.nc", "GiB"))
 
 
 def test_plot_of_a_file_that_expands_beyond_memory_is_refused_unread(tmp_path):
@@ -253,3 +268,24 @@ def test_the_serial_executor_starts_no_dask_fork_server(ensemble_run):
     _, started = ensemble_run
     assert started == []
 
+
+
+# --- what is already there is refused before the truth runs -----------------------------------------------
+
+#: A spin-up of minutes: a refusal that came after the plan's truth run would not return in seconds.
+LONG_SPINUP = {"truth.spinup_steps": 10**7}
+
+
+@pytest.mark.parametrize("args, words", [
+    (("run", "c.yaml"), ("out.nc exists", "--overwrite")),
+    (("run", "c.yaml", "--resume"), ("out.nc exists", "--overwrite")),
+    (("generate", "c.yaml", "--output", "out.nc"), ("out.nc exists", "--overwrite")),
+    (("run", "c.yaml", "--output", "new.nc"), ("new.checkpoint holds 1 completed windows", "--resume", "--restart")),
+])
+def test_an_existing_result_or_checkpoint_is_refused_before_the_truth_runs(tmp_path, args, words):
+    write_config(tmp_path, LONG_SPINUP)
+    (tmp_path / "new.checkpoint").mkdir()
+    (tmp_path / "new.checkpoint" / "cycle_000000.nc").write_bytes(b"a window of an interrupted run")
+    started = time.perf_counter()
+    refused(tmp_path, *args, words=words)
+    assert time.perf_counter() - started < 5

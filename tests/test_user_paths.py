@@ -245,6 +245,38 @@ def test_a_bad_observation_file_is_one_line(tmp_path, run_cli, change, words):
     assert not (tmp_path / "out").exists()
 
 
+def times_file(path: Path, variable: str, units: str | None) -> None:
+    """:func:`observation_file` with ``time`` (model time, dt = 0.05) instead of ``step``, or ``step``, carrying ``units``."""
+    values = np.repeat(np.arange(8), 2) * (0.05 if variable == "time" else 1)
+    observation_file(path, **{"step": None, variable: ("obs", values, {} if units is None else {"units": units})})
+
+
+@pytest.mark.parametrize("variable, units, words", [
+    ("time", "hours since 2000-01-01", ("'time'", "'hours since 2000-01-01'", "calendar date", "dt = 0.05")),
+    ("time", "days since 2000-01-01 00:00:00 +0:00", ("'time'", "calendar date", "start of cycle 0")),
+    ("time", "seconds", ("'time'", "'seconds'", "duration", "dt = 0.05")),
+    ("step", "hours since 2000-01-01", ("'step'", "calendar date", "model steps")),
+    ("step", "days", ("'step'", "'days'", "duration", "model steps")),
+])
+def test_an_observation_time_with_cf_time_units_is_refused_not_decoded(tmp_path, run_cli, variable, units, words):
+    times_file(tmp_path / "obs.nc", variable, units)
+    write_config(tmp_path, FROM_FILE)
+    status, out, err = run_cli("run", "experiment.yaml")
+    line = one_line(err)
+    assert status == 2 and "observations.file: obs.nc" in line and all(word in line for word in words), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("variable, units", [("time", None), ("time", "1"), ("step", "1")])
+def test_observation_times_without_time_units_are_read_as_model_time(tmp_path, run_cli, variable, units):
+    """Negative control of the refusal: the same numbers without CF time units are assimilated at steps 0 .. 7."""
+    times_file(tmp_path / "obs.nc", variable, units)
+    write_config(tmp_path, FROM_FILE)
+    status, out, err = run_cli("run", "experiment.yaml", "-q")
+    assert status == 0, err
+    assert xr.load_dataset(tmp_path / "out/result.nc")["obs_step"].values.tolist() == np.repeat(np.arange(8), 2).tolist()
+
+
 def test_a_csv_where_netcdf_is_expected_says_so(tmp_path, run_cli):
     (tmp_path / "result.nc").write_text("time,location,value,error\n0,1,2,3\n")
     status, out, err = run_cli("plot", "result.nc")
@@ -323,7 +355,8 @@ def test_a_missing_model_module_names_where_it_looked_and_the_fix_uncut(tmp_path
 
 
 @pytest.mark.parametrize("args, overrides, words", [
-    (("run",), {"truth.spinup_steps": 1e12}, ("truth.spinup_steps", "GiB")),
+    (("run",), {"truth.spinup_steps": 1e12}, ("truth.spinup_steps", "1e+12 model steps", "more than the 1e+08")),
+    (("run",), {"truth.spinup_steps": 10**7, "truth.substeps": 100}, ("truth.spinup_steps", "1e+07 x 100 substeps = 1e+09 model steps")),
     (("run",), {"diagnostics.forecast_skill": True, "diagnostics.forecast_starts": 1e9}, ("diagnostics.forecast_starts", "GiB")),
     (("run",), {"ensemble.members": 1e9}, ("ensemble.members", "GiB")),
     (("check", "--window-steps", "1000000000"), {}, ("--window-steps", "GiB")),

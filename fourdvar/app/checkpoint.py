@@ -72,15 +72,29 @@ class Checkpoint:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            raise CheckpointError(
-                f"another fourdvar run is writing {self.output} (it holds {self.directory}); wait for it or choose another output"
-            ) from None
+            raise self._busy() from None
         if os.fstat(descriptor).st_ino != os.stat(self.directory).st_ino:  # removed by the run that just finished
             os.close(descriptor)
             return self.acquire()
         self._lock = descriptor
         remove_temporaries(self.directory, everything_in=True)
         remove_temporaries(self.output)
+
+    def check_free(self) -> None:
+        """Raise the :class:`CheckpointError` of :meth:`acquire` if another run holds the lock; takes nothing."""
+        try:
+            descriptor = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return  # no checkpoint directory: nobody writes this output
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._busy() from None
+        finally:
+            os.close(descriptor)  # releases the probe's shared lock
+
+    def _busy(self) -> CheckpointError:
+        return CheckpointError(f"another fourdvar run is writing {self.output} (it holds {self.directory}); wait for it or choose another output")
 
     def release(self) -> None:
         """Unlock; an empty checkpoint directory is removed, and so are the empty

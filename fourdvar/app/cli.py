@@ -118,9 +118,10 @@ def _output(args, experiment, default: str | None = None) -> tuple[Path, str]:
     return Path(text) if text else text, what
 
 
-def _plan(args, experiment, output, what: str):
+def _plan(args, experiment, output, what: str, replacing=None):
     """The validated plan of ``config`` writing ``output``: every problem is one line
-    before anything is computed or written."""
+    before anything is computed or written.  ``replacing()``, called once the output path
+    is checked, refuses to replace what is there (an earlier result, an interrupted run's windows)."""
     from .config import ConfigError
     from .plan import Plan, check_output
 
@@ -128,6 +129,8 @@ def _plan(args, experiment, output, what: str):
         check_output(output, [args.config, *Plan.declared_inputs(experiment)], what=what)
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    if replacing is not None:
+        replacing()
     from ..registry import search_directories
 
     try:
@@ -265,7 +268,7 @@ def command_run(args) -> int:
         from .cluster import start_worker_server
 
         start_worker_server()  # the workers' imports, in the background while the plan is validated
-    plan = _plan(args, experiment, output, what)
+    plan = _plan(args, experiment, output, what, replacing=lambda: _check_replacing(output, args))
     args.threads_in_use.fit(plan)
     say = None if args.quiet else (lambda line: _say(args, line))
     try:
@@ -291,6 +294,17 @@ def command_run(args) -> int:
     for line in headline_lines(dataset):
         print(line, flush=True)
     return EXIT_OK
+
+
+def _check_replacing(output: Path, args) -> None:
+    """``fourdvar run`` replaces an earlier result only with ``--overwrite``, and starts over an interrupted run's windows only with ``--restart``."""
+    from .checkpoint import CheckpointError
+    from .run import check_replacing
+
+    try:
+        check_replacing(output, args.resume, args.restart, args.overwrite)
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
 
 
 #: Parameter estimates up to this many are part of the headline.
@@ -364,8 +378,9 @@ def command_sweep(args) -> int:
         raise CommandError(f"--scheduler: cannot reach {args.scheduler}: {_one_line(error)}", EXIT_FAILED) from None
     except KeyboardInterrupt:
         kept = sum(member.output.exists() for member in sweep.members)
-        print(f"{chr(10) if progress.stream.isatty() else ''}interrupted; {kept} of {len(sweep.members)} member results are kept in "
-              f"{sweep.directory}; run the rest with --resume", file=sys.stderr)
+        where = (f"{kept} of {len(sweep.members)} member results are kept in {sweep.directory}; run the rest with --resume" if kept
+                 else "no member had finished, so nothing was kept")
+        print(f"{chr(10) if progress.stream.isatty() else ''}interrupted; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     failed = [outcome for outcome in outcomes if outcome.error]
     print(f"wrote {summary_path}", flush=True)
@@ -422,9 +437,7 @@ def command_generate(args) -> int:
     output, what = _output(args, experiment, default)
     if what != "--output":
         what = f"{args.config}: the observation file derived from output.file"
-    plan = _plan(args, experiment, output, what)
-    if Path(output).exists() and not args.overwrite:
-        raise CommandError(f"{output} exists; add --overwrite to replace it, or choose another --output")
+    plan = _plan(args, experiment, output, what, replacing=lambda: _refuse_existing(output, args.overwrite))
     try:
         dataset = plan.observations.to_dataset()
     except ValueError as error:
@@ -441,6 +454,11 @@ def command_generate(args) -> int:
         raise CommandError(str(error.strerror)) from None
     print(f"wrote {output} ({plan.observations.n_obs} observations at {len(plan.observations)} times, truth of {truth.shape[0]} steps)")
     return EXIT_OK
+
+
+def _refuse_existing(output: Path, overwrite: bool) -> None:
+    if Path(output).exists() and not overwrite:
+        raise CommandError(f"{output} exists; add --overwrite to replace it, or choose another --output")
 
 
 def command_plot(args) -> int:
@@ -464,8 +482,10 @@ def command_plot(args) -> int:
         check_directory(args.output if args.output is not None else output, "--output")
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    from .atomic import remove_temporaries
     from .plotting import plot_results
 
+    remove_temporaries(output, everything_in=True)  # what a killed plot left
     with _removed_unless_written(output):
         try:
             written = plot_results(dataset, output)
@@ -499,15 +519,16 @@ def _removed_unless_written(directory: Path):
 # --- the parser ---------------------------------------------------------------------------------------
 
 
-def _integer_parser(minimum: int, expected: str, maximum: float = math.inf):
-    """An argparse ``type``: an integer in [``minimum``, ``maximum``], else an error saying ``expected``."""
+def _integer_parser(minimum: int, expected: str, maximum: float = math.inf, why: str = ""):
+    """An argparse ``type``: an integer in [``minimum``, ``maximum``], else an error saying ``expected``
+    (and ``why`` there is a maximum)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text[:40]!r}") from None
         if value > maximum:
-            raise argparse.ArgumentTypeError(f"expected at most {maximum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected at most {maximum}{f' ({why})' if why else ''}, got {value}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
@@ -533,6 +554,10 @@ def _file_writing_options(parser: argparse.ArgumentParser, output_help: str, rep
 
 
 _positive_int = _integer_parser(1, "a positive integer")
+#: Workers per core at most: each is a process (or a thread) running members, and more only wait for one another.
+WORKERS_PER_CORE = 4
+_workers = _integer_parser(1, "a positive integer", WORKERS_PER_CORE * (os.cpu_count() or 1),
+                           f"{WORKERS_PER_CORE} per core of this machine's {os.cpu_count() or 1}; more only wait for one another")
 #: Random directions per check at most: each costs a tangent-linear or adjoint sweep, and more than this tell nothing new.
 MAX_DIRECTIONS = 1000
 _directions = _integer_parser(1, "a positive integer", MAX_DIRECTIONS)
@@ -559,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the results still go to stdout)")
     _threads_option(run)
     run.add_argument("--scheduler", help="with an ensemble: address of an existing Dask scheduler for the members, tcp://HOST:PORT (default: an embedded cluster)")
-    run.add_argument("--workers", type=_positive_int, help="with an ensemble: worker processes of the embedded cluster, or threads (default: one per core)")
+    run.add_argument("--workers", type=_workers, help=f"with an ensemble: worker processes of the embedded cluster, or threads (default: one per core; at most {WORKERS_PER_CORE} per core)")
     run.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="with an ensemble: where the members of each window run: one after another, on threads, or on a Dask cluster (default)")
     run.set_defaults(handler=command_run)
 
@@ -584,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="the experiment's YAML file, with a sweep: block")
     sweep.add_argument("--output", "-o", help="directory for the members' result files and summary.nc (default: output.file without its .nc, e.g. results/<config name>)")
     sweep.add_argument("--scheduler", help="address of an existing Dask scheduler, tcp://HOST:PORT (default: an embedded cluster on this machine)")
-    sweep.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster, or threads (default: one per core)")
+    sweep.add_argument("--workers", type=_workers, help=f"worker processes of the embedded cluster, or threads (default: one per core; at most {WORKERS_PER_CORE} per core)")
     sweep.add_argument("--executor", choices=("serial", "threads", "dask"), default="dask", help="where the members run: one after another, on threads, or on a Dask cluster (default)")
     sweep.add_argument("--resume", action="store_true", help="run only the members whose result file is missing")
     sweep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr (the table still goes to stdout)")

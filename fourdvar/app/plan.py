@@ -35,8 +35,9 @@ from ..registry import RegistryError, build_model, build_operator, observation_s
 from ..window import DivergenceError, forecast, n_sub_windows, sub_window_forcing
 from .config import STD_RANGE, ConfigError, short
 from .experiment import ComparisonRun, Component, Correlation, Experiment, Method, Problem, experiment_of
+from .sizes import Sizes, least_observed, least_sizes
 
-__all__ = ["Plan", "Comparison", "build_component", "check_output", "check_netcdf_size", "MAX_COST", "MEMORY_FRACTION"]
+__all__ = ["Plan", "Comparison", "build_component", "check_output", "check_netcdf_size", "spin_up", "MAX_COST", "MAX_SPINUP_STEPS", "MEMORY_FRACTION"]
 
 # independent random streams, one per purpose
 _TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS, _TRUTH_MODEL_ERROR = range(6)
@@ -46,6 +47,10 @@ _TRUTH_STATE, _TRUTH_PARAMS, _OBSERVATIONS, _BACKGROUND, _MODEL_PARAMS, _TRUTH_M
 MAX_COST = 1e20
 #: A plan whose arrays would take more than this fraction of the machine's memory is refused.
 MEMORY_FRACTION = 0.5
+#: Model steps a spin-up runs at a time: it holds one such stretch of states, never its whole trajectory.
+SPINUP_STRETCH = 500
+#: The longest spin-up, in model steps (``truth.spinup_steps`` times ``truth.substeps``).
+MAX_SPINUP_STEPS = 10**8
 
 
 def build_component(spec: Component | dict, path: str, builder=build_model, **extra):
@@ -105,6 +110,9 @@ class Plan:
         problem, window = self.problem, self.method.window
         self.seed = problem.seed
         self.n_steps, self.n_cycles, self.shift, self.span = window.steps, window.cycles, window.stride, window.span
+        self.from_file = problem.observations.file is not None
+        self._check_run_length()
+        self._check_least_sizes()  # from the models' options, before any is built
         self.model = build_component(problem.model, "model")
         if shared is not None and self.model.n_state != shared.model.n_state:
             raise ConfigError(
@@ -114,9 +122,9 @@ class Plan:
         self.control = self.method.control
         if "params" in self.control and self.model.n_params == 0:
             raise ConfigError(f"{self.method.key('control')}: 'params' is in the control but the model {self.model!r} has no parameters")
-        self.from_file = problem.observations.file is not None
         self.forecast_steps = self._forecast_steps()
         self._check_memory()  # before anything of the model's size is allocated
+        self._check_least_observations()
         self.pb0 = self._initial_params()
         _probe(self.model, self.pb0, problem.truth.initial_mean)
         if shared is not None:
@@ -210,39 +218,83 @@ class Plan:
             raise ConfigError(f"model.params: the model has {n} parameters, got {p.size}")
         return p
 
+    def _check_run_length(self) -> None:
+        """Refuse a spin-up longer than :data:`MAX_SPINUP_STEPS` model steps (it holds one stretch
+        of states at a time, so its length is bounded by time, not memory)."""
+        truth = self.problem.truth
+        steps = truth.spinup_steps * max(truth.substeps, 1)
+        if steps > MAX_SPINUP_STEPS:
+            given = f"{truth.spinup_steps:.6g} x {truth.substeps} substeps = {steps:.3g}" if truth.substeps > 1 else f"{truth.spinup_steps:.6g}"
+            raise ConfigError(f"{truth.key('spinup_steps')}: {given} model steps, more than the {MAX_SPINUP_STEPS:.0e} a spin-up may run "
+                              "(a spin-up settles within thousands)")
+
+    def _check_least_sizes(self) -> None:
+        """Refuse model options whose least run cannot fit in memory: :meth:`memory_terms` at the
+        least state, parameters and activations the options imply (:func:`~fourdvar.app.sizes.least_sizes`),
+        before a constructor allocates anything of that size.  When a model of one value would not
+        fit either, another key is to blame: the check once the models are built names it."""
+        model = least_sizes(self.problem.model.options(), self.problem.model.path)
+        truth = least_sizes(self.problem.truth.model.options(), self.problem.truth.model.path) if not self.from_file else Sizes()
+        terms = self.memory_terms(model.n_state, truth.n_state, model.n_params)
+        needed = 8 * (sum(terms.values()) + (self.n_steps + 1) * model.activations)
+        if needed > memory_available() and 8 * sum(self.memory_terms(1, 1).values()) <= memory_available():
+            top = max((model, truth), key=Sizes.largest)
+            raise ConfigError(f"{top.key}: {top.shown}: {self.n_cycles} windows of {self.n_steps} steps need at least {needed / 2**30:.3g} GiB "
+                              f"(the truth run, the results and the model's values); this machine allows {memory_available() / 2**30:.3g} GiB")
+
+    def _check_least_observations(self) -> None:
+        """Refuse generated observations whose least count (an operator's ``stations`` at every observed
+        step: values, error stds and the stations' positions) cannot fit in memory, before an operator draws them."""
+        spec = self.problem.observations
+        if self.from_file:
+            return
+        steps = len(range(spec.offset, self.span + (1 if self.method.window.observations_at_end else 0), spec.every))
+        operators = spec.operators  # used in turn at successive observed steps
+        values = [least_observed(o.options()) * (2 * len(range(i, steps, len(operators))) + 2) for i, o in enumerate(operators)]
+        needed = 8 * sum(values)
+        if needed > memory_available():
+            operator = operators[int(np.argmax(values))]
+            raise ConfigError(f"{operator.path}.stations: {least_observed(operator.options()):.0f} stations at {steps} observed steps need at least "
+                              f"{needed / 2**30:.3g} GiB for the observations; this machine allows {memory_available() / 2**30:.3g} GiB")
+
     def _check_memory(self) -> None:
         """Refuse a plan whose arrays would not fit in memory: the spin-ups, the truth run,
-        the skill forecasts, an ensemble's members and the result arrays."""
+        the skill forecasts, an ensemble's members, the parameters and the result arrays."""
         n_truth = 0
         if not self.from_file:
             self._truth_model = build_component(self.problem.truth.model, "truth.model")
             n_truth = self._truth_model.n_state
-        needed = 8 * sum(self.memory_terms(n_truth).values())
+        terms = self.memory_terms(self.model.n_state, n_truth, self.model.n_params, self.forecast_steps)
+        needed = 8 * sum(terms.values())
         available = memory_available()
         if needed > available:
-            key, _ = max(self.memory_terms(n_truth).items(), key=lambda item: item[1])
+            key, _ = max(terms.items(), key=lambda item: item[1])
             raise ConfigError(
-                f"{key}: {self.n_cycles} windows of {self.n_steps} steps of {self.model.n_state} state values need about {needed / 2**30:.3g} GiB "
+                f"{key}: {self.n_cycles} windows of {self.n_steps} steps of {self.model.n_state} state values"
+                f"{f' and {self.model.n_params} parameters' if self.model.n_params else ''} need about {needed / 2**30:.3g} GiB "
                 f"for the truth run and the results; this machine allows {available / 2**30:.3g} GiB"
             )
 
-    def memory_terms(self, n_truth: int) -> dict[str, float]:
-        """The float64 values the run holds at once, by the configuration key that sets each."""
-        n, truth, solver = self.model.n_state, self.problem.truth, self.method.solver
+    def memory_terms(self, n: float, n_truth: float, n_params: float = 0.0, forecast_steps: int = 0) -> dict[str, float]:
+        """The float64 values the run holds at once, by the configuration key that sets each: a
+        model of ``n`` state values and ``n_params`` parameters, a truth of ``n_truth``, skill
+        forecasts of ``forecast_steps``."""
+        truth, solver = self.problem.truth, self.method.solver
         substeps, spinup = truth.substeps, truth.spinup_steps
         inner = solver.max_iterations + 1
         diagnostics, members = self.experiment.diagnostics, self.method.ensemble.members
-        starts = diagnostics.forecast_starts if self.forecast_steps else 0
+        starts = diagnostics.forecast_starts if forecast_steps else 0
         return {
-            "truth.spinup_steps": float(spinup) * max(substeps * n_truth, n),  # the spin-up trajectories
-            "window.cycles": float(self.span + self.forecast_steps) * substeps * n_truth  # the truth run
+            "truth.spinup_steps": float(min(spinup * substeps, SPINUP_STRETCH) + 1) * max(n_truth, n),  # a stretch of the spin-ups
+            "window.cycles": float(self.span + forecast_steps) * substeps * n_truth  # the truth run
             + 3.0 * self.n_cycles * (self.n_steps + 1) * n  # background, analysis and truth per window
             + 5.0 * self.n_cycles * solver.outer_loops * inner,  # cost per inner iteration
-            "diagnostics.forecast_starts": float(starts) * (diagnostics.forecast_spacing * substeps * n_truth + 2 * (self.forecast_steps + 1) * n),
+            "diagnostics.forecast_starts": float(starts) * (diagnostics.forecast_spacing * substeps * n_truth + 2 * (forecast_steps + 1) * n),
             "ensemble.members": float(members) * (3 * self.n_cycles * n + 4 * (self.n_steps + 1) * n),
             # a forcing per step, repeated from its sub-windows' (whole sub-windows: up to one more than the run needs)
-            "model_error.every": float(self.problem.Q.every or 0) * n if "model_error" in self.control else 0.0,
+            "model_error.every": float(self.problem.Q.every or 0) * n if "model_error" in self.method.control else 0.0,
             "truth.model_error_every": float(truth.model_error_every or self.problem.Q.every or 0) * n_truth if truth.model_error_std > 0 else 0.0,
+            "model": (2.0 * self.n_cycles + 4) * n_params,  # background, analysis and their covariances' stds per window
         }
 
     def window_start(self, c: int) -> int:
@@ -335,7 +387,7 @@ class Plan:
         n_run = (self.span + self.forecast_steps) * substeps  # the skill forecasts run past the last window
         eta, every = self._truth_model_error(model.n_state, n_run)
         try:
-            x = forecast(model, x, params, spec.spinup_steps * substeps, context="truth spin-up")[-1]
+            x = spin_up(model, x, params, spec.spinup_steps * substeps, "truth spin-up")
             if eta is None:
                 full = forecast(model, x, params, n_run, context="truth run")[::substeps]
             else:  # substeps == 1 (checked with the configuration)
@@ -403,6 +455,7 @@ class Plan:
         path = self.path(self.problem.observations.file)
         if path.is_file():
             check_netcdf_size(path, "observations.file")
+            check_time_units(path, "observations.file", declared(self.model, "dt"))
         try:
             observations = observation_set_class().from_file(path, n_state=self.model.n_state, dt=declared(self.model, "dt"),
                                                              nearest_step=self.problem.observations.nearest_step)
@@ -494,7 +547,7 @@ class Plan:
         rng = self.rng(_BACKGROUND)
         x = spec.initial_mean + spec.initial_std * rng.standard_normal(self.model.n_state)
         try:
-            return forecast(self.model, x, self.pb0, spec.spinup_steps, context="background free run")[-1]
+            return spin_up(self.model, x, self.pb0, spec.spinup_steps, "background free run")
         except DivergenceError as error:
             raise ConfigError(f"background.state.initial: {error}") from None
 
@@ -539,6 +592,23 @@ def resolved_states(truth: dict, states: np.ndarray) -> np.ndarray:
     return states[..., truth["state_slice"]] if resolve is None else resolve(states)
 
 
+def spin_up(model, x: np.ndarray, p: np.ndarray, n_steps: int, context: str = "", every: int = 0, diagnostic=None) -> np.ndarray:
+    """``x_n`` of ``x_k = M(x_{k-1}, p)`` from ``x_0 = x``: :func:`~fourdvar.window.forecast`'s last state to the
+    bit, run in stretches of at most :data:`SPINUP_STRETCH` steps, so that it holds one stretch, not the
+    trajectory.  ``diagnostic(k, x_k)`` is called at every step ``k`` that is a multiple of ``every`` (> 0): a
+    spin-up check's values (an energy, an RMS) without its states."""
+    done, x = 0, np.asarray(x, dtype=float)
+    while True:
+        stretch = min(SPINUP_STRETCH, n_steps - done, (every - done % every) if every else SPINUP_STRETCH)
+        where = f"{context}, {done} steps in" if done else context  # the step of a divergence counts from the stretch's start
+        x = forecast(model, x, p, stretch, context=where)[-1].copy()
+        done += stretch
+        if every and done % every == 0 and done:
+            diagnostic(done, x)
+        if done == n_steps:
+            return x
+
+
 def _at_step(operator, step: int):
     """The operator observing at ``step``: its ``at_step(step)`` (another for a network that moves)."""
     return declared(operator, "at_step")(step)
@@ -562,6 +632,37 @@ def check_netcdf_size(path: Path, what: str) -> None:
         return
     if needed > memory_available():
         raise ConfigError(f"{what}: {path}: its variables take {needed / 2**30:.3g} GiB once read; this machine allows {memory_available() / 2**30:.3g} GiB")
+
+
+#: The variables an observation file is read from (docs/observation_files.md).
+OBSERVATION_VARIABLES = ("value", "step", "time", "index", "error_std", "operator", "scale", "x", "y")
+#: CF units of a duration (UDUNITS names and abbreviations): a reader may decode them into time deltas.
+_DURATIONS = {"d", "day", "days", "h", "hr", "hrs", "hour", "hours", "min", "mins", "minute", "minutes", "s", "sec", "secs",
+              "second", "seconds", "ms", "msec", "millisecond", "milliseconds", "us", "usec", "microsecond", "microseconds",
+              "ns", "nanosecond", "nanoseconds"}
+
+
+def check_time_units(path: Path, what: str, dt: float | None) -> None:
+    """Refuse an observation file whose variables carry CF time units (``hours since 2000-01-01``,
+    ``seconds``): xarray decodes them into dates or time deltas, while the format reads ``time``
+    as a plain number in the unit of the model's ``dt``, from the start of cycle 0, which no
+    calendar can say.  Only the header is read; a file that is not NetCDF is left to its reader."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path) as nc:
+            units = {name: nc.variables[name].getncattr("units") for name in OBSERVATION_VARIABLES
+                     if name in nc.variables and "units" in nc.variables[name].ncattrs()}
+    except OSError:
+        return
+    for name, unit in units.items():
+        text = str(unit).strip()
+        date, duration = " since " in f" {text.lower()} ", text.lower() in _DURATIONS
+        if date or duration:
+            expected = {"time": f"the model time from the start of cycle 0 in the unit of the model's dt{'' if dt is None else f' = {dt:g}'}",
+                        "step": "model steps from the start of cycle 0"}.get(name, "plain numbers")
+            raise ConfigError(f"{what}: {path}: variable {name!r} has units {short(text, 60)}, CF units of a {'calendar date' if date else 'duration'} "
+                              f"that xarray decodes; expected {expected}, without time units (convert it, then remove 'units' or set it to '1')")
 
 
 def _item_size(dtype) -> int:
@@ -664,9 +765,18 @@ def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
     path = Path(text)
     absolute = Path(os.path.abspath(path))
     shown = text if len(text) <= 80 else "..." + text[-77:]  # the file name is the part the user recognises
+    check_not_home_shorthand(text, what)
     if any(absolute == Path(tree) or Path(tree) in absolute.parents for tree in _SYSTEM_TREES):
         raise ConfigError(f"{what}: {shown} lies under {absolute.parts[0]}{absolute.parts[1]}, a system tree, not a place for results")
     return path, absolute, shown
+
+
+def check_not_home_shorthand(text: str, what: str) -> None:
+    """Refuse a path that starts with ``~``: no shell expanded it, so it would name a directory ``~``
+    in the working directory (which the NetCDF library, expanding it, would not write to)."""
+    if Path(text).parts[:1] and Path(text).parts[0].startswith("~"):
+        shown = text if len(text) <= 80 else "..." + text[-77:]
+        raise ConfigError(f"{what}: {shown} starts with '~', which is not expanded here; give the path itself (e.g. {short(os.path.expanduser(text), 80)})")
 
 
 def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:

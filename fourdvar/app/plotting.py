@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from .atomic import write_file_atomic
 from .maps import plot_maps
 
 __all__ = [
@@ -1234,7 +1235,7 @@ def plot_results(dataset_or_path, output_dir, time_range: TimeRange | None = Non
     written = []
     for stem, fig in figures.items():
         path = output_dir / f"{stem}.png"
-        fig.savefig(path, dpi=DPI)
+        write_file_atomic(path, lambda temporary: fig.savefig(temporary, dpi=DPI, format="png"))  # never half a figure
         fig.clear()
         written.append(path)
     return written

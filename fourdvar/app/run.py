@@ -150,8 +150,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     checkpoint.acquire()
     try:
         windows = _saved_windows(plan, checkpoint, text, resume, restart)
-        if Path(plan.output).exists() and not overwrite:  # refused before the checkpoint is touched or a word is said
-            raise CheckpointError(f"{plan.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
+        _refuse_replacing(checkpoint, resume, restart, overwrite)  # again under the lock: before the checkpoint is touched or a word is said
         saved = _resume_point(plan, checkpoint, windows, say)
         save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.experiment.output.checkpoint else None
         dataset = execute(plan, resume=saved, on_window=save, progress=progress, message=message,
@@ -163,13 +162,30 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     return dataset
 
 
+def check_replacing(output: Path, resume: bool = False, restart: bool = False, overwrite: bool = False) -> None:
+    """Refuse, with a :class:`~fourdvar.app.checkpoint.CheckpointError`, a run on an output another run is
+    writing, or one that would replace the existing result ``output`` without ``overwrite`` or start again
+    over an interrupted run's windows without ``resume`` or ``restart``; takes no lock and reads names
+    only, so the command line asks it before the plan is built."""
+    checkpoint = Checkpoint(output)
+    checkpoint.check_free()  # a run in progress is not an interrupted one
+    _refuse_replacing(checkpoint, resume, restart, overwrite)
+
+
+def _refuse_replacing(checkpoint: Checkpoint, resume: bool = False, restart: bool = False, overwrite: bool = False) -> None:
+    if not (resume or restart) and checkpoint.count():
+        raise CheckpointError(f"{checkpoint.directory} holds {checkpoint.count()} completed windows of an interrupted run; "
+                              "add --resume to continue it, or --restart to discard them and start again")
+    if checkpoint.output.exists() and not overwrite:
+        raise CheckpointError(f"{checkpoint.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
+
+
 def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, restart: bool) -> list | None:
     """The checkpoint's windows to continue from, checked (``[]``: none there), or ``None`` without ``resume``;
     changes nothing."""
     if not resume:
-        if checkpoint.count() and not restart:
-            raise CheckpointError(f"{checkpoint.directory} holds {checkpoint.count()} completed windows of an interrupted run; "
-                                  "add --resume to continue it, or --restart to discard them and start again")
+        if not restart:
+            _refuse_replacing(checkpoint, overwrite=True)  # the interrupted run's windows
         return None
     windows = checkpoint.load(text)
     if len(windows) > plan.n_cycles:

@@ -123,6 +123,9 @@ class Sweep:
         # absolute: a worker of an existing cluster runs in a directory of its own
         self.base_dir = str(Path(base_dir).absolute())
         directory = Path(output) if output is not None else Path(base["output"]["file"]).with_suffix("")
+        from .plan import check_not_home_shorthand
+
+        check_not_home_shorthand(str(directory), "--output" if output is not None else "output.file")
         self.directory = directory.absolute()
         self.values = [base["sweep"][key] for key in self.keys]
         if (count := math.prod(map(len, self.values))) > MAX_MEMBERS:  # before each member's configuration is built
