@@ -145,6 +145,13 @@ def learned_errors(output: Path, max_iterations: int = 200) -> dict[str, float]:
     lower layer.  The offline fit is redone here on the first half of those states (from the run's
     initial weights, as the ``offline`` run fits its own stretch of truth) and scored on the
     second half; ``weights`` is ``|p_online - p_offline| / |p_offline|``.
+
+    The figures repeat to the last digit on one commit (no random draw here; BLAS threads do not
+    change them).  The fit stops at ``max_iterations`` in a weight space with many equivalent
+    minima, so a change of the ConvNet's summation order moves its weights (``weights``) by a
+    few %, and the tendency errors in their last digit.  With a zero-started output layer and a
+    zero upper-layer target, the fit never changes the upper layer's output weights: its upper
+    output is zero exactly.
     """
     from fourdvar.app.fitting import fit_tendency
 

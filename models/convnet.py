@@ -243,7 +243,8 @@ class ConvNet:
     """``ConvNet(channels=[2, 16, 16, 2], kernel=3, activations=["tanh", "tanh", "identity"], ny=64, nx=64)``.
 
     ``residual=True`` adds the input to the output (``channels[0] == channels[-1]``);
-    ``input_scale`` ``s`` and ``output_scale`` ``g`` give ``y = g NN(x / s)``.
+    ``input_scale`` ``s`` and ``output_scale`` ``g`` give ``y = g NN(x / s)``; ``s`` is one number or one per
+    input channel (``x_c / s_c``: fields of different magnitude brought to a common one).
     ``apply`` (also ``evaluate``, so that the network is a tendency for
     :mod:`models.integrators`) and ``linearize`` follow the module docstring.
     """
@@ -256,7 +257,7 @@ class ConvNet:
         ny: int = 64,
         nx: int = 64,
         residual: bool = False,
-        input_scale: float = 1.0,
+        input_scale: float | Sequence[float] = 1.0,
         output_scale: float = 1.0,
     ):
         channels = list(channels)
@@ -266,15 +267,20 @@ class ConvNet:
             raise ValueError(f"activations must list one name per layer ({len(channels) - 1} for channels {channels}), got {activations!r}")
         if residual and channels[0] != channels[-1]:
             raise ValueError(f"a residual ConvNet needs as many output channels as input channels, got channels {channels}")
-        for name, value in (("input_scale", input_scale), ("output_scale", output_scale)):
+        scales = np.atleast_1d(np.asarray(input_scale, dtype=float))
+        if scales.ndim != 1 or len(scales) not in (1, channels[0]):
+            raise ValueError(f"input_scale must be one number or one per input channel ({channels[0]}), got {input_scale!r}")
+        for name, value in (("input_scale", scales.min()), ("output_scale", output_scale)):
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ValueError(f"{name} must be positive, got {input_scale if name == 'input_scale' else value}")
         self.patches = PeriodicPatches(ny, nx, kernel)
         self.channels = [int(c) for c in channels]
         self.kernel, self.ny, self.nx = int(kernel), int(ny), int(nx)
         self.activations = [get_activation(name) for name in activations]
         self.residual = bool(residual)
-        self.input_scale, self.output_scale = float(input_scale), float(output_scale)
+        self.input_scale = float(scales[0]) if np.ndim(input_scale) == 0 else [float(v) for v in scales]
+        self.output_scale = float(output_scale)
+        self.channel_scale = np.broadcast_to(scales, (self.channels[0],)).reshape(-1, 1, 1)  # s_c against (c, m, size) buffers
         k2 = self.kernel**2
         self.shapes = [(c_out, c_in * k2) for c_in, c_out in zip(self.channels[:-1], self.channels[1:])]
         sizes = [rows * cols + rows for rows, cols in self.shapes]  # W_l then b_l
@@ -327,7 +333,7 @@ class ConvNet:
 
     def _input(self, x: np.ndarray) -> np.ndarray:
         """The padded buffer of ``a_0 = x / s``, ``(c_0, 1, size)``."""
-        return self.patches.pad(x.reshape(self.channels[0], 1, -1) / self.input_scale)
+        return self.patches.pad(x.reshape(self.channels[0], 1, -1) / self.channel_scale)
 
     def _layer(self, W: np.ndarray, b: np.ndarray, f, P: np.ndarray) -> np.ndarray:
         """The padded buffer of ``a_l`` ``(c_l, 1, size)`` from the patches ``P = [P(a_{l-1}); 1]``
@@ -467,7 +473,7 @@ class ConvNetLinearization:
         if dp.ndim != dx.ndim or dp.shape[1:] != dx.shape[1:]:
             raise ValueError(f"dx and dp must carry as many directions, got shapes {dx.shape} and {dp.shape}")
         m = da.shape[1]
-        da /= net.input_scale
+        da /= net.channel_scale
         for l, ((dW, db), P) in enumerate(zip(net.layers(dp), self.P)):
             dz = patches.buffer(dW.shape[0], m)
             if self.split(self.kernels[l]) == 2:
@@ -501,7 +507,8 @@ class ConvNetLinearization:
             _set_weight_adjoint(np.matmul(self.P[l], patches.wide_rows(az).T).T, aW, ab)
             aa = patches.buffer(net.channels[l], m)
             self.correlate_into(self.flipped[l], az, aa)                                   # aa_{l-1} = W~_l P(az_l)
-        ax = _directions_last(patches, aa, single) / net.input_scale
+        aa /= net.channel_scale
+        ax = _directions_last(patches, aa, single)
         if net.residual:
             ax += ay
         return ax, ap

@@ -461,3 +461,34 @@ def test_hybrids_take_over_the_physics_grid_and_streamfunction_for_gridded_obser
         model, q, _ = qg_hybrid(form, rng)
         assert (model.nx, model.ny, model.L, model.W) == (12, 12, model.physics.L, model.physics.W)
         np.testing.assert_array_equal(model.streamfunction(q), model.physics.streamfunction(q))
+
+
+def test_convnet_per_channel_input_scale_equals_dividing_each_channel_and_passes_adjoint():
+    rng = np.random.default_rng(11)
+    scales = [3.0, 0.2]
+    net, x, p = random_net(rng, [2, 4, 2], 3, ["tanh", "identity"], input_scale=scales, output_scale=0.5)
+    plain = ConvNet([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=7)
+    divided = (x.reshape(2, -1) / np.array(scales)[:, None]).reshape(-1)
+    np.testing.assert_allclose(net.apply(x, p), 0.5 * plain.apply(divided, p), rtol=1e-14, atol=1e-14)
+    lin, m = net.linearize(x, p), 3
+    dx, dp, ay = rng.standard_normal((net.n_in, m)), rng.standard_normal((net.n_params, m)), rng.standard_normal((net.n_out, m))
+    for j in range(m):  # each direction: the dot-product test, and the blocked form equal to the single one
+        result = checks.dot_product_test(lin.tl, lin.ad, [dx[:, j], dp[:, j]], ay[:, j])
+        assert result.value < 1e-12, str(result)
+        np.testing.assert_allclose(lin.tl(dx, dp)[:, j], lin.tl(dx[:, j], dp[:, j]), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(lin.ad(ay)[0][:, j], lin.ad(ay[:, j])[0], rtol=1e-13, atol=1e-13)
+    # a uniform list is the scalar scale, and the two channels' scales act on their own channel only (negative control)
+    uniform = ConvNet([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=7, input_scale=[3.0, 3.0])
+    scalar = ConvNet([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=7, input_scale=3.0)
+    np.testing.assert_array_equal(uniform.apply(x, p), scalar.apply(x, p))
+    swapped = ConvNet([2, 4, 2], 3, ["tanh", "identity"], ny=6, nx=7, input_scale=scales[::-1], output_scale=0.5)
+    assert np.max(np.abs(swapped.apply(x, p) - net.apply(x, p))) > 1e-3
+
+
+@pytest.mark.parametrize("input_scale, message", [
+    ([1.0, 2.0, 3.0], r"input_scale must be one number or one per input channel \(2\), got \[1.0, 2.0, 3.0\]"),
+    ([1.0, -2.0], r"input_scale must be positive, got \[1.0, -2.0\]"),
+])
+def test_convnet_refuses_a_per_channel_input_scale_of_the_wrong_length_or_sign(input_scale, message):
+    with pytest.raises(ValueError, match=message):
+        ConvNet([2, 4, 2], 3, ["tanh", "identity"], ny=8, nx=8, input_scale=input_scale)
