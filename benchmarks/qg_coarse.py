@@ -7,8 +7,9 @@ There is no perfect model at the coarse resolution: the score of each run is its
 RMSE averaged over the last half of the windows (``rmse_analysis*`` of the result file) and
 its improvement over the physics model, ``(physics - run) / physics``.  The run's CPU time
 (the child's) and the load average around it are recorded: the machine may be shared.
-``--spinup`` prints the fine truth's kinetic energy along its spin-up for each seed (the
-config's model, spin-up length and initial std, its own random draw), to show that it settles.
+``--spinup`` runs each seed's fine truth for twice the config's spin-up (the config's model and
+initial std, its own random draw) and checks that the spin-up ends on the plateau of its
+kinetic energy (:func:`spinup_plateau`).
 
     nice python benchmarks/qg_coarse.py [--seeds 1 2 3] [--output DIR] [--spinup] [--no-record]
 
@@ -52,18 +53,43 @@ def kinetic_energy(model, x: np.ndarray) -> float:
     return float((layer[0] * model.delta + layer[1]) / (1.0 + model.delta))
 
 
-def spinup_levels(seed: int, every: int = 500) -> str:
-    """The fine truth's kinetic energy every ``every`` model steps of its spin-up (the config's model, length and initial std)."""
+def plateau(levels: np.ndarray, spinup_blocks: int) -> tuple[float, float, int]:
+    """``(mean, std, reached)`` of a quantity's block means ``levels``, of which the first ``spinup_blocks`` are the spin-up.
+
+    The blocks after the spin-up give the plateau, the mean and std of their means; the quantity
+    reaches it at the end of the first block whose mean is within two of those stds of the
+    plateau's mean (``reached``, in blocks).  The rule of ``qg_hybrid.spinup_plateau``.
+    """
+    after = levels[spinup_blocks:]
+    mean, std = float(after.mean()), float(after.std())
+    return mean, std, 1 + int(np.argmax(np.abs(levels - mean) <= 2 * std))
+
+
+def spinup_plateau(seed: int, block: int = 1000, every: int = 10) -> str:
+    """Whether the fine truth's spin-up ends on the plateau of its kinetic energy.
+
+    The fine truth (the config's model, initial std and substeps, its own random draw) runs
+    twice the config's spin-up; its kinetic energy, every ``every`` model steps, is averaged
+    over blocks of ``block`` model steps.  The spin-up has settled when it lasts at least
+    twice as long as the energy takes to reach its plateau (:func:`plateau`).  The energy,
+    held by the largest scales, is the slowest quantity of the run to settle.
+    """
     truth = load_config(CONFIG)["truth"]
-    model = build_model(truth["model"])
+    model, spinup, substeps = build_model(truth["model"]), truth["spinup_steps"], truth["substeps"]
     x = truth["initial_std"] * np.random.default_rng(seed).standard_normal(model.n_state)
-    levels = []
-    for step in range(1, truth["spinup_steps"] + 1):
-        for _ in range(truth["substeps"]):
+    n_blocks = 2 * spinup // block
+    energy = np.zeros(n_blocks * block // every)
+    for sample in range(energy.size):
+        for _ in range(every * substeps):
             x = model.step(x, np.empty(0))
-        if step % every == 0:
-            levels.append(f"{step}: {kinetic_energy(model, x):.2e}")
-    return f"seed {seed}, kinetic energy of the fine run (m^2 s^-2) — " + "; ".join(levels)
+        energy[sample] = kinetic_energy(model, x)
+    levels = energy.reshape(n_blocks, -1).mean(axis=1)
+    mean, std, reached = plateau(levels, n_blocks // 2)
+    reached *= block
+    verdict = (f"settled (spin-up {spinup} >= 2 x {reached})" if 2 * reached <= spinup
+               else f"NOT settled (spin-up {spinup} < 2 x {reached})")
+    return (f"seed {seed}, kinetic energy of the fine run (m^2 s^-2) per {block} model steps: " + " ".join(f"{v:.2e}" for v in levels)
+            + f"; plateau after the spin-up {mean:.2e} +- {std:.1e}, reached at step {reached}: {verdict}")
 
 
 def table(rows: dict[int, tuple[dict, dict]]) -> tuple[str, list[str]]:
@@ -83,10 +109,10 @@ def table(rows: dict[int, tuple[dict, dict]]) -> tuple[str, list[str]]:
 
 
 def main(argv=None) -> int:
-    args = qg_hybrid.seeds_parser(__doc__, "print the fine truth's spin-up energy of each seed first").parse_args(argv)
+    args = qg_hybrid.seeds_parser(__doc__, "check first that each seed's fine truth spin-up ends on the plateau of its kinetic energy (spinup_plateau)").parse_args(argv)
     spinups = []
     for seed in args.seeds if args.spinup else []:
-        spinups.append(spinup_levels(seed))
+        spinups.append(spinup_plateau(seed))
         print(spinups[-1], flush=True)
     rows, window = {}, None
     for seed, output, score, timing in qg_hybrid.seed_results(args.seeds, args.output, "qg_coarse", CONFIG, RUNS):

@@ -25,6 +25,16 @@ of the unresolved scales (their ``q_forcing_total``)::
 
 ``f_f`` and ``f_c`` the two grids' tendencies (advection, beta, mean flow and drag, no filter,
 :meth:`models.qg.QG.tendency`), so that ``d(C q)/dt = f_c(C q) + S(q)`` along the truth.
+
+The coarse model steps that tendency and then applies its spectral filter, which damps the
+coarse-grained truth's smallest resolved scales at every step; ``S`` leaves that out.  With
+``missing="step"`` the unresolved tendency is instead what one step of the coarse model
+misses, per unit time::
+
+    S_step(q) = (C Phi_f^n(q) - M_c(C q)) / dt_c        n = dt_c / dt_f
+
+``Phi_f`` the fine step, ``M_c`` the coarse step (RK4 of ``f_c`` over ``dt_c``, then the
+filter), so that ``C q(t + dt_c) = M_c(C q(t)) + dt_c S_step(q(t))`` along the truth.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ from .qg import QG
 
 #: the filters ``G`` of the coarse-graining on the coarse wavenumbers, by name
 COARSENINGS = ("sharp", "gaussian")
+#: the unresolved tendencies: the eddy forcing ``S`` or the coarse step's missing tendency ``S_step``
+MISSING = ("eddy_forcing", "step")
 
 
 def _coarse_size(name: str, value, fine: int) -> int:
@@ -45,17 +57,28 @@ def _coarse_size(name: str, value, fine: int) -> int:
     return int(value)
 
 
-class CoarseGrainedQG(QG):
-    """``CoarseGrainedQG(coarse_nx=32, coarse_ny=None, coarsening="sharp", nx=128, **qg)``: the fine QG model
-    (``qg``: :class:`models.qg.QG`'s options but ``estimate``) whose resolved state is its coarse-graining
-    to ``coarse_ny x coarse_nx`` and whose unresolved tendency is the eddy forcing (module docstring).
+def _substeps(coarse_dt, dt: float) -> int:
+    """The fine steps in one coarse step of ``coarse_dt`` (default ``dt``): a whole number, at least 1."""
+    if coarse_dt is None:
+        return 1
+    n = coarse_dt / dt if isinstance(coarse_dt, (int, float, np.number)) and not isinstance(coarse_dt, bool) else 0.0
+    if not (n >= 1 and abs(n - round(n)) < 1e-9):
+        raise ValueError(f"CoarseGrainedQG: coarse_dt must be a whole number of fine steps dt = {dt:g} s, got {coarse_dt!r}")
+    return int(round(n))
 
-    ``coarse`` is the QG model on the coarse grid with the same options; ``coarse_ny`` defaults to
-    ``coarse_nx``.  ``resolved_state`` maps fine states ``(..., n_state)`` to coarse ones
+
+class CoarseGrainedQG(QG):
+    """``CoarseGrainedQG(coarse_nx=32, coarse_ny=None, coarsening="sharp", missing="eddy_forcing", coarse_dt=None,
+    nx=128, **qg)``: the fine QG model (``qg``: :class:`models.qg.QG`'s options but ``estimate``) whose resolved
+    state is its coarse-graining to ``coarse_ny x coarse_nx`` and whose unresolved tendency is the eddy forcing
+    ``S`` or, with ``missing="step"``, the coarse step's missing tendency ``S_step`` (module docstring).
+
+    ``coarse`` is the QG model on the coarse grid with the same options and the time step ``coarse_dt``
+    (default: the fine ``dt``; a whole number of fine steps); ``coarse_ny`` defaults to ``coarse_nx``.  ``resolved_state`` maps fine states ``(..., n_state)`` to coarse ones
     ``(..., coarse.n_state)``.
     """
 
-    def __init__(self, coarse_nx=32, coarse_ny=None, coarsening="sharp", nx=128, **qg):
+    def __init__(self, coarse_nx=32, coarse_ny=None, coarsening="sharp", missing="eddy_forcing", coarse_dt=None, nx=128, **qg):
         if "estimate" in qg:
             raise ValueError("CoarseGrainedQG: a coarse-grained truth estimates no parameters; leave out estimate")
         super().__init__(nx=nx, **qg)
@@ -63,9 +86,12 @@ class CoarseGrainedQG(QG):
         nyc = _coarse_size("coarse_ny", nxc if coarse_ny is None else coarse_ny, self.ny)
         if coarsening not in COARSENINGS:
             raise ValueError(f"CoarseGrainedQG: coarsening must be one of {', '.join(COARSENINGS)}, got {coarsening!r}")
-        self.coarsening = coarsening
-        options = {name: getattr(self, name) for name in ("L", "W", "rek", "filterfac", "beta", "rd", "delta", "H1", "U1", "U2", "dt")}
-        self.coarse = QG(nx=nxc, ny=nyc, compiled=self.compiled, **options)
+        if missing not in MISSING:
+            raise ValueError(f"CoarseGrainedQG: missing must be one of {', '.join(MISSING)}, got {missing!r}")
+        self.coarsening, self.missing = coarsening, missing
+        self.substeps = _substeps(coarse_dt, self.dt)
+        options = {name: getattr(self, name) for name in ("L", "W", "rek", "filterfac", "beta", "rd", "delta", "H1", "U1", "U2")}
+        self.coarse = QG(nx=nxc, ny=nyc, compiled=self.compiled, dt=self.substeps * self.dt, **options)
         self.rows = np.r_[0 : nyc // 2, self.ny - nyc // 2 : self.ny]  # the fine rows of the coarse wavenumbers l
         self.columns = nxc // 2 + 1
         G = self.coarse.filtr if coarsening == "sharp" else np.exp(-self.coarse.kappa2 * (2 * self.coarse.dx) ** 2 / 24)
@@ -85,12 +111,18 @@ class CoarseGrainedQG(QG):
         return self.coarse_grain(x.reshape(lead + (2, self.ny, self.nx))).reshape(lead + (self.coarse.n_state,))
 
     def unresolved_tendency(self, x: np.ndarray) -> np.ndarray:
-        """The eddy forcing ``S = C f_f(q) - f_c(C q)`` at a fine state, flat ``(coarse.n_state,)``."""
+        """The eddy forcing ``S = C f_f(q) - f_c(C q)`` at a fine state, or with ``missing="step"``
+        ``S_step = (C Phi_f^n(q) - M_c(C q)) / dt_c``; flat ``(coarse.n_state,)``."""
         x = as_vector(x, self.n_state, "state x")
         none = np.empty(0)
         q_coarse = self.resolved_state(x)
-        return self.resolved_state(self.tendency(x, none)) - self.coarse.tendency(q_coarse, none)
+        if self.missing == "eddy_forcing":
+            return self.resolved_state(self.tendency(x, none)) - self.coarse.tendency(q_coarse, none)
+        for _ in range(self.substeps):
+            x = self.step(x, none)
+        return (self.resolved_state(x) - self.coarse.step(q_coarse, none)) / self.coarse.dt
 
     def __repr__(self) -> str:
         return (f"CoarseGrainedQG(coarse_nx={self.coarse.nx}, coarse_ny={self.coarse.ny}, coarsening={self.coarsening!r}, "
+                f"missing={self.missing!r}, coarse_dt={self.coarse.dt:g}, "
                 f"fine={super().__repr__()})")

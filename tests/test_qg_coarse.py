@@ -85,6 +85,37 @@ def test_eddy_forcing_is_the_missing_tendency_of_the_coarse_grained_fine_run():
     assert np.linalg.norm(rate - f) > 0.5 * np.linalg.norm(S)
 
 
+def test_the_coarse_steps_missing_tendency_completes_its_step_to_the_coarse_grained_fine_run():
+    """``C Phi_f^2(q) = M_c(C q) + dt_c S_step(q)`` with ``dt_c = 2 dt_f``: the coarse step, filter included,
+    completed by ``S_step``; without it, it misses by ``dt_c |S_step|`` (negative control)."""
+    model = CoarseGrainedQG(coarse_nx=COARSE, nx=FINE, L=5e5, U1=0.05, dt=1800.0, missing="step", coarse_dt=3600.0)
+    rng = np.random.default_rng(5)
+    x = refined(model, coarse_field(rng, radius=4)) + 2e-6 * rng.standard_normal(model.n_state)
+    fine = model.forecast(x, NONE, 2)[-1]
+    coarse_step = model.coarse.step(model.resolved_state(x), NONE)
+    S_step = model.unresolved_tendency(x)
+    assert model.coarse.dt == 3600.0 and model.substeps == 2
+    np.testing.assert_allclose(coarse_step + 3600.0 * S_step, model.resolved_state(fine), rtol=0, atol=1e-14 * np.abs(fine).max())
+    assert np.linalg.norm(model.resolved_state(fine) - coarse_step) > 1e-3 * np.linalg.norm(fine)
+
+
+def test_the_coarse_steps_missing_tendency_tends_to_the_eddy_forcing_without_filters():
+    """Without the filters ``S_step = S + O(dt)``: the difference halves with the time step.  With the
+    filters the coarse step also misses the damping of the smallest resolved scales, beside ``S``
+    (negative control)."""
+    rng = np.random.default_rng(6)
+    options = dict(coarse_nx=COARSE, nx=FINE, L=5e5, U1=0.05, filterfac=0.0)
+    x = refined(truth_model(), coarse_field(rng, radius=4)) + 2e-6 * rng.standard_normal(2 * FINE * FINE)
+    S = CoarseGrainedQG(**options).unresolved_tendency(x)
+    gaps = [np.linalg.norm(CoarseGrainedQG(dt=h, coarse_dt=2 * h, missing="step", **options).unresolved_tendency(x) - S) / np.linalg.norm(S)
+            for h in (400.0, 200.0)]
+    assert gaps[0] < 0.005 and abs(gaps[0] / gaps[1] - 2.0) < 0.05
+    filtered = {**options, "filterfac": 23.6}
+    S_filtered = CoarseGrainedQG(**filtered).unresolved_tendency(x)
+    S_step = CoarseGrainedQG(dt=200.0, coarse_dt=400.0, missing="step", **filtered).unresolved_tendency(x)
+    assert np.linalg.norm(S_step - S_filtered) > 10 * np.linalg.norm(S_filtered)
+
+
 def test_a_coarse_grained_qg_model_refuses_wrong_options():
     with pytest.raises(ValueError, match="coarse_nx must be an even integer >= 4 below the fine grid's 64, got 15"):
         CoarseGrainedQG(coarse_nx=15, nx=64)
@@ -94,6 +125,11 @@ def test_a_coarse_grained_qg_model_refuses_wrong_options():
         CoarseGrainedQG(coarse_nx=16, nx=64, coarsening="box")
     with pytest.raises(ValueError, match="estimates no parameters"):
         CoarseGrainedQG(coarse_nx=16, nx=64, estimate=["rek"])
+    with pytest.raises(ValueError, match="missing must be one of eddy_forcing, step, got 'drag'"):
+        CoarseGrainedQG(coarse_nx=16, nx=64, missing="drag")
+    for coarse_dt in (5000.0, 1800.0, "7200", True):
+        with pytest.raises(ValueError, match=f"coarse_dt must be a whole number of fine steps dt = 3600 s, got {coarse_dt!r}"):
+            CoarseGrainedQG(coarse_nx=16, nx=64, dt=3600.0, coarse_dt=coarse_dt)
 
 
 QG_COARSE = {"type": "qg", "nx": COARSE, "L": 5e5, "U1": 0.05, "dt": 3600.0}
