@@ -101,7 +101,12 @@ def table(rows: dict[int, tuple[dict, dict]]) -> tuple[str, list[str]]:
         cells = " | ".join(f"{score[name]:.3e}" for name in RUNS)
         lines.append(f"| {seed} | {cells} | {' / '.join(f'{value:.0f}' for value in better)} | {timing['cpu_minutes']:.1f} "
                      f"({timing['wall_minutes']:.1f}, {timing['load_before']:.1f}-{timing['load_after']:.1f}) |")
-        if score["online tendency"] > score["offline"]:
+        if score["online tendency"] >= score["physics"]:
+            failures.append(f"seed {seed}: online tendency {score['online tendency']:.3e} no better than physics {score['physics']:.3e}")
+        if score["offline"] >= score["physics"]:
+            failures.append(f"seed {seed}: the offline fit {score['offline']:.3e} is worse than physics {score['physics']:.3e}, "
+                            "so it is no reference for the online one")
+        elif score["online tendency"] > score["offline"]:
             failures.append(f"seed {seed}: online tendency {score['online tendency']:.3e} worse than offline {score['offline']:.3e}")
         if timing["cpu_minutes"] > MINUTES_TARGET:
             failures.append(f"seed {seed}: {timing['cpu_minutes']:.1f} CPU minutes > {MINUTES_TARGET:.0f}")

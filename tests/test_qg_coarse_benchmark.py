@@ -1,4 +1,4 @@
-"""The spin-up rule of the coarse-grained QG benchmark (benchmarks/qg_coarse.py): where a quantity reaches its plateau."""
+"""The coarse-grained QG benchmark (benchmarks/qg_coarse.py): where a quantity reaches its plateau, and its verdict."""
 
 from __future__ import annotations
 
@@ -28,3 +28,17 @@ def test_a_quantity_still_growing_after_the_spin_up_reaches_its_plateau_late():
     assert abs(std - np.sqrt(35 / 12)) < 1e-14
     assert reached == 7  # 6.0 lies 2.05 stds below 9.5, 7.0 within two: past the spin-up's 6 blocks
     assert 2 * reached > 6  # not settled
+
+
+def _verdict(physics, online, offline):
+    score = {"physics": physics, "online tendency": online, "online resolvent": online, "offline": offline}
+    timing = {"cpu_minutes": 1.0, "wall_minutes": 1.0, "load_before": 0.0, "load_after": 0.0}
+    return benchmark.table({1: (score, timing)})[1]
+
+
+def test_an_online_run_beats_an_offline_fit_only_when_the_fit_beats_the_physics():
+    assert _verdict(physics=8.0, online=6.0, offline=7.0) == []
+    assert any("worse than offline" in failure for failure in _verdict(physics=8.0, online=7.0, offline=6.0))
+    unstable = _verdict(physics=8.0, online=7.0, offline=20.0)
+    assert len(unstable) == 1 and "no reference" in unstable[0]
+    assert any("no better than physics" in failure for failure in _verdict(physics=6.0, online=6.5, offline=20.0))
