@@ -116,7 +116,8 @@ class WindowSolver:
     def solve(self, slots: Sequence, xb, B, pb, P, control: Control) -> tuple[FourDVar, AssimilationResult]:
         """The window's problem over all ``n_steps`` and its analysis, in stages when asked."""
         weak = dict(Q=self.Q, model_error_every=self.model_error_every)
-        problem = FourDVar(self.model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=self.n_steps, **weak)
+        problem = FourDVar(self.model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=self.n_steps, **weak,
+                           **self.options.problem_qc())
         if self.quasi_static_steps is None or self.quasi_static_steps >= self.n_steps:
             return problem, problem.solve(options=self.options)
         return problem, solve_quasi_static(self.model, slots, xb, B, pb, P, control, self.n_steps, self.quasi_static_steps, self.options, **weak)

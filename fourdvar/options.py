@@ -94,6 +94,11 @@ class SolverOptions:
             raise TypeError(f"unknown solver option(s) {', '.join(unknown)}; the options are: {', '.join(self.names())}")
         return dataclasses.replace(self, **changes)
 
+    def problem_qc(self) -> dict:
+        """The keyword that builds a problem with this quality control (``{}`` when :data:`AS_BUILT`),
+        so that its observations are screened once, as they are solved."""
+        return {} if self.qc is AS_BUILT else {"qc": self.qc}
+
     @classmethod
     def of(cls, options: "SolverOptions | None" = None, **changes) -> "SolverOptions":
         """``options`` (default: the defaults) with the keyword ``changes`` (every driver takes both forms)."""

@@ -60,7 +60,8 @@ def solve_quasi_static(model, observations: Sequence, xb, B, pb, P, control, n_s
     stages = []
     for length in stage_lengths(n_steps, stage_steps):
         slots = [slot for slot in observations if slot.step <= length]
-        problem = FourDVar(model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=length, Q=Q, model_error_every=every)
+        problem = FourDVar(model, slots, xb=xb, B=B, pb=pb, P=P, control=control, n_steps=length, Q=Q, model_error_every=every,
+                           **options.problem_qc())
         tolerance = options.tolerance if length == n_steps else max(options.tolerance, STAGE_TOLERANCE)
         result = problem.solve(x0, p, options.replace(tolerance=tolerance), eta=_extended(eta, problem.cost.n_sub))
         x0, p, eta = result.x0, result.p, result.model_error

@@ -138,16 +138,22 @@ def test_the_pseudo_observations_are_the_observed_climate_at_the_unobserved_poin
         observed.with_climatology(0)
 
 
-def _fixed_half(cycles: int, **assimilation):
+#: the weights' P of the fixed half (configs/l96_brajard2020.yaml's comments): a small first P, a larger decaying walk
+SLOW_START = {"error_std": 0.1, "noise_std": 0.03, "noise_decay": 0.99}
+
+
+def _fixed_half(cycles: int, seed: int = 1, params: dict | None = None, **assimilation):
     """A fixed half observed (the even points), the unobserved half observed as the climate
-    every 5 steps; the odd points' analysis RMSE in the last window, and the RMS error after
+    every 5 steps; the odd points' analysis RMSE in the last window, the RMS error after
     5 steps of the learned and of the untrained network (zero output: persistence) from
-    truth states of the run."""
+    truth states of the run, and the weights' step |p_c - p_{c-1}| of each window."""
     config = yaml.safe_load((ROOT / "configs" / "l96_brajard2020.yaml").read_text())
     config["observations"]["operator"] = {"type": "subset", "indices": {"start": 0, "stop": 40, "step": 2}}
     config["observations"]["climatology_every"] = 5
     config["assimilation"].update(assimilation)
+    config["background"]["params"].update(params or {})
     config["window"]["cycles"] = cycles
+    config["seed"] = seed
     config["truth"]["spinup_steps"] = 100
     config["diagnostics"]["forecast_skill"] = False
     plan = Plan.from_config(resolve_config(config))
@@ -161,8 +167,10 @@ def _fixed_half(cycles: int, **assimilation):
         ends = np.array([forecast(plan.model, x0, p, 5)[-1] for x0 in starts])
         return np.sqrt(np.mean((ends - truth[5::5][: len(starts)]) ** 2))
 
+    weights = np.vstack([plan.pb0, dataset["params_analysis"].values])
     odd = np.sqrt(np.mean(error[-1, :, 1::2] ** 2))
-    return odd, five_steps(dataset["params_analysis"].values[-1]), five_steps(plan.pb0)
+    steps = np.linalg.norm(np.diff(weights, axis=0), axis=1)
+    return odd, five_steps(weights[-1]), five_steps(plan.pb0), steps
 
 
 def test_with_a_fixed_half_observed_the_weights_learn_when_each_window_is_grown_quasi_statically():
@@ -173,7 +181,23 @@ def test_with_a_fixed_half_observed_the_weights_learn_when_each_window_is_grown_
     # unobserved half serves the fit as free latent variables: 0.57 of the untrained error,
     # unobserved RMSE 2.5; over 30 windows it stays there (about 0.8, RMSE 3-5) while the
     # grown windows go on learning (about 0.2, RMSE 0.7).
-    odd, learned, untrained = _fixed_half(8, quasi_static_steps=10)
+    odd, learned, untrained, _ = _fixed_half(8, quasi_static_steps=10)
     assert learned < 0.45 * untrained and odd < 2.0
-    odd, learned, untrained = _fixed_half(8)
+    odd, learned, untrained, _ = _fixed_half(8)
     assert learned > 0.45 * untrained and odd > 2.0
+
+
+def test_with_a_fixed_half_observed_a_small_first_P_keeps_the_weights_steps_to_what_the_state_can_follow():
+    # seed 2, on which the configuration's first P (std 0.5 a weight) settles where the
+    # unobserved half is a free latent variable (150 windows: unobserved RMSE 3-7, skill 0.25).
+    # There the first window moves the 225 weights by 8.5, the next ones by 4-5, while the
+    # unobserved points are still at their climatological error (RMSE 3-4): the network is
+    # fitted to states the analysis has not found.  With a first P of std 0.1 and a random
+    # walk 0.03 decaying as 0.99^c the steps are 2.4 then about 1, and the network improves
+    # at every window (5-step error 0.84-0.86 of the untrained one's); over 150 windows it
+    # learns on seeds 1, 2 and 3 (benchmarks/RESULTS.md, the fixed-half row).
+    odd, learned, untrained, steps = _fixed_half(4, seed=2, params=SLOW_START, quasi_static_steps=10)
+    assert steps[0] < 3.0 and steps[1:].max() < 1.5
+    assert learned < 0.9 * untrained and odd < 5.0  # learning, and the unobserved half inside the climate
+    _, _, _, fast = _fixed_half(2, seed=2, quasi_static_steps=10)
+    assert fast[0] > 7.0 and fast[1] > 4.0
