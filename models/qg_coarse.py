@@ -122,6 +122,11 @@ class CoarseGrainedQG(QG):
             x = self.step(x, none)
         return (self.resolved_state(x) - self.coarse.step(q_coarse, none)) / self.coarse.dt
 
+    @property
+    def unresolved_dt(self) -> float | None:
+        """The forecast model's time step ``dt_c`` that ``S_step`` is per (``missing="step"``); None for the eddy forcing ``S``."""
+        return self.coarse.dt if self.missing == "step" else None
+
     def __repr__(self) -> str:
         return (f"CoarseGrainedQG(coarse_nx={self.coarse.nx}, coarse_ny={self.coarse.ny}, coarsening={self.coarsening!r}, "
                 f"missing={self.missing!r}, coarse_dt={self.coarse.dt:g}, "

@@ -156,11 +156,21 @@ def test_the_truth_the_app_records_is_the_coarse_grained_fine_run():
     assert np.abs(plan.truth["trajectory"] - fine[::2].reshape(-1, 2, FINE, FINE)[:, :, ::4, ::4].reshape(9, -1)).max() > 0
 
 
+def test_a_coarse_grained_truth_whose_coarse_step_is_the_forecast_models_builds():
+    config = yaml.safe_load(yaml.safe_dump(CONFIG))
+    config["truth"]["model"].update(missing="step", coarse_dt=3600.0)
+    plan = Plan.from_config(resolve_config(config, name="coarse"))
+    assert plan.truth["model"].unresolved_dt == plan.model.dt == 3600.0
+    assert truth_model().unresolved_dt is None  # the eddy forcing is per unit time, whatever the step
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"coarse_nx": 15}, "truth.model: CoarseGrainedQG: coarse_nx must be an even integer >= 4 below the fine grid's 64, got 15"),
     ({"coarse_nx": 8}, "truth.model: its state (8192 values, 128 after its resolved_state) does not match the forecast model's n_state = 512"),
     ({"coarsening": "box"}, "truth.model: CoarseGrainedQG: coarsening must be one of sharp, gaussian, got 'box'"),
     ({"state_slice": [0, 512]}, "truth.state_slice: the truth model"),
+    ({"missing": "step", "coarse_dt": 1800.0}, "truth.model: its unresolved tendency is per model step of 1800 s (coarse_dt), the forecast model's dt is 3600 s"),
+    ({"missing": "step"}, "truth.model: its unresolved tendency is per model step of 1800 s (coarse_dt), the forecast model's dt is 3600 s"),
 ])
 def test_a_wrong_coarse_grained_truth_stops_the_run_with_one_line_and_status_2(tmp_path, change, expected):
     config = yaml.safe_load(yaml.safe_dump(CONFIG))

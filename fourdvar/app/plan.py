@@ -381,6 +381,9 @@ class Plan:
                 f"truth.model: its state ({model.n_state} values, {n_represented} after "
                 f"{'its resolved_state' if resolves else 'truth.state_slice'}) does not match the forecast model's n_state = {self.model.n_state}"
             )
+        step_dt, dt = getattr(model, "unresolved_dt", None), declared(self.model, "dt")
+        if step_dt is not None and dt is not None and not math.isclose(step_dt, dt):
+            raise ConfigError(f"truth.model: its unresolved tendency is per model step of {step_dt:g} s (coarse_dt), the forecast model's dt is {dt:g} s")
         rng = self.rng(_TRUTH_STATE)
         x = spec.initial_mean + spec.initial_std * rng.standard_normal(model.n_state)
         substeps = spec.substeps
