@@ -21,7 +21,7 @@ def as_vector(value, size: int, name: str) -> np.ndarray:
 
 @declares("step_tl", "step_ad", "blocked_linearization", "linearize_window", "window_forcing",
           "dt", "param_names", "nx", "ny", "L", "W", "tendency", "physics", "correction", "unresolved_tendency",
-          "resolved_state")
+          "unresolved_dt", "resolved_state")
 class ModelBase:
     """Base class of a model: a subclass sets ``n_state`` and ``n_params`` and writes ``step(x, p)``,
     ``linearize(x, p)`` (``output``, ``tl(dx, dp)``, ``ad(ax) -> (ax_prev, ap)``) and ``init_params(rng)``.
@@ -74,6 +74,8 @@ class ModelBase:
     correction = None
     #: ``x -> g(x)``, the term the model's physics lacks, when it is known (``None``: unknown)
     unresolved_tendency = None
+    #: the time step ``unresolved_tendency`` is measured over, when it is one model's step (``None``: a tendency in time)
+    unresolved_dt = None
     #: ``x -> C x``, the part of this (truth) model's state another model represents, e.g. a coarse-graining
     #: (``None``: the columns a configuration names)
     resolved_state = None

@@ -381,7 +381,7 @@ class Plan:
                 f"truth.model: its state ({model.n_state} values, {n_represented} after "
                 f"{'its resolved_state' if resolves else 'truth.state_slice'}) does not match the forecast model's n_state = {self.model.n_state}"
             )
-        step_dt, dt = getattr(model, "unresolved_dt", None), declared(self.model, "dt")
+        step_dt, dt = declared(model, "unresolved_dt"), declared(self.model, "dt")
         if step_dt is not None and dt is not None and not math.isclose(step_dt, dt):
             raise ConfigError(f"truth.model: its unresolved tendency is per model step of {step_dt:g} s (coarse_dt), the forecast model's dt is {dt:g} s")
         rng = self.rng(_TRUTH_STATE)
@@ -767,19 +767,23 @@ def _check_path(text: str, what: str) -> tuple[Path, Path, str]:
         raise ConfigError(f"{what}: the path contains a NUL character")
     path = Path(text)
     absolute = Path(os.path.abspath(path))
-    shown = text if len(text) <= 80 else "..." + text[-77:]  # the file name is the part the user recognises
+    shown = shown_path(text)
     check_not_home_shorthand(text, what)
     if any(absolute == Path(tree) or Path(tree) in absolute.parents for tree in _SYSTEM_TREES):
         raise ConfigError(f"{what}: {shown} lies under {absolute.parts[0]}{absolute.parts[1]}, a system tree, not a place for results")
     return path, absolute, shown
 
 
+def shown_path(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters from its start: the file name is the part the user recognises."""
+    return text if len(text) <= limit else "..." + text[3 - limit:]
+
+
 def check_not_home_shorthand(text: str, what: str) -> None:
     """Refuse a path that starts with ``~``: no shell expanded it, so it would name a directory ``~``
     in the working directory (which the NetCDF library, expanding it, would not write to)."""
     if Path(text).parts[:1] and Path(text).parts[0].startswith("~"):
-        shown = text if len(text) <= 80 else "..." + text[-77:]
-        raise ConfigError(f"{what}: {shown} starts with '~', which is not expanded here; give the path itself (e.g. {short(os.path.expanduser(text), 80)})")
+        raise ConfigError(f"{what}: {shown_path(text)} starts with '~', which is not expanded here; give the path itself (e.g. {short(os.path.expanduser(text), 80)})")
 
 
 def _writable_ancestor(absolute: Path, shown: str, what: str) -> Path:
@@ -807,8 +811,7 @@ def check_directory(path: Path | str, what: str = "output") -> Path:
     try:
         return _check_directory(path, what)
     except OSError as error:
-        shown = os.fspath(path)
-        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else '...' + shown[-77:]}: {error.strerror}") from None
+        raise ConfigError(f"{what}: {shown_path(os.fspath(path))}: {error.strerror}") from None
 
 
 def _check_directory(path: Path | str, what: str) -> Path:
@@ -829,8 +832,7 @@ def check_output(path: Path | str, inputs=(), what: str = "output") -> Path:
     try:
         return _check_output(path, inputs, what)
     except OSError as error:  # what the file system says about a path it cannot even look up
-        shown = os.fspath(path)
-        raise ConfigError(f"{what}: {shown if len(shown) <= 80 else '...' + shown[-77:]}: {error.strerror}") from None
+        raise ConfigError(f"{what}: {shown_path(os.fspath(path))}: {error.strerror}") from None
 
 
 def _check_output(path: Path | str, inputs, what: str) -> Path:
