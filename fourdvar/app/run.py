@@ -149,7 +149,7 @@ def run_to_file(plan: Plan, resume: bool = False, progress=None, message: Callab
     checkpoint = Checkpoint(plan.output)
     checkpoint.acquire()
     try:
-        windows = _saved_windows(plan, checkpoint, text, resume, restart)
+        windows = _saved_windows(plan, checkpoint, text, resume)
         _refuse_replacing(checkpoint, resume, restart, overwrite)  # again under the lock: before the checkpoint is touched or a word is said
         saved = _resume_point(plan, checkpoint, windows, say)
         save = (lambda row, state: checkpoint.save(row, state.variables(), state.cycle - 1, text)) if plan.experiment.output.checkpoint else None
@@ -180,12 +180,10 @@ def _refuse_replacing(checkpoint: Checkpoint, resume: bool = False, restart: boo
         raise CheckpointError(f"{checkpoint.output} exists (an earlier result); add --overwrite to replace it, or choose another --output")
 
 
-def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool, restart: bool) -> list | None:
+def _saved_windows(plan: Plan, checkpoint: Checkpoint, text: str, resume: bool) -> list | None:
     """The checkpoint's windows to continue from, checked (``[]``: none there), or ``None`` without ``resume``;
     changes nothing."""
     if not resume:
-        if not restart:
-            _refuse_replacing(checkpoint, overwrite=True)  # the interrupted run's windows
         return None
     windows = checkpoint.load(text)
     if len(windows) > plan.n_cycles:
